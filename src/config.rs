@@ -1,0 +1,822 @@
+//! Config schema (TOML, serde) with defaults and validation.
+//!
+//! Owns: parsing a config file into [`Config`], resolving relative paths against the
+//! file's folder, and validation errors that name the file, line and field.
+//! Opens no sockets; reads only the config file itself (certificate files are the
+//! `tls` module's business).
+//!
+//! Error format (one line each): `FILE:LINE: FIELD.PATH: cause`, e.g.
+//! `config.toml:7: listeners[0].handshake_timeout_ms: invalid type: string "x", expected u64`.
+//! When no line can be found the `:LINE` part is left out.
+#![forbid(unsafe_code)]
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub log: Log,
+    pub listeners: Vec<Listener>,
+    /// The file this config was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Default: one per CPU in the process's affinity mask.
+    pub workers: Option<usize>,
+    #[serde(default = "yes")]
+    pub pin_cpus: bool,
+    /// Explicit CPU list; worker i is pinned to cpus[i % len].
+    pub cpus: Option<Vec<usize>>,
+    #[serde(default = "default_ring_entries")]
+    pub ring_entries: u32,
+    #[serde(default)]
+    pub sqpoll: bool,
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+    /// Provided-buffer ring: number of receive buffers per worker (power of two).
+    #[serde(default = "default_recv_buffers")]
+    pub recv_buffers: u16,
+    /// Size of each receive buffer in bytes.
+    #[serde(default = "default_recv_buffer_size")]
+    pub recv_buffer_size: u32,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            workers: None,
+            pin_cpus: true,
+            cpus: None,
+            ring_entries: default_ring_entries(),
+            sqpoll: false,
+            drain_timeout_ms: default_drain_timeout_ms(),
+            reload_interval_ms: default_reload_interval_ms(),
+            recv_buffers: default_recv_buffers(),
+            recv_buffer_size: default_recv_buffer_size(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// "stderr" | "off" | a file path.
+    #[serde(default = "default_access")]
+    pub access: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            access: default_access(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub upstreams: Vec<SocketAddr>,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Per direction: stop reading from one side once this many bytes wait for the other.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Server-side resumption cache entries (shared by all workers).
+    #[serde(default = "default_session_cache")]
+    pub session_cache: usize,
+    /// TLS 1.3 tickets sent after a full handshake (0 disables tickets).
+    #[serde(default = "default_tls13_tickets")]
+    pub tls13_tickets: usize,
+    pub proxy_protocol: Option<String>,
+    pub ticket_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub sni: Vec<toml::Value>,
+    pub client_auth: Option<toml::Value>,
+    pub upstream_tls: Option<toml::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_ring_entries() -> u32 {
+    4096
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_reload_interval_ms() -> u64 {
+    5_000
+}
+fn default_recv_buffers() -> u16 {
+    1024
+}
+fn default_recv_buffer_size() -> u32 {
+    16 * 1024
+}
+fn default_access() -> String {
+    "stderr".into()
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_max_buffered_bytes() -> usize {
+    256 * 1024
+}
+fn default_session_cache() -> usize {
+    16 * 1024
+}
+fn default_tls13_tickets() -> usize {
+    1
+}
+
+impl Config {
+    /// Read, parse and validate a config file. Relative paths become relative to
+    /// the file's folder. On failure the error is the first problem found (with a
+    /// count of the others); [`Config::load_all`] returns every problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_all(path).map_err(first_with_count)
+    }
+
+    /// Like [`Config::load`], but reports every validation problem, one error each.
+    /// (A file that does not read or parse yields exactly one error.)
+    pub fn load_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError(format!(
+                "{}: cannot read config file: {e}",
+                path.display()
+            ))]
+        })?;
+        Config::parse_all(&text, path)
+    }
+
+    /// Parse and validate config text as if it had been read from `source` (used
+    /// for error messages and for resolving relative paths). First problem only.
+    pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        Config::parse_all(text, source).map_err(first_with_count)
+    }
+
+    /// Parse and validate config text; every problem, one error each.
+    pub fn parse_all(text: &str, source: &Path) -> Result<Config, Vec<ConfigError>> {
+        let doc = toml_edit::ImDocument::parse(text).ok();
+        let locator = Locator {
+            file: source,
+            text,
+            doc: doc.as_ref(),
+        };
+        let mut cfg: Config = toml::from_str(text).map_err(|e| vec![locator.serde_error(&e)])?;
+        let problems = cfg.validate(&locator);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        cfg.source = source.to_path_buf();
+        cfg.resolve_paths(source);
+        Ok(cfg)
+    }
+
+    fn validate(&self, at: &Locator<'_>) -> Vec<ConfigError> {
+        use Seg::{Index as I, Key as K};
+        let mut out = Vec::new();
+        let mut bad = |path: &[Seg<'_>], msg: String| out.push(at.error(path, &msg));
+
+        let rt = &self.runtime;
+        if rt.workers == Some(0) {
+            bad(&[K("runtime"), K("workers")], "must be at least 1".into());
+        }
+        if rt.cpus.as_ref().is_some_and(|c| c.is_empty()) {
+            bad(
+                &[K("runtime"), K("cpus")],
+                "must list at least one CPU (or be left out)".into(),
+            );
+        }
+        if !(rt.ring_entries.is_power_of_two() && (2..=32768).contains(&rt.ring_entries)) {
+            bad(
+                &[K("runtime"), K("ring_entries")],
+                format!(
+                    "must be a power of two between 2 and 32768, got {}",
+                    rt.ring_entries
+                ),
+            );
+        }
+        if !(rt.recv_buffers.is_power_of_two() && rt.recv_buffers <= 32768) {
+            bad(
+                &[K("runtime"), K("recv_buffers")],
+                format!(
+                    "must be a power of two between 1 and 32768, got {}",
+                    rt.recv_buffers
+                ),
+            );
+        }
+        if rt.recv_buffer_size < 4096 {
+            bad(
+                &[K("runtime"), K("recv_buffer_size")],
+                format!("must be at least 4096 bytes, got {}", rt.recv_buffer_size),
+            );
+        }
+        for (key, v) in [
+            ("drain_timeout_ms", rt.drain_timeout_ms),
+            ("reload_interval_ms", rt.reload_interval_ms),
+        ] {
+            if v == 0 {
+                bad(&[K("runtime"), K(key)], "must be greater than 0".into());
+            }
+        }
+        if self.log.access.is_empty() {
+            bad(
+                &[K("log"), K("access")],
+                "must be \"stderr\", \"off\" or a file path, got an empty string".into(),
+            );
+        }
+
+        if self.listeners.is_empty() {
+            bad(
+                &[K("listeners")],
+                "at least one [[listeners]] entry is required".into(),
+            );
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let field = |key: &'static str| [K("listeners"), I(i), K(key)];
+            if l.name.is_empty() {
+                bad(&field("name"), "must not be empty".into());
+            } else if let Some(first) = names.insert(&l.name, i) {
+                names.insert(&l.name, first);
+                bad(
+                    &field("name"),
+                    format!(
+                        "duplicate listener name \"{}\" (already used by listeners[{first}])",
+                        l.name
+                    ),
+                );
+            }
+            if l.listen.port() != 0 {
+                if let Some(first) = addrs.insert(l.listen, i) {
+                    addrs.insert(l.listen, first);
+                    bad(
+                        &field("listen"),
+                        format!("address {} is already used by listeners[{first}]", l.listen),
+                    );
+                }
+                if self.admin.as_ref().is_some_and(|a| a.listen == l.listen) {
+                    bad(
+                        &field("listen"),
+                        format!("address {} is also the admin address", l.listen),
+                    );
+                }
+            }
+            if l.upstreams.is_empty() {
+                bad(
+                    &field("upstreams"),
+                    "at least one upstream is required".into(),
+                );
+            }
+            for (key, v) in [
+                ("handshake_timeout_ms", l.handshake_timeout_ms),
+                ("idle_timeout_ms", l.idle_timeout_ms),
+                ("connect_timeout_ms", l.connect_timeout_ms),
+            ] {
+                if v == 0 {
+                    bad(&field(key), "must be greater than 0".into());
+                }
+            }
+            if l.max_connections == 0 {
+                bad(&field("max_connections"), "must be at least 1".into());
+            }
+            if l.max_buffered_bytes < 16384 {
+                bad(
+                    &field("max_buffered_bytes"),
+                    format!(
+                        "must be at least 16384 bytes (one TLS record), got {}",
+                        l.max_buffered_bytes
+                    ),
+                );
+            }
+            if let Some(p) = &l.proxy_protocol {
+                if p != "v2" {
+                    bad(
+                        &field("proxy_protocol"),
+                        format!("must be \"v2\" (the only supported version), got \"{p}\""),
+                    );
+                }
+            }
+            for (j, proto) in l.alpn.iter().enumerate() {
+                if proto.is_empty() || proto.len() > 255 {
+                    bad(
+                        &[K("listeners"), I(i), K("alpn"), I(j)],
+                        format!(
+                            "an ALPN protocol name must be 1 to 255 bytes, got {}",
+                            proto.len()
+                        ),
+                    );
+                }
+            }
+            for (j, sni) in l.sni.iter().enumerate() {
+                if !sni.is_table() {
+                    bad(
+                        &[K("listeners"), I(i), K("sni"), I(j)],
+                        format!("must be a table, got {}", sni.type_str()),
+                    );
+                }
+            }
+            if let Some(up) = &l.upstream_tls {
+                if !up.is_table() {
+                    bad(
+                        &field("upstream_tls"),
+                        format!("must be a table, got {}", up.type_str()),
+                    );
+                }
+            }
+            if let Some(ca) = &l.client_auth {
+                match ca {
+                    toml::Value::Table(t) => match t.get("mode") {
+                        None => {}
+                        Some(toml::Value::String(m))
+                            if matches!(m.as_str(), "none" | "optional" | "require") => {}
+                        Some(other) => bad(
+                            &[K("listeners"), I(i), K("client_auth"), K("mode")],
+                            format!(
+                                "must be one of \"none\", \"optional\", \"require\", got {other}"
+                            ),
+                        ),
+                    },
+                    other => bad(
+                        &field("client_auth"),
+                        format!("must be a table, got {}", other.type_str()),
+                    ),
+                }
+            }
+        }
+        out
+    }
+
+    /// Make `cert`, `key`, `ticket_key_file` and a file `log.access` relative to the
+    /// config file's folder (made absolute, so the result does not depend on the
+    /// current directory later).
+    fn resolve_paths(&mut self, source: &Path) {
+        let base = std::path::absolute(source)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            resolve(&mut l.cert);
+            resolve(&mut l.key);
+            if let Some(t) = &mut l.ticket_key_file {
+                resolve(t);
+            }
+        }
+        let access = &mut self.log.access;
+        if access != "stderr" && access != "off" && Path::new(access.as_str()).is_relative() {
+            if let Some(s) = base.join(access.as_str()).to_str() {
+                *access = s.to_owned();
+            }
+        }
+    }
+}
+
+/// A config problem, displayed as one line naming file, line and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn first_with_count(mut all: Vec<ConfigError>) -> ConfigError {
+    let more = all.len().saturating_sub(1);
+    let mut first = if all.is_empty() {
+        ConfigError("invalid config".into())
+    } else {
+        all.swap_remove(0)
+    };
+    if more > 0 {
+        let s = if more == 1 { "" } else { "s" };
+        first.0 = format!(
+            "{} (and {more} more problem{s}; `terminus check` lists them all)",
+            first.0
+        );
+    }
+    first
+}
+
+/// One step of a field path: `listeners` `[0]` `cert`.
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+struct FieldPath<'p, 'a>(&'p [Seg<'a>]);
+
+impl fmt::Display for FieldPath<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if n == 0 => write!(f, "{k}")?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Maps byte offsets and field paths of one config text to line numbers.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    /// The span-preserving parse; `None` when the text is not valid TOML.
+    doc: Option<&'a toml_edit::ImDocument<&'a str>>,
+}
+
+/// A node of the span-preserving parse tree.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Item(&'a toml_edit::Item),
+    Value(&'a toml_edit::Value),
+    /// An element of an array of tables (it has no `Item` of its own).
+    Table(&'a toml_edit::Table),
+}
+
+impl<'a> Locator<'a> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// `FILE:LINE: PATH: msg`, with the line of the deepest part of `path` present
+    /// in the file.
+    fn error(&self, path: &[Seg<'_>], msg: &str) -> ConfigError {
+        let line = (1..=path.len())
+            .rev()
+            .find_map(|n| self.span_of(&path[..n]))
+            .map(|span| self.line_of(span.start));
+        let file = self.file.display();
+        let field = FieldPath(path);
+        ConfigError(match line {
+            Some(line) => format!("{file}:{line}: {field}: {msg}"),
+            None => format!("{file}: {field}: {msg}"),
+        })
+    }
+
+    /// Turn a serde/TOML error into one line: the span gives the line, and the
+    /// node under the span gives the field path.
+    fn serde_error(&self, e: &toml::de::Error) -> ConfigError {
+        let msg = one_line(e.message());
+        let file = self.file.display();
+        // The span-preserving parse fails exactly when the text is not valid TOML.
+        let msg = if self.doc.is_none() {
+            format!("invalid TOML: {msg}")
+        } else {
+            msg
+        };
+        let Some(span) = e.span() else {
+            return ConfigError(format!("{file}: {msg}"));
+        };
+        let line = self.line_of(span.start);
+        let mut path = Vec::new();
+        if let Some(doc) = self.doc {
+            find_path(Node::Item(doc.as_item()), span.start, &mut path);
+        }
+        // "unknown field `x`" already names the key: report where it was found.
+        if msg.starts_with("unknown field") && matches!(path.last(), Some(Seg::Key(_))) {
+            path.pop();
+        }
+        ConfigError(if path.is_empty() {
+            format!("{file}:{line}: {msg}")
+        } else {
+            format!("{file}:{line}: {}: {msg}", FieldPath(&path))
+        })
+    }
+
+    /// Span of the key (or, failing that, the value) at `path`.
+    fn span_of(&self, path: &[Seg<'_>]) -> Option<Range<usize>> {
+        let mut node = Node::Item(self.doc?.as_item());
+        let mut key_span = None;
+        for seg in path {
+            key_span = None;
+            node = match (*seg, node) {
+                (Seg::Key(k), n) => {
+                    let (key, item) = table_like(n)?.get_key_value(k)?;
+                    key_span = key.span();
+                    Node::Item(item)
+                }
+                (Seg::Index(i), Node::Item(toml_edit::Item::ArrayOfTables(a))) => {
+                    let t = a.get(i)?;
+                    key_span = t.span();
+                    Node::Table(t)
+                }
+                (Seg::Index(i), n) => Node::Value(as_array(n)?.get(i)?),
+            };
+        }
+        key_span.or_else(|| node_span(node))
+    }
+}
+
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn table_like(n: Node<'_>) -> Option<&dyn toml_edit::TableLike> {
+    match n {
+        Node::Item(item) => item.as_table_like(),
+        Node::Value(v) => v.as_inline_table().map(|t| t as &dyn toml_edit::TableLike),
+        Node::Table(t) => Some(t),
+    }
+}
+
+fn as_array(n: Node<'_>) -> Option<&toml_edit::Array> {
+    match n {
+        Node::Item(item) => item.as_array(),
+        Node::Value(v) => v.as_array(),
+        Node::Table(_) => None,
+    }
+}
+
+fn node_span(n: Node<'_>) -> Option<Range<usize>> {
+    match n {
+        Node::Item(item) => item.span(),
+        Node::Value(v) => v.span(),
+        Node::Table(t) => t.span(),
+    }
+}
+
+fn contains(span: Option<Range<usize>>, pos: usize) -> bool {
+    span.is_some_and(|s| s.contains(&pos) || s.start == pos)
+}
+
+/// Push onto `path` the field path of the deepest node whose key or value span
+/// holds byte offset `pos`. Returns whether anything (including `n` itself) matched.
+fn find_path<'a>(n: Node<'a>, pos: usize, path: &mut Vec<Seg<'a>>) -> bool {
+    if let Node::Item(toml_edit::Item::ArrayOfTables(a)) = n {
+        for (i, t) in a.iter().enumerate() {
+            path.push(Seg::Index(i));
+            if find_path(Node::Table(t), pos, path) {
+                return true;
+            }
+            path.pop();
+        }
+    } else if let Some(t) = table_like(n) {
+        for (k, _) in t.iter() {
+            let Some((key, item)) = t.get_key_value(k) else {
+                continue;
+            };
+            path.push(Seg::Key(key.get()));
+            if find_path(Node::Item(item), pos, path) || contains(key.span(), pos) {
+                return true;
+            }
+            path.pop();
+        }
+    } else if let Some(a) = as_array(n) {
+        for (i, v) in a.iter().enumerate() {
+            path.push(Seg::Index(i));
+            if find_path(Node::Value(v), pos, path) {
+                return true;
+            }
+            path.pop();
+        }
+    }
+    contains(node_span(n), pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTENER: &str = r#"
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "keys/server.key"
+upstreams = ["127.0.0.1:8080"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse_all(text, Path::new("/etc/terminus/config.toml"))
+            .map_err(|es| es.into_iter().map(|e| e.0).collect())
+    }
+
+    fn one_error(text: &str) -> String {
+        let errors = parse(text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let cfg = parse(LISTENER).unwrap();
+        assert_eq!(cfg.source, Path::new("/etc/terminus/config.toml"));
+        let l = &cfg.listeners[0];
+        assert_eq!(l.listen.port(), 0);
+        assert_eq!(l.cert, Path::new("/etc/terminus/server.pem"));
+        assert_eq!(l.key, Path::new("/etc/terminus/keys/server.key"));
+        assert_eq!(l.handshake_timeout_ms, 10_000);
+        assert_eq!(cfg.runtime.ring_entries, 4096);
+        assert_eq!(cfg.log.access, "stderr");
+    }
+
+    #[test]
+    fn absolute_paths_and_access_log_file() {
+        let text = format!(
+            "[log]\naccess = \"access.log\"\n{}ticket_key_file = \"/var/lib/t.key\"\n",
+            LISTENER.replace("server.pem", "/certs/server.pem")
+        );
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.listeners[0].cert, Path::new("/certs/server.pem"));
+        assert_eq!(
+            cfg.listeners[0].ticket_key_file.as_deref(),
+            Some(Path::new("/var/lib/t.key"))
+        );
+        assert_eq!(cfg.log.access, "/etc/terminus/access.log");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_table() {
+        let e = one_error(&format!("{LISTENER}listn = 1\n"));
+        assert!(
+            e.starts_with("/etc/terminus/config.toml:8: listeners[0]: unknown field `listn`"),
+            "{e}"
+        );
+        let e = one_error(&format!("listn = 1\n{LISTENER}"));
+        assert!(
+            e.starts_with("/etc/terminus/config.toml:1: unknown field `listn`, expected one of"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_field_path() {
+        let e = one_error(&format!("{LISTENER}handshake_timeout_ms = \"x\"\n"));
+        assert_eq!(
+            e,
+            "/etc/terminus/config.toml:8: listeners[0].handshake_timeout_ms: \
+             invalid type: string \"x\", expected u64"
+        );
+        let e = one_error(&format!(
+            "{LISTENER}{}",
+            LISTENER.replace("[\"127.0.0.1:8080\"]", "[\"127.0.0.1:1\", \"nope\"]")
+        ));
+        assert!(
+            e.starts_with(
+                "/etc/terminus/config.toml:14: listeners[1].upstreams[1]: invalid socket address"
+            ),
+            "{e}"
+        );
+        let e = one_error(&format!("[runtime]\nworkers = -1\n{LISTENER}"));
+        assert!(
+            e.starts_with("/etc/terminus/config.toml:2: runtime.workers: invalid value"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn inline_tables_and_missing_fields() {
+        let e = one_error("listeners = [{ name = \"a\", listen = \"127.0.0.1:0\", cert = \"c\", key = \"k\", upstreams = [], alpn = [1] }]");
+        assert!(
+            e.contains(":1: listeners[0].alpn[0]: invalid type: integer"),
+            "{e}"
+        );
+        let e = one_error(&LISTENER.replace("cert = \"server.pem\"\n", ""));
+        assert_eq!(
+            e,
+            "/etc/terminus/config.toml:2: listeners[0]: missing field `cert`"
+        );
+        let e = one_error("");
+        assert!(e.contains("missing field `listeners`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_is_one_line() {
+        let e = one_error("[runtime]\nworkers = = 2\n");
+        assert!(
+            e.starts_with("/etc/terminus/config.toml:2: invalid TOML: "),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem_with_lines() {
+        let text = format!(
+            "[runtime]\nworkers = 0\nring_entries = 1000\nrecv_buffers = 3\nrecv_buffer_size = 100\n\
+             {LISTENER}upstreams = []\nproxy_protocol = \"v1\"\nmax_buffered_bytes = 10\nidle_timeout_ms = 0\n\
+             [listeners.client_auth]\nmode = \"maybe\"\n{LISTENER}"
+        )
+        .replace("upstreams = [\"127.0.0.1:8080\"]\nupstreams = []", "upstreams = []");
+        let errors = parse(&text).unwrap_err();
+        let f = "/etc/terminus/config.toml";
+        let expect = [
+            format!("{f}:2: runtime.workers: must be at least 1"),
+            format!("{f}:3: runtime.ring_entries: must be a power of two between 2 and 32768, got 1000"),
+            format!("{f}:4: runtime.recv_buffers: must be a power of two between 1 and 32768, got 3"),
+            format!("{f}:5: runtime.recv_buffer_size: must be at least 4096 bytes, got 100"),
+            format!("{f}:12: listeners[0].upstreams: at least one upstream is required"),
+            format!("{f}:15: listeners[0].idle_timeout_ms: must be greater than 0"),
+            format!("{f}:14: listeners[0].max_buffered_bytes: must be at least 16384 bytes (one TLS record), got 10"),
+            format!("{f}:13: listeners[0].proxy_protocol: must be \"v2\" (the only supported version), got \"v1\""),
+            format!("{f}:17: listeners[0].client_auth.mode: must be one of \"none\", \"optional\", \"require\", got \"maybe\""),
+            format!("{f}:20: listeners[1].name: duplicate listener name \"edge\" (already used by listeners[0])"),
+        ];
+        assert_eq!(errors, expect);
+    }
+
+    #[test]
+    fn load_reports_first_problem_with_count() {
+        let text = format!("[runtime]\nworkers = 0\nring_entries = 3\n{LISTENER}");
+        let e = Config::parse(&text, Path::new("c.toml")).unwrap_err().0;
+        assert_eq!(
+            e,
+            "c.toml:2: runtime.workers: must be at least 1 (and 1 more problem; `terminus check` lists them all)"
+        );
+    }
+
+    #[test]
+    fn empty_listener_list_and_duplicate_addresses() {
+        let e = one_error("listeners = []\n");
+        assert_eq!(
+            e,
+            "/etc/terminus/config.toml:1: listeners: at least one [[listeners]] entry is required"
+        );
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:9000\"\n{LISTENER}{}",
+            LISTENER.replace("edge", "b")
+        )
+        .replace("127.0.0.1:0", "127.0.0.1:9000");
+        let errors = parse(&text).unwrap_err();
+        let f = "/etc/terminus/config.toml";
+        assert_eq!(
+            errors,
+            [
+                format!("{f}:6: listeners[0].listen: address 127.0.0.1:9000 is also the admin address"),
+                format!("{f}:13: listeners[1].listen: address 127.0.0.1:9000 is already used by listeners[0]"),
+                format!("{f}:13: listeners[1].listen: address 127.0.0.1:9000 is also the admin address"),
+            ]
+        );
+    }
+
+    #[test]
+    fn load_names_unreadable_file() {
+        let e = Config::load(Path::new("/nonexistent/terminus.toml"))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("/nonexistent/terminus.toml: cannot read config file: "),
+            "{e}"
+        );
+        assert!(e.contains("No such file or directory"), "{e}");
+    }
+}

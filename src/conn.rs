@@ -1,0 +1,939 @@
+//! conn: the sans-IO state machine of one proxied connection.
+//!
+//! Inputs are `handle_*` calls (bytes received, a send finished, the upstream
+//! connected, EOF, an error, the time), outputs are `poll_*`/`wants_*` queries
+//! (bytes to send to either side, connect now, shut down a side, stop or resume
+//! receiving, close). It never sees a file descriptor or reads the clock, so the
+//! whole proxy logic — TLS, half-close, backpressure, timeouts — is unit-tested with
+//! an in-memory rustls client (see the tests below) and any driver can run it.
+//!
+//! Send buffers are handed to the driver by value (`poll_*_send`) and come back with
+//! `handle_*_sent`, so the driver's I/O layer owns them while the kernel does.
+#![forbid(unsafe_code)]
+
+use rustls::ServerConnection;
+use std::io::{ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+/// Per-listener limits, all configurable.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Per direction: stop reading a side once this many bytes wait for the other.
+    pub max_buffered: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TLS handshake with the client in progress.
+    Handshaking,
+    /// Handshake done; the driver is connecting the upstream.
+    Connecting,
+    /// Both legs up: bytes flow.
+    Streaming,
+}
+
+/// Why a handshake failed; the `reason` label values of interface.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeFailure {
+    NoClientCert,
+    UnknownCa,
+    CertExpired,
+    CertNotYetValid,
+    CertRevoked,
+    BadCertificate,
+    PolicyDenied,
+    ProtocolVersion,
+    NoSharedCipher,
+    Malformed,
+    Timeout,
+    PeerClosed,
+    PeerAlert,
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 14] = [
+        Self::NoClientCert,
+        Self::UnknownCa,
+        Self::CertExpired,
+        Self::CertNotYetValid,
+        Self::CertRevoked,
+        Self::BadCertificate,
+        Self::PolicyDenied,
+        Self::ProtocolVersion,
+        Self::NoSharedCipher,
+        Self::Malformed,
+        Self::Timeout,
+        Self::PeerClosed,
+        Self::PeerAlert,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoClientCert => "no_client_cert",
+            Self::UnknownCa => "unknown_ca",
+            Self::CertExpired => "cert_expired",
+            Self::CertNotYetValid => "cert_not_yet_valid",
+            Self::CertRevoked => "cert_revoked",
+            Self::BadCertificate => "bad_certificate",
+            Self::PolicyDenied => "policy_denied",
+            Self::ProtocolVersion => "protocol_version",
+            Self::NoSharedCipher => "no_shared_cipher",
+            Self::Malformed => "malformed",
+            Self::Timeout => "timeout",
+            Self::PeerClosed => "peer_closed",
+            Self::PeerAlert => "peer_alert",
+            Self::Other => "other",
+        }
+    }
+
+    /// Classify a rustls error raised while handshaking.
+    pub fn classify(e: &rustls::Error) -> Self {
+        use rustls::{CertificateError as C, Error as E, PeerIncompatible as PI};
+        match e {
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } => Self::Malformed,
+            E::InappropriateHandshakeMessage { .. } | E::DecryptError => Self::Malformed,
+            E::NoCertificatesPresented => Self::NoClientCert,
+            E::InvalidCertificate(c) => match c {
+                C::UnknownIssuer => Self::UnknownCa,
+                C::Expired | C::ExpiredContext { .. } => Self::CertExpired,
+                C::NotValidYet | C::NotValidYetContext { .. } => Self::CertNotYetValid,
+                C::Revoked => Self::CertRevoked,
+                C::ApplicationVerificationFailure => Self::PolicyDenied,
+                _ => Self::BadCertificate,
+            },
+            E::PeerIncompatible(p) => match p {
+                PI::Tls12NotOffered
+                | PI::Tls12NotOfferedOrEnabled
+                | PI::Tls13RequiredForQuic
+                | PI::SupportedVersionsExtensionRequired => Self::ProtocolVersion,
+                PI::NoCipherSuitesInCommon
+                | PI::NoKxGroupsInCommon
+                | PI::NoSignatureSchemesInCommon
+                | PI::NoEcPointFormatsInCommon => Self::NoSharedCipher,
+                _ => Self::Other,
+            },
+            E::AlertReceived(_) => Self::PeerAlert,
+            E::PeerMisbehaved(_) => Self::Malformed,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Why a connection ended (the access log's `close_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both directions finished cleanly.
+    Done,
+    HandshakeFailed(HandshakeFailure),
+    IdleTimeout,
+    /// Every upstream refused or timed out.
+    UpstreamUnavailable,
+    /// The client reset or errored: reset the upstream too.
+    ClientReset,
+    /// The upstream reset or errored: reset the client too.
+    UpstreamReset,
+    /// The client broke the TLS protocol after the handshake.
+    ClientProtocolError,
+    /// Shut down by the process (drain deadline).
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::HandshakeFailed(_) => "handshake_failed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::ClientReset => "client_reset",
+            Self::UpstreamReset => "upstream_reset",
+            Self::ClientProtocolError => "client_protocol_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a fired timer means for the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Nothing is due (the deadline moved).
+    No,
+    /// The upstream connect attempt took too long: cancel it (its failure then
+    /// moves on to the next upstream).
+    ConnectAttempt,
+    /// The connection must close; see [`Conn::poll_close`].
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shut {
+    No,
+    Done,
+}
+
+pub struct Conn {
+    tls: ServerConnection,
+    phase: Phase,
+    limits: ConnLimits,
+    started: Instant,
+    last_activity: Instant,
+    connect_started: Instant,
+    handshake_done: Option<Instant>,
+    want_connect: bool,
+
+    // client -> upstream (plaintext)
+    to_upstream: Vec<u8>,
+    upstream_inflight: Option<usize>,
+    client_read_closed: bool,
+    upstream_shut: Shut,
+
+    // upstream -> client
+    /// Upstream plaintext received this turn, sealed into records at the next poll
+    /// so a turn's worth of bytes becomes as few records as possible.
+    plain_to_client: Vec<u8>,
+    to_client: Vec<u8>,
+    client_inflight: Option<usize>,
+    upstream_read_closed: bool,
+    close_notify_queued: bool,
+    client_shut: Shut,
+
+    /// Close at once.
+    close: Option<CloseReason>,
+    /// Close once `to_client` (an alert, a close_notify) has been sent.
+    close_after_flush: Option<CloseReason>,
+
+    pub bytes_client_to_upstream: u64,
+    pub bytes_upstream_to_client: u64,
+}
+
+impl Conn {
+    pub fn new(tls: ServerConnection, limits: ConnLimits, now: Instant) -> Self {
+        Conn {
+            tls,
+            phase: Phase::Handshaking,
+            limits,
+            started: now,
+            last_activity: now,
+            connect_started: now,
+            handshake_done: None,
+            want_connect: false,
+            to_upstream: Vec::new(),
+            upstream_inflight: None,
+            client_read_closed: false,
+            upstream_shut: Shut::No,
+            plain_to_client: Vec::new(),
+            to_client: Vec::new(),
+            client_inflight: None,
+            upstream_read_closed: false,
+            close_notify_queued: false,
+            client_shut: Shut::No,
+            close: None,
+            close_after_flush: None,
+            bytes_client_to_upstream: 0,
+            bytes_upstream_to_client: 0,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn tls(&self) -> &ServerConnection {
+        &self.tls
+    }
+
+    /// Time from accept to handshake completion, once done.
+    pub fn handshake_duration(&self) -> Option<Duration> {
+        self.handshake_done.map(|t| t - self.started)
+    }
+
+    fn closing(&self) -> bool {
+        self.close.is_some() || self.close_after_flush.is_some()
+    }
+
+    // ---- inputs -------------------------------------------------------------
+
+    /// Bytes arrived from the client.
+    pub fn handle_client_data(&mut self, mut data: &[u8], now: Instant) {
+        if self.closing() || self.client_read_closed {
+            return;
+        }
+        self.last_activity = now;
+        let mut stuck = 0;
+        while !data.is_empty() {
+            match self.tls.read_tls(&mut data) {
+                Ok(_) => stuck = 0,
+                // rustls' buffer is full: process what it has, then retry.
+                Err(_) => {
+                    stuck += 1;
+                    if stuck > 2 {
+                        self.fail_tls(&rustls::Error::General("record buffer overflow".into()));
+                        return;
+                    }
+                }
+            }
+            match self.tls.process_new_packets() {
+                Ok(st) => {
+                    if st.peer_has_closed() {
+                        self.client_read_closed = true;
+                    }
+                }
+                Err(e) => {
+                    self.fail_tls(&e);
+                    return;
+                }
+            }
+            self.drain_client_plaintext();
+        }
+        if self.phase == Phase::Handshaking && !self.tls.is_handshaking() {
+            self.phase = Phase::Connecting;
+            self.handshake_done = Some(now);
+            self.want_connect = true;
+            self.connect_started = now;
+        }
+        self.pump_tls_out();
+    }
+
+    /// The client's TCP stream ended (FIN).
+    pub fn handle_client_eof(&mut self, now: Instant) {
+        self.last_activity = now;
+        if self.phase == Phase::Handshaking {
+            self.close
+                .get_or_insert(CloseReason::HandshakeFailed(HandshakeFailure::PeerClosed));
+            return;
+        }
+        self.client_read_closed = true;
+    }
+
+    /// The client socket failed (reset, broken pipe...).
+    pub fn handle_client_error(&mut self) {
+        self.close
+            .get_or_insert(if self.phase == Phase::Handshaking {
+                CloseReason::HandshakeFailed(HandshakeFailure::PeerClosed)
+            } else {
+                CloseReason::ClientReset
+            });
+    }
+
+    /// The driver started a connect attempt (the connect timeout starts now).
+    pub fn handle_connect_started(&mut self, now: Instant) {
+        self.connect_started = now;
+    }
+
+    pub fn handle_upstream_connected(&mut self, now: Instant) {
+        if self.phase == Phase::Connecting {
+            self.phase = Phase::Streaming;
+            self.last_activity = now;
+        }
+    }
+
+    /// No upstream could be reached.
+    pub fn handle_upstream_unavailable(&mut self) {
+        self.tls.send_close_notify();
+        self.pump_tls_out();
+        self.close_after_flush
+            .get_or_insert(CloseReason::UpstreamUnavailable);
+    }
+
+    /// Plaintext arrived from the upstream.
+    pub fn handle_upstream_data(&mut self, data: &[u8], now: Instant) {
+        if self.closing() {
+            return;
+        }
+        self.last_activity = now;
+        self.bytes_upstream_to_client += data.len() as u64;
+        self.plain_to_client.extend_from_slice(data);
+    }
+
+    /// The upstream's stream ended (FIN): close_notify goes to the client after the
+    /// bytes already received.
+    pub fn handle_upstream_eof(&mut self, now: Instant) {
+        self.last_activity = now;
+        self.upstream_read_closed = true;
+    }
+
+    pub fn handle_upstream_error(&mut self) {
+        self.close.get_or_insert(CloseReason::UpstreamReset);
+    }
+
+    /// A client send finished completely; the buffer comes back for reuse.
+    pub fn handle_client_sent(&mut self, mut buf: Vec<u8>, now: Instant) {
+        self.client_inflight = None;
+        self.last_activity = now;
+        if self.to_client.is_empty() && self.to_client.capacity() < buf.capacity() {
+            buf.clear();
+            self.to_client = buf;
+        }
+    }
+
+    /// An upstream send finished completely; the buffer comes back for reuse.
+    pub fn handle_upstream_sent(&mut self, mut buf: Vec<u8>, now: Instant) {
+        self.upstream_inflight = None;
+        self.last_activity = now;
+        if self.to_upstream.is_empty() && self.to_upstream.capacity() < buf.capacity() {
+            buf.clear();
+            self.to_upstream = buf;
+        }
+    }
+
+    /// A deadline may have passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Expired {
+        if self.close.is_some() {
+            return Expired::Close;
+        }
+        if now < self.deadline() {
+            return Expired::No;
+        }
+        match self.phase {
+            Phase::Handshaking => {
+                self.close = Some(CloseReason::HandshakeFailed(HandshakeFailure::Timeout));
+                Expired::Close
+            }
+            Phase::Connecting => {
+                // Re-arm so a cancel that never completes can't stall us forever.
+                self.connect_started = now;
+                Expired::ConnectAttempt
+            }
+            Phase::Streaming => {
+                self.close = Some(if self.close_after_flush.is_some() {
+                    // A peer that never reads its alert/close_notify.
+                    self.close_after_flush.unwrap()
+                } else {
+                    CloseReason::IdleTimeout
+                });
+                Expired::Close
+            }
+        }
+    }
+
+    /// Close now, whatever the state (process shutdown).
+    pub fn handle_shutdown(&mut self) {
+        self.close.get_or_insert(CloseReason::Shutdown);
+    }
+
+    // ---- outputs ------------------------------------------------------------
+
+    /// When the next timer check is due.
+    pub fn deadline(&self) -> Instant {
+        match self.phase {
+            Phase::Handshaking => self.started + self.limits.handshake_timeout,
+            Phase::Connecting => self.connect_started + self.limits.connect_timeout,
+            Phase::Streaming => self.last_activity + self.limits.idle_timeout,
+        }
+    }
+
+    /// Start connecting the upstream (true once, after the handshake).
+    pub fn poll_connect(&mut self) -> bool {
+        std::mem::take(&mut self.want_connect) && !self.closing()
+    }
+
+    /// Bytes to send to the client, if none are in flight. Seals the upstream
+    /// plaintext gathered since the last call into records first.
+    pub fn poll_client_send(&mut self) -> Option<Vec<u8>> {
+        self.seal_for_client();
+        if self.client_inflight.is_some() || self.to_client.is_empty() || self.close.is_some() {
+            return None;
+        }
+        let buf = std::mem::take(&mut self.to_client);
+        self.client_inflight = Some(buf.len());
+        Some(buf)
+    }
+
+    /// Plaintext to send to the upstream, if connected and none is in flight.
+    pub fn poll_upstream_send(&mut self) -> Option<Vec<u8>> {
+        if self.phase != Phase::Streaming
+            || self.upstream_inflight.is_some()
+            || self.to_upstream.is_empty()
+            || self.closing()
+        {
+            return None;
+        }
+        let buf = std::mem::take(&mut self.to_upstream);
+        self.upstream_inflight = Some(buf.len());
+        Some(buf)
+    }
+
+    /// Whether the driver should keep a receive armed on the client socket.
+    pub fn wants_client_recv(&self) -> bool {
+        !self.closing()
+            && !self.client_read_closed
+            && self.to_upstream.len() + self.upstream_inflight.unwrap_or(0)
+                < self.limits.max_buffered
+    }
+
+    /// Whether the driver should keep a receive armed on the upstream socket.
+    pub fn wants_upstream_recv(&self) -> bool {
+        self.phase == Phase::Streaming
+            && !self.closing()
+            && !self.upstream_read_closed
+            && self.plain_to_client.len() + self.to_client.len() + self.client_inflight.unwrap_or(0)
+                < self.limits.max_buffered
+    }
+
+    /// Shut down the upstream's write side (true once): the client finished
+    /// sending and everything it sent has been delivered.
+    pub fn poll_upstream_shutdown(&mut self) -> bool {
+        if self.phase == Phase::Streaming
+            && self.client_read_closed
+            && self.upstream_shut == Shut::No
+            && self.to_upstream.is_empty()
+            && self.upstream_inflight.is_none()
+            && !self.closing()
+        {
+            self.upstream_shut = Shut::Done;
+            return true;
+        }
+        false
+    }
+
+    /// Shut down the client's TCP write side (true once), after close_notify went out.
+    pub fn poll_client_shutdown(&mut self) -> bool {
+        if self.close_notify_queued
+            && self.client_shut == Shut::No
+            && self.to_client.is_empty()
+            && self.client_inflight.is_none()
+            && self.close.is_none()
+        {
+            self.client_shut = Shut::Done;
+            return true;
+        }
+        false
+    }
+
+    /// Whether the connection is over, and why. The driver then cancels what is
+    /// in flight, waits for it, and closes both sockets.
+    pub fn poll_close(&self) -> Option<CloseReason> {
+        if let Some(r) = self.close {
+            return Some(r);
+        }
+        if let Some(r) = self.close_after_flush {
+            if self.to_client.is_empty() && self.client_inflight.is_none() {
+                return Some(r);
+            }
+            return None;
+        }
+        if self.upstream_shut == Shut::Done && self.client_shut == Shut::Done {
+            return Some(CloseReason::Done);
+        }
+        None
+    }
+
+    // ---- internals ----------------------------------------------------------
+
+    fn drain_client_plaintext(&mut self) {
+        let before = self.to_upstream.len();
+        match self.tls.reader().read_to_end(&mut self.to_upstream) {
+            // Clean close_notify.
+            Ok(_) => self.client_read_closed = true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            // TCP EOF without close_notify (we already know from handle_client_eof).
+            Err(_) => self.client_read_closed = true,
+        }
+        self.bytes_client_to_upstream += (self.to_upstream.len() - before) as u64;
+    }
+
+    fn seal_for_client(&mut self) {
+        if !self.plain_to_client.is_empty() && self.close.is_none() {
+            let mut plain = std::mem::take(&mut self.plain_to_client);
+            let mut done = 0;
+            while done < plain.len() {
+                match self.tls.writer().write(&plain[done..]) {
+                    Ok(n) if n > 0 => done += n,
+                    _ => break,
+                }
+                self.pump_tls_out();
+            }
+            plain.drain(..done);
+            self.plain_to_client = plain;
+        }
+        if self.upstream_read_closed
+            && self.plain_to_client.is_empty()
+            && !self.close_notify_queued
+            && self.close.is_none()
+        {
+            self.tls.send_close_notify();
+            self.close_notify_queued = true;
+        }
+        self.pump_tls_out();
+    }
+
+    fn pump_tls_out(&mut self) {
+        while self.tls.wants_write() {
+            if self.tls.write_tls(&mut self.to_client).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn fail_tls(&mut self, e: &rustls::Error) {
+        // rustls queued an alert describing the failure; send it before closing.
+        self.pump_tls_out();
+        let reason = if self.phase == Phase::Handshaking {
+            CloseReason::HandshakeFailed(HandshakeFailure::classify(e))
+        } else {
+            CloseReason::ClientProtocolError
+        };
+        self.close_after_flush.get_or_insert(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+    use std::sync::Arc;
+
+    struct Pki {
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        roots: RootCertStore,
+    }
+
+    fn pki() -> Pki {
+        crate::tls::install_provider();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der: CertificateDer<'static> = cert.der().clone();
+        let server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        Pki {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            roots,
+        }
+    }
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            max_buffered: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// An in-memory client talking to a Conn, with a fake "upstream" side.
+    struct Pair {
+        client: ClientConnection,
+        conn: Conn,
+        now: Instant,
+        upstream_got: Vec<u8>,
+        client_got: Vec<u8>,
+        client_closed: bool,
+    }
+
+    impl Pair {
+        fn new(pki: &Pki) -> Self {
+            Self::with_client(pki, pki.client.clone())
+        }
+        fn with_client(pki: &Pki, client: Arc<ClientConfig>) -> Self {
+            let now = Instant::now();
+            Pair {
+                client: ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap(),
+                conn: Conn::new(
+                    ServerConnection::new(pki.server.clone()).unwrap(),
+                    limits(),
+                    now,
+                ),
+                now,
+                upstream_got: Vec::new(),
+                client_got: Vec::new(),
+                client_closed: false,
+            }
+        }
+
+        /// Feed TLS bytes from the Conn to the client, collecting plaintext.
+        fn deliver(&mut self, b: &[u8]) {
+            let mut s = b;
+            while !s.is_empty() {
+                self.client.read_tls(&mut s).unwrap();
+                self.client.process_new_packets().unwrap();
+                let mut plain = Vec::new();
+                match self.client.reader().read_to_end(&mut plain) {
+                    Ok(_) => self.client_closed = true,
+                    Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock),
+                }
+                self.client_got.extend_from_slice(&plain);
+            }
+        }
+
+        /// Move bytes both ways until nothing moves; completes sends at once.
+        fn run(&mut self) {
+            for _ in 0..100 {
+                let mut moved = false;
+                let mut buf = Vec::new();
+                while self.client.wants_write() {
+                    self.client.write_tls(&mut buf).unwrap();
+                }
+                if !buf.is_empty() {
+                    moved = true;
+                    self.conn.handle_client_data(&buf, self.now);
+                }
+                if self.conn.poll_connect() {
+                    self.conn.handle_upstream_connected(self.now);
+                    moved = true;
+                }
+                if let Some(b) = self.conn.poll_client_send() {
+                    moved = true;
+                    self.deliver(&b);
+                    self.conn.handle_client_sent(b, self.now);
+                }
+                if let Some(b) = self.conn.poll_upstream_send() {
+                    moved = true;
+                    self.upstream_got.extend_from_slice(&b);
+                    self.conn.handle_upstream_sent(b, self.now);
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("pair did not settle");
+        }
+    }
+
+    #[test]
+    fn handshake_then_bytes_flow_unchanged_both_ways() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        p.run();
+        assert!(!p.client.is_handshaking());
+        assert_eq!(p.conn.phase(), Phase::Streaming);
+        p.client.writer().write_all(b"hello upstream").unwrap();
+        p.run();
+        assert_eq!(p.upstream_got, b"hello upstream");
+        p.conn.handle_upstream_data(b"hello client", p.now);
+        p.run();
+        assert_eq!(p.client_got, b"hello client");
+        assert_eq!(p.conn.bytes_client_to_upstream, 14);
+        assert_eq!(p.conn.bytes_upstream_to_client, 12);
+        assert!(p.conn.poll_close().is_none());
+    }
+
+    #[test]
+    fn tls12_client_works() {
+        let pki = pki();
+        let cfg = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates(pki.roots.clone())
+            .with_no_client_auth();
+        let mut p = Pair::with_client(&pki, Arc::new(cfg));
+        p.run();
+        assert_eq!(
+            p.conn.tls().protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        p.client.writer().write_all(b"over tls12").unwrap();
+        p.run();
+        assert_eq!(p.upstream_got, b"over tls12");
+    }
+
+    #[test]
+    fn client_close_notify_half_closes_upstream_while_upstream_keeps_talking() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        p.run();
+        p.client.writer().write_all(b"request").unwrap();
+        p.client.send_close_notify();
+        p.run();
+        assert_eq!(p.upstream_got, b"request");
+        assert!(p.conn.poll_upstream_shutdown(), "upstream write side shut");
+        assert!(!p.conn.wants_client_recv());
+        // The other direction still flows.
+        assert!(p.conn.wants_upstream_recv());
+        p.conn.handle_upstream_data(b"response", p.now);
+        p.run();
+        assert_eq!(p.client_got, b"response");
+        assert!(p.conn.poll_close().is_none());
+        // Upstream finishes: close_notify to the client, then the connection ends.
+        p.conn.handle_upstream_eof(p.now);
+        p.run();
+        assert!(p.client_closed, "client saw close_notify");
+        assert!(p.conn.poll_client_shutdown());
+        assert_eq!(p.conn.poll_close(), Some(CloseReason::Done));
+    }
+
+    #[test]
+    fn upstream_eof_sends_close_notify_but_client_may_keep_sending() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        p.run();
+        p.conn.handle_upstream_data(b"bye", p.now);
+        p.conn.handle_upstream_eof(p.now);
+        p.run();
+        assert_eq!(p.client_got, b"bye");
+        assert!(p.client_closed);
+        assert!(p.conn.poll_client_shutdown());
+        assert!(p.conn.poll_close().is_none(), "client->upstream still open");
+        p.client.writer().write_all(b"late").unwrap();
+        p.run();
+        assert_eq!(p.upstream_got, b"late");
+        p.conn.handle_client_eof(p.now);
+        assert!(p.conn.poll_upstream_shutdown());
+        assert_eq!(p.conn.poll_close(), Some(CloseReason::Done));
+    }
+
+    #[test]
+    fn slow_client_stops_upstream_reads_at_high_water_mark() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        p.run();
+        let chunk = vec![7u8; 16 * 1024];
+        let mut fed = 0;
+        let mut stuck = None;
+        while p.conn.wants_upstream_recv() {
+            p.conn.handle_upstream_data(&chunk, p.now);
+            fed += chunk.len();
+            // The client never reads: the first send stays in flight.
+            if let Some(b) = p.conn.poll_client_send() {
+                assert!(stuck.is_none(), "one send in flight at a time");
+                stuck = Some(b);
+            }
+            assert!(fed < 1 << 20, "backpressure never engaged");
+        }
+        assert!(fed <= limits().max_buffered + chunk.len());
+        // The client reads again: the stuck send completes and reading resumes.
+        let b = stuck.unwrap();
+        p.deliver(&b);
+        p.conn.handle_client_sent(b, p.now);
+        p.run();
+        assert!(p.conn.wants_upstream_recv());
+        assert_eq!(p.client_got.len(), fed);
+    }
+
+    #[test]
+    fn garbage_fails_handshake_as_malformed_with_alert() {
+        let pki = pki();
+        let now = Instant::now();
+        let mut c = Conn::new(
+            ServerConnection::new(pki.server.clone()).unwrap(),
+            limits(),
+            now,
+        );
+        c.handle_client_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
+        let alert = c.poll_client_send().expect("an alert is sent");
+        assert_eq!(alert[0], 0x15, "TLS alert record");
+        c.handle_client_sent(alert, now);
+        assert_eq!(
+            c.poll_close(),
+            Some(CloseReason::HandshakeFailed(HandshakeFailure::Malformed))
+        );
+        assert!(!c.poll_connect());
+    }
+
+    #[test]
+    fn silent_client_times_out_in_handshake() {
+        let pki = pki();
+        let now = Instant::now();
+        let mut c = Conn::new(
+            ServerConnection::new(pki.server.clone()).unwrap(),
+            limits(),
+            now,
+        );
+        assert_eq!(c.handle_timeout(now + Duration::from_secs(9)), Expired::No);
+        assert_eq!(
+            c.handle_timeout(now + Duration::from_secs(10)),
+            Expired::Close
+        );
+        assert_eq!(
+            c.poll_close(),
+            Some(CloseReason::HandshakeFailed(HandshakeFailure::Timeout))
+        );
+    }
+
+    #[test]
+    fn idle_and_connect_timeouts() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        // Handshake without connecting the upstream.
+        let mut buf = Vec::new();
+        for _ in 0..4 {
+            while p.client.wants_write() {
+                p.client.write_tls(&mut buf).unwrap();
+            }
+            p.conn.handle_client_data(&buf, p.now);
+            buf.clear();
+            if let Some(b) = p.conn.poll_client_send() {
+                let mut s = &b[..];
+                while !s.is_empty() {
+                    p.client.read_tls(&mut s).unwrap();
+                }
+                p.client.process_new_packets().unwrap();
+                p.conn.handle_client_sent(b, p.now);
+            }
+        }
+        assert_eq!(p.conn.phase(), Phase::Connecting);
+        assert!(p.conn.poll_connect());
+        p.conn.handle_connect_started(p.now);
+        let t = p.now + Duration::from_secs(5);
+        assert_eq!(p.conn.handle_timeout(t), Expired::ConnectAttempt);
+        p.conn.handle_upstream_connected(t);
+        assert_eq!(
+            p.conn.handle_timeout(t + Duration::from_secs(59)),
+            Expired::No
+        );
+        assert_eq!(
+            p.conn.handle_timeout(t + Duration::from_secs(60)),
+            Expired::Close
+        );
+        assert_eq!(p.conn.poll_close(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn upstream_unavailable_sends_close_notify_then_closes() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        p.conn.want_connect = false;
+        for _ in 0..4 {
+            let mut buf = Vec::new();
+            while p.client.wants_write() {
+                p.client.write_tls(&mut buf).unwrap();
+            }
+            p.conn.handle_client_data(&buf, p.now);
+            if let Some(b) = p.conn.poll_client_send() {
+                let mut s = &b[..];
+                while !s.is_empty() {
+                    p.client.read_tls(&mut s).unwrap();
+                }
+                p.client.process_new_packets().unwrap();
+                p.conn.handle_client_sent(b, p.now);
+            }
+        }
+        assert!(p.conn.poll_connect());
+        p.conn.handle_upstream_unavailable();
+        let b = p.conn.poll_client_send().expect("close_notify");
+        let mut s = &b[..];
+        p.client.read_tls(&mut s).unwrap();
+        let st = p.client.process_new_packets().unwrap();
+        assert!(st.peer_has_closed());
+        p.conn.handle_client_sent(b, p.now);
+        assert_eq!(p.conn.poll_close(), Some(CloseReason::UpstreamUnavailable));
+    }
+
+    #[test]
+    fn upstream_reset_closes_at_once() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        p.run();
+        p.conn.handle_upstream_error();
+        assert_eq!(p.conn.poll_close(), Some(CloseReason::UpstreamReset));
+        assert!(!p.conn.wants_client_recv());
+    }
+}

@@ -1,0 +1,15 @@
+//! terminus: a thread-per-core io_uring TLS terminator.
+//!
+//! See ARCHITECTURE.md for the data flow and where each responsibility lives.
+
+pub mod certs;
+pub mod check;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod server;
+pub mod timer;
+pub mod tls;
+pub mod upstream;
+pub mod uring;
+pub mod worker;

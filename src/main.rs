@@ -1,0 +1,111 @@
+//! CLI: parses arguments and hands off; holds no logic.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "terminus",
+    version,
+    about = "io_uring TLS terminator: terminate, re-encrypt, mutual TLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve until SIGTERM/SIGINT.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate config, certificates, keys; print every problem.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write an ECDSA P-256 test PKI (CA, server, client) into DIR.
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long, default_value = "example.org")]
+        trust_domain: String,
+    },
+    /// Self-contained demo: temporary PKI, built-in backend, terminator, measurements.
+    Demo {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Keep serving after the measurements until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    terminus::tls::install_provider();
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = match terminus::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("terminus: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match terminus::server::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(terminus::server::RunError::Config(e)) => {
+                    eprintln!("terminus: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("terminus: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Check { config } => terminus::check::run_cli(&config),
+        Cmd::Certs {
+            out,
+            days,
+            trust_domain,
+        } => match terminus::certs::generate(&out, days, &trust_domain) {
+            Ok(()) => {
+                println!("wrote test PKI to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("terminus: certs: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Demo { seconds, serve } => match terminus::demo::run(seconds, serve) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("terminus: demo: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

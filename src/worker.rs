@@ -1,0 +1,670 @@
+//! worker: the thread-per-core loop. Each worker owns one io_uring, one
+//! SO_REUSEPORT socket per listener and every connection the kernel hashes to it;
+//! it drives `conn` state machines from completions and shares no mutable state
+//! with other workers (listener config is behind `ArcSwap`, counters are atomics
+//! touched once per connection).
+//!
+//! One loop turn: submit everything queued and wait (one `io_uring_enter`), drain
+//! completions into the connections they belong to, then for each connection touched
+//! this turn turn its wants into ops (coalescing: at most one send per side), then
+//! expire timers.
+#![forbid(unsafe_code)]
+
+use crate::conn::{CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase};
+use crate::timer::Wheel;
+use crate::upstream::{Attempts, UpstreamSet};
+use crate::uring::{Completion, OpId, Uring, UringConfig};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What every worker shares about one listener (immutable apart from the TLS
+/// config swap and the connection count).
+pub struct ListenerShared {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: ArcSwap<rustls::ServerConfig>,
+    pub upstreams: UpstreamSet,
+    pub limits: ConnLimits,
+    pub max_connections: usize,
+    /// Open connections over all workers (max_connections is per listener).
+    pub active: AtomicUsize,
+    pub stats: ListenerStats,
+}
+
+/// Per-listener counters; atomics updated once per connection, never per byte.
+#[derive(Default)]
+pub struct ListenerStats {
+    pub connections: AtomicU64,
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_resumed: AtomicU64,
+    pub handshake_errors: [AtomicU64; HandshakeFailure::ALL.len()],
+    pub upstream_connect_errors: AtomicU64,
+    pub rejected_max_connections: AtomicU64,
+    pub bytes_client_to_upstream: AtomicU64,
+    pub bytes_upstream_to_client: AtomicU64,
+}
+
+impl ListenerStats {
+    pub fn handshake_errors(&self, r: HandshakeFailure) -> u64 {
+        let i = HandshakeFailure::ALL.iter().position(|x| *x == r).unwrap();
+        self.handshake_errors[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Process-wide run state, written by the signal thread, read once per turn.
+pub const RUNNING: u8 = 0;
+/// Stop accepting; finish live connections.
+pub const DRAINING: u8 = 1;
+/// Close everything now and exit.
+pub const STOPPING: u8 = 2;
+
+pub struct WorkerSetup {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub ring: UringConfig,
+    pub listeners: Vec<(Arc<ListenerShared>, OwnedFd)>,
+    pub state: Arc<AtomicU8>,
+}
+
+/// Token layout (the `u64` the uring module hands back): bits 0..4 op kind,
+/// 4..32 slot index (or listener index for accepts), 32..64 slot generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Accept = 0,
+    ClientRecv,
+    UpstreamRecv,
+    ClientSend,
+    UpstreamSend,
+    Connect,
+    Shutdown,
+    /// Cancels and closes: their completion needs nothing.
+    Fire,
+}
+
+const KINDS: [Kind; 8] = [
+    Kind::Accept,
+    Kind::ClientRecv,
+    Kind::UpstreamRecv,
+    Kind::ClientSend,
+    Kind::UpstreamSend,
+    Kind::Connect,
+    Kind::Shutdown,
+    Kind::Fire,
+];
+
+fn token(kind: Kind, slot: u32, gen: u32) -> u64 {
+    (gen as u64) << 32 | (slot as u64) << 4 | kind as u64
+}
+
+fn untoken(t: u64) -> (Kind, u32, u32) {
+    (
+        KINDS[(t & 0xf) as usize],
+        ((t >> 4) & 0x0fff_ffff) as u32,
+        (t >> 32) as u32,
+    )
+}
+
+/// Per-connection driver state around the sans-IO `Conn`.
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+    listener: usize,
+    client: Option<OwnedFd>,
+    upstream: Option<OwnedFd>,
+    upstream_connected: bool,
+    attempts: Attempts,
+    client_recv: Option<OpId>,
+    upstream_recv: Option<OpId>,
+    client_recv_cancelled: bool,
+    upstream_recv_cancelled: bool,
+    connect: Option<OpId>,
+    client_send: Option<OpId>,
+    upstream_send: Option<OpId>,
+    /// Ops whose final completion is still due; the slot (and the sockets) live
+    /// until this is zero.
+    inflight: u32,
+    closing: Option<CloseReason>,
+    scheduled_phase: Option<Phase>,
+    dirty: bool,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Slot {
+            gen: 0,
+            conn: None,
+            listener: 0,
+            client: None,
+            upstream: None,
+            upstream_connected: false,
+            attempts: Attempts::default(),
+            client_recv: None,
+            upstream_recv: None,
+            client_recv_cancelled: false,
+            upstream_recv_cancelled: false,
+            connect: None,
+            client_send: None,
+            upstream_send: None,
+            inflight: 0,
+            closing: None,
+            scheduled_phase: None,
+            dirty: false,
+        }
+    }
+}
+
+struct ListenerLocal {
+    shared: Arc<ListenerShared>,
+    fd: Option<OwnedFd>,
+    accept: Option<OpId>,
+    rr_cursor: usize,
+}
+
+pub struct Worker {
+    index: usize,
+    ring: Uring,
+    listeners: Vec<ListenerLocal>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    dirty: Vec<u32>,
+    wheel: Wheel<(u32, u32)>,
+    state: Arc<AtomicU8>,
+    live: usize,
+}
+
+/// Set up a worker on the current thread: pin it, build its ring, arm accepts.
+pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
+    if let Some(cpu) = s.cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            return Err(format!("worker {}: cannot pin to CPU {cpu}", s.index));
+        }
+    }
+    let ring = Uring::new(s.ring).map_err(|e| e.to_string())?;
+    let now = Instant::now();
+    let mut w = Worker {
+        index: s.index,
+        ring,
+        listeners: s
+            .listeners
+            .into_iter()
+            .map(|(shared, fd)| ListenerLocal {
+                shared,
+                fd: Some(fd),
+                accept: None,
+                rr_cursor: s.index,
+            })
+            .collect(),
+        slots: Vec::new(),
+        free: Vec::new(),
+        dirty: Vec::new(),
+        wheel: Wheel::new(now, Duration::from_millis(20), 4096),
+        state: s.state,
+        live: 0,
+    };
+    for i in 0..w.listeners.len() {
+        w.arm_accept(i);
+    }
+    Ok(w)
+}
+
+impl Worker {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        let l = &mut self.listeners[i];
+        if let Some(fd) = &l.fd {
+            l.accept = Some(
+                self.ring
+                    .accept_multi(fd.as_raw_fd(), token(Kind::Accept, i as u32, 0)),
+            );
+        }
+    }
+
+    /// Run until stopped. Returns once every connection is closed.
+    pub fn run(mut self, drain_timeout: Duration) -> std::io::Result<()> {
+        let mut completions = Vec::with_capacity(256);
+        let mut expired = Vec::new();
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let wait = self.wheel.tick().max(Duration::from_millis(20));
+            self.ring.submit_and_wait(wait)?;
+            self.ring.drain(&mut completions);
+            let now = Instant::now();
+            for c in completions.drain(..) {
+                self.on_completion(c, now);
+            }
+            self.flush_dirty(now);
+            self.wheel.expire(now, &mut expired);
+            for (slot, gen) in expired.drain(..) {
+                self.on_timer(slot, gen, now);
+            }
+            self.flush_dirty(now);
+
+            match self.state.load(Ordering::Relaxed) {
+                RUNNING => {}
+                st => {
+                    if drain_deadline.is_none() {
+                        self.stop_accepting();
+                        drain_deadline = Some(now + drain_timeout);
+                    }
+                    if st == STOPPING || now >= drain_deadline.unwrap() {
+                        self.shutdown_all(now);
+                    }
+                    if self.live == 0 && self.ring.ops_in_flight() == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        for i in 0..self.listeners.len() {
+            if let Some(op) = self.listeners[i].accept.take() {
+                self.ring.cancel(op, token(Kind::Fire, 0, 0));
+            }
+            if let Some(fd) = self.listeners[i].fd.take() {
+                self.ring.close(fd, token(Kind::Fire, 0, 0));
+            }
+        }
+    }
+
+    fn shutdown_all(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].closing.is_none() {
+                if let Some(c) = self.slots[i].conn.as_mut() {
+                    c.handle_shutdown();
+                    self.mark_dirty(i as u32);
+                }
+            }
+        }
+        self.flush_dirty(now);
+    }
+
+    fn mark_dirty(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion, now: Instant) {
+        let (kind, idx, gen) = untoken(c.token);
+        match kind {
+            Kind::Fire => return,
+            Kind::Accept => return self.on_accept(idx as usize, c, now),
+            _ => {}
+        }
+        let s = &mut self.slots[idx as usize];
+        if s.gen != gen || s.conn.is_none() {
+            // Cannot happen while slots outlive their ops; stay safe regardless.
+            if let Some(bid) = c.bid {
+                self.ring.recycle(bid);
+            }
+            return;
+        }
+        if !c.more {
+            s.inflight -= 1;
+        }
+        let closing = s.closing.is_some();
+        let conn = s.conn.as_mut().unwrap();
+        match kind {
+            Kind::ClientRecv | Kind::UpstreamRecv => {
+                let client = kind == Kind::ClientRecv;
+                if !c.more {
+                    if client {
+                        s.client_recv = None;
+                        s.client_recv_cancelled = false;
+                    } else {
+                        s.upstream_recv = None;
+                        s.upstream_recv_cancelled = false;
+                    }
+                }
+                if let Some(bid) = c.bid {
+                    if !closing && c.result > 0 {
+                        let data = self.ring.buf(bid, c.result as usize);
+                        if client {
+                            conn.handle_client_data(data, now);
+                        } else {
+                            conn.handle_upstream_data(data, now);
+                        }
+                    }
+                    // rustls copied the bytes: the buffer goes straight back.
+                    self.ring.recycle(bid);
+                } else if !closing {
+                    match c.result {
+                        0 if client => conn.handle_client_eof(now),
+                        0 => conn.handle_upstream_eof(now),
+                        // Ring ran dry or we cancelled: re-armed in flush if wanted.
+                        r if r == -libc::ENOBUFS || r == -libc::ECANCELED => {}
+                        _ if client => conn.handle_client_error(),
+                        _ => conn.handle_upstream_error(),
+                    }
+                }
+            }
+            Kind::ClientSend | Kind::UpstreamSend => {
+                let client = kind == Kind::ClientSend;
+                if client {
+                    s.client_send = None;
+                } else {
+                    s.upstream_send = None;
+                }
+                let buf = c.buf.expect("send op returns its buffer");
+                if !closing {
+                    if c.result < 0 {
+                        if client {
+                            conn.handle_client_error();
+                        } else {
+                            conn.handle_upstream_error();
+                        }
+                    } else if c.offset + (c.result as usize) < buf.len() {
+                        // Short send: the rest goes out before anything newer.
+                        let off = c.offset + c.result as usize;
+                        let fd = if client { &s.client } else { &s.upstream };
+                        let fd = fd.as_ref().unwrap().as_raw_fd();
+                        let op = self.ring.send(fd, buf, off, token(kind, idx, gen));
+                        s.inflight += 1;
+                        if client {
+                            s.client_send = Some(op);
+                        } else {
+                            s.upstream_send = Some(op);
+                        }
+                    } else if client {
+                        conn.handle_client_sent(buf, now);
+                    } else {
+                        conn.handle_upstream_sent(buf, now);
+                    }
+                }
+            }
+            Kind::Connect => {
+                s.connect = None;
+                if !closing {
+                    if c.result == 0 {
+                        s.upstream_connected = true;
+                        conn.handle_upstream_connected(now);
+                    } else {
+                        let l = &self.listeners[s.listener].shared;
+                        l.stats
+                            .upstream_connect_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        if let Some(fd) = s.upstream.take() {
+                            self.ring.close(fd, token(Kind::Fire, 0, 0));
+                        }
+                        self.start_connect(idx, now);
+                    }
+                }
+            }
+            Kind::Shutdown => {}
+            Kind::Accept | Kind::Fire => unreachable!(),
+        }
+        self.mark_dirty(idx);
+    }
+
+    fn on_accept(&mut self, li: usize, c: Completion, now: Instant) {
+        if !c.more {
+            self.listeners[li].accept = None;
+            if self.state.load(Ordering::Relaxed) == RUNNING {
+                self.arm_accept(li);
+            }
+        }
+        // EMFILE, ENFILE, ECONNABORTED...: the listener stays armed.
+        let Some(fd) = crate::uring::accepted_fd(&c) else {
+            return;
+        };
+        let shared = self.listeners[li].shared.clone();
+        if shared.active.fetch_add(1, Ordering::Relaxed) >= shared.max_connections {
+            shared.active.fetch_sub(1, Ordering::Relaxed);
+            shared
+                .stats
+                .rejected_max_connections
+                .fetch_add(1, Ordering::Relaxed);
+            self.ring.close(fd, token(Kind::Fire, 0, 0));
+            return;
+        }
+        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let tls = match rustls::ServerConnection::new(shared.tls.load_full()) {
+            Ok(t) => t,
+            Err(_) => {
+                shared.active.fetch_sub(1, Ordering::Relaxed);
+                self.ring.close(fd, token(Kind::Fire, 0, 0));
+                return;
+            }
+        };
+        let conn = Conn::new(tls, shared.limits, now);
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::empty());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[idx as usize];
+        let gen = s.gen;
+        *s = Slot::empty();
+        s.gen = gen;
+        s.conn = Some(conn);
+        s.listener = li;
+        s.client = Some(fd);
+        self.live += 1;
+        self.mark_dirty(idx);
+    }
+
+    fn start_connect(&mut self, idx: u32, now: Instant) {
+        let s = &mut self.slots[idx as usize];
+        let l = &mut self.listeners[s.listener];
+        let conn = s.conn.as_mut().unwrap();
+        while let Some(addr) = l.shared.upstreams.next(&mut s.attempts) {
+            let sock = match socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM.nonblocking().cloexec(),
+                Some(socket2::Protocol::TCP),
+            ) {
+                Ok(s) => s,
+                Err(_) => {
+                    l.shared
+                        .stats
+                        .upstream_connect_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let fd = OwnedFd::from(sock);
+            s.connect = Some(self.ring.connect(
+                fd.as_raw_fd(),
+                addr,
+                token(Kind::Connect, idx, s.gen),
+            ));
+            s.upstream = Some(fd);
+            s.inflight += 1;
+            conn.handle_connect_started(now);
+            return;
+        }
+        conn.handle_upstream_unavailable();
+    }
+
+    fn on_timer(&mut self, idx: u32, gen: u32, now: Instant) {
+        let s = &mut self.slots[idx as usize];
+        if s.gen != gen || s.closing.is_some() {
+            return;
+        }
+        let Some(conn) = s.conn.as_mut() else { return };
+        match conn.handle_timeout(now) {
+            Expired::No => self.wheel.schedule(conn.deadline(), (idx, gen)),
+            Expired::ConnectAttempt => {
+                if let Some(op) = s.connect {
+                    self.ring.cancel(op, token(Kind::Fire, 0, 0));
+                }
+                self.wheel.schedule(conn.deadline(), (idx, gen));
+            }
+            Expired::Close => self.mark_dirty(idx),
+        }
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        while let Some(idx) = self.dirty.pop() {
+            self.slots[idx as usize].dirty = false;
+            self.flush(idx, now);
+        }
+    }
+
+    /// Turn one connection's wants into ops.
+    fn flush(&mut self, idx: u32, now: Instant) {
+        let s = &mut self.slots[idx as usize];
+        if s.conn.is_none() {
+            return;
+        }
+        if s.closing.is_some() {
+            if s.inflight == 0 {
+                self.finalize(idx);
+            }
+            return;
+        }
+        let gen = s.gen;
+        if s.conn.as_mut().unwrap().poll_connect() {
+            let l = &mut self.listeners[s.listener];
+            s.attempts = l.shared.upstreams.begin(&mut l.rr_cursor);
+            if let Some(d) = s.conn.as_ref().unwrap().handshake_duration() {
+                let _ = d; // recorded by the metrics issue
+            }
+            let st = &l.shared.stats;
+            st.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+            if s.conn.as_ref().unwrap().tls().handshake_kind()
+                == Some(rustls::HandshakeKind::Resumed)
+            {
+                st.handshakes_resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            self.start_connect(idx, now);
+        }
+        let s = &mut self.slots[idx as usize];
+        let conn = s.conn.as_mut().unwrap();
+        let client = s.client.as_ref().unwrap().as_raw_fd();
+        if let Some(buf) = conn.poll_client_send() {
+            s.client_send = Some(
+                self.ring
+                    .send(client, buf, 0, token(Kind::ClientSend, idx, gen)),
+            );
+            s.inflight += 1;
+        }
+        if s.upstream_connected {
+            let up = s.upstream.as_ref().unwrap().as_raw_fd();
+            if let Some(buf) = conn.poll_upstream_send() {
+                s.upstream_send =
+                    Some(
+                        self.ring
+                            .send(up, buf, 0, token(Kind::UpstreamSend, idx, gen)),
+                    );
+                s.inflight += 1;
+            }
+            if conn.poll_upstream_shutdown() {
+                self.ring
+                    .shutdown_write(up, token(Kind::Shutdown, idx, gen));
+                s.inflight += 1;
+            }
+            let want = conn.wants_upstream_recv();
+            if want && s.upstream_recv.is_none() {
+                s.upstream_recv = Some(
+                    self.ring
+                        .recv_multi(up, token(Kind::UpstreamRecv, idx, gen)),
+                );
+                s.inflight += 1;
+            } else if !want && !s.upstream_recv_cancelled {
+                if let Some(op) = s.upstream_recv {
+                    self.ring.cancel(op, token(Kind::Fire, 0, 0));
+                    s.upstream_recv_cancelled = true;
+                }
+            }
+        }
+        if conn.poll_client_shutdown() {
+            self.ring
+                .shutdown_write(client, token(Kind::Shutdown, idx, gen));
+            s.inflight += 1;
+        }
+        let want = conn.wants_client_recv();
+        if want && s.client_recv.is_none() {
+            s.client_recv = Some(
+                self.ring
+                    .recv_multi(client, token(Kind::ClientRecv, idx, gen)),
+            );
+            s.inflight += 1;
+        } else if !want && !s.client_recv_cancelled {
+            if let Some(op) = s.client_recv {
+                self.ring.cancel(op, token(Kind::Fire, 0, 0));
+                s.client_recv_cancelled = true;
+            }
+        }
+        if s.scheduled_phase != Some(conn.phase()) {
+            s.scheduled_phase = Some(conn.phase());
+            self.wheel.schedule(conn.deadline(), (idx, gen));
+        }
+        if let Some(reason) = conn.poll_close() {
+            self.begin_close(idx, reason);
+        }
+    }
+
+    fn begin_close(&mut self, idx: u32, reason: CloseReason) {
+        let s = &mut self.slots[idx as usize];
+        s.closing = Some(reason);
+        let l = &self.listeners[s.listener].shared;
+        if let CloseReason::HandshakeFailed(r) = reason {
+            let i = HandshakeFailure::ALL.iter().position(|x| *x == r).unwrap();
+            l.stats.handshake_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+        // A reset on one leg becomes a reset on the other (SO_LINGER 0 then close).
+        let reset_fd = match reason {
+            CloseReason::ClientReset => s.upstream.as_ref(),
+            CloseReason::UpstreamReset => s.client.as_ref(),
+            _ => None,
+        };
+        if let Some(fd) = reset_fd {
+            let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
+        }
+        for op in [
+            s.client_recv,
+            s.upstream_recv,
+            s.connect,
+            s.client_send,
+            s.upstream_send,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.ring.cancel(op, token(Kind::Fire, 0, 0));
+        }
+        if s.inflight == 0 {
+            self.finalize(idx);
+        }
+    }
+
+    /// Every op of the slot has completed: close the sockets, free the slot.
+    fn finalize(&mut self, idx: u32) {
+        let s = &mut self.slots[idx as usize];
+        let Some(conn) = s.conn.take() else { return };
+        let l = &self.listeners[s.listener].shared;
+        l.stats
+            .bytes_client_to_upstream
+            .fetch_add(conn.bytes_client_to_upstream, Ordering::Relaxed);
+        l.stats
+            .bytes_upstream_to_client
+            .fetch_add(conn.bytes_upstream_to_client, Ordering::Relaxed);
+        l.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(fd) = s.client.take() {
+            self.ring.close(fd, token(Kind::Fire, 0, 0));
+        }
+        if let Some(fd) = s.upstream.take() {
+            self.ring.close(fd, token(Kind::Fire, 0, 0));
+        }
+        s.gen = s.gen.wrapping_add(1) & 0x0fff_ffff;
+        s.closing = None;
+        self.free.push(idx);
+        self.live -= 1;
+    }
+}
