@@ -400,12 +400,8 @@ impl Conn {
                 Expired::ConnectAttempt
             }
             Phase::Streaming => {
-                self.close = Some(if self.close_after_flush.is_some() {
-                    // A peer that never reads its alert/close_notify.
-                    self.close_after_flush.unwrap()
-                } else {
-                    CloseReason::IdleTimeout
-                });
+                // A peer that never reads its alert/close_notify keeps that reason.
+                self.close = Some(self.close_after_flush.unwrap_or(CloseReason::IdleTimeout));
                 Expired::Close
             }
         }

@@ -10,6 +10,8 @@
 //! [`Uring::submit_and_wait`] — one `io_uring_enter` per worker loop turn.
 //! Knows nothing about TLS.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::io;
@@ -378,7 +380,7 @@ impl Uring {
         let (p, l) = (sa.as_ptr(), sa.len());
         self.ops[id.idx()].addr = Some(sa);
         self.push(
-            opcode::Connect::new(types::Fd(fd), p as *const libc::sockaddr, l)
+            opcode::Connect::new(types::Fd(fd), p, l)
                 .build()
                 .user_data(id.0),
         );
@@ -440,7 +442,7 @@ impl Uring {
                 Err(e) => return Err(e),
             }
             // Backlogged entries go in as soon as there is room; don't wait on them.
-            if self.backlog.is_empty() || self.ring.completion().len() > 0 {
+            if self.backlog.is_empty() || !self.ring.completion().is_empty() {
                 return Ok(());
             }
         }
