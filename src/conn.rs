@@ -361,24 +361,19 @@ impl Conn {
         self.close.get_or_insert(CloseReason::UpstreamReset);
     }
 
-    /// A client send finished completely; the buffer comes back for reuse.
-    pub fn handle_client_sent(&mut self, mut buf: Vec<u8>, now: Instant) {
+    /// A client send finished completely. The buffer is dropped, not kept for reuse:
+    /// an idle connection then holds no send memory (the allocator recycles it).
+    pub fn handle_client_sent(&mut self, buf: Vec<u8>, now: Instant) {
+        drop(buf);
         self.client_inflight = None;
         self.last_activity = now;
-        if self.to_client.is_empty() && self.to_client.capacity() < buf.capacity() {
-            buf.clear();
-            self.to_client = buf;
-        }
     }
 
-    /// An upstream send finished completely; the buffer comes back for reuse.
-    pub fn handle_upstream_sent(&mut self, mut buf: Vec<u8>, now: Instant) {
+    /// An upstream send finished completely (buffer dropped, as for the client).
+    pub fn handle_upstream_sent(&mut self, buf: Vec<u8>, now: Instant) {
+        drop(buf);
         self.upstream_inflight = None;
         self.last_activity = now;
-        if self.to_upstream.is_empty() && self.to_upstream.capacity() < buf.capacity() {
-            buf.clear();
-            self.to_upstream = buf;
-        }
     }
 
     /// A deadline may have passed.
@@ -545,7 +540,10 @@ impl Conn {
                 self.pump_tls_out();
             }
             plain.drain(..done);
-            self.plain_to_client = plain;
+            // Keep the staging buffer only while it still holds bytes (idle = no memory).
+            if !plain.is_empty() {
+                self.plain_to_client = plain;
+            }
         }
         if self.upstream_read_closed
             && self.plain_to_client.is_empty()

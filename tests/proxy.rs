@@ -650,6 +650,48 @@ fn refused_first_upstream_fails_over_to_second() {
     );
 }
 
+/// An upstream reset must not look like a clean end to the client: no close_notify,
+/// the connection is aborted (RST) or at least cut without close_notify, promptly.
+#[test]
+fn upstream_reset_propagates_to_client() {
+    let up = Backend::reset_after(5);
+    let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[up.addr()])]);
+    let mut tls = tls_connect(p.addr("edge"), &p.client());
+    tls.write_all(b"hello").unwrap();
+    tls.flush().unwrap();
+    let start = Instant::now();
+    let (got, ending) = read_to_end_tls(&mut tls, 1024, "after upstream RST");
+    let took = start.elapsed();
+    assert!(got.is_empty(), "unexpected data {got:?}");
+    assert_eq!(up.reports(), vec!["reset after 5".to_string()]);
+    assert!(
+        matches!(ending, Ending::Reset | Ending::UncleanEof),
+        "upstream RST reached the client as {ending:?}; a close_notify would claim a clean end"
+    );
+    assert!(
+        took < PROMPT,
+        "client learned of the reset only after {took:?}"
+    );
+}
+
+/// A client reset must not look like a clean end to the upstream: it must see a reset
+/// (ECONNRESET), not a FIN that reads as "request complete".
+#[test]
+fn client_reset_propagates_to_upstream() {
+    let up = Backend::echo_observed();
+    let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[up.addr()])]);
+    let mut tls = tls_connect(p.addr("edge"), &p.client());
+    echo_round_trip(&mut tls, b"before the reset", "echo");
+    let rustls::StreamOwned { sock, .. } = tls;
+    reset_connection(sock);
+    let reports = up.wait_reports(1, PROMPT);
+    assert_eq!(
+        reports,
+        vec!["reset 16".to_string()],
+        "the upstream must see the client's RST as a reset within {PROMPT:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Timeouts
 // ---------------------------------------------------------------------------------
@@ -696,22 +738,24 @@ fn idle_timeout_closes_idle_connection() {
         &[ListenerConf::new("edge", &[echo.addr()]).opt("idle_timeout_ms", "1000")],
     );
     let mut tls = tls_connect(p.addr("edge"), &p.client());
-    // Activity keeps it open past the timeout...
+    // Activity keeps it open past the timeout (6 x 300 ms > 1000 ms)...
     for i in 0..6 {
+        if i > 0 {
+            thread::sleep(Duration::from_millis(300));
+        }
         echo_round_trip(
             &mut tls,
             format!("tick {i}").as_bytes(),
             "keep-alive traffic",
         );
-        thread::sleep(Duration::from_millis(300));
     }
-    // ...silence closes it.
+    // ...silence closes it, about 1000 ms after the last bytes.
     let start = Instant::now();
     let (got, ending) = read_to_end_tls(&mut tls, 0, "idle");
     let took = start.elapsed();
     assert!(got.is_empty());
     assert!(
-        took >= Duration::from_millis(600) && took < Duration::from_secs(6),
+        took >= Duration::from_millis(700) && took < Duration::from_secs(6),
         "idle connection closed after {took:?} of silence; idle_timeout_ms = 1000 ({ending:?})"
     );
     assert_ne!(ending, Ending::Reset, "idle close should be orderly");
@@ -958,6 +1002,9 @@ fn worker_tasks(pid: u32, expect: usize) -> Vec<TaskInfo> {
 fn worker_threads_are_named_and_pinned() {
     let echo = Backend::echo();
     let p = echo_proxy(Some(2), &echo);
+    // Serve one connection first: by then every worker has started.
+    let mut tls = tls_connect(p.addr("edge"), &p.client());
+    echo_round_trip(&mut tls, b"pinned", "echo");
     let ws = worker_tasks(p.term.pid(), 2);
     let names: Vec<&str> = ws.iter().map(|t| t.comm.as_str()).collect();
     assert_eq!(
@@ -985,8 +1032,6 @@ fn worker_threads_are_named_and_pinned() {
             "both workers on one CPU: {ws:?}"
         );
     }
-    let mut tls = tls_connect(p.addr("edge"), &p.client());
-    echo_round_trip(&mut tls, b"pinned", "echo");
 }
 
 fn taskset_start(cpu: usize, workers: Option<usize>, echo: &Backend) -> (Pki, Terminus) {
@@ -1002,6 +1047,10 @@ fn taskset_one_cpu_one_worker_pinned_there() {
     let cpu = own_allowed_cpus()[0];
     let echo = Backend::echo();
     let (pki, term) = taskset_start(cpu, Some(1), &echo);
+    // Serve one connection first: by then every worker has started.
+    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
+    let mut tls = tls_connect(term.addr("edge"), &cfg);
+    echo_round_trip(&mut tls, b"taskset", "echo");
     let ws = worker_tasks(term.pid(), 1);
     assert_eq!(ws.len(), 1, "workers = 1 under taskset: {ws:?}");
     assert_eq!(ws[0].comm, "terminus-w0");
@@ -1010,9 +1059,6 @@ fn taskset_one_cpu_one_worker_pinned_there() {
         vec![cpu],
         "worker must be pinned to CPU {cpu}: {ws:?}"
     );
-    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
-    let mut tls = tls_connect(term.addr("edge"), &cfg);
-    echo_round_trip(&mut tls, b"taskset", "echo");
 }
 
 /// Without `workers`, the default is one worker per CPU the process may use.
@@ -1021,18 +1067,14 @@ fn taskset_default_workers_follow_the_affinity_mask() {
     let cpu = own_allowed_cpus()[0];
     let echo = Backend::echo();
     let (pki, term) = taskset_start(cpu, None, &echo);
-    let ws = worker_tasks(term.pid(), 1);
-    // Give a wrongly started second worker a moment to show up before judging.
-    let ws = if ws.len() == 1 {
-        worker_tasks(term.pid(), 2)
-    } else {
-        ws
-    };
-    assert_eq!(ws.len(), 1, "taskset -c {cpu} with default workers: {ws:?}");
-    assert_eq!(ws[0].cpus_allowed, vec![cpu], "{ws:?}");
+    // Serve one connection first: by then every worker has started.
     let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
     let mut tls = tls_connect(term.addr("edge"), &cfg);
     echo_round_trip(&mut tls, b"taskset default", "echo");
+    let ws = worker_tasks(term.pid(), 1);
+    assert_eq!(ws.len(), 1, "taskset -c {cpu} with default workers: {ws:?}");
+    assert_eq!(ws[0].comm, "terminus-w0");
+    assert_eq!(ws[0].cpus_allowed, vec![cpu], "{ws:?}");
 }
 
 // ---------------------------------------------------------------------------------

@@ -687,6 +687,43 @@ impl Backend {
         }))
     }
 
+    /// Echo, and report how the connection ended: `"eof <n>"` (FIN after n bytes),
+    /// `"reset <n>"` (ECONNRESET) or `"error <n> <kind>"`.
+    pub fn echo_observed() -> Backend {
+        Backend::spawn(Arc::new(|mut s: TcpStream, st: &BackendStats| {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            let end = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break format!("eof {total}"),
+                    Ok(n) => {
+                        total += n;
+                        if let Err(e) = s.write_all(&buf[..n]) {
+                            break format!("error {total} {:?}", e.kind());
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                        break format!("reset {total}")
+                    }
+                    Err(e) => break format!("error {total} {:?}", e.kind()),
+                }
+            };
+            st.reports.lock().unwrap().push(end);
+        }))
+    }
+
+    /// Reads `n` bytes, then aborts the connection with a TCP RST (SO_LINGER 0).
+    pub fn reset_after(n: usize) -> Backend {
+        Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendStats| {
+            let mut buf = vec![0u8; n];
+            if s.read_exact(&mut buf).is_ok() {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                st.reports.lock().unwrap().push(format!("reset after {n}"));
+            }
+        }))
+    }
+
     /// A minimal HTTP/1.1 server: reads one request head, answers 200 with `body` and
     /// `Connection: close`, then closes.
     pub fn http(body: &'static [u8]) -> Backend {
@@ -899,6 +936,14 @@ pub fn try_tls_connect(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> io::Result<
 
 pub fn tls_connect(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Tls {
     try_tls_connect(addr, cfg).unwrap_or_else(|e| panic!("TLS handshake with {addr}: {e}"))
+}
+
+/// Abort a connection with a TCP RST (SO_LINGER 0, then close).
+pub fn reset_connection(sock: TcpStream) {
+    socket2::SockRef::from(&sock)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+    drop(sock);
 }
 
 /// Read exactly `n` bytes, with a useful message on failure.
