@@ -141,6 +141,8 @@ pub enum CloseReason {
     ClientProtocolError,
     /// Shut down by the process (drain deadline).
     Shutdown,
+    /// TLS towards the upstream failed (e.g. its certificate did not verify).
+    UpstreamTlsFailed(HandshakeFailure),
 }
 
 impl CloseReason {
@@ -154,6 +156,7 @@ impl CloseReason {
             Self::UpstreamReset => "upstream_reset",
             Self::ClientProtocolError => "client_protocol_error",
             Self::Shutdown => "shutdown",
+            Self::UpstreamTlsFailed(_) => "upstream_tls_failed",
         }
     }
 }
@@ -186,8 +189,15 @@ pub struct Conn {
     handshake_done: Option<Instant>,
     want_connect: bool,
 
-    // client -> upstream (plaintext)
+    // client -> upstream
+    /// Client plaintext not yet handed to the upstream leg (sealed first when the
+    /// upstream speaks TLS).
+    client_plain: Vec<u8>,
+    /// Bytes for the upstream socket: preamble, then plaintext or TLS records.
     to_upstream: Vec<u8>,
+    /// TLS towards the upstream (re-encryption), once connected.
+    up_tls: Option<Box<rustls::ClientConnection>>,
+    up_close_notify_queued: bool,
     upstream_inflight: Option<usize>,
     client_read_closed: bool,
     upstream_shut: Shut,
@@ -222,7 +232,10 @@ impl Conn {
             connect_started: now,
             handshake_done: None,
             want_connect: false,
+            client_plain: Vec::new(),
             to_upstream: Vec::new(),
+            up_tls: None,
+            up_close_notify_queued: false,
             upstream_inflight: None,
             client_read_closed: false,
             upstream_shut: Shut::No,
@@ -325,10 +338,23 @@ impl Conn {
         self.connect_started = now;
     }
 
-    pub fn handle_upstream_connected(&mut self, now: Instant) {
+    /// The upstream socket is connected. `preamble` (e.g. a PROXY v2 header) goes out
+    /// first; with `tls` the upstream leg is re-encrypted (its handshake starts now).
+    pub fn handle_upstream_connected(
+        &mut self,
+        now: Instant,
+        preamble: Vec<u8>,
+        tls: Option<rustls::ClientConnection>,
+    ) {
         if self.phase == Phase::Connecting {
             self.phase = Phase::Streaming;
             self.last_activity = now;
+            debug_assert!(self.to_upstream.is_empty());
+            self.to_upstream = preamble;
+            if let Some(mut t) = tls {
+                pump(&mut t, &mut self.to_upstream);
+                self.up_tls = Some(Box::new(t));
+            }
         }
     }
 
@@ -346,8 +372,53 @@ impl Conn {
             return;
         }
         self.last_activity = now;
-        self.bytes_upstream_to_client += data.len() as u64;
-        self.plain_to_client.extend_from_slice(data);
+        let Some(t) = self.up_tls.as_mut() else {
+            self.bytes_upstream_to_client += data.len() as u64;
+            self.plain_to_client.extend_from_slice(data);
+            return;
+        };
+        let before = self.plain_to_client.len();
+        let mut rest = data;
+        let mut stuck = 0;
+        while !rest.is_empty() {
+            match t.read_tls(&mut rest) {
+                Ok(_) => stuck = 0,
+                Err(_) if stuck < 2 => stuck += 1,
+                Err(_) => {
+                    self.fail_upstream_tls(HandshakeFailure::Malformed);
+                    return;
+                }
+            }
+            match t.process_new_packets() {
+                Ok(st) => {
+                    if st.peer_has_closed() {
+                        self.upstream_read_closed = true;
+                    }
+                }
+                Err(e) => {
+                    let reason = HandshakeFailure::classify(&e);
+                    pump(t, &mut self.to_upstream);
+                    self.fail_upstream_tls(reason);
+                    return;
+                }
+            }
+            match t.reader().read_to_end(&mut self.plain_to_client) {
+                Ok(_) => self.upstream_read_closed = true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => self.upstream_read_closed = true,
+            }
+        }
+        pump(t, &mut self.to_upstream);
+        self.bytes_upstream_to_client += (self.plain_to_client.len() - before) as u64;
+    }
+
+    /// The upstream's TLS failed (verification, protocol): tell the client with
+    /// close_notify and close; the reason is the upstream's.
+    fn fail_upstream_tls(&mut self, reason: HandshakeFailure) {
+        self.tls.send_close_notify();
+        self.pump_tls_out();
+        self.close_after_flush
+            .get_or_insert(CloseReason::UpstreamTlsFailed(reason));
     }
 
     /// The upstream's stream ended (FIN): close_notify goes to the client after the
@@ -435,13 +506,14 @@ impl Conn {
         Some(buf)
     }
 
-    /// Plaintext to send to the upstream, if connected and none is in flight.
+    /// Bytes to send to the upstream, if connected and none are in flight. Moves
+    /// (or, for a TLS upstream, seals) the client plaintext gathered so far first.
     pub fn poll_upstream_send(&mut self) -> Option<Vec<u8>> {
-        if self.phase != Phase::Streaming
-            || self.upstream_inflight.is_some()
-            || self.to_upstream.is_empty()
-            || self.closing()
-        {
+        if self.phase != Phase::Streaming || self.closing() {
+            return None;
+        }
+        self.feed_upstream();
+        if self.upstream_inflight.is_some() || self.to_upstream.is_empty() {
             return None;
         }
         let buf = std::mem::take(&mut self.to_upstream);
@@ -453,7 +525,9 @@ impl Conn {
     pub fn wants_client_recv(&self) -> bool {
         !self.closing()
             && !self.client_read_closed
-            && self.to_upstream.len() + self.upstream_inflight.unwrap_or(0)
+            && self.client_plain.len()
+                + self.to_upstream.len()
+                + self.upstream_inflight.unwrap_or(0)
                 < self.limits.max_buffered
     }
 
@@ -472,6 +546,22 @@ impl Conn {
         if self.phase == Phase::Streaming
             && self.client_read_closed
             && self.upstream_shut == Shut::No
+            && self.client_plain.is_empty()
+            && self.up_tls.is_some()
+            && !self.up_close_notify_queued
+            && !self.closing()
+        {
+            // A TLS upstream gets close_notify before the FIN.
+            let t = self.up_tls.as_mut().unwrap();
+            t.send_close_notify();
+            pump(t, &mut self.to_upstream);
+            self.up_close_notify_queued = true;
+            return false;
+        }
+        if self.phase == Phase::Streaming
+            && self.client_read_closed
+            && self.upstream_shut == Shut::No
+            && self.client_plain.is_empty()
             && self.to_upstream.is_empty()
             && self.upstream_inflight.is_none()
             && !self.closing()
@@ -517,15 +607,46 @@ impl Conn {
     // ---- internals ----------------------------------------------------------
 
     fn drain_client_plaintext(&mut self) {
-        let before = self.to_upstream.len();
-        match self.tls.reader().read_to_end(&mut self.to_upstream) {
+        let before = self.client_plain.len();
+        match self.tls.reader().read_to_end(&mut self.client_plain) {
             // Clean close_notify.
             Ok(_) => self.client_read_closed = true,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             // TCP EOF without close_notify (we already know from handle_client_eof).
             Err(_) => self.client_read_closed = true,
         }
-        self.bytes_client_to_upstream += (self.to_upstream.len() - before) as u64;
+        self.bytes_client_to_upstream += (self.client_plain.len() - before) as u64;
+    }
+
+    /// Hand the client plaintext to the upstream leg: a move for plain upstreams
+    /// (no copy when nothing is queued), sealing for TLS ones.
+    fn feed_upstream(&mut self) {
+        if self.client_plain.is_empty() {
+            return;
+        }
+        match self.up_tls.as_mut() {
+            None if self.to_upstream.is_empty() => {
+                std::mem::swap(&mut self.to_upstream, &mut self.client_plain)
+            }
+            None => {
+                self.to_upstream.extend_from_slice(&self.client_plain);
+                self.client_plain.clear();
+            }
+            Some(t) => {
+                let mut done = 0;
+                while done < self.client_plain.len() {
+                    match t.writer().write(&self.client_plain[done..]) {
+                        Ok(n) if n > 0 => done += n,
+                        _ => break,
+                    }
+                    pump(t, &mut self.to_upstream);
+                }
+                self.client_plain.drain(..done);
+            }
+        }
+        if self.client_plain.is_empty() {
+            self.client_plain = Vec::new();
+        }
     }
 
     fn seal_for_client(&mut self) {
@@ -557,11 +678,7 @@ impl Conn {
     }
 
     fn pump_tls_out(&mut self) {
-        while self.tls.wants_write() {
-            if self.tls.write_tls(&mut self.to_client).is_err() {
-                break;
-            }
-        }
+        pump(&mut self.tls, &mut self.to_client);
     }
 
     fn fail_tls(&mut self, e: &rustls::Error) {
@@ -573,6 +690,15 @@ impl Conn {
             CloseReason::ClientProtocolError
         };
         self.close_after_flush.get_or_insert(reason);
+    }
+}
+
+/// Move every TLS record rustls has queued into `out`.
+fn pump<D>(tls: &mut rustls::ConnectionCommon<D>, out: &mut Vec<u8>) {
+    while tls.wants_write() {
+        if tls.write_tls(out).is_err() {
+            break;
+        }
     }
 }
 
@@ -592,10 +718,15 @@ mod tests {
     fn pki() -> Pki {
         crate::tls::install_provider();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        // A distinct subject per PKI, so a foreign cert is an unknown issuer, not a
+        // same-named issuer with a bad signature.
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("conn test {n}"));
+        let cert = params.self_signed(&key).unwrap();
         let der: CertificateDer<'static> = cert.der().clone();
         let server = ServerConfig::builder()
             .with_no_client_auth()
@@ -683,7 +814,8 @@ mod tests {
                     self.conn.handle_client_data(&buf, self.now);
                 }
                 if self.conn.poll_connect() {
-                    self.conn.handle_upstream_connected(self.now);
+                    self.conn
+                        .handle_upstream_connected(self.now, Vec::new(), None);
                     moved = true;
                 }
                 if let Some(b) = self.conn.poll_client_send() {
@@ -878,7 +1010,7 @@ mod tests {
         p.conn.handle_connect_started(p.now);
         let t = p.now + Duration::from_secs(5);
         assert_eq!(p.conn.handle_timeout(t), Expired::ConnectAttempt);
-        p.conn.handle_upstream_connected(t);
+        p.conn.handle_upstream_connected(t, Vec::new(), None);
         assert_eq!(
             p.conn.handle_timeout(t + Duration::from_secs(59)),
             Expired::No
@@ -919,6 +1051,108 @@ mod tests {
         assert!(st.peer_has_closed());
         p.conn.handle_client_sent(b, p.now);
         assert_eq!(p.conn.poll_close(), Some(CloseReason::UpstreamUnavailable));
+    }
+
+    /// Drive the upstream leg against an in-memory rustls server ("the upstream").
+    fn settle_upstream(p: &mut Pair, up: &mut ServerConnection, up_got: &mut Vec<u8>) {
+        for _ in 0..50 {
+            // Pair::run completes upstream sends into `upstream_got`: the wire.
+            p.run();
+            let wire = std::mem::take(&mut p.upstream_got);
+            let mut moved = !wire.is_empty();
+            let mut s = &wire[..];
+            while !s.is_empty() {
+                up.read_tls(&mut s).unwrap();
+                if up.process_new_packets().is_err() {
+                    break;
+                }
+                let _ = up.reader().read_to_end(up_got);
+            }
+            let mut out = Vec::new();
+            while up.wants_write() {
+                up.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() {
+                moved = true;
+                p.conn.handle_upstream_data(&out, p.now);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("upstream leg did not settle");
+    }
+
+    /// A Pair whose upstream leg is connected with `preamble` and (optionally) TLS.
+    fn connected_pair(pki: &Pki, preamble: &[u8], up_client: Option<Arc<ClientConfig>>) -> Pair {
+        let mut p = Pair::new(pki);
+        // Handshake only; connect by hand to pass the preamble and TLS session.
+        for _ in 0..4 {
+            let mut buf = Vec::new();
+            while p.client.wants_write() {
+                p.client.write_tls(&mut buf).unwrap();
+            }
+            p.conn.handle_client_data(&buf, p.now);
+            if let Some(b) = p.conn.poll_client_send() {
+                p.deliver(&b);
+                p.conn.handle_client_sent(b, p.now);
+            }
+        }
+        assert!(p.conn.poll_connect());
+        let tls =
+            up_client.map(|c| ClientConnection::new(c, "localhost".try_into().unwrap()).unwrap());
+        p.conn
+            .handle_upstream_connected(p.now, preamble.to_vec(), tls);
+        p
+    }
+
+    #[test]
+    fn reencrypts_both_ways_after_the_preamble() {
+        let pki = pki();
+        let mut p = connected_pair(&pki, b"PREAMBLE", Some(pki.client.clone()));
+        let first = p.conn.poll_upstream_send().expect("preamble + ClientHello");
+        assert!(first.starts_with(b"PREAMBLE"), "preamble goes first");
+        assert_eq!(first[8], 0x16, "then a TLS handshake record");
+        let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+        let mut s = &first[8..];
+        while !s.is_empty() {
+            up.read_tls(&mut s).unwrap();
+        }
+        up.process_new_packets().unwrap();
+        p.conn.handle_upstream_sent(first, p.now);
+        let mut up_got = Vec::new();
+        p.client
+            .writer()
+            .write_all(b"to the upstream, sealed")
+            .unwrap();
+        settle_upstream(&mut p, &mut up, &mut up_got);
+        assert!(!up.is_handshaking());
+        assert_eq!(up_got, b"to the upstream, sealed");
+        up.writer().write_all(b"back to the client").unwrap();
+        settle_upstream(&mut p, &mut up, &mut up_got);
+        assert_eq!(p.client_got, b"back to the client");
+        // Client finishes: the TLS upstream gets close_notify, then FIN.
+        p.client.send_close_notify();
+        p.run();
+        assert!(!p.conn.poll_upstream_shutdown(), "close_notify first");
+        settle_upstream(&mut p, &mut up, &mut up_got);
+        assert!(up.process_new_packets().unwrap().peer_has_closed());
+        assert!(p.conn.poll_upstream_shutdown());
+    }
+
+    #[test]
+    fn upstream_that_fails_verification_closes_the_client() {
+        let pki = pki();
+        let other = self::pki(); // a CA the upstream leg does not trust
+        let mut p = connected_pair(&pki, b"", Some(other.client.clone()));
+        let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+        let mut up_got = Vec::new();
+        settle_upstream(&mut p, &mut up, &mut up_got);
+        assert_eq!(
+            p.conn.poll_close(),
+            Some(CloseReason::UpstreamTlsFailed(HandshakeFailure::UnknownCa))
+        );
+        assert!(p.client_closed, "the client got close_notify");
     }
 
     #[test]

@@ -389,7 +389,7 @@ impl Worker {
                 if !closing {
                     if c.result == 0 {
                         s.upstream_connected = true;
-                        conn.handle_upstream_connected(now);
+                        conn.handle_upstream_connected(now, Vec::new(), None);
                     } else {
                         let l = &self.listeners[s.listener].shared;
                         l.stats
