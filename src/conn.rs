@@ -543,16 +543,17 @@ impl Conn {
     /// Shut down the upstream's write side (true once): the client finished
     /// sending and everything it sent has been delivered.
     pub fn poll_upstream_shutdown(&mut self) -> bool {
-        if self.phase == Phase::Streaming
+        let client_done = self.phase == Phase::Streaming
             && self.client_read_closed
             && self.upstream_shut == Shut::No
             && self.client_plain.is_empty()
-            && self.up_tls.is_some()
-            && !self.up_close_notify_queued
-            && !self.closing()
+            && !self.closing();
+        if let Some(t) = self
+            .up_tls
+            .as_mut()
+            .filter(|_| client_done && !self.up_close_notify_queued)
         {
             // A TLS upstream gets close_notify before the FIN.
-            let t = self.up_tls.as_mut().unwrap();
             t.send_close_notify();
             pump(t, &mut self.to_upstream);
             self.up_close_notify_queued = true;
