@@ -219,6 +219,8 @@ pub struct Conn {
 
     pub bytes_client_to_upstream: u64,
     pub bytes_upstream_to_client: u64,
+    /// The client certificate the verifier refused, when that failed the handshake.
+    rejected: Option<Box<crate::tls::RejectedClient>>,
 }
 
 impl Conn {
@@ -249,6 +251,7 @@ impl Conn {
             close_after_flush: None,
             bytes_client_to_upstream: 0,
             bytes_upstream_to_client: 0,
+            rejected: None,
         }
     }
 
@@ -682,7 +685,14 @@ impl Conn {
         pump(&mut self.tls, &mut self.to_client);
     }
 
+    /// Who presented the certificate that failed the handshake, if one did.
+    pub fn rejected_client(&self) -> Option<&crate::tls::RejectedClient> {
+        self.rejected.as_deref()
+    }
+
     fn fail_tls(&mut self, e: &rustls::Error) {
+        // The verifier ran inside this thread's process_new_packets call just now.
+        self.rejected = crate::tls::take_rejected_client().map(Box::new);
         // rustls queued an alert describing the failure; send it before closing.
         self.pump_tls_out();
         let reason = if self.phase == Phase::Handshaking {

@@ -140,7 +140,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let mut shared = Vec::new();
     let mut sockets: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        let tls = crate::tls::server_config(l).map_err(|e| RunError::Config(e.to_string()))?;
+        let tls = crate::tls::server_tls(l).map_err(|e| RunError::Config(e.to_string()))?;
+        let upstream_tls =
+            crate::tls::upstream_client_config(l).map_err(|e| RunError::Config(e.to_string()))?;
         // Bind the first socket to learn the real port (listen = ":0"), the rest join it.
         let first = bind(l.listen).map_err(|e| {
             RunError::Runtime(format!(
@@ -163,7 +165,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         shared.push(Arc::new(ListenerShared {
             name: l.name.clone(),
             addr,
-            tls: ArcSwap::new(tls),
+            tls: ArcSwap::from_pointee(tls),
+            upstream_tls,
+            proxy_v2: l.proxy_protocol.as_deref() == Some("v2"),
             upstreams: UpstreamSet::new(l.upstreams.clone()),
             limits: ConnLimits {
                 max_buffered: l.max_buffered_bytes,
@@ -177,6 +181,12 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         }));
     }
 
+    let log = crate::log::LogSink::start(&cfg.log.access).map_err(|e| {
+        RunError::Config(format!(
+            "{}: log.access: cannot open: {e}",
+            cfg.source.display()
+        ))
+    })?;
     let state = Arc::new(AtomicU8::new(RUNNING));
     let drain = Duration::from_millis(cfg.runtime.drain_timeout_ms);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
@@ -188,6 +198,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             ring: ring_cfg,
             listeners: shared.iter().cloned().zip(socks).collect(),
             state: state.clone(),
+            log: log.clone(),
         };
         let tx = ready_tx.clone();
         let h = std::thread::Builder::new()

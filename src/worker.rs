@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 use crate::conn::{CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase};
+use crate::identity::PeerIdentity;
 use crate::timer::Wheel;
 use crate::upstream::{Attempts, UpstreamSet};
 use crate::uring::{Completion, OpId, Uring, UringConfig};
@@ -26,7 +27,15 @@ use std::time::{Duration, Instant};
 pub struct ListenerShared {
     pub name: String,
     pub addr: SocketAddr,
-    pub tls: ArcSwap<rustls::ServerConfig>,
+    /// Server config plus the certificates it serves; swapped whole on reload.
+    pub tls: ArcSwap<crate::tls::ServerTls>,
+    /// Re-encryption: TLS config and name to verify the upstream against.
+    pub upstream_tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// Send a PROXY v2 header with identity TLVs ahead of the upstream bytes.
+    pub proxy_v2: bool,
     pub upstreams: UpstreamSet,
     pub limits: ConnLimits,
     pub max_connections: usize,
@@ -43,6 +52,7 @@ pub struct ListenerStats {
     pub handshakes_resumed: AtomicU64,
     pub handshake_errors: [AtomicU64; HandshakeFailure::ALL.len()],
     pub upstream_connect_errors: AtomicU64,
+    pub upstream_tls_errors: AtomicU64,
     pub rejected_max_connections: AtomicU64,
     pub bytes_client_to_upstream: AtomicU64,
     pub bytes_upstream_to_client: AtomicU64,
@@ -68,6 +78,7 @@ pub struct WorkerSetup {
     pub ring: UringConfig,
     pub listeners: Vec<(Arc<ListenerShared>, OwnedFd)>,
     pub state: Arc<AtomicU8>,
+    pub log: crate::log::LogSink,
 }
 
 /// Token layout (the `u64` the uring module hands back): bits 0..4 op kind,
@@ -131,6 +142,8 @@ struct Slot {
     closing: Option<CloseReason>,
     scheduled_phase: Option<Phase>,
     dirty: bool,
+    /// The verified client certificate's identity (mTLS), read once after the handshake.
+    identity: Option<Box<PeerIdentity>>,
 }
 
 impl Slot {
@@ -154,6 +167,7 @@ impl Slot {
             closing: None,
             scheduled_phase: None,
             dirty: false,
+            identity: None,
         }
     }
 }
@@ -175,6 +189,7 @@ pub struct Worker {
     wheel: Wheel<(u32, u32)>,
     state: Arc<AtomicU8>,
     live: usize,
+    log: crate::log::LogSink,
 }
 
 /// Set up a worker on the current thread: pin it, build its ring, arm accepts.
@@ -205,6 +220,7 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
         wheel: Wheel::new(now, Duration::from_millis(20), 4096),
         state: s.state,
         live: 0,
+        log: s.log,
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -389,7 +405,16 @@ impl Worker {
                 if !closing {
                     if c.result == 0 {
                         s.upstream_connected = true;
-                        conn.handle_upstream_connected(now, Vec::new(), None);
+                        let l = &self.listeners[s.listener].shared;
+                        let preamble = if l.proxy_v2 {
+                            proxy_header(l, s.client.as_ref(), s.identity.as_deref(), conn)
+                        } else {
+                            Vec::new()
+                        };
+                        let tls = l.upstream_tls.as_ref().and_then(|(cfg, name)| {
+                            rustls::ClientConnection::new(cfg.clone(), name.clone()).ok()
+                        });
+                        conn.handle_upstream_connected(now, preamble, tls);
                     } else {
                         let l = &self.listeners[s.listener].shared;
                         l.stats
@@ -430,7 +455,7 @@ impl Worker {
             return;
         }
         shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let tls = match rustls::ServerConnection::new(shared.tls.load_full()) {
+        let tls = match rustls::ServerConnection::new(shared.tls.load().config.clone()) {
             Ok(t) => t,
             Err(_) => {
                 shared.active.fetch_sub(1, Ordering::Relaxed);
@@ -537,6 +562,15 @@ impl Worker {
             }
             let st = &l.shared.stats;
             st.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+            s.identity = s
+                .conn
+                .as_ref()
+                .unwrap()
+                .tls()
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|der| PeerIdentity::from_der(der).ok())
+                .map(Box::new);
             if s.conn.as_ref().unwrap().tls().handshake_kind()
                 == Some(rustls::HandshakeKind::Resumed)
             {
@@ -614,9 +648,28 @@ impl Worker {
         let s = &mut self.slots[idx as usize];
         s.closing = Some(reason);
         let l = &self.listeners[s.listener].shared;
-        if let CloseReason::HandshakeFailed(r) = reason {
-            let i = HandshakeFailure::ALL.iter().position(|x| *x == r).unwrap();
-            l.stats.handshake_errors[i].fetch_add(1, Ordering::Relaxed);
+        match reason {
+            CloseReason::HandshakeFailed(r) => {
+                let i = HandshakeFailure::ALL.iter().position(|x| *x == r).unwrap();
+                l.stats.handshake_errors[i].fetch_add(1, Ordering::Relaxed);
+                if self.log.enabled() {
+                    self.log.send(handshake_failure_line(l, self.index, s, r));
+                }
+            }
+            CloseReason::UpstreamTlsFailed(r) => {
+                l.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+                if self.log.enabled() {
+                    self.log.send(serde_json::json!({
+                        "ts": crate::log::now_ts(),
+                        "event": "upstream_tls_error",
+                        "listener": l.name,
+                        "worker": self.index,
+                        "client": peer_addr(s.client.as_ref()).map(|a| a.to_string()),
+                        "reason": r.as_str(),
+                    }));
+                }
+            }
+            _ => {}
         }
         // A reset on one leg becomes a reset on the other (SO_LINGER 0 then close).
         let reset_fd = match reason {
@@ -667,4 +720,66 @@ impl Worker {
         self.free.push(idx);
         self.live -= 1;
     }
+}
+
+fn peer_addr(fd: Option<&OwnedFd>) -> Option<SocketAddr> {
+    socket2::SockRef::from(fd?).peer_addr().ok()?.as_socket()
+}
+
+fn local_addr(fd: Option<&OwnedFd>) -> Option<SocketAddr> {
+    socket2::SockRef::from(fd?).local_addr().ok()?.as_socket()
+}
+
+/// The PROXY v2 header for this connection: addresses, ALPN, SNI, the client-side
+/// TLS facts and the verified identity.
+fn proxy_header(
+    l: &ListenerShared,
+    client: Option<&OwnedFd>,
+    identity: Option<&PeerIdentity>,
+    conn: &Conn,
+) -> Vec<u8> {
+    let tls = conn.tls();
+    let served = l.tls.load();
+    let cert = served.certs.choose(tls.server_name());
+    let src = peer_addr(client).unwrap_or(l.addr);
+    let dst = local_addr(client).unwrap_or(l.addr);
+    crate::proxy_v2::Header {
+        src,
+        dst,
+        alpn: tls.alpn_protocol().map(|p| p.to_vec()),
+        authority: tls.server_name().map(str::to_owned),
+        ssl: Some(crate::proxy_v2::Ssl::from_tls(
+            tls,
+            Some(&cert.algorithms),
+            identity,
+        )),
+        spiffe: identity.and_then(|i| i.spiffe.clone()),
+        unique_id: None,
+    }
+    .to_bytes()
+}
+
+/// One log line per failed handshake: who, why, and the presented certificate.
+fn handshake_failure_line(
+    l: &ListenerShared,
+    worker: usize,
+    s: &Slot,
+    r: HandshakeFailure,
+) -> serde_json::Value {
+    let conn = s.conn.as_ref();
+    let rejected = conn.and_then(|c| c.rejected_client());
+    let id = rejected.and_then(|r| r.identity.as_ref());
+    serde_json::json!({
+        "ts": crate::log::now_ts(),
+        "event": "handshake_error",
+        "listener": l.name,
+        "worker": worker,
+        "client": peer_addr(s.client.as_ref()).map(|a| a.to_string()),
+        "reason": r.as_str(),
+        "sni": conn.and_then(|c| c.tls().server_name()),
+        "peer_subject": id.map(|i| i.subject.clone()),
+        "peer_spiffe": id.and_then(|i| i.spiffe.clone()),
+        "peer_serial": id.map(|i| i.serial.clone()),
+        "error": rejected.map(|r| r.error.to_string()),
+    })
 }

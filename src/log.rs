@@ -1,0 +1,110 @@
+//! log: JSON lines written by a logging thread, fed through a bounded channel.
+//!
+//! Workers never wait on it: when the channel is full the line is dropped and
+//! counted. `access = "off"` builds no channel and no thread, so `enabled()` is false
+//! and callers skip even formatting the line.
+#![forbid(unsafe_code)]
+
+use crossbeam_channel::{Sender, TrySendError};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Lines waiting for the logging thread before new ones are dropped.
+const CAPACITY: usize = 64 * 1024;
+
+#[derive(Clone, Default)]
+pub struct LogSink {
+    tx: Option<Sender<String>>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl LogSink {
+    /// `target`: "off", "stderr", or a file path (appended to).
+    pub fn start(target: &str) -> std::io::Result<LogSink> {
+        let out: Box<dyn Write + Send> = match target {
+            "off" => return Ok(LogSink::default()),
+            "stderr" => Box::new(std::io::stderr()),
+            path => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(Path::new(path))
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?,
+            ),
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<String>(CAPACITY);
+        std::thread::Builder::new()
+            .name("terminus-log".into())
+            .spawn(move || {
+                let mut w = std::io::BufWriter::new(out);
+                while let Ok(line) = rx.recv() {
+                    let _ = w.write_all(line.as_bytes());
+                    let _ = w.write_all(b"\n");
+                    // Flush when caught up, so lines appear promptly at low rates.
+                    if rx.is_empty() {
+                        let _ = w.flush();
+                    }
+                }
+                let _ = w.flush();
+            })?;
+        Ok(LogSink {
+            tx: Some(tx),
+            dropped: Arc::default(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queue one JSON object as a line; never blocks.
+    pub fn send(&self, v: serde_json::Value) {
+        if let Some(tx) = &self.tx {
+            if let Err(TrySendError::Full(_)) = tx.try_send(v.to_string()) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for the `ts` field.
+pub fn now_ts() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_reach_the_file_as_json() {
+        let p = std::env::temp_dir().join(format!("terminus-log-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let sink = LogSink::start(p.to_str().unwrap()).unwrap();
+        assert!(sink.enabled());
+        sink.send(serde_json::json!({"event": "x", "n": 1}));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let text = loop {
+            let t = std::fs::read_to_string(&p).unwrap_or_default();
+            if t.ends_with('\n') || std::time::Instant::now() > deadline {
+                break t;
+            }
+            std::thread::yield_now();
+        };
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["event"], "x");
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn off_sends_nothing() {
+        let sink = LogSink::start("off").unwrap();
+        assert!(!sink.enabled());
+        sink.send(serde_json::json!({}));
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);
+    }
+}
