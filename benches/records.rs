@@ -5,7 +5,8 @@
 //! - `records_open/<suite>/<size>`: client `read_tls` + `process_new_packets` +
 //!   `reader().read` of those records; the sealing is done outside the timed part
 //!   (a batch of up to 64 writes is sealed, then opened under one timer).
-//! - `conn/*`: terminus's sans-IO [`Conn`] with an in-memory rustls client, 16 KiB
+//! - `conn/*`: terminus's sans-IO [`Conn`] with an in-memory rustls client (the
+//!   server picks AES-128-GCM by its own order, as terminus does), 16 KiB
 //!   at a time. `upstream_to_client`: `handle_upstream_data` + `poll_client_send`
 //!   (seal) + `handle_client_sent`; `client_to_upstream`: `handle_client_data`
 //!   (open) + `poll_upstream_send` + `handle_upstream_sent`. `*_conn_only` times
@@ -156,7 +157,7 @@ fn streaming_conn(now: Instant) -> (ClientConnection, Conn) {
             conn.handle_client_data(&buf, now);
         }
         if conn.poll_connect() {
-            conn.handle_upstream_connected(now);
+            conn.handle_upstream_connected(now, Vec::new(), None);
             moved = true;
         }
         if let Some(b) = conn.poll_client_send() {

@@ -4,6 +4,9 @@
 //! client certificate (URI SAN `spiffe://<trust-domain>/client`), in memory
 //! ([`test_pki`]) or written to a folder ([`generate`], [`TestPki::write`]).
 //! Keys are PKCS#8 PEM; key files are created with mode 0600.
+//!
+//! [`TestCa`] builds the other PKIs tests need (intermediates, clients with chosen
+//! names and validity, CRLs) without files; tests write what they need.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context};
@@ -167,6 +170,197 @@ pub fn test_pki(days: u32, trust_domain: &str) -> anyhow::Result<TestPki> {
         server_key_der: server_key.serialize_der(),
         client_key_der: client_key.serialize_der(),
     })
+}
+
+/// A CA for tests: signs leaves, intermediates and CRLs.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    pub pem: String,
+    pub der: CertificateDer<'static>,
+    /// PEM of the CA followed by its issuers up to (not including) the root; what a
+    /// leaf it signs should send after itself.
+    pub chain_pem: String,
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+/// What a test leaf certificate says.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    pub cn: Option<String>,
+    pub spiffe: Option<String>,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// Extended key usage: server auth (true) or client auth (false).
+    pub server: bool,
+}
+
+impl LeafSpec {
+    /// A client certificate valid from 5 minutes ago for a day.
+    pub fn client(cn: &str, spiffe: Option<&str>) -> LeafSpec {
+        LeafSpec {
+            cn: Some(cn.to_owned()),
+            spiffe: spiffe.map(str::to_owned),
+            dns: Vec::new(),
+            ips: Vec::new(),
+            not_before: OffsetDateTime::now_utc() - Duration::minutes(5),
+            not_after: OffsetDateTime::now_utc() + Duration::days(1),
+            server: false,
+        }
+    }
+
+    /// A server certificate for `dns` names, valid from 5 minutes ago for a day.
+    pub fn server(dns: &[&str]) -> LeafSpec {
+        LeafSpec {
+            cn: dns.first().map(|s| s.to_string()),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            server: true,
+            ..LeafSpec::client("", None)
+        }
+    }
+}
+
+/// A leaf certificate and its key.
+pub struct TestLeaf {
+    /// Leaf PEM followed by the issuing CA's chain (intermediates), as served.
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+    /// The serial number's DER content bytes (for CRLs).
+    pub serial: Vec<u8>,
+}
+
+impl TestLeaf {
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivatePkcs8KeyDer::from(self.key_der.clone()).into()
+    }
+}
+
+impl TestCa {
+    /// A self-signed root CA valid from 5 minutes ago for a day.
+    pub fn root(cn: &str) -> anyhow::Result<TestCa> {
+        let key = KeyPair::generate()?;
+        let cert = ca_params(cn).self_signed(&key)?;
+        Ok(TestCa::from_parts(cert, key, Vec::new(), String::new()))
+    }
+
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, cn: &str) -> anyhow::Result<TestCa> {
+        let key = KeyPair::generate()?;
+        let mut params = ca_params(cn);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.chain.iter().cloned());
+        let chain_pem = format!("{}{}", cert.pem(), self.chain_pem);
+        Ok(TestCa::from_parts(cert, key, chain, chain_pem))
+    }
+
+    fn from_parts(
+        cert: rcgen::Certificate,
+        key: KeyPair,
+        chain: Vec<CertificateDer<'static>>,
+        chain_pem: String,
+    ) -> TestCa {
+        TestCa {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            cert,
+            key,
+            chain_pem,
+            chain,
+        }
+    }
+
+    /// A leaf signed by this CA.
+    pub fn leaf(&self, spec: &LeafSpec) -> anyhow::Result<TestLeaf> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = &spec.cn {
+            p.distinguished_name.push(DnType::CommonName, cn.as_str());
+        }
+        for name in &spec.dns {
+            p.subject_alt_names
+                .push(SanType::DnsName(name.as_str().try_into()?));
+        }
+        for ip in &spec.ips {
+            p.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        if let Some(id) = &spec.spiffe {
+            p.subject_alt_names
+                .push(SanType::URI(id.as_str().try_into()?));
+        }
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![if spec.server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = spec.not_before;
+        p.not_after = spec.not_after;
+        let cert = p.signed_by(&key, &self.cert, &self.key)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der())
+            .map_err(|e| anyhow::anyhow!("rcgen made an unparsable certificate: {e}"))?;
+        let serial = parsed.raw_serial().to_vec();
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.chain.iter().cloned());
+        Ok(TestLeaf {
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            key_pem: key.serialize_pem(),
+            chain,
+            key_der: key.serialize_der(),
+            serial,
+        })
+    }
+
+    /// A CRL from this CA revoking `serials`, valid from an hour ago for a day:
+    /// (PEM, DER).
+    pub fn crl(&self, serials: &[&[u8]]) -> anyhow::Result<(String, Vec<u8>)> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now - Duration::minutes(30),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.cert, &self.key)?;
+        Ok((crl.pem()?, crl.der().to_vec()))
+    }
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = dn(cn);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+    ca.not_after = OffsetDateTime::now_utc() + Duration::days(1);
+    ca
 }
 
 fn dn(cn: &str) -> DistinguishedName {

@@ -122,12 +122,96 @@ pub struct Listener {
     /// TLS 1.3 tickets sent after a full handshake (0 disables tickets).
     #[serde(default = "default_tls13_tickets")]
     pub tls13_tickets: usize,
+    /// `"v2"`: send a PROXY protocol v2 header (with identity TLVs) to the upstream.
     pub proxy_protocol: Option<String>,
     pub ticket_key_file: Option<PathBuf>,
+    /// Extra certificates chosen by SNI (`[[listeners.sni]]`); `cert`/`key` above
+    /// remain the default for unknown or absent server names.
     #[serde(default)]
-    pub sni: Vec<toml::Value>,
-    pub client_auth: Option<toml::Value>,
-    pub upstream_tls: Option<toml::Value>,
+    pub sni: Vec<Sni>,
+    /// Client certificate authentication (`[listeners.client_auth]`); absent = none.
+    pub client_auth: Option<ClientAuth>,
+    /// Re-encryption to the upstream (`[listeners.upstream_tls]`); absent = plaintext.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// `[[listeners.sni]]`: a certificate served to clients asking for one of
+/// `server_names` (ASCII case-insensitive; `*.example.org` matches one label).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sni {
+    pub server_names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[listeners.client_auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// PEM CA bundles whose certificates are trust anchors for client chains.
+    #[serde(default)]
+    pub ca: Vec<PathBuf>,
+    /// CRLs (PEM `X509 CRL` or DER); a revoked certificate anywhere in a client's
+    /// chain is refused.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// Allowed identities (see `policy`); empty = any verified client.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// Whether clients are asked for a certificate, and whether they must send one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// No certificate requested.
+    #[default]
+    None,
+    /// Requested; clients without one are let through (`client_auth=none`), a
+    /// certificate that fails verification or policy is refused.
+    Optional,
+    /// Required and verified.
+    Require,
+}
+
+impl ClientAuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMode::None => "none",
+            ClientAuthMode::Optional => "optional",
+            ClientAuthMode::Require => "require",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientAuthMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "none" => Ok(ClientAuthMode::None),
+            "optional" => Ok(ClientAuthMode::Optional),
+            "require" => Ok(ClientAuthMode::Require),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be one of \"none\", \"optional\", \"require\", got \"{s}\""
+            ))),
+        }
+    }
+}
+
+/// `[listeners.upstream_tls]`: TLS towards the upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA bundles the upstream's certificate must chain to.
+    pub ca: Vec<PathBuf>,
+    /// Name (DNS name or IP address) the upstream's certificate must be valid for;
+    /// also sent as SNI when it is a DNS name.
+    pub server_name: String,
+    /// Client certificate chain for mTLS towards the upstream (with `key`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -354,47 +438,19 @@ impl Config {
                     );
                 }
             }
-            for (j, sni) in l.sni.iter().enumerate() {
-                if !sni.is_table() {
-                    bad(
-                        &[K("listeners"), I(i), K("sni"), I(j)],
-                        format!("must be a table, got {}", sni.type_str()),
-                    );
-                }
+            validate_sni(&l.sni, i, &mut bad);
+            if let Some(ca) = &l.client_auth {
+                validate_client_auth(ca, i, &mut bad);
             }
             if let Some(up) = &l.upstream_tls {
-                if !up.is_table() {
-                    bad(
-                        &field("upstream_tls"),
-                        format!("must be a table, got {}", up.type_str()),
-                    );
-                }
-            }
-            if let Some(ca) = &l.client_auth {
-                match ca {
-                    toml::Value::Table(t) => match t.get("mode") {
-                        None => {}
-                        Some(toml::Value::String(m))
-                            if matches!(m.as_str(), "none" | "optional" | "require") => {}
-                        Some(other) => bad(
-                            &[K("listeners"), I(i), K("client_auth"), K("mode")],
-                            format!(
-                                "must be one of \"none\", \"optional\", \"require\", got {other}"
-                            ),
-                        ),
-                    },
-                    other => bad(
-                        &field("client_auth"),
-                        format!("must be a table, got {}", other.type_str()),
-                    ),
-                }
+                validate_upstream_tls(up, i, &mut bad);
             }
         }
         out
     }
 
-    /// Make `cert`, `key`, `ticket_key_file` and a file `log.access` relative to the
-    /// config file's folder (made absolute, so the result does not depend on the
+    /// Make `cert`, `key`, `ticket_key_file`, the `sni`, `client_auth` and
+    /// `upstream_tls` files and a file `log.access` relative to the config file's folder (made absolute, so the result does not depend on the
     /// current directory later).
     fn resolve_paths(&mut self, source: &Path) {
         let base = std::path::absolute(source)
@@ -412,6 +468,20 @@ impl Config {
             if let Some(t) = &mut l.ticket_key_file {
                 resolve(t);
             }
+            for sni in &mut l.sni {
+                resolve(&mut sni.cert);
+                resolve(&mut sni.key);
+            }
+            if let Some(ca) = &mut l.client_auth {
+                ca.ca.iter_mut().chain(ca.crl.iter_mut()).for_each(resolve);
+            }
+            if let Some(up) = &mut l.upstream_tls {
+                up.ca.iter_mut().for_each(resolve);
+                up.cert
+                    .iter_mut()
+                    .chain(up.key.iter_mut())
+                    .for_each(resolve);
+            }
         }
         let access = &mut self.log.access;
         if access != "stderr" && access != "off" && Path::new(access.as_str()).is_relative() {
@@ -419,6 +489,110 @@ impl Config {
                 *access = s.to_owned();
             }
         }
+    }
+}
+
+type Bad<'b> = dyn FnMut(&[Seg<'_>], String) + 'b;
+
+/// `[[listeners.sni]]`: names present and well-formed, each claimed by one entry.
+fn validate_sni(entries: &[Sni], i: usize, bad: &mut Bad<'_>) {
+    use Seg::{Index as I, Key as K};
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (j, sni) in entries.iter().enumerate() {
+        let at = |key| [K("listeners"), I(i), K("sni"), I(j), K(key)];
+        if sni.server_names.is_empty() {
+            bad(
+                &at("server_names"),
+                "must list at least one server name".into(),
+            );
+        }
+        for (n, name) in sni.server_names.iter().enumerate() {
+            let path = [
+                K("listeners"),
+                I(i),
+                K("sni"),
+                I(j),
+                K("server_names"),
+                I(n),
+            ];
+            if let Err(why) = check_sni_name(name) {
+                bad(&path, why);
+                continue;
+            }
+            if let Some(first) = seen.insert(name.to_ascii_lowercase(), j) {
+                bad(
+                    &path,
+                    format!("\"{name}\" is already listed by listeners[{i}].sni[{first}]"),
+                );
+            }
+        }
+    }
+}
+
+/// A server name for `[[listeners.sni]]`: a DNS name, optionally `*.` + a DNS name.
+fn check_sni_name(name: &str) -> Result<(), String> {
+    let base = name.strip_prefix("*.").unwrap_or(name);
+    let dns_ok = !base.contains('*')
+        && base.contains(|c: char| c.is_ascii_alphabetic())
+        && rustls_pki_types::DnsName::try_from(base).is_ok();
+    if dns_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" is not a DNS name or a \"*.\" wildcard of one (clients send SNI only \
+             for DNS names, e.g. \"api.internal\" or \"*.example.org\")"
+        ))
+    }
+}
+
+fn validate_client_auth(ca: &ClientAuth, i: usize, bad: &mut Bad<'_>) {
+    use Seg::{Index as I, Key as K};
+    let at = |key| [K("listeners"), I(i), K("client_auth"), K(key)];
+    if ca.mode != ClientAuthMode::None && ca.ca.is_empty() {
+        bad(
+            &at("ca"),
+            format!(
+                "mode \"{}\" needs at least one CA bundle to verify client certificates \
+                 against (ca = [\"clients-ca.pem\"])",
+                ca.mode.as_str()
+            ),
+        );
+    }
+    for (k, entry) in ca.allow.iter().enumerate() {
+        if let Err(why) = crate::policy::AllowRule::parse(entry) {
+            bad(
+                &[K("listeners"), I(i), K("client_auth"), K("allow"), I(k)],
+                why,
+            );
+        }
+    }
+}
+
+fn validate_upstream_tls(up: &UpstreamTls, i: usize, bad: &mut Bad<'_>) {
+    use Seg::{Index as I, Key as K};
+    let at = |key| [K("listeners"), I(i), K("upstream_tls"), K(key)];
+    if up.ca.is_empty() {
+        bad(
+            &at("ca"),
+            "must list at least one CA bundle to verify the upstream's certificate against".into(),
+        );
+    }
+    if rustls_pki_types::ServerName::try_from(up.server_name.as_str()).is_err() {
+        bad(
+            &at("server_name"),
+            format!("\"{}\" is not a DNS name or an IP address", up.server_name),
+        );
+    }
+    match (&up.cert, &up.key) {
+        (Some(_), None) => bad(
+            &at("cert"),
+            "a client certificate needs its private key: set `key` too (or neither)".into(),
+        ),
+        (None, Some(_)) => bad(
+            &at("key"),
+            "a private key needs its client certificate: set `cert` too (or neither)".into(),
+        ),
+        _ => {}
     }
 }
 
@@ -754,7 +928,7 @@ upstreams = ["127.0.0.1:8080"]
         let text = format!(
             "[runtime]\nworkers = 0\nring_entries = 1000\nrecv_buffers = 3\nrecv_buffer_size = 100\n\
              {LISTENER}upstreams = []\nproxy_protocol = \"v1\"\nmax_buffered_bytes = 10\nidle_timeout_ms = 0\n\
-             [listeners.client_auth]\nmode = \"maybe\"\n{LISTENER}"
+             [listeners.client_auth]\nmode = \"require\"\nallow = [\"spiffe://*\"]\n{LISTENER}"
         )
         .replace("upstreams = [\"127.0.0.1:8080\"]\nupstreams = []", "upstreams = []");
         let errors = parse(&text).unwrap_err();
@@ -768,8 +942,126 @@ upstreams = ["127.0.0.1:8080"]
             format!("{f}:15: listeners[0].idle_timeout_ms: must be greater than 0"),
             format!("{f}:14: listeners[0].max_buffered_bytes: must be at least 16384 bytes (one TLS record), got 10"),
             format!("{f}:13: listeners[0].proxy_protocol: must be \"v2\" (the only supported version), got \"v1\""),
-            format!("{f}:17: listeners[0].client_auth.mode: must be one of \"none\", \"optional\", \"require\", got \"maybe\""),
-            format!("{f}:20: listeners[1].name: duplicate listener name \"edge\" (already used by listeners[0])"),
+            format!("{f}:16: listeners[0].client_auth.ca: mode \"require\" needs at least one CA bundle to verify client certificates against (ca = [\"clients-ca.pem\"])"),
+            format!("{f}:18: listeners[0].client_auth.allow[0]: \"spiffe://*\": a wildcard cannot stand for a trust domain or part of one; name the trust domain exactly (e.g. \"spiffe://example.org/ns/*\")"),
+            format!("{f}:21: listeners[1].name: duplicate listener name \"edge\" (already used by listeners[0])"),
+        ];
+        assert_eq!(errors, expect);
+    }
+
+    #[test]
+    fn trust_sections_are_typed_and_resolved() {
+        let text = format!(
+            "{LISTENER}proxy_protocol = \"v2\"\n\
+             [[listeners.sni]]\nserver_names = [\"api.internal\", \"*.Example.org\"]\ncert = \"api.pem\"\nkey = \"/k/api.key\"\n\
+             [[listeners.sni]]\nserver_names = [\"b.internal\"]\ncert = \"b.pem\"\nkey = \"b.key\"\n\
+             [listeners.client_auth]\nmode = \"require\"\nca = [\"ca.pem\", \"/pki/ca2.pem\"]\ncrl = [\"ca.crl\"]\n\
+             allow = [\"spiffe://example.org/ns/prod/*\", \"dns:billing.internal\", \"cn:billing\"]\n\
+             [listeners.upstream_tls]\nca = [\"up-ca.pem\"]\nserver_name = \"backend.internal\"\ncert = \"client.pem\"\nkey = \"client.key\"\n"
+        );
+        let cfg = parse(&text).unwrap();
+        let l = &cfg.listeners[0];
+        let e = Path::new("/etc/terminus");
+        assert_eq!(l.proxy_protocol.as_deref(), Some("v2"));
+        assert_eq!(l.sni.len(), 2);
+        assert_eq!(l.sni[0].server_names, ["api.internal", "*.Example.org"]);
+        assert_eq!(l.sni[0].cert, e.join("api.pem"));
+        assert_eq!(l.sni[0].key, Path::new("/k/api.key"));
+        assert_eq!(l.sni[1].key, e.join("b.key"));
+        let ca = l.client_auth.as_ref().unwrap();
+        assert_eq!(ca.mode, ClientAuthMode::Require);
+        assert_eq!(ca.ca, [e.join("ca.pem"), PathBuf::from("/pki/ca2.pem")]);
+        assert_eq!(ca.crl, [e.join("ca.crl")]);
+        assert_eq!(ca.allow.len(), 3);
+        let up = l.upstream_tls.as_ref().unwrap();
+        assert_eq!(up.ca, [e.join("up-ca.pem")]);
+        assert_eq!(up.server_name, "backend.internal");
+        assert_eq!(up.cert.as_deref(), Some(e.join("client.pem").as_path()));
+        assert_eq!(up.key.as_deref(), Some(e.join("client.key").as_path()));
+    }
+
+    #[test]
+    fn client_auth_defaults_to_none_and_none_needs_no_ca() {
+        let cfg = parse(&format!("{LISTENER}[listeners.client_auth]\n")).unwrap();
+        let ca = cfg.listeners[0].client_auth.as_ref().unwrap();
+        assert_eq!(ca.mode, ClientAuthMode::None);
+        assert!(ca.ca.is_empty() && ca.crl.is_empty() && ca.allow.is_empty());
+        // Rolling back to "none" may keep the CA and allow list in place.
+        let text =
+            format!("{LISTENER}[listeners.client_auth]\nmode = \"none\"\nallow = [\"cn:x\"]\n");
+        assert!(parse(&text).is_ok());
+        assert!(parse(LISTENER).unwrap().listeners[0].client_auth.is_none());
+    }
+
+    #[test]
+    fn trust_section_type_errors_name_line_and_field() {
+        let f = "/etc/terminus/config.toml";
+        let e = one_error(&format!(
+            "{LISTENER}[listeners.client_auth]\nmode = \"maybe\"\n"
+        ));
+        assert_eq!(
+            e,
+            format!(
+                "{f}:9: listeners[0].client_auth.mode: must be one of \"none\", \"optional\", \
+                 \"require\", got \"maybe\""
+            )
+        );
+        let e = one_error(&format!(
+            "{LISTENER}[listeners.client_auth]\nmode = \"require\"\ncas = [\"x\"]\n"
+        ));
+        assert!(
+            e.starts_with(&format!(
+                "{f}:10: listeners[0].client_auth: unknown field `cas`"
+            )),
+            "{e}"
+        );
+        let e = one_error(&format!(
+            "{LISTENER}[[listeners.sni]]\nserver_names = [\"a.b\"]\ncert = \"a.pem\"\n"
+        ));
+        assert_eq!(
+            e,
+            format!("{f}:8: listeners[0].sni[0]: missing field `key`")
+        );
+        let e = one_error(&format!(
+            "{LISTENER}[listeners.upstream_tls]\nca = \"ca.pem\"\nserver_name = \"x\"\n"
+        ));
+        assert!(
+            e.starts_with(&format!(
+                "{f}:9: listeners[0].upstream_tls.ca: invalid type: string"
+            )),
+            "{e}"
+        );
+        let e = one_error(&format!("{LISTENER}client_auth = 3\n"));
+        assert!(
+            e.starts_with(&format!("{f}:8: listeners[0].client_auth: invalid type")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trust_section_validation_reports_every_problem() {
+        let text = format!(
+            "{LISTENER}\
+             [[listeners.sni]]\nserver_names = []\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             [[listeners.sni]]\nserver_names = [\"API.internal\", \"10.0.0.1\", \"a.*.org\", \"\"]\ncert = \"b.pem\"\nkey = \"b.key\"\n\
+             [[listeners.sni]]\nserver_names = [\"api.INTERNAL\"]\ncert = \"c.pem\"\nkey = \"c.key\"\n\
+             [listeners.client_auth]\nmode = \"optional\"\nallow = [\"cn:ok\", \"spiffe://example.org/a*\", \"billing\"]\n\
+             [listeners.upstream_tls]\nca = []\nserver_name = \"not a name\"\nkey = \"k.pem\"\n"
+        );
+        let errors = parse(&text).unwrap_err();
+        let f = "/etc/terminus/config.toml";
+        let expect = [
+            format!("{f}:9: listeners[0].sni[0].server_names: must list at least one server name"),
+            format!("{f}:13: listeners[0].sni[1].server_names[1]: \"10.0.0.1\" is not a DNS name or a \"*.\" wildcard of one (clients send SNI only for DNS names, e.g. \"api.internal\" or \"*.example.org\")"),
+            format!("{f}:13: listeners[0].sni[1].server_names[2]: \"a.*.org\" is not a DNS name or a \"*.\" wildcard of one (clients send SNI only for DNS names, e.g. \"api.internal\" or \"*.example.org\")"),
+            format!("{f}:13: listeners[0].sni[1].server_names[3]: \"\" is not a DNS name or a \"*.\" wildcard of one (clients send SNI only for DNS names, e.g. \"api.internal\" or \"*.example.org\")"),
+            format!("{f}:17: listeners[0].sni[2].server_names[0]: \"api.INTERNAL\" is already listed by listeners[0].sni[1]"),
+            format!("{f}:20: listeners[0].client_auth.ca: mode \"optional\" needs at least one CA bundle to verify client certificates against (ca = [\"clients-ca.pem\"])"),
+            format!("{f}:22: listeners[0].client_auth.allow[1]: \"spiffe://example.org/a*\": '*' is only allowed as the whole last path segment (\"spiffe://TRUST.DOMAIN/PREFIX/*\")"),
+            format!("{f}:22: listeners[0].client_auth.allow[2]: \"billing\" is not an allow entry: expected \"spiffe://TRUST.DOMAIN/PATH\", \"spiffe://TRUST.DOMAIN/PREFIX/*\", \"dns:NAME\" or \"cn:NAME\""),
+            format!("{f}:24: listeners[0].upstream_tls.ca: must list at least one CA bundle to verify the upstream's certificate against"),
+            format!("{f}:25: listeners[0].upstream_tls.server_name: \"not a name\" is not a DNS name or an IP address"),
+            format!("{f}:26: listeners[0].upstream_tls.key: a private key needs its client certificate: set `cert` too (or neither)"),
         ];
         assert_eq!(errors, expect);
     }

@@ -1,19 +1,48 @@
-//! TLS material: rustls configs (aws-lc-rs), certificate and key loading with
-//! file-naming errors, shared resumption state.
+//! TLS material: rustls configs (aws-lc-rs), certificate, key, CA and CRL loading with
+//! file-naming errors, shared resumption state, the SNI certificate choice, the
+//! client-certificate verifier with its allow-list policy, and the client config for
+//! re-encryption to the upstream.
 //!
-//! I/O contract: reads the certificate and key files named by a [`Listener`] when
-//! asked to (startup, `check`, reload); never touches sockets. Every error names the
-//! file and why, on one line, e.g. `/etc/t/server.key: private key does not match the
-//! certificate in /etc/t/server.pem`.
+//! I/O contract: reads the certificate, key, CA and CRL files named by a [`Listener`]
+//! when asked to (startup, `check`, reload); never touches sockets. Every error names
+//! the file and why, on one line, e.g. `/etc/t/server.key: private key does not match
+//! the certificate in /etc/t/server.pem`.
+//!
+//! Client authentication ([`ClientAuthMode`]): `none` asks for no certificate;
+//! `optional` asks, lets clients without one through, and refuses a certificate that
+//! fails; `require` refuses clients without one. A presented chain is verified by
+//! webpki against the `ca` bundles (intermediates the client sends are used to build
+//! the chain) and the `crl` lists, then the leaf's [`PeerIdentity`] must pass the
+//! listener's [`AllowList`]. A refusal is an error inside the handshake, so the client
+//! gets an alert: `access_denied` for a policy refusal, `unknown_ca`,
+//! `certificate_expired`, `certificate_revoked`... for the chain. The refused
+//! client's identity is left for the connection to log: [`take_rejected_client`].
+//!
+//! Revocation: every certificate of the chain below the trust anchor is checked
+//! against the CRLs whose issuer signed it; a certificate no configured CRL speaks for
+//! is accepted (unknown status allowed), so a CRL for one CA does not lock out
+//! clients of another. A CRL's nextUpdate is not enforced (an old CRL still revokes).
 #![forbid(unsafe_code)]
 
-use crate::config::Listener;
+use crate::config::{ClientAuthMode, Listener, UpstreamTls};
+use crate::identity::{CertAlgorithms, PeerIdentity};
+use crate::policy::AllowList;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
-use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
+    WebPkiClientVerifier,
+};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Make aws-lc-rs the process-wide rustls provider (idempotent).
@@ -32,42 +61,139 @@ impl TlsError {
     }
 }
 
-/// Build the listener's server config: cert chain + key, TLS 1.2 and 1.3, ALPN,
+/// Build the listener's server config: default cert chain + key and the
+/// `[[listeners.sni]]` certificates, client authentication, TLS 1.2 and 1.3, ALPN,
 /// tickets and a server-side session cache shared by every worker (the Arc is shared).
 pub fn server_config(l: &Listener) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_tls(l).map(|t| t.config)
+}
+
+/// A listener's server config plus the certificates it serves, for callers that need
+/// to know which certificate a connection got (PROXY v2 `SIG_ALG`/`KEY_ALG`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub certs: Arc<SniResolver>,
+}
+
+/// [`server_config`], keeping the certificate resolver at hand.
+pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
     let provider = server_provider();
-    let key = certified_key(&l.cert, &l.key, &provider)?;
-    build_server_config(l, provider, key)
+    let certs = Arc::new(SniResolver::load(l, &provider)?);
+    let verifier = client_verifier(l, &provider)?;
+    let config = build_server_config(l, provider, certs.clone(), verifier)?;
+    Ok(ServerTls { config, certs })
 }
 
 /// Every problem with the listener's TLS material (not just the first): unreadable
-/// or malformed cert and key files are both reported, then a key/cert mismatch.
-/// Empty means [`server_config`] will succeed.
+/// or malformed cert and key files are both reported, then a key/cert mismatch; the
+/// same for each `[[listeners.sni]]` entry; every unusable CA bundle and CRL of
+/// `client_auth` (unless its mode is `none`); every problem of `upstream_tls`.
+/// Empty means [`server_config`] and [`upstream_client_config`] will succeed.
 pub fn listener_problems(l: &Listener) -> Vec<TlsError> {
     let provider = server_provider();
-    let certs = load_certs(&l.cert);
-    let key = load_key(&l.key);
-    let (certs, key) = match (certs, key) {
-        (Ok(c), Ok(k)) => (c, k),
-        (c, k) => return c.err().into_iter().chain(k.err()).collect(),
-    };
-    match certified_key_from(&l.cert, &l.key, certs, key, &provider)
-        .and_then(|ck| build_server_config(l, provider, ck))
-    {
-        Ok(_) => Vec::new(),
-        Err(e) => vec![e],
+    let mut out = cert_and_key_problems(&l.cert, &l.key, &provider);
+    for sni in &l.sni {
+        out.extend(cert_and_key_problems(&sni.cert, &sni.key, &provider));
     }
+    if let Some(ca) = l
+        .client_auth
+        .as_ref()
+        .filter(|c| c.mode != ClientAuthMode::None)
+    {
+        let roots = collect_problems(&ca.ca, load_roots_file, &mut out);
+        let mut store = rustls::RootCertStore::empty();
+        roots
+            .into_iter()
+            .flatten()
+            .for_each(|c| store.roots.push(c));
+        let store = Arc::new(store);
+        for path in &ca.crl {
+            if let Err(e) = load_crl_file(path, &store, &provider) {
+                out.push(e);
+            }
+        }
+    }
+    if let Some(up) = &l.upstream_tls {
+        collect_problems(&up.ca, load_roots_file, &mut out);
+        if let (Some(cert), Some(key)) = (&up.cert, &up.key) {
+            out.extend(cert_and_key_problems(cert, key, &provider));
+        }
+    }
+    if out.is_empty() {
+        if let Err(e) = server_tls(l) {
+            out.push(e);
+        }
+        if let Err(e) = upstream_client_config(l) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn cert_and_key_problems(cert: &Path, key: &Path, provider: &CryptoProvider) -> Vec<TlsError> {
+    match (load_certs(cert), load_key(key)) {
+        (Ok(c), Ok(k)) => certified_key_from(cert, key, c, k, provider)
+            .err()
+            .into_iter()
+            .collect(),
+        (c, k) => c.err().into_iter().chain(k.err()).collect(),
+    }
+}
+
+fn collect_problems<T>(
+    paths: &[PathBuf],
+    load: impl Fn(&Path) -> Result<T, TlsError>,
+    out: &mut Vec<TlsError>,
+) -> Vec<T> {
+    let mut ok = Vec::new();
+    for p in paths {
+        match load(p) {
+            Ok(t) => ok.push(t),
+            Err(e) => out.push(e),
+        }
+    }
+    ok
 }
 
 /// Warnings that do not stop the listener from starting: a server leaf certificate
 /// that has expired or is not valid yet. Unreadable files give no warning (they are
 /// errors, reported by [`listener_problems`]).
 pub fn cert_warnings(l: &Listener) -> Vec<String> {
-    let Ok(certs) = load_certs(&l.cert) else {
-        return Vec::new();
-    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    validity_warnings(&l.cert, &certs[0], now)
+    let mut out = Vec::new();
+    for path in std::iter::once(&l.cert).chain(l.sni.iter().map(|s| &s.cert)) {
+        if let Ok(certs) = load_certs(path) {
+            out.extend(validity_warnings(path, &certs[0], now));
+        }
+    }
+    if let Some(ca) = l
+        .client_auth
+        .as_ref()
+        .filter(|c| c.mode != ClientAuthMode::None)
+    {
+        for path in &ca.crl {
+            if let Ok(crls) = load_crls(path) {
+                out.extend(crls.iter().filter_map(|crl| crl_warning(path, crl, now)));
+            }
+        }
+    }
+    out
+}
+
+/// A CRL past its nextUpdate is still used (what it revokes stays revoked), but the
+/// operator should know revocations newer than it are not seen.
+fn crl_warning(path: &Path, crl: &CertificateRevocationListDer<'_>, now: i64) -> Option<String> {
+    let (_, crl) = x509_parser::parse_x509_crl(crl).ok()?;
+    let next = crl.next_update()?;
+    (next.timestamp() < now).then(|| {
+        format!(
+            "{}: CRL of \"{}\" is past its nextUpdate ({next}): still enforced, but newer \
+             revocations are not seen; install a fresh CRL",
+            path.display(),
+            crl.issuer()
+        )
+    })
 }
 
 fn validity_warnings(path: &Path, leaf: &CertificateDer<'_>, now: i64) -> Vec<String> {
@@ -225,13 +351,14 @@ pub fn server_provider() -> Arc<CryptoProvider> {
 fn build_server_config(
     l: &Listener,
     provider: Arc<CryptoProvider>,
-    key: CertifiedKey,
+    certs: Arc<SniResolver>,
+    verifier: Arc<dyn ClientCertVerifier>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError(format!("TLS versions: {e}")))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
     cfg.ignore_client_order = true;
     cfg.alpn_protocols = l.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     cfg.session_storage = if l.session_cache == 0 {
@@ -244,6 +371,358 @@ fn build_server_config(
     cfg.send_tls13_tickets = l.tls13_tickets;
     cfg.max_early_data_size = 0;
     Ok(Arc::new(cfg))
+}
+
+/// A certificate served by a listener, with what PROXY v2 reports about it.
+#[derive(Debug)]
+pub struct ServedCert {
+    pub key: Arc<CertifiedKey>,
+    /// The certificate file it came from.
+    pub path: PathBuf,
+    pub algorithms: CertAlgorithms,
+}
+
+impl ServedCert {
+    fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<ServedCert, TlsError> {
+        let ck = certified_key(cert, key, provider)?;
+        let algorithms =
+            CertAlgorithms::from_der(&ck.cert[0]).map_err(|e| TlsError::file(cert, e))?;
+        Ok(ServedCert {
+            key: Arc::new(ck),
+            path: cert.to_path_buf(),
+            algorithms,
+        })
+    }
+}
+
+/// Chooses the certificate by the client's server name (SNI): an exact
+/// `server_names` entry first, then a `*.parent` entry matching one label, else the
+/// listener's own certificate (also for clients that send no SNI). Names compare
+/// ASCII case-insensitively.
+#[derive(Debug)]
+pub struct SniResolver {
+    default: ServedCert,
+    certs: Vec<ServedCert>,
+    /// Lowercase name → index into `certs`.
+    exact: HashMap<String, usize>,
+    /// Lowercase parent (`example.org` for `*.example.org`) → index into `certs`.
+    wildcard: HashMap<String, usize>,
+}
+
+impl SniResolver {
+    /// Load the listener's default certificate and every `[[listeners.sni]]` entry.
+    pub fn load(l: &Listener, provider: &CryptoProvider) -> Result<SniResolver, TlsError> {
+        let default = ServedCert::load(&l.cert, &l.key, provider)?;
+        let mut r = SniResolver {
+            default,
+            certs: Vec::with_capacity(l.sni.len()),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        };
+        for sni in &l.sni {
+            let idx = r.certs.len();
+            r.certs
+                .push(ServedCert::load(&sni.cert, &sni.key, provider)?);
+            for name in &sni.server_names {
+                let name = name.to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(parent) => r.wildcard.entry(parent.to_owned()).or_insert(idx),
+                    None => r.exact.entry(name).or_insert(idx),
+                };
+            }
+        }
+        Ok(r)
+    }
+
+    /// The certificate a client asking for `server_name` gets.
+    pub fn choose(&self, server_name: Option<&str>) -> &ServedCert {
+        let Some(name) = server_name else {
+            return &self.default;
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let idx = self.exact.get(&name).or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent)
+        });
+        idx.map_or(&self.default, |&i| &self.certs[i])
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.choose(hello.server_name()).key.clone())
+    }
+}
+
+/// The client verifier for the listener's `client_auth`: none, or webpki (CAs, CRLs,
+/// optional/require) followed by the allow-list policy.
+pub fn client_verifier(
+    l: &Listener,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let Some(ca) = l
+        .client_auth
+        .as_ref()
+        .filter(|c| c.mode != ClientAuthMode::None)
+    else {
+        return Ok(WebPkiClientVerifier::no_client_auth());
+    };
+    let listener = format!("listener \"{}\"", l.name);
+    let roots = Arc::new(load_roots(&ca.ca)?);
+    let mut crls = Vec::new();
+    for path in &ca.crl {
+        crls.extend(load_crl_file(path, &roots, provider)?);
+    }
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls)
+        .allow_unknown_revocation_status();
+    if ca.mode == ClientAuthMode::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let inner = builder
+        .build()
+        .map_err(|e| TlsError(format!("{listener}: client_auth: {e}")))?;
+    let allow = AllowList::parse(&ca.allow)
+        .map_err(|e| TlsError(format!("{listener}: client_auth.{e}")))?;
+    Ok(Arc::new(PolicyVerifier { inner, allow }))
+}
+
+/// webpki chain verification, then the allow list on the leaf's identity.
+#[derive(Debug)]
+pub struct PolicyVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allow: AllowList,
+}
+
+impl PolicyVerifier {
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, allow: AllowList) -> PolicyVerifier {
+        PolicyVerifier { inner, allow }
+    }
+}
+
+impl ClientCertVerifier for PolicyVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let identity = PeerIdentity::from_der(end_entity);
+        let verdict = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .and_then(|ok| match &identity {
+                Ok(id) if self.allow.allows(id) => Ok(ok),
+                _ => Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                )),
+            });
+        if let Err(error) = &verdict {
+            let (identity, identity_error) = match identity {
+                Ok(id) => (Some(id), None),
+                Err(e) => (None, Some(e)),
+            };
+            REJECTED.with(|r| {
+                *r.borrow_mut() = Some(RejectedClient {
+                    identity,
+                    identity_error,
+                    error: error.clone(),
+                })
+            });
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A client certificate the verifier refused, with who presented it.
+#[derive(Debug, Clone)]
+pub struct RejectedClient {
+    /// Read from the presented leaf (unverified when `error` is a chain error).
+    pub identity: Option<PeerIdentity>,
+    /// Why no identity could be read, when `identity` is `None`.
+    pub identity_error: Option<String>,
+    /// What the handshake failed with (also returned by `process_new_packets`):
+    /// `InvalidCertificate(ApplicationVerificationFailure)` for a policy refusal.
+    pub error: rustls::Error,
+}
+
+thread_local! {
+    static REJECTED: RefCell<Option<RejectedClient>> = const { RefCell::new(None) };
+}
+
+/// The client certificate refused during the last `process_new_packets` call on this
+/// thread, if that is why it failed. The verifier runs inside that call, on the
+/// calling thread, and a refusal always makes the call fail; so a caller that takes
+/// this after every failed call always gets its own connection's client (and a call
+/// that failed for another reason gets `None`).
+pub fn take_rejected_client() -> Option<RejectedClient> {
+    REJECTED.with(|r| r.borrow_mut().take())
+}
+
+/// TLS towards the upstream (`[listeners.upstream_tls]`): verified against its `ca`
+/// bundles and `server_name` (sent as SNI when a DNS name), with the optional client
+/// certificate for mTLS, aws-lc-rs, TLS 1.2 and 1.3, and in-memory session resumption
+/// (shared by every connection using the returned Arc). `None` when the listener
+/// forwards plaintext.
+pub fn upstream_client_config(
+    l: &Listener,
+) -> Result<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>, TlsError> {
+    let Some(up) = &l.upstream_tls else {
+        return Ok(None);
+    };
+    upstream_config(&l.name, up).map(Some)
+}
+
+fn upstream_config(
+    listener: &str,
+    up: &UpstreamTls,
+) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), TlsError> {
+    let at = |why: String| TlsError(format!("listener \"{listener}\": upstream_tls: {why}"));
+    let name = ServerName::try_from(up.server_name.clone())
+        .map_err(|e| at(format!("server_name \"{}\": {e}", up.server_name)))?;
+    let provider = server_provider();
+    let roots = load_roots(&up.ca)?;
+    if roots.is_empty() {
+        return Err(at("no CA bundle given (ca = [...])".into()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| at(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots);
+    let cfg = match (&up.cert, &up.key) {
+        (Some(cert), Some(key)) => {
+            let ck = certified_key(cert, key, &provider)?;
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ck)))
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(at(
+                "`cert` and `key` go together: set both or neither".into()
+            ))
+        }
+    };
+    // Resumption: rustls' default in-memory cache (tickets and TLS 1.2 session IDs).
+    Ok((Arc::new(cfg), name))
+}
+
+/// Trust anchors from PEM CA bundles; each file must hold at least one certificate
+/// usable as a trust anchor.
+pub fn load_roots(paths: &[PathBuf]) -> Result<rustls::RootCertStore, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for path in paths {
+        store.roots.extend(load_roots_file(path)?);
+    }
+    Ok(store)
+}
+
+fn load_roots_file(path: &Path) -> Result<Vec<rustls_pki_types::TrustAnchor<'static>>, TlsError> {
+    let certs = load_certs(path)?;
+    let mut out = Vec::with_capacity(certs.len());
+    for (i, c) in certs.iter().enumerate() {
+        let mut one = rustls::RootCertStore::empty();
+        one.add(c.clone()).map_err(|e| {
+            TlsError::file(
+                path,
+                format!(
+                    "CA bundle: certificate #{} is not usable as a trust anchor: {e}",
+                    i + 1
+                ),
+            )
+        })?;
+        out.extend(one.roots);
+    }
+    Ok(out)
+}
+
+/// The CRLs in one file (PEM `X509 CRL` sections, or one DER CRL), each checked the
+/// way the verifier will use it.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = read_file(path, "CRL")?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(TlsError::file(path, "no CRL found: the file is empty"));
+    }
+    // DER starts with a SEQUENCE tag; PEM with text.
+    let crls = if bytes.first() == Some(&0x30) {
+        vec![CertificateRevocationListDer::from(bytes)]
+    } else {
+        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::file(path, format!("unparsable PEM: {}", pem_why(&e))))?;
+        if crls.is_empty() {
+            return Err(TlsError::file(
+                path,
+                "no CRL found (expected a \"-----BEGIN X509 CRL-----\" section or a DER CRL)",
+            ));
+        }
+        crls
+    };
+    for (i, crl) in crls.iter().enumerate() {
+        if let Err(e) = x509_parser::parse_x509_crl(crl) {
+            return Err(TlsError::file(
+                path,
+                format!("CRL #{} is not a valid X.509 CRL: {e}", i + 1),
+            ));
+        }
+    }
+    Ok(crls)
+}
+
+/// [`load_crls`], then have webpki parse each CRL as the verifier will (with the
+/// roots only to satisfy the builder), so an unsupported CRL names its file.
+fn load_crl_file(
+    path: &Path,
+    roots: &Arc<rustls::RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = load_crls(path)?;
+    if !roots.is_empty() {
+        for (i, crl) in crls.iter().enumerate() {
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .with_crls([crl.clone()])
+                .build()
+                .map_err(|e| match e {
+                    rustls::server::VerifierBuilderError::InvalidCrl(e) => {
+                        TlsError::file(path, format!("CRL #{} is not usable: {e:?}", i + 1))
+                    }
+                    e => TlsError::file(path, e),
+                })?;
+        }
+    }
+    Ok(crls)
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
@@ -424,6 +903,20 @@ tls13_tickets = 2
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_crl_is_a_warning() {
+        let ca = crate::certs::TestCa::root("crl CA").unwrap();
+        let (_, der) = ca.crl(&[&[1]]).unwrap();
+        let crl = CertificateRevocationListDer::from(der);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(crl_warning(Path::new("c.crl"), &crl, now), None);
+        let w = crl_warning(Path::new("c.crl"), &crl, now + 2 * 86400).unwrap();
+        assert!(
+            w.starts_with("c.crl: CRL of \"CN=crl CA\" is past its nextUpdate ("),
+            "{w}"
+        );
     }
 
     #[test]

@@ -755,3 +755,51 @@ fn upstream_tls_absent_and_file_errors() {
     let (_, name) = terminus::tls::upstream_client_config(&l).unwrap().unwrap();
     assert!(matches!(name, ServerName::IpAddress(_)));
 }
+
+// ---------------------------------------------------------------------------------
+// What PROXY v2 reports about a real connection
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn proxy_v2_ssl_describes_the_connection() {
+    use terminus::proxy_v2::Ssl;
+    let c = Clients::new("ppssl");
+    let leaf = c.leaf(GOOD_ID);
+    let l = listener(&c.dir, REQUIRE);
+    let tls = terminus::tls::server_tls(&l).unwrap();
+    let client = c.client(Some(&leaf));
+    let o = handshake(tls.config.clone(), client.clone(), "localhost");
+    assert!(o.server.is_ok(), "{:?}", o.server);
+    let conn = &o.server_conn;
+    let peer = PeerIdentity::from_der(&conn.peer_certificates().unwrap()[0]).unwrap();
+    let served = &tls.certs.choose(conn.server_name()).algorithms;
+    let ssl = Ssl::from_tls(conn, Some(served), Some(&peer));
+    assert_eq!(
+        ssl,
+        Ssl {
+            client_cert_presented: true,
+            resumed: false,
+            verified: true,
+            version: Some("TLSv1.3".into()),
+            cn: Some("client".into()),
+            cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+            sig_alg: Some("ecdsa-with-SHA256".into()),
+            key_alg: Some("EC256".into()),
+        }
+    );
+    // Resumed: the certificate belongs to the session, not this connection.
+    let o = handshake(tls.config.clone(), client, "localhost");
+    assert_eq!(
+        o.server_conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let ssl = Ssl::from_tls(&o.server_conn, Some(served), Some(&peer));
+    assert!(ssl.client_cert_presented && ssl.resumed && ssl.verified);
+
+    // No certificate (optional): not verified, no CN.
+    let l = listener(&c.dir, OPTIONAL);
+    let tls = terminus::tls::server_tls(&l).unwrap();
+    let o = handshake(tls.config.clone(), c.client(None), "localhost");
+    let ssl = Ssl::from_tls(&o.server_conn, None, None);
+    assert!(!ssl.client_cert_presented && !ssl.verified && ssl.cn.is_none());
+}

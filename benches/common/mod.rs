@@ -2,10 +2,11 @@
 //! in-memory byte shuttling between a client and a server (no sockets, no clock
 //! except the timing the benches ask for).
 //!
-//! The server config mirrors `terminus::tls::build_server_config` (aws-lc-rs, TLS
-//! 1.3 + 1.2, a 16 Ki-entry session cache, a stateless ticketer, one TLS 1.3 ticket
-//! per handshake, no early data) so a full handshake pays for the ticket it issues,
-//! as it does in production.
+//! The server config mirrors `terminus::tls::build_server_config`
+//! (`terminus::tls::server_provider()`, i.e. aws-lc-rs with AES-128-GCM-SHA256
+//! first and the server's suite order enforced; TLS 1.3 + 1.2; a 16 Ki-entry
+//! session cache; a stateless ticketer; one TLS 1.3 ticket per handshake; no early
+//! data), so a full handshake pays for the ticket it issues, as in production.
 #![allow(dead_code)] // each bench uses a different subset
 
 use rustls::client::Resumption;
@@ -79,7 +80,7 @@ pub fn server_config(
     creds: &ServerCreds,
     client_roots: Option<&RootCertStore>,
 ) -> Arc<ServerConfig> {
-    let provider = Arc::new(aws_lc_rs::default_provider());
+    let provider = terminus::tls::server_provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("TLS versions");
@@ -94,6 +95,7 @@ pub fn server_config(
     let mut cfg = builder
         .with_single_cert(creds.chain.clone(), creds.key.clone_key())
         .expect("server cert and key");
+    cfg.ignore_client_order = true;
     cfg.session_storage = ServerSessionMemoryCache::new(16 * 1024);
     cfg.ticketer = aws_lc_rs::Ticketer::new().expect("ticketer");
     cfg.send_tls13_tickets = 1;

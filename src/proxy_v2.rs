@@ -1,0 +1,781 @@
+//! PROXY protocol version 2 (haproxy.org `proxy-protocol.txt`, section 2.2): the
+//! binary header terminus sends to an upstream before the client's bytes when a
+//! listener has `proxy_protocol = "v2"`, and a parser for it (tests, tools).
+//!
+//! What the header carries:
+//!
+//! | TLV | type | value |
+//! |---|---|---|
+//! | `PP2_TYPE_ALPN` | `0x01` | the negotiated ALPN protocol |
+//! | `PP2_TYPE_AUTHORITY` | `0x02` | the client's SNI server name (UTF-8) |
+//! | `PP2_TYPE_UNIQUE_ID` | `0x05` | an opaque connection ID, at most 128 bytes |
+//! | `PP2_TYPE_SSL` | `0x20` | `client` bits, `verify` (u32, 0 = a client certificate was presented and verified), then sub-TLVs |
+//! | `PP2_SUBTYPE_SSL_VERSION` | `0x21` | `TLSv1.3`, `TLSv1.2` |
+//! | `PP2_SUBTYPE_SSL_CN` | `0x22` | the client certificate's subject CN |
+//! | `PP2_SUBTYPE_SSL_CIPHER` | `0x23` | OpenSSL name, e.g. `TLS_AES_128_GCM_SHA256`, `ECDHE-ECDSA-AES128-GCM-SHA256` |
+//! | `PP2_SUBTYPE_SSL_SIG_ALG` | `0x24` | signature algorithm of terminus' certificate, e.g. `ecdsa-with-SHA256` |
+//! | `PP2_SUBTYPE_SSL_KEY_ALG` | `0x25` | key algorithm of terminus' certificate, e.g. `EC256`, `RSA2048` |
+//! | **`PP2_TYPE_TERMINUS_SPIFFE_ID`** | **`0xE0`** | the verified client's SPIFFE ID (UTF-8), e.g. `spiffe://example.org/ns/prod/sa/billing` |
+//!
+//! `0xE0` is the first type of the range the specification reserves for custom,
+//! application-specific TLVs (`PP2_TYPE_MIN_CUSTOM` … `PP2_TYPE_MAX_CUSTOM`,
+//! `0xE0`…`0xEF`); consumers that do not know it skip it (HAProxy ≥ 2.9 can read it
+//! with `fc_pp_tlv(0xE0)`). It is only sent for a client whose certificate was
+//! verified. `client` bits of `PP2_TYPE_SSL`: `PP2_CLIENT_SSL` (`0x01`, always),
+//! `PP2_CLIENT_CERT_CONN` (`0x02`, a certificate was presented on this connection),
+//! `PP2_CLIENT_CERT_SESS` (`0x04`, a certificate was presented in this TLS session,
+//! possibly on an earlier connection the session resumed).
+//!
+//! Addresses: `TCP4` when both ends are IPv4 (IPv4-mapped IPv6 addresses count as
+//! IPv4), otherwise `TCP6` with IPv4 addresses mapped.
+//!
+//! I/O contract: pure; encodes into and parses from byte slices.
+#![forbid(unsafe_code)]
+
+use crate::identity::{CertAlgorithms, PeerIdentity};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+/// The 12 bytes every v2 header starts with.
+pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// Version 2, command PROXY.
+pub const VERSION_COMMAND_PROXY: u8 = 0x21;
+/// Version 2, command LOCAL (health checks; no addresses).
+pub const VERSION_COMMAND_LOCAL: u8 = 0x20;
+pub const FAMILY_UNSPEC: u8 = 0x00;
+pub const FAMILY_TCP4: u8 = 0x11;
+pub const FAMILY_TCP6: u8 = 0x21;
+
+pub const PP2_TYPE_ALPN: u8 = 0x01;
+pub const PP2_TYPE_AUTHORITY: u8 = 0x02;
+pub const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+pub const PP2_TYPE_SSL: u8 = 0x20;
+pub const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+pub const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+pub const PP2_SUBTYPE_SSL_SIG_ALG: u8 = 0x24;
+pub const PP2_SUBTYPE_SSL_KEY_ALG: u8 = 0x25;
+/// terminus' custom TLV (`PP2_TYPE_MIN_CUSTOM`): the client's SPIFFE ID.
+pub const PP2_TYPE_TERMINUS_SPIFFE_ID: u8 = 0xE0;
+
+pub const PP2_CLIENT_SSL: u8 = 0x01;
+pub const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+pub const PP2_CLIENT_CERT_SESS: u8 = 0x04;
+
+/// The longest `PP2_TYPE_UNIQUE_ID` the specification allows.
+pub const MAX_UNIQUE_ID: usize = 128;
+
+/// Fixed part: signature, version/command, family, length.
+const FIXED_LEN: usize = 16;
+
+/// A PROXY v2 header for one proxied TCP connection (command PROXY).
+///
+/// A TLV whose value cannot be represented (a unique ID over 128 bytes, a value that
+/// would make the header longer than 65535 bytes) is left out, never truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The client's address.
+    pub src: SocketAddr,
+    /// The address the client connected to (terminus' listener).
+    pub dst: SocketAddr,
+    pub alpn: Option<Vec<u8>>,
+    /// The client's SNI.
+    pub authority: Option<String>,
+    pub ssl: Option<Ssl>,
+    /// The verified client's SPIFFE ID (custom TLV `0xE0`).
+    pub spiffe: Option<String>,
+    pub unique_id: Option<Vec<u8>>,
+}
+
+/// The `PP2_TYPE_SSL` TLV: what the client-facing TLS connection was like.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ssl {
+    /// The client presented a certificate (in this TLS session).
+    pub client_cert_presented: bool,
+    /// The session was resumed, so the certificate (if any) was presented on an
+    /// earlier connection: `PP2_CLIENT_CERT_SESS` without `PP2_CLIENT_CERT_CONN`.
+    pub resumed: bool,
+    /// The presented certificate was verified (`verify` = 0).
+    pub verified: bool,
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: Option<String>,
+    /// The client certificate's subject CN.
+    pub cn: Option<String>,
+    /// OpenSSL cipher name.
+    pub cipher: Option<String>,
+    /// Signature algorithm of the certificate terminus served.
+    pub sig_alg: Option<String>,
+    /// Key algorithm of the certificate terminus served.
+    pub key_alg: Option<String>,
+}
+
+impl Ssl {
+    /// Describe an established client connection: its version and cipher, the
+    /// verified client certificate's CN (`peer`), and the algorithms of the
+    /// certificate terminus served (`served`, see `tls::SniResolver::choose`).
+    pub fn from_tls(
+        conn: &rustls::ServerConnection,
+        served: Option<&CertAlgorithms>,
+        peer: Option<&PeerIdentity>,
+    ) -> Ssl {
+        let presented = conn.peer_certificates().is_some_and(|c| !c.is_empty());
+        Ssl {
+            client_cert_presented: presented,
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            // terminus never completes a handshake with a certificate it did not verify.
+            verified: presented,
+            version: conn.protocol_version().map(version_name),
+            cn: peer.and_then(|p| p.cn.clone()),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|s| cipher_name(s.suite())),
+            sig_alg: served.map(|a| a.sig_alg.clone()),
+            key_alg: served.map(|a| a.key_alg.clone()),
+        }
+    }
+
+    fn client_bits(&self) -> u8 {
+        let mut bits = PP2_CLIENT_SSL;
+        if self.client_cert_presented {
+            bits |= PP2_CLIENT_CERT_SESS;
+            if !self.resumed {
+                bits |= PP2_CLIENT_CERT_CONN;
+            }
+        }
+        bits
+    }
+}
+
+/// OpenSSL's (and HAProxy's) name of a protocol version.
+pub fn version_name(v: rustls::ProtocolVersion) -> String {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// OpenSSL's name of a cipher suite (what HAProxy puts in `PP2_SUBTYPE_SSL_CIPHER`).
+pub fn cipher_name(s: rustls::CipherSuite) -> String {
+    use rustls::CipherSuite as C;
+    match s {
+        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        other => return format!("{other:?}"),
+    }
+    .into()
+}
+
+impl Header {
+    /// Append the header to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&SIGNATURE);
+        out.push(VERSION_COMMAND_PROXY);
+        match (as_v4(self.src), as_v4(self.dst)) {
+            (Some(src), Some(dst)) => {
+                out.push(FAMILY_TCP4);
+                out.extend_from_slice(&[0, 12]);
+                out.extend_from_slice(&src.ip().octets());
+                out.extend_from_slice(&dst.ip().octets());
+                out.extend_from_slice(&src.port().to_be_bytes());
+                out.extend_from_slice(&dst.port().to_be_bytes());
+            }
+            _ => {
+                out.push(FAMILY_TCP6);
+                out.extend_from_slice(&[0, 36]);
+                out.extend_from_slice(&as_v6(self.src.ip()).octets());
+                out.extend_from_slice(&as_v6(self.dst.ip()).octets());
+                out.extend_from_slice(&self.src.port().to_be_bytes());
+                out.extend_from_slice(&self.dst.port().to_be_bytes());
+            }
+        }
+        let mut w = TlvWriter { out, start };
+        if let Some(alpn) = &self.alpn {
+            w.tlv(PP2_TYPE_ALPN, alpn);
+        }
+        if let Some(authority) = &self.authority {
+            w.tlv(PP2_TYPE_AUTHORITY, authority.as_bytes());
+        }
+        if let Some(id) = self
+            .unique_id
+            .as_ref()
+            .filter(|id| id.len() <= MAX_UNIQUE_ID)
+        {
+            w.tlv(PP2_TYPE_UNIQUE_ID, id);
+        }
+        if let Some(ssl) = &self.ssl {
+            let mut value = Vec::with_capacity(64);
+            value.push(ssl.client_bits());
+            let verify: u32 = if ssl.client_cert_presented && ssl.verified {
+                0
+            } else {
+                1
+            };
+            value.extend_from_slice(&verify.to_be_bytes());
+            for (kind, v) in [
+                (PP2_SUBTYPE_SSL_VERSION, &ssl.version),
+                (PP2_SUBTYPE_SSL_CN, &ssl.cn),
+                (PP2_SUBTYPE_SSL_CIPHER, &ssl.cipher),
+                (PP2_SUBTYPE_SSL_SIG_ALG, &ssl.sig_alg),
+                (PP2_SUBTYPE_SSL_KEY_ALG, &ssl.key_alg),
+            ] {
+                if let Some(v) = v.as_ref().filter(|v| v.len() <= usize::from(u16::MAX)) {
+                    push_tlv(&mut value, kind, v.as_bytes());
+                }
+            }
+            w.tlv(PP2_TYPE_SSL, &value);
+        }
+        if let Some(spiffe) = &self.spiffe {
+            w.tlv(PP2_TYPE_TERMINUS_SPIFFE_ID, spiffe.as_bytes());
+        }
+        let len = out.len() - start - FIXED_LEN;
+        let len = u16::try_from(len).unwrap_or(u16::MAX);
+        out[start + 14..start + 16].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The encoded header as a new buffer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.encode(&mut out);
+        out
+    }
+}
+
+/// Appends TLVs while the header stays within the 16-bit length field.
+struct TlvWriter<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl TlvWriter<'_> {
+    fn tlv(&mut self, kind: u8, value: &[u8]) {
+        let after = self.out.len() - self.start - FIXED_LEN + 3 + value.len();
+        if after <= usize::from(u16::MAX) {
+            push_tlv(self.out, kind, value);
+        }
+    }
+}
+
+fn push_tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+    out.push(kind);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&value[..usize::from(len)]);
+}
+
+fn as_v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a
+            .ip()
+            .to_ipv4_mapped()
+            .map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+fn as_v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// The command of a parsed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Sent by the proxy itself (health checks): use the real connection addresses.
+    Local,
+    Proxy,
+}
+
+/// A parsed v2 header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedHeader {
+    pub command: Command,
+    /// (source, destination) for TCP/UDP over IPv4/IPv6; `None` for UNSPEC and UNIX.
+    pub addresses: Option<(SocketAddr, SocketAddr)>,
+    pub alpn: Option<Vec<u8>>,
+    pub authority: Option<String>,
+    pub ssl: Option<ParsedSsl>,
+    pub spiffe: Option<String>,
+    pub unique_id: Option<Vec<u8>>,
+    /// TLVs this parser does not decode, in order: (type, value).
+    pub other: Vec<(u8, Vec<u8>)>,
+}
+
+/// A parsed `PP2_TYPE_SSL` TLV.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParsedSsl {
+    /// `PP2_CLIENT_*` bits.
+    pub client: u8,
+    /// 0: a client certificate was presented and verified.
+    pub verify: u32,
+    pub version: Option<String>,
+    pub cn: Option<String>,
+    pub cipher: Option<String>,
+    pub sig_alg: Option<String>,
+    pub key_alg: Option<String>,
+}
+
+impl ParsedSsl {
+    /// What an [`Ssl`] with these bits would have said.
+    pub fn to_ssl(&self) -> Ssl {
+        let sess = self.client & PP2_CLIENT_CERT_SESS != 0;
+        let conn = self.client & PP2_CLIENT_CERT_CONN != 0;
+        Ssl {
+            client_cert_presented: sess || conn,
+            resumed: sess && !conn,
+            verified: (sess || conn) && self.verify == 0,
+            version: self.version.clone(),
+            cn: self.cn.clone(),
+            cipher: self.cipher.clone(),
+            sig_alg: self.sig_alg.clone(),
+            key_alg: self.key_alg.clone(),
+        }
+    }
+}
+
+/// Why [`parse`] returned no header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// The bytes so far are a valid beginning; at least `needed` bytes in total are
+    /// required before the header can be parsed.
+    Incomplete { needed: usize },
+    /// Not a valid PROXY v2 header.
+    Invalid(String),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Incomplete { needed } => {
+                write!(
+                    f,
+                    "incomplete PROXY v2 header: need at least {needed} bytes"
+                )
+            }
+            ParseError::Invalid(why) => write!(f, "invalid PROXY v2 header: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn invalid<T>(why: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError::Invalid(why.into()))
+}
+
+/// Parse a header at the start of `buf`; on success also returns its length (the
+/// client's bytes follow it).
+pub fn parse(buf: &[u8]) -> Result<(ParsedHeader, usize), ParseError> {
+    let sig = buf.len().min(SIGNATURE.len());
+    if buf[..sig] != SIGNATURE[..sig] {
+        return invalid("no PROXY v2 signature");
+    }
+    if buf.len() < FIXED_LEN {
+        return Err(ParseError::Incomplete { needed: FIXED_LEN });
+    }
+    let command = match buf[12] {
+        VERSION_COMMAND_PROXY => Command::Proxy,
+        VERSION_COMMAND_LOCAL => Command::Local,
+        b if b >> 4 != 2 => return invalid(format!("version {} is not 2", b >> 4)),
+        b => return invalid(format!("unknown command {}", b & 15)),
+    };
+    let family = buf[13];
+    let total = FIXED_LEN + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    if buf.len() < total {
+        return Err(ParseError::Incomplete { needed: total });
+    }
+    let body = &buf[FIXED_LEN..total];
+    let addr_len = match family {
+        FAMILY_UNSPEC => 0,
+        0x11 | 0x12 => 12,
+        0x21 | 0x22 => 36,
+        0x31 | 0x32 => 216,
+        f => return invalid(format!("unknown address family/protocol 0x{f:02x}")),
+    };
+    if body.len() < addr_len {
+        return invalid(format!(
+            "length {} is shorter than the addresses of family 0x{family:02x} ({addr_len} bytes)",
+            body.len()
+        ));
+    }
+    let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+    let addresses = match addr_len {
+        12 => {
+            let ip = |at: usize| Ipv4Addr::new(body[at], body[at + 1], body[at + 2], body[at + 3]);
+            Some((
+                SocketAddr::from((ip(0), port(8))),
+                SocketAddr::from((ip(4), port(10))),
+            ))
+        }
+        36 => {
+            let ip = |at: usize| {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&body[at..at + 16]);
+                Ipv6Addr::from(o)
+            };
+            Some((
+                SocketAddr::V6(SocketAddrV6::new(ip(0), port(32), 0, 0)),
+                SocketAddr::V6(SocketAddrV6::new(ip(16), port(34), 0, 0)),
+            ))
+        }
+        _ => None,
+    };
+    let mut h = ParsedHeader {
+        command,
+        addresses: if command == Command::Local {
+            None
+        } else {
+            addresses
+        },
+        alpn: None,
+        authority: None,
+        ssl: None,
+        spiffe: None,
+        unique_id: None,
+        other: Vec::new(),
+    };
+    for tlv in Tlvs(&body[addr_len..]) {
+        let (kind, value) = tlv?;
+        match kind {
+            PP2_TYPE_ALPN => h.alpn = Some(value.to_vec()),
+            PP2_TYPE_AUTHORITY => h.authority = Some(utf8("AUTHORITY", value)?),
+            PP2_TYPE_UNIQUE_ID if value.len() > MAX_UNIQUE_ID => {
+                return invalid(format!(
+                    "UNIQUE_ID is {} bytes (at most {MAX_UNIQUE_ID})",
+                    value.len()
+                ))
+            }
+            PP2_TYPE_UNIQUE_ID => h.unique_id = Some(value.to_vec()),
+            PP2_TYPE_SSL => h.ssl = Some(parse_ssl(value)?),
+            PP2_TYPE_TERMINUS_SPIFFE_ID => h.spiffe = Some(utf8("SPIFFE ID", value)?),
+            _ => h.other.push((kind, value.to_vec())),
+        }
+    }
+    Ok((h, total))
+}
+
+fn parse_ssl(value: &[u8]) -> Result<ParsedSsl, ParseError> {
+    if value.len() < 5 {
+        return invalid(format!("SSL TLV is {} bytes (at least 5)", value.len()));
+    }
+    let mut ssl = ParsedSsl {
+        client: value[0],
+        verify: u32::from_be_bytes([value[1], value[2], value[3], value[4]]),
+        ..ParsedSsl::default()
+    };
+    for tlv in Tlvs(&value[5..]) {
+        let (kind, v) = tlv?;
+        let slot = match kind {
+            PP2_SUBTYPE_SSL_VERSION => &mut ssl.version,
+            PP2_SUBTYPE_SSL_CN => &mut ssl.cn,
+            PP2_SUBTYPE_SSL_CIPHER => &mut ssl.cipher,
+            PP2_SUBTYPE_SSL_SIG_ALG => &mut ssl.sig_alg,
+            PP2_SUBTYPE_SSL_KEY_ALG => &mut ssl.key_alg,
+            _ => continue,
+        };
+        *slot = Some(utf8("SSL sub-TLV", v)?);
+    }
+    Ok(ssl)
+}
+
+fn utf8(what: &str, v: &[u8]) -> Result<String, ParseError> {
+    match std::str::from_utf8(v) {
+        Ok(s) => Ok(s.to_owned()),
+        Err(_) => invalid(format!("{what} is not UTF-8")),
+    }
+}
+
+/// Iterates over `type, length, value` triples filling a byte range exactly.
+struct Tlvs<'a>(&'a [u8]);
+
+impl<'a> Iterator for Tlvs<'a> {
+    type Item = Result<(u8, &'a [u8]), ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.0;
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < 3 {
+            self.0 = &[];
+            return Some(invalid(format!(
+                "{} stray bytes after the last TLV",
+                rest.len()
+            )));
+        }
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+        if rest.len() < 3 + len {
+            self.0 = &[];
+            return Some(invalid(format!(
+                "TLV 0x{:02x} claims {len} bytes, only {} remain",
+                rest[0],
+                rest.len() - 3
+            )));
+        }
+        self.0 = &rest[3 + len..];
+        Some(Ok((rest[0], &rest[3..3 + len])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Header {
+        Header {
+            src: "192.0.2.10:51234".parse().unwrap(),
+            dst: "198.51.100.1:443".parse().unwrap(),
+            alpn: Some(b"h2".to_vec()),
+            authority: Some("api.example.org".into()),
+            ssl: Some(Ssl {
+                client_cert_presented: true,
+                resumed: false,
+                verified: true,
+                version: Some("TLSv1.3".into()),
+                cn: Some("billing".into()),
+                cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+                sig_alg: Some("ecdsa-with-SHA256".into()),
+                key_alg: Some("EC256".into()),
+            }),
+            spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
+            unique_id: Some(b"conn-42".to_vec()),
+        }
+    }
+
+    fn minimal() -> Header {
+        Header {
+            src: "[2001:db8::1]:40000".parse().unwrap(),
+            dst: "[2001:db8::2]:8443".parse().unwrap(),
+            alpn: None,
+            authority: None,
+            ssl: None,
+            spiffe: None,
+            unique_id: None,
+        }
+    }
+
+    #[test]
+    fn tcp4_bytes_are_exactly_as_specified() {
+        let h = Header {
+            src: "10.0.0.1:1000".parse().unwrap(),
+            dst: "10.0.0.2:443".parse().unwrap(),
+            authority: Some("a.b".into()),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        let mut want = SIGNATURE.to_vec();
+        want.extend_from_slice(&[0x21, 0x11, 0, 18]);
+        want.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0x01, 0xbb]);
+        want.extend_from_slice(&[0x02, 0, 3, b'a', b'.', b'b']);
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn ssl_tlv_bytes() {
+        let h = Header {
+            ssl: Some(Ssl {
+                client_cert_presented: true,
+                verified: true,
+                version: Some("TLSv1.3".into()),
+                ..Ssl::default()
+            }),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        let tlvs = &bytes[16 + 36..];
+        let mut want = vec![0x20, 0, 15, 0x07, 0, 0, 0, 0];
+        want.extend_from_slice(&[0x21, 0, 7]);
+        want.extend_from_slice(b"TLSv1.3");
+        assert_eq!(tlvs, &want[..]);
+        // No certificate: only PP2_CLIENT_SSL, verify non-zero.
+        let h = Header {
+            ssl: Some(Ssl::default()),
+            ..minimal()
+        };
+        assert_eq!(&h.to_bytes()[16 + 36..], &[0x20, 0, 5, 0x01, 0, 0, 0, 1]);
+        // Resumed session with a certificate: CERT_SESS only.
+        let h = Header {
+            ssl: Some(Ssl {
+                client_cert_presented: true,
+                resumed: true,
+                verified: true,
+                ..Ssl::default()
+            }),
+            ..minimal()
+        };
+        assert_eq!(&h.to_bytes()[16 + 36..], &[0x20, 0, 5, 0x05, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn round_trip_full_and_minimal() {
+        for h in [full(), minimal()] {
+            let mut bytes = h.to_bytes();
+            let header_len = bytes.len();
+            bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            let (p, used) = parse(&bytes).unwrap();
+            assert_eq!(used, header_len);
+            assert_eq!(p.command, Command::Proxy);
+            assert_eq!(p.addresses, Some((h.src, h.dst)));
+            assert_eq!(p.alpn, h.alpn);
+            assert_eq!(p.authority, h.authority);
+            assert_eq!(p.ssl.as_ref().map(ParsedSsl::to_ssl), h.ssl);
+            assert_eq!(p.spiffe, h.spiffe);
+            assert_eq!(p.unique_id, h.unique_id);
+            assert!(p.other.is_empty());
+        }
+        let (p, _) = parse(&full().to_bytes()).unwrap();
+        let ssl = p.ssl.unwrap();
+        assert_eq!(
+            ssl.client,
+            PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
+        );
+        assert_eq!(ssl.verify, 0);
+    }
+
+    #[test]
+    fn address_families() {
+        // Mixed: IPv6 with the IPv4 side mapped.
+        let h = Header {
+            src: "192.0.2.1:1".parse().unwrap(),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        assert_eq!(bytes[13], FAMILY_TCP6);
+        let (p, _) = parse(&bytes).unwrap();
+        assert_eq!(
+            p.addresses.unwrap().0,
+            "[::ffff:192.0.2.1]:1".parse().unwrap()
+        );
+        // IPv4-mapped on both sides (a dual-stack listener): IPv4.
+        let h = Header {
+            src: "[::ffff:192.0.2.1]:1".parse().unwrap(),
+            dst: "[::ffff:192.0.2.2]:2".parse().unwrap(),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        assert_eq!(bytes[13], FAMILY_TCP4);
+        let (p, _) = parse(&bytes).unwrap();
+        assert_eq!(
+            p.addresses,
+            Some((
+                "192.0.2.1:1".parse().unwrap(),
+                "192.0.2.2:2".parse().unwrap()
+            ))
+        );
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_never_a_panic() {
+        for h in [full(), minimal()] {
+            let bytes = h.to_bytes();
+            for n in 0..bytes.len() {
+                match parse(&bytes[..n]) {
+                    Err(ParseError::Incomplete { needed }) => {
+                        assert!(needed > n && needed <= bytes.len(), "{n}: {needed}")
+                    }
+                    other => panic!("prefix of {n} bytes: {other:?}"),
+                }
+            }
+            assert!(parse(&bytes).is_ok());
+        }
+    }
+
+    #[test]
+    fn corrupted_headers_are_invalid_not_panics() {
+        let good = full().to_bytes();
+        // Every single-byte corruption parses or fails cleanly.
+        for i in 0..good.len() {
+            for x in [0x00, 0xff, 0x80, 0x01] {
+                let mut b = good.clone();
+                b[i] ^= x;
+                let _ = parse(&b);
+            }
+        }
+        let cases: [(&[u8], &str); 4] = [
+            (b"GET / HTTP/1.1\r\n", "no PROXY v2 signature"),
+            (b"PROXY TCP4 1.2.3.4", "no PROXY v2 signature"),
+            (b"\r\n\r\n\0\r\nQUIT\n\x11\x11\0\0", "version 1 is not 2"),
+            (b"\r\n\r\n\0\r\nQUIT\n\x22\x11\0\0", "unknown command 2"),
+        ];
+        for (bytes, why) in cases {
+            match parse(bytes) {
+                Err(ParseError::Invalid(e)) => assert!(e.contains(why), "{e}"),
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
+        let mut short = SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
+        assert!(
+            matches!(parse(&short), Err(ParseError::Invalid(e)) if e.contains("shorter than the addresses"))
+        );
+        let mut stray = minimal().to_bytes();
+        stray.extend_from_slice(&[0x02, 0]);
+        stray[15] += 2;
+        assert!(matches!(parse(&stray), Err(ParseError::Invalid(e)) if e.contains("stray")));
+        let mut over = minimal().to_bytes();
+        over.extend_from_slice(&[0x02, 0, 9, b'x']);
+        over[15] += 4;
+        assert!(
+            matches!(parse(&over), Err(ParseError::Invalid(e)) if e.contains("claims 9 bytes"))
+        );
+    }
+
+    #[test]
+    fn local_command_and_unknown_tlvs() {
+        let mut b = SIGNATURE.to_vec();
+        b.extend_from_slice(&[0x20, 0x00, 0, 4, 0x04, 0, 1, 0]);
+        let (p, used) = parse(&b).unwrap();
+        assert_eq!(used, b.len());
+        assert_eq!(p.command, Command::Local);
+        assert_eq!(p.addresses, None);
+        assert_eq!(p.other, [(0x04, vec![0])]);
+    }
+
+    #[test]
+    fn unrepresentable_values_are_left_out() {
+        let h = Header {
+            unique_id: Some(vec![7; MAX_UNIQUE_ID + 1]),
+            spiffe: Some("x".repeat(70_000)),
+            authority: Some("a".into()),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        let (p, used) = parse(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(p.unique_id, None);
+        assert_eq!(p.spiffe, None);
+        assert_eq!(p.authority.as_deref(), Some("a"));
+        // The largest value that still fits is kept.
+        let fits = usize::from(u16::MAX) - 36 - 3;
+        let h = Header {
+            spiffe: Some("y".repeat(fits)),
+            ..minimal()
+        };
+        let (p, _) = parse(&h.to_bytes()).unwrap();
+        assert_eq!(p.spiffe.map(|s| s.len()), Some(fits));
+    }
+
+    #[test]
+    fn names_for_versions_and_ciphers() {
+        assert_eq!(version_name(rustls::ProtocolVersion::TLSv1_3), "TLSv1.3");
+        assert_eq!(version_name(rustls::ProtocolVersion::TLSv1_2), "TLSv1.2");
+        assert_eq!(
+            cipher_name(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            "TLS_AES_128_GCM_SHA256"
+        );
+        assert_eq!(
+            cipher_name(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+            "ECDHE-ECDSA-AES128-GCM-SHA256"
+        );
+    }
+}
