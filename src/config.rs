@@ -113,6 +113,9 @@ pub struct Listener {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// listen(2) backlog of each worker's socket (the kernel caps it at somaxconn).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
     /// Per direction: stop reading from one side once this many bytes wait for the other.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: usize,
@@ -243,6 +246,9 @@ fn default_idle_timeout_ms() -> u64 {
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
+}
+fn default_backlog() -> u32 {
+    4096
 }
 fn default_max_connections() -> usize {
     100_000

@@ -78,7 +78,7 @@ pub fn allowed_cpus() -> Vec<usize> {
         .unwrap_or_default()
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(
         Domain::for_address(addr),
@@ -93,7 +93,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
         s.set_only_v6(true)?;
     }
     s.bind(&addr.into())?;
-    s.listen(4096)?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(s)
 }
 
@@ -144,7 +144,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         let upstream_tls =
             crate::tls::upstream_client_config(l).map_err(|e| RunError::Config(e.to_string()))?;
         // Bind the first socket to learn the real port (listen = ":0"), the rest join it.
-        let first = bind(l.listen).map_err(|e| {
+        let first = bind(l.listen, l.backlog).map_err(|e| {
             RunError::Runtime(format!(
                 "listener {}: cannot listen on {}: {e}",
                 l.name, l.listen
@@ -157,7 +157,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             .unwrap_or(l.listen);
         sockets[0].push(first.into());
         for socks in sockets.iter_mut().skip(1) {
-            let s = bind(addr).map_err(|e| {
+            let s = bind(addr, l.backlog).map_err(|e| {
                 RunError::Runtime(format!("listener {}: cannot listen on {addr}: {e}", l.name))
             })?;
             socks.push(s.into());

@@ -65,6 +65,9 @@ impl ListenerStats {
     }
 }
 
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Process-wide run state, written by the signal thread, read once per turn.
 pub const RUNNING: u8 = 0;
 /// Stop accepting; finish live connections.
@@ -177,6 +180,9 @@ struct ListenerLocal {
     fd: Option<OwnedFd>,
     accept: Option<OpId>,
     rr_cursor: usize,
+    /// Out of file descriptors: re-arm the accept only at this time, not at once
+    /// (an immediate re-arm would fail again and spin).
+    rearm_at: Option<Instant>,
 }
 
 pub struct Worker {
@@ -212,6 +218,7 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
                 fd: Some(fd),
                 accept: None,
                 rr_cursor: s.index,
+                rearm_at: None,
             })
             .collect(),
         slots: Vec::new(),
@@ -262,6 +269,14 @@ impl Worker {
                 self.on_timer(slot, gen, now);
             }
             self.flush_dirty(now);
+            if self.state.load(Ordering::Relaxed) == RUNNING {
+                for i in 0..self.listeners.len() {
+                    if self.listeners[i].rearm_at.is_some_and(|t| now >= t) {
+                        self.listeners[i].rearm_at = None;
+                        self.arm_accept(i);
+                    }
+                }
+            }
 
             match self.state.load(Ordering::Relaxed) {
                 RUNNING => {}
@@ -436,7 +451,9 @@ impl Worker {
     fn on_accept(&mut self, li: usize, c: Completion, now: Instant) {
         if !c.more {
             self.listeners[li].accept = None;
-            if self.state.load(Ordering::Relaxed) == RUNNING {
+            if c.result == -libc::EMFILE || c.result == -libc::ENFILE {
+                self.listeners[li].rearm_at = Some(now + ACCEPT_BACKOFF);
+            } else if self.state.load(Ordering::Relaxed) == RUNNING {
                 self.arm_accept(li);
             }
         }

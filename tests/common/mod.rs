@@ -160,6 +160,9 @@ pub struct ListenerConf {
     pub upstreams: Vec<SocketAddr>,
     /// Extra `key = value` lines, value already in TOML syntax.
     pub extra: Vec<(String, String)>,
+    /// Raw TOML written after the listener's keys: its sub-tables
+    /// (`[listeners.client_auth]`, `[[listeners.sni]]`...), which must follow them.
+    pub tables: Vec<String>,
 }
 
 impl ListenerConf {
@@ -168,6 +171,7 @@ impl ListenerConf {
             name: name.to_string(),
             upstreams: upstreams.to_vec(),
             extra: Vec::new(),
+            tables: Vec::new(),
         }
     }
 
@@ -176,16 +180,34 @@ impl ListenerConf {
         self.extra.push((key.to_string(), toml_value.to_string()));
         self
     }
+
+    /// Append raw TOML at the end of this listener's block, e.g.
+    /// `"[listeners.client_auth]\nmode = \"require\"\n"`.
+    pub fn raw(mut self, toml: &str) -> ListenerConf {
+        self.tables.push(toml.to_string());
+        self
+    }
 }
 
 /// Write `NAME.toml` into the PKI dir and return its path.
 pub fn write_config(pki: &Pki, workers: Option<usize>, listeners: &[ListenerConf]) -> PathBuf {
+    write_config_with_log(pki, workers, listeners, "off")
+}
+
+/// [`write_config`] with `[log] access = ACCESS` (`"off"`, `"stderr"`, or a file path,
+/// relative to the PKI dir).
+pub fn write_config_with_log(
+    pki: &Pki,
+    workers: Option<usize>,
+    listeners: &[ListenerConf],
+    access: &str,
+) -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let mut s = String::new();
     if let Some(w) = workers {
         writeln!(s, "[runtime]\nworkers = {w}\n").unwrap();
     }
-    s.push_str("[log]\naccess = \"off\"\n\n");
+    writeln!(s, "[log]\naccess = {access:?}\n").unwrap();
     for l in listeners {
         let ups: Vec<String> = l.upstreams.iter().map(|a| format!("\"{a}\"")).collect();
         writeln!(s, "[[listeners]]").unwrap();
@@ -196,6 +218,12 @@ pub fn write_config(pki: &Pki, workers: Option<usize>, listeners: &[ListenerConf
         writeln!(s, "upstreams = [{}]", ups.join(", ")).unwrap();
         for (k, v) in &l.extra {
             writeln!(s, "{k} = {v}").unwrap();
+        }
+        for t in &l.tables {
+            s.push_str(t);
+            if !t.ends_with('\n') {
+                s.push('\n');
+            }
         }
         s.push('\n');
     }
