@@ -811,6 +811,21 @@ mod tests {
             }
         }
 
+        /// Run the client handshake without connecting the upstream.
+        fn handshake_only(&mut self) {
+            for _ in 0..4 {
+                let mut buf = Vec::new();
+                while self.client.wants_write() {
+                    self.client.write_tls(&mut buf).unwrap();
+                }
+                self.conn.handle_client_data(&buf, self.now);
+                if let Some(b) = self.conn.poll_client_send() {
+                    self.deliver(&b);
+                    self.conn.handle_client_sent(b, self.now);
+                }
+            }
+        }
+
         /// Move bytes both ways until nothing moves; completes sends at once.
         fn run(&mut self) {
             for _ in 0..100 {
@@ -999,22 +1014,7 @@ mod tests {
         let pki = pki();
         let mut p = Pair::new(&pki);
         // Handshake without connecting the upstream.
-        let mut buf = Vec::new();
-        for _ in 0..4 {
-            while p.client.wants_write() {
-                p.client.write_tls(&mut buf).unwrap();
-            }
-            p.conn.handle_client_data(&buf, p.now);
-            buf.clear();
-            if let Some(b) = p.conn.poll_client_send() {
-                let mut s = &b[..];
-                while !s.is_empty() {
-                    p.client.read_tls(&mut s).unwrap();
-                }
-                p.client.process_new_packets().unwrap();
-                p.conn.handle_client_sent(b, p.now);
-            }
-        }
+        p.handshake_only();
         assert_eq!(p.conn.phase(), Phase::Connecting);
         assert!(p.conn.poll_connect());
         p.conn.handle_connect_started(p.now);
@@ -1037,21 +1037,7 @@ mod tests {
         let pki = pki();
         let mut p = Pair::new(&pki);
         p.conn.want_connect = false;
-        for _ in 0..4 {
-            let mut buf = Vec::new();
-            while p.client.wants_write() {
-                p.client.write_tls(&mut buf).unwrap();
-            }
-            p.conn.handle_client_data(&buf, p.now);
-            if let Some(b) = p.conn.poll_client_send() {
-                let mut s = &b[..];
-                while !s.is_empty() {
-                    p.client.read_tls(&mut s).unwrap();
-                }
-                p.client.process_new_packets().unwrap();
-                p.conn.handle_client_sent(b, p.now);
-            }
-        }
+        p.handshake_only();
         assert!(p.conn.poll_connect());
         p.conn.handle_upstream_unavailable();
         let b = p.conn.poll_client_send().expect("close_notify");
@@ -1097,17 +1083,7 @@ mod tests {
     fn connected_pair(pki: &Pki, preamble: &[u8], up_client: Option<Arc<ClientConfig>>) -> Pair {
         let mut p = Pair::new(pki);
         // Handshake only; connect by hand to pass the preamble and TLS session.
-        for _ in 0..4 {
-            let mut buf = Vec::new();
-            while p.client.wants_write() {
-                p.client.write_tls(&mut buf).unwrap();
-            }
-            p.conn.handle_client_data(&buf, p.now);
-            if let Some(b) = p.conn.poll_client_send() {
-                p.deliver(&b);
-                p.conn.handle_client_sent(b, p.now);
-            }
-        }
+        p.handshake_only();
         assert!(p.conn.poll_connect());
         let tls =
             up_client.map(|c| ClientConnection::new(c, "localhost".try_into().unwrap()).unwrap());
