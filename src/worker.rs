@@ -574,9 +574,6 @@ impl Worker {
         if s.conn.as_mut().unwrap().poll_connect() {
             let l = &mut self.listeners[s.listener];
             s.attempts = l.shared.upstreams.begin(&mut l.rr_cursor);
-            if let Some(d) = s.conn.as_ref().unwrap().handshake_duration() {
-                let _ = d; // recorded by the metrics issue
-            }
             let st = &l.shared.stats;
             st.handshakes_ok.fetch_add(1, Ordering::Relaxed);
             s.identity = s
