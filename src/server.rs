@@ -45,13 +45,6 @@ impl Running {
             .map(|l| l.addr)
     }
 
-    /// Stop accepting and let live connections finish (up to the drain timeout).
-    pub fn drain(&self) {
-        let _ = self
-            .state
-            .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
-    }
-
     /// Close everything now.
     pub fn stop(&self) {
         self.state.store(STOPPING, Ordering::SeqCst);

@@ -145,8 +145,6 @@ struct Slot {
     closing: Option<CloseReason>,
     scheduled_phase: Option<Phase>,
     dirty: bool,
-    /// The verified client certificate's identity (mTLS), read once after the handshake.
-    identity: Option<Box<PeerIdentity>>,
 }
 
 impl Slot {
@@ -170,7 +168,6 @@ impl Slot {
             closing: None,
             scheduled_phase: None,
             dirty: false,
-            identity: None,
         }
     }
 }
@@ -422,7 +419,7 @@ impl Worker {
                         s.upstream_connected = true;
                         let l = &self.listeners[s.listener].shared;
                         let preamble = if l.proxy_v2 {
-                            proxy_header(l, s.client.as_ref(), s.identity.as_deref(), conn)
+                            proxy_header(l, s.client.as_ref(), conn)
                         } else {
                             Vec::new()
                         };
@@ -576,15 +573,6 @@ impl Worker {
             s.attempts = l.shared.upstreams.begin(&mut l.rr_cursor);
             let st = &l.shared.stats;
             st.handshakes_ok.fetch_add(1, Ordering::Relaxed);
-            s.identity = s
-                .conn
-                .as_ref()
-                .unwrap()
-                .tls()
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|der| PeerIdentity::from_der(der).ok())
-                .map(Box::new);
             if s.conn.as_ref().unwrap().tls().handshake_kind()
                 == Some(rustls::HandshakeKind::Resumed)
             {
@@ -746,13 +734,14 @@ fn local_addr(fd: Option<&OwnedFd>) -> Option<SocketAddr> {
 
 /// The PROXY v2 header for this connection: addresses, ALPN, SNI, the client-side
 /// TLS facts and the verified identity.
-fn proxy_header(
-    l: &ListenerShared,
-    client: Option<&OwnedFd>,
-    identity: Option<&PeerIdentity>,
-    conn: &Conn,
-) -> Vec<u8> {
+fn proxy_header(l: &ListenerShared, client: Option<&OwnedFd>, conn: &Conn) -> Vec<u8> {
     let tls = conn.tls();
+    // Parsed here, not after every handshake: only PROXY v2 needs it (for now).
+    let identity = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| PeerIdentity::from_der(der).ok());
+    let identity = identity.as_ref();
     let served = l.tls.load();
     let cert = served.certs.choose(tls.server_name());
     let src = peer_addr(client).unwrap_or(l.addr);

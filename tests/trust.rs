@@ -475,24 +475,8 @@ fn proxied(then: Then) -> Proxied {
 }
 
 fn echo_rest(mut s: TcpStream, first: &[u8]) {
-    if s.write_all(first).is_err() {
-        return;
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => {
-                let _ = s.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if s.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
+    if s.write_all(first).is_ok() {
+        echo_until_eof(&mut s);
     }
 }
 

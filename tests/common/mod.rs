@@ -88,6 +88,26 @@ impl Drop for TempDir {
     }
 }
 
+/// Echo every byte back until the peer's EOF, then shut down the write side.
+pub fn echo_until_eof(s: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                let _ = s.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// A test PKI written by `terminus certs --out DIR` into its own temp dir. Configs are
 /// written into the same dir so that `cert = "server.pem"` resolves next to them.
 pub struct Pki {
@@ -696,22 +716,7 @@ impl Backend {
     /// Echo every byte back; on EOF from the peer, shut down the write side.
     pub fn echo() -> Backend {
         Backend::spawn(Arc::new(|mut s: TcpStream, _st: &BackendStats| {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        let _ = s.shutdown(Shutdown::Write);
-                        break;
-                    }
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
+            echo_until_eof(&mut s)
         }))
     }
 
