@@ -32,7 +32,7 @@ pub struct Config {
     pub source: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// Default: one per CPU in the process's affinity mask.
@@ -73,13 +73,24 @@ impl Default for Runtime {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// Admin connections served at once; more are closed at accept (a scrape storm
+    /// cannot pile up threads).
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// Read/write timeout of one admin request (slow or silent scrapers).
+    #[serde(default = "default_admin_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How often workers publish their counters and histograms (only when changed):
+    /// the staleness bound of a scrape.
+    #[serde(default = "default_snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// "stderr" | "off" | a file path.
@@ -128,6 +139,9 @@ pub struct Listener {
     /// `"v2"`: send a PROXY protocol v2 header (with identity TLVs) to the upstream.
     pub proxy_protocol: Option<String>,
     pub ticket_key_file: Option<PathBuf>,
+    /// Lifetime hint of session tickets, in seconds (RFC 8446 caps it at 7 days).
+    #[serde(default = "default_ticket_lifetime_s")]
+    pub ticket_lifetime_s: u32,
     /// Extra certificates chosen by SNI (`[[listeners.sni]]`); `cert`/`key` above
     /// remain the default for unknown or absent server names.
     #[serde(default)]
@@ -219,6 +233,18 @@ pub struct UpstreamTls {
 
 fn yes() -> bool {
     true
+}
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_timeout_ms() -> u64 {
+    5000
+}
+fn default_snapshot_interval_ms() -> u64 {
+    250
+}
+fn default_ticket_lifetime_s() -> u32 {
+    6 * 3600
 }
 fn default_ring_entries() -> u32 {
     4096
@@ -354,6 +380,17 @@ impl Config {
                 bad(&[K("runtime"), K(key)], "must be greater than 0".into());
             }
         }
+        if let Some(a) = &self.admin {
+            for (key, v) in [
+                ("max_connections", a.max_connections as u64),
+                ("timeout_ms", a.timeout_ms),
+                ("snapshot_interval_ms", a.snapshot_interval_ms),
+            ] {
+                if v == 0 {
+                    bad(&[K("admin"), K(key)], "must be greater than 0".into());
+                }
+            }
+        }
         if self.log.access.is_empty() {
             bad(
                 &[K("log"), K("access")],
@@ -412,6 +449,15 @@ impl Config {
                 if v == 0 {
                     bad(&field(key), "must be greater than 0".into());
                 }
+            }
+            if !(1..=604_800).contains(&l.ticket_lifetime_s) {
+                bad(
+                    &field("ticket_lifetime_s"),
+                    format!(
+                        "must be between 1 and 604800 seconds (7 days, RFC 8446), got {}",
+                        l.ticket_lifetime_s
+                    ),
+                );
             }
             if l.max_connections == 0 {
                 bad(&field("max_connections"), "must be at least 1".into());

@@ -267,6 +267,11 @@ impl Conn {
     }
 
     /// Time from accept to handshake completion, once done.
+    /// When the connection was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn handshake_duration(&self) -> Option<Duration> {
         self.handshake_done.map(|t| t - self.started)
     }

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the data flow and where each responsibility lives.
 
+pub mod admin;
 pub mod certs;
 pub mod check;
 pub mod config;
@@ -9,9 +10,12 @@ pub mod conn;
 pub mod demo;
 pub mod identity;
 pub mod log;
+pub mod metrics;
 pub mod policy;
 pub mod proxy_v2;
+pub mod reload;
 pub mod server;
+pub mod tickets;
 pub mod timer;
 pub mod tls;
 pub mod upstream;

@@ -7,15 +7,15 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
-use crate::conn::ConnLimits;
-use crate::upstream::UpstreamSet;
 use crate::uring::{Uring, UringConfig, UringError};
-use crate::worker::{self, ListenerShared, WorkerSetup, DRAINING, RUNNING, STOPPING};
+use crate::worker::{
+    self, ListenerLive, ListenerShared, MetricsOut, WorkerSetup, DRAINING, RUNNING, STOPPING,
+};
 use arc_swap::ArcSwap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,11 @@ pub enum RunError {
 pub struct Running {
     pub listeners: Vec<Arc<ListenerShared>>,
     pub state: Arc<AtomicU8>,
+    /// Where `/metrics`, `/healthz`, `/readyz` are served (`[admin]`).
+    pub admin: Option<SocketAddr>,
+    /// Reload the config file and every file it names now (what SIGHUP does).
+    pub reload: crossbeam_channel::Sender<()>,
+    pub reloads: Arc<crate::reload::ReloadStats>,
     workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -133,9 +138,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let mut shared = Vec::new();
     let mut sockets: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        let tls = crate::tls::server_tls(l).map_err(|e| RunError::Config(e.to_string()))?;
-        let upstream_tls =
-            crate::tls::upstream_client_config(l).map_err(|e| RunError::Config(e.to_string()))?;
+        let live = ListenerLive::build(l).map_err(RunError::Config)?;
         // Bind the first socket to learn the real port (listen = ":0"), the rest join it.
         let first = bind(l.listen, l.backlog).map_err(|e| {
             RunError::Runtime(format!(
@@ -158,19 +161,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         shared.push(Arc::new(ListenerShared {
             name: l.name.clone(),
             addr,
-            tls: ArcSwap::from_pointee(tls),
-            upstream_tls,
-            proxy_v2: l.proxy_protocol.as_deref() == Some("v2"),
-            upstreams: UpstreamSet::new(l.upstreams.clone()),
-            limits: ConnLimits {
-                max_buffered: l.max_buffered_bytes,
-                handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
-                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
-                connect_timeout: Duration::from_millis(l.connect_timeout_ms),
-            },
-            max_connections: l.max_connections,
+            live: ArcSwap::from_pointee(live),
             active: AtomicUsize::new(0),
-            stats: Default::default(),
         }));
     }
 
@@ -181,6 +173,33 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         ))
     })?;
     let state = Arc::new(AtomicU8::new(RUNNING));
+    let reloads = Arc::new(crate::reload::ReloadStats::default());
+    // The admin port is bound before any worker runs: a busy port fails startup,
+    // and `/readyz` answers 503 until every worker accepts.
+    let mut admin_addr = None;
+    let mut admin_state = None;
+    let mut metrics_tx = None;
+    if let Some(a) = &cfg.admin {
+        let sock = crate::admin::bind(a)
+            .map_err(|e| RunError::Runtime(format!("admin: cannot listen on {}: {e}", a.listen)))?;
+        admin_addr = crate::admin::local_addr(&sock);
+        let st = Arc::new(crate::admin::AdminState {
+            listeners: shared.clone(),
+            state: state.clone(),
+            ready: AtomicBool::new(false),
+            snapshots: std::sync::Mutex::new(vec![None; workers]),
+            reloads: reloads.clone(),
+            log_dropped: log.dropped.clone(),
+            workers,
+        });
+        metrics_tx = Some(
+            crate::admin::start(sock, a, st.clone())
+                .map_err(|e| RunError::Runtime(format!("admin: cannot start: {e}")))?,
+        );
+        admin_state = Some(st);
+    }
+    let snapshot_interval =
+        Duration::from_millis(cfg.admin.as_ref().map_or(250, |a| a.snapshot_interval_ms));
     let drain = Duration::from_millis(cfg.runtime.drain_timeout_ms);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
     let mut handles = Vec::new();
@@ -192,6 +211,10 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             listeners: shared.iter().cloned().zip(socks).collect(),
             state: state.clone(),
             log: log.clone(),
+            metrics: metrics_tx.clone().map(|tx| MetricsOut {
+                tx,
+                interval: snapshot_interval,
+            }),
         };
         let tx = ready_tx.clone();
         let h = std::thread::Builder::new()
@@ -209,9 +232,17 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             .map_err(|e| RunError::Runtime(format!("cannot spawn worker {i}: {e}")))?;
         handles.push(h);
     }
+    let reload = crate::reload::spawn(
+        crate::reload::Reloader::new(cfg.clone(), shared.clone(), reloads.clone()),
+        Duration::from_millis(cfg.runtime.reload_interval_ms),
+    )
+    .map_err(|e| RunError::Runtime(format!("cannot spawn the reload thread: {e}")))?;
     let running = Running {
         listeners: shared,
         state,
+        admin: admin_addr,
+        reload,
+        reloads,
         workers: handles,
     };
     for _ in 0..workers {
@@ -224,6 +255,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             }
             Err(_) => return Err(RunError::Runtime("a worker died during setup".into())),
         }
+    }
+    if let Some(st) = admin_state {
+        st.ready.store(true, Ordering::SeqCst);
     }
     Ok(running)
 }
@@ -241,19 +275,28 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         for l in &running.listeners {
             let _ = writeln!(out, "listening name={} addr={}", l.name, l.addr);
         }
+        if let Some(a) = running.admin {
+            let _ = writeln!(out, "admin addr={a}");
+        }
         let _ = writeln!(out, "ready");
         let _ = out.flush();
     }
     let state = running.state.clone();
+    let reload = running.reload.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| RunError::Runtime(format!("cannot install signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("terminus-signals".into())
         .spawn(move || {
-            for _ in signals.forever() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    let _ = reload.send(());
+                    continue;
+                }
                 if state.load(Ordering::SeqCst) == RUNNING {
                     eprintln!("terminus: draining (a second signal stops at once)");
                     state.store(DRAINING, Ordering::SeqCst);

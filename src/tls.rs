@@ -27,6 +27,7 @@
 use crate::config::{ClientAuthMode, Listener, UpstreamTls};
 use crate::identity::{CertAlgorithms, PeerIdentity};
 use crate::policy::AllowList;
+use ::aws_lc_rs::digest as aws_lc_rs_digest;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -366,11 +367,63 @@ fn build_server_config(
     } else {
         ServerSessionMemoryCache::new(l.session_cache)
     };
-    cfg.ticketer = aws_lc_rs::Ticketer::new()
-        .map_err(|e| TlsError(format!("cannot create a session ticketer: {e}")))?;
+    cfg.ticketer = match &l.ticket_key_file {
+        // Shared keys: every instance with this file (and policy) resumes the others'
+        // tickets.
+        Some(path) => Arc::new(
+            crate::tickets::FileTicketer::load(path, &policy_digest(l), l.ticket_lifetime_s)
+                .map_err(TlsError)?,
+        ),
+        // Per-process keys, rotated by rustls.
+        None => aws_lc_rs::Ticketer::new()
+            .map_err(|e| TlsError(format!("cannot create a session ticketer: {e}")))?,
+    };
     cfg.send_tls13_tickets = l.tls13_tickets;
     cfg.max_early_data_size = 0;
     Ok(Arc::new(cfg))
+}
+
+/// What a resumed session must not outlive: the client-auth mode, the CA and CRL
+/// contents and the allow-list (see `tickets`: rustls skips verification on
+/// resumption, so a change here must make old tickets undecryptable).
+fn policy_digest(l: &Listener) -> Vec<u8> {
+    let mut ctx = aws_lc_rs_digest::Context::new(&aws_lc_rs_digest::SHA256);
+    if let Some(ca) = &l.client_auth {
+        ctx.update(ca.mode.as_str().as_bytes());
+        for (tag, files) in [(&b"ca\0"[..], &ca.ca), (&b"crl\0"[..], &ca.crl)] {
+            for f in files {
+                ctx.update(tag);
+                // Unreadable files already failed the verifier build above.
+                ctx.update(&std::fs::read(f).unwrap_or_default());
+            }
+        }
+        for a in &ca.allow {
+            ctx.update(b"allow\0");
+            ctx.update(a.as_bytes());
+        }
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+/// Every file whose content the listener's live TLS state is built from: what the
+/// reloader polls.
+pub fn listener_files(l: &Listener) -> Vec<PathBuf> {
+    let mut v = vec![l.cert.clone(), l.key.clone()];
+    for sni in &l.sni {
+        v.push(sni.cert.clone());
+        v.push(sni.key.clone());
+    }
+    if let Some(ca) = &l.client_auth {
+        v.extend(ca.ca.iter().cloned());
+        v.extend(ca.crl.iter().cloned());
+    }
+    if let Some(up) = &l.upstream_tls {
+        v.extend(up.ca.iter().cloned());
+        v.extend(up.cert.iter().cloned());
+        v.extend(up.key.iter().cloned());
+    }
+    v.extend(l.ticket_key_file.iter().cloned());
+    v
 }
 
 /// A certificate served by a listener, with what PROXY v2 reports about it.
@@ -445,6 +498,13 @@ impl SniResolver {
             self.wildcard.get(parent)
         });
         idx.map_or(&self.default, |&i| &self.certs[i])
+    }
+}
+
+impl SniResolver {
+    /// Every served certificate, default first.
+    pub fn served(&self) -> impl Iterator<Item = &ServedCert> {
+        std::iter::once(&self.default).chain(self.certs.iter())
     }
 }
 

@@ -27,6 +27,10 @@ impl UpstreamSet {
         UpstreamSet { addrs }
     }
 
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
     pub fn len(&self) -> usize {
         self.addrs.len()
     }

@@ -1,8 +1,9 @@
 //! worker: the thread-per-core loop. Each worker owns one io_uring, one
 //! SO_REUSEPORT socket per listener and every connection the kernel hashes to it;
 //! it drives `conn` state machines from completions and shares no mutable state
-//! with other workers (listener config is behind `ArcSwap`, counters are atomics
-//! touched once per connection).
+//! with other workers: listener material is behind `ArcSwap` (reload swaps it; each
+//! connection keeps the `Arc` it started with), counters and histograms are the
+//! worker's own and leave it only as published snapshots (`metrics`).
 //!
 //! One loop turn: submit everything queued and wait (one `io_uring_enter`), drain
 //! completions into the connections they belong to, then for each connection touched
@@ -10,25 +11,35 @@
 //! expire timers.
 #![forbid(unsafe_code)]
 
-use crate::conn::{CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase};
+use crate::config::Listener;
+use crate::conn::{CloseReason, Conn, ConnLimits, Expired, Phase};
 use crate::identity::PeerIdentity;
+use crate::metrics::{ListenerMetrics, WorkerSnapshot};
 use crate::timer::Wheel;
 use crate::upstream::{Attempts, UpstreamSet};
 use crate::uring::{Completion, OpId, Uring, UringConfig};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What every worker shares about one listener (immutable apart from the TLS
-/// config swap and the connection count).
+/// What every worker shares about one listener.
 pub struct ListenerShared {
     pub name: String,
     pub addr: SocketAddr,
-    /// Server config plus the certificates it serves; swapped whole on reload.
-    pub tls: ArcSwap<crate::tls::ServerTls>,
+    /// Everything a reload may replace; swapped whole.
+    pub live: ArcSwap<ListenerLive>,
+    /// Open connections over all workers (max_connections is per listener).
+    pub active: AtomicUsize,
+}
+
+/// A listener's reloadable material: TLS, upstreams, limits. New connections take
+/// the current one; live connections keep theirs until they close.
+pub struct ListenerLive {
+    /// Server config plus the certificates it serves.
+    pub tls: crate::tls::ServerTls,
     /// Re-encryption: TLS config and name to verify the upstream against.
     pub upstream_tls: Option<(
         Arc<rustls::ClientConfig>,
@@ -39,30 +50,44 @@ pub struct ListenerShared {
     pub upstreams: UpstreamSet,
     pub limits: ConnLimits,
     pub max_connections: usize,
-    /// Open connections over all workers (max_connections is per listener).
-    pub active: AtomicUsize,
-    pub stats: ListenerStats,
+    /// (certificate file, notAfter Unix seconds) of every served certificate.
+    pub cert_expiry: Vec<(String, i64)>,
 }
 
-/// Per-listener counters; atomics updated once per connection, never per byte.
-#[derive(Default)]
-pub struct ListenerStats {
-    pub connections: AtomicU64,
-    pub handshakes_ok: AtomicU64,
-    pub handshakes_resumed: AtomicU64,
-    pub handshake_errors: [AtomicU64; HandshakeFailure::ALL.len()],
-    pub upstream_connect_errors: AtomicU64,
-    pub upstream_tls_errors: AtomicU64,
-    pub rejected_max_connections: AtomicU64,
-    pub bytes_client_to_upstream: AtomicU64,
-    pub bytes_upstream_to_client: AtomicU64,
-}
-
-impl ListenerStats {
-    pub fn handshake_errors(&self, r: HandshakeFailure) -> u64 {
-        let i = HandshakeFailure::ALL.iter().position(|x| *x == r).unwrap();
-        self.handshake_errors[i].load(Ordering::Relaxed)
+impl ListenerLive {
+    /// Read and check everything the listener serves with; errors name the file.
+    pub fn build(l: &Listener) -> Result<ListenerLive, String> {
+        let tls = crate::tls::server_tls(l).map_err(|e| e.to_string())?;
+        let upstream_tls = crate::tls::upstream_client_config(l).map_err(|e| e.to_string())?;
+        let cert_expiry = tls
+            .certs
+            .served()
+            .filter_map(|c| {
+                let t = crate::tls::leaf_not_after(&c.key.cert)?;
+                Some((c.path.display().to_string(), t))
+            })
+            .collect();
+        Ok(ListenerLive {
+            tls,
+            upstream_tls,
+            proxy_v2: l.proxy_protocol.as_deref() == Some("v2"),
+            upstreams: UpstreamSet::new(l.upstreams.clone()),
+            limits: ConnLimits {
+                max_buffered: l.max_buffered_bytes,
+                handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+                connect_timeout: Duration::from_millis(l.connect_timeout_ms),
+            },
+            max_connections: l.max_connections,
+            cert_expiry,
+        })
     }
+}
+
+/// Where a worker publishes its metrics (only when the admin endpoint is on).
+pub struct MetricsOut {
+    pub tx: crossbeam_channel::Sender<WorkerSnapshot>,
+    pub interval: Duration,
 }
 
 /// How long accepting pauses when the process is out of file descriptors.
@@ -82,6 +107,7 @@ pub struct WorkerSetup {
     pub listeners: Vec<(Arc<ListenerShared>, OwnedFd)>,
     pub state: Arc<AtomicU8>,
     pub log: crate::log::LogSink,
+    pub metrics: Option<MetricsOut>,
 }
 
 /// Token layout (the `u64` the uring module hands back): bits 0..4 op kind,
@@ -127,7 +153,17 @@ fn untoken(t: u64) -> (Kind, u32, u32) {
 struct Slot {
     gen: u32,
     conn: Option<Conn>,
+    /// The listener material this connection started with.
+    live: Option<Arc<ListenerLive>>,
     listener: usize,
+    /// Only filled when the access log is on (one getpeername per connection).
+    client_addr: Option<SocketAddr>,
+    /// The upstream being connected to or connected.
+    upstream_addr: Option<SocketAddr>,
+    connect_started: Option<Instant>,
+    /// Plaintext bytes already added to the worker's counters.
+    reported_c2u: u64,
+    reported_u2c: u64,
     client: Option<OwnedFd>,
     upstream: Option<OwnedFd>,
     upstream_connected: bool,
@@ -152,7 +188,13 @@ impl Slot {
         Slot {
             gen: 0,
             conn: None,
+            live: None,
             listener: 0,
+            client_addr: None,
+            upstream_addr: None,
+            connect_started: None,
+            reported_c2u: 0,
+            reported_u2c: 0,
             client: None,
             upstream: None,
             upstream_connected: false,
@@ -193,6 +235,16 @@ pub struct Worker {
     state: Arc<AtomicU8>,
     live: usize,
     log: crate::log::LogSink,
+    /// Per listener, this worker's counters and histograms.
+    metrics: Vec<ListenerMetrics>,
+    publish: Option<Publisher>,
+}
+
+struct Publisher {
+    out: MetricsOut,
+    next: Instant,
+    /// Something changed since the last snapshot.
+    dirty: bool,
 }
 
 /// Set up a worker on the current thread: pin it, build its ring, arm accepts.
@@ -204,6 +256,7 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
     }
     let ring = Uring::new(s.ring).map_err(|e| e.to_string())?;
     let now = Instant::now();
+    let n_listeners = s.listeners.len();
     let mut w = Worker {
         index: s.index,
         ring,
@@ -225,6 +278,12 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
         state: s.state,
         live: 0,
         log: s.log,
+        metrics: vec![ListenerMetrics::default(); n_listeners],
+        publish: s.metrics.map(|out| Publisher {
+            out,
+            next: now,
+            dirty: true,
+        }),
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -266,6 +325,7 @@ impl Worker {
                 self.on_timer(slot, gen, now);
             }
             self.flush_dirty(now);
+            self.maybe_publish(now, false);
             if self.state.load(Ordering::Relaxed) == RUNNING {
                 for i in 0..self.listeners.len() {
                     if self.listeners[i].rearm_at.is_some_and(|t| now >= t) {
@@ -286,10 +346,43 @@ impl Worker {
                         self.shutdown_all(now);
                     }
                     if self.live == 0 && self.ring.ops_in_flight() == 0 {
+                        self.maybe_publish(now, true);
                         return Ok(());
                     }
                 }
             }
+        }
+    }
+
+    /// Send a snapshot when one is due and something changed. Never blocks: a full
+    /// channel drops it, and the next (cumulative) one supersedes it.
+    fn maybe_publish(&mut self, now: Instant, force: bool) {
+        let Some(p) = &mut self.publish else { return };
+        if !(force || (p.dirty && now >= p.next)) {
+            return;
+        }
+        // Fold in the bytes of long-lived connections too (only at publish time,
+        // not per byte).
+        for s in &mut self.slots {
+            if let Some(c) = &s.conn {
+                let m = &mut self.metrics[s.listener];
+                m.bytes_client_to_upstream += c.bytes_client_to_upstream - s.reported_c2u;
+                m.bytes_upstream_to_client += c.bytes_upstream_to_client - s.reported_u2c;
+                s.reported_c2u = c.bytes_client_to_upstream;
+                s.reported_u2c = c.bytes_upstream_to_client;
+            }
+        }
+        let _ = p.out.tx.try_send(WorkerSnapshot {
+            worker: self.index,
+            listeners: self.metrics.clone(),
+        });
+        p.dirty = false;
+        p.next = now + p.out.interval;
+    }
+
+    fn touched(&mut self) {
+        if let Some(p) = &mut self.publish {
+            p.dirty = true;
         }
     }
 
@@ -326,6 +419,7 @@ impl Worker {
 
     fn on_completion(&mut self, c: Completion, now: Instant) {
         let (kind, idx, gen) = untoken(c.token);
+        self.touched();
         match kind {
             Kind::Fire => return,
             Kind::Accept => return self.on_accept(idx as usize, c, now),
@@ -415,23 +509,27 @@ impl Worker {
             Kind::Connect => {
                 s.connect = None;
                 if !closing {
+                    let m = &mut self.metrics[s.listener];
                     if c.result == 0 {
                         s.upstream_connected = true;
+                        if let Some(t) = s.connect_started {
+                            m.upstream_connect.record(now - t);
+                        }
                         let l = &self.listeners[s.listener].shared;
-                        let preamble = if l.proxy_v2 {
-                            proxy_header(l, s.client.as_ref(), conn)
+                        let live = s.live.as_ref().expect("a live conn has its material");
+                        let preamble = if live.proxy_v2 {
+                            proxy_header(l, live, s.client.as_ref(), conn)
                         } else {
                             Vec::new()
                         };
-                        let tls = l.upstream_tls.as_ref().and_then(|(cfg, name)| {
+                        let tls = live.upstream_tls.as_ref().and_then(|(cfg, name)| {
                             rustls::ClientConnection::new(cfg.clone(), name.clone()).ok()
                         });
                         conn.handle_upstream_connected(now, preamble, tls);
                     } else {
-                        let l = &self.listeners[s.listener].shared;
-                        l.stats
-                            .upstream_connect_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        if let Some(a) = s.upstream_addr {
+                            m.upstream_connect_error(a);
+                        }
                         if let Some(fd) = s.upstream.take() {
                             self.ring.close(fd, token(Kind::Fire, 0, 0));
                         }
@@ -458,18 +556,16 @@ impl Worker {
         let Some(fd) = crate::uring::accepted_fd(&c) else {
             return;
         };
-        let shared = self.listeners[li].shared.clone();
-        if shared.active.fetch_add(1, Ordering::Relaxed) >= shared.max_connections {
+        let shared = &self.listeners[li].shared;
+        let live = shared.live.load_full();
+        if shared.active.fetch_add(1, Ordering::Relaxed) >= live.max_connections {
             shared.active.fetch_sub(1, Ordering::Relaxed);
-            shared
-                .stats
-                .rejected_max_connections
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics[li].rejected_max_connections += 1;
             self.ring.close(fd, token(Kind::Fire, 0, 0));
             return;
         }
-        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let tls = match rustls::ServerConnection::new(shared.tls.load().config.clone()) {
+        self.metrics[li].connections += 1;
+        let tls = match rustls::ServerConnection::new(live.tls.config.clone()) {
             Ok(t) => t,
             Err(_) => {
                 shared.active.fetch_sub(1, Ordering::Relaxed);
@@ -477,7 +573,12 @@ impl Worker {
                 return;
             }
         };
-        let conn = Conn::new(tls, shared.limits, now);
+        let conn = Conn::new(tls, live.limits, now);
+        let client_addr = if self.log.enabled() {
+            peer_addr(Some(&fd))
+        } else {
+            None
+        };
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -490,17 +591,19 @@ impl Worker {
         *s = Slot::empty();
         s.gen = gen;
         s.conn = Some(conn);
+        s.live = Some(live);
         s.listener = li;
         s.client = Some(fd);
+        s.client_addr = client_addr;
         self.live += 1;
         self.mark_dirty(idx);
     }
 
     fn start_connect(&mut self, idx: u32, now: Instant) {
         let s = &mut self.slots[idx as usize];
-        let l = &mut self.listeners[s.listener];
+        let live = s.live.clone().expect("a live conn has its material");
         let conn = s.conn.as_mut().unwrap();
-        while let Some(addr) = l.shared.upstreams.next(&mut s.attempts) {
+        while let Some(addr) = live.upstreams.next(&mut s.attempts) {
             let sock = match socket2::Socket::new(
                 socket2::Domain::for_address(addr),
                 socket2::Type::STREAM.nonblocking().cloexec(),
@@ -508,10 +611,7 @@ impl Worker {
             ) {
                 Ok(s) => s,
                 Err(_) => {
-                    l.shared
-                        .stats
-                        .upstream_connect_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics[s.listener].upstream_connect_error(addr);
                     continue;
                 }
             };
@@ -523,6 +623,8 @@ impl Worker {
                 token(Kind::Connect, idx, s.gen),
             ));
             s.upstream = Some(fd);
+            s.upstream_addr = Some(addr);
+            s.connect_started = Some(now);
             s.inflight += 1;
             conn.handle_connect_started(now);
             return;
@@ -570,14 +672,15 @@ impl Worker {
         let gen = s.gen;
         if s.conn.as_mut().unwrap().poll_connect() {
             let l = &mut self.listeners[s.listener];
-            s.attempts = l.shared.upstreams.begin(&mut l.rr_cursor);
-            let st = &l.shared.stats;
-            st.handshakes_ok.fetch_add(1, Ordering::Relaxed);
-            if s.conn.as_ref().unwrap().tls().handshake_kind()
-                == Some(rustls::HandshakeKind::Resumed)
-            {
-                st.handshakes_resumed.fetch_add(1, Ordering::Relaxed);
-            }
+            let live = s.live.as_ref().expect("a live conn has its material");
+            s.attempts = live.upstreams.begin(&mut l.rr_cursor);
+            let conn = s.conn.as_ref().unwrap();
+            let tls = conn.tls();
+            self.metrics[s.listener].handshake_ok(
+                tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                tls.peer_certificates().is_some(),
+                conn.handshake_duration(),
+            );
             self.start_connect(idx, now);
         }
         let s = &mut self.slots[idx as usize];
@@ -649,28 +752,10 @@ impl Worker {
     fn begin_close(&mut self, idx: u32, reason: CloseReason) {
         let s = &mut self.slots[idx as usize];
         s.closing = Some(reason);
-        let l = &self.listeners[s.listener].shared;
+        let m = &mut self.metrics[s.listener];
         match reason {
-            CloseReason::HandshakeFailed(r) => {
-                let i = HandshakeFailure::ALL.iter().position(|x| *x == r).unwrap();
-                l.stats.handshake_errors[i].fetch_add(1, Ordering::Relaxed);
-                if self.log.enabled() {
-                    self.log.send(handshake_failure_line(l, self.index, s, r));
-                }
-            }
-            CloseReason::UpstreamTlsFailed(r) => {
-                l.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
-                if self.log.enabled() {
-                    self.log.send(serde_json::json!({
-                        "ts": crate::log::now_ts(),
-                        "event": "upstream_tls_error",
-                        "listener": l.name,
-                        "worker": self.index,
-                        "client": peer_addr(s.client.as_ref()).map(|a| a.to_string()),
-                        "reason": r.as_str(),
-                    }));
-                }
-            }
+            CloseReason::HandshakeFailed(r) => m.handshake_error(r),
+            CloseReason::UpstreamTlsFailed(_) => m.upstream_tls_errors += 1,
             _ => {}
         }
         // A reset on one leg becomes a reset on the other (SO_LINGER 0 then close).
@@ -704,13 +789,14 @@ impl Worker {
         let s = &mut self.slots[idx as usize];
         let Some(conn) = s.conn.take() else { return };
         let l = &self.listeners[s.listener].shared;
-        l.stats
-            .bytes_client_to_upstream
-            .fetch_add(conn.bytes_client_to_upstream, Ordering::Relaxed);
-        l.stats
-            .bytes_upstream_to_client
-            .fetch_add(conn.bytes_upstream_to_client, Ordering::Relaxed);
+        let m = &mut self.metrics[s.listener];
+        m.bytes_client_to_upstream += conn.bytes_client_to_upstream - s.reported_c2u;
+        m.bytes_upstream_to_client += conn.bytes_upstream_to_client - s.reported_u2c;
         l.active.fetch_sub(1, Ordering::Relaxed);
+        if self.log.enabled() {
+            self.log.send(access_line(l, self.index, s, &conn));
+        }
+        s.live = None;
         if let Some(fd) = s.client.take() {
             self.ring.close(fd, token(Kind::Fire, 0, 0));
         }
@@ -734,7 +820,12 @@ fn local_addr(fd: Option<&OwnedFd>) -> Option<SocketAddr> {
 
 /// The PROXY v2 header for this connection: addresses, ALPN, SNI, the client-side
 /// TLS facts and the verified identity.
-fn proxy_header(l: &ListenerShared, client: Option<&OwnedFd>, conn: &Conn) -> Vec<u8> {
+fn proxy_header(
+    l: &ListenerShared,
+    live: &ListenerLive,
+    client: Option<&OwnedFd>,
+    conn: &Conn,
+) -> Vec<u8> {
     let tls = conn.tls();
     // Parsed here, not after every handshake: only PROXY v2 needs it (for now).
     let identity = tls
@@ -742,8 +833,7 @@ fn proxy_header(l: &ListenerShared, client: Option<&OwnedFd>, conn: &Conn) -> Ve
         .and_then(|c| c.first())
         .and_then(|der| PeerIdentity::from_der(der).ok());
     let identity = identity.as_ref();
-    let served = l.tls.load();
-    let cert = served.certs.choose(tls.server_name());
+    let cert = live.tls.certs.choose(tls.server_name());
     let src = peer_addr(client).unwrap_or(l.addr);
     let dst = local_addr(client).unwrap_or(l.addr);
     crate::proxy_v2::Header {
@@ -762,27 +852,64 @@ fn proxy_header(l: &ListenerShared, client: Option<&OwnedFd>, conn: &Conn) -> Ve
     .to_bytes()
 }
 
-/// One log line per failed handshake: who, why, and the presented certificate.
-fn handshake_failure_line(
-    l: &ListenerShared,
-    worker: usize,
-    s: &Slot,
-    r: HandshakeFailure,
-) -> serde_json::Value {
-    let conn = s.conn.as_ref();
-    let rejected = conn.and_then(|c| c.rejected_client());
-    let id = rejected.and_then(|r| r.identity.as_ref());
-    serde_json::json!({
+/// The access log line of a finished connection: one JSON object per connection.
+/// `event` says how it ended (`connection`, `handshake_error`, `upstream_tls_error`);
+/// failures also carry `reason` and what the refused client presented.
+fn access_line(l: &ListenerShared, worker: usize, s: &Slot, conn: &Conn) -> serde_json::Value {
+    let tls = conn.tls();
+    let closing = s.closing.unwrap_or(CloseReason::Done);
+    let (event, reason) = match closing {
+        CloseReason::HandshakeFailed(r) => ("handshake_error", Some(r.as_str())),
+        CloseReason::UpstreamTlsFailed(r) => ("upstream_tls_error", Some(r.as_str())),
+        _ => ("connection", None),
+    };
+    let handshake = conn.handshake_duration();
+    // The verified peer, or (for a refused one) what it presented.
+    let peer = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| PeerIdentity::from_der(der).ok());
+    let rejected = conn.rejected_client();
+    let id = peer
+        .as_ref()
+        .or_else(|| rejected.and_then(|r| r.identity.as_ref()));
+    let mut v = serde_json::json!({
         "ts": crate::log::now_ts(),
-        "event": "handshake_error",
+        "event": event,
         "listener": l.name,
         "worker": worker,
-        "client": peer_addr(s.client.as_ref()).map(|a| a.to_string()),
-        "reason": r.as_str(),
-        "sni": conn.and_then(|c| c.tls().server_name()),
-        "peer_subject": id.map(|i| i.subject.clone()),
+        "client": s.client_addr.map(|a| a.to_string()),
+        "upstream": s.upstream_addr.filter(|_| s.upstream_connected).map(|a| a.to_string()),
+        "sni": tls.server_name(),
+        "alpn": tls.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+        "tls_version": handshake.and(tls.protocol_version()).map(version_name),
+        "cipher": handshake
+            .and(tls.negotiated_cipher_suite())
+            .and_then(|c| c.suite().as_str()),
+        "resumed": tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        "client_auth": if peer.is_some() { "verified" } else { "none" },
         "peer_spiffe": id.and_then(|i| i.spiffe.clone()),
+        "peer_dns": id.map(|i| i.dns.clone()).unwrap_or_default(),
+        "peer_cn": id.and_then(|i| i.cn.clone()),
         "peer_serial": id.map(|i| i.serial.clone()),
-        "error": rejected.map(|r| r.error.to_string()),
-    })
+        "handshake_us": handshake.map(|d| d.as_micros() as u64),
+        "bytes_in": conn.bytes_client_to_upstream,
+        "bytes_out": conn.bytes_upstream_to_client,
+        "duration_ms": conn.started().elapsed().as_secs_f64() * 1e3,
+        "close_reason": closing.as_str(),
+    });
+    if let Some(r) = reason {
+        v["reason"] = r.into();
+        v["peer_subject"] = id.map(|i| i.subject.clone()).into();
+        v["error"] = rejected.map(|r| r.error.to_string()).into();
+    }
+    v
+}
+
+fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "other",
+    }
 }

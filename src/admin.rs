@@ -1,0 +1,236 @@
+//! admin: the operator's HTTP endpoint (`[admin] listen`): `/metrics` (Prometheus
+//! text), `/healthz`, `/readyz`. Runs on its own threads, never on a worker.
+//!
+//! Workers publish cumulative snapshots into a channel; a collector thread keeps the
+//! latest per worker. A scrape renders from those and from atomics (active
+//! connections, reload and log-drop counters) and reads /proc: it takes no lock a
+//! worker holds and sends a worker nothing, so a scrape storm costs admin CPU only.
+//! One short-lived thread per admin connection, at most `max_connections` at once
+//! (more are closed at accept), each bounded by `timeout_ms`.
+#![forbid(unsafe_code)]
+
+use crate::config::Admin as AdminConfig;
+use crate::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
+use crate::worker::{ListenerShared, RUNNING};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Everything a scrape reads.
+pub struct AdminState {
+    pub listeners: Vec<Arc<ListenerShared>>,
+    pub state: Arc<AtomicU8>,
+    /// Set once every worker accepts; `/readyz` is 503 before.
+    pub ready: AtomicBool,
+    pub snapshots: Mutex<Vec<Option<WorkerSnapshot>>>,
+    pub reloads: Arc<crate::reload::ReloadStats>,
+    pub log_dropped: Arc<AtomicU64>,
+    pub workers: usize,
+}
+
+impl AdminState {
+    pub fn metrics_page(&self) -> String {
+        let totals = {
+            let snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+            metrics::aggregate(self.listeners.len(), &snaps)
+        };
+        let views: Vec<ListenerView> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let live = l.live.load();
+                ListenerView {
+                    name: l.name.clone(),
+                    active: l.active.load(Ordering::Relaxed) as u64,
+                    upstreams: live.upstreams.addrs().to_vec(),
+                    certs: live.cert_expiry.clone(),
+                }
+            })
+            .collect();
+        let global = GlobalView {
+            reloads_ok: self.reloads.ok.load(Ordering::Relaxed),
+            reloads_error: self.reloads.error.load(Ordering::Relaxed),
+            access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
+            workers: self.workers,
+            draining: self.state.load(Ordering::Relaxed) != RUNNING,
+        };
+        metrics::render(&views, &totals, &global, &metrics::Process::read())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.state.load(Ordering::Relaxed) == RUNNING
+    }
+}
+
+/// Bind the admin address (so a busy port fails startup, before any worker runs).
+pub fn bind(cfg: &AdminConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(cfg.listen)
+}
+
+/// Start the collector and the HTTP threads; returns the sender workers publish on.
+pub fn start(
+    listener: TcpListener,
+    cfg: &AdminConfig,
+    st: Arc<AdminState>,
+) -> std::io::Result<crossbeam_channel::Sender<WorkerSnapshot>> {
+    // Room for a few snapshots per worker; a full channel drops (cumulative) ones.
+    let (tx, rx) = crossbeam_channel::bounded::<WorkerSnapshot>(st.workers * 4 + 4);
+    let collector = st.clone();
+    std::thread::Builder::new()
+        .name("terminus-metrics".into())
+        .spawn(move || {
+            for snap in rx {
+                let mut all = collector
+                    .snapshots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let i = snap.worker;
+                if i < all.len() {
+                    all[i] = Some(snap);
+                }
+            }
+        })?;
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let max = cfg.max_connections;
+    std::thread::Builder::new()
+        .name("terminus-admin".into())
+        .spawn(move || {
+            let busy = Arc::new(AtomicUsize::new(0));
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else {
+                    // EMFILE and friends: do not spin.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                if busy.fetch_add(1, Ordering::Relaxed) >= max {
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                    continue; // dropped: closed at once
+                }
+                let (st, conn_busy) = (st.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("terminus-admin-conn".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        let _ = serve(stream, &st, timeout);
+                        conn_busy.fetch_sub(1, Ordering::Relaxed);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Largest request head accepted (scrapers send a few hundred bytes).
+const MAX_HEAD: usize = 8192;
+
+/// One request per connection, answered with `Connection: close`.
+fn serve(mut s: TcpStream, st: &AdminState, timeout: Duration) -> std::io::Result<()> {
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    let (method, path) = loop {
+        let n = s.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                break (
+                    req.method.unwrap_or("").to_owned(),
+                    req.path.unwrap_or("").to_owned(),
+                )
+            }
+            Ok(httparse::Status::Partial) if len < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return respond(
+                    &mut s,
+                    "431 Request Header Fields Too Large",
+                    "text/plain",
+                    b"request head too large\n",
+                    false,
+                )
+            }
+            Err(_) => {
+                return respond(
+                    &mut s,
+                    "400 Bad Request",
+                    "text/plain",
+                    b"bad request\n",
+                    false,
+                )
+            }
+        }
+    };
+    let head = method == "HEAD";
+    if method != "GET" && !head {
+        return respond(
+            &mut s,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET or HEAD\n",
+            head,
+        );
+    }
+    let path = path.split('?').next().unwrap_or("");
+    match path {
+        "/metrics" => {
+            let page = st.metrics_page();
+            respond(
+                &mut s,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                page.as_bytes(),
+                head,
+            )
+        }
+        "/healthz" => respond(&mut s, "200 OK", "text/plain", b"ok\n", head),
+        "/readyz" if st.is_ready() => respond(&mut s, "200 OK", "text/plain", b"ready\n", head),
+        "/readyz" => {
+            let why: &[u8] = if st.ready.load(Ordering::Relaxed) {
+                b"draining\n"
+            } else {
+                b"starting\n"
+            };
+            respond(&mut s, "503 Service Unavailable", "text/plain", why, head)
+        }
+        _ => respond(
+            &mut s,
+            "404 Not Found",
+            "text/plain",
+            b"try /metrics, /healthz or /readyz\n",
+            head,
+        ),
+    }
+}
+
+fn respond(
+    s: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    head: bool,
+) -> std::io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head {
+        out.extend_from_slice(body);
+    }
+    s.write_all(&out)?;
+    s.flush()
+}
+
+/// The address the admin endpoint listens on (resolves port 0).
+pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}

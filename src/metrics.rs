@@ -1,0 +1,657 @@
+//! metrics: per-worker counters and latency histograms, and their Prometheus text.
+//!
+//! Each worker owns plain (non-atomic) [`ListenerMetrics`] per listener and, when the
+//! admin endpoint is on, sends a clone of them as a [`WorkerSnapshot`] through a
+//! crossbeam channel at most every `snapshot_interval_ms` (and only when something
+//! changed). The admin side keeps the latest snapshot of each worker and renders a
+//! scrape from those alone: a scrape never touches, locks or wakes a worker, and a
+//! dropped snapshot is harmless because snapshots are cumulative.
+//!
+//! Histograms are hdrhistograms in microseconds (2 significant digits, 1 µs .. 1 h),
+//! exported as Prometheus histograms with fixed buckets from 10 µs to 10 s.
+#![forbid(unsafe_code)]
+
+use crate::conn::HandshakeFailure;
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Bucket upper bounds in seconds: tens of microseconds (resumed handshakes, connects
+/// on loopback) up to seconds (handshake timeouts).
+pub const BUCKETS_S: [f64; 19] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const MAX_US: u64 = 3_600_000_000;
+
+/// A latency distribution: hdrhistogram plus the exact sum Prometheus wants.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    hist: Histogram<u64>,
+    sum_us: u64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            hist: Histogram::new_with_bounds(1, MAX_US, 2).expect("static bounds are valid"),
+            sum_us: 0,
+        }
+    }
+}
+
+impl Latency {
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, MAX_US);
+        self.hist.saturating_record(us);
+        self.sum_us += us;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us as f64 / 1e6
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        // Same bounds on both sides: cannot fail.
+        let _ = self.hist.add(&other.hist);
+        self.sum_us += other.sum_us;
+    }
+
+    /// Value at a quantile (0..=1), in microseconds.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.hist.value_at_quantile(q)
+    }
+
+    /// Cumulative counts per [`BUCKETS_S`] bound (Prometheus `le` semantics).
+    pub fn cumulative_buckets(&self) -> [u64; BUCKETS_S.len()] {
+        let mut per = [0u64; BUCKETS_S.len()];
+        for v in self.hist.iter_recorded() {
+            let us = self.hist.median_equivalent(v.value_iterated_to()) as f64;
+            if let Some(i) = BUCKETS_S.iter().position(|b| us <= b * 1e6) {
+                per[i] += v.count_at_value();
+            }
+        }
+        let mut acc = 0;
+        for c in per.iter_mut() {
+            acc += *c;
+            *c = acc;
+        }
+        per
+    }
+}
+
+/// One worker's counters for one listener. Touched once per connection event, never
+/// per byte (bytes are folded in when a connection is flushed).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    pub connections: u64,
+    /// Successful handshakes by `resumed * 2 + verified_client`.
+    pub handshakes_ok: [u64; 4],
+    pub handshake_errors: [u64; HandshakeFailure::ALL.len()],
+    /// Failed connects per upstream address (a short list: linear search).
+    pub upstream_connect_errors: Vec<(SocketAddr, u64)>,
+    pub upstream_tls_errors: u64,
+    pub rejected_max_connections: u64,
+    pub bytes_client_to_upstream: u64,
+    pub bytes_upstream_to_client: u64,
+    pub handshake: Latency,
+    pub upstream_connect: Latency,
+}
+
+impl ListenerMetrics {
+    pub fn handshake_ok(&mut self, resumed: bool, verified: bool, took: Option<Duration>) {
+        self.handshakes_ok[resumed as usize * 2 + verified as usize] += 1;
+        if let Some(d) = took {
+            self.handshake.record(d);
+        }
+    }
+
+    pub fn handshake_error(&mut self, r: HandshakeFailure) {
+        self.handshake_errors[reason_index(r)] += 1;
+    }
+
+    pub fn errors(&self, r: HandshakeFailure) -> u64 {
+        self.handshake_errors[reason_index(r)]
+    }
+
+    pub fn upstream_connect_error(&mut self, addr: SocketAddr) {
+        match self
+            .upstream_connect_errors
+            .iter_mut()
+            .find(|(a, _)| *a == addr)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.upstream_connect_errors.push((addr, 1)),
+        }
+    }
+
+    pub fn merge(&mut self, o: &ListenerMetrics) {
+        self.connections += o.connections;
+        for (a, b) in self.handshakes_ok.iter_mut().zip(o.handshakes_ok) {
+            *a += b;
+        }
+        for (a, b) in self.handshake_errors.iter_mut().zip(o.handshake_errors) {
+            *a += b;
+        }
+        for &(addr, n) in &o.upstream_connect_errors {
+            match self
+                .upstream_connect_errors
+                .iter_mut()
+                .find(|(a, _)| *a == addr)
+            {
+                Some((_, m)) => *m += n,
+                None => self.upstream_connect_errors.push((addr, n)),
+            }
+        }
+        self.upstream_tls_errors += o.upstream_tls_errors;
+        self.rejected_max_connections += o.rejected_max_connections;
+        self.bytes_client_to_upstream += o.bytes_client_to_upstream;
+        self.bytes_upstream_to_client += o.bytes_upstream_to_client;
+        self.handshake.merge(&o.handshake);
+        self.upstream_connect.merge(&o.upstream_connect);
+    }
+}
+
+fn reason_index(r: HandshakeFailure) -> usize {
+    HandshakeFailure::ALL
+        .iter()
+        .position(|x| *x == r)
+        .expect("ALL lists every reason")
+}
+
+/// What a worker publishes: its cumulative counters, one entry per listener (same
+/// order as the config's listeners).
+#[derive(Clone, Debug)]
+pub struct WorkerSnapshot {
+    pub worker: usize,
+    pub listeners: Vec<ListenerMetrics>,
+}
+
+/// Per-listener facts the renderer reads besides the worker snapshots.
+pub struct ListenerView {
+    pub name: String,
+    pub active: u64,
+    pub upstreams: Vec<SocketAddr>,
+    /// (certificate file, notAfter as Unix seconds).
+    pub certs: Vec<(String, i64)>,
+}
+
+/// Process-wide counters outside the workers.
+pub struct GlobalView {
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    pub access_log_dropped: u64,
+    pub workers: usize,
+    pub draining: bool,
+}
+
+/// Prometheus label value escaping (backslash, quote, newline).
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Latency) {
+    for (b, c) in BUCKETS_S.iter().zip(h.cumulative_buckets()) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds());
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count());
+}
+
+/// Sum the workers' latest snapshots per listener.
+pub fn aggregate(n_listeners: usize, snaps: &[Option<WorkerSnapshot>]) -> Vec<ListenerMetrics> {
+    let mut total = vec![ListenerMetrics::default(); n_listeners];
+    for s in snaps.iter().flatten() {
+        for (t, m) in total.iter_mut().zip(&s.listeners) {
+            t.merge(m);
+        }
+    }
+    total
+}
+
+/// The whole `/metrics` page.
+pub fn render(
+    listeners: &[ListenerView],
+    totals: &[ListenerMetrics],
+    global: &GlobalView,
+    process: &Process,
+) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let lv = |l: &ListenerView| format!("listener=\"{}\"", esc(&l.name));
+    let rows = || listeners.iter().zip(totals);
+
+    header(
+        &mut o,
+        "terminus_connections_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    for (l, m) in rows() {
+        let _ = writeln!(
+            o,
+            "terminus_connections_total{{{}}} {}",
+            lv(l),
+            m.connections
+        );
+    }
+    header(
+        &mut o,
+        "terminus_connections_active",
+        "gauge",
+        "Client connections open now.",
+    );
+    for l in listeners {
+        let _ = writeln!(o, "terminus_connections_active{{{}}} {}", lv(l), l.active);
+    }
+    header(
+        &mut o,
+        "terminus_connections_rejected_total",
+        "counter",
+        "Connections closed at accept because max_connections was reached.",
+    );
+    for (l, m) in rows() {
+        let _ = writeln!(
+            o,
+            "terminus_connections_rejected_total{{{},reason=\"max_connections\"}} {}",
+            lv(l),
+            m.rejected_max_connections
+        );
+    }
+    header(
+        &mut o,
+        "terminus_handshakes_total",
+        "counter",
+        "Client TLS handshakes.",
+    );
+    for (l, m) in rows() {
+        for (i, n) in m.handshakes_ok.iter().enumerate() {
+            let resumed = i / 2 == 1;
+            let auth = if i % 2 == 1 { "verified" } else { "none" };
+            let _ = writeln!(
+                o,
+                "terminus_handshakes_total{{{},result=\"ok\",resumed=\"{resumed}\",client_auth=\"{auth}\"}} {n}",
+                lv(l)
+            );
+        }
+        let errors: u64 = m.handshake_errors.iter().sum();
+        let _ = writeln!(
+            o,
+            "terminus_handshakes_total{{{},result=\"error\",resumed=\"false\",client_auth=\"none\"}} {errors}",
+            lv(l)
+        );
+    }
+    header(
+        &mut o,
+        "terminus_handshake_errors_total",
+        "counter",
+        "Failed client handshakes by reason.",
+    );
+    for (l, m) in rows() {
+        for r in HandshakeFailure::ALL {
+            let _ = writeln!(
+                o,
+                "terminus_handshake_errors_total{{{},reason=\"{}\"}} {}",
+                lv(l),
+                r.as_str(),
+                m.errors(r)
+            );
+        }
+    }
+    header(
+        &mut o,
+        "terminus_policy_denied_total",
+        "counter",
+        "Verified client certificates refused by the allow-list.",
+    );
+    for (l, m) in rows() {
+        let _ = writeln!(
+            o,
+            "terminus_policy_denied_total{{{}}} {}",
+            lv(l),
+            m.errors(HandshakeFailure::PolicyDenied)
+        );
+    }
+    header(
+        &mut o,
+        "terminus_handshake_duration_seconds",
+        "histogram",
+        "Client handshake time, accept to handshake complete.",
+    );
+    for (l, m) in rows() {
+        histogram(
+            &mut o,
+            "terminus_handshake_duration_seconds",
+            &lv(l),
+            &m.handshake,
+        );
+    }
+    header(
+        &mut o,
+        "terminus_upstream_connect_duration_seconds",
+        "histogram",
+        "Upstream TCP connect time.",
+    );
+    for (l, m) in rows() {
+        histogram(
+            &mut o,
+            "terminus_upstream_connect_duration_seconds",
+            &lv(l),
+            &m.upstream_connect,
+        );
+    }
+    header(
+        &mut o,
+        "terminus_upstream_connect_errors_total",
+        "counter",
+        "Failed upstream connects by upstream address.",
+    );
+    for (l, m) in rows() {
+        let mut seen: Vec<(SocketAddr, u64)> = l.upstreams.iter().map(|a| (*a, 0)).collect();
+        for &(a, n) in &m.upstream_connect_errors {
+            match seen.iter_mut().find(|(x, _)| *x == a) {
+                Some((_, c)) => *c += n,
+                None => seen.push((a, n)),
+            }
+        }
+        for (a, n) in seen {
+            let _ = writeln!(
+                o,
+                "terminus_upstream_connect_errors_total{{{},upstream=\"{a}\"}} {n}",
+                lv(l)
+            );
+        }
+    }
+    header(
+        &mut o,
+        "terminus_upstream_tls_errors_total",
+        "counter",
+        "Re-encryption handshakes to the upstream that failed.",
+    );
+    for (l, m) in rows() {
+        let _ = writeln!(
+            o,
+            "terminus_upstream_tls_errors_total{{{}}} {}",
+            lv(l),
+            m.upstream_tls_errors
+        );
+    }
+    header(
+        &mut o,
+        "terminus_bytes_total",
+        "counter",
+        "Plaintext bytes proxied.",
+    );
+    for (l, m) in rows() {
+        let _ = writeln!(
+            o,
+            "terminus_bytes_total{{{},direction=\"client_to_upstream\"}} {}",
+            lv(l),
+            m.bytes_client_to_upstream
+        );
+        let _ = writeln!(
+            o,
+            "terminus_bytes_total{{{},direction=\"upstream_to_client\"}} {}",
+            lv(l),
+            m.bytes_upstream_to_client
+        );
+    }
+    header(
+        &mut o,
+        "terminus_cert_expiry_timestamp_seconds",
+        "gauge",
+        "notAfter of each served certificate (Unix seconds).",
+    );
+    for l in listeners {
+        for (path, t) in &l.certs {
+            let _ = writeln!(
+                o,
+                "terminus_cert_expiry_timestamp_seconds{{{},cert=\"{}\"}} {t}",
+                lv(l),
+                esc(path)
+            );
+        }
+    }
+    header(
+        &mut o,
+        "terminus_config_reloads_total",
+        "counter",
+        "Certificate, key, CA, CRL and config reloads by result.",
+    );
+    let _ = writeln!(
+        o,
+        "terminus_config_reloads_total{{result=\"ok\"}} {}",
+        global.reloads_ok
+    );
+    let _ = writeln!(
+        o,
+        "terminus_config_reloads_total{{result=\"error\"}} {}",
+        global.reloads_error
+    );
+    header(
+        &mut o,
+        "terminus_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the log writer fell behind.",
+    );
+    let _ = writeln!(
+        o,
+        "terminus_access_log_dropped_total {}",
+        global.access_log_dropped
+    );
+    header(&mut o, "terminus_workers", "gauge", "Worker threads.");
+    let _ = writeln!(o, "terminus_workers {}", global.workers);
+    header(
+        &mut o,
+        "terminus_draining",
+        "gauge",
+        "1 while draining before exit.",
+    );
+    let _ = writeln!(o, "terminus_draining {}", global.draining as u8);
+    process.render(&mut o);
+    o
+}
+
+/// The standard `process_*` metrics, read from the kernel at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Process {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl Process {
+    /// Read this process's figures from /proc (no syscalls beyond reads). CPU is the
+    /// whole thread group's utime+stime, which the kernel derives from its precise
+    /// runtime and prints in USER_HZ (100/s on Linux) ticks: 10 ms resolution, good
+    /// to well under 1% over a bench run of a few seconds.
+    pub fn read() -> Process {
+        let mut p = Process::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the `(comm)` field, which may itself contain spaces.
+            if let Some(i) = stat.rfind(')') {
+                let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+                let num = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok());
+                // utime, stime, starttime are fields 14, 15, 22 of the full line.
+                p.cpu_seconds = (num(11).unwrap_or(0.0) + num(12).unwrap_or(0.0)) / USER_HZ;
+                if let (Some(start), Some(btime)) = (num(19), boot_time()) {
+                    p.start_time_seconds = btime + start / USER_HZ;
+                }
+            }
+        }
+        if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+            let kb = |key: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                    .map_or(0, |v| v * 1024)
+            };
+            p.resident_bytes = kb("VmRSS:");
+            p.virtual_bytes = kb("VmSize:");
+        }
+        p.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        if let Ok(s) = std::fs::read_to_string("/proc/self/limits") {
+            p.max_fds = s
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+        p
+    }
+
+    fn render(&self, o: &mut String) {
+        header(
+            o,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time.",
+        );
+        let _ = writeln!(o, "process_cpu_seconds_total {}", self.cpu_seconds);
+        header(
+            o,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory.",
+        );
+        let _ = writeln!(o, "process_resident_memory_bytes {}", self.resident_bytes);
+        header(
+            o,
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory.",
+        );
+        let _ = writeln!(o, "process_virtual_memory_bytes {}", self.virtual_bytes);
+        header(o, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(o, "process_open_fds {}", self.open_fds);
+        header(o, "process_max_fds", "gauge", "RLIMIT_NOFILE soft limit.");
+        let _ = writeln!(o, "process_max_fds {}", self.max_fds);
+        header(
+            o,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time (Unix seconds).",
+        );
+        let _ = writeln!(o, "process_start_time_seconds {}", self.start_time_seconds);
+    }
+}
+
+/// Linux reports /proc times in USER_HZ ticks, fixed at 100 for userspace ABI.
+const USER_HZ: f64 = 100.0;
+
+fn boot_time() -> Option<f64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_and_match_the_count() {
+        let mut l = Latency::default();
+        for us in [5u64, 20, 20, 80, 3_000, 2_000_000] {
+            l.record(Duration::from_micros(us));
+        }
+        let b = l.cumulative_buckets();
+        // le=10µs: the 5 µs sample; le=25µs: +2; le=100µs: +1; le=5ms: +1; le=2.5s: +1.
+        assert_eq!(b[0], 1);
+        assert_eq!(b[1], 3);
+        assert_eq!(b[3], 4);
+        assert_eq!(b[8], 5);
+        assert_eq!(b[16], 6);
+        assert_eq!(*b.last().unwrap(), l.count());
+        assert!(b.windows(2).all(|w| w[0] <= w[1]));
+        assert!((l.sum_seconds() - 2.003125).abs() < 1e-9);
+    }
+
+    #[test]
+    fn workers_add_up_and_the_page_names_every_reason() {
+        let mut a = ListenerMetrics {
+            connections: 2,
+            ..Default::default()
+        };
+        a.handshake_ok(false, true, Some(Duration::from_micros(300)));
+        a.handshake_error(HandshakeFailure::PolicyDenied);
+        a.upstream_connect_error("127.0.0.1:9".parse().unwrap());
+        let mut b = a.clone();
+        b.handshake_ok(true, false, None);
+        let snaps = vec![
+            Some(WorkerSnapshot {
+                worker: 0,
+                listeners: vec![a],
+            }),
+            None,
+            Some(WorkerSnapshot {
+                worker: 2,
+                listeners: vec![b],
+            }),
+        ];
+        let totals = aggregate(1, &snaps);
+        assert_eq!(totals[0].connections, 4);
+        let view = ListenerView {
+            name: "e\\dge\"".into(),
+            active: 1,
+            upstreams: vec!["127.0.0.1:8".parse().unwrap()],
+            certs: vec![("/c/server.pem".into(), 1_900_000_000)],
+        };
+        let g = GlobalView {
+            reloads_ok: 1,
+            reloads_error: 2,
+            access_log_dropped: 0,
+            workers: 3,
+            draining: false,
+        };
+        let page = render(&[view], &totals, &g, &Process::read());
+        let l = "listener=\"e\\\\dge\\\"\"";
+        for want in [
+            format!("terminus_connections_total{{{l}}} 4"),
+            format!("terminus_handshakes_total{{{l},result=\"ok\",resumed=\"false\",client_auth=\"verified\"}} 2"),
+            format!("terminus_handshakes_total{{{l},result=\"ok\",resumed=\"true\",client_auth=\"none\"}} 1"),
+            format!("terminus_handshakes_total{{{l},result=\"error\",resumed=\"false\",client_auth=\"none\"}} 2"),
+            format!("terminus_policy_denied_total{{{l}}} 2"),
+            format!("terminus_handshake_duration_seconds_count{{{l}}} 2"),
+            format!("terminus_upstream_connect_errors_total{{{l},upstream=\"127.0.0.1:9\"}} 2"),
+            format!("terminus_upstream_connect_errors_total{{{l},upstream=\"127.0.0.1:8\"}} 0"),
+            format!("terminus_cert_expiry_timestamp_seconds{{{l},cert=\"/c/server.pem\"}} 1900000000"),
+            "terminus_config_reloads_total{result=\"error\"} 2".to_string(),
+        ] {
+            assert!(page.contains(&want), "missing {want} in\n{page}");
+        }
+        for r in HandshakeFailure::ALL {
+            assert!(page.contains(&format!("reason=\"{}\"", r.as_str())));
+        }
+        let p = Process::read();
+        assert!(p.resident_bytes > 0 && p.open_fds > 0 && p.max_fds > 0);
+        assert!(p.start_time_seconds > 1.0e9);
+    }
+}
