@@ -282,6 +282,7 @@ pub fn raise_fd_limit() {
 pub struct Terminus {
     child: Child,
     addrs: HashMap<String, SocketAddr>,
+    admin: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -337,6 +338,7 @@ impl Terminus {
         let mut t = Terminus {
             child,
             addrs: HashMap::new(),
+            admin: None,
             stderr,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -347,6 +349,9 @@ impl Terminus {
                     let line = line.trim();
                     if line == "ready" {
                         break;
+                    }
+                    if let Some(a) = line.strip_prefix("admin addr=") {
+                        t.admin = Some(a.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")));
                     }
                     if let Some(rest) = line.strip_prefix("listening ") {
                         let mut name = None;
@@ -392,6 +397,27 @@ impl Terminus {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The `[admin]` address from the `admin addr=` line.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+            .expect("no `admin addr=` line: is [admin] in the config?")
+    }
+
+    /// Send a signal by name (`TERM`, `HUP`...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Wait for the process to exit (panics after `timeout`); its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        wait_with_deadline(&mut self.child, timeout).code()
     }
 
     pub fn stderr(&self) -> String {
@@ -1255,4 +1281,39 @@ pub fn require_tool(name: &str) {
         found,
         "`{name}` is not on PATH; install it (`.ci/run` does: apt-get install {name})"
     );
+}
+
+/// One HTTP/1.1 GET with `Connection: close`; (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tcp_connect(addr);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// The value of the sample `series` (name with labels exactly as printed, e.g.
+/// `terminus_connections_total{listener="edge"}`) in a Prometheus text page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
