@@ -121,6 +121,11 @@ pub fn listener_problems(l: &Listener) -> Vec<TlsError> {
             out.extend(cert_and_key_problems(cert, key, &provider));
         }
     }
+    if let Some(path) = &l.ticket_key_file {
+        if let Err(e) = crate::tickets::FileTicketer::load(path, b"", l.ticket_lifetime_s) {
+            out.push(TlsError(e));
+        }
+    }
     if out.is_empty() {
         if let Err(e) = server_tls(l) {
             out.push(e);

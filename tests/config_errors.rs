@@ -410,3 +410,43 @@ fn run_with_bad_config_exits_2() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn operate_settings_are_validated_with_lines() {
+    let (_dir, config) = pki_dir(
+        "operate",
+        "ticket_lifetime_s = 0\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntimeout_ms = 0\n",
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let f = config.display();
+    assert!(
+        err.contains(&format!("{f}:12: admin.timeout_ms: must be greater than 0")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:8: listeners[0].ticket_lifetime_s: must be between 1 and 604800 seconds"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_ticket_key_file_is_named_with_its_line() {
+    let (dir, config) = pki_dir("tickets", "ticket_key_file = \"tickets.key\"\n");
+    dir.write("tickets.key", "# fleet key\nnot-a-key\n");
+    let out = check(&config);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}:2: ticket key must be 64 hex digits",
+            dir.path("tickets.key").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    dir.write("tickets.key", &format!("{}\n", "ab".repeat(32)));
+    assert_exit(&check(&config), 0);
+}
