@@ -3,6 +3,8 @@
 //! See ARCHITECTURE.md for the data flow and where each responsibility lives.
 
 pub mod admin;
+pub mod backend;
+pub mod bench;
 pub mod certs;
 pub mod check;
 pub mod config;

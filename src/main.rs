@@ -48,18 +48,48 @@ enum Cmd {
         #[arg(long)]
         serve: bool,
     },
+    /// Load generator: handshakes, bulk, request/response, idle connections.
+    Bench(Box<terminus::bench::BenchArgs>),
+    /// Built-in backend for benchmarks: echo, source or sink, optionally over TLS.
+    Backend {
+        /// ADDR to listen on, e.g. 127.0.0.1:8080 (port 0 picks one; printed).
+        #[arg(long)]
+        listen: String,
+        #[arg(long, value_enum, default_value = "echo")]
+        mode: terminus::backend::Mode,
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                    {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
-                _ => ExitCode::from(2),
+                _ => {
+                    // One line (clap's first), not clap's usage block.
+                    let text = e.render().to_string();
+                    let line = text.lines().next().unwrap_or("bad usage");
+                    eprintln!(
+                        "terminus: {} (see --help)",
+                        line.trim_start_matches("error: ")
+                    );
+                    ExitCode::from(2)
+                }
             };
         }
     };
@@ -100,6 +130,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Bench(args) => terminus::bench::run_cli(*args),
+        Cmd::Backend {
+            listen,
+            mode,
+            tls_cert,
+            tls_key,
+        } => terminus::backend::run_cli(&listen, mode, tls_cert.as_deref(), tls_key.as_deref()),
         Cmd::Demo { seconds, serve } => match terminus::demo::run(seconds, serve) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

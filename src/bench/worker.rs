@@ -1,0 +1,738 @@
+//! One bench worker: a pinned thread with its own mio Poll driving its share of the
+//! connections through a per-connection state machine.
+//!
+//! Phases (every worker and the coordinating thread meet at barriers, so the
+//! measured window and the target's CPU samples line up):
+//! setup (persistent connections are opened and handshaken) -> `start` barrier ->
+//! measured window -> `end` barrier (connections still open: the coordinator samples
+//! CPU and memory) -> `release` barrier -> close everything.
+#![forbid(unsafe_code)]
+
+use super::stream::{rustls_error, Stream};
+use super::{BenchOpts, Direction, ErrorCounts, Workload};
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use std::io::{self, ErrorKind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// State shared by the workers and the coordinator.
+pub(super) struct Shared {
+    pub opts: BenchOpts,
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// Ops (or bytes for bulk) done in the window so far, for the progress line.
+    pub progress: AtomicU64,
+    pub stop: AtomicBool,
+    pub start: Barrier,
+    pub end: Barrier,
+    pub release: Barrier,
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+            || self
+                .opts
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+/// What one worker measured.
+pub(super) struct WorkerResult {
+    pub hist: Histogram<u64>,
+    pub ops: u64,
+    pub bytes: u64,
+    pub errors: ErrorCounts,
+    pub resumed: u64,
+    pub full: u64,
+    /// Connections up when the window started (persistent workloads).
+    pub established: u64,
+}
+
+pub(super) fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 1 h, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum St {
+    /// Not connected (handshake workload: waiting to start the next connection).
+    Free,
+    Connecting,
+    Handshaking,
+    /// Handshake workload with --resume: read until the session tickets arrived.
+    TicketWait,
+    ReqSend,
+    ReqRecv,
+    /// Persistent connection between requests (rr), or waiting for the window (bulk).
+    Ready,
+    Streaming,
+    /// Idle workload: holding the connection open.
+    Holding,
+    /// Failed persistent connection: not reopened.
+    Dead,
+}
+
+struct Slot {
+    stream: Option<Stream>,
+    st: St,
+    /// When the current operation started (or was due, for rate-limited rr).
+    t_op: Instant,
+    /// When it actually started: timeouts count from here.
+    t_act: Instant,
+    sent: usize,
+    got: usize,
+    /// Ciphertext read when the handshake finished (ticket wait).
+    hs_in: u64,
+    /// Rate-limited rr: when this connection's next request is due.
+    due: Option<Instant>,
+    /// Bulk: bytes sent and received on this connection.
+    up: u64,
+    down: u64,
+}
+
+enum Fail {
+    Connect,
+    Handshake,
+    Verify,
+    Io,
+    Timeout,
+    Closed,
+}
+
+/// Bytes moved per event before a busy bulk connection yields to the others.
+const BULK_BUDGET: usize = 4 << 20;
+
+struct Worker<'a> {
+    sh: &'a Shared,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    poll: Poll,
+    slots: Vec<Slot>,
+    /// Index of this worker's first connection among all workers' connections.
+    first: usize,
+    measuring: bool,
+    hist: Histogram<u64>,
+    ops: u64,
+    bytes: u64,
+    errors: ErrorCounts,
+    resumed: u64,
+    full: u64,
+    buf: Vec<u8>,
+    payload: Vec<u8>,
+    requeue: Vec<usize>,
+    /// Setup: next slot to open, and how many are connecting/handshaking.
+    next_open: usize,
+    opening: usize,
+    interval: Option<Duration>,
+}
+
+pub(super) fn run(
+    sh: &Shared,
+    index: usize,
+    first: usize,
+    conns: usize,
+    cpu: Option<usize>,
+) -> WorkerResult {
+    if let Some(c) = cpu {
+        core_affinity::set_for_current(core_affinity::CoreId { id: c });
+    }
+    let o = &sh.opts;
+    // --resume: each worker keeps its own session store (no cross-thread locking).
+    let tls = sh.tls.as_ref().map(|(cfg, _)| {
+        let mut c = (**cfg).clone();
+        c.resumption = if o.resume {
+            rustls::client::Resumption::in_memory_sessions(conns.max(1) * 4)
+        } else {
+            rustls::client::Resumption::disabled()
+        };
+        Arc::new(c)
+    });
+    let now = Instant::now();
+    let mut w = Worker {
+        sh,
+        tls,
+        poll: match Poll::new() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("terminus: bench: worker {index}: cannot create a poller: {e}");
+                let _ = sh.stop.swap(true, Ordering::Relaxed);
+                sh.start.wait();
+                sh.end.wait();
+                sh.release.wait();
+                return WorkerResult {
+                    hist: new_hist(),
+                    ops: 0,
+                    bytes: 0,
+                    errors: ErrorCounts::default(),
+                    resumed: 0,
+                    full: 0,
+                    established: 0,
+                };
+            }
+        },
+        slots: (0..conns)
+            .map(|_| Slot {
+                stream: None,
+                st: St::Free,
+                t_op: now,
+                t_act: now,
+                sent: 0,
+                got: 0,
+                hs_in: 0,
+                due: None,
+                up: 0,
+                down: 0,
+            })
+            .collect(),
+        first,
+        measuring: false,
+        hist: new_hist(),
+        ops: 0,
+        bytes: 0,
+        errors: ErrorCounts::default(),
+        resumed: 0,
+        full: 0,
+        buf: vec![0u8; 64 * 1024],
+        payload: (0..o.size.max(1)).map(|i| (i % 251) as u8).collect(),
+        requeue: Vec::new(),
+        next_open: 0,
+        opening: 0,
+        interval: o
+            .rate
+            .map(|r| Duration::from_secs_f64(o.connections as f64 / r)),
+    };
+    let mut events = Events::with_capacity(1024);
+
+    // Setup: persistent connections are opened (at most `ramp` at a time) before the
+    // window, so the window measures the steady state, not the ramp.
+    if o.workload != Workload::Handshake {
+        // The idle workload's latency histogram is its handshake latencies.
+        w.measuring = o.workload == Workload::Idle;
+        while !sh.stopped() {
+            while w.next_open < conns && w.opening < o.ramp {
+                let i = w.next_open;
+                w.next_open += 1;
+                w.opening += 1;
+                w.start_connect(i);
+            }
+            if w.next_open >= conns && w.opening == 0 {
+                break;
+            }
+            w.turn(&mut events, Duration::from_millis(50));
+            w.check_timeouts();
+        }
+        w.measuring = false;
+    }
+    let established = w
+        .slots
+        .iter()
+        .filter(|s| matches!(s.st, St::Ready | St::Holding))
+        .count() as u64;
+
+    sh.start.wait();
+    let t0 = Instant::now();
+    let deadline = t0 + o.duration;
+    w.measuring = true;
+    match o.workload {
+        Workload::Handshake => {
+            for i in 0..conns {
+                w.start_connect(i);
+            }
+        }
+        Workload::Bulk => {
+            for i in 0..conns {
+                if w.slots[i].st == St::Ready {
+                    w.slots[i].st = St::Streaming;
+                    w.requeue.push(i);
+                }
+            }
+        }
+        Workload::Rr => {
+            for i in 0..conns {
+                if w.slots[i].st != St::Ready {
+                    continue;
+                }
+                match w.interval {
+                    // Spread the intended send times evenly over all connections.
+                    Some(iv) => {
+                        let g = (w.first + i) as f64 / o.connections as f64;
+                        w.slots[i].due = Some(t0 + iv.mul_f64(g));
+                    }
+                    None => w.begin_request(i, t0),
+                }
+            }
+        }
+        Workload::Idle => {}
+    }
+    let mut last_check = t0;
+    while !sh.stopped() {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let mut wait = (deadline - now).min(Duration::from_millis(50));
+        if w.interval.is_some() {
+            // Send what is due; sleep until the next due time.
+            for i in 0..conns {
+                if let (St::Ready, Some(due)) = (w.slots[i].st, w.slots[i].due) {
+                    if due <= now {
+                        w.begin_request(i, due);
+                    } else {
+                        wait = wait.min(due - now);
+                    }
+                }
+            }
+        }
+        w.turn(&mut events, wait);
+        if now.duration_since(last_check) >= Duration::from_millis(50) {
+            last_check = now;
+            w.check_timeouts();
+        }
+    }
+    w.measuring = false;
+    sh.end.wait();
+    sh.release.wait();
+    for s in &mut w.slots {
+        if let Some(st) = s.stream.take() {
+            st.close(false);
+        }
+    }
+    WorkerResult {
+        hist: w.hist,
+        ops: w.ops,
+        bytes: w.bytes,
+        errors: w.errors,
+        resumed: w.resumed,
+        full: w.full,
+        established,
+    }
+}
+
+impl Worker<'_> {
+    /// One poll and the work it reveals (plus connections that yielded last time).
+    fn turn(&mut self, events: &mut Events, wait: Duration) {
+        let wait = if self.requeue.is_empty() {
+            wait
+        } else {
+            Duration::ZERO
+        };
+        if let Err(e) = self.poll.poll(events, Some(wait)) {
+            if e.kind() != ErrorKind::Interrupted {
+                eprintln!("terminus: bench: poll failed: {e}");
+                self.sh.stop.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mut todo = std::mem::take(&mut self.requeue);
+        todo.extend(events.iter().map(|e| e.token().0));
+        todo.sort_unstable();
+        todo.dedup();
+        for i in todo {
+            self.drive(i);
+        }
+    }
+
+    fn start_connect(&mut self, i: usize) {
+        let now = Instant::now();
+        let s = &mut self.slots[i];
+        s.t_op = now;
+        s.t_act = now;
+        s.sent = 0;
+        s.got = 0;
+        match TcpStream::connect(self.sh.opts.target) {
+            Ok(mut sock) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut sock,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    eprintln!("terminus: bench: cannot register a socket: {e}");
+                    self.fail(i, Fail::Connect);
+                    return;
+                }
+                s.stream = Some(Stream::new(sock, None));
+                s.st = St::Connecting;
+            }
+            Err(_) => {
+                s.st = St::Connecting;
+                self.fail(i, Fail::Connect);
+            }
+        }
+    }
+
+    fn begin_request(&mut self, i: usize, intended: Instant) {
+        let s = &mut self.slots[i];
+        s.t_op = intended;
+        s.t_act = Instant::now();
+        s.sent = 0;
+        s.got = 0;
+        s.st = St::ReqSend;
+        if let Some(iv) = self.interval {
+            s.due = Some(intended + iv);
+        }
+        self.requeue.push(i);
+    }
+
+    fn record(&mut self, since: Instant) {
+        if self.measuring {
+            let us = since.elapsed().as_micros() as u64;
+            self.hist.saturating_record(us.max(1));
+            self.ops += 1;
+            self.sh.progress.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn fail(&mut self, i: usize, why: Fail) {
+        let e = &mut self.errors;
+        match why {
+            Fail::Connect => e.connect += 1,
+            Fail::Handshake => e.handshake += 1,
+            Fail::Verify => e.verify += 1,
+            Fail::Io => e.io += 1,
+            Fail::Timeout => e.timeout += 1,
+            Fail::Closed => e.closed += 1,
+        }
+        let s = &mut self.slots[i];
+        let was = s.st;
+        if let Some(mut st) = s.stream.take() {
+            let _ = self.poll.registry().deregister(&mut st.sock);
+            st.close(true);
+        }
+        if self.sh.opts.workload == Workload::Handshake {
+            // Closed loop: the slot goes on with a new connection, through the
+            // requeue so that an error loop cannot recurse.
+            s.st = St::Free;
+            if self.measuring {
+                self.requeue.push(i);
+            }
+        } else {
+            // Setup tracks the connections being opened.
+            if matches!(was, St::Connecting | St::Handshaking) {
+                self.opening = self.opening.saturating_sub(1);
+            }
+            s.st = St::Dead;
+        }
+    }
+
+    fn classify(&self, e: &io::Error, st: St) -> Fail {
+        match rustls_error(e) {
+            Some(rustls::Error::InvalidCertificate(_)) => Fail::Verify,
+            Some(_) => Fail::Handshake,
+            None if st == St::Connecting => Fail::Connect,
+            None if st == St::Handshaking => Fail::Handshake,
+            None if matches!(
+                e.kind(),
+                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+            ) =>
+            {
+                Fail::Closed
+            }
+            None => Fail::Io,
+        }
+    }
+
+    fn check_timeouts(&mut self) {
+        let limit = self.sh.opts.timeout;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if matches!(
+                s.st,
+                St::Connecting | St::Handshaking | St::TicketWait | St::ReqSend | St::ReqRecv
+            ) && s.t_act.elapsed() > limit
+            {
+                self.fail(i, Fail::Timeout);
+            }
+        }
+    }
+
+    /// Handshake finished on slot `i`.
+    fn handshaken(&mut self, i: usize) {
+        let o = &self.sh.opts;
+        if let Some(tls) = self.slots[i].stream.as_ref().and_then(|s| s.tls.as_ref()) {
+            if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                if self.measuring {
+                    self.resumed += 1;
+                }
+            } else if self.measuring {
+                self.full += 1;
+            }
+        }
+        let s = &mut self.slots[i];
+        match o.workload {
+            Workload::Handshake => {
+                if o.size > 0 {
+                    s.st = St::ReqSend;
+                } else {
+                    let t = s.t_op;
+                    if o.resume && s.stream.as_ref().is_some_and(|x| x.tls.is_some()) {
+                        s.hs_in = s.stream.as_ref().map_or(0, |x| x.tls_bytes_in);
+                        s.st = St::TicketWait;
+                        s.t_act = Instant::now();
+                    } else {
+                        s.st = St::Free;
+                    }
+                    self.record(t);
+                    if self.slots[i].st == St::Free {
+                        self.recycle(i);
+                    }
+                }
+            }
+            Workload::Idle => {
+                let t = s.t_op;
+                s.st = St::Holding;
+                self.opening -= 1;
+                self.record(t);
+            }
+            Workload::Bulk | Workload::Rr => {
+                s.st = St::Ready;
+                self.opening -= 1;
+            }
+        }
+    }
+
+    /// Handshake workload: close this connection and start the next one.
+    fn recycle(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        if let Some(mut st) = s.stream.take() {
+            let _ = self.poll.registry().deregister(&mut st.sock);
+            // RST after close_notify: a FIN close would leave a TIME_WAIT port per
+            // handshake here, and at thousands per second connect() slows to a crawl
+            // searching the port range long before it runs out.
+            st.close(true);
+        }
+        s.st = St::Free;
+        if self.measuring {
+            self.requeue.push(i);
+        }
+    }
+
+    /// Advance slot `i` as far as its socket allows.
+    fn drive(&mut self, i: usize) {
+        let mut budget = BULK_BUDGET;
+        loop {
+            let st = self.slots[i].st;
+            let res: io::Result<bool> = match st {
+                St::Free => {
+                    // One new connection per call: a connect that completes at once
+                    // must not turn this into a loop that never polls.
+                    if self.measuring && self.sh.opts.workload == Workload::Handshake {
+                        self.start_connect(i);
+                    }
+                    return;
+                }
+                St::Dead => return,
+                St::Connecting => self.connecting(i),
+                St::Handshaking => self.slots[i].stream.as_mut().expect("stream").handshake(),
+                St::TicketWait => self.ticket_wait(i),
+                St::ReqSend => self.req_send(i),
+                St::ReqRecv => self.req_recv(i),
+                St::Ready | St::Holding => self.discard(i),
+                St::Streaming => match self.stream(i, &mut budget) {
+                    Ok(true) if budget == 0 => {
+                        self.requeue.push(i);
+                        return;
+                    }
+                    r => r,
+                },
+            };
+            match res {
+                // Progress: the state changed; keep going in the new state.
+                Ok(true) if self.slots[i].st != st => continue,
+                Ok(true) if st == St::Handshaking => self.handshaken(i),
+                Ok(_) => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    let why = self.classify(&e, st);
+                    self.fail(i, why);
+                    return;
+                }
+            }
+            if self.slots[i].st == st {
+                return;
+            }
+        }
+    }
+
+    fn connecting(&mut self, i: usize) -> io::Result<bool> {
+        let s = &mut self.slots[i];
+        let stream = s.stream.as_mut().expect("stream");
+        if let Some(e) = stream.sock.take_error()? {
+            return Err(e);
+        }
+        match stream.sock.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let _ = stream.sock.set_nodelay(true);
+        if let (Some(cfg), Some((_, name))) = (&self.tls, &self.sh.tls) {
+            let c = rustls::ClientConnection::new(cfg.clone(), name.clone())
+                .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+            stream.tls = Some(c.into());
+            s.st = St::Handshaking;
+            Ok(true)
+        } else {
+            s.st = St::Handshaking;
+            // Plaintext: connected is "handshaken".
+            self.handshaken(i);
+            Ok(true)
+        }
+    }
+
+    fn ticket_wait(&mut self, i: usize) -> io::Result<bool> {
+        loop {
+            let s = &mut self.slots[i];
+            let stream = s.stream.as_mut().expect("stream");
+            match stream.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if stream.tls_bytes_in > s.hs_in {
+                        break; // tickets arrived
+                    }
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.recycle(i);
+        Ok(true)
+    }
+
+    fn req_send(&mut self, i: usize) -> io::Result<bool> {
+        let size = self.sh.opts.size;
+        let s = &mut self.slots[i];
+        let stream = s.stream.as_mut().expect("stream");
+        while s.sent < size {
+            s.sent += stream.write(&self.payload[s.sent..size])?;
+        }
+        s.st = St::ReqRecv;
+        Ok(true)
+    }
+
+    fn req_recv(&mut self, i: usize) -> io::Result<bool> {
+        let size = self.sh.opts.size;
+        let s = &mut self.slots[i];
+        let stream = s.stream.as_mut().expect("stream");
+        while s.got < size {
+            let want = (size - s.got).min(self.buf.len());
+            match stream.read(&mut self.buf[..want])? {
+                0 => {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "closed mid-response",
+                    ))
+                }
+                n => s.got += n,
+            }
+        }
+        let t = s.t_op;
+        self.record(t);
+        if self.measuring {
+            self.bytes += 2 * size as u64;
+        }
+        match self.sh.opts.workload {
+            Workload::Handshake => {
+                self.recycle(i);
+            }
+            _ => {
+                let s = &mut self.slots[i];
+                match s.due {
+                    // Closed loop: the next request goes at once.
+                    None if self.measuring => self.begin_request(i, Instant::now()),
+                    None => s.st = St::Ready,
+                    // Open loop: a request already due is sent now, its latency
+                    // still counted from when it was due.
+                    Some(due) if self.measuring && due <= Instant::now() => {
+                        self.begin_request(i, due)
+                    }
+                    Some(_) => s.st = St::Ready,
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Idle/ready connections: read and drop whatever comes (tickets); EOF is an error.
+    fn discard(&mut self, i: usize) -> io::Result<bool> {
+        let stream = self.slots[i].stream.as_mut().expect("stream");
+        loop {
+            match stream.read(&mut self.buf)? {
+                0 => return Err(io::Error::new(ErrorKind::UnexpectedEof, "peer closed")),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Bulk transfer; `Ok(true)` when the budget ran out before the socket blocked.
+    fn stream(&mut self, i: usize, budget: &mut usize) -> io::Result<bool> {
+        let dir = self.sh.opts.direction;
+        let size = self.sh.opts.size;
+        // Echo: keep at most this much in flight so neither side's buffers balloon.
+        let window = (4 * size as u64).max(256 * 1024);
+        let s = &mut self.slots[i];
+        let stream = s.stream.as_mut().expect("stream");
+        let mut moved_total = 0u64;
+        let res = loop {
+            if *budget == 0 {
+                break Ok(true);
+            }
+            let mut blocked = 0;
+            let mut moved = 0usize;
+            if matches!(dir, Direction::Up | Direction::Echo)
+                && (dir == Direction::Up || s.up - s.down < window)
+            {
+                let off = (s.up % size as u64) as usize;
+                match stream.write(&self.payload[off..size]) {
+                    Ok(n) => {
+                        s.up += n as u64;
+                        moved += n;
+                        if dir == Direction::Up {
+                            moved_total += n as u64;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => blocked += 1,
+                    Err(e) => break Err(e),
+                }
+            } else {
+                blocked += 1;
+            }
+            if matches!(dir, Direction::Down | Direction::Echo) {
+                match stream.read(&mut self.buf) {
+                    Ok(0) => {
+                        break Err(io::Error::new(ErrorKind::UnexpectedEof, "peer closed"));
+                    }
+                    Ok(n) => {
+                        s.down += n as u64;
+                        moved += n;
+                        moved_total += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => blocked += 1,
+                    Err(e) => break Err(e),
+                }
+            } else {
+                // Up only: still notice a peer that closes or sends.
+                match stream.read(&mut self.buf) {
+                    Ok(0) => break Err(io::Error::new(ErrorKind::UnexpectedEof, "peer closed")),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => blocked += 1,
+                    Err(e) => break Err(e),
+                }
+            }
+            *budget = budget.saturating_sub(moved.max(1));
+            if blocked == 2 || moved == 0 {
+                break Ok(false);
+            }
+        };
+        if self.measuring && moved_total > 0 {
+            self.bytes += moved_total;
+            self.sh.progress.fetch_add(moved_total, Ordering::Relaxed);
+        }
+        res
+    }
+}

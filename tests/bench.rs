@@ -1,0 +1,582 @@
+//! `terminus bench` and `terminus backend` through their CLIs (issue 5): the bench
+//! loads a real `terminus run` child (terminate, mTLS, re-encryption) or a
+//! `terminus backend` child directly (plaintext), over real sockets on 127.0.0.1, and
+//! its JSON must describe what happened. Each run is 1-3 s.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// A `terminus backend` child; killed on drop.
+struct BackendChild {
+    proc: Spawned,
+    addr: SocketAddr,
+}
+
+impl BackendChild {
+    fn start(mode: &str, tls: Option<&Pki>) -> BackendChild {
+        let mut cmd = Command::new(bin());
+        cmd.args(["backend", "--listen", "127.0.0.1:0", "--mode", mode]);
+        if let Some(pki) = tls {
+            cmd.arg("--tls-cert")
+                .arg(pki.dir().join("server.pem"))
+                .arg("--tls-key")
+                .arg(pki.dir().join("server.key"));
+        }
+        let proc = Spawned::new(cmd);
+        assert!(
+            proc.wait_stdout_contains("listening addr=", READY_TIMEOUT),
+            "backend did not start; stderr: {}",
+            proc.stderr()
+        );
+        let out = proc.stdout();
+        let addr = out
+            .lines()
+            .find_map(|l| l.strip_prefix("listening addr="))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        BackendChild { proc, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+}
+
+/// Run `terminus bench ARGS --json`; returns (exit code, parsed JSON or Null, stderr).
+fn bench(args: &[&str]) -> (Option<i32>, Value, String) {
+    let mut all: Vec<&OsStr> = vec![OsStr::new("bench")];
+    all.extend(args.iter().map(OsStr::new));
+    all.push(OsStr::new("--json"));
+    let (code, out, err) = run_to_exit(&all, Duration::from_secs(60));
+    let v = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+    (code, v, err)
+}
+
+fn bench_ok(args: &[&str]) -> Value {
+    let (code, v, err) = bench(args);
+    assert_eq!(code, Some(0), "bench {args:?} failed: {err}");
+    assert!(
+        v.is_object(),
+        "bench {args:?}: no JSON on stdout; stderr: {err}"
+    );
+    v
+}
+
+fn f(v: &Value, path: &str) -> f64 {
+    let mut cur = v;
+    for k in path.split('.') {
+        cur = &cur[k];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("no number at {path} in {v}"))
+}
+
+/// The properties every successful run has.
+fn assert_sane(v: &Value, what: &str) {
+    for k in [
+        "workload",
+        "mode",
+        "connections",
+        "duration_s",
+        "ops",
+        "ops_per_s",
+        "bytes",
+        "gbit_per_s",
+        "latency_us",
+        "errors",
+    ] {
+        assert!(v.get(k).is_some(), "{what}: no `{k}` in {v}");
+    }
+    assert!(f(v, "ops") > 0.0, "{what}: no operations: {v}");
+    assert_eq!(f(v, "errors.total"), 0.0, "{what}: errors: {v}");
+    let l: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|p| f(v, &format!("latency_us.{p}")))
+        .collect();
+    if v["workload"] != "bulk" {
+        assert!(l[0] > 0.0, "{what}: zero p50: {v}");
+    }
+    assert!(
+        l.windows(2).all(|w| w[0] <= w[1]),
+        "{what}: percentiles out of order: {l:?}"
+    );
+}
+
+fn tls_args<'a>(pki: &'a Pki, ca: &'a str) -> Vec<&'a str> {
+    let _ = pki;
+    vec!["--ca", ca, "--server-name", "localhost"]
+}
+
+// ---------------------------------------------------------------------------------
+// Modes
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn plaintext_direct_to_the_backend() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let target = be.addr.to_string();
+    let pid = be.pid().to_string();
+    for wl in ["handshake", "rr"] {
+        let v = bench_ok(&[
+            "--target",
+            &target,
+            "--workload",
+            wl,
+            "--plain",
+            "--duration",
+            "1",
+            "--target-pid",
+            &pid,
+        ]);
+        assert_sane(&v, wl);
+        assert_eq!(v["mode"], "plain");
+        assert!(
+            f(&v, "target_cpu_us_per_op") > 0.0,
+            "{wl}: backend CPU per op: {v}"
+        );
+    }
+}
+
+#[test]
+fn terminate_handshakes_and_requests() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let target = p.addr("edge").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let pid = p.term.pid().to_string();
+    for (wl, extra) in [
+        ("handshake", vec![]),
+        ("handshake", vec!["--size", "100"]),
+        ("rr", vec![]),
+    ] {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--workload",
+            wl,
+            "--duration",
+            "1",
+            "--target-pid",
+            &pid,
+        ];
+        args.extend(tls_args(&p.pki, &ca));
+        args.extend(extra.iter().copied());
+        let v = bench_ok(&args);
+        assert_sane(&v, &format!("{wl} {extra:?}"));
+        assert_eq!(v["mode"], "tls");
+        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+        if wl == "handshake" {
+            assert!(f(&v, "full_handshakes") > 0.0, "{v}");
+            assert_eq!(f(&v, "resumed"), 0.0, "resumption is off by default: {v}");
+        }
+        if !extra.is_empty() {
+            assert!(f(&v, "bytes") > 0.0, "request bytes: {v}");
+        }
+    }
+}
+
+#[test]
+fn mtls_with_and_without_a_client_certificate() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(
+        Some(1),
+        &[ListenerConf::new("mtls", &[be.addr]).raw(
+            "[listeners.client_auth]\nmode = \"require\"\nca = [\"ca.pem\"]\n\
+             allow = [\"spiffe://example.org/client\"]\n",
+        )],
+    );
+    let target = p.addr("mtls").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let cert = p.pki.dir().join("client.pem").display().to_string();
+    let key = p.pki.dir().join("client.key").display().to_string();
+    let pid = p.term.pid().to_string();
+    for wl in ["handshake", "rr"] {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--workload",
+            wl,
+            "--duration",
+            "1",
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+            "--target-pid",
+            &pid,
+        ];
+        args.extend(tls_args(&p.pki, &ca));
+        let v = bench_ok(&args);
+        assert_sane(&v, &format!("mTLS {wl}"));
+        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+    }
+    // Without a client certificate every connection is refused: handshake errors,
+    // no operations, exit 1.
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "rr",
+        "--duration",
+        "1",
+        "--connections",
+        "4",
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let (code, v, err) = bench(&args);
+    assert_eq!(code, Some(1), "no op succeeded must exit 1: {err}");
+    assert_eq!(f(&v, "ops"), 0.0, "{v}");
+    assert!(f(&v, "errors.handshake") >= 4.0, "{v}");
+    assert!(err.contains("no operation succeeded"), "{err}");
+}
+
+#[test]
+fn reencrypt_to_a_tls_backend() {
+    let _g = heavy();
+    let pki = Pki::generate();
+    let be = BackendChild::start("echo", Some(&pki));
+    let cfg = write_config(
+        &pki,
+        Some(1),
+        &[ListenerConf::new("reenc", &[be.addr])
+            .raw("[listeners.upstream_tls]\nca = [\"ca.pem\"]\nserver_name = \"localhost\"\n")],
+    );
+    let term = Terminus::start(&cfg);
+    let target = term.addr("reenc").to_string();
+    let ca = pki.ca_pem().display().to_string();
+    let pid = term.pid().to_string();
+    for wl in ["handshake", "rr"] {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--workload",
+            wl,
+            "--duration",
+            "1",
+            "--size",
+            "64",
+            "--target-pid",
+            &pid,
+        ];
+        args.extend(tls_args(&pki, &ca));
+        let v = bench_ok(&args);
+        assert_sane(&v, &format!("reencrypt {wl}"));
+        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+        assert!(f(&v, "bytes") > 0.0, "{v}");
+    }
+    // The backend itself speaks TLS (bench straight at it).
+    let mut args = vec![
+        "--target",
+        &be.addr.to_string(),
+        "--workload",
+        "rr",
+        "--duration",
+        "1",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    args.extend(["--ca", &ca, "--server-name", "localhost"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_sane(&bench_ok(&refs), "TLS backend direct");
+}
+
+// ---------------------------------------------------------------------------------
+// Features
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn resume_reports_resumed_handshakes() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let target = p.addr("edge").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "handshake",
+        "--resume",
+        "--duration",
+        "1",
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let v = bench_ok(&args);
+    assert_sane(&v, "resume");
+    assert!(f(&v, "resumed") > 0.0, "no resumed handshakes: {v}");
+    assert!(
+        f(&v, "resumed") > f(&v, "full_handshakes"),
+        "most handshakes should resume once the store holds tickets: {v}"
+    );
+}
+
+#[test]
+fn rate_limited_rr_holds_the_rate() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let v = bench_ok(&[
+        "--target",
+        &be.addr.to_string(),
+        "--workload",
+        "rr",
+        "--plain",
+        "--rate",
+        "200",
+        "--duration",
+        "3",
+        "--connections",
+        "8",
+    ]);
+    assert_sane(&v, "rate 200");
+    let r = f(&v, "ops_per_s");
+    assert!(
+        (170.0..=230.0).contains(&r),
+        "asked for 200/s, got {r}/s: {v}"
+    );
+    assert_eq!(f(&v, "rate"), 200.0);
+}
+
+#[test]
+fn idle_connections_report_target_memory() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let target = p.addr("edge").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let pid = p.term.pid().to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "idle",
+        "--connections",
+        "400",
+        "--duration",
+        "1",
+        "--target-pid",
+        &pid,
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let v = bench_ok(&args);
+    assert_sane(&v, "idle");
+    assert_eq!(f(&v, "established"), 400.0, "{v}");
+    assert!(f(&v, "target_rss_bytes_per_conn") > 0.0, "{v}");
+    assert!(
+        f(&v, "target_rss_after_bytes") > f(&v, "target_rss_before_bytes"),
+        "{v}"
+    );
+}
+
+#[test]
+fn bulk_down_and_echo_move_bytes() {
+    let _g = heavy();
+    let source = BackendChild::start("source", None);
+    let echo = BackendChild::start("echo", None);
+    let sink = BackendChild::start("sink", None);
+    let p = Proxy::start(
+        Some(1),
+        &[
+            ListenerConf::new("down", &[source.addr]),
+            ListenerConf::new("echo", &[echo.addr]),
+            ListenerConf::new("up", &[sink.addr]),
+        ],
+    );
+    let ca = p.pki.ca_pem().display().to_string();
+    let pid = p.term.pid().to_string();
+    for (listener, dir) in [("down", "down"), ("echo", "echo"), ("up", "up")] {
+        let target = p.addr(listener).to_string();
+        let mut args = vec![
+            "--target",
+            &target,
+            "--workload",
+            "bulk",
+            "--direction",
+            dir,
+            "--duration",
+            "1",
+            "--target-pid",
+            &pid,
+        ];
+        args.extend(tls_args(&p.pki, &ca));
+        let v = bench_ok(&args);
+        assert_sane(&v, &format!("bulk {dir}"));
+        assert!(f(&v, "bytes") > 1e6, "bulk {dir}: {v}");
+        assert!(f(&v, "gbit_per_s") > 0.0, "{v}");
+        assert!(f(&v, "target_cpu_ns_per_byte") > 0.0, "{v}");
+        assert_eq!(v["direction"], dir);
+    }
+    // Plaintext straight from the source backend.
+    let v = bench_ok(&[
+        "--target",
+        &source.addr.to_string(),
+        "--workload",
+        "bulk",
+        "--direction",
+        "down",
+        "--plain",
+        "--duration",
+        "1",
+    ]);
+    assert!(f(&v, "bytes") > 1e6, "{v}");
+}
+
+/// A tiny admin endpoint serving the real CPU time and RSS of `pid` in the
+/// Prometheus text format terminus's `/metrics` uses.
+fn fake_admin(pid: u32, stop: Arc<AtomicBool>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut s, _)) = l.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.starts_with("GET /metrics "), "request line {line:?}");
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            let ticks: f64 =
+                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+            let body = format!(
+                "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
+                 # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+                ticks / 100.0,
+                proc_status_bytes(pid, "VmRSS")
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn target_cpu_from_the_admin_endpoint() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let admin = fake_admin(p.term.pid(), stop.clone());
+    let target = p.addr("edge").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let admin_s = admin.to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "handshake",
+        "--duration",
+        "2",
+        "--target-admin",
+        &admin_s,
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let v = bench_ok(&args);
+    assert_sane(&v, "admin");
+    // Tick-granular (10 ms) CPU over 2 s of handshakes: clearly above zero.
+    assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+    stop.store(true, Ordering::Relaxed);
+}
+
+// ---------------------------------------------------------------------------------
+// Bad usage
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    let pki = Pki::generate();
+    let ca = pki.ca_pem().display().to_string();
+    let missing = pki.dir().join("nope.pem").display().to_string();
+    let t = "127.0.0.1:9";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--workload", "rr", "--tls", "--plain"], "--plain"),
+        (
+            vec!["--workload", "rr", "--ca", &ca, "--dangerous-skip-verify"],
+            "--dangerous-skip-verify",
+        ),
+        (
+            vec!["--workload", "rr", "--ca", &ca, "--client-cert", &ca],
+            "--client-key",
+        ),
+        (
+            vec!["--workload", "handshake", "--plain", "--rate", "10"],
+            "--rate",
+        ),
+        (
+            vec!["--workload", "rr", "--plain", "--connections", "0"],
+            "--connections",
+        ),
+        (
+            vec!["--workload", "rr", "--plain", "--duration", "0"],
+            "--duration",
+        ),
+        (vec!["--workload", "rr", "--ca", &missing], "nope.pem"),
+        (vec!["--workload", "rr"], "--ca"),
+        (vec!["--workload", "nonsense", "--plain"], "nonsense"),
+        (vec!["--workload", "rr", "--plain", "--resume"], "--plain"),
+    ];
+    for (args, needle) in cases {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("bench"), OsStr::new("--target"), OsStr::new(t)];
+        all.extend(args.iter().map(OsStr::new));
+        let (code, out, err) = run_to_exit(&all, Duration::from_secs(20));
+        assert_eq!(code, Some(2), "{args:?}: exit {code:?}; stderr {err}");
+        assert!(out.is_empty(), "{args:?}: stdout {out}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} does not name {needle}"
+        );
+    }
+    let (code, _, err) = run_to_exit(
+        &[
+            OsStr::new("backend"),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--tls-cert"),
+            OsStr::new(&ca),
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+}
