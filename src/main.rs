@@ -26,10 +26,15 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate config, certificates, keys; print every problem.
+    /// Validate config, certificates, keys (--config) and/or whether this host can
+    /// run terminus and is tuned for it (--host); print every problem.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "host"])))]
     Check {
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Check io_uring, limits, CPUs and sysctls of this host.
+        #[arg(long)]
+        host: bool,
     },
     /// Write an ECDSA P-256 test PKI (CA, server, client) into DIR.
     Certs {
@@ -85,7 +90,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { config } => terminus::check::run_cli(&config),
+        Cmd::Check { config, host } => terminus::check::run_cli(config.as_deref(), host),
         Cmd::Certs {
             out,
             days,
