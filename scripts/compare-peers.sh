@@ -332,7 +332,9 @@ bench() { # PEER MODE NAME LISTENER ARGS...: one measurement, CPU of the peer ar
     fi
     c1=$(cpu_ns "$pid")
     echo $((c1 - c0)) >"$f.cpu"
-    python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(f"{j.get(\"ops_per_s\",0):.0f} ops/s, {j.get(\"gbit_per_s\",0):.2f} Gbit/s")' "$f.json"
+    python3 -c 'import json, sys
+j = json.load(open(sys.argv[1]))
+print("%.0f ops/s, %.2f Gbit/s" % (j.get("ops_per_s") or 0, j.get("gbit_per_s") or 0))' "$f.json"
 }
 echo "SECONDS_PER_RUN=$secs; peers pinned to CPU 0; bench and backend on CPU 1"
 for m in term mtls; do
