@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::tls;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -62,7 +63,7 @@ pub fn check(path: &Path) -> Report {
 /// `terminus check [--config FILE] [--host]`. Exit 2 if the config is invalid, else 1
 /// if the host can't run terminus, else 0. With a valid config the host is checked
 /// against its runtime settings and connection limits.
-pub fn run_cli(config: Option<&Path>, host: bool) -> ExitCode {
+pub fn run_cli(config: Option<&Path>, host: bool, host_timeout: Duration) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     let mut params = crate::hostcheck::HostParams::default();
     if let Some(path) = config {
@@ -72,6 +73,7 @@ pub fn run_cli(config: Option<&Path>, host: bool) -> ExitCode {
             params = crate::hostcheck::HostParams::from_config(&cfg);
         }
     }
+    params.selftest_timeout = host_timeout;
     if host
         && !crate::hostcheck::print(&crate::hostcheck::check(&params))
         && code == ExitCode::SUCCESS

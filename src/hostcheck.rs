@@ -1,15 +1,21 @@
 //! `terminus check --host`: can this host run terminus, and is it tuned for it?
 //!
 //! I/O contract: reads /proc and /sys, creates and drops small io_uring instances
-//! (through src/uring.rs, so the check exercises the same setup code as a worker);
-//! opens no sockets and changes nothing. Prints one line per item to stdout:
+//! (through src/uring.rs, so the check exercises the same setup code as a worker),
+//! and runs one loopback connection through a ring (127.0.0.1, bounded by
+//! `--host-timeout-ms`, default [`SELFTEST_TIMEOUT`]); changes nothing. Prints one line per item to stdout:
 //! `OK   name: detail`, or `WARN`/`FAIL` with `; fix: ...`. A FAIL means terminus
 //! cannot run here; a WARN means it runs, but a limit or setting will bind under load.
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, Runtime};
-use crate::uring::{self, Uring, UringConfig};
+use crate::uring::{self, accepted_fd, Completion, Uring, UringConfig};
+use socket2::{Domain, Socket, Type};
 use std::fmt;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 /// The recommendations, from the one file operators install (tuning/sysctl.conf).
 const SYSCTL_CONF: &str = include_str!("../tuning/sysctl.conf");
@@ -81,6 +87,8 @@ pub struct HostParams {
     pub connections: usize,
     /// `runtime.workers`, if set.
     pub workers: Option<usize>,
+    /// Bound on the loopback self-test.
+    pub selftest_timeout: Duration,
 }
 
 impl Default for HostParams {
@@ -105,6 +113,7 @@ impl HostParams {
             },
             connections,
             workers: rt.workers,
+            selftest_timeout: SELFTEST_TIMEOUT,
         }
     }
 }
@@ -124,16 +133,21 @@ pub fn check(p: &HostParams) -> Vec<Item> {
 
 /// Print the report; exit status 1 if any item is FAIL.
 pub fn print(items: &[Item]) -> bool {
+    // A closed stdout (`| head`) must not panic: write errors are ignored.
+    let mut out = std::io::stdout().lock();
     for i in items {
-        println!("{i}");
+        let _ = writeln!(out, "{i}");
     }
     let fails = items.iter().filter(|i| i.status == Status::Fail).count();
     let warns = items.iter().filter(|i| i.status == Status::Warn).count();
-    if fails > 0 {
-        println!("host: {fails} FAIL, {warns} WARN: terminus cannot run here");
+    let _ = if fails > 0 {
+        writeln!(
+            out,
+            "host: {fails} FAIL, {warns} WARN: terminus cannot run here"
+        )
     } else {
-        println!("host OK: terminus can run here ({warns} WARN)");
-    }
+        writeln!(out, "host OK: terminus can run here ({warns} WARN)")
+    };
     fails == 0
 }
 
@@ -287,6 +301,20 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
         ),
     });
 
+    out.push(match selftest(p.selftest_timeout) {
+        Ok(()) => item(
+            Status::Ok,
+            "io_uring data path",
+            "loopback self-test passed: connect, multishot accept, multishot recv into the buffer ring, send, shutdown, cancel, close",
+        ),
+        Err(e) => item(
+            Status::Fail,
+            "io_uring data path",
+            format!("loopback self-test failed: {e}"),
+        )
+        .fix("Linux >= 6.0 with io_uring allowed"),
+    });
+
     let sq = UringConfig {
         entries: 8,
         sqpoll: true,
@@ -305,6 +333,150 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
         )
         .fix("keep runtime.sqpoll = false (the default)"),
     });
+}
+
+/// Completions reaped but not yet asked for, and the self-test's deadline.
+struct Reaper {
+    stash: Vec<Completion>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Reaper {
+    /// The first completion matching `want`, submitting and waiting as needed.
+    fn next(
+        &mut self,
+        u: &mut Uring,
+        what: &str,
+        want: impl Fn(&Completion) -> bool,
+    ) -> Result<Completion, String> {
+        loop {
+            if let Some(i) = self.stash.iter().position(&want) {
+                return Ok(self.stash.remove(i));
+            }
+            if Instant::now() > self.deadline {
+                return Err(format!("{what}: no completion within {:?}", self.timeout));
+            }
+            u.submit_and_wait(Duration::from_millis(50))
+                .map_err(|e| format!("io_uring_enter: {e}"))?;
+            u.drain(&mut self.stash);
+        }
+    }
+}
+
+/// How long the loopback self-test may take in all, unless `--host-timeout-ms` says.
+pub const SELFTEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+fn errno(res: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(-res)
+}
+
+/// Drive each data-path op once over loopback through a real [`Uring`]: the opcode
+/// probe can't tell whether the multishot and buffer-select flags work.
+fn selftest(timeout: Duration) -> Result<(), String> {
+    const CONNECT: u64 = 1;
+    const ACCEPT: u64 = 2;
+    const RECV: u64 = 3;
+    const SEND: u64 = 4;
+    const SHUTDOWN: u64 = 5;
+    const CANCEL: u64 = 6;
+    const CLOSE: u64 = 7;
+    const MSG: &[u8] = b"terminus check --host";
+    let mut u = Uring::new(UringConfig {
+        entries: 64,
+        sqpoll: false,
+        recv_buffers: 8,
+        recv_buffer_size: 4096,
+    })
+    .map_err(|e| e.to_string())?;
+    let mut r = Reaper {
+        stash: Vec::new(),
+        deadline: Instant::now() + timeout,
+        timeout,
+    };
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind 127.0.0.1:0"))?;
+    l.set_nonblocking(true).map_err(io("listener"))?;
+    let addr = l.local_addr().map_err(io("listener"))?;
+    let acc = u.accept_multi(l.as_raw_fd(), ACCEPT);
+
+    let sock = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)
+        .map_err(io("socket"))?;
+    u.connect(sock.as_raw_fd(), addr, CONNECT);
+    let c = r.next(&mut u, "connect", |c| c.token == CONNECT)?;
+    if c.result < 0 {
+        return Err(format!("connect: {}", errno(c.result)));
+    }
+    let a = r.next(&mut u, "accept", |c| c.token == ACCEPT)?;
+    if a.result < 0 {
+        return Err(format!("multishot accept: {}", errno(a.result)));
+    }
+    if !a.more {
+        return Err("accept did not stay armed (no multishot accept)".into());
+    }
+    let server = accepted_fd(&a).ok_or("accept: no descriptor")?;
+
+    let rid = u.recv_multi(server.as_raw_fd(), RECV);
+    let mut client: TcpStream = sock.into();
+    client.set_nonblocking(false).map_err(io("client"))?;
+    client
+        .set_read_timeout(Some(timeout))
+        .map_err(io("client"))?;
+    client.write_all(MSG).map_err(io("client write"))?;
+    let mut got = Vec::new();
+    while got.len() < MSG.len() {
+        let c = r.next(&mut u, "recv", |c| c.token == RECV)?;
+        if c.result <= 0 {
+            return Err(format!("multishot recv: result {}", c.result));
+        }
+        let bid = c.bid.ok_or("recv completed without a provided buffer")?;
+        got.extend_from_slice(u.buf(bid, c.result as usize));
+        u.recycle(bid);
+        if !c.more {
+            return Err("recv did not stay armed (no multishot recv)".into());
+        }
+    }
+    if got != MSG {
+        return Err("recv: bytes differ from those sent".into());
+    }
+
+    u.send(server.as_raw_fd(), MSG.to_vec(), 0, SEND);
+    let c = r.next(&mut u, "send", |c| c.token == SEND)?;
+    if c.result != MSG.len() as i32 {
+        return Err(format!("send: result {}", c.result));
+    }
+    let mut back = vec![0u8; MSG.len()];
+    client.read_exact(&mut back).map_err(io("client read"))?;
+    if back != MSG {
+        return Err("send: client read other bytes".into());
+    }
+    u.shutdown_write(server.as_raw_fd(), SHUTDOWN);
+    let c = r.next(&mut u, "shutdown", |c| c.token == SHUTDOWN)?;
+    if c.result < 0 {
+        return Err(format!("shutdown: {}", errno(c.result)));
+    }
+    if client.read(&mut back).map_err(io("client read"))? != 0 {
+        return Err("shutdown: client saw no end of stream".into());
+    }
+
+    // Cancel both multishot ops; each then posts its final completion.
+    for (target, token, what) in [(rid, RECV, "recv"), (acc, ACCEPT, "accept")] {
+        u.cancel(target, CANCEL);
+        let c = r.next(&mut u, "cancel", |c| c.token == CANCEL)?;
+        if c.result < 0 && c.result != -libc::EALREADY {
+            return Err(format!("cancel {what}: {}", errno(c.result)));
+        }
+        r.next(&mut u, what, |c| c.token == token && !c.more)?;
+    }
+    u.close(server, CLOSE);
+    let c = r.next(&mut u, "close", |c| c.token == CLOSE)?;
+    if c.result < 0 {
+        return Err(format!("close: {}", errno(c.result)));
+    }
+    Ok(())
 }
 
 /// (major, minor) of the running kernel.

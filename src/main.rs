@@ -35,6 +35,9 @@ enum Cmd {
         /// Check io_uring, limits, CPUs and sysctls of this host.
         #[arg(long)]
         host: bool,
+        /// Bound on --host's loopback io_uring self-test.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+        host_timeout_ms: u64,
     },
     /// Write an ECDSA P-256 test PKI (CA, server, client) into DIR.
     Certs {
@@ -90,7 +93,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { config, host } => terminus::check::run_cli(config.as_deref(), host),
+        Cmd::Check {
+            config,
+            host,
+            host_timeout_ms,
+        } => terminus::check::run_cli(
+            config.as_deref(),
+            host,
+            std::time::Duration::from_millis(host_timeout_ms),
+        ),
         Cmd::Certs {
             out,
             days,

@@ -50,6 +50,7 @@ fn io_uring_items_are_ok_here_and_values_are_the_hosts() {
         "io_uring opcode CLOSE",
         "io_uring opcode ASYNC_CANCEL",
         "io_uring buffer ring",
+        "io_uring data path",
     ] {
         assert!(line(&out, name).starts_with("OK   "), "{name}:\n{out}");
     }
@@ -169,6 +170,8 @@ fn check_needs_config_or_host_and_config_still_works_alone() {
     let (code, _, err) = terminus(&[], &["check"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--config") && err.contains("--host"), "{err}");
+    let (code, _, err) = terminus(&[], &["check", "--host", "--host-timeout-ms", "0"]);
+    assert_eq!(code, Some(2), "{err}");
 
     let pki = Pki::generate();
     let cfg = write_config(
