@@ -208,12 +208,13 @@ wait_port "$n_term" $nmaster nginx
 npid=$(pgrep -P $nmaster | head -1)
 [ -n "$npid" ] || die "no nginx worker process"
 
-# HAProxy: mode tcp, one thread pinned to CPU 0, TLS 1.3 only (tickets are on by
+# HAProxy: mode tcp, one thread pinned to CPU 0 (2.6 with nbthread 1 applies
+# `cpu-map 1/all`, not `1/1`: checked by pinned_to_0), TLS 1.3 only (tickets are on by
 # default), mTLS frontends verify against the CA and require a cert.
 cat >"$work/haproxy.cfg" <<EOF
 global
   nbthread 1
-  cpu-map 1/1 0
+  cpu-map 1/all 0
   maxconn 8192
   ssl-default-bind-options ssl-min-ver TLSv1.3
   tune.ssl.cachesize 100000
@@ -268,6 +269,10 @@ s_client() { # PORT ARGS...
 # (the echo may share a line with s_client's stderr notes, hence no anchors)
 echoed() { grep -q 'terminus-check' <<<"$1"; }
 
+# Whether some thread of PID (terminus: its worker; nginx: the worker process;
+# haproxy: its one thread) may run only on CPU 0.
+pinned_to_0() { grep -qx $'Cpus_allowed_list:\t0' /proc/"$1"/task/*/status 2>/dev/null; }
+
 if [ "$mode" = check ]; then
     echo "backend: $backend_desc; openssl s_client -tls1_3 against each peer"
     fails=0
@@ -276,6 +281,11 @@ if [ "$mode" = check ]; then
         [ "$1" = OK ] || fails=$((fails + 1))
     }
     for p in "${peers[@]}"; do
+        if pinned_to_0 "${pid_of[$p]}"; then
+            report OK "$p" pinning "a thread of PID ${pid_of[$p]} runs only on CPU 0"
+        else
+            report FAIL "$p" pinning "no thread of PID ${pid_of[$p]} is pinned to CPU 0"
+        fi
         # Termination: verified TLS 1.3 handshake, bytes through to the echo backend,
         # and a resumed handshake from the ticket of the first connection.
         port=${port_of[$p.term]}
@@ -336,6 +346,7 @@ bench() { # PEER MODE NAME LISTENER ARGS...: one measurement, CPU of the peer ar
 j = json.load(open(sys.argv[1]))
 print("%.0f ops/s, %.2f Gbit/s" % (j.get("ops_per_s") or 0, j.get("gbit_per_s") or 0))' "$f.json"
 }
+for p in "${peers[@]}"; do pinned_to_0 "${pid_of[$p]}" || die "$p (PID ${pid_of[$p]}) is not pinned to CPU 0"; done
 echo "SECONDS_PER_RUN=$secs; peers pinned to CPU 0; bench and backend on CPU 1"
 for m in term mtls; do
     src=${m}_src

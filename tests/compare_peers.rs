@@ -1,5 +1,5 @@
 //! scripts/compare-peers.sh --check-only: terminus, nginx and HAProxy each start from
-//! the script's generated configs and, checked with `openssl s_client -tls1_3`,
+//! the script's generated configs pinned to CPU 0 and, checked with `openssl s_client -tls1_3`,
 //! terminate TLS 1.3 with ticket resumption, and in mTLS mode pass a client with a
 //! certificate and refuse one without.
 
@@ -39,7 +39,7 @@ fn compare_peers_check_only_verifies_every_peer_and_mode() {
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     for peer in ["terminus", "nginx", "haproxy"] {
-        for mode in ["terminate", "mtls"] {
+        for mode in ["pinning", "terminate", "mtls"] {
             let prefix = format!("OK   {peer} {mode}: ");
             assert!(
                 out.lines().any(|l| l.starts_with(&prefix)),
