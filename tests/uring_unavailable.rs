@@ -85,6 +85,9 @@ fn check_host_fails_when_io_uring_is_disabled() {
             && has("FAIL io_uring ring: cannot create: io_uring is disabled by sysctl kernel.io_uring_disabled=2"),
         "{out}"
     );
+    // Nothing that needs a ring claims to have run.
+    assert!(has("FAIL io_uring opcodes: not probed"), "{out}");
+    assert!(!out.contains("io_uring data path"), "{out}");
     assert!(
         out.contains("sysctl -w kernel.io_uring_disabled=0"),
         "{out}"
