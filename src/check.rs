@@ -1,4 +1,5 @@
 //! `terminus check`: validate config, certs and keys; print every problem.
+//! `--host` (src/hostcheck.rs) checks the machine instead or as well.
 //!
 //! I/O contract: reads the config file and the files it names; opens no sockets.
 //! Problems and warnings go to stderr, one line each, prefixed `terminus: `
@@ -10,6 +11,7 @@ use crate::config::Config;
 use crate::tls;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -58,7 +60,31 @@ pub fn check(path: &Path) -> Report {
     report
 }
 
-pub fn run_cli(path: &Path) -> ExitCode {
+/// `terminus check [--config FILE] [--host]`. Exit 2 if the config is invalid, else 1
+/// if the host can't run terminus, else 0. With a valid config the host is checked
+/// against its runtime settings and connection limits.
+pub fn run_cli(config: Option<&Path>, host: bool, host_timeout: Duration) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    let mut params = crate::hostcheck::HostParams::default();
+    if let Some(path) = config {
+        if !config_cli(path) {
+            code = ExitCode::from(2);
+        } else if let Ok(cfg) = Config::load(path) {
+            params = crate::hostcheck::HostParams::from_config(&cfg);
+        }
+    }
+    params.selftest_timeout = host_timeout;
+    if host
+        && !crate::hostcheck::print(&crate::hostcheck::check(&params))
+        && code == ExitCode::SUCCESS
+    {
+        code = ExitCode::from(1);
+    }
+    code
+}
+
+/// The config half: print the report, true when the config is usable.
+fn config_cli(path: &Path) -> bool {
     let report = check(path);
     for w in &report.warnings {
         eprintln!("terminus: warning: {w}");
@@ -68,8 +94,6 @@ pub fn run_cli(path: &Path) -> ExitCode {
     }
     if report.is_ok() {
         println!("config OK: {} listener(s)", report.listeners);
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
     }
+    report.is_ok()
 }

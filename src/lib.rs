@@ -10,6 +10,7 @@ pub mod check;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod hostcheck;
 pub mod identity;
 pub mod log;
 pub mod metrics;

@@ -26,10 +26,18 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate config, certificates, keys; print every problem.
+    /// Validate config, certificates, keys (--config) and/or whether this host can
+    /// run terminus and is tuned for it (--host); print every problem.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "host"])))]
     Check {
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Check io_uring, limits, CPUs and sysctls of this host.
+        #[arg(long)]
+        host: bool,
+        /// Bound on --host's loopback io_uring self-test.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+        host_timeout_ms: u64,
     },
     /// Write an ECDSA P-256 test PKI (CA, server, client) into DIR.
     Certs {
@@ -115,7 +123,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { config } => terminus::check::run_cli(&config),
+        Cmd::Check {
+            config,
+            host,
+            host_timeout_ms,
+        } => terminus::check::run_cli(
+            config.as_deref(),
+            host,
+            std::time::Duration::from_millis(host_timeout_ms),
+        ),
         Cmd::Certs {
             out,
             days,

@@ -105,6 +105,60 @@ fn classify_setup_error(e: io::Error) -> UringError {
     }
 }
 
+/// Every opcode the data path submits: (opcode, name in errors, what it is used for).
+/// [`Uring::new`] refuses a kernel that lacks any; `terminus check --host` lists them.
+pub const DATA_PATH_OPCODES: [(u8, &str, &str); 7] = [
+    (opcode::AcceptMulti::CODE, "ACCEPT", "multishot accept"),
+    (
+        opcode::RecvMulti::CODE,
+        "RECV",
+        "multishot recv with buffer select",
+    ),
+    (opcode::Send::CODE, "SEND", "send"),
+    (opcode::Connect::CODE, "CONNECT", "upstream connect"),
+    (opcode::Shutdown::CODE, "SHUTDOWN", "half-close"),
+    (opcode::Close::CODE, "CLOSE", "close"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL", "cancel"),
+];
+
+/// Create a ring with the setup flags a worker uses (SQPOLL, or DEFER_TASKRUN +
+/// SINGLE_ISSUER falling back to a plain ring on kernels without them).
+pub fn build_ring(cfg: &UringConfig) -> Result<IoUring, UringError> {
+    let mut b = IoUring::builder();
+    if cfg.sqpoll {
+        b.setup_sqpoll(1000);
+    } else {
+        // Completions are processed only when we ask for them: fewer interrupts.
+        b.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+    }
+    b.setup_cqsize(cfg.entries.saturating_mul(4));
+    match b.build(cfg.entries) {
+        Ok(r) => Ok(r),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !cfg.sqpoll => {
+            // Older kernels lack DEFER_TASKRUN; try the plain setup.
+            IoUring::builder()
+                .setup_cqsize(cfg.entries.saturating_mul(4))
+                .build(cfg.entries)
+                .map_err(classify_setup_error)
+        }
+        Err(e) => Err(classify_setup_error(e)),
+    }
+}
+
+/// Ask the kernel (IORING_REGISTER_PROBE) which of [`DATA_PATH_OPCODES`] it supports.
+pub fn probe_opcodes(ring: &IoUring) -> Result<Vec<(u8, &'static str, bool)>, UringError> {
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(UringError::Other)?;
+    Ok(DATA_PATH_OPCODES
+        .iter()
+        .map(|&(code, name, _)| (code, name, probe.is_supported(code)))
+        .collect())
+}
+
 /// Ring construction parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct UringConfig {
@@ -235,43 +289,9 @@ unsafe impl Send for Uring {}
 
 impl Uring {
     pub fn new(cfg: UringConfig) -> Result<Self, UringError> {
-        let mut b = IoUring::builder();
-        if cfg.sqpoll {
-            b.setup_sqpoll(1000);
-        } else {
-            // Completions are processed only when we ask for them: fewer interrupts.
-            b.setup_coop_taskrun()
-                .setup_single_issuer()
-                .setup_defer_taskrun();
-        }
-        b.setup_cqsize(cfg.entries.saturating_mul(4));
-        let ring = match b.build(cfg.entries) {
-            Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                // Older kernels lack DEFER_TASKRUN; try the plain setup.
-                IoUring::builder()
-                    .setup_cqsize(cfg.entries.saturating_mul(4))
-                    .build(cfg.entries)
-                    .map_err(classify_setup_error)?
-            }
-            Err(e) => return Err(classify_setup_error(e)),
-        };
-        let mut probe = io_uring::Probe::new();
-        ring.submitter()
-            .register_probe(&mut probe)
-            .map_err(UringError::Other)?;
-        for (code, name) in [
-            (opcode::AcceptMulti::CODE, "ACCEPT"),
-            (opcode::RecvMulti::CODE, "RECV"),
-            (opcode::Send::CODE, "SEND"),
-            (opcode::Connect::CODE, "CONNECT"),
-            (opcode::Shutdown::CODE, "SHUTDOWN"),
-            (opcode::Close::CODE, "CLOSE"),
-            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-        ] {
-            if !probe.is_supported(code) {
-                return Err(UringError::MissingOpcode(name));
-            }
+        let ring = build_ring(&cfg)?;
+        if let Some((_, name, _)) = probe_opcodes(&ring)?.into_iter().find(|(_, _, ok)| !ok) {
+            return Err(UringError::MissingOpcode(name));
         }
         let bufs =
             BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size).map_err(UringError::NoMemory)?;

@@ -1,42 +1,62 @@
-//! `run` when io_uring is unavailable exits 1 naming the cause and the fix.
+//! `run` and `check --host` when io_uring is unavailable: `run` exits 1 naming the
+//! cause and the fix, `check --host` reports FAIL for io_uring and exits 1.
 //!
 //! Flipping `kernel.io_uring_disabled` is system-wide, so this lives in its own test
-//! binary (cargo runs test binaries one after another) with a single test, and the
-//! sysctl is restored by a guard even if the test fails.
+//! binary (cargo runs test binaries one after another); its tests take one lock so
+//! they never overlap (tests in one binary run in parallel), and the sysctl is
+//! restored by a guard even if a test fails.
 
 mod common;
 
 use common::*;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
 
-struct Restore(String);
+/// Holds the lock and the value to put back; restores it on drop.
+struct Disabled {
+    before: String,
+    _lock: MutexGuard<'static, ()>,
+}
 
-impl Drop for Restore {
+impl Drop for Disabled {
     fn drop(&mut self) {
-        let _ = std::fs::write(SYSCTL, &self.0);
+        let _ = std::fs::write(SYSCTL, &self.before);
     }
+}
+
+/// Set kernel.io_uring_disabled=2 until the guard drops; None (test skipped) where the
+/// kernel lacks the sysctl or we can't write it.
+fn disable_io_uring() -> Option<Disabled> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Ok(before) = std::fs::read_to_string(SYSCTL) else {
+        eprintln!("SKIPPED: {SYSCTL} does not exist on this kernel");
+        return None;
+    };
+    if std::fs::write(SYSCTL, "2").is_err() {
+        // CI runs as root; a developer's unprivileged run cannot flip the sysctl.
+        eprintln!("SKIPPED: cannot write {SYSCTL} (needs root)");
+        return None;
+    }
+    Some(Disabled {
+        before,
+        _lock: lock,
+    })
 }
 
 #[test]
 fn run_exits_1_with_cause_and_fix_when_io_uring_is_disabled() {
-    let Ok(before) = std::fs::read_to_string(SYSCTL) else {
-        eprintln!("SKIPPED: {SYSCTL} does not exist on this kernel");
-        return;
-    };
     let pki = Pki::generate();
     let cfg = write_config(
         &pki,
         Some(1),
         &[ListenerConf::new("edge", &[refused_addr()])],
     );
-    if std::fs::write(SYSCTL, "2").is_err() {
-        // CI runs as root; a developer's unprivileged run cannot flip the sysctl.
-        eprintln!("SKIPPED: cannot write {SYSCTL} (needs root)");
+    let Some(_disabled) = disable_io_uring() else {
         return;
-    }
-    let _restore = Restore(before);
+    };
     let (code, _out, err) = run_to_exit(
         &["run".as_ref(), "--config".as_ref(), cfg.as_os_str()],
         Duration::from_secs(20),
@@ -47,4 +67,32 @@ fn run_exits_1_with_cause_and_fix_when_io_uring_is_disabled() {
             && err.contains("sysctl -w kernel.io_uring_disabled=0"),
         "names the sysctl and the fix: {err}"
     );
+}
+
+#[test]
+fn check_host_fails_when_io_uring_is_disabled() {
+    let Some(_disabled) = disable_io_uring() else {
+        return;
+    };
+    let (code, out, err) = run_to_exit(
+        &["check".as_ref(), "--host".as_ref()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "stdout:\n{out}\nstderr: {err}");
+    let has = |prefix: &str| out.lines().any(|l| l.starts_with(prefix));
+    assert!(
+        has("FAIL io_uring sysctl: kernel.io_uring_disabled=2")
+            && has("FAIL io_uring ring: cannot create: io_uring is disabled by sysctl kernel.io_uring_disabled=2"),
+        "{out}"
+    );
+    // Nothing that needs a ring claims to have run.
+    assert!(has("FAIL io_uring opcodes: not probed"), "{out}");
+    assert!(!out.contains("io_uring data path"), "{out}");
+    assert!(
+        out.contains("sysctl -w kernel.io_uring_disabled=0"),
+        "{out}"
+    );
+    assert!(out.contains("terminus cannot run here"), "{out}");
+    // The rest of the report still runs.
+    assert!(has("OK   CPUs: ") || has("WARN CPUs: "), "{out}");
 }

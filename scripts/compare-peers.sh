@@ -1,0 +1,440 @@
+#!/usr/bin/env bash
+# terminus vs nginx (stream + ssl) vs HAProxy (mode tcp) as TLS 1.3 terminators in front
+# of the same backend, side by side in one run, in two modes: termination, and mTLS
+# (client certificate verified against the CA, required). One PKI (`terminus certs`,
+# ECDSA P-256) for all. Each peer runs one worker/thread pinned to CPU 0; the load
+# generator (`terminus bench`) and the backend (`terminus backend`) run on CPU 1. The
+# peer's CPU is read from /proc/PID/task/*/schedstat before and after each run, the
+# same way for every peer (all threads of terminus, the nginx worker, haproxy).
+#
+#   bash scripts/compare-peers.sh               # full handshakes, resumed handshakes,
+#                                               # bulk download, 1 KiB request/response
+#   bash scripts/compare-peers.sh --check-only  # start each peer, verify termination,
+#                                               # resumption and mTLS with openssl s_client
+#
+# Environment: SECONDS_PER_RUN (default 5) per measurement; TERMINUS (binary; default:
+# cargo build --release and ./target/release/terminus); HS_CONNECTIONS (16),
+# BULK_CONNECTIONS (4), RR_CONNECTIONS (8); OUT (markdown report path; default
+# target/compare-peers-DATE.md). Everything listens on 127.0.0.1 on free ports; every
+# process is killed and the temp dir removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+mode=bench
+case "${1:-}" in
+"") ;;
+--check-only) mode=check ;;
+-h | --help) usage && exit 0 ;;
+*)
+    echo "compare-peers.sh: unknown argument '$1' (expected --check-only or nothing)" >&2
+    exit 2
+    ;;
+esac
+if [ $# -gt 1 ]; then
+    echo "compare-peers.sh: too many arguments" >&2
+    exit 2
+fi
+secs=${SECONDS_PER_RUN:-5}
+for v in SECONDS_PER_RUN:"$secs" HS_CONNECTIONS:"${HS_CONNECTIONS:-16}" BULK_CONNECTIONS:"${BULK_CONNECTIONS:-4}" RR_CONNECTIONS:"${RR_CONNECTIONS:-8}"; do
+    if ! [[ ${v#*:} =~ ^[1-9][0-9]*$ ]]; then
+        echo "compare-peers.sh: ${v%%:*} must be a positive integer, got '${v#*:}'" >&2
+        exit 2
+    fi
+done
+
+# ---- tools -----------------------------------------------------------------------
+# Debian 12: nginx-light's nginx plus the stream module (built with stream_ssl);
+# haproxy; openssl s_client for --check-only; taskset (util-linux).
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v python3 >/dev/null || need+=(python3)
+command -v taskset >/dev/null || need+=(util-linux)
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if ((${#need[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    echo "installing: ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ -z "${TERMINUS:-}" ]; then
+    cargo build --release -q
+    TERMINUS=./target/release/terminus
+fi
+T=$(realpath "$TERMINUS")
+has_sub() { "$T" "$1" --help >/dev/null 2>&1; }
+if [ "$mode" = bench ] && ! { has_sub bench && has_sub backend; }; then
+    echo "compare-peers.sh: $T has no 'bench'/'backend' subcommands; build a terminus that has them (or use --check-only)" >&2
+    exit 1
+fi
+
+# Every peer and the bench inherit the highest descriptor limit we may set.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---- processes and cleanup -------------------------------------------------------
+work=$(mktemp -d /tmp/compare-peers.XXXXXX)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 20); do
+        local alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+die() {
+    echo "compare-peers.sh: $*" >&2
+    exit 1
+}
+
+# N distinct free ports, all bound at once so they differ.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+wait_port() { # PORT PID NAME: until PORT accepts, or PID died / 10 s passed
+    for _ in $(seq 100); do
+        kill -0 "$2" 2>/dev/null || die "$3 exited during start-up: $(tail -5 "$work/$3.err" 2>/dev/null)"
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "$3 did not listen on 127.0.0.1:$1 within 10 s"
+}
+
+# Sum of on-CPU nanoseconds of every thread of PID (field 1 of schedstat).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d\n", s}'; }
+
+"$T" certs --out "$work" >/dev/null
+cat "$work/server.pem" "$work/server.key" >"$work/haproxy.pem" # haproxy: chain + key in one file
+read -r be_echo be_src \
+    t_term t_mtls t_term_src t_mtls_src \
+    n_term n_mtls n_term_src n_mtls_src \
+    h_term h_mtls h_term_src h_mtls_src < <(free_ports 14)
+
+# ---- backends (CPU 1, with the load generator) --------------------------------------
+if has_sub backend; then
+    taskset -c 1 "$T" backend --listen "127.0.0.1:$be_echo" --mode echo >"$work/backend-echo.err" 2>&1 &
+    pids+=($!)
+    wait_port "$be_echo" $! backend-echo
+    backend_desc="terminus backend (echo, source)"
+    if [ "$mode" = bench ]; then
+        taskset -c 1 "$T" backend --listen "127.0.0.1:$be_src" --mode source >"$work/backend-src.err" 2>&1 &
+        pids+=($!)
+        wait_port "$be_src" $! backend-src
+    fi
+else
+    # --check-only with a terminus that has no backend yet: socat echoes instead.
+    command -v socat >/dev/null || die "needs socat (apt-get install socat) or a terminus with 'backend'"
+    taskset -c 1 socat "TCP-LISTEN:$be_echo,bind=127.0.0.1,reuseaddr,fork" EXEC:/bin/cat >"$work/backend-echo.err" 2>&1 &
+    pids+=($!)
+    wait_port "$be_echo" $! backend-echo
+    backend_desc="socat echo (this terminus has no 'backend')"
+fi
+
+# ---- the three peers -------------------------------------------------------------
+# terminus: one worker pinned to CPU 0.
+listener() { # NAME PORT UPSTREAM MTLS
+    printf '[[listeners]]\nname = "%s"\nlisten = "127.0.0.1:%s"\ncert = "server.pem"\nkey = "server.key"\nupstreams = ["127.0.0.1:%s"]\n' "$1" "$2" "$3"
+    if [ "$4" = 1 ]; then printf '[listeners.client_auth]\nmode = "require"\nca = ["ca.pem"]\n'; fi
+    echo
+}
+{
+    printf '[runtime]\nworkers = 1\ncpus = [0]\ndrain_timeout_ms = 1000\n\n[log]\naccess = "off"\n\n'
+    listener term "$t_term" "$be_echo" 0
+    listener mtls "$t_mtls" "$be_echo" 1
+    listener term_src "$t_term_src" "$be_src" 0
+    listener mtls_src "$t_mtls_src" "$be_src" 1
+} >"$work/terminus.toml"
+"$T" run --config "$work/terminus.toml" >"$work/terminus.out" 2>"$work/terminus.err" &
+tpid=$!
+pids+=($tpid)
+for _ in $(seq 100); do
+    grep -q '^ready' "$work/terminus.out" 2>/dev/null && break
+    kill -0 $tpid 2>/dev/null || die "terminus exited during start-up: $(tail -5 "$work/terminus.err")"
+    sleep 0.1
+done
+grep -q '^ready' "$work/terminus.out" || die "terminus not ready within 10 s"
+
+# nginx: stream + ssl, one worker pinned to CPU 0, TLS 1.3 only, tickets on (TLS 1.3
+# resumption is by ticket), mTLS servers verify against the CA and require a cert.
+cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+worker_cpu_affinity 01;
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid $work/nginx.pid;
+error_log $work/nginx.err notice;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events { worker_connections 16384; }
+stream {
+  ssl_certificate $work/server.pem;
+  ssl_certificate_key $work/server.key;
+  ssl_protocols TLSv1.3;
+  ssl_session_tickets on;
+  ssl_session_cache shared:TLS:10m;
+  ssl_session_timeout 1h;
+  server { listen 127.0.0.1:$n_term ssl; proxy_pass 127.0.0.1:$be_echo; }
+  server { listen 127.0.0.1:$n_term_src ssl; proxy_pass 127.0.0.1:$be_src; }
+  server { listen 127.0.0.1:$n_mtls ssl; proxy_pass 127.0.0.1:$be_echo;
+           ssl_client_certificate $work/ca.pem; ssl_verify_client on; }
+  server { listen 127.0.0.1:$n_mtls_src ssl; proxy_pass 127.0.0.1:$be_src;
+           ssl_client_certificate $work/ca.pem; ssl_verify_client on; }
+}
+EOF
+/usr/sbin/nginx -t -q -c "$work/nginx.conf" 2>"$work/nginx.err" || die "nginx config invalid: $(cat "$work/nginx.err")"
+/usr/sbin/nginx -c "$work/nginx.conf" 2>>"$work/nginx.err" &
+nmaster=$!
+pids+=($nmaster)
+wait_port "$n_term" $nmaster nginx
+npid=$(pgrep -P $nmaster | head -1)
+[ -n "$npid" ] || die "no nginx worker process"
+
+# HAProxy: mode tcp, one thread pinned to CPU 0 (2.6 with nbthread 1 applies
+# `cpu-map 1/all`, not `1/1`: checked by pinned_to_0), TLS 1.3 only (tickets are on by
+# default), mTLS frontends verify against the CA and require a cert.
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  cpu-map 1/all 0
+  maxconn 8192
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  tune.ssl.cachesize 100000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend term
+  bind 127.0.0.1:$h_term ssl crt $work/haproxy.pem
+  default_backend echo
+frontend mtls
+  bind 127.0.0.1:$h_mtls ssl crt $work/haproxy.pem ca-file $work/ca.pem verify required
+  default_backend echo
+frontend term_src
+  bind 127.0.0.1:$h_term_src ssl crt $work/haproxy.pem
+  default_backend source
+frontend mtls_src
+  bind 127.0.0.1:$h_mtls_src ssl crt $work/haproxy.pem ca-file $work/ca.pem verify required
+  default_backend source
+backend echo
+  server echo 127.0.0.1:$be_echo
+backend source
+  server source 127.0.0.1:$be_src
+EOF
+/usr/sbin/haproxy -c -q -f "$work/haproxy.cfg" >"$work/haproxy.err" 2>&1 || die "haproxy config invalid: $(cat "$work/haproxy.err")"
+/usr/sbin/haproxy -db -f "$work/haproxy.cfg" >>"$work/haproxy.err" 2>&1 &
+hpid=$!
+pids+=($hpid)
+wait_port "$h_term" $hpid haproxy
+
+peers=(terminus nginx haproxy)
+declare -A pid_of=([terminus]=$tpid [nginx]=$npid [haproxy]=$hpid)
+declare -A port_of=(
+    [terminus.term]=$t_term [terminus.mtls]=$t_mtls [terminus.term_src]=$t_term_src [terminus.mtls_src]=$t_mtls_src
+    [nginx.term]=$n_term [nginx.mtls]=$n_mtls [nginx.term_src]=$n_term_src [nginx.mtls_src]=$n_mtls_src
+    [haproxy.term]=$h_term [haproxy.mtls]=$h_mtls [haproxy.term_src]=$h_term_src [haproxy.mtls_src]=$h_mtls_src
+)
+client_cert=(-cert "$work/client.pem" -key "$work/client.key")
+
+# ---- --check-only: openssl s_client against each peer and mode ----------------------
+# One TLS 1.3 connection: send a line, give the echo 0.3 s to come back, close.
+s_client() { # PORT ARGS...
+    local port=$1
+    shift
+    (
+        printf 'terminus-check\n'
+        sleep 0.3
+    ) | timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername localhost \
+        -tls1_3 -CAfile "$work/ca.pem" -verify_return_error -no_ign_eof "$@" 2>&1 || true
+}
+# (the echo may share a line with s_client's stderr notes, hence no anchors)
+echoed() { grep -q 'terminus-check' <<<"$1"; }
+
+# Whether some thread of PID (terminus: its worker; nginx: the worker process;
+# haproxy: its one thread) may run only on CPU 0.
+pinned_to_0() { grep -qx $'Cpus_allowed_list:\t0' /proc/"$1"/task/*/status 2>/dev/null; }
+
+if [ "$mode" = check ]; then
+    echo "backend: $backend_desc; openssl s_client -tls1_3 against each peer"
+    fails=0
+    report() { # STATUS PEER MODE DETAIL
+        printf '%-4s %s %s: %s\n' "$1" "$2" "$3" "$4"
+        [ "$1" = OK ] || fails=$((fails + 1))
+    }
+    for p in "${peers[@]}"; do
+        if pinned_to_0 "${pid_of[$p]}"; then
+            report OK "$p" pinning "a thread of PID ${pid_of[$p]} runs only on CPU 0"
+        else
+            report FAIL "$p" pinning "no thread of PID ${pid_of[$p]} is pinned to CPU 0"
+        fi
+        # Termination: verified TLS 1.3 handshake, bytes through to the echo backend,
+        # and a resumed handshake from the ticket of the first connection.
+        port=${port_of[$p.term]}
+        out=$(s_client "$port" -sess_out "$work/$p.sess")
+        out2=$(s_client "$port" -sess_in "$work/$p.sess")
+        if ! grep -q 'New, TLSv1.3' <<<"$out" || ! grep -q 'Verify return code: 0 (ok)' <<<"$out" || ! echoed "$out"; then
+            report FAIL "$p" terminate "no verified TLS 1.3 echo: $(grep -m3 -iE 'error|alert|verify' <<<"$out" | tr '\n' ' ')"
+        elif ! grep -q 'Reused, TLSv1.3' <<<"$out2" || ! echoed "$out2"; then
+            report FAIL "$p" terminate "TLS 1.3 echo ok, but the ticket did not resume: $(grep -m1 -E '^(New|Reused)' <<<"$out2")"
+        else
+            report OK "$p" terminate "TLS 1.3 handshake verified, echo through the backend, ticket resumption"
+        fi
+        # mTLS: the client certificate gets through (and resumes); no certificate gets
+        # no bytes through.
+        port=${port_of[$p.mtls]}
+        out=$(s_client "$port" "${client_cert[@]}" -sess_out "$work/$p.mtls.sess")
+        out2=$(s_client "$port" "${client_cert[@]}" -sess_in "$work/$p.mtls.sess")
+        bare=$(s_client "$port")
+        if ! grep -q 'New, TLSv1.3' <<<"$out" || ! echoed "$out"; then
+            report FAIL "$p" mtls "client certificate refused or no echo: $(grep -m3 -iE 'error|alert' <<<"$out" | tr '\n' ' ')"
+        elif echoed "$bare"; then
+            report FAIL "$p" mtls "a client without a certificate got through"
+        elif ! grep -q 'Reused, TLSv1.3' <<<"$out2" || ! echoed "$out2"; then
+            report FAIL "$p" mtls "client certificate ok, but the ticket did not resume: $(grep -m1 -E '^(New|Reused)' <<<"$out2")"
+        else
+            why=$(grep -oiE 'alert [a-z]+( [a-z]+)*|unexpected eof|connection reset' <<<"$bare" | head -1 || true)
+            report OK "$p" mtls "client certificate verified, echo, ticket resumption; without a certificate refused (${why:-connection closed})"
+        fi
+    done
+    if ((fails)); then
+        echo "check: $fails FAIL"
+        exit 1
+    fi
+    echo "check OK: every peer terminates TLS 1.3 and enforces mTLS"
+    exit 0
+fi
+
+# ---- benchmarks --------------------------------------------------------------------
+res="$work/results"
+mkdir -p "$res"
+bench() { # PEER MODE NAME LISTENER ARGS...: one measurement, CPU of the peer around it
+    local p=$1 m=$2 name=$3 l=$4
+    shift 4
+    local extra=()
+    [ "$m" = mtls ] && extra=(--client-cert "$work/client.pem" --client-key "$work/client.key")
+    local f="$res/$p.$m.$name" pid=${pid_of[$p]} c0 c1
+    printf '  %-8s %-9s %-9s ' "$p" "$m" "$name"
+    c0=$(cpu_ns "$pid")
+    if ! taskset -c 1 "$T" bench --target "127.0.0.1:${port_of[$p.$l]}" --duration "$secs" --workers 1 \
+        --tls --ca "$work/ca.pem" --server-name localhost "${extra[@]}" --json "$@" >"$f.json" 2>"$f.err"; then
+        echo "bench failed: $(tail -1 "$f.err")"
+        rm -f "$f.json"
+        return 0
+    fi
+    c1=$(cpu_ns "$pid")
+    echo $((c1 - c0)) >"$f.cpu"
+    python3 -c 'import json, sys
+j = json.load(open(sys.argv[1]))
+print("%.0f ops/s, %.2f Gbit/s" % (j.get("ops_per_s") or 0, j.get("gbit_per_s") or 0))' "$f.json"
+}
+for p in "${peers[@]}"; do pinned_to_0 "${pid_of[$p]}" || die "$p (PID ${pid_of[$p]}) is not pinned to CPU 0"; done
+echo "SECONDS_PER_RUN=$secs; peers pinned to CPU 0; bench and backend on CPU 1"
+for m in term mtls; do
+    src=${m}_src
+    for p in "${peers[@]}"; do
+        bench "$p" "$m" full "$m" --workload handshake --connections "${HS_CONNECTIONS:-16}"
+        bench "$p" "$m" resumed "$m" --workload handshake --resume --connections "${HS_CONNECTIONS:-16}"
+        bench "$p" "$m" bulk "$src" --workload bulk --direction down --connections "${BULK_CONNECTIONS:-4}"
+        bench "$p" "$m" rr "$m" --workload rr --size 1024 --connections "${RR_CONNECTIONS:-8}"
+    done
+done
+
+out=${OUT:-target/compare-peers-$(date +%Y%m%d-%H%M%S).md}
+mkdir -p "$(dirname "$out")"
+{
+    echo "# terminus vs nginx vs HAProxy (TLS 1.3 terminator, one worker on CPU 0)"
+    echo
+    echo "\`bash scripts/compare-peers.sh\`, SECONDS_PER_RUN=$secs, $(date -u +%FT%TZ), kernel $(uname -r),"
+    echo "$(/usr/sbin/nginx -v 2>&1 | sed 's/^nginx version: //'), $(/usr/sbin/haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(openssl version | awk '{print "OpenSSL " $2}'), $("$T" --version)."
+    echo "Load: \`terminus bench\` on CPU 1 (handshake ${HS_CONNECTIONS:-16} conns, bulk ${BULK_CONNECTIONS:-4}, rr ${RR_CONNECTIONS:-8});"
+    echo "backend: $backend_desc on CPU 1. Peer CPU from /proc/PID/task/*/schedstat. Ratios are peer / terminus."
+    echo
+} >"$out"
+python3 - "$res" >>"$out" <<'EOF'
+import json, os, sys
+res = sys.argv[1]
+peers = ["terminus", "nginx", "haproxy"]
+
+def load(p, m, n):
+    try:
+        j = json.load(open(f"{res}/{p}.{m}.{n}.json"))
+        cpu = int(open(f"{res}/{p}.{m}.{n}.cpu").read())
+    except (OSError, ValueError):
+        return None, None
+    return j, cpu
+
+def errors(j):
+    e = j.get("errors", 0)
+    return e.get("total", 0) if isinstance(e, dict) else e
+
+def metric(p, m, key):
+    n = {"hs": "full", "hs_cpu": "full", "res": "resumed", "res_cpu": "resumed",
+         "gbit": "bulk", "nsb": "bulk", "p99": "rr", "rr": "rr"}.get(key)
+    if key == "err":
+        t = 0
+        for n in ("full", "resumed", "bulk", "rr"):
+            j, _ = load(p, m, n)
+            if j is None:
+                return None
+            t += errors(j)
+        return t
+    j, cpu = load(p, m, n)
+    if j is None:
+        return None
+    ops, nbytes = j.get("ops", 0), j.get("bytes", 0)
+    if key in ("hs", "res", "rr"):
+        return j.get("ops_per_s")
+    if key in ("hs_cpu", "res_cpu"):
+        return cpu / 1000 / ops if ops else None
+    if key == "gbit":
+        return j.get("gbit_per_s")
+    if key == "nsb":
+        return cpu / nbytes if nbytes else None
+    if key == "p99":
+        return (j.get("latency_us") or {}).get("p99")
+
+rows = [("hs", "full handshakes/s", "higher"), ("hs_cpu", "CPU µs per full handshake", "lower"),
+        ("res", "resumed handshakes/s", "higher"), ("res_cpu", "CPU µs per resumed handshake", "lower"),
+        ("gbit", "bulk down Gbit/s", "higher"), ("nsb", "bulk down CPU ns/byte", "lower"),
+        ("rr", "rr 1 KiB ops/s", "higher"), ("p99", "rr 1 KiB p99 µs", "lower"),
+        ("err", "errors (all runs)", "lower")]
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    if isinstance(v, int) or v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+for m, title in (("term", "termination"), ("mtls", "mTLS (client cert required, verified against the CA)")):
+    print(f"## {title}\n")
+    print("| metric | better | terminus | nginx | haproxy | nginx/terminus | haproxy/terminus |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for key, label, better in rows:
+        v = [metric(p, m, key) for p in peers]
+        ratio = lambda x: "n/a" if x is None or not v[0] else f"{x / v[0]:.2f}"
+        print(f"| {label} | {better} | {fmt(v[0])} | {fmt(v[1])} | {fmt(v[2])} | {ratio(v[1])} | {ratio(v[2])} |")
+    print()
+EOF
+echo
+cat "$out"
+echo "written to $out"

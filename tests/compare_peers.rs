@@ -1,0 +1,57 @@
+//! scripts/compare-peers.sh --check-only: terminus, nginx and HAProxy each start from
+//! the script's generated configs pinned to CPU 0 and, checked with `openssl s_client -tls1_3`,
+//! terminate TLS 1.3 with ticket resumption, and in mTLS mode pass a client with a
+//! certificate and refuse one without.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn compare_peers_check_only_verifies_every_peer_and_mode() {
+    let nginx = Path::new("/usr/sbin/nginx").exists()
+        && Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists();
+    let haproxy = Path::new("/usr/sbin/haproxy").exists();
+    if !(nginx && haproxy) {
+        eprintln!(
+            "SKIPPED: needs nginx-light + libnginx-mod-stream and haproxy (.ci/run installs them)"
+        );
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare-peers.sh");
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .arg("--check-only")
+        .env("TERMINUS", bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bash");
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for peer in ["terminus", "nginx", "haproxy"] {
+        for mode in ["pinning", "terminate", "mtls"] {
+            let prefix = format!("OK   {peer} {mode}: ");
+            assert!(
+                out.lines().any(|l| l.starts_with(&prefix)),
+                "no {prefix:?} line:\n{out}\nstderr:\n{err}"
+            );
+        }
+        let mtls = out
+            .lines()
+            .find(|l| l.starts_with(&format!("OK   {peer} mtls: ")))
+            .unwrap();
+        assert!(mtls.contains("without a certificate refused"), "{mtls}");
+    }
+    assert!(!out.contains("FAIL"), "{out}");
+    assert!(out.contains("check OK: every peer terminates TLS 1.3 and enforces mTLS"));
+}
