@@ -120,7 +120,7 @@ wait_port() { # PORT PID NAME: until PORT accepts, or PID died / 10 s passed
 }
 
 # Sum of on-CPU nanoseconds of every thread of PID (field 1 of schedstat).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d\n", s}'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }  # %.0f: mawk's %d clamps at 2^31 ns
 
 "$T" certs --out "$work" >/dev/null
 cat "$work/server.pem" "$work/server.key" >"$work/haproxy.pem" # haproxy: chain + key in one file
