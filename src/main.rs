@@ -89,9 +89,15 @@ fn main() -> ExitCode {
                     }
                 }
                 _ => {
-                    // One line (clap's first), not clap's usage block.
+                    // One line: clap's message (which may continue on indented lines,
+                    // e.g. the missing arguments), without its usage block.
                     let text = e.render().to_string();
-                    let line = text.lines().next().unwrap_or("bad usage");
+                    let msg: Vec<&str> = text
+                        .lines()
+                        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                        .map(str::trim)
+                        .collect();
+                    let line = msg.join(" ");
                     eprintln!(
                         "terminus: {} (see --help)",
                         line.trim_start_matches("error: ")

@@ -39,21 +39,28 @@ pub struct Reloader {
 }
 
 /// Hash of every file the listener is built from (content, or the read error).
-fn fingerprint(l: &Listener) -> u64 {
+/// None when the process is out of descriptors: that says nothing about the files,
+/// so the poll is skipped rather than counted as a broken reload.
+fn fingerprint(l: &Listener) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for path in crate::tls::listener_files(l) {
         path.hash(&mut h);
         match std::fs::read(&path) {
             Ok(bytes) => bytes.hash(&mut h),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => return None,
             Err(e) => e.kind().hash(&mut h),
         }
     }
-    h.finish()
+    Some(h.finish())
 }
 
 impl Reloader {
     pub fn new(cfg: Config, listeners: Vec<Arc<ListenerShared>>, stats: Arc<ReloadStats>) -> Self {
-        let prints = cfg.listeners.iter().map(fingerprint).collect();
+        let prints = cfg
+            .listeners
+            .iter()
+            .map(|l| fingerprint(l).unwrap_or(0))
+            .collect();
         Reloader {
             cfg,
             listeners,
@@ -65,7 +72,9 @@ impl Reloader {
     /// Rebuild the listeners whose files changed since the last attempt.
     pub fn poll(&mut self) {
         for i in 0..self.listeners.len() {
-            let fp = fingerprint(&self.cfg.listeners[i]);
+            let Some(fp) = fingerprint(&self.cfg.listeners[i]) else {
+                continue;
+            };
             if fp == self.prints[i] {
                 continue;
             }
@@ -124,7 +133,7 @@ impl Reloader {
         }
         let mut kept = self.cfg.clone();
         for (i, (l, live)) in built.into_iter().enumerate() {
-            self.prints[i] = fingerprint(&l);
+            self.prints[i] = fingerprint(&l).unwrap_or(0);
             self.listeners[i].live.store(Arc::new(live));
             kept.listeners[i] = l;
         }

@@ -269,6 +269,14 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             eprintln!("terminus: warning: {w}");
         }
     }
+    // Handlers first: they need descriptors, which a flood of clients arriving right
+    // after `ready` could exhaust; a signal during startup waits in the iterator.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| RunError::Runtime(format!("cannot install signal handlers: {e}")))?;
     let running = start(&cfg)?;
     {
         let mut out = std::io::stdout().lock();
@@ -283,12 +291,6 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     }
     let state = running.state.clone();
     let reload = running.reload.clone();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| RunError::Runtime(format!("cannot install signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("terminus-signals".into())
         .spawn(move || {

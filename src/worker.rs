@@ -794,7 +794,7 @@ impl Worker {
         m.bytes_upstream_to_client += conn.bytes_upstream_to_client - s.reported_u2c;
         l.active.fetch_sub(1, Ordering::Relaxed);
         if self.log.enabled() {
-            self.log.send(access_line(l, self.index, s, &conn));
+            self.log.send_line(access_line(l, self.index, s, &conn));
         }
         s.live = None;
         if let Some(fd) = s.client.take() {
@@ -854,8 +854,40 @@ fn proxy_header(
 
 /// The access log line of a finished connection: one JSON object per connection.
 /// `event` says how it ended (`connection`, `handshake_error`, `upstream_tls_error`);
-/// failures also carry `reason` and what the refused client presented.
-fn access_line(l: &ListenerShared, worker: usize, s: &Slot, conn: &Conn) -> serde_json::Value {
+/// failures also carry `reason` and what the refused client presented. Serialized
+/// straight from borrowed fields (no intermediate JSON map): it runs on the worker.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    ts: f64,
+    event: &'static str,
+    listener: &'a str,
+    worker: usize,
+    client: Option<SocketAddr>,
+    upstream: Option<SocketAddr>,
+    sni: Option<&'a str>,
+    alpn: Option<std::borrow::Cow<'a, str>>,
+    tls_version: Option<&'static str>,
+    cipher: Option<&'static str>,
+    resumed: bool,
+    client_auth: &'static str,
+    peer_spiffe: Option<&'a str>,
+    peer_dns: &'a [String],
+    peer_cn: Option<&'a str>,
+    peer_serial: Option<&'a str>,
+    handshake_us: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    close_reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn access_line(l: &ListenerShared, worker: usize, s: &Slot, conn: &Conn) -> String {
     let tls = conn.tls();
     let closing = s.closing.unwrap_or(CloseReason::Done);
     let (event, reason) = match closing {
@@ -873,37 +905,35 @@ fn access_line(l: &ListenerShared, worker: usize, s: &Slot, conn: &Conn) -> serd
     let id = peer
         .as_ref()
         .or_else(|| rejected.and_then(|r| r.identity.as_ref()));
-    let mut v = serde_json::json!({
-        "ts": crate::log::now_ts(),
-        "event": event,
-        "listener": l.name,
-        "worker": worker,
-        "client": s.client_addr.map(|a| a.to_string()),
-        "upstream": s.upstream_addr.filter(|_| s.upstream_connected).map(|a| a.to_string()),
-        "sni": tls.server_name(),
-        "alpn": tls.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
-        "tls_version": handshake.and(tls.protocol_version()).map(version_name),
-        "cipher": handshake
+    let line = AccessLine {
+        ts: crate::log::now_ts(),
+        event,
+        listener: &l.name,
+        worker,
+        client: s.client_addr,
+        upstream: s.upstream_addr.filter(|_| s.upstream_connected),
+        sni: tls.server_name(),
+        alpn: tls.alpn_protocol().map(String::from_utf8_lossy),
+        tls_version: handshake.and(tls.protocol_version()).map(version_name),
+        cipher: handshake
             .and(tls.negotiated_cipher_suite())
             .and_then(|c| c.suite().as_str()),
-        "resumed": tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-        "client_auth": if peer.is_some() { "verified" } else { "none" },
-        "peer_spiffe": id.and_then(|i| i.spiffe.clone()),
-        "peer_dns": id.map(|i| i.dns.clone()).unwrap_or_default(),
-        "peer_cn": id.and_then(|i| i.cn.clone()),
-        "peer_serial": id.map(|i| i.serial.clone()),
-        "handshake_us": handshake.map(|d| d.as_micros() as u64),
-        "bytes_in": conn.bytes_client_to_upstream,
-        "bytes_out": conn.bytes_upstream_to_client,
-        "duration_ms": conn.started().elapsed().as_secs_f64() * 1e3,
-        "close_reason": closing.as_str(),
-    });
-    if let Some(r) = reason {
-        v["reason"] = r.into();
-        v["peer_subject"] = id.map(|i| i.subject.clone()).into();
-        v["error"] = rejected.map(|r| r.error.to_string()).into();
-    }
-    v
+        resumed: tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        client_auth: if peer.is_some() { "verified" } else { "none" },
+        peer_spiffe: id.and_then(|i| i.spiffe.as_deref()),
+        peer_dns: id.map_or(&[], |i| &i.dns[..]),
+        peer_cn: id.and_then(|i| i.cn.as_deref()),
+        peer_serial: id.map(|i| i.serial.as_str()),
+        handshake_us: handshake.map(|d| d.as_micros() as u64),
+        bytes_in: conn.bytes_client_to_upstream,
+        bytes_out: conn.bytes_upstream_to_client,
+        duration_ms: conn.started().elapsed().as_secs_f64() * 1e3,
+        close_reason: closing.as_str(),
+        reason,
+        peer_subject: reason.and(id.map(|i| i.subject.as_str())),
+        error: reason.and(rejected.map(|r| r.error.to_string())),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
 }
 
 fn version_name(v: rustls::ProtocolVersion) -> &'static str {

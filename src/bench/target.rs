@@ -53,8 +53,23 @@ impl TargetProbe {
 
 /// Sum of the CPU time of a process's threads (optionally only those whose name
 /// starts with `prefix`). Prefers schedstat (ns, exact); falls back to stat's
-/// utime+stime (clock ticks) where schedstat is missing.
+/// utime+stime (clock ticks) where schedstat is missing. For the whole process the
+/// result is at least the process's own utime+stime, which keeps the CPU of threads
+/// that already exited (short-lived admin threads, say); the live-thread sum alone
+/// would drop it and could even go backwards.
 fn threads_cpu_ns(pid: u32, prefix: Option<&str>) -> Result<u64> {
+    let live = live_threads_cpu_ns(pid, prefix)?;
+    if prefix.is_some() {
+        return Ok(live);
+    }
+    let whole = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| stat_cpu_ns(&s))
+        .unwrap_or(0);
+    Ok(live.max(whole))
+}
+
+fn live_threads_cpu_ns(pid: u32, prefix: Option<&str>) -> Result<u64> {
     let dir = format!("/proc/{pid}/task");
     let rd = std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))?;
     let mut total = 0u64;
@@ -166,14 +181,28 @@ mod tests {
     #[test]
     fn own_threads_use_cpu() {
         let pid = std::process::id();
-        let a = threads_cpu_ns(pid, None).unwrap();
-        let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
-        }
-        std::hint::black_box(x);
-        let b = threads_cpu_ns(pid, None).unwrap();
+        // A thread of its own name: other test threads come and go meanwhile.
+        let (a, b) = std::thread::Builder::new()
+            .name("cpuburn-test".into())
+            .spawn(move || {
+                let a = threads_cpu_ns(pid, Some("cpuburn-test")).unwrap();
+                // ~50 ms of real work (black_box keeps the loop), then a yield: a
+                // running thread's schedstat only moves at scheduler events.
+                let t0 = std::time::Instant::now();
+                let mut x = 0u64;
+                while t0.elapsed() < std::time::Duration::from_millis(50) {
+                    for i in 0..10_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                (a, threads_cpu_ns(pid, Some("cpuburn-test")).unwrap())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
         assert!(b > a, "CPU time did not grow: {a} -> {b}");
+        assert!(threads_cpu_ns(pid, None).unwrap() >= b);
         assert!(vm_rss(pid).unwrap() > 0);
     }
 }
