@@ -550,6 +550,14 @@ fn bad_arguments_exit_2_with_one_line() {
         (vec!["--workload", "rr"], "--ca"),
         (vec!["--workload", "nonsense", "--plain"], "nonsense"),
         (vec!["--workload", "rr", "--plain", "--resume"], "--plain"),
+        (
+            vec!["--workload", "rr", "--plain", "--cpus", "4096"],
+            "--cpus",
+        ),
+        (
+            vec!["--workload", "bulk", "--plain", "--size", "0"],
+            "--size",
+        ),
     ];
     for (args, needle) in cases {
         let mut all: Vec<&OsStr> = vec![OsStr::new("bench"), OsStr::new("--target"), OsStr::new(t)];
