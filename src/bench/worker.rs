@@ -297,7 +297,10 @@ fn run(
                         let g = (w.first + i) as f64 / o.connections as f64;
                         w.slots[i].due = Some(t0 + iv.mul_f64(g));
                     }
-                    None => w.begin_request(i, t0),
+                    None => {
+                        w.begin_request(i, t0);
+                        w.drive(i);
+                    }
                 }
             }
         }
@@ -316,6 +319,7 @@ fn run(
                 if let (St::Ready, Some(due)) = (w.slots[i].st, w.slots[i].due) {
                     if due <= now {
                         w.begin_request(i, due);
+                        w.drive(i);
                     } else {
                         wait = wait.min(due - now);
                     }
@@ -409,7 +413,8 @@ impl Worker<'_> {
         if let Some(iv) = self.interval {
             s.due = Some(intended + iv);
         }
-        self.requeue.push(i);
+        // No requeue: callers drive the slot (a requeued slot makes the next poll
+        // non-blocking, and a closed loop would then spin the CPU it shares).
     }
 
     fn record(&mut self, since: Instant) {
