@@ -512,6 +512,28 @@ fn target_cpu_from_the_admin_endpoint() {
     // Tick-granular (10 ms) CPU over 2 s of handshakes: clearly above zero.
     assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
     stop.store(true, Ordering::Relaxed);
+
+    // An admin address that refuses: a runtime failure before any load, naming it.
+    let gone = refused_addr().to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "handshake",
+        "--duration",
+        "30",
+        "--target-admin",
+        &gone,
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let t = std::time::Instant::now();
+    let (code, _, err) = bench(&args);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&gone), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "failed only after the load"
+    );
 }
 
 // ---------------------------------------------------------------------------------

@@ -332,6 +332,10 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         })
         .collect();
 
+    // Fail before the load, not after it, when the target cannot be read.
+    if let Some(p) = &opts.probe {
+        p.cpu_ns().context("cannot read the target's CPU time")?;
+    }
     let idle = opts.workload == Workload::Idle;
     let rss_before = match (&opts.probe, idle) {
         (Some(p), true) => Some(p.rss_bytes().context("target memory before opening")?),
