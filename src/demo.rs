@@ -1,289 +1,433 @@
-//! demo: the README's first command. Makes a temporary PKI, starts a built-in echo
-//! backend and an in-process terminator (the same `server::start` as `run`, one
-//! pinned worker), measures plaintext-direct vs TLS termination side by side
-//! (handshakes/s, server CPU µs per handshake from the worker thread's own CPU clock,
-//! bulk Gbit/s), prints a table and a curl/openssl command that goes through it.
+//! demo: the README's first command. Makes a temporary PKI, starts the built-in
+//! backends (plaintext echo, TLS echo for re-encryption), starts terminus in-process
+//! (the same `server::start` as `run`, one pinned worker) with three listeners —
+//! terminate, re-encrypt, mutual TLS — and measures the same workloads (`bench::run`)
+//! in four modes: plaintext straight to the backend, termination, re-encryption and
+//! mTLS. Prints one table with ratios against termination and writes a
+//! self-contained HTML report (inline SVG latency CDFs).
 //!
-//! The full four-mode comparison with an HTML report is `terminus bench`'s issue;
-//! this is the honest subset the data path supports today.
+//! Server CPU is the terminus worker threads' own CPU time (`terminus-w*`), so the
+//! in-process load generator and backends are not counted.
 #![forbid(unsafe_code)]
 
-use anyhow::{Context, Result};
+use crate::bench::{
+    self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Trust, Workload,
+};
+use anyhow::{anyhow, Context, Result};
 use rustls::pki_types::ServerName;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A plain TCP echo backend on 127.0.0.1:0, one thread per connection.
-pub fn spawn_echo_backend() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    std::thread::Builder::new()
-        .name("demo-backend".into())
-        .spawn(move || {
-            for s in l.incoming().flatten() {
-                std::thread::spawn(move || echo(s));
-            }
-        })?;
-    Ok(addr)
+/// Default total measuring budget, seconds (setup adds a few; the whole demo stays
+/// under a minute).
+pub const DEFAULT_SECONDS: u64 = 36;
+
+const MODES: [&str; 4] = ["plaintext (direct)", "terminate", "reencrypt", "mtls"];
+const TERMINATE: usize = 1;
+
+/// What one mode measured.
+#[derive(Default)]
+struct ModeResult {
+    handshake: Option<BenchReport>,
+    bulk: Option<BenchReport>,
+    rr: Option<BenchReport>,
 }
 
-fn echo(mut s: TcpStream) {
-    let _ = s.set_nodelay(true);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if s.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = s.shutdown(std::net::Shutdown::Write);
+/// Demo options beyond the budget.
+pub struct DemoOpts {
+    pub seconds: u64,
+    pub serve: bool,
+    /// Where to write the HTML report (default: the system temp dir).
+    pub report: Option<PathBuf>,
 }
 
-/// CPU seconds consumed so far by this process's threads named `name`.
-fn thread_cpu_seconds(name: &str) -> f64 {
-    let tick = 100.0; // USER_HZ on Linux
-    let mut total = 0.0;
-    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
-        for t in rd.flatten() {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim() != name {
-                continue;
-            }
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            // Fields after the ")" of comm: state is field 3; utime/stime are 14/15.
-            if let Some(rest) = stat.rsplit(')').next() {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                if f.len() > 13 {
-                    let u: f64 = f[11].parse().unwrap_or(0.0);
-                    let s: f64 = f[12].parse().unwrap_or(0.0);
-                    total += (u + s) / tick;
-                }
-            }
-        }
-    }
-    total
-}
-
-struct Row {
-    mode: &'static str,
-    handshakes_per_s: f64,
-    cpu_us_per_handshake: Option<f64>,
-    gbit_per_s: f64,
-}
-
-enum Target {
-    Plain(SocketAddr),
-    Tls(SocketAddr, Arc<rustls::ClientConfig>),
-}
-
-fn connect(t: &Target) -> Result<Box<dyn ReadWrite>> {
-    match t {
-        Target::Plain(a) => {
-            let s = TcpStream::connect(a)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            Ok(Box::new(s))
-        }
-        Target::Tls(a, cfg) => {
-            let s = TcpStream::connect(a)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let c = rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost")?)?;
-            Ok(Box::new(rustls::StreamOwned::new(c, s)))
-        }
-    }
-}
-
-trait ReadWrite: Read + Write + Send {}
-impl<T: Read + Write + Send> ReadWrite for T {}
-
-/// Connect, handshake, one byte there and back, close — for `secs`.
-fn handshakes(t: &Target, secs: f64, stop: &AtomicBool) -> Result<(u64, f64)> {
-    let start = Instant::now();
-    let mut n = 0u64;
-    let mut b = [0u8; 1];
-    while start.elapsed().as_secs_f64() < secs && !stop.load(Ordering::Relaxed) && n < 1_000_000 {
-        let mut s = connect(t)?;
-        s.write_all(b"x")?;
-        s.read_exact(&mut b)?;
-        n += 1;
-    }
-    Ok((n, start.elapsed().as_secs_f64()))
-}
-
-/// Stream through the echo for `secs`: a writer thread and this reader.
-fn bulk(t: &Target, secs: f64, stop: &AtomicBool) -> Result<f64> {
-    let addr = match t {
-        Target::Plain(a) | Target::Tls(a, _) => *a,
-    };
-    let chunk = vec![0x5au8; 256 * 1024];
-    let start = Instant::now();
-    let mut got = 0u64;
-    match t {
-        Target::Plain(_) => {
-            let mut s = TcpStream::connect(addr)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut w = s.try_clone()?;
-            let deadline = start + Duration::from_secs_f64(secs);
-            let writer = std::thread::spawn(move || {
-                while Instant::now() < deadline {
-                    if w.write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-                let _ = w.shutdown(std::net::Shutdown::Write);
-            });
-            let mut buf = vec![0u8; 256 * 1024];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                got += n as u64;
-            }
-            let _ = writer.join();
-        }
-        Target::Tls(_, _) => {
-            // rustls streams are not split; alternate bounded writes and reads.
-            let mut s = connect(t)?;
-            let mut buf = vec![0u8; 256 * 1024];
-            while start.elapsed().as_secs_f64() < secs && !stop.load(Ordering::Relaxed) {
-                s.write_all(&chunk)?;
-                let mut left = chunk.len();
-                while left > 0 {
-                    let n = s.read(&mut buf[..left.min(256 * 1024)])?;
-                    anyhow::ensure!(n > 0, "echo closed early");
-                    left -= n;
-                    got += n as u64;
-                }
-            }
-        }
-    }
-    Ok(got as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
-}
-
-pub fn run(seconds: u64, serve: bool) -> Result<()> {
+/// Run the demo. `Ok(false)` when interrupted (Ctrl-C) before the end.
+pub fn run(o: &DemoOpts) -> Result<bool> {
     crate::tls::install_provider();
     let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal (flag already set) exits at once; the first asks nicely.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
 
     let dir = TempDir::new()?;
     let pki = crate::certs::test_pki(1, "example.org")?;
     pki.write(&dir.0)?;
-    let backend = spawn_echo_backend()?;
+    let d = |f: &str| dir.0.join(f);
+
+    let echo = crate::backend::spawn(crate::backend::Mode::Echo, "127.0.0.1:0".parse()?, None)?;
+    let tls_echo = crate::backend::spawn(
+        crate::backend::Mode::Echo,
+        "127.0.0.1:0".parse()?,
+        Some(crate::backend::server_tls(
+            &d("server.pem"),
+            &d("server.key"),
+        )?),
+    )?;
+
     let cpus = crate::server::allowed_cpus();
     let cpu_line = cpus
         .first()
         .map(|c| format!("cpus = [{c}]\n"))
         .unwrap_or_default();
-    let cfg_path = dir.0.join("terminus.toml");
-    std::fs::write(
-        &cfg_path,
+    let listener = |name: &str, up: std::net::SocketAddr, extra: &str| {
         format!(
-            "[runtime]\nworkers = 1\n{cpu_line}\n[log]\naccess = \"off\"\n\n[[listeners]]\n\
-             name = \"demo\"\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
-             upstreams = [\"{backend}\"]\n"
+            "[[listeners]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\n\
+             key = \"server.key\"\nupstreams = [\"{up}\"]\n{extra}\n"
+        )
+    };
+    let cfg_text = format!(
+        "[runtime]\nworkers = 1\n{cpu_line}\n[log]\naccess = \"off\"\n\n{}{}{}",
+        listener("terminate", echo.addr, ""),
+        listener(
+            "reencrypt",
+            tls_echo.addr,
+            "[listeners.upstream_tls]\nca = [\"ca.pem\"]\nserver_name = \"localhost\"\n"
         ),
-    )?;
-    let cfg = crate::config::Config::load(&cfg_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let server = crate::server::start(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let addr = server.addr("demo").context("demo listener")?;
-    // Keep the load generator off the worker's CPU where there is another one.
-    if cpus.len() > 1 {
-        core_affinity::set_for_current(core_affinity::CoreId { id: cpus[1] });
-    }
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone())?;
-    let client = Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+        listener(
+            "mtls",
+            echo.addr,
+            "[listeners.client_auth]\nmode = \"require\"\nca = [\"ca.pem\"]\n\
+             allow = [\"spiffe://example.org/client\"]\n"
+        ),
     );
+    let cfg_path = d("terminus.toml");
+    std::fs::write(&cfg_path, cfg_text)?;
+    let cfg = crate::config::Config::load(&cfg_path).map_err(|e| anyhow!("{e}"))?;
+    let server = crate::server::start(&cfg).map_err(|e| anyhow!("{e}"))?;
+    let addr = |n: &str| server.addr(n).with_context(|| format!("listener {n}"));
 
-    let per = (seconds as f64 / 4.0).max(0.5);
+    let roots = || -> Result<Trust> {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(pki.ca_der.clone())?;
+        Ok(Trust::Roots(r))
+    };
+    let tls = |client_auth: bool| -> Result<Option<TlsOpts>> {
+        let auth = client_auth.then(|| (d("client.pem"), d("client.key")));
+        Ok(Some(TlsOpts {
+            config: bench::client_config(roots()?, auth, &[], None).map_err(|e| anyhow!(e))?,
+            server_name: ServerName::try_from("localhost")?,
+        }))
+    };
+    let targets = [
+        (echo.addr, None),
+        (addr("terminate")?, tls(false)?),
+        (addr("reencrypt")?, tls(false)?),
+        (addr("mtls")?, tls(true)?),
+    ];
+
+    // 4 modes x 3 workloads share the budget.
+    let per = Duration::from_secs_f64((o.seconds as f64 / 12.0).max(0.25));
+    let probe = TargetProbe::Threads {
+        pid: std::process::id(),
+        prefix: "terminus-w".into(),
+    };
+    // The load generator runs on the last CPU, terminus's worker on the first.
+    let client_cpus = (cpus.len() > 1).then(|| vec![cpus[cpus.len() - 1]]);
     println!(
-        "terminus demo: terminator on {addr} (1 worker, io_uring), echo backend on {backend}; {per:.1}s per measurement"
+        "terminus demo: terminator with 1 io_uring worker{}, echo backends on {} (plain) and {} (TLS); \
+         {:.1} s per measurement, work dir {}",
+        cpus.first().map(|c| format!(" on CPU {c}")).unwrap_or_default(),
+        echo.addr,
+        tls_echo.addr,
+        per.as_secs_f64(),
+        dir.0.display()
     );
-    let mut rows = Vec::new();
-    for (mode, target) in [
-        ("plaintext (direct)", Target::Plain(backend)),
-        ("terminate (TLS 1.3)", Target::Tls(addr, client.clone())),
-    ] {
-        eprint!("  measuring {mode}: handshakes...");
-        let cpu0 = thread_cpu_seconds("terminus-w0");
-        let (n, secs) = handshakes(&target, per, &stop)?;
-        let cpu = thread_cpu_seconds("terminus-w0") - cpu0;
-        eprint!(" bulk...");
-        let gbit = bulk(&target, per, &stop)?;
-        eprintln!(" done");
-        rows.push(Row {
-            mode,
-            handshakes_per_s: n as f64 / secs,
-            cpu_us_per_handshake: matches!(target, Target::Tls(..)).then(|| cpu * 1e6 / n as f64),
-            gbit_per_s: gbit,
-        });
-        if stop.load(Ordering::Relaxed) {
-            break;
+    let started = Instant::now();
+    let mut results: Vec<ModeResult> = (0..4).map(|_| ModeResult::default()).collect();
+    'modes: for (m, (target, tls)) in targets.iter().enumerate() {
+        for wl in [Workload::Handshake, Workload::Bulk, Workload::Rr] {
+            if stop.load(Ordering::Relaxed) {
+                break 'modes;
+            }
+            let mut opts = BenchOpts::new(*target, wl);
+            opts.duration = per;
+            opts.tls = tls.clone();
+            opts.cpus = client_cpus.clone();
+            opts.stop = Some(stop.clone());
+            opts.timeout = Duration::from_secs(5);
+            opts.probe = (m != 0).then(|| probe.clone());
+            match wl {
+                Workload::Handshake => opts.connections = 8,
+                Workload::Bulk => {
+                    opts.connections = 1;
+                    opts.direction = Direction::Echo;
+                }
+                _ => {
+                    opts.connections = 8;
+                    opts.size = 64;
+                }
+            }
+            let label = format!("  {:<18} {:<9}", MODES[m], format!("{wl:?}").to_lowercase());
+            eprintln!("{label} measuring...");
+            let r = bench::run(&opts, Progress::Stderr(label))?;
+            if r.errors.total > 0 {
+                eprintln!(
+                    "  note: {} errors in {} {wl:?} ({:?})",
+                    r.errors.total, MODES[m], r.errors
+                );
+            }
+            let slot = &mut results[m];
+            match wl {
+                Workload::Handshake => slot.handshake = Some(r),
+                Workload::Bulk => slot.bulk = Some(r),
+                _ => slot.rr = Some(r),
+            }
         }
     }
-    let base = rows.iter().find(|r| r.mode.starts_with("terminate"));
+    let interrupted = stop.load(Ordering::Relaxed);
+    let table = table(&results);
     println!();
+    print!("{table}");
     println!(
-        "{:<22} {:>14} {:>10} {:>22} {:>10} {:>10}",
-        "mode", "handshakes/s", "vs term.", "server CPU µs/handshake", "Gbit/s", "vs term."
+        "\n(measured in one run on this machine, {:.0} s; compare ratios, not absolutes. Server CPU is \
+         the terminus worker thread's own CPU time; the client{} shares the machine.)",
+        started.elapsed().as_secs_f64(),
+        if client_cpus.is_some() {
+            " runs on another CPU but"
+        } else {
+            ""
+        }
     );
-    for r in &rows {
-        let (hr, br) = base.map_or((1.0, 1.0), |b| {
-            (
-                r.handshakes_per_s / b.handshakes_per_s,
-                r.gbit_per_s / b.gbit_per_s,
-            )
-        });
-        println!(
-            "{:<22} {:>14.0} {:>9.2}x {:>22} {:>10.2} {:>9.2}x",
-            r.mode,
-            r.handshakes_per_s,
-            hr,
-            r.cpu_us_per_handshake
-                .map_or("-".into(), |c| format!("{c:.0}")),
-            r.gbit_per_s,
-            br
-        );
-    }
-    println!(
-        "\n(one process on a shared machine: compare ratios, not absolutes; server CPU is the \
-         worker thread's own CPU time, the client runs on another CPU where there is one)"
-    );
-    let ca = dir.0.join("ca.pem");
-    if !serve {
-        println!("\nRun `terminus demo --serve` to keep the terminator up and try it with curl or openssl s_client.");
-    } else {
-        println!("\nTry it yourself while it serves (Ctrl-C to stop):");
+    let report = o
+        .report
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("terminus-demo-report.html"));
+    std::fs::write(&report, html(&results, &table))
+        .with_context(|| format!("cannot write {}", report.display()))?;
+    println!("HTML report: {}", report.display());
+
+    if o.serve && !interrupted {
+        let ca = d("ca.pem");
+        let t = addr("terminate")?;
+        println!("\nServing until Ctrl-C. Try it:");
         println!(
             "  curl --cacert {} https://localhost:{}/ -v   (the echo backend returns your request)",
             ca.display(),
-            addr.port()
+            t.port()
         );
         println!(
-            "  openssl s_client -connect {addr} -CAfile {} -verify_return_error",
+            "  openssl s_client -connect {t} -CAfile {} -verify_return_error",
+            ca.display()
+        );
+        println!(
+            "  terminus bench --target {t} --workload handshake --ca {} --server-name localhost --duration 5",
             ca.display()
         );
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
         }
+    } else if !o.serve {
+        println!("Run `terminus demo --serve` to keep the terminator up and try it with curl or openssl s_client.");
     }
     server.stop();
-    server.join().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    server.join().map_err(|e| anyhow!("{e}"))?;
+    drop((echo, tls_echo));
+    Ok(!interrupted)
+}
+
+fn ratio(v: Option<f64>, base: Option<f64>) -> String {
+    match (v, base) {
+        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}x", v / b),
+        _ => "-".into(),
+    }
+}
+
+fn num(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.prec$}"))
+}
+
+struct Row {
+    hs: Option<f64>,
+    cpu: Option<f64>,
+    gbit: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+}
+
+fn ok(b: &Option<BenchReport>) -> Option<&BenchReport> {
+    b.as_ref().filter(|b| b.ops > 0)
+}
+
+fn row(r: &ModeResult) -> Row {
+    Row {
+        hs: ok(&r.handshake).map(|b| b.ops_per_s),
+        cpu: ok(&r.handshake).and_then(|b| b.target_cpu_us_per_op),
+        gbit: ok(&r.bulk).map(|b| b.gbit_per_s),
+        p50: ok(&r.rr).map(|b| b.latency_us.p50 as f64),
+        p99: ok(&r.rr).map(|b| b.latency_us.p99 as f64),
+    }
+}
+
+/// The comparison table (plain text; also embedded in the HTML report).
+fn table(results: &[ModeResult]) -> String {
+    let rows: Vec<Row> = results.iter().map(row).collect();
+    let b = &rows[TERMINATE];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<19} {:>12} {:>7} {:>14} {:>7} {:>8} {:>7} {:>9} {:>9} {:>7}",
+        "mode",
+        "handshakes/s",
+        "vs term",
+        "srv CPU µs/hs",
+        "vs term",
+        "Gbit/s",
+        "vs term",
+        "rr p50 µs",
+        "rr p99 µs",
+        "vs term"
+    );
+    for (m, r) in rows.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "{:<19} {:>12} {:>7} {:>14} {:>7} {:>8} {:>7} {:>9} {:>9} {:>7}",
+            MODES[m],
+            num(r.hs, 0),
+            ratio(r.hs, b.hs),
+            num(r.cpu, 1),
+            ratio(r.cpu, b.cpu),
+            num(r.gbit, 2),
+            ratio(r.gbit, b.gbit),
+            num(r.p50, 0),
+            num(r.p99, 0),
+            ratio(r.p50, b.p50),
+        );
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A latency CDF: x = percentile on a log scale (0, 90, 99, 99.9 ...), y = latency
+/// (log µs). Each series: (name, colour, points).
+/// A chart series: name, colour, (percentile, µs) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, u64)>);
+
+fn cdf_svg(title: &str, series: &[Series]) -> String {
+    let (w, h, l, r, t, b) = (640.0, 320.0, 60.0, 20.0, 30.0, 40.0);
+    let nines = 5.0; // up to 99.999%
+    let xv = |p: f64| (-(1.0 - (p / 100.0).min(0.99999)).log10()).min(nines);
+    let all: Vec<u64> = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1.max(1)))
+        .collect();
+    let lo = all.iter().copied().min().unwrap_or(1).max(1) as f64;
+    let hi = all.iter().copied().max().unwrap_or(10).max(2) as f64;
+    let (ylo, yhi) = (
+        lo.log10().floor(),
+        hi.log10().ceil().max(lo.log10().floor() + 1.0),
+    );
+    let px = |x: f64| l + x / nines * (w - l - r);
+    let py = |us: f64| h - b - (us.max(1.0).log10() - ylo) / (yhi - ylo) * (h - t - b);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{l}\" y=\"18\" font-size=\"13\">{}</text>\n",
+        esc(title)
+    );
+    for (i, lab) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+        .iter()
+        .enumerate()
+    {
+        let x = px(i as f64);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x:.1}\" y1=\"{t}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{lab}</text>",
+            h - b,
+            h - b + 15.0
+        );
+    }
+    let mut d = ylo;
+    while d <= yhi {
+        let y = py(10f64.powf(d));
+        let us = 10f64.powf(d);
+        let lab = if us >= 1e6 {
+            format!("{}s", us / 1e6)
+        } else if us >= 1e3 {
+            format!("{}ms", us / 1e3)
+        } else {
+            format!("{us}µs")
+        };
+        let _ = writeln!(
+            s,
+            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{lab}</text>",
+            w - r,
+            l - 5.0,
+            y + 4.0
+        );
+        d += 1.0;
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">percentile</text>",
+        (l + w - r) / 2.0,
+        h - 5.0
+    );
+    for (i, (name, colour, pts)) in series.iter().enumerate() {
+        if pts.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(p, us)| format!("{:.1},{:.1}", px(xv(*p)), py(*us as f64)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\">{}</text>",
+            path.join(" "),
+            l + 10.0,
+            t + 14.0 + 14.0 * i as f64,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The self-contained HTML report: the table and one CDF chart per mode.
+fn html(results: &[ModeResult], table: &str) -> String {
+    let mut s = String::from(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>terminus demo</title>\n\
+         <style>body{font-family:sans-serif;margin:2em;max-width:60em}pre{background:#f6f6f6;\
+         padding:1em;overflow-x:auto}figure{margin:1em 0}</style></head><body>\n\
+         <h1>terminus demo</h1>\n<p>One run on this machine: the same workloads against a \
+         plaintext backend directly and through terminus (termination, re-encryption, mutual TLS). \
+         Compare ratios, not absolutes; server CPU is the terminus worker thread's own CPU time.</p>\n",
+    );
+    let _ = writeln!(s, "<pre>{}</pre>", esc(table));
+    for (m, r) in results.iter().enumerate() {
+        let series = [
+            (
+                "request/response (64 B echo)",
+                "#1f77b4",
+                r.rr.as_ref().map(|b| b.cdf()).unwrap_or_default(),
+            ),
+            (
+                "connect + handshake",
+                "#d62728",
+                r.handshake.as_ref().map(|b| b.cdf()).unwrap_or_default(),
+            ),
+        ];
+        let _ = writeln!(
+            s,
+            "<figure><h2>{}</h2>{}</figure>",
+            esc(MODES[m]),
+            cdf_svg(&format!("{} latency CDF", MODES[m]), &series)
+        );
+    }
+    s.push_str("</body></html>\n");
+    s
 }
 
 /// A temporary folder removed on drop.
@@ -291,11 +435,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Result<Self> {
-        let p = std::env::temp_dir().join(format!(
-            "terminus-demo-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-        ));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("terminus-demo-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }

@@ -48,13 +48,19 @@ enum Cmd {
         #[arg(long, default_value = "example.org")]
         trust_domain: String,
     },
-    /// Self-contained demo: temporary PKI, built-in backend, terminator, measurements.
+    /// Self-contained demo: temporary PKI, built-in backends, terminator in each mode,
+    /// measurements, comparison table and HTML report.
     Demo {
-        #[arg(long, default_value_t = 10)]
+        /// Total measuring budget in seconds, split over 4 modes x 3 workloads.
+        #[arg(long, default_value_t = terminus::demo::DEFAULT_SECONDS)]
         seconds: u64,
         /// Keep serving after the measurements until Ctrl-C.
         #[arg(long)]
         serve: bool,
+        /// Where to write the HTML report [default: terminus-demo-report.html in the
+        /// system temp dir].
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Load generator: handshakes, bulk, request/response, idle connections.
     Bench(Box<terminus::bench::BenchArgs>),
@@ -159,12 +165,29 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
         } => terminus::backend::run_cli(&listen, mode, tls_cert.as_deref(), tls_key.as_deref()),
-        Cmd::Demo { seconds, serve } => match terminus::demo::run(seconds, serve) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("terminus: demo: {e:#}");
-                ExitCode::from(1)
+        Cmd::Demo {
+            seconds,
+            serve,
+            report,
+        } => {
+            if seconds == 0 {
+                eprintln!("terminus: demo: --seconds must be at least 1");
+                return ExitCode::from(2);
             }
-        },
+            let opts = terminus::demo::DemoOpts {
+                seconds,
+                serve,
+                report,
+            };
+            match terminus::demo::run(&opts) {
+                Ok(true) => ExitCode::SUCCESS,
+                // Interrupted: cleaned up; the conventional 128 + SIGINT.
+                Ok(false) => ExitCode::from(130),
+                Err(e) => {
+                    eprintln!("terminus: demo: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }

@@ -512,6 +512,28 @@ fn target_cpu_from_the_admin_endpoint() {
     // Tick-granular (10 ms) CPU over 2 s of handshakes: clearly above zero.
     assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
     stop.store(true, Ordering::Relaxed);
+
+    // An admin address that refuses: a runtime failure before any load, naming it.
+    let gone = refused_addr().to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "handshake",
+        "--duration",
+        "30",
+        "--target-admin",
+        &gone,
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let t = std::time::Instant::now();
+    let (code, _, err) = bench(&args);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&gone), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "failed only after the load"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -550,6 +572,14 @@ fn bad_arguments_exit_2_with_one_line() {
         (vec!["--workload", "rr"], "--ca"),
         (vec!["--workload", "nonsense", "--plain"], "nonsense"),
         (vec!["--workload", "rr", "--plain", "--resume"], "--plain"),
+        (
+            vec!["--workload", "rr", "--plain", "--cpus", "4096"],
+            "--cpus",
+        ),
+        (
+            vec!["--workload", "bulk", "--plain", "--size", "0"],
+            "--size",
+        ),
     ];
     for (args, needle) in cases {
         let mut all: Vec<&OsStr> = vec![OsStr::new("bench"), OsStr::new("--target"), OsStr::new(t)];

@@ -332,6 +332,10 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         })
         .collect();
 
+    // Fail before the load, not after it, when the target cannot be read.
+    if let Some(p) = &opts.probe {
+        p.cpu_ns().context("cannot read the target's CPU time")?;
+    }
     let idle = opts.workload == Workload::Idle;
     let rss_before = match (&opts.probe, idle) {
         (Some(p), true) => Some(p.rss_bytes().context("target memory before opening")?),
@@ -357,7 +361,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         let cpu = *cpu;
         let h = std::thread::Builder::new()
             .name(format!("bench-w{i}"))
-            .spawn(move || worker::run(&sh, i, first, n, cpu))
+            .spawn(move || worker::guarded(&sh, i, first, n, cpu))
             .context("cannot spawn a bench worker")?;
         first += n;
         handles.push(h);
@@ -714,6 +718,17 @@ impl BenchArgs {
         }
         if self.timeout_ms == 0 {
             return Err("--timeout-ms must be at least 1".into());
+        }
+        if let Some(cpus) = &self.cpus {
+            let allowed = crate::server::allowed_cpus();
+            if let Some(c) = cpus
+                .iter()
+                .find(|c| !allowed.is_empty() && !allowed.contains(c))
+            {
+                return Err(format!(
+                    "--cpus: CPU {c} is not in this process's affinity mask {allowed:?}"
+                ));
+            }
         }
         let size = self.size.unwrap_or(default_size(w));
         if size == 0 && matches!(w, Workload::Rr | Workload::Bulk) {

@@ -32,6 +32,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// Wait at the next of the three barriers; `passed` counts them for [`guarded`].
+    fn barrier(&self, passed: &std::cell::Cell<usize>) {
+        [&self.start, &self.end, &self.release][passed.get()].wait();
+        passed.set(passed.get() + 1);
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
             || self
@@ -131,12 +137,51 @@ struct Worker<'a> {
     interval: Option<Duration>,
 }
 
-pub(super) fn run(
+/// [`run`], but a panic (a bug) still meets the barriers the worker had not passed,
+/// so the coordinator cannot hang; the run is stopped and the panic reported.
+pub(super) fn guarded(
     sh: &Shared,
     index: usize,
     first: usize,
     conns: usize,
     cpu: Option<usize>,
+) -> WorkerResult {
+    let passed = std::cell::Cell::new(0);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(sh, index, first, conns, cpu, &passed)
+    }));
+    let r = r.unwrap_or_else(|_| {
+        sh.stop.store(true, Ordering::Relaxed);
+        eprintln!("terminus: bench: worker {index} panicked; the run is stopped");
+        WorkerResult::empty()
+    });
+    while passed.get() < 3 {
+        sh.barrier(&passed);
+    }
+    r
+}
+
+impl WorkerResult {
+    fn empty() -> WorkerResult {
+        WorkerResult {
+            hist: new_hist(),
+            ops: 0,
+            bytes: 0,
+            errors: ErrorCounts::default(),
+            resumed: 0,
+            full: 0,
+            established: 0,
+        }
+    }
+}
+
+fn run(
+    sh: &Shared,
+    index: usize,
+    first: usize,
+    conns: usize,
+    cpu: Option<usize>,
+    passed: &std::cell::Cell<usize>,
 ) -> WorkerResult {
     if let Some(c) = cpu {
         core_affinity::set_for_current(core_affinity::CoreId { id: c });
@@ -160,19 +205,8 @@ pub(super) fn run(
             Ok(p) => p,
             Err(e) => {
                 eprintln!("terminus: bench: worker {index}: cannot create a poller: {e}");
-                let _ = sh.stop.swap(true, Ordering::Relaxed);
-                sh.start.wait();
-                sh.end.wait();
-                sh.release.wait();
-                return WorkerResult {
-                    hist: new_hist(),
-                    ops: 0,
-                    bytes: 0,
-                    errors: ErrorCounts::default(),
-                    resumed: 0,
-                    full: 0,
-                    established: 0,
-                };
+                sh.stop.store(true, Ordering::Relaxed);
+                return WorkerResult::empty();
             }
         },
         slots: (0..conns)
@@ -234,7 +268,7 @@ pub(super) fn run(
         .filter(|s| matches!(s.st, St::Ready | St::Holding))
         .count() as u64;
 
-    sh.start.wait();
+    sh.barrier(passed);
     let t0 = Instant::now();
     let deadline = t0 + o.duration;
     w.measuring = true;
@@ -263,7 +297,10 @@ pub(super) fn run(
                         let g = (w.first + i) as f64 / o.connections as f64;
                         w.slots[i].due = Some(t0 + iv.mul_f64(g));
                     }
-                    None => w.begin_request(i, t0),
+                    None => {
+                        w.begin_request(i, t0);
+                        w.drive(i);
+                    }
                 }
             }
         }
@@ -282,6 +319,7 @@ pub(super) fn run(
                 if let (St::Ready, Some(due)) = (w.slots[i].st, w.slots[i].due) {
                     if due <= now {
                         w.begin_request(i, due);
+                        w.drive(i);
                     } else {
                         wait = wait.min(due - now);
                     }
@@ -295,8 +333,8 @@ pub(super) fn run(
         }
     }
     w.measuring = false;
-    sh.end.wait();
-    sh.release.wait();
+    sh.barrier(passed);
+    sh.barrier(passed);
     for s in &mut w.slots {
         if let Some(st) = s.stream.take() {
             st.close(false);
@@ -375,7 +413,8 @@ impl Worker<'_> {
         if let Some(iv) = self.interval {
             s.due = Some(intended + iv);
         }
-        self.requeue.push(i);
+        // No requeue: callers drive the slot (a requeued slot makes the next poll
+        // non-blocking, and a closed loop would then spin the CPU it shares).
     }
 
     fn record(&mut self, since: Instant) {
