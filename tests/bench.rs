@@ -243,6 +243,10 @@ fn mtls_with_and_without_a_client_certificate() {
     assert_eq!(f(&v, "ops"), 0.0, "{v}");
     assert!(f(&v, "errors.handshake") >= 4.0, "{v}");
     assert!(err.contains("no operation succeeded"), "{err}");
+    assert!(
+        v["error_samples"]["handshake"].is_string(),
+        "the first handshake error is shown: {v}"
+    );
 }
 
 #[test]
