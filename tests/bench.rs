@@ -243,6 +243,10 @@ fn mtls_with_and_without_a_client_certificate() {
     assert_eq!(f(&v, "ops"), 0.0, "{v}");
     assert!(f(&v, "errors.handshake") >= 4.0, "{v}");
     assert!(err.contains("no operation succeeded"), "{err}");
+    assert!(
+        v["error_samples"]["handshake"].is_string(),
+        "the first handshake error is shown: {v}"
+    );
 }
 
 #[test]
@@ -609,4 +613,40 @@ fn bad_arguments_exit_2_with_one_line() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[test]
+fn backend_holds_ten_thousand_idle_connections() {
+    let _g = heavy();
+    raise_fd_limit();
+    let be = BackendChild::start("echo", None);
+    let v = bench_ok(&[
+        "--target",
+        &be.addr.to_string(),
+        "--workload",
+        "idle",
+        "--plain",
+        "--connections",
+        "10000",
+        "--workers",
+        "2",
+        "--duration",
+        "1",
+        "--target-pid",
+        &be.pid().to_string(),
+    ]);
+    assert_sane(&v, "10k idle");
+    assert_eq!(f(&v, "established"), 10000.0, "{v}");
+    assert!(f(&v, "target_rss_bytes_per_conn") > 0.0, "{v}");
+    // The backend still serves after holding them.
+    let v = bench_ok(&[
+        "--target",
+        &be.addr.to_string(),
+        "--workload",
+        "rr",
+        "--plain",
+        "--duration",
+        "1",
+    ]);
+    assert_sane(&v, "rr after 10k idle");
 }

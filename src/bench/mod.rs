@@ -193,6 +193,9 @@ pub struct BenchReport {
     pub gbit_per_s: f64,
     pub latency_us: Latency,
     pub errors: ErrorCounts,
+    /// The first error message of each kind, to tell what went wrong.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub error_samples: std::collections::BTreeMap<&'static str, String>,
     pub full_handshakes: u64,
     pub resumed: u64,
     pub size: usize,
@@ -246,13 +249,13 @@ impl BenchReport {
         let _ = std::fmt::Write::write_fmt(
             &mut s,
             format_args!(
-                "workload   {:?} ({}) against {}, {} connections, {} workers, {:.2} s\n\
+                "workload   {} ({}) against {}, {} connections, {} workers, {:.2} s\n\
                  ops        {} ({:.1}/s)\n\
                  bytes      {} ({:.3} Gbit/s)\n\
                  latency µs p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1})\n\
                  handshakes {} full, {} resumed\n\
                  errors     {} (connect {}, handshake {}, verify {}, io {}, timeout {}, closed {})\n",
-                self.workload,
+                format!("{:?}", self.workload).to_lowercase(),
                 self.mode,
                 self.target,
                 self.connections,
@@ -279,6 +282,9 @@ impl BenchReport {
                 self.errors.closed,
             ),
         );
+        for (k, v) in &self.error_samples {
+            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("first {k} error: {v}\n"));
+        }
         if let Some(c) = self.target_cpu_us_per_op {
             let _ = std::fmt::Write::write_fmt(
                 &mut s,
@@ -412,6 +418,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
     let mut bytes = 0;
     let mut errors = ErrorCounts::default();
     let (mut resumed, mut full, mut established) = (0, 0, 0);
+    let mut samples = std::collections::BTreeMap::new();
     for h in handles {
         let r = h.join().map_err(|_| anyhow!("a bench worker panicked"))?;
         hist.add(&r.hist).map_err(|e| anyhow!("histogram: {e:?}"))?;
@@ -421,6 +428,9 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         resumed += r.resumed;
         full += r.full;
         established += r.established;
+        for (k, v) in r.samples {
+            samples.entry(k).or_insert(v);
+        }
     }
     errors.add(&ErrorCounts::default());
     let (cpu0, cpu1) = (
@@ -464,6 +474,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         gbit_per_s: bytes as f64 * 8.0 / window / 1e9,
         latency_us: lat,
         errors,
+        error_samples: samples,
         full_handshakes: full,
         resumed,
         size: opts.size,

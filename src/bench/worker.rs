@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::ServerName;
+use std::collections::BTreeMap;
 use std::io::{self, ErrorKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -58,6 +59,8 @@ pub(super) struct WorkerResult {
     pub full: u64,
     /// Connections up when the window started (persistent workloads).
     pub established: u64,
+    /// The first error message of each kind.
+    pub samples: BTreeMap<&'static str, String>,
 }
 
 pub(super) fn new_hist() -> Histogram<u64> {
@@ -126,6 +129,7 @@ struct Worker<'a> {
     ops: u64,
     bytes: u64,
     errors: ErrorCounts,
+    samples: BTreeMap<&'static str, String>,
     resumed: u64,
     full: u64,
     buf: Vec<u8>,
@@ -171,6 +175,7 @@ impl WorkerResult {
             resumed: 0,
             full: 0,
             established: 0,
+            samples: BTreeMap::new(),
         }
     }
 }
@@ -229,6 +234,7 @@ fn run(
         ops: 0,
         bytes: 0,
         errors: ErrorCounts::default(),
+        samples: BTreeMap::new(),
         resumed: 0,
         full: 0,
         buf: vec![0u8; 64 * 1024],
@@ -348,6 +354,7 @@ fn run(
         resumed: w.resumed,
         full: w.full,
         established,
+        samples: w.samples,
     }
 }
 
@@ -389,16 +396,19 @@ impl Worker<'_> {
                     Token(i),
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
-                    eprintln!("terminus: bench: cannot register a socket: {e}");
-                    self.fail(i, Fail::Connect);
+                    self.fail(
+                        i,
+                        Fail::Connect,
+                        &format_args!("cannot register a socket: {e}"),
+                    );
                     return;
                 }
                 s.stream = Some(Stream::new(sock, None));
                 s.st = St::Connecting;
             }
-            Err(_) => {
+            Err(e) => {
                 s.st = St::Connecting;
-                self.fail(i, Fail::Connect);
+                self.fail(i, Fail::Connect, &e);
             }
         }
     }
@@ -426,16 +436,38 @@ impl Worker<'_> {
         }
     }
 
-    fn fail(&mut self, i: usize, why: Fail) {
+    /// Count a failure (keeping the first message of each kind) and close the slot.
+    fn fail(&mut self, i: usize, why: Fail, detail: &dyn std::fmt::Display) {
         let e = &mut self.errors;
-        match why {
-            Fail::Connect => e.connect += 1,
-            Fail::Handshake => e.handshake += 1,
-            Fail::Verify => e.verify += 1,
-            Fail::Io => e.io += 1,
-            Fail::Timeout => e.timeout += 1,
-            Fail::Closed => e.closed += 1,
-        }
+        let kind = match why {
+            Fail::Connect => {
+                e.connect += 1;
+                "connect"
+            }
+            Fail::Handshake => {
+                e.handshake += 1;
+                "handshake"
+            }
+            Fail::Verify => {
+                e.verify += 1;
+                "verify"
+            }
+            Fail::Io => {
+                e.io += 1;
+                "io"
+            }
+            Fail::Timeout => {
+                e.timeout += 1;
+                "timeout"
+            }
+            Fail::Closed => {
+                e.closed += 1;
+                "closed"
+            }
+        };
+        self.samples
+            .entry(kind)
+            .or_insert_with(|| detail.to_string());
         let s = &mut self.slots[i];
         let was = s.st;
         if let Some(mut st) = s.stream.take() {
@@ -484,7 +516,12 @@ impl Worker<'_> {
                 St::Connecting | St::Handshaking | St::TicketWait | St::ReqSend | St::ReqRecv
             ) && s.t_act.elapsed() > limit
             {
-                self.fail(i, Fail::Timeout);
+                let st = s.st;
+                self.fail(
+                    i,
+                    Fail::Timeout,
+                    &format_args!("{st:?} took longer than {limit:?}"),
+                );
             }
         }
     }
@@ -587,7 +624,7 @@ impl Worker<'_> {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
                     let why = self.classify(&e, st);
-                    self.fail(i, why);
+                    self.fail(i, why, &format_args!("{st:?}: {e}"));
                     return;
                 }
             }
