@@ -152,7 +152,13 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
             opts.timeout = Duration::from_secs(5);
             opts.probe = (m != 0).then(|| probe.clone());
             match wl {
-                Workload::Handshake => opts.connections = 8,
+                // One small echoed request per connection: the upstream leg (and, for
+                // re-encryption, its TLS handshake) is then part of every operation;
+                // a bare handshake would close before terminus finishes upstream work.
+                Workload::Handshake => {
+                    opts.connections = 8;
+                    opts.size = 64;
+                }
                 Workload::Bulk => {
                     opts.connections = 1;
                     opts.direction = Direction::Echo;
