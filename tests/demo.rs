@@ -45,8 +45,9 @@ fn demo_measures_four_modes_and_writes_the_report() {
         assert!(row.starts_with(mode), "row {row:?} is not {mode}: {out}");
         // Every mode measured handshakes/s, Gbit/s and rr latency (no "-" there).
         let cells: Vec<&str> = row[19..].split_whitespace().collect();
-        assert_eq!(cells.len(), 9, "{row:?}");
-        for i in [0, 4, 6, 7] {
+        // hs/s, ratio, CPU µs/hs, ratio, Gbit/s, ratio, p50, ratio, p99, ratio.
+        assert_eq!(cells.len(), 10, "{row:?}");
+        for i in [0, 4, 6, 8] {
             assert!(
                 cells[i].parse::<f64>().is_ok_and(|v| v > 0.0),
                 "{mode}: cell {i} is {:?}: {out}",
