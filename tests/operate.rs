@@ -452,6 +452,14 @@ fn certificates_reload_by_rewrite_and_by_symlink_swap_during_a_long_transfer() {
     assert!(expiry > 0.0);
 }
 
+/// Replace a file by rename(2), so a poll never reads it half-written (this test
+/// counts errors exactly; the rotation test above covers plain rewrites).
+fn replace(path: &Path, content: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 #[test]
 fn a_broken_replacement_keeps_the_old_certificate_and_counts_an_error() {
     let pki = Pki::generate();
@@ -469,14 +477,14 @@ fn a_broken_replacement_keeps_the_old_certificate_and_counts_an_error() {
     // 1. A key that does not match the certificate.
     let (_, other) = new_server_cert();
     let good_key = std::fs::read(pki.dir().join("server.key")).unwrap();
-    std::fs::write(pki.dir().join("server.key"), &other.key_pem).unwrap();
+    replace(&pki.dir().join("server.key"), other.key_pem.as_bytes());
     wait_metric(&t, errors, 1.0);
     // 2. Garbage in the certificate file (key restored).
-    std::fs::write(pki.dir().join("server.key"), &good_key).unwrap();
+    replace(&pki.dir().join("server.key"), &good_key);
     let good_cert = std::fs::read(pki.dir().join("server.pem")).unwrap();
     // The restore alone is a valid change: counts one ok reload.
     wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 1.0);
-    std::fs::write(pki.dir().join("server.pem"), b"not a certificate\n").unwrap();
+    replace(&pki.dir().join("server.pem"), b"not a certificate\n");
     wait_metric(&t, errors, 2.0);
     // 3. The certificate file deleted.
     std::fs::remove_file(pki.dir().join("server.pem")).unwrap();
@@ -491,7 +499,7 @@ fn a_broken_replacement_keeps_the_old_certificate_and_counts_an_error() {
         err.contains("does not match") && err.contains(&pem) && err.contains("keeping"),
         "stderr names the file and why: {err}"
     );
-    std::fs::write(pki.dir().join("server.pem"), &good_cert).unwrap();
+    replace(&pki.dir().join("server.pem"), &good_cert);
     wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 2.0);
 }
 
