@@ -385,6 +385,11 @@ impl Conn {
         self.last_activity = now;
         let Some(t) = self.up_tls.as_mut() else {
             self.bytes_upstream_to_client += data.len() as u64;
+            if self.plain_to_client.capacity() == 0 {
+                // Several receive buffers usually land in one turn: start with room
+                // for a few, instead of regrowing (and copying) from empty each turn.
+                self.plain_to_client.reserve(data.len().max(STAGING));
+            }
             self.plain_to_client.extend_from_slice(data);
             return;
         };
@@ -660,6 +665,11 @@ impl Conn {
     fn seal_for_client(&mut self) {
         if !self.plain_to_client.is_empty() && self.close.is_none() {
             let mut plain = std::mem::take(&mut self.plain_to_client);
+            // Room for all the records up front (header + tag + type per 16 KiB):
+            // pumping them into a Vec growing from empty copied every byte again on
+            // each doubling (~17% of bulk CPU in a profile).
+            let records = plain.len() / 16384 + 1;
+            self.to_client.reserve(plain.len() + records * 64);
             let mut done = 0;
             while done < plain.len() {
                 match self.tls.writer().write(&plain[done..]) {
@@ -709,6 +719,9 @@ impl Conn {
 }
 
 /// Move every TLS record rustls has queued into `out`.
+/// Initial capacity of a staging buffer that receives data this turn.
+const STAGING: usize = 64 * 1024;
+
 fn pump<D>(tls: &mut rustls::ConnectionCommon<D>, out: &mut Vec<u8>) {
     while tls.wants_write() {
         if tls.write_tls(out).is_err() {
