@@ -388,7 +388,10 @@ impl Conn {
             if self.plain_to_client.capacity() == 0 {
                 // Several receive buffers usually land in one turn: start with room
                 // for a few, instead of regrowing (and copying) from empty each turn.
-                self.plain_to_client.reserve(data.len().max(STAGING));
+                // Scaled by this chunk, so thousands of small responses in one turn
+                // do not each reserve the full STAGING size.
+                self.plain_to_client
+                    .reserve((data.len() * 4).clamp(data.len(), STAGING.max(data.len())));
             }
             self.plain_to_client.extend_from_slice(data);
             return;
