@@ -13,7 +13,7 @@ use crate::config::Admin as AdminConfig;
 use crate::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
 use crate::worker::{ListenerShared, RUNNING};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,11 +62,6 @@ impl AdminState {
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.state.load(Ordering::Relaxed) == RUNNING
     }
-}
-
-/// Bind the admin address (so a busy port fails startup, before any worker runs).
-pub fn bind(cfg: &AdminConfig) -> std::io::Result<TcpListener> {
-    TcpListener::bind(cfg.listen)
 }
 
 /// Start the collector and the HTTP threads; returns the sender workers publish on.
@@ -228,9 +223,4 @@ fn respond(
     }
     s.write_all(&out)?;
     s.flush()
-}
-
-/// The address the admin endpoint listens on (resolves port 0).
-pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
 }

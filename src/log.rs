@@ -78,11 +78,6 @@ impl LogSink {
         self.tx.is_some()
     }
 
-    /// Queue one JSON object as a line; never blocks.
-    pub fn send(&self, v: serde_json::Value) {
-        self.send_line(v.to_string());
-    }
-
     /// Queue one already formatted line (no newline); never blocks.
     pub fn send_line(&self, line: String) {
         if let Some(tx) = &self.tx {
@@ -110,7 +105,7 @@ mod tests {
         let _ = std::fs::remove_file(&p);
         let sink = LogSink::start(p.to_str().unwrap()).unwrap();
         assert!(sink.enabled());
-        sink.send(serde_json::json!({"event": "x", "n": 1}));
+        sink.send_line(serde_json::json!({"event": "x", "n": 1}).to_string());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let text = loop {
             let t = std::fs::read_to_string(&p).unwrap_or_default();
@@ -128,7 +123,7 @@ mod tests {
     fn off_sends_nothing() {
         let sink = LogSink::start("off").unwrap();
         assert!(!sink.enabled());
-        sink.send(serde_json::json!({}));
+        sink.send_line("{}".into());
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);
     }
 }

@@ -63,11 +63,6 @@ impl Latency {
         self.sum_us += other.sum_us;
     }
 
-    /// Value at a quantile (0..=1), in microseconds.
-    pub fn quantile_us(&self, q: f64) -> u64 {
-        self.hist.value_at_quantile(q)
-    }
-
     /// Cumulative counts per [`BUCKETS_S`] bound (Prometheus `le` semantics).
     pub fn cumulative_buckets(&self) -> [u64; BUCKETS_S.len()] {
         let mut per = [0u64; BUCKETS_S.len()];
@@ -121,14 +116,7 @@ impl ListenerMetrics {
     }
 
     pub fn upstream_connect_error(&mut self, addr: SocketAddr) {
-        match self
-            .upstream_connect_errors
-            .iter_mut()
-            .find(|(a, _)| *a == addr)
-        {
-            Some((_, n)) => *n += 1,
-            None => self.upstream_connect_errors.push((addr, 1)),
-        }
+        add_per_upstream(&mut self.upstream_connect_errors, addr, 1);
     }
 
     pub fn merge(&mut self, o: &ListenerMetrics) {
@@ -140,14 +128,7 @@ impl ListenerMetrics {
             *a += b;
         }
         for &(addr, n) in &o.upstream_connect_errors {
-            match self
-                .upstream_connect_errors
-                .iter_mut()
-                .find(|(a, _)| *a == addr)
-            {
-                Some((_, m)) => *m += n,
-                None => self.upstream_connect_errors.push((addr, n)),
-            }
+            add_per_upstream(&mut self.upstream_connect_errors, addr, n);
         }
         self.upstream_tls_errors += o.upstream_tls_errors;
         self.rejected_max_connections += o.rejected_max_connections;
@@ -155,6 +136,14 @@ impl ListenerMetrics {
         self.bytes_upstream_to_client += o.bytes_upstream_to_client;
         self.handshake.merge(&o.handshake);
         self.upstream_connect.merge(&o.upstream_connect);
+    }
+}
+
+/// Add `n` to `addr`'s count (a short list: linear search).
+fn add_per_upstream(v: &mut Vec<(SocketAddr, u64)>, addr: SocketAddr, n: u64) {
+    match v.iter_mut().find(|(a, _)| *a == addr) {
+        Some((_, c)) => *c += n,
+        None => v.push((addr, n)),
     }
 }
 
@@ -368,10 +357,7 @@ pub fn render(
     for (l, m) in rows() {
         let mut seen: Vec<(SocketAddr, u64)> = l.upstreams.iter().map(|a| (*a, 0)).collect();
         for &(a, n) in &m.upstream_connect_errors {
-            match seen.iter_mut().find(|(x, _)| *x == a) {
-                Some((_, c)) => *c += n,
-                None => seen.push((a, n)),
-            }
+            add_per_upstream(&mut seen, a, n);
         }
         for (a, n) in seen {
             let _ = writeln!(

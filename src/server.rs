@@ -38,7 +38,6 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// Reload the config file and every file it names now (what SIGHUP does).
     pub reload: crossbeam_channel::Sender<()>,
-    pub reloads: Arc<crate::reload::ReloadStats>,
     workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -180,9 +179,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let mut admin_state = None;
     let mut metrics_tx = None;
     if let Some(a) = &cfg.admin {
-        let sock = crate::admin::bind(a)
+        let sock = std::net::TcpListener::bind(a.listen)
             .map_err(|e| RunError::Runtime(format!("admin: cannot listen on {}: {e}", a.listen)))?;
-        admin_addr = crate::admin::local_addr(&sock);
+        admin_addr = sock.local_addr().ok();
         let st = Arc::new(crate::admin::AdminState {
             listeners: shared.clone(),
             state: state.clone(),
@@ -242,7 +241,6 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         state,
         admin: admin_addr,
         reload,
-        reloads,
         workers: handles,
     };
     for _ in 0..workers {

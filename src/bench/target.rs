@@ -147,7 +147,8 @@ pub fn fetch_metrics(addr: SocketAddr, timeout: Duration) -> Result<String> {
     Ok(body.to_string())
 }
 
-/// The value of an unlabelled sample `name <value>` in Prometheus text.
+/// The value of the sample `name <value>` in Prometheus text; `name` may carry
+/// labels exactly as printed (`terminus_connections_total{listener="edge"}`).
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(name)?;

@@ -1305,15 +1305,3 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .to_string();
     (status, body)
 }
-
-/// The value of the sample `series` (name with labels exactly as printed, e.g.
-/// `terminus_connections_total{listener="edge"}`) in a Prometheus text page.
-pub fn metric(page: &str, series: &str) -> Option<f64> {
-    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
