@@ -32,9 +32,14 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn metrics_page(&self) -> String {
-        let totals = {
+        let (totals, buffers) = {
             let snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-            metrics::aggregate(self.listeners.len(), &snaps)
+            let buffers = snaps
+                .iter()
+                .flatten()
+                .map(|s| (s.worker, s.buffered_bytes, s.buffer_cap_pauses))
+                .collect();
+            (metrics::aggregate(self.listeners.len(), &snaps), buffers)
         };
         let views: Vec<ListenerView> = self
             .listeners
@@ -55,6 +60,7 @@ impl AdminState {
             access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             workers: self.workers,
             draining: self.state.load(Ordering::Relaxed) != RUNNING,
+            buffers,
         };
         metrics::render(&views, &totals, &global, &metrics::Process::read())
     }

@@ -55,6 +55,10 @@ pub struct Runtime {
     /// Size of each receive buffer in bytes.
     #[serde(default = "default_recv_buffer_size")]
     pub recv_buffer_size: u32,
+    /// Bytes all of one worker's connections may buffer together; past it, a
+    /// direction that already holds bytes stops receiving until they drain.
+    #[serde(default = "default_max_buffered_bytes_per_worker")]
+    pub max_buffered_bytes_per_worker: usize,
 }
 
 impl Default for Runtime {
@@ -69,6 +73,7 @@ impl Default for Runtime {
             reload_interval_ms: default_reload_interval_ms(),
             recv_buffers: default_recv_buffers(),
             recv_buffer_size: default_recv_buffer_size(),
+            max_buffered_bytes_per_worker: default_max_buffered_bytes_per_worker(),
         }
     }
 }
@@ -261,6 +266,9 @@ fn default_recv_buffers() -> u16 {
 fn default_recv_buffer_size() -> u32 {
     16 * 1024
 }
+fn default_max_buffered_bytes_per_worker() -> usize {
+    512 * 1024 * 1024
+}
 fn default_access() -> String {
     "stderr".into()
 }
@@ -370,6 +378,15 @@ impl Config {
             bad(
                 &[K("runtime"), K("recv_buffer_size")],
                 format!("must be at least 4096 bytes, got {}", rt.recv_buffer_size),
+            );
+        }
+        if rt.max_buffered_bytes_per_worker < 1 << 20 {
+            bad(
+                &[K("runtime"), K("max_buffered_bytes_per_worker")],
+                format!(
+                    "must be at least 1048576 bytes (1 MiB), got {}",
+                    rt.max_buffered_bytes_per_worker
+                ),
             );
         }
         for (key, v) in [

@@ -197,7 +197,7 @@ pub struct Conn {
     /// upstream speaks TLS).
     client_plain: Vec<u8>,
     /// Bytes for the upstream socket: preamble, then plaintext or TLS records.
-    to_upstream: Vec<u8>,
+    to_upstream: Chunks,
     /// TLS towards the upstream (re-encryption), once connected.
     up_tls: Option<Box<rustls::ClientConnection>>,
     up_close_notify_queued: bool,
@@ -209,7 +209,7 @@ pub struct Conn {
     /// Upstream plaintext received this turn, sealed into records at the next poll
     /// so a turn's worth of bytes becomes as few records as possible.
     plain_to_client: Vec<u8>,
-    to_client: Vec<u8>,
+    to_client: Chunks,
     client_inflight: Option<usize>,
     upstream_read_closed: bool,
     close_notify_queued: bool,
@@ -238,14 +238,14 @@ impl Conn {
             handshake_done: None,
             want_connect: false,
             client_plain: Vec::new(),
-            to_upstream: Vec::new(),
+            to_upstream: Chunks::default(),
             up_tls: None,
             up_close_notify_queued: false,
             upstream_inflight: None,
             client_read_closed: false,
             upstream_shut: Shut::No,
             plain_to_client: Vec::new(),
-            to_client: Vec::new(),
+            to_client: Chunks::default(),
             client_inflight: None,
             upstream_read_closed: false,
             close_notify_queued: false,
@@ -274,6 +274,12 @@ impl Conn {
 
     pub fn handshake_duration(&self) -> Option<Duration> {
         self.handshake_done.map(|t| t - self.started)
+    }
+
+    /// Largest capacity a staging buffer may grow to: the direction's budget plus
+    /// room for TLS record overhead.
+    fn staging_limit(&self) -> usize {
+        self.limits.max_buffered + 4096
     }
 
     fn closing(&self) -> bool {
@@ -306,6 +312,10 @@ impl Conn {
                     if st.peer_has_closed() {
                         self.client_read_closed = true;
                     }
+                    let limit = self.staging_limit().saturating_sub(
+                        self.to_upstream.len() + self.upstream_inflight.unwrap_or(0),
+                    );
+                    reserve_bounded(&mut self.client_plain, st.plaintext_bytes_to_read(), limit);
                 }
                 Err(e) => {
                     self.fail_tls(&e);
@@ -326,12 +336,13 @@ impl Conn {
     /// The client's TCP stream ended (FIN).
     pub fn handle_client_eof(&mut self, now: Instant) {
         self.last_activity = now;
-        if self.phase == Phase::Handshaking {
+        self.client_read_closed = true;
+        // A refusal already queued its alert: a FIN in the same read must not cut
+        // it off (the client half-closed; it can still read the alert).
+        if self.phase == Phase::Handshaking && self.close_after_flush.is_none() {
             self.close
                 .get_or_insert(CloseReason::HandshakeFailed(HandshakeFailure::PeerClosed));
-            return;
         }
-        self.client_read_closed = true;
     }
 
     /// The client socket failed (reset, broken pipe...).
@@ -361,7 +372,7 @@ impl Conn {
             self.phase = Phase::Streaming;
             self.last_activity = now;
             debug_assert!(self.to_upstream.is_empty());
-            self.to_upstream = preamble;
+            self.to_upstream.push(preamble);
             if let Some(mut t) = tls {
                 pump(&mut t, &mut self.to_upstream);
                 self.up_tls = Some(Box::new(t));
@@ -383,16 +394,13 @@ impl Conn {
             return;
         }
         self.last_activity = now;
+        // Spare capacity counts against the direction's bound like the bytes do.
+        let limit = self
+            .staging_limit()
+            .saturating_sub(self.to_client.len() + self.client_inflight.unwrap_or(0));
         let Some(t) = self.up_tls.as_mut() else {
             self.bytes_upstream_to_client += data.len() as u64;
-            if self.plain_to_client.capacity() == 0 {
-                // Several receive buffers usually land in one turn: start with room
-                // for a few, instead of regrowing (and copying) from empty each turn.
-                // Scaled by this chunk, so thousands of small responses in one turn
-                // do not each reserve the full STAGING size.
-                self.plain_to_client
-                    .reserve((data.len() * 4).clamp(data.len(), STAGING.max(data.len())));
-            }
+            reserve_bounded(&mut self.plain_to_client, data.len(), limit);
             self.plain_to_client.extend_from_slice(data);
             return;
         };
@@ -413,6 +421,11 @@ impl Conn {
                     if st.peer_has_closed() {
                         self.upstream_read_closed = true;
                     }
+                    reserve_bounded(
+                        &mut self.plain_to_client,
+                        st.plaintext_bytes_to_read(),
+                        limit,
+                    );
                 }
                 Err(e) => {
                     let reason = HandshakeFailure::classify(&e);
@@ -520,7 +533,7 @@ impl Conn {
         if self.client_inflight.is_some() || self.to_client.is_empty() || self.close.is_some() {
             return None;
         }
-        let buf = std::mem::take(&mut self.to_client);
+        let buf = self.to_client.pop()?;
         self.client_inflight = Some(buf.len());
         Some(buf)
     }
@@ -535,28 +548,52 @@ impl Conn {
         if self.upstream_inflight.is_some() || self.to_upstream.is_empty() {
             return None;
         }
-        let buf = std::mem::take(&mut self.to_upstream);
+        let buf = self.to_upstream.pop()?;
         self.upstream_inflight = Some(buf.len());
         Some(buf)
     }
 
-    /// Whether the driver should keep a receive armed on the client socket.
-    pub fn wants_client_recv(&self) -> bool {
-        !self.closing()
-            && !self.client_read_closed
-            && self.client_plain.len()
-                + self.to_upstream.len()
-                + self.upstream_inflight.unwrap_or(0)
-                < self.limits.max_buffered
+    /// Bytes held for the client -> upstream direction (plaintext waiting, bytes
+    /// queued or in flight to the upstream).
+    pub fn buffered_to_upstream(&self) -> usize {
+        self.client_plain.len() + self.to_upstream.len() + self.upstream_inflight.unwrap_or(0)
     }
 
-    /// Whether the driver should keep a receive armed on the upstream socket.
+    /// Bytes held for the upstream -> client direction.
+    pub fn buffered_to_client(&self) -> usize {
+        self.plain_to_client.len() + self.to_client.len() + self.client_inflight.unwrap_or(0)
+    }
+
+    /// Whether the driver should have a receive armed on the client socket.
+    pub fn wants_client_recv(&self) -> bool {
+        self.client_recv_budget() > 0
+    }
+
+    /// Whether the driver should have a receive armed on the upstream socket.
     pub fn wants_upstream_recv(&self) -> bool {
-        self.phase == Phase::Streaming
-            && !self.closing()
-            && !self.upstream_read_closed
-            && self.plain_to_client.len() + self.to_client.len() + self.client_inflight.unwrap_or(0)
-                < self.limits.max_buffered
+        self.upstream_recv_budget() > 0
+    }
+
+    /// How many bytes the next client receive may take: what is left of
+    /// `max_buffered` in that direction (0: do not receive). The driver must never
+    /// receive more, so a slow upstream pins at most `max_buffered` here.
+    pub fn client_recv_budget(&self) -> usize {
+        if self.closing() || self.client_read_closed {
+            return 0;
+        }
+        self.limits
+            .max_buffered
+            .saturating_sub(self.buffered_to_upstream())
+    }
+
+    /// How many bytes the next upstream receive may take (0: do not receive).
+    pub fn upstream_recv_budget(&self) -> usize {
+        if self.phase != Phase::Streaming || self.closing() || self.upstream_read_closed {
+            return 0;
+        }
+        self.limits
+            .max_buffered
+            .saturating_sub(self.buffered_to_client())
     }
 
     /// Shut down the upstream's write side (true once): the client finished
@@ -641,14 +678,13 @@ impl Conn {
             return;
         }
         match self.up_tls.as_mut() {
-            None if self.to_upstream.is_empty() => {
-                std::mem::swap(&mut self.to_upstream, &mut self.client_plain)
-            }
-            None => {
-                self.to_upstream.extend_from_slice(&self.client_plain);
-                self.client_plain.clear();
-            }
+            None => self
+                .to_upstream
+                .push(std::mem::take(&mut self.client_plain)),
             Some(t) => {
+                let records = self.client_plain.len() / 16384 + 1;
+                self.to_upstream
+                    .reserve(self.client_plain.len() + records * 64);
                 let mut done = 0;
                 while done < self.client_plain.len() {
                     match t.writer().write(&self.client_plain[done..]) {
@@ -721,11 +757,106 @@ impl Conn {
     }
 }
 
-/// Move every TLS record rustls has queued into `out`.
-/// Initial capacity of a staging buffer that receives data this turn.
-const STAGING: usize = 64 * 1024;
+/// Make room for `additional` more bytes in `v`, doubling as usual but never past
+/// `limit` (unless the bytes themselves need more): a Vec's spare capacity is
+/// memory a slow peer pins too, so it must stay within the buffering bound.
+fn reserve_bounded(v: &mut Vec<u8>, additional: usize, limit: usize) {
+    if v.capacity() - v.len() >= additional {
+        return;
+    }
+    let need = v.len() + additional;
+    let want = (v.capacity() * 2).max(need).min(limit.max(need));
+    v.reserve_exact(want - v.len());
+}
 
-fn pump<D>(tls: &mut rustls::ConnectionCommon<D>, out: &mut Vec<u8>) {
+/// Largest block of a send queue: one send hands the kernel at most this much
+/// (a receive brings at most one 16 KiB buffer per turn, so sends keep pace).
+const CHUNK: usize = 16 * 1024;
+
+/// Bytes queued for one socket, as blocks of at most [`CHUNK`] bytes; each send
+/// takes the front block. A single Vec regrew (and copied) to the whole backlog
+/// when a peer stalled, and those large, odd-sized blocks fragmented the
+/// allocator: a connection pinned about twice what it buffered. Full blocks are
+/// exactly one allocator size class, so freed ones are reused exactly, and only
+/// the last block can have spare capacity (at most half of it).
+#[derive(Default)]
+struct Chunks {
+    q: std::collections::VecDeque<Vec<u8>>,
+    len: usize,
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Room for `n` more bytes in the last block (as far as one block goes).
+    fn reserve(&mut self, n: usize) {
+        match self.q.back_mut() {
+            Some(b) if b.len() < CHUNK => {
+                let add = n.min(CHUNK - b.len());
+                reserve_bounded(b, add, CHUNK);
+            }
+            _ => self.q.push_back(Vec::with_capacity(n.clamp(1, CHUNK))),
+        }
+    }
+
+    fn extend(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if !matches!(self.q.back(), Some(b) if b.len() < CHUNK) {
+                self.q.push_back(Vec::new());
+            }
+            let b = self.q.back_mut().expect("a block with room");
+            let n = data.len().min(CHUNK - b.len());
+            reserve_bounded(b, n, CHUNK);
+            b.extend_from_slice(&data[..n]);
+            self.len += n;
+            data = &data[n..];
+        }
+    }
+
+    /// Queue a whole buffer; moved, not copied, when it can be a block of its own.
+    fn push(&mut self, v: Vec<u8>) {
+        if v.is_empty() {
+            return;
+        }
+        if v.len() <= CHUNK && !matches!(self.q.back(), Some(b) if b.len() + v.len() <= CHUNK) {
+            self.len += v.len();
+            self.q.push_back(v);
+        } else {
+            self.extend(&v);
+        }
+    }
+
+    /// The front block, to send.
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        let b = self.q.pop_front()?;
+        self.len -= b.len();
+        if self.q.is_empty() {
+            // An idle connection keeps no queue memory either.
+            self.q = std::collections::VecDeque::new();
+        }
+        Some(b)
+    }
+}
+
+impl Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.extend(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Move every TLS record rustls has queued into `out`.
+fn pump<D>(tls: &mut rustls::ConnectionCommon<D>, out: &mut Chunks) {
     while tls.wants_write() {
         if tls.write_tls(out).is_err() {
             break;
@@ -1008,6 +1139,78 @@ mod tests {
             Some(CloseReason::HandshakeFailed(HandshakeFailure::Malformed))
         );
         assert!(!c.poll_connect());
+    }
+
+    #[test]
+    fn alert_survives_eof_and_more_bytes_in_the_same_read() {
+        let pki = pki();
+        for after in [&b""[..], b"\x16\x03\x03more garbage"] {
+            let now = Instant::now();
+            let mut c = Conn::new(
+                ServerConnection::new(pki.server.clone()).unwrap(),
+                limits(),
+                now,
+            );
+            // All of it lands in one turn, before the driver polls for output.
+            c.handle_client_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
+            c.handle_client_data(after, now);
+            c.handle_client_eof(now);
+            assert_eq!(c.poll_close(), None, "the alert must go out first");
+            assert!(!c.wants_client_recv());
+            let alert = c.poll_client_send().expect("the alert is still sent");
+            assert_eq!(alert[0], 0x15, "TLS alert record");
+            c.handle_client_sent(alert, now);
+            assert_eq!(
+                c.poll_close(),
+                Some(CloseReason::HandshakeFailed(HandshakeFailure::Malformed))
+            );
+        }
+        // A reset is different: nothing can be sent any more.
+        let now = Instant::now();
+        let mut c = Conn::new(
+            ServerConnection::new(pki.server.clone()).unwrap(),
+            limits(),
+            now,
+        );
+        c.handle_client_data(b"GET / HTTP/1.1\r\n\r\n", now);
+        c.handle_client_error();
+        assert!(c.poll_close().is_some());
+    }
+
+    #[test]
+    fn receive_budgets_never_exceed_max_buffered() {
+        let pki = pki();
+        let mut p = Pair::new(&pki);
+        p.run();
+        let max = limits().max_buffered;
+        assert_eq!(p.conn.upstream_recv_budget(), max);
+        // The client never reads: feed exactly what the budget allows each time.
+        let mut stuck = None;
+        let mut fed = 0;
+        while p.conn.upstream_recv_budget() > 0 {
+            let n = p.conn.upstream_recv_budget().min(10_000);
+            p.conn.handle_upstream_data(&vec![1u8; n], p.now);
+            fed += n;
+            if let Some(b) = p.conn.poll_client_send() {
+                stuck.get_or_insert(b);
+            }
+            assert!(
+                p.conn.buffered_to_client() <= max + 4096,
+                "TLS overhead only"
+            );
+        }
+        assert!(fed <= max && fed > max - 4096, "fed {fed} of {max}");
+        // Upload side: independent budget.
+        assert_eq!(p.conn.client_recv_budget(), max);
+        let b = stuck.unwrap();
+        p.deliver(&b);
+        p.conn.handle_client_sent(b, p.now);
+        p.run();
+        assert!(
+            p.conn.upstream_recv_budget() > 0,
+            "reading resumes once sent"
+        );
+        assert_eq!(p.client_got.len(), fed);
     }
 
     #[test]

@@ -160,6 +160,10 @@ fn reason_index(r: HandshakeFailure) -> usize {
 pub struct WorkerSnapshot {
     pub worker: usize,
     pub listeners: Vec<ListenerMetrics>,
+    /// Bytes the worker's connections hold now (all directions).
+    pub buffered_bytes: u64,
+    /// Receives paused by `max_buffered_bytes_per_worker`.
+    pub buffer_cap_pauses: u64,
 }
 
 /// Per-listener facts the renderer reads besides the worker snapshots.
@@ -178,6 +182,8 @@ pub struct GlobalView {
     pub access_log_dropped: u64,
     pub workers: usize,
     pub draining: bool,
+    /// Per worker that has published: (worker, buffered bytes, cap pauses).
+    pub buffers: Vec<(usize, u64, u64)>,
 }
 
 /// Prometheus label value escaping (backslash, quote, newline).
@@ -453,6 +459,27 @@ pub fn render(
         "1 while draining before exit.",
     );
     let _ = writeln!(o, "terminus_draining {}", global.draining as u8);
+    header(
+        &mut o,
+        "terminus_worker_buffered_bytes",
+        "gauge",
+        "Bytes a worker's connections hold, waiting for a slow side (bounded by max_buffered_bytes_per_worker).",
+    );
+    for (w, b, _) in &global.buffers {
+        let _ = writeln!(o, "terminus_worker_buffered_bytes{{worker=\"{w}\"}} {b}");
+    }
+    header(
+        &mut o,
+        "terminus_worker_buffer_cap_pauses_total",
+        "counter",
+        "Receives a worker paused because its connections held max_buffered_bytes_per_worker.",
+    );
+    for (w, _, p) in &global.buffers {
+        let _ = writeln!(
+            o,
+            "terminus_worker_buffer_cap_pauses_total{{worker=\"{w}\"}} {p}"
+        );
+    }
     process.render(&mut o);
     o
 }
@@ -595,11 +622,15 @@ mod tests {
             Some(WorkerSnapshot {
                 worker: 0,
                 listeners: vec![a],
+                buffered_bytes: 0,
+                buffer_cap_pauses: 0,
             }),
             None,
             Some(WorkerSnapshot {
                 worker: 2,
                 listeners: vec![b],
+                buffered_bytes: 4096,
+                buffer_cap_pauses: 3,
             }),
         ];
         let totals = aggregate(1, &snaps);
@@ -616,6 +647,7 @@ mod tests {
             access_log_dropped: 0,
             workers: 3,
             draining: false,
+            buffers: vec![(2, 4096, 3)],
         };
         let page = render(&[view], &totals, &g, &Process::read());
         let l = "listener=\"e\\\\dge\\\"\"";
@@ -630,6 +662,8 @@ mod tests {
             format!("terminus_upstream_connect_errors_total{{{l},upstream=\"127.0.0.1:8\"}} 0"),
             format!("terminus_cert_expiry_timestamp_seconds{{{l},cert=\"/c/server.pem\"}} 1900000000"),
             "terminus_config_reloads_total{result=\"error\"} 2".to_string(),
+            "terminus_worker_buffered_bytes{worker=\"2\"} 4096".to_string(),
+            "terminus_worker_buffer_cap_pauses_total{worker=\"2\"} 3".to_string(),
         ] {
             assert!(page.contains(&want), "missing {want} in\n{page}");
         }

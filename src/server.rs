@@ -214,6 +214,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                 tx,
                 interval: snapshot_interval,
             }),
+            max_buffered_per_worker: cfg.runtime.max_buffered_bytes_per_worker,
         };
         let tx = ready_tx.clone();
         let h = std::thread::Builder::new()

@@ -47,6 +47,13 @@ pub fn accepted_fd(c: &Completion) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(c.result as RawFd) })
 }
 
+/// The provided buffer one receive completion filled. Not `Clone`:
+/// [`Uring::recycle`] consumes it, so a buffer cannot be given back twice.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RecvBuf {
+    bid: u16,
+}
+
 /// One completion, with whatever the op owned handed back to the caller.
 #[derive(Debug)]
 pub struct Completion {
@@ -54,8 +61,9 @@ pub struct Completion {
     pub result: i32,
     /// More completions will follow for this (multishot) op.
     pub more: bool,
-    /// Provided-buffer id holding `result` received bytes; return it with [`Uring::recycle`].
-    pub bid: Option<u16>,
+    /// The provided buffer holding `result` received bytes; read it with
+    /// [`Uring::received`] and give it back with [`Uring::recycle`].
+    pub buf_id: Option<RecvBuf>,
     /// The send buffer, returned after the kernel is done with it.
     pub buf: Option<Vec<u8>>,
     /// How far into `buf` the send started (bytes before it were sent earlier).
@@ -109,11 +117,7 @@ fn classify_setup_error(e: io::Error) -> UringError {
 /// [`Uring::new`] refuses a kernel that lacks any; `terminus check --host` lists them.
 pub const DATA_PATH_OPCODES: [(u8, &str, &str); 7] = [
     (opcode::AcceptMulti::CODE, "ACCEPT", "multishot accept"),
-    (
-        opcode::RecvMulti::CODE,
-        "RECV",
-        "multishot recv with buffer select",
-    ),
+    (opcode::RecvMulti::CODE, "RECV", "recv with buffer select"),
     (opcode::Send::CODE, "SEND", "send"),
     (opcode::Connect::CODE, "CONNECT", "upstream connect"),
     (opcode::Shutdown::CODE, "SHUTDOWN", "half-close"),
@@ -364,12 +368,20 @@ impl Uring {
         id
     }
 
-    /// Multishot receive into the provided buffer ring.
-    pub fn recv_multi(&mut self, fd: RawFd, token: u64) -> OpId {
+    /// One receive of at most `max_len` bytes (and at most one buffer) into the
+    /// provided buffer ring. Single-shot on purpose: the caller re-arms it with
+    /// what it can still buffer, so a peer is never read past the caller's budget.
+    /// A multishot receive keeps filling buffers until its cancel lands, which let a
+    /// slow reader's peer pin megabytes; a bundle receive (Linux 6.10+) retries once
+    /// with whatever the socket holds, past its length, so it is not used either.
+    pub fn recv(&mut self, fd: RawFd, max_len: usize, token: u64) -> OpId {
         let id = self.alloc_op(token);
+        let len = max_len.clamp(1, self.bufs.size as usize) as u32;
         self.push(
-            opcode::RecvMulti::new(types::Fd(fd), BGID)
+            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len)
+                .buf_group(BGID)
                 .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
                 .user_data(id.0),
         );
         id
@@ -431,14 +443,15 @@ impl Uring {
         self.push(opcode::AsyncCancel::new(target.0).build().user_data(id.0));
     }
 
-    /// Received bytes of a completion (valid until `recycle(bid)`).
-    pub fn buf(&self, bid: u16, len: usize) -> &[u8] {
-        self.bufs.slice(bid, len)
+    /// The received bytes of a completion (`len` is its result).
+    pub fn received(&self, b: &RecvBuf, len: usize) -> &[u8] {
+        self.bufs.slice(b.bid, len)
     }
 
-    /// Give a receive buffer back to the kernel (published at the next submit).
-    pub fn recycle(&mut self, bid: u16) {
-        self.bufs.push(bid);
+    /// Give a completion's receive buffer back to the kernel (published at the next
+    /// submit).
+    pub fn recycle(&mut self, b: RecvBuf) {
+        self.bufs.push(b.bid);
         self.recycled = true;
     }
 
@@ -496,7 +509,7 @@ impl Uring {
                 token: op.token,
                 result: cqe.result(),
                 more,
-                bid: cqueue::buffer_select(flags),
+                buf_id: cqueue::buffer_select(flags).map(|bid| RecvBuf { bid }),
                 buf: None,
                 offset: 0,
             };

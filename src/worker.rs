@@ -108,6 +108,8 @@ pub struct WorkerSetup {
     pub state: Arc<AtomicU8>,
     pub log: crate::log::LogSink,
     pub metrics: Option<MetricsOut>,
+    /// `runtime.max_buffered_bytes_per_worker`.
+    pub max_buffered_per_worker: usize,
 }
 
 /// Token layout (the `u64` the uring module hands back): bits 0..4 op kind,
@@ -181,6 +183,13 @@ struct Slot {
     closing: Option<CloseReason>,
     scheduled_phase: Option<Phase>,
     dirty: bool,
+    /// Buffered bytes last added to the worker's total (`BufferCap::account`).
+    accounted: usize,
+    /// Length of the receive armed on each leg (reserved in `BufferCap`).
+    client_recv_len: usize,
+    upstream_recv_len: usize,
+    /// Waiting in `BufferCap::paused` for the worker cap to leave room.
+    cap_paused: bool,
 }
 
 impl Slot {
@@ -210,6 +219,10 @@ impl Slot {
             closing: None,
             scheduled_phase: None,
             dirty: false,
+            accounted: 0,
+            client_recv_len: 0,
+            upstream_recv_len: 0,
+            cap_paused: false,
         }
     }
 }
@@ -238,6 +251,54 @@ pub struct Worker {
     /// Per listener, this worker's counters and histograms.
     metrics: Vec<ListenerMetrics>,
     publish: Option<Publisher>,
+    cap: BufferCap,
+}
+
+/// The worker-wide bound on buffered bytes (`runtime.max_buffered_bytes_per_worker`).
+/// Each connection is bounded by `max_buffered_bytes` per direction; this bounds
+/// their sum, so many slow peers cannot take the worker's memory either. Receives
+/// reserve their length here until they complete, so the cap holds before the
+/// bytes arrive, not after.
+struct BufferCap {
+    limit: usize,
+    /// Bytes all connections hold, as last accounted in `flush`.
+    buffered: usize,
+    /// Receive lengths armed and not completed yet.
+    reserved: usize,
+    recv_buffer_size: usize,
+    /// Connections whose receive the cap paused; flushed again when room returns.
+    paused: Vec<(u32, u32)>,
+    /// Receives the cap paused (a metric).
+    pauses: u64,
+}
+
+impl BufferCap {
+    fn account(&mut self, was: &mut usize, now: usize) {
+        self.buffered = self.buffered - *was + now;
+        *was = now;
+    }
+
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.buffered + self.reserved)
+    }
+
+    /// How much the next receive of one direction may take, given the
+    /// connection's own `budget` and what that direction already holds. Over the
+    /// cap, a direction that holds nothing may still take one receive buffer (so
+    /// every connection keeps moving, a buffer at a time); one that holds bytes
+    /// waits until they drain or the worker has room again.
+    fn recv_len(&mut self, budget: usize, held: usize) -> usize {
+        let room = self.room();
+        if budget <= room {
+            budget
+        } else if held == 0 {
+            budget.min(room.max(self.recv_buffer_size))
+        } else if room >= self.recv_buffer_size {
+            room
+        } else {
+            0
+        }
+    }
 }
 
 struct Publisher {
@@ -284,6 +345,14 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
             next: now,
             dirty: true,
         }),
+        cap: BufferCap {
+            limit: s.max_buffered_per_worker,
+            buffered: 0,
+            reserved: 0,
+            recv_buffer_size: s.ring.recv_buffer_size as usize,
+            paused: Vec::new(),
+            pauses: 0,
+        },
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -325,6 +394,7 @@ impl Worker {
                 self.on_timer(slot, gen, now);
             }
             self.flush_dirty(now);
+            self.wake_paused(now);
             self.maybe_publish(now, false);
             if self.state.load(Ordering::Relaxed) == RUNNING {
                 for i in 0..self.listeners.len() {
@@ -375,6 +445,8 @@ impl Worker {
         let _ = p.out.tx.try_send(WorkerSnapshot {
             worker: self.index,
             listeners: self.metrics.clone(),
+            buffered_bytes: self.cap.buffered as u64,
+            buffer_cap_pauses: self.cap.pauses,
         });
         p.dirty = false;
         p.next = now + p.out.interval;
@@ -428,8 +500,8 @@ impl Worker {
         let s = &mut self.slots[idx as usize];
         if s.gen != gen || s.conn.is_none() {
             // Cannot happen while slots outlive their ops; stay safe regardless.
-            if let Some(bid) = c.bid {
-                self.ring.recycle(bid);
+            if let Some(b) = c.buf_id {
+                self.ring.recycle(b);
             }
             return;
         }
@@ -441,27 +513,31 @@ impl Worker {
         match kind {
             Kind::ClientRecv | Kind::UpstreamRecv => {
                 let client = kind == Kind::ClientRecv;
-                if !c.more {
-                    if client {
-                        s.client_recv = None;
-                        s.client_recv_cancelled = false;
-                    } else {
-                        s.upstream_recv = None;
-                        s.upstream_recv_cancelled = false;
-                    }
+                // Single-shot: every receive completion is final.
+                if client {
+                    s.client_recv = None;
+                    s.client_recv_cancelled = false;
+                    self.cap.reserved -= std::mem::take(&mut s.client_recv_len);
+                } else {
+                    s.upstream_recv = None;
+                    s.upstream_recv_cancelled = false;
+                    self.cap.reserved -= std::mem::take(&mut s.upstream_recv_len);
                 }
-                if let Some(bid) = c.bid {
+                if let Some(b) = &c.buf_id {
                     if !closing && c.result > 0 {
-                        let data = self.ring.buf(bid, c.result as usize);
+                        let data = self.ring.received(b, c.result as usize);
                         if client {
                             conn.handle_client_data(data, now);
                         } else {
                             conn.handle_upstream_data(data, now);
                         }
                     }
-                    // rustls copied the bytes: the buffer goes straight back.
-                    self.ring.recycle(bid);
-                } else if !closing {
+                }
+                // The connection copied the bytes: the buffer goes straight back.
+                if let Some(b) = c.buf_id {
+                    self.ring.recycle(b);
+                }
+                if !closing && c.result <= 0 {
                     match c.result {
                         0 if client => conn.handle_client_eof(now),
                         0 => conn.handle_upstream_eof(now),
@@ -650,6 +726,23 @@ impl Worker {
         }
     }
 
+    /// Flush the connections the worker cap paused once it has room again (an
+    /// eighth of the cap, so they do not wake for every freed byte).
+    fn wake_paused(&mut self, now: Instant) {
+        if self.cap.paused.is_empty() || self.cap.room() < (self.cap.limit / 8).max(1) {
+            return;
+        }
+        let paused = std::mem::take(&mut self.cap.paused);
+        for (idx, gen) in paused {
+            let s = &mut self.slots[idx as usize];
+            if s.gen == gen && s.conn.is_some() {
+                s.cap_paused = false;
+                self.mark_dirty(idx);
+            }
+        }
+        self.flush_dirty(now);
+    }
+
     fn flush_dirty(&mut self, now: Instant) {
         while let Some(idx) = self.dirty.pop() {
             self.slots[idx as usize].dirty = false;
@@ -708,13 +801,24 @@ impl Worker {
                     .shutdown_write(up, token(Kind::Shutdown, idx, gen));
                 s.inflight += 1;
             }
-            let want = conn.wants_upstream_recv();
+            let budget = conn.upstream_recv_budget();
+            let want = budget > 0;
             if want && s.upstream_recv.is_none() {
-                s.upstream_recv = Some(
-                    self.ring
-                        .recv_multi(up, token(Kind::UpstreamRecv, idx, gen)),
+                self.cap.account(
+                    &mut s.accounted,
+                    conn.buffered_to_client() + conn.buffered_to_upstream(),
                 );
-                s.inflight += 1;
+                let len = self.cap.recv_len(budget, conn.buffered_to_client());
+                if len > 0 {
+                    s.upstream_recv =
+                        Some(self.ring.recv(up, len, token(Kind::UpstreamRecv, idx, gen)));
+                    s.upstream_recv_len = len;
+                    self.cap.reserved += len;
+                    s.inflight += 1;
+                } else if !std::mem::replace(&mut s.cap_paused, true) {
+                    self.cap.paused.push((idx, gen));
+                    self.cap.pauses += 1;
+                }
             } else if !want && !s.upstream_recv_cancelled {
                 if let Some(op) = s.upstream_recv {
                     self.ring.cancel(op, token(Kind::Fire, 0, 0));
@@ -727,13 +831,27 @@ impl Worker {
                 .shutdown_write(client, token(Kind::Shutdown, idx, gen));
             s.inflight += 1;
         }
-        let want = conn.wants_client_recv();
+        self.cap.account(
+            &mut s.accounted,
+            conn.buffered_to_client() + conn.buffered_to_upstream(),
+        );
+        let budget = conn.client_recv_budget();
+        let want = budget > 0;
         if want && s.client_recv.is_none() {
-            s.client_recv = Some(
-                self.ring
-                    .recv_multi(client, token(Kind::ClientRecv, idx, gen)),
-            );
-            s.inflight += 1;
+            let len = self.cap.recv_len(budget, conn.buffered_to_upstream());
+            if len > 0 {
+                s.client_recv = Some(self.ring.recv(
+                    client,
+                    len,
+                    token(Kind::ClientRecv, idx, gen),
+                ));
+                s.client_recv_len = len;
+                self.cap.reserved += len;
+                s.inflight += 1;
+            } else if !std::mem::replace(&mut s.cap_paused, true) {
+                self.cap.paused.push((idx, gen));
+                self.cap.pauses += 1;
+            }
         } else if !want && !s.client_recv_cancelled {
             if let Some(op) = s.client_recv {
                 self.ring.cancel(op, token(Kind::Fire, 0, 0));
@@ -788,6 +906,7 @@ impl Worker {
     fn finalize(&mut self, idx: u32) {
         let s = &mut self.slots[idx as usize];
         let Some(conn) = s.conn.take() else { return };
+        self.cap.account(&mut s.accounted, 0);
         let l = &self.listeners[s.listener].shared;
         let m = &mut self.metrics[s.listener];
         m.bytes_client_to_upstream += conn.bytes_client_to_upstream - s.reported_c2u;
@@ -798,6 +917,17 @@ impl Worker {
         }
         s.live = None;
         if let Some(fd) = s.client.take() {
+            if matches!(
+                s.closing,
+                Some(
+                    CloseReason::HandshakeFailed(_)
+                        | CloseReason::ClientProtocolError
+                        | CloseReason::UpstreamUnavailable
+                        | CloseReason::UpstreamTlsFailed(_)
+                )
+            ) {
+                discard_unread(&fd);
+            }
             self.ring.close(fd, token(Kind::Fire, 0, 0));
         }
         if let Some(fd) = s.upstream.take() {
@@ -807,6 +937,21 @@ impl Worker {
         s.closing = None;
         self.free.push(idx);
         self.live -= 1;
+    }
+}
+
+/// Drop what the client sent and we never read, so that closing sends a FIN after
+/// the alert or close_notify we just sent, not a RST (Linux resets a socket closed
+/// with unread data, and a client may then lose the alert it has not read yet).
+/// Bounded: a client still streaming gets the RST it asks for.
+fn discard_unread(fd: &OwnedFd) {
+    let sock = socket2::SockRef::from(fd);
+    let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+    for _ in 0..64 {
+        match sock.recv_with_flags(&mut sink, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
     }
 }
 

@@ -269,6 +269,12 @@ enum Saw {
 /// before the server has checked its certificate, so a refusal arrives as an alert
 /// on the first read. Returns the client's address and what it saw.
 fn attempt(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> (SocketAddr, Saw) {
+    attempt_fin(addr, cfg, false)
+}
+
+/// [`attempt`]; with `fin`, the client half-closes right after its last handshake
+/// flight, so the FIN reaches the server with (or right behind) the bytes it refuses.
+fn attempt_fin(addr: SocketAddr, cfg: &Arc<ClientConfig>, fin: bool) -> (SocketAddr, Saw) {
     let sock = tcp_connect(addr);
     let local = sock.local_addr().unwrap();
     let conn = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
@@ -277,6 +283,9 @@ fn attempt(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> (SocketAddr, Saw) {
     let result = (|| {
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;
+        }
+        if fin {
+            tls.sock.shutdown(Shutdown::Write)?;
         }
         let mut buf = [0u8; 1024];
         tls.read(&mut buf).map(|n| buf[..n].to_vec())
@@ -654,15 +663,20 @@ fn refused_by(
 ) -> Value {
     let up = proxied(Then::Echo);
     let term = f.start(Some(1), &[mtls_listener("mtls", up.addr())]);
-    let (local, saw) = attempt(term.addr("mtls"), &f.client(leaf));
-    assert_eq!(
-        saw,
-        Saw::Alert(alert),
-        "{reason}: the client must be refused with a {alert:?} alert"
-    );
-    let line = f.log().handshake_error(local);
-    assert_reason(&line, reason, reason);
-    assert_eq!(line["listener"], "mtls", "{line}");
+    // The alert must reach the client whether or not its FIN came with the
+    // refused flight (issue 9: a FIN in the same read used to drop the alert).
+    let mut line = Value::Null;
+    for fin in [false, true] {
+        let (local, saw) = attempt_fin(term.addr("mtls"), &f.client(leaf), fin);
+        assert_eq!(
+            saw,
+            Saw::Alert(alert),
+            "{reason} (FIN after the flight: {fin}): the client must be refused with a {alert:?} alert"
+        );
+        line = f.log().handshake_error(local);
+        assert_reason(&line, reason, reason);
+        assert_eq!(line["listener"], "mtls", "{line}");
+    }
     assert_eq!(
         up.count(),
         0,
@@ -788,18 +802,68 @@ fn reason_protocol_version_for_tls11_only_client() {
     let f = Fixture::new();
     let up = proxied(Then::Echo);
     let term = f.start(Some(1), &[mtls_listener("mtls", up.addr())]);
-    let (local, data, _) = raw_exchange(term.addr("mtls"), &openssl_tls11_client_hello(), false);
-    let alert = first_alert(&data);
-    let line = f.log().handshake_error(local);
-    assert!(
-        matches!(alert, Some((2, _))),
-        "a TLS 1.1-only client must get a fatal alert, got {data:02x?}"
+    for (fin, tail) in [
+        (false, &b""[..]),
+        (true, &b""[..]),
+        (true, &b"more garbage"[..]),
+    ] {
+        let mut bytes = openssl_tls11_client_hello();
+        bytes.extend_from_slice(tail);
+        let (local, data, _) = raw_exchange(term.addr("mtls"), &bytes, fin);
+        let alert = first_alert(&data);
+        let line = f.log().handshake_error(local);
+        assert_eq!(
+            alert,
+            Some((2, 70)),
+            "a TLS 1.1-only client (FIN {fin}, {} bytes after) must get protocol_version",
+            tail.len()
+        );
+        assert_reason(
+            &line,
+            "protocol_version",
+            &format!("TLS 1.1-only ClientHello (server answered alert {alert:?})"),
+        );
+    }
+}
+
+/// A ClientHello offering no null compression: rustls refuses it with
+/// illegal_parameter; terminus must deliver that alert even when the FIN (and more
+/// bytes) arrive in the same read.
+#[test]
+fn illegal_parameter_alert_survives_fin_and_trailing_bytes() {
+    let f = Fixture::new();
+    let up = proxied(Then::Echo);
+    let term = f.start(Some(1), &[mtls_listener("mtls", up.addr())]);
+    let mut hello = rustls_client_hello(&f.pki);
+    // record(5) + handshake header(4) + version(2) + random(32), then the session id,
+    // the cipher suites, and the compression methods ([1, 0] from rustls).
+    let sid = 43;
+    let suites = sid + 1 + hello[sid] as usize;
+    let comp = suites + 2 + u16::from_be_bytes([hello[suites], hello[suites + 1]]) as usize;
+    assert_eq!(
+        &hello[comp..comp + 2],
+        &[1, 0],
+        "compression methods of {hello:02x?}"
     );
-    assert_reason(
-        &line,
-        "protocol_version",
-        &format!("TLS 1.1-only ClientHello (server answered alert {alert:?})"),
-    );
+    hello[comp + 1] = 1; // DEFLATE only
+    for (fin, tail) in [
+        (false, &b""[..]),
+        (true, &b""[..]),
+        (true, &b"\x16\x03garbage"[..]),
+    ] {
+        let mut bytes = hello.clone();
+        bytes.extend_from_slice(tail);
+        let (local, data, _) = raw_exchange(term.addr("mtls"), &bytes, fin);
+        assert_eq!(
+            data,
+            [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x2f],
+            "FIN {fin}, {} bytes after: the client must get exactly illegal_parameter",
+            tail.len()
+        );
+        let line = f.log().handshake_error(local);
+        assert_eq!(line["event"], "handshake_error", "{line}");
+    }
+    assert_eq!(up.count(), 0, "a refused client reached the upstream");
 }
 
 #[test]
@@ -814,6 +878,27 @@ fn reason_no_shared_cipher() {
         "no_shared_cipher",
         "ECDHE-RSA only",
     );
+    // The same ClientHello followed at once by a FIN still gets its alert.
+    let mut hello = Vec::new();
+    let mut c = ClientConnection::new(
+        rsa_only_tls12_client(&f),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    while c.wants_write() {
+        c.write_tls(&mut hello).unwrap();
+    }
+    let (local, data, _) = raw_exchange(term.addr("mtls"), &hello, true);
+    assert_eq!(
+        first_alert(&data),
+        Some((2, 40)),
+        "ECDHE-RSA-only hello + FIN must get handshake_failure, got {data:02x?}"
+    );
+    assert_reason(
+        &f.log().handshake_error(local),
+        "no_shared_cipher",
+        "ECDHE-RSA only, FIN",
+    );
 }
 
 #[test]
@@ -821,20 +906,22 @@ fn reason_malformed_for_garbage() {
     let f = Fixture::new();
     let up = proxied(Then::Echo);
     let term = f.start(Some(1), &[mtls_listener("mtls", up.addr())]);
-    let (local, data, _) = raw_exchange(
-        term.addr("mtls"),
-        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
-        false,
-    );
-    assert!(
-        matches!(first_alert(&data), Some((2, _))),
-        "garbage must get a fatal alert, got {data:02x?}"
-    );
-    assert_reason(
-        &f.log().handshake_error(local),
-        "malformed",
-        "plaintext HTTP",
-    );
+    for fin in [false, true] {
+        let (local, data, _) = raw_exchange(
+            term.addr("mtls"),
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            fin,
+        );
+        assert!(
+            matches!(first_alert(&data), Some((2, _))),
+            "garbage (FIN {fin}) must get a fatal alert, got {data:02x?}"
+        );
+        assert_reason(
+            &f.log().handshake_error(local),
+            "malformed",
+            "plaintext HTTP",
+        );
+    }
 }
 
 #[test]

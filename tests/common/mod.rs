@@ -47,8 +47,13 @@ pub fn heavy() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The terminus binary under test; `TERMINUS_BIN` points the suite at another
+/// build (e.g. the previous commit's, for before/after figures).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_terminus")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TERMINUS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_terminus").into())
+    })
 }
 
 // ---------------------------------------------------------------------------------
