@@ -101,13 +101,23 @@ fn assert_sane(v: &Value, what: &str) {
     }
     assert!(f(v, "ops") > 0.0, "{what}: no operations: {v}");
     assert_eq!(f(v, "errors.total"), 0.0, "{what}: errors: {v}");
-    let l: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+    let names = ["p50", "p90", "p99", "p999", "max", "mean"];
+    if v["workload"] == "bulk" {
+        // Bulk measures no latency: none is reported (not zeros).
+        for p in names {
+            assert!(
+                v["latency_us"][p].is_null(),
+                "{what}: bulk latency_us.{p} must be null: {v}"
+            );
+        }
+        return;
+    }
+    let l: Vec<f64> = names[..5]
         .iter()
         .map(|p| f(v, &format!("latency_us.{p}")))
         .collect();
-    if v["workload"] != "bulk" {
-        assert!(l[0] > 0.0, "{what}: zero p50: {v}");
-    }
+    assert!(l[0] > 0.0, "{what}: zero p50: {v}");
+    assert!(f(v, "latency_us.mean") > 0.0, "{what}: zero mean: {v}");
     assert!(
         l.windows(2).all(|w| w[0] <= w[1]),
         "{what}: percentiles out of order: {l:?}"

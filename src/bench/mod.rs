@@ -164,7 +164,9 @@ impl ErrorCounts {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Latency percentiles, µs. `samples == 0`: nothing was measured (bulk), and the
+/// JSON says `null` for each figure (the table `-`).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Latency {
     pub p50: u64,
     pub p90: u64,
@@ -172,6 +174,47 @@ pub struct Latency {
     pub p999: u64,
     pub max: u64,
     pub mean: f64,
+    pub samples: u64,
+}
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = self.samples > 0;
+        let mut st = ser.serialize_struct("Latency", 6)?;
+        for (k, v) in [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p999", self.p999),
+            ("max", self.max),
+        ] {
+            st.serialize_field(k, &m.then_some(v))?;
+        }
+        st.serialize_field("mean", &m.then_some(self.mean))?;
+        st.end()
+    }
+}
+
+impl Latency {
+    /// The table's latency figures: numbers, or `-` for none measured.
+    fn row(&self) -> String {
+        let m = self.samples > 0;
+        let n = |v: u64| if m { v.to_string() } else { "-".into() };
+        let mean = if m {
+            format!("{:.1}", self.mean)
+        } else {
+            "-".into()
+        };
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (mean {mean})",
+            n(self.p50),
+            n(self.p90),
+            n(self.p99),
+            n(self.p999),
+            n(self.max)
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -252,7 +295,7 @@ impl BenchReport {
                 "workload   {} ({}) against {}, {} connections, {} workers, {:.2} s\n\
                  ops        {} ({:.1}/s)\n\
                  bytes      {} ({:.3} Gbit/s)\n\
-                 latency µs p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1})\n\
+                 latency µs {}\n\
                  handshakes {} full, {} resumed\n\
                  errors     {} (connect {}, handshake {}, verify {}, io {}, timeout {}, closed {})\n",
                 format!("{:?}", self.workload).to_lowercase(),
@@ -265,12 +308,7 @@ impl BenchReport {
                 self.ops_per_s,
                 self.bytes,
                 self.gbit_per_s,
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
-                l.mean,
+                l.row(),
                 self.full_handshakes,
                 self.resumed,
                 self.errors.total,
@@ -454,6 +492,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
             p999: hist.value_at_quantile(0.999),
             max: hist.max(),
             mean: hist.mean(),
+            samples: hist.len(),
         }
     };
     let per_op = |c: f64| (ops > 0).then(|| c * 1e6 / ops as f64);
@@ -870,5 +909,34 @@ pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
             eprintln!("terminus: bench: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmeasured_latency_is_null_and_dash() {
+        let none = Latency::default();
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"p50":null,"p90":null,"p99":null,"p999":null,"max":null,"mean":null}"#
+        );
+        assert_eq!(none.row(), "p50 - p90 - p99 - p99.9 - max - (mean -)");
+        let some = Latency {
+            p50: 5,
+            p90: 6,
+            p99: 7,
+            p999: 8,
+            max: 9,
+            mean: 5.5,
+            samples: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&some).unwrap(),
+            r#"{"p50":5,"p90":6,"p99":7,"p999":8,"max":9,"mean":5.5}"#
+        );
+        assert_eq!(some.row(), "p50 5 p90 6 p99 7 p99.9 8 max 9 (mean 5.5)");
     }
 }
