@@ -101,13 +101,24 @@ fn assert_sane(v: &Value, what: &str) {
     }
     assert!(f(v, "ops") > 0.0, "{what}: no operations: {v}");
     assert_eq!(f(v, "errors.total"), 0.0, "{what}: errors: {v}");
-    let l: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+    assert_eq!(f(v, "errors.refused"), 0.0, "{what}: refused: {v}");
+    let names = ["p50", "p90", "p99", "p999", "max", "mean"];
+    if v["workload"] == "bulk" {
+        // Bulk measures no latency: none is reported (not zeros).
+        for p in names {
+            assert!(
+                v["latency_us"][p].is_null(),
+                "{what}: bulk latency_us.{p} must be null: {v}"
+            );
+        }
+        return;
+    }
+    let l: Vec<f64> = names[..5]
         .iter()
         .map(|p| f(v, &format!("latency_us.{p}")))
         .collect();
-    if v["workload"] != "bulk" {
-        assert!(l[0] > 0.0, "{what}: zero p50: {v}");
-    }
+    assert!(l[0] > 0.0, "{what}: zero p50: {v}");
+    assert!(f(v, "latency_us.mean") > 0.0, "{what}: zero mean: {v}");
     assert!(
         l.windows(2).all(|w| w[0] <= w[1]),
         "{what}: percentiles out of order: {l:?}"
@@ -182,6 +193,10 @@ fn terminate_handshakes_and_requests() {
         if wl == "handshake" {
             assert!(f(&v, "full_handshakes") > 0.0, "{v}");
             assert_eq!(f(&v, "resumed"), 0.0, "resumption is off by default: {v}");
+        } else {
+            // rr opens its connections before the window: their handshakes count.
+            assert_eq!(f(&v, "full_handshakes"), f(&v, "connections"), "{v}");
+            assert_eq!(f(&v, "resumed"), 0.0, "{v}");
         }
         if !extra.is_empty() {
             assert!(f(&v, "bytes") > 0.0, "request bytes: {v}");
@@ -189,22 +204,45 @@ fn terminate_handshakes_and_requests() {
     }
 }
 
-#[test]
-fn mtls_with_and_without_a_client_certificate() {
-    let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(
+/// terminus with one `require` listener `mtls` (and an admin endpoint, to compare
+/// with what the server counted) in front of `backend`.
+fn require_listener(backend: SocketAddr) -> (Terminus, Pki) {
+    let pki = Pki::generate();
+    let cfg = write_config(
+        &pki,
         Some(1),
-        &[ListenerConf::new("mtls", &[be.addr]).raw(
+        &[ListenerConf::new("mtls", &[backend]).raw(
             "[listeners.client_auth]\nmode = \"require\"\nca = [\"ca.pem\"]\n\
              allow = [\"spiffe://example.org/client\"]\n",
         )],
     );
-    let target = p.addr("mtls").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
-    let cert = p.pki.dir().join("client.pem").display().to_string();
-    let key = p.pki.dir().join("client.key").display().to_string();
-    let pid = p.term.pid().to_string();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n");
+    std::fs::write(&cfg, text).unwrap();
+    (Terminus::start(&cfg), pki)
+}
+
+/// A labelled sample (`name{labels} value`) from a Prometheus text page.
+fn labelled(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn mtls_with_a_client_certificate() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let (term, pki) = require_listener(be.addr);
+    let target = term.addr("mtls").to_string();
+    let ca = pki.ca_pem().display().to_string();
+    let cert = pki.dir().join("client.pem").display().to_string();
+    let key = pki.dir().join("client.key").display().to_string();
+    let pid = term.pid().to_string();
     for wl in ["handshake", "rr"] {
         let mut args = vec![
             "--target",
@@ -220,33 +258,91 @@ fn mtls_with_and_without_a_client_certificate() {
             "--target-pid",
             &pid,
         ];
-        args.extend(tls_args(&p.pki, &ca));
+        args.extend(tls_args(&pki, &ca));
         let v = bench_ok(&args);
         assert_sane(&v, &format!("mTLS {wl}"));
         assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+        assert!(f(&v, "full_handshakes") > 0.0, "{v}");
+        if wl == "rr" {
+            assert_eq!(f(&v, "full_handshakes"), f(&v, "connections"), "{v}");
+        }
     }
-    // Without a client certificate every connection is refused: handshake errors,
-    // no operations, exit 1.
-    let mut args = vec![
-        "--target",
-        &target,
-        "--workload",
-        "rr",
-        "--duration",
-        "1",
-        "--connections",
-        "4",
-    ];
-    args.extend(tls_args(&p.pki, &ca));
-    let (code, v, err) = bench(&args);
-    assert_eq!(code, Some(1), "no op succeeded must exit 1: {err}");
-    assert_eq!(f(&v, "ops"), 0.0, "{v}");
-    assert!(f(&v, "errors.handshake") >= 4.0, "{v}");
-    assert!(err.contains("no operation succeeded"), "{err}");
-    assert!(
-        v["error_samples"]["handshake"].is_string(),
-        "the first handshake error is shown: {v}"
-    );
+}
+
+/// Issue 9.3: a TLS 1.3 client without a certificate finishes its side of the
+/// handshake before a `require` listener refuses it. No such connection may count as
+/// an operation: each is a `refused` error, in every workload, and the run exits 1.
+#[test]
+fn refused_clients_are_errors_not_operations() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let (term, pki) = require_listener(be.addr);
+    let target = term.addr("mtls").to_string();
+    let ca = pki.ca_pem().display().to_string();
+    let series = "terminus_handshake_errors_total{listener=\"mtls\",reason=\"no_client_cert\"}";
+    let mut server_before = 0.0;
+    for (wl, extra) in [
+        ("handshake", vec![]),
+        ("handshake", vec!["--size", "64"]),
+        ("handshake", vec!["--resume"]),
+        ("rr", vec![]),
+        ("idle", vec![]),
+        ("bulk", vec![]),
+    ] {
+        let what = format!("{wl} {extra:?}");
+        let mut args = vec![
+            "--target",
+            &target,
+            "--workload",
+            wl,
+            "--duration",
+            "0.5",
+            "--connections",
+            "4",
+        ];
+        args.extend(tls_args(&pki, &ca));
+        args.extend(extra.iter().copied());
+        let (code, v, err) = bench(&args);
+        assert_eq!(code, Some(1), "{what}: every op refused must exit 1: {err}");
+        assert!(v.is_object(), "{what}: the report is still printed: {err}");
+        assert_eq!(f(&v, "ops"), 0.0, "{what}: {v}");
+        assert_eq!(f(&v, "bytes"), 0.0, "{what}: {v}");
+        let refused = f(&v, "errors.refused");
+        assert!(refused >= 1.0, "{what}: {v}");
+        assert_eq!(refused, f(&v, "errors.total"), "{what}: only refusals: {v}");
+        assert_eq!(f(&v, "full_handshakes"), 0.0, "{what}: {v}");
+        let sample = v["error_samples"]["refused"].as_str().unwrap_or_default();
+        assert!(
+            sample.contains("CertificateRequired"),
+            "{what}: the first refusal names the alert: {v}"
+        );
+        assert!(
+            err.contains("refused every connection"),
+            "{what}: stderr says why: {err}"
+        );
+        if wl != "handshake" {
+            // Persistent workloads open each connection once.
+            assert_eq!(refused, 4.0, "{what}: {v}");
+        }
+        // The server refused as many: each refusal the bench counted is one the server
+        // counted. The server may also count the (at most 4) connections still in
+        // flight when the bench stopped, in this poll or the next run's.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let server = loop {
+            let (status, page) = http_get(term.admin(), "/metrics");
+            assert_eq!(status, 200, "{page}");
+            let n = labelled(&page, series).unwrap_or(0.0) - server_before;
+            if n >= refused || std::time::Instant::now() > deadline {
+                break n;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            (refused..=refused + 8.0).contains(&server),
+            "{what}: bench refused {refused}, server counted {server} no_client_cert"
+        );
+        server_before += server;
+    }
 }
 
 #[test]
@@ -380,6 +476,7 @@ fn idle_connections_report_target_memory() {
     let v = bench_ok(&args);
     assert_sane(&v, "idle");
     assert_eq!(f(&v, "established"), 400.0, "{v}");
+    assert_eq!(f(&v, "full_handshakes"), 400.0, "{v}");
     assert!(f(&v, "target_rss_bytes_per_conn") > 0.0, "{v}");
     assert!(
         f(&v, "target_rss_after_bytes") > f(&v, "target_rss_before_bytes"),
@@ -424,6 +521,7 @@ fn bulk_down_and_echo_move_bytes() {
         assert!(f(&v, "gbit_per_s") > 0.0, "{v}");
         assert!(f(&v, "target_cpu_ns_per_byte") > 0.0, "{v}");
         assert_eq!(v["direction"], dir);
+        assert_eq!(f(&v, "full_handshakes"), 1.0, "{v}");
     }
     // Plaintext straight from the source backend.
     let v = bench_ok(&[

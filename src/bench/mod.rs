@@ -12,6 +12,7 @@
 //! connection).
 #![forbid(unsafe_code)]
 
+mod proof;
 pub mod stream;
 pub mod target;
 mod worker;
@@ -144,6 +145,9 @@ pub struct ErrorCounts {
     pub connect: u64,
     pub handshake: u64,
     pub verify: u64,
+    /// The server refused the client: an alert judging its certificate, or an alert
+    /// or close before the server showed it accepted the connection (see `proof.rs`).
+    pub refused: u64,
     pub io: u64,
     pub timeout: u64,
     /// The peer closed or reset a connection mid-operation.
@@ -156,15 +160,23 @@ impl ErrorCounts {
         self.connect += o.connect;
         self.handshake += o.handshake;
         self.verify += o.verify;
+        self.refused += o.refused;
         self.io += o.io;
         self.timeout += o.timeout;
         self.closed += o.closed;
-        self.total =
-            self.connect + self.handshake + self.verify + self.io + self.timeout + self.closed;
+        self.total = self.connect
+            + self.handshake
+            + self.verify
+            + self.refused
+            + self.io
+            + self.timeout
+            + self.closed;
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Latency percentiles, µs. `samples == 0`: nothing was measured (bulk), and the
+/// JSON says `null` for each figure (the table `-`).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Latency {
     pub p50: u64,
     pub p90: u64,
@@ -172,6 +184,47 @@ pub struct Latency {
     pub p999: u64,
     pub max: u64,
     pub mean: f64,
+    pub samples: u64,
+}
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = self.samples > 0;
+        let mut st = ser.serialize_struct("Latency", 6)?;
+        for (k, v) in [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p999", self.p999),
+            ("max", self.max),
+        ] {
+            st.serialize_field(k, &m.then_some(v))?;
+        }
+        st.serialize_field("mean", &m.then_some(self.mean))?;
+        st.end()
+    }
+}
+
+impl Latency {
+    /// The table's latency figures: numbers, or `-` for none measured.
+    fn row(&self) -> String {
+        let m = self.samples > 0;
+        let n = |v: u64| if m { v.to_string() } else { "-".into() };
+        let mean = if m {
+            format!("{:.1}", self.mean)
+        } else {
+            "-".into()
+        };
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (mean {mean})",
+            n(self.p50),
+            n(self.p90),
+            n(self.p99),
+            n(self.p999),
+            n(self.max)
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -184,8 +237,9 @@ pub struct BenchReport {
     pub workers: usize,
     /// The measured window, seconds.
     pub duration_s: f64,
-    /// Completed operations in the window: handshakes (handshake), requests (rr),
-    /// `size` chunks (bulk), handshakes while opening (idle).
+    /// Completed operations in the window: handshakes the server accepted
+    /// (handshake), requests (rr), `size` chunks (bulk), connections accepted while
+    /// opening (idle). See `proof.rs` for when a connection counts as accepted.
     pub ops: u64,
     pub ops_per_s: f64,
     /// Application bytes moved in the window (both directions for rr/handshake).
@@ -196,6 +250,8 @@ pub struct BenchReport {
     /// The first error message of each kind, to tell what went wrong.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub error_samples: std::collections::BTreeMap<&'static str, String>,
+    /// Handshakes (full, resumed) of the connections the server accepted, including
+    /// the persistent connections opened before the window.
     pub full_handshakes: u64,
     pub resumed: u64,
     pub size: usize,
@@ -223,6 +279,30 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
+    /// Why the run failed, if nothing succeeded: no operation (no byte for bulk).
+    pub fn failure(&self) -> Option<String> {
+        let ok = match self.workload {
+            Workload::Bulk => self.bytes > 0,
+            _ => self.ops > 0,
+        };
+        if ok {
+            return None;
+        }
+        let e = &self.errors;
+        Some(if e.refused > 0 && e.refused == e.total {
+            format!(
+                "no operation succeeded: the server refused every connection ({} refused; \
+                 first: {})",
+                e.refused,
+                self.error_samples
+                    .get("refused")
+                    .map_or("-", String::as_str)
+            )
+        } else {
+            format!("no operation succeeded ({} errors)", e.total)
+        })
+    }
+
     /// (percentile, latency µs) points for a CDF chart, up to the max.
     pub fn cdf(&self) -> Vec<(f64, u64)> {
         if self.histogram.is_empty() {
@@ -252,9 +332,9 @@ impl BenchReport {
                 "workload   {} ({}) against {}, {} connections, {} workers, {:.2} s\n\
                  ops        {} ({:.1}/s)\n\
                  bytes      {} ({:.3} Gbit/s)\n\
-                 latency µs p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1})\n\
+                 latency µs {}\n\
                  handshakes {} full, {} resumed\n\
-                 errors     {} (connect {}, handshake {}, verify {}, io {}, timeout {}, closed {})\n",
+                 errors     {} (connect {}, handshake {}, verify {}, refused {}, io {}, timeout {}, closed {})\n",
                 format!("{:?}", self.workload).to_lowercase(),
                 self.mode,
                 self.target,
@@ -265,18 +345,14 @@ impl BenchReport {
                 self.ops_per_s,
                 self.bytes,
                 self.gbit_per_s,
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
-                l.mean,
+                l.row(),
                 self.full_handshakes,
                 self.resumed,
                 self.errors.total,
                 self.errors.connect,
                 self.errors.handshake,
                 self.errors.verify,
+                self.errors.refused,
                 self.errors.io,
                 self.errors.timeout,
                 self.errors.closed,
@@ -454,6 +530,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
             p999: hist.value_at_quantile(0.999),
             max: hist.max(),
             mean: hist.mean(),
+            samples: hist.len(),
         }
     };
     let per_op = |c: f64| (ops > 0).then(|| c * 1e6 / ops as f64);
@@ -857,11 +934,8 @@ pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
             } else {
                 print!("{}", r.table());
             }
-            if r.ops == 0 && r.errors.total > 0 {
-                eprintln!(
-                    "terminus: bench: no operation succeeded ({} errors)",
-                    r.errors.total
-                );
+            if let Some(why) = r.failure() {
+                eprintln!("terminus: bench: {why}");
                 return ExitCode::from(1);
             }
             ExitCode::SUCCESS
@@ -870,5 +944,45 @@ pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
             eprintln!("terminus: bench: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmeasured_latency_is_null_and_dash() {
+        let none = Latency::default();
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"p50":null,"p90":null,"p99":null,"p999":null,"max":null,"mean":null}"#
+        );
+        assert_eq!(none.row(), "p50 - p90 - p99 - p99.9 - max - (mean -)");
+        let some = Latency {
+            p50: 5,
+            p90: 6,
+            p99: 7,
+            p999: 8,
+            max: 9,
+            mean: 5.5,
+            samples: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&some).unwrap(),
+            r#"{"p50":5,"p90":6,"p99":7,"p999":8,"max":9,"mean":5.5}"#
+        );
+        assert_eq!(some.row(), "p50 5 p90 6 p99 7 p99.9 8 max 9 (mean 5.5)");
+    }
+
+    #[test]
+    fn refused_counts_in_the_total() {
+        let mut e = ErrorCounts::default();
+        e.add(&ErrorCounts {
+            refused: 3,
+            closed: 1,
+            ..ErrorCounts::default()
+        });
+        assert_eq!((e.refused, e.total), (3, 4));
     }
 }

@@ -11,6 +11,12 @@ pub struct Stream {
     pub tls: Option<rustls::Connection>,
     /// Ciphertext bytes read from the socket so far (TLS only).
     pub tls_bytes_in: u64,
+    /// Application bytes read so far.
+    pub plain_in: u64,
+    /// Bench clients: TLS 1.3 session tickets received, and whether the server asked
+    /// for a client certificate (see `proof.rs`).
+    pub tickets: u64,
+    pub cert_requested: bool,
 }
 
 /// An `io::Error` carrying the rustls error, so callers can classify it.
@@ -29,6 +35,9 @@ impl Stream {
             sock,
             tls,
             tls_bytes_in: 0,
+            plain_in: 0,
+            tickets: 0,
+            cert_requested: false,
         }
     }
 
@@ -47,19 +56,32 @@ impl Stream {
         Ok(())
     }
 
+    /// `process_new_packets`, noting the tickets and certificate requests it handled
+    /// for this connection (the counters are this thread's; see `proof.rs`).
+    fn process(&mut self) -> Result<(), rustls::Error> {
+        let tls = self.tls.as_mut().expect("TLS stream");
+        let before = super::proof::seen();
+        let r = tls.process_new_packets().map(|_| ());
+        let after = super::proof::seen();
+        self.tickets += after.tickets - before.tickets;
+        self.cert_requested |= after.cert_requests > before.cert_requests;
+        r
+    }
+
     /// Read ciphertext once and process it. `Ok(false)` at EOF.
     fn read_tls_once(&mut self) -> io::Result<bool> {
-        let tls = self.tls.as_mut().expect("TLS stream");
         loop {
+            let tls = self.tls.as_mut().expect("TLS stream");
             match tls.read_tls(&mut self.sock) {
                 Ok(0) => {
                     // Let rustls note the EOF (close_notify vs truncation).
-                    tls.process_new_packets().map_err(tls_err)?;
+                    self.process().map_err(tls_err)?;
                     return Ok(false);
                 }
                 Ok(n) => {
                     self.tls_bytes_in += n as u64;
-                    if let Err(e) = tls.process_new_packets() {
+                    if let Err(e) = self.process() {
+                        let tls = self.tls.as_mut().expect("TLS stream");
                         // Send our alert before giving up, so the peer learns why.
                         let _ = tls.write_tls(&mut self.sock);
                         return Err(tls_err(e));
@@ -108,6 +130,10 @@ impl Stream {
             return loop {
                 match self.sock.read(buf) {
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Ok(n) => {
+                        self.plain_in += n as u64;
+                        break Ok(n);
+                    }
                     r => break r,
                 }
             };
@@ -115,7 +141,10 @@ impl Stream {
         loop {
             let tls = self.tls.as_mut().expect("TLS stream");
             match tls.reader().read(buf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.plain_in += n as u64;
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -125,6 +154,10 @@ impl Stream {
                 return match tls.reader().read(buf) {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         Err(ErrorKind::UnexpectedEof.into())
+                    }
+                    Ok(n) => {
+                        self.plain_in += n as u64;
+                        Ok(n)
                     }
                     r => r,
                 };

@@ -8,6 +8,7 @@
 //! CPU and memory) -> `release` barrier -> close everything.
 #![forbid(unsafe_code)]
 
+use super::proof;
 use super::stream::{rustls_error, Stream};
 use super::{BenchOpts, Direction, ErrorCounts, Workload};
 use hdrhistogram::Histogram;
@@ -74,8 +75,10 @@ enum St {
     Free,
     Connecting,
     Handshaking,
-    /// Handshake workload with --resume: read until the session tickets arrived.
-    TicketWait,
+    /// Handshake done on the client's side: read until the server shows it accepted
+    /// the connection (a session ticket or data, see `proof.rs`), and with --resume
+    /// (handshake workload) until its session ticket arrived.
+    Confirm,
     ReqSend,
     ReqRecv,
     /// Persistent connection between requests (rr), or waiting for the window (bulk).
@@ -96,8 +99,8 @@ struct Slot {
     t_act: Instant,
     sent: usize,
     got: usize,
-    /// Ciphertext read when the handshake finished (ticket wait).
-    hs_in: u64,
+    /// The server has shown that it accepted this connection (see `proof.rs`).
+    proven: bool,
     /// Rate-limited rr: when this connection's next request is due.
     due: Option<Instant>,
     /// Bulk: bytes sent and received on this connection.
@@ -109,6 +112,8 @@ enum Fail {
     Connect,
     Handshake,
     Verify,
+    /// The server refused the client (its certificate) after the client's handshake.
+    Refused,
     Io,
     Timeout,
     Closed,
@@ -193,13 +198,10 @@ fn run(
     }
     let o = &sh.opts;
     // --resume: each worker keeps its own session store (no cross-thread locking).
+    // Its tickets and certificate requests are counted to tell acceptance.
     let tls = sh.tls.as_ref().map(|(cfg, _)| {
         let mut c = (**cfg).clone();
-        c.resumption = if o.resume {
-            rustls::client::Resumption::in_memory_sessions(conns.max(1) * 4)
-        } else {
-            rustls::client::Resumption::disabled()
-        };
+        proof::instrument(&mut c, o.resume.then(|| conns.max(1) * 4));
         Arc::new(c)
     });
     let now = Instant::now();
@@ -222,7 +224,7 @@ fn run(
                 t_act: now,
                 sent: 0,
                 got: 0,
-                hs_in: 0,
+                proven: false,
                 due: None,
                 up: 0,
                 down: 0,
@@ -389,6 +391,7 @@ impl Worker<'_> {
         s.t_act = now;
         s.sent = 0;
         s.got = 0;
+        s.proven = false;
         match TcpStream::connect(self.sh.opts.target) {
             Ok(mut sock) => {
                 if let Err(e) = self.poll.registry().register(
@@ -452,6 +455,10 @@ impl Worker<'_> {
                 e.verify += 1;
                 "verify"
             }
+            Fail::Refused => {
+                e.refused += 1;
+                "refused"
+            }
             Fail::Io => {
                 e.io += 1;
                 "io"
@@ -483,26 +490,35 @@ impl Worker<'_> {
             }
         } else {
             // Setup tracks the connections being opened.
-            if matches!(was, St::Connecting | St::Handshaking) {
+            if matches!(was, St::Connecting | St::Handshaking | St::Confirm) {
                 self.opening = self.opening.saturating_sub(1);
             }
             s.st = St::Dead;
         }
     }
 
-    fn classify(&self, e: &io::Error, st: St) -> Fail {
+    /// What kind of failure `e` (met in state `st`) is for slot `i`.
+    fn classify(&self, i: usize, e: &io::Error, st: St) -> Fail {
+        // Handshake done on the client's side, acceptance not shown yet: an alert or a
+        // close now is the server's verdict on the client (see `proof.rs`).
+        let awaiting = !self.slots[i].proven && !matches!(st, St::Connecting | St::Handshaking);
+        let closed = matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        );
         match rustls_error(e) {
+            Some(rustls::Error::AlertReceived(a)) if awaiting || proof::is_refusal(*a) => {
+                Fail::Refused
+            }
             Some(rustls::Error::InvalidCertificate(_)) => Fail::Verify,
             Some(_) => Fail::Handshake,
             None if st == St::Connecting => Fail::Connect,
             None if st == St::Handshaking => Fail::Handshake,
-            None if matches!(
-                e.kind(),
-                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
-            ) =>
-            {
-                Fail::Closed
-            }
+            None if closed && awaiting => Fail::Refused,
+            None if closed => Fail::Closed,
             None => Fail::Io,
         }
     }
@@ -513,59 +529,133 @@ impl Worker<'_> {
             let s = &self.slots[i];
             if matches!(
                 s.st,
-                St::Connecting | St::Handshaking | St::TicketWait | St::ReqSend | St::ReqRecv
+                St::Connecting | St::Handshaking | St::Confirm | St::ReqSend | St::ReqRecv
             ) && s.t_act.elapsed() > limit
             {
                 let st = s.st;
-                self.fail(
-                    i,
-                    Fail::Timeout,
-                    &format_args!("{st:?} took longer than {limit:?}"),
-                );
+                if st == St::Confirm && !s.proven {
+                    self.fail(
+                        i,
+                        Fail::Timeout,
+                        &format_args!(
+                            "Confirm: no session ticket or data from the server within \
+                             {limit:?} to show it accepted the client"
+                        ),
+                    );
+                } else {
+                    self.fail(
+                        i,
+                        Fail::Timeout,
+                        &format_args!("{st:?} took longer than {limit:?}"),
+                    );
+                }
             }
         }
     }
 
-    /// Handshake finished on slot `i`.
+    /// The client's side of the handshake finished on slot `i`.
     fn handshaken(&mut self, i: usize) {
-        let o = &self.sh.opts;
-        if let Some(tls) = self.slots[i].stream.as_ref().and_then(|s| s.tls.as_ref()) {
-            if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                if self.measuring {
-                    self.resumed += 1;
-                }
-            } else if self.measuring {
-                self.full += 1;
-            }
+        let sh = self.sh;
+        let o = &sh.opts;
+        let s = &mut self.slots[i];
+        let stream = s.stream.as_ref().expect("stream");
+        let tls13 = stream
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3));
+        // See `proof.rs`: only a TLS 1.3 server that asked for a client certificate
+        // still has a verdict to give.
+        if !(tls13 && stream.cert_requested) {
+            self.accept(i);
         }
         let s = &mut self.slots[i];
+        let proven = s.proven;
         match o.workload {
+            // The echoed request shows acceptance.
+            Workload::Handshake if o.size > 0 => s.st = St::ReqSend,
             Workload::Handshake => {
-                if o.size > 0 {
-                    s.st = St::ReqSend;
-                } else {
-                    let t = s.t_op;
-                    if o.resume && s.stream.as_ref().is_some_and(|x| x.tls.is_some()) {
-                        s.hs_in = s.stream.as_ref().map_or(0, |x| x.tls_bytes_in);
-                        s.st = St::TicketWait;
-                        s.t_act = Instant::now();
-                    } else {
-                        s.st = St::Free;
-                    }
+                let t = s.t_op;
+                // --resume: TLS 1.3 tickets come after the handshake; wait for one.
+                if !proven || (o.resume && tls13) {
+                    s.st = St::Confirm;
+                    s.t_act = Instant::now();
+                }
+                if proven {
                     self.record(t);
-                    if self.slots[i].st == St::Free {
+                    if self.slots[i].st != St::Confirm {
                         self.recycle(i);
                     }
                 }
             }
-            Workload::Idle => {
-                let t = s.t_op;
-                s.st = St::Holding;
+            Workload::Idle | Workload::Bulk if !proven => {
+                s.st = St::Confirm;
+                s.t_act = Instant::now();
+            }
+            Workload::Idle | Workload::Bulk => {
+                if o.workload == Workload::Idle {
+                    let t = s.t_op;
+                    self.record(t);
+                }
+                self.confirmed(i);
+            }
+            // The first echoed request shows acceptance.
+            Workload::Rr => {
+                s.st = St::Ready;
                 self.opening -= 1;
-                self.record(t);
+            }
+        }
+    }
+
+    /// The server has shown that it accepted slot `i`'s connection: count its
+    /// handshake (once).
+    fn accept(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        if s.proven {
+            return;
+        }
+        s.proven = true;
+        let kind = s
+            .stream
+            .as_ref()
+            .and_then(|x| x.tls.as_ref())
+            .and_then(|t| t.handshake_kind());
+        match kind {
+            Some(rustls::HandshakeKind::Resumed) => self.resumed += 1,
+            Some(_) => self.full += 1,
+            None => {}
+        }
+    }
+
+    /// Slot `i` is past its handshake and acceptance is not shown yet: did what it
+    /// just read show it (a ticket or data)?
+    fn observe(&mut self, i: usize) {
+        let s = &self.slots[i];
+        if s.proven
+            || matches!(
+                s.st,
+                St::Free | St::Dead | St::Connecting | St::Handshaking | St::Confirm
+            )
+        {
+            return;
+        }
+        if s.stream
+            .as_ref()
+            .is_some_and(|x| x.tickets > 0 || x.plain_in > 0)
+        {
+            self.accept(i);
+        }
+    }
+
+    /// Slot `i` is accepted (and has its ticket if it waited for one): go on.
+    fn confirmed(&mut self, i: usize) {
+        match self.sh.opts.workload {
+            Workload::Handshake => self.recycle(i),
+            Workload::Idle => {
+                self.slots[i].st = St::Holding;
+                self.opening -= 1;
             }
             Workload::Bulk | Workload::Rr => {
-                s.st = St::Ready;
+                self.slots[i].st = St::Ready;
                 self.opening -= 1;
             }
         }
@@ -604,7 +694,7 @@ impl Worker<'_> {
                 St::Dead => return,
                 St::Connecting => self.connecting(i),
                 St::Handshaking => self.slots[i].stream.as_mut().expect("stream").handshake(),
-                St::TicketWait => self.ticket_wait(i),
+                St::Confirm => self.confirm(i),
                 St::ReqSend => self.req_send(i),
                 St::ReqRecv => self.req_recv(i),
                 St::Ready | St::Holding => self.discard(i),
@@ -616,6 +706,8 @@ impl Worker<'_> {
                     r => r,
                 },
             };
+            // Before classifying an error: was the connection accepted first?
+            self.observe(i);
             match res {
                 // Progress: the state changed; keep going in the new state.
                 Ok(true) if self.slots[i].st != st => continue,
@@ -623,7 +715,7 @@ impl Worker<'_> {
                 Ok(_) => return,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    let why = self.classify(&e, st);
+                    let why = self.classify(i, &e, st);
                     self.fail(i, why, &format_args!("{st:?}: {e}"));
                     return;
                 }
@@ -660,23 +752,44 @@ impl Worker<'_> {
         }
     }
 
-    fn ticket_wait(&mut self, i: usize) -> io::Result<bool> {
+    /// Read until the server shows it accepted the connection (and, handshake
+    /// workload with --resume, until a ticket arrived), then go on.
+    fn confirm(&mut self, i: usize) -> io::Result<bool> {
+        let sh = self.sh;
+        let o = &sh.opts;
+        let want_ticket = o.workload == Workload::Handshake && o.resume;
+        let counts_op = matches!(o.workload, Workload::Handshake | Workload::Idle);
         loop {
             let s = &mut self.slots[i];
             let stream = s.stream.as_mut().expect("stream");
-            match stream.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if stream.tls_bytes_in > s.hs_in {
-                        break; // tickets arrived
-                    }
-                    return Ok(false);
+            // A read that ends in WouldBlock may still have processed tickets.
+            let r = stream.read(&mut self.buf);
+            let tickets = stream.tickets;
+            if !s.proven && (tickets > 0 || stream.plain_in > 0) {
+                let t = s.t_op;
+                self.accept(i);
+                if counts_op {
+                    self.record(t);
                 }
+            }
+            let proven = self.slots[i].proven;
+            if proven && (!want_ticket || tickets > 0) {
+                break;
+            }
+            match r {
+                // Closed before its tickets: nothing left to wait for.
+                Ok(0) if proven => break,
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "closed before showing it accepted the client",
+                    ))
+                }
+                Ok(_) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.recycle(i);
+        self.confirmed(i);
         Ok(true)
     }
 
@@ -708,6 +821,8 @@ impl Worker<'_> {
             }
         }
         let t = s.t_op;
+        // The echo shows that the server accepted the connection.
+        self.accept(i);
         self.record(t);
         if self.measuring {
             self.bytes += 2 * size as u64;
