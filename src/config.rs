@@ -325,26 +325,77 @@ impl Config {
 
     /// Parse and validate config text; every problem, one error each.
     pub fn parse_all(text: &str, source: &Path) -> Result<Config, Vec<ConfigError>> {
+        let checked = Config::parse_checked(text, source);
+        match checked.config {
+            Some(cfg) if checked.problems.is_empty() => Ok(cfg),
+            _ => Err(checked.problems),
+        }
+    }
+
+    /// For `check`: read, parse and validate, but keep the config even when
+    /// validation finds problems, so that the files and addresses it names can be
+    /// checked in the same pass. Never fails: an unreadable or unparsable file gives
+    /// `config: None` and its one problem.
+    pub fn load_checked(path: &Path) -> Checked {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse_checked(&text, path),
+            Err(e) => Checked {
+                config: None,
+                problems: vec![ConfigError(format!(
+                    "{}: cannot read config file: {e}",
+                    path.display()
+                ))],
+                listeners_with_problems: Vec::new(),
+                file: path.to_path_buf(),
+                text: String::new(),
+            },
+        }
+    }
+
+    /// [`Config::load_checked`] on text read from `source`.
+    pub fn parse_checked(text: &str, source: &Path) -> Checked {
         let doc = toml_edit::ImDocument::parse(text).ok();
         let locator = Locator {
             file: source,
             text,
             doc: doc.as_ref(),
         };
-        let mut cfg: Config = toml::from_str(text).map_err(|e| vec![locator.serde_error(&e)])?;
-        let problems = cfg.validate(&locator);
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        let mut checked = Checked {
+            config: None,
+            problems: Vec::new(),
+            listeners_with_problems: Vec::new(),
+            file: source.to_path_buf(),
+            text: text.to_owned(),
+        };
+        let mut cfg: Config = match toml::from_str(text) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                checked.problems.push(locator.serde_error(&e));
+                return checked;
+            }
+        };
+        let mut listeners = Vec::new();
+        checked.problems = cfg.validate(&locator, &mut listeners);
+        listeners.sort_unstable();
+        listeners.dedup();
+        checked.listeners_with_problems = listeners;
         cfg.source = source.to_path_buf();
         cfg.resolve_paths(source);
-        Ok(cfg)
+        checked.config = Some(cfg);
+        checked
     }
 
-    fn validate(&self, at: &Locator<'_>) -> Vec<ConfigError> {
+    /// Every validation problem; `listeners` gets the index of each listener that
+    /// has one.
+    fn validate(&self, at: &Locator<'_>, listeners: &mut Vec<usize>) -> Vec<ConfigError> {
         use Seg::{Index as I, Key as K};
         let mut out = Vec::new();
-        let mut bad = |path: &[Seg<'_>], msg: String| out.push(at.error(path, &msg));
+        let mut bad = |path: &[Seg<'_>], msg: String| {
+            if let [K("listeners"), I(i), ..] = path {
+                listeners.push(*i);
+            }
+            out.push(at.error(path, &msg))
+        };
 
         let rt = &self.runtime;
         if rt.workers == Some(0) {
@@ -627,6 +678,15 @@ fn validate_client_auth(ca: &ClientAuth, i: usize, bad: &mut Bad<'_>) {
             ),
         );
     }
+    if ca.mode == ClientAuthMode::None && !ca.allow.is_empty() {
+        bad(
+            &at("allow"),
+            "mode is \"none\" (also the default when `mode` is left out): no client \
+             certificate is asked for, so this allow-list would be silently ignored; set \
+             mode = \"require\" (or \"optional\") to enforce it, or remove `allow`"
+                .into(),
+        );
+    }
     for (k, entry) in ca.allow.iter().enumerate() {
         if let Err(why) = crate::policy::AllowRule::parse(entry) {
             bad(
@@ -663,6 +723,61 @@ fn validate_upstream_tls(up: &UpstreamTls, i: usize, bad: &mut Bad<'_>) {
         ),
         _ => {}
     }
+}
+
+/// What [`Config::load_checked`] found: the config when it parsed (even if
+/// validation found problems), every problem, and the text, to place problems that
+/// are found later (an address that cannot be bound, a CPU outside the affinity mask).
+#[derive(Debug)]
+pub struct Checked {
+    /// `None` when the file did not read or parse; paths are resolved as by
+    /// [`Config::load`].
+    pub config: Option<Config>,
+    /// Every read, parse or validation problem.
+    pub problems: Vec<ConfigError>,
+    /// Indexes of the listeners that have a validation problem.
+    pub listeners_with_problems: Vec<usize>,
+    file: PathBuf,
+    text: String,
+}
+
+impl Checked {
+    /// `FILE:LINE: FIELD: msg` for a problem found outside validation. `field` is a
+    /// field path as printed in errors, e.g. `listeners[1].listen` or `runtime.cpus[0]`;
+    /// the line is the deepest part of it present in the file.
+    pub fn error(&self, field: &str, msg: &str) -> ConfigError {
+        let doc = toml_edit::ImDocument::parse(self.text.as_str()).ok();
+        let locator = Locator {
+            file: &self.file,
+            text: &self.text,
+            doc: doc.as_ref(),
+        };
+        locator.error(&parse_field_path(field), msg)
+    }
+}
+
+/// `listeners[1].sni[0].cert` -> [listeners, 1, sni, 0, cert].
+fn parse_field_path(field: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in field.split('.') {
+        let mut rest = part;
+        let key_end = rest.find('[').unwrap_or(rest.len());
+        if key_end > 0 {
+            out.push(Seg::Key(&rest[..key_end]));
+        }
+        rest = &rest[key_end..];
+        while let Some(inner) = rest.strip_prefix('[') {
+            let Some(close) = inner.find(']') else {
+                break;
+            };
+            match inner[..close].parse() {
+                Ok(i) => out.push(Seg::Index(i)),
+                Err(_) => break,
+            }
+            rest = &inner[close + 1..];
+        }
+    }
+    out
 }
 
 /// A config problem, displayed as one line naming file, line and field.
@@ -1055,11 +1170,57 @@ upstreams = ["127.0.0.1:8080"]
         let ca = cfg.listeners[0].client_auth.as_ref().unwrap();
         assert_eq!(ca.mode, ClientAuthMode::None);
         assert!(ca.ca.is_empty() && ca.crl.is_empty() && ca.allow.is_empty());
-        // Rolling back to "none" may keep the CA and allow list in place.
+        // Rolling back to "none" may keep the CA bundles in place...
         let text =
-            format!("{LISTENER}[listeners.client_auth]\nmode = \"none\"\nallow = [\"cn:x\"]\n");
+            format!("{LISTENER}[listeners.client_auth]\nmode = \"none\"\nca = [\"ca.pem\"]\n");
         assert!(parse(&text).is_ok());
         assert!(parse(LISTENER).unwrap().listeners[0].client_auth.is_none());
+    }
+
+    #[test]
+    fn allow_list_without_client_auth_is_an_error() {
+        // ...but not an allow-list: it would look enforced and be ignored.
+        let want = "/etc/terminus/config.toml:10: listeners[0].client_auth.allow: mode is \
+                    \"none\" (also the default when `mode` is left out): no client \
+                    certificate is asked for, so this allow-list would be silently ignored; \
+                    set mode = \"require\" (or \"optional\") to enforce it, or remove `allow`";
+        let text =
+            format!("{LISTENER}[listeners.client_auth]\nmode = \"none\"\nallow = [\"cn:x\"]\n");
+        assert_eq!(one_error(&text), want);
+        let text = format!("{LISTENER}[listeners.client_auth]\n\nallow = [\"cn:x\"]\n");
+        assert_eq!(one_error(&text), want);
+    }
+
+    #[test]
+    fn checked_keeps_the_config_and_places_later_problems() {
+        let text = format!(
+            "[runtime]\ncpus = [0, 9999]\n{LISTENER}{}[listeners.client_auth]\nallow = [\"x\"]\n",
+            LISTENER.replace("edge", "b")
+        );
+        let c = Config::parse_checked(&text, Path::new("c.toml"));
+        let cfg = c.config.as_ref().unwrap();
+        assert_eq!(cfg.listeners.len(), 2);
+        assert_eq!(
+            cfg.listeners[1].cert,
+            std::path::absolute("server.pem").unwrap()
+        );
+        assert_eq!(c.problems.len(), 2, "{:?}", c.problems);
+        assert_eq!(c.listeners_with_problems, [1]);
+        assert_eq!(
+            c.error("runtime.cpus[1]", "why").0,
+            "c.toml:2: runtime.cpus[1]: why"
+        );
+        assert_eq!(
+            c.error("listeners[1].listen", "why").0,
+            "c.toml:13: listeners[1].listen: why"
+        );
+        assert_eq!(
+            c.error("admin.listen", "why").0,
+            "c.toml: admin.listen: why"
+        );
+        let c = Config::parse_checked("listeners = 1\n", Path::new("c.toml"));
+        assert!(c.config.is_none());
+        assert_eq!(c.problems.len(), 1);
     }
 
     #[test]

@@ -75,6 +75,11 @@ pub fn server_config(l: &Listener) -> Result<Arc<rustls::ServerConfig>, TlsError
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     pub certs: Arc<SniResolver>,
+    /// What is wrong with the served certificates but does not stop serving them:
+    /// expired, not yet valid, or expiring within [`EXPIRY_WARNING_DAYS`] (one line
+    /// each, naming the file and the date). A reload that swaps them in should
+    /// print these.
+    pub warnings: Vec<String>,
 }
 
 /// [`server_config`], keeping the certificate resolver at hand.
@@ -83,7 +88,17 @@ pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
     let certs = Arc::new(SniResolver::load(l, &provider)?);
     let verifier = client_verifier(l, &provider)?;
     let config = build_server_config(l, provider, certs.clone(), verifier)?;
-    Ok(ServerTls { config, certs })
+    let now = unix_now();
+    let warnings = certs
+        .served()
+        .flat_map(|c| validity_findings(&c.path, &c.key.cert, Role::Server, now))
+        .map(|f| f.message)
+        .collect();
+    Ok(ServerTls {
+        config,
+        certs,
+        warnings,
+    })
 }
 
 /// Every problem with the listener's TLS material (not just the first): unreadable
@@ -92,10 +107,31 @@ pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
 /// `client_auth` (unless its mode is `none`); every problem of `upstream_tls`.
 /// Empty means [`server_config`] and [`upstream_client_config`] will succeed.
 pub fn listener_problems(l: &Listener) -> Vec<TlsError> {
+    let mut out = listener_file_problems(l);
+    if out.is_empty() {
+        if let Err(e) = server_tls(l) {
+            out.push(e);
+        }
+        if let Err(e) = upstream_client_config(l) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// [`listener_problems`] file by file, without the final build of the whole
+/// configuration: what `check` runs on a listener whose config has problems of its
+/// own (the build would only repeat them).
+pub fn listener_file_problems(l: &Listener) -> Vec<TlsError> {
     let provider = server_provider();
-    let mut out = cert_and_key_problems(&l.cert, &l.key, &provider);
+    let mut out = cert_and_key_problems(&l.cert, &l.key, Role::Server, &provider);
     for sni in &l.sni {
-        out.extend(cert_and_key_problems(&sni.cert, &sni.key, &provider));
+        out.extend(cert_and_key_problems(
+            &sni.cert,
+            &sni.key,
+            Role::Server,
+            &provider,
+        ));
     }
     if let Some(ca) = l
         .client_auth
@@ -118,7 +154,7 @@ pub fn listener_problems(l: &Listener) -> Vec<TlsError> {
     if let Some(up) = &l.upstream_tls {
         collect_problems(&up.ca, load_roots_file, &mut out);
         if let (Some(cert), Some(key)) = (&up.cert, &up.key) {
-            out.extend(cert_and_key_problems(cert, key, &provider));
+            out.extend(cert_and_key_problems(cert, key, Role::Client, &provider));
         }
     }
     if let Some(path) = &l.ticket_key_file {
@@ -126,25 +162,80 @@ pub fn listener_problems(l: &Listener) -> Vec<TlsError> {
             out.push(TlsError(e));
         }
     }
-    if out.is_empty() {
-        if let Err(e) = server_tls(l) {
-            out.push(e);
-        }
-        if let Err(e) = upstream_client_config(l) {
-            out.push(e);
-        }
-    }
     out
 }
 
-fn cert_and_key_problems(cert: &Path, key: &Path, provider: &CryptoProvider) -> Vec<TlsError> {
+/// Which end of a TLS connection a certificate identifies terminus as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Served to clients (`cert`, `[[listeners.sni]]`).
+    Server,
+    /// Presented to the upstream (`upstream_tls.cert`).
+    Client,
+}
+
+fn cert_and_key_problems(
+    cert: &Path,
+    key: &Path,
+    role: Role,
+    provider: &CryptoProvider,
+) -> Vec<TlsError> {
     match (load_certs(cert), load_key(key)) {
-        (Ok(c), Ok(k)) => certified_key_from(cert, key, c, k, provider)
-            .err()
-            .into_iter()
-            .collect(),
+        (Ok(c), Ok(k)) => {
+            let eku = match role {
+                Role::Server => server_auth_problem(cert, &c[0]),
+                Role::Client => None,
+            };
+            certified_key_from(cert, key, c, k, provider)
+                .err()
+                .into_iter()
+                .chain(eku)
+                .collect()
+        }
         (c, k) => c.err().into_iter().chain(k.err()).collect(),
     }
+}
+
+/// A served leaf whose extended key usage leaves out serverAuth: every client
+/// (webpki, browsers, OpenSSL, Go) refuses it. No EKU extension means any usage.
+fn server_auth_problem(path: &Path, leaf: &CertificateDer<'_>) -> Option<TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let eku = cert.extended_key_usage().ok().flatten()?.value;
+    if eku.server_auth || eku.any {
+        return None;
+    }
+    let mut has = Vec::new();
+    for (set, name) in [
+        (eku.client_auth, "clientAuth"),
+        (eku.code_signing, "codeSigning"),
+        (eku.email_protection, "emailProtection"),
+        (eku.time_stamping, "timeStamping"),
+        (eku.ocsp_signing, "OCSPSigning"),
+    ] {
+        if set {
+            has.push(name.to_owned());
+        }
+    }
+    has.extend(eku.other.iter().map(|oid| oid.to_id_string()));
+    Some(TlsError::file(
+        path,
+        format!(
+            "certificate {} is not a server certificate: its extended key usage is {} \
+             without serverAuth, so clients will refuse it; use a certificate issued for \
+             TLS servers (EKU serverAuth)",
+            describe(&cert),
+            if has.is_empty() {
+                "empty".to_owned()
+            } else {
+                has.join(", ")
+            }
+        ),
+    ))
+}
+
+/// `"CN=localhost"`: how a certificate is named in messages.
+fn describe(cert: &x509_parser::certificate::X509Certificate<'_>) -> String {
+    format!("\"{}\"", cert.subject())
 }
 
 fn collect_problems<T>(
@@ -162,15 +253,40 @@ fn collect_problems<T>(
     ok
 }
 
-/// Warnings that do not stop the listener from starting: a server leaf certificate
-/// that has expired or is not valid yet. Unreadable files give no warning (they are
-/// errors, reported by [`listener_problems`]).
-pub fn cert_warnings(l: &Listener) -> Vec<String> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut out = Vec::new();
-    for path in std::iter::once(&l.cert).chain(l.sni.iter().map(|s| &s.cert)) {
+/// A served certificate expiring sooner than this many days is worth a warning.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// What the certificates' dates say, for `check`: `problems` are certificates that
+/// peers refuse now (expired, not yet valid); `warnings` are certificates expiring
+/// within [`EXPIRY_WARNING_DAYS`] and CRLs past their nextUpdate. Covers every
+/// certificate of the served chains (`cert`, `[[listeners.sni]]`) and of
+/// `upstream_tls.cert`. Unreadable files give nothing (they are errors, reported by
+/// [`listener_problems`]).
+#[derive(Debug, Default)]
+pub struct DateFindings {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn cert_dates(l: &Listener) -> DateFindings {
+    let now = unix_now();
+    let mut out = DateFindings::default();
+    let mut chains: Vec<(&Path, Role)> = std::iter::once(&l.cert)
+        .chain(l.sni.iter().map(|s| &s.cert))
+        .map(|p| (p.as_path(), Role::Server))
+        .collect();
+    if let Some(cert) = l.upstream_tls.as_ref().and_then(|u| u.cert.as_ref()) {
+        chains.push((cert, Role::Client));
+    }
+    for (path, role) in chains {
         if let Ok(certs) = load_certs(path) {
-            out.extend(validity_warnings(path, &certs[0], now));
+            for f in validity_findings(path, &certs, role, now) {
+                if f.refused {
+                    out.problems.push(f.message);
+                } else {
+                    out.warnings.push(f.message);
+                }
+            }
         }
     }
     if let Some(ca) = l
@@ -180,11 +296,24 @@ pub fn cert_warnings(l: &Listener) -> Vec<String> {
     {
         for path in &ca.crl {
             if let Ok(crls) = load_crls(path) {
-                out.extend(crls.iter().filter_map(|crl| crl_warning(path, crl, now)));
+                out.warnings
+                    .extend(crls.iter().filter_map(|crl| crl_warning(path, crl, now)));
             }
         }
     }
     out
+}
+
+/// Warnings that do not stop the listener from starting (what `run` prints): every
+/// finding of [`cert_dates`]. An expired or not yet valid certificate is served
+/// anyway, so that a late renewal picked up by hot reload fixes a running instance.
+pub fn cert_warnings(l: &Listener) -> Vec<String> {
+    let d = cert_dates(l);
+    d.problems.into_iter().chain(d.warnings).collect()
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// A CRL past its nextUpdate is still used (what it revokes stays revoked), but the
@@ -202,26 +331,71 @@ fn crl_warning(path: &Path, crl: &CertificateRevocationListDer<'_>, now: i64) ->
     })
 }
 
-fn validity_warnings(path: &Path, leaf: &CertificateDer<'_>, now: i64) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
-        return Vec::new();
+/// One date finding about a certificate file.
+#[derive(Debug, Clone, PartialEq)]
+struct DateFinding {
+    /// Peers refuse the certificate now (expired or not yet valid).
+    refused: bool,
+    message: String,
+}
+
+/// Date findings for each certificate of a chain file (leaf first): expired, not
+/// yet valid, expiring within [`EXPIRY_WARNING_DAYS`]. The leaf is "certificate",
+/// the others "certificate #N (\"SUBJECT\")".
+fn validity_findings(
+    path: &Path,
+    chain: &[CertificateDer<'_>],
+    role: Role,
+    now: i64,
+) -> Vec<DateFinding> {
+    let who = match role {
+        Role::Server => "clients",
+        Role::Client => "the upstream",
     };
-    let validity = cert.validity();
     let mut out = Vec::new();
-    if validity.not_after.timestamp() < now {
-        out.push(format!(
-            "{}: certificate expired: notAfter {} (clients will reject it)",
-            path.display(),
-            validity.not_after
-        ));
-    }
-    if validity.not_before.timestamp() > now {
-        out.push(format!(
-            "{}: certificate not yet valid: notBefore {}, notAfter {} (clients will reject it)",
-            path.display(),
-            validity.not_before,
-            validity.not_after
-        ));
+    for (i, der) in chain.iter().enumerate() {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            continue;
+        };
+        let what = if i == 0 {
+            "certificate".to_owned()
+        } else {
+            format!("certificate #{} ({})", i + 1, describe(&cert))
+        };
+        let path = path.display();
+        let validity = cert.validity();
+        let (not_before, not_after) = (validity.not_before, validity.not_after);
+        let left = not_after.timestamp() - now;
+        if left < 0 {
+            out.push(DateFinding {
+                refused: true,
+                message: format!(
+                    "{path}: {what} expired: notAfter {not_after} ({who} will reject it)"
+                ),
+            });
+        } else if not_before.timestamp() > now {
+            out.push(DateFinding {
+                refused: true,
+                message: format!(
+                    "{path}: {what} not yet valid: notBefore {not_before}, notAfter \
+                     {not_after} ({who} will reject it)"
+                ),
+            });
+        } else if left < EXPIRY_WARNING_DAYS * 86400 {
+            let when = if left < 86400 {
+                let hours = (left + 3599) / 3600;
+                format!("{hours} hour{}", if hours == 1 { "" } else { "s" })
+            } else {
+                let days = (left + 43200) / 86400;
+                format!("{days} day{}", if days == 1 { "" } else { "s" })
+            };
+            out.push(DateFinding {
+                refused: false,
+                message: format!(
+                    "{path}: {what} expires in {when}: notAfter {not_after}; renew it"
+                ),
+            });
+        }
     }
     out
 }
@@ -272,7 +446,14 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             "no PEM private key found: the file is empty",
         ));
     }
+    // OpenSSL's traditional encryption keeps the RSA/EC label and adds headers.
+    if contains(&bytes, b"Proc-Type: 4,ENCRYPTED") {
+        return Err(encrypted_key(path, "OpenSSL \"Proc-Type: 4,ENCRYPTED\""));
+    }
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        _ if contains(&bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") => {
+            encrypted_key(path, "PKCS#8 \"ENCRYPTED PRIVATE KEY\"")
+        }
         pem::Error::NoItemsFound => TlsError::file(
             path,
             "no PEM private key found (expected a PKCS#8 \"PRIVATE KEY\", SEC1 \"EC PRIVATE KEY\" \
@@ -280,6 +461,23 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         ),
         e => TlsError::file(path, format!("unparsable PEM: {}", pem_why(&e))),
     })
+}
+
+fn encrypted_key(path: &Path, format: &str) -> TlsError {
+    TlsError::file(
+        path,
+        format!(
+            "the private key is encrypted ({format}); encrypted keys are not supported \
+             (terminus cannot ask for a passphrase): decrypt it, e.g. `openssl pkey -in {0} \
+             -out {0}.plain`, keep the result readable only by terminus (mode 0600) and point \
+             `key` at it",
+            path.display()
+        ),
+    )
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Load `cert` and `key`, check the key can sign with `provider` and matches the
@@ -315,24 +513,82 @@ fn certified_key_from(
             ),
         )
     })?;
+    if let Some(e) = chain_order_problem(cert_path, &certs) {
+        return Err(e);
+    }
+    let public_key = signer.public_key().map(|k| k.as_ref().to_vec());
     let ck = CertifiedKey::new(certs, signer);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(ck),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            Err(TlsError::file(
-                key_path,
-                format!(
-                    "private key does not match the certificate in {} (its public key differs \
-                     from the leaf's)",
-                    cert_path.display()
+            // The key may belong to a later certificate of the file: wrong order.
+            let matching = public_key.and_then(|spki| {
+                ck.cert.iter().enumerate().skip(1).find_map(|(i, der)| {
+                    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+                    (c.public_key().raw == spki.as_slice()).then(|| (i, describe(&c)))
+                })
+            });
+            Err(match matching {
+                Some((i, name)) => TlsError::file(
+                    cert_path,
+                    format!(
+                        "certificate chain in the wrong order: the private key in {} belongs \
+                         to certificate #{} ({name}), which must come first (the server \
+                         certificate, then its intermediates)",
+                        key_path.display(),
+                        i + 1
+                    ),
                 ),
-            ))
+                None => TlsError::file(
+                    key_path,
+                    format!(
+                        "private key does not match the certificate in {} (its public key \
+                         differs from the leaf's)",
+                        cert_path.display()
+                    ),
+                ),
+            })
         }
         Err(e) => Err(TlsError::file(
             cert_path,
             format!("leaf certificate is not usable: {e}"),
         )),
     }
+}
+
+/// A chain file that starts with a CA certificate and holds a non-CA (leaf)
+/// certificate later: written root or intermediate first. Said as such rather than
+/// as the key mismatch it also causes. (A lone CA-flagged certificate, as
+/// `openssl req -x509` makes, is left alone.)
+fn chain_order_problem(path: &Path, certs: &[CertificateDer<'_>]) -> Option<TlsError> {
+    let parsed: Vec<_> = certs
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| c)
+        })
+        .collect::<Option<_>>()?;
+    let first = parsed.first()?;
+    if !first.is_ca() {
+        return None;
+    }
+    let (i, leaf) = parsed
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, c)| !c.is_ca())?;
+    Some(TlsError::file(
+        path,
+        format!(
+            "certificate chain in the wrong order: certificate #1 ({}) is a CA certificate \
+             and certificate #{} ({}) is not; the server certificate must come first, then \
+             its intermediates (the root last, or left out)",
+            describe(first),
+            i + 1,
+            describe(leaf)
+        ),
+    ))
 }
 
 /// aws-lc-rs with the AES-128-GCM/SHA-256 suites first. With the server's order
@@ -443,6 +699,9 @@ pub struct ServedCert {
 impl ServedCert {
     fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<ServedCert, TlsError> {
         let ck = certified_key(cert, key, provider)?;
+        if let Some(e) = server_auth_problem(cert, &ck.cert[0]) {
+            return Err(e);
+        }
         let algorithms =
             CertAlgorithms::from_der(&ck.cert[0]).map_err(|e| TlsError::file(cert, e))?;
         Ok(ServedCert {
@@ -825,7 +1084,7 @@ mod tests {
         fn new(tag: &str) -> Fixture {
             let dir =
                 std::env::temp_dir().join(format!("terminus-tls-{tag}-{}", std::process::id()));
-            test_pki(2, "example.org").unwrap().write(&dir).unwrap();
+            test_pki(30, "example.org").unwrap().write(&dir).unwrap();
             let text = r#"
 [[listeners]]
 name = "edge"
@@ -971,6 +1230,61 @@ tls13_tickets = 2
     }
 
     #[test]
+    fn encrypted_keys_and_misordered_chains_say_so() {
+        let dir = std::env::temp_dir().join(format!("terminus-tls-enc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let legacy = dir.join("legacy.key");
+        std::fs::write(
+            &legacy,
+            "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+             DEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n\
+             -----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = load_key(&legacy).unwrap_err().0;
+        assert!(
+            e.starts_with(&format!(
+                "{}: the private key is encrypted (OpenSSL \"Proc-Type: 4,ENCRYPTED\")",
+                legacy.display()
+            )),
+            "{e}"
+        );
+        // An encrypted key next to a plain one: the plain one is used.
+        let pki = test_pki(30, "example.org").unwrap();
+        let both = dir.join("both.key");
+        std::fs::write(
+            &both,
+            format!(
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n{}",
+                pki.server_key_pem
+            ),
+        )
+        .unwrap();
+        assert!(load_key(&both).is_ok());
+
+        // Two leaves, the key belonging to the second: named as an order problem.
+        let other = test_pki(30, "example.org").unwrap();
+        let chain = dir.join("chain.pem");
+        std::fs::write(&chain, format!("{}{}", other.server_pem, pki.server_pem)).unwrap();
+        let key = dir.join("server.key");
+        std::fs::write(&key, &pki.server_key_pem).unwrap();
+        let e = certified_key(&chain, &key, &aws_lc_rs::default_provider())
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            e,
+            format!(
+                "{}: certificate chain in the wrong order: the private key in {} belongs to \
+                 certificate #2 (\"CN=localhost\"), which must come first (the server \
+                 certificate, then its intermediates)",
+                chain.display(),
+                key.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn stale_crl_is_a_warning() {
         let ca = crate::certs::TestCa::root("crl CA").unwrap();
         let (_, der) = ca.crl(&[&[1]]).unwrap();
@@ -985,26 +1299,71 @@ tls13_tickets = 2
     }
 
     #[test]
-    fn validity_warnings_for_expired_and_future_certs() {
+    fn validity_findings_for_expired_future_and_expiring_certs() {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         let cert = params.self_signed(&key).unwrap();
+        let chain = [cert.der().clone()];
         let path = Path::new("old.pem");
+        let messages = |now, role| -> Vec<(bool, String)> {
+            validity_findings(path, &chain, role, now)
+                .into_iter()
+                .map(|f| (f.refused, f.message))
+                .collect()
+        };
         let in_2022 = 1_640_995_200;
-        let w = validity_warnings(path, cert.der(), in_2022);
         assert_eq!(
-            w,
-            ["old.pem: certificate expired: notAfter Jan  1 00:00:00 2021 +00:00 (clients will reject it)"]
+            messages(in_2022, Role::Server),
+            [(true, "old.pem: certificate expired: notAfter Jan  1 00:00:00 2021 +00:00 (clients will reject it)".to_owned())]
+        );
+        assert_eq!(
+            messages(in_2022, Role::Client)[0].1,
+            "old.pem: certificate expired: notAfter Jan  1 00:00:00 2021 +00:00 (the upstream will reject it)"
         );
         let in_2019 = 1_546_300_800;
-        let w = validity_warnings(path, cert.der(), in_2019);
+        let w = messages(in_2019, Role::Server);
         assert_eq!(w.len(), 1);
-        assert!(
-            w[0].starts_with("old.pem: certificate not yet valid: notBefore Jan  1 00:00:00 2020")
+        assert!(w[0].0);
+        assert!(w[0]
+            .1
+            .starts_with("old.pem: certificate not yet valid: notBefore Jan  1 00:00:00 2020"));
+        assert!(messages(1_600_000_000, Role::Server).is_empty());
+        let end = 1_609_459_200;
+        assert_eq!(leaf_not_after(&chain), Some(end));
+        let soon = |left: i64| messages(end - left, Role::Server);
+        assert!(soon(14 * 86400).is_empty());
+        assert_eq!(
+            soon(5 * 86400 - 30),
+            [(false, "old.pem: certificate expires in 5 days: notAfter Jan  1 00:00:00 2021 +00:00; renew it".to_owned())]
         );
-        assert!(validity_warnings(path, cert.der(), 1_600_000_000).is_empty());
-        assert_eq!(leaf_not_after(&[cert.der().clone()]), Some(1_609_459_200));
+        assert!(soon(86400)[0].1.contains("in 1 day:"));
+        assert!(soon(3600)[0].1.contains("in 1 hour:"));
+        assert!(soon(7000)[0].1.contains("in 2 hours:"));
+    }
+
+    #[test]
+    fn chain_findings_name_the_certificate() {
+        let ca = crate::certs::TestCa::root("dates CA").unwrap();
+        let leaf = ca
+            .leaf(&crate::certs::LeafSpec::server(&["a.internal"]))
+            .unwrap();
+        let chain = [leaf.der().clone(), ca.der.clone()];
+        // Both are valid for a day (minus the seconds since): within the window.
+        let f = validity_findings(Path::new("c.pem"), &chain, Role::Server, unix_now());
+        assert_eq!(f.len(), 2, "{f:?}");
+        // A day from now, give or take the second boundary: "24 hours" or "1 day".
+        assert!(
+            f[0].message.starts_with("c.pem: certificate expires in "),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            f[1].message
+                .starts_with("c.pem: certificate #2 (\"CN=dates CA\") expires in "),
+            "{}",
+            f[1].message
+        );
     }
 }

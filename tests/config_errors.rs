@@ -1,9 +1,11 @@
 //! `terminus certs`, `terminus check` and `terminus run` on good and broken configs:
 //! exit codes and the exact one-line messages users see (file, line, field, cause).
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use terminus::certs::{test_pki, TestPki};
+use terminus::certs::{test_pki, LeafSpec, TestCa, TestPki};
+use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
 const BIN: &str = env!("CARGO_BIN_EXE_terminus");
@@ -354,29 +356,6 @@ fn every_problem_is_reported_not_just_the_first() {
 }
 
 #[test]
-fn expired_cert_is_a_warning_not_a_failure() {
-    let (dir, config) = pki_dir("expired", "");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2021, 6, 30);
-    let cert = params.self_signed(&key).unwrap();
-    dir.write("server.pem", &cert.pem());
-    dir.write("server.key", &key.serialize_pem());
-
-    let out = check(&config);
-    assert_exit(&out, 0);
-    assert_eq!(stdout(&out), "config OK: 1 listener(s)\n");
-    assert_eq!(
-        stderr(&out),
-        format!(
-            "terminus: warning: listener \"edge\": {}: certificate expired: notAfter Jun 30 00:00:00 2021 +00:00 (clients will reject it)\n",
-            dir.path("server.pem").display()
-        )
-    );
-}
-
-#[test]
 fn run_with_bad_config_exits_2() {
     let (dir, config) = pki_dir("run", "idle_timeout_ms = 0\n");
     let out = terminus(&["run", "--config", config.to_str().unwrap()]);
@@ -449,4 +428,422 @@ fn bad_ticket_key_file_is_named_with_its_line() {
     );
     dir.write("tickets.key", &format!("{}\n", "ab".repeat(32)));
     assert_exit(&check(&config), 0);
+}
+
+// ---------------------------------------------------------------------------------
+// Configurations that look safe and are not (issue 9, part 4)
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn allow_list_with_mode_none_is_an_error_naming_the_field() {
+    for mode in ["mode = \"none\"\n", ""] {
+        let (_dir, config) = pki_dir(
+            "allow-none",
+            &format!("[listeners.client_auth]\n{mode}allow = [\"cn:billing\"]\n"),
+        );
+        let out = check(&config);
+        assert_exit(&out, 2);
+        let line = if mode.is_empty() { 9 } else { 10 };
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "terminus: {}:{line}: listeners[0].client_auth.allow: mode is \"none\" (also the \
+                 default when `mode` is left out): no client certificate is asked for, so this \
+                 allow-list would be silently ignored; set mode = \"require\" (or \"optional\") \
+                 to enforce it, or remove `allow`\n",
+                config.display()
+            )
+        );
+        assert_eq!(stdout(&out), "");
+    }
+}
+
+/// A loopback port held by this test process (std's bind: no SO_REUSEPORT), as
+/// another program holding the port would.
+fn busy_port() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+/// The start of what `check` says about a port this test process holds.
+fn held_by_me(addr: SocketAddr) -> String {
+    format!(
+        "{addr} is already in use, held by pid {} (",
+        std::process::id()
+    )
+}
+
+#[test]
+fn every_problem_run_would_refuse_is_found_in_one_pass() {
+    let (_admin, admin) = busy_port();
+    let (_listen, listen) = busy_port();
+    let dir = TempDir::new("onepass");
+    test_pki(30, "example.org").unwrap().write(&dir.0).unwrap();
+    let config = dir.write(
+        "config.toml",
+        &format!(
+            "[runtime]\ncpus = [9999]\n\n[admin]\nlisten = \"{admin}\"\n\n\
+             {}[listeners.client_auth]\nmode = \"require\"\nca = [\"missing-ca.pem\"]\n\
+             allow = [\"billing\"]\n",
+            LISTENER.replace("127.0.0.1:0", &listen.to_string())
+        ),
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    let f = config.display();
+    assert_eq!(lines.len(), 5, "{err}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "terminus: {f}:17: listeners[0].client_auth.allow[0]: \"billing\" is not an allow \
+             entry: expected \"spiffe://TRUST.DOMAIN/PATH\", \"spiffe://TRUST.DOMAIN/PREFIX/*\", \
+             \"dns:NAME\" or \"cn:NAME\""
+        )
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "terminus: {f}:2: runtime.cpus[0]: CPU 9999 is not in this process's affinity mask ("
+        )) && lines[1].ends_with("run would refuse to pin a worker to it; list only allowed CPUs, or leave `cpus` out to use the mask"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "terminus: {f}:5: admin.listen: {}",
+            held_by_me(admin)
+        )),
+        "{err}"
+    );
+    assert!(
+        lines[3].starts_with(&format!(
+            "terminus: {f}:10: listeners[0].listen: {}",
+            held_by_me(listen)
+        )),
+        "{err}"
+    );
+    assert!(
+        lines[3].ends_with("): stop it or choose another address"),
+        "{err}"
+    );
+    assert_eq!(
+        lines[4],
+        format!(
+            "terminus: listener \"edge\": {}: cannot read certificate file: No such file or \
+             directory (os error 2)",
+            dir.path("missing-ca.pem").display()
+        )
+    );
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn cpus_outside_the_affinity_mask_are_refused() {
+    let cpu = terminus::server::allowed_cpus()[0].to_string();
+    let (_dir, config) = pki_dir(
+        "cpus",
+        &format!("\n[runtime]\nworkers = 1\ncpus = [{cpu}, 9999]\n"),
+    );
+    let check_on_one_cpu = || {
+        Command::new("taskset")
+            .args(["-c", &cpu, BIN, "check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let why = format!(
+        "{}:11: runtime.cpus[1]: CPU 9999 is not in this process's affinity mask ({cpu}; set \
+         by taskset, cpusets or systemd CPUAffinity=)",
+        config.display()
+    );
+    // CPU 9999 is listed but no worker uses it (1 worker): a warning only.
+    let out = check_on_one_cpu();
+    assert_exit(&out, 0);
+    assert_eq!(
+        stderr(&out),
+        format!("terminus: warning: {why}: unused with 1 worker(s), refused with more\n")
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("workers = 1", "workers = 2")).unwrap();
+    let out = check_on_one_cpu();
+    assert_exit(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "terminus: {why}: run would refuse to pin a worker to it; list only allowed CPUs, \
+             or leave `cpus` out to use the mask\n"
+        )
+    );
+}
+
+#[test]
+fn listen_address_held_by_another_process_is_named() {
+    let (_held, addr) = busy_port();
+    let dir = TempDir::new("listen-busy");
+    test_pki(30, "example.org").unwrap().write(&dir.0).unwrap();
+    let config = dir.write(
+        "config.toml",
+        &LISTENER.replace("127.0.0.1:0", &addr.to_string()),
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "terminus: {}:4: listeners[0].listen: {}",
+            config.display(),
+            held_by_me(addr)
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn admin_port_in_use_is_refused() {
+    let (_held, addr) = busy_port();
+    let (_dir, config) = pki_dir("admin-busy", &format!("\n[admin]\nlisten = \"{addr}\"\n"));
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "terminus: {}:10: admin.listen: {}",
+            config.display(),
+            held_by_me(addr)
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn privileged_port_says_how_to_grant_the_capability() {
+    // Needs an unprivileged user that cannot bind port 80: root drops to nobody.
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok());
+    let setpriv = Path::new("/usr/bin/setpriv");
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !(root && setpriv.exists() && start.is_some_and(|p| p > 80)) {
+        eprintln!("skipped: needs root, /usr/bin/setpriv and ip_unprivileged_port_start > 80");
+        return;
+    }
+    let (dir, config) = pki_dir("eacces", "");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:0", "127.0.0.1:80"),
+    )
+    .unwrap();
+    // Readable by nobody (keys are written 0600).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path("server.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "check",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "terminus: {}:4: listeners[0].listen: cannot bind 127.0.0.1:80: permission denied: \
+             ports below {} need CAP_NET_BIND_SERVICE; grant it with `setcap \
+             cap_net_bind_service=+ep {BIN}`, or under systemd with \
+             AmbientCapabilities=CAP_NET_BIND_SERVICE, or listen on a port >= {}\n",
+            config.display(),
+            start.unwrap(),
+            start.unwrap()
+        )
+    );
+}
+
+/// Write `server.pem` and `server.key` for a leaf signed by a fresh CA.
+fn write_leaf(dir: &TempDir, spec: &LeafSpec) {
+    let ca = TestCa::root("leaf CA").unwrap();
+    let leaf = ca.leaf(spec).unwrap();
+    dir.write("server.pem", &leaf.chain_pem);
+    dir.write("server.key", &leaf.key_pem);
+}
+
+fn server_spec(not_before: OffsetDateTime, not_after: OffsetDateTime) -> LeafSpec {
+    LeafSpec {
+        not_before,
+        not_after,
+        ..LeafSpec::server(&["localhost"])
+    }
+}
+
+#[test]
+fn expired_cert_fails_check() {
+    let (dir, config) = pki_dir("expired", "");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 6, 30);
+    let cert = params.self_signed(&key).unwrap();
+    dir.write("server.pem", &cert.pem());
+    dir.write("server.key", &key.serialize_pem());
+
+    let out = check(&config);
+    assert_exit(&out, 2);
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "terminus: listener \"edge\": {}: certificate expired: notAfter Jun 30 00:00:00 2021 +00:00 (clients will reject it)\n",
+            dir.path("server.pem").display()
+        )
+    );
+}
+
+#[test]
+fn not_yet_valid_cert_fails_check() {
+    let (dir, config) = pki_dir("future", "");
+    let now = OffsetDateTime::now_utc();
+    write_leaf(
+        &dir,
+        &server_spec(now + Duration::days(2), now + Duration::days(60)),
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "terminus: listener \"edge\": {}: certificate not yet valid: notBefore ",
+            dir.path("server.pem").display()
+        )) && err.ends_with(" (clients will reject it)\n"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn cert_expiring_within_14_days_is_a_warning() {
+    let (dir, config) = pki_dir("expiring", "");
+    let now = OffsetDateTime::now_utc();
+    write_leaf(
+        &dir,
+        &server_spec(now - Duration::days(80), now + Duration::days(5)),
+    );
+    let out = check(&config);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "config OK: 1 listener(s)\n");
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "terminus: warning: listener \"edge\": {}: certificate expires in 5 days: notAfter ",
+            dir.path("server.pem").display()
+        )) && err.ends_with("; renew it\n"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn chain_with_the_ca_first_says_wrong_order() {
+    let (dir, config) = pki_dir("order", "");
+    let ca = std::fs::read_to_string(dir.path("ca.pem")).unwrap();
+    let leaf = std::fs::read_to_string(dir.path("server.pem")).unwrap();
+    dir.write("server.pem", &format!("{ca}{leaf}"));
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert_eq!(
+        err,
+        format!(
+            "terminus: listener \"edge\": {}: certificate chain in the wrong order: \
+             certificate #1 (\"CN=terminus test CA\") is a CA certificate and certificate #2 \
+             (\"CN=localhost\") is not; the server certificate must come first, then its \
+             intermediates (the root last, or left out)\n",
+            dir.path("server.pem").display()
+        )
+    );
+    assert!(!err.contains("does not match"), "{err}");
+}
+
+#[test]
+fn encrypted_private_key_is_named_as_such() {
+    let (dir, config) = pki_dir("encrypted", "");
+    let plain = dir.path("server.key");
+    let enc = dir.path("server.enc.key");
+    let st = Command::new("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:x",
+            "-in",
+        ])
+        .arg(&plain)
+        .arg("-out")
+        .arg(&enc)
+        .status()
+        .expect("run openssl");
+    assert!(st.success());
+    let pem = std::fs::read_to_string(&enc).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{pem}"
+    );
+    std::fs::rename(&enc, &plain).unwrap();
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let k = plain.display();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "terminus: listener \"edge\": {k}: the private key is encrypted (PKCS#8 \
+             \"ENCRYPTED PRIVATE KEY\"); encrypted keys are not supported (terminus cannot ask \
+             for a passphrase): decrypt it, e.g. `openssl pkey -in {k} -out {k}.plain`, keep \
+             the result readable only by terminus (mode 0600) and point `key` at it\n"
+        )
+    );
+}
+
+#[test]
+fn server_cert_without_server_auth_eku_is_refused() {
+    let (dir, config) = pki_dir("eku", "");
+    write_leaf(
+        &dir,
+        &LeafSpec {
+            dns: vec!["localhost".into()],
+            not_after: OffsetDateTime::now_utc() + Duration::days(60),
+            ..LeafSpec::client("localhost", None)
+        },
+    );
+    let want = format!(
+        "{}: certificate \"CN=localhost\" is not a server certificate: its extended key usage \
+         is clientAuth without serverAuth, so clients will refuse it; use a certificate issued \
+         for TLS servers (EKU serverAuth)",
+        dir.path("server.pem").display()
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!("terminus: listener \"edge\": {want}\n")
+    );
+    // `run` refuses it too (before binding anything).
+    let out = terminus(&["run", "--config", config.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }

@@ -1310,3 +1310,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .to_string();
     (status, body)
 }
+
+impl Terminus {
+    /// Wait (bounded by `timeout`) until the child's stderr contains `needle`; the
+    /// stderr collected so far. Panics on timeout.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let err = self.stderr();
+            if err.contains(needle) {
+                return err;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on stderr within {timeout:?}; stderr:\n{err}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
