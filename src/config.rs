@@ -234,6 +234,11 @@ pub struct UpstreamTls {
     /// Client certificate chain for mTLS towards the upstream (with `key`).
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Offer the upstream TLS sessions to resume (default). An upstream that refuses
+    /// them (its handshake fails) is retried with a full handshake and left alone for
+    /// a while anyway; `false` never offers any.
+    #[serde(default = "yes")]
+    pub resume: bool,
 }
 
 fn yes() -> bool {
@@ -1162,6 +1167,15 @@ upstreams = ["127.0.0.1:8080"]
         assert_eq!(up.server_name, "backend.internal");
         assert_eq!(up.cert.as_deref(), Some(e.join("client.pem").as_path()));
         assert_eq!(up.key.as_deref(), Some(e.join("client.key").as_path()));
+        assert!(
+            up.resume,
+            "resumption towards the upstream is on by default"
+        );
+        let cfg = parse(&format!(
+            "{LISTENER}[listeners.upstream_tls]\nca = [\"up-ca.pem\"]\nserver_name = \"b\"\nresume = false\n"
+        ))
+        .unwrap();
+        assert!(!cfg.listeners[0].upstream_tls.as_ref().unwrap().resume);
     }
 
     #[test]

@@ -224,6 +224,22 @@ pub struct Conn {
     pub bytes_upstream_to_client: u64,
     /// The client certificate the verifier refused, when that failed the handshake.
     rejected: Option<Box<crate::tls::RejectedClient>>,
+    /// Retrying the upstream leg after a refused TLS session.
+    up_retry: UpRetry,
+}
+
+/// The one retry of an upstream TLS handshake that offered a session to resume
+/// ([`Conn::allow_upstream_tls_retry`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct UpRetry {
+    /// This handshake offered a session: an early failure may be retried.
+    allowed: bool,
+    /// Client bytes (or its close_notify) went into the upstream TLS: too late.
+    committed: bool,
+    /// A retry the driver has not polled yet, and why.
+    pending: Option<HandshakeFailure>,
+    /// The retry was used (the upstream leg now makes full handshakes only).
+    used: bool,
 }
 
 impl Conn {
@@ -255,6 +271,7 @@ impl Conn {
             bytes_client_to_upstream: 0,
             bytes_upstream_to_client: 0,
             rejected: None,
+            up_retry: UpRetry::default(),
         }
     }
 
@@ -390,7 +407,8 @@ impl Conn {
 
     /// Plaintext arrived from the upstream.
     pub fn handle_upstream_data(&mut self, data: &[u8], now: Instant) {
-        if self.closing() {
+        // Not Streaming: what is left of an upstream leg being retried.
+        if self.closing() || self.phase != Phase::Streaming {
             return;
         }
         self.last_activity = now;
@@ -412,7 +430,9 @@ impl Conn {
                 Ok(_) => stuck = 0,
                 Err(_) if stuck < 2 => stuck += 1,
                 Err(_) => {
-                    self.fail_upstream_tls(HandshakeFailure::Malformed);
+                    if !self.retry_upstream_tls(HandshakeFailure::Malformed) {
+                        self.fail_upstream_tls(HandshakeFailure::Malformed);
+                    }
                     return;
                 }
             }
@@ -430,7 +450,9 @@ impl Conn {
                 Err(e) => {
                     let reason = HandshakeFailure::classify(&e);
                     pump(t, &mut self.to_upstream);
-                    self.fail_upstream_tls(reason);
+                    if !self.retry_upstream_tls(reason) {
+                        self.fail_upstream_tls(reason);
+                    }
                     return;
                 }
             }
@@ -456,12 +478,70 @@ impl Conn {
     /// The upstream's stream ended (FIN): close_notify goes to the client after the
     /// bytes already received.
     pub fn handle_upstream_eof(&mut self, now: Instant) {
+        if self.phase != Phase::Streaming || self.retry_upstream_tls(HandshakeFailure::PeerClosed) {
+            return;
+        }
         self.last_activity = now;
         self.upstream_read_closed = true;
     }
 
     pub fn handle_upstream_error(&mut self) {
+        if self.phase != Phase::Streaming || self.retry_upstream_tls(HandshakeFailure::PeerClosed) {
+            return;
+        }
         self.close.get_or_insert(CloseReason::UpstreamReset);
+    }
+
+    /// The driver's upstream TLS handshake offers a session to resume (call after
+    /// [`Conn::handle_upstream_connected`]). If that handshake then fails (TLS error,
+    /// EOF or reset before it completes; nothing has crossed the leg, as client bytes
+    /// wait for it), the client is not failed: [`Conn::poll_upstream_tls_retry`] asks
+    /// for one new upstream connection instead. Once per connection.
+    pub fn allow_upstream_tls_retry(&mut self) {
+        self.up_retry.allowed = !self.up_retry.used;
+    }
+
+    /// The upstream leg failed early after offering a session (see
+    /// [`Conn::allow_upstream_tls_retry`]), and why: the phase is `Connecting` again,
+    /// the driver drops that upstream socket once its ops are done and connects again,
+    /// with a full handshake, calling [`Conn::handle_upstream_connected`] as the first
+    /// time. Client bytes wait meanwhile. Some once.
+    pub fn poll_upstream_tls_retry(&mut self) -> Option<HandshakeFailure> {
+        self.up_retry.pending.take()
+    }
+
+    /// Whether the upstream leg was retried (its handshakes must not offer a session).
+    pub fn upstream_tls_retried(&self) -> bool {
+        self.up_retry.used
+    }
+
+    /// How the upstream leg's TLS handshake went (full or resumed), once done.
+    pub fn upstream_handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        let t = self.up_tls.as_ref().filter(|t| !t.is_handshaking())?;
+        t.handshake_kind()
+    }
+
+    /// Turn an early upstream TLS failure into a retry, if allowed (see
+    /// [`Conn::allow_upstream_tls_retry`]); false: fail as usual.
+    fn retry_upstream_tls(&mut self, reason: HandshakeFailure) -> bool {
+        let r = &mut self.up_retry;
+        // A refused session fails the handshake; a failure after it (an idle leg the
+        // upstream closes, say) is not the session's.
+        let handshaking = self.up_tls.as_ref().is_some_and(|t| t.is_handshaking());
+        if !r.allowed || r.committed || !handshaking || self.bytes_upstream_to_client > 0 {
+            return false;
+        }
+        *r = UpRetry {
+            pending: Some(reason),
+            used: true,
+            ..UpRetry::default()
+        };
+        self.up_tls = None;
+        self.to_upstream = Vec::new();
+        self.upstream_inflight = None;
+        self.upstream_read_closed = false;
+        self.phase = Phase::Connecting;
+        true
     }
 
     /// A client send finished completely. The buffer is dropped, not kept for reuse:
@@ -666,6 +746,11 @@ impl Conn {
     /// Hand the client plaintext to the upstream leg: a move for plain upstreams
     /// (no copy when nothing is queued), sealing for TLS ones.
     fn feed_upstream(&mut self) {
+        if self.up_tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            // Client bytes wait for the upstream handshake: until it is done nothing
+            // of the client's has gone upstream, so a refused session can be retried.
+            return;
+        }
         if self.client_plain.is_empty() {
             // The client is done: a TLS upstream gets close_notify before the FIN.
             if let Some(t) = self.up_tls.as_mut().filter(|_| self.client_read_closed) {
@@ -673,6 +758,7 @@ impl Conn {
                     t.send_close_notify();
                     pump(t, &mut self.to_upstream);
                     self.up_close_notify_queued = true;
+                    self.up_retry.committed = true;
                 }
             }
             return;
@@ -694,6 +780,7 @@ impl Conn {
                     pump(t, &mut self.to_upstream);
                 }
                 self.client_plain.drain(..done);
+                self.up_retry.committed |= done > 0;
             }
         }
         if self.client_plain.is_empty() {
@@ -1363,6 +1450,117 @@ mod tests {
             Some(CloseReason::UpstreamTlsFailed(HandshakeFailure::UnknownCa))
         );
         assert!(p.client_closed, "the client got close_notify");
+    }
+
+    /// A fatal `internal_error` alert, as OpenSSL sends when it cannot resume.
+    const ALERT: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+    #[test]
+    fn refused_session_is_retried_once_and_the_client_bytes_wait_for_it() {
+        let pki = pki();
+        let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
+        p.conn.allow_upstream_tls_retry();
+        p.client.writer().write_all(b"early bytes").unwrap();
+        p.run();
+        assert!(
+            p.upstream_got.starts_with(&[0x16]),
+            "a ClientHello went out"
+        );
+        assert!(
+            !p.upstream_got.windows(11).any(|w| w == b"early bytes"),
+            "no client byte before the upstream handshake is done"
+        );
+        p.conn.handle_upstream_data(ALERT, p.now);
+        assert_eq!(
+            p.conn.poll_upstream_tls_retry(),
+            Some(HandshakeFailure::PeerAlert)
+        );
+        assert_eq!(p.conn.poll_upstream_tls_retry(), None, "asked once");
+        assert_eq!(p.conn.phase(), Phase::Connecting);
+        assert!(p.conn.upstream_tls_retried());
+        assert_eq!(p.conn.poll_close(), None);
+        assert_eq!(
+            p.conn.poll_upstream_send(),
+            None,
+            "nothing for the old socket"
+        );
+        // Leftovers of the old socket change nothing.
+        p.conn.handle_upstream_data(b"stale", p.now);
+        p.conn.handle_upstream_eof(p.now);
+        p.conn.handle_upstream_error();
+        p.client.writer().write_all(b", more").unwrap();
+        p.run();
+        assert!(!p.client_closed && p.conn.poll_close().is_none());
+
+        // The new connection: a handshake, then the client's bytes, all of them.
+        p.upstream_got.clear();
+        let tls = ClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
+        p.conn
+            .handle_upstream_connected(p.now, Vec::new(), Some(tls.unwrap()));
+        p.conn.allow_upstream_tls_retry(); // no second retry
+        let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+        let mut up_got = Vec::new();
+        settle_upstream(&mut p, &mut up, &mut up_got);
+        assert_eq!(up_got, b"early bytes, more");
+        assert!(p.conn.upstream_handshake_kind().is_some(), "handshake done");
+        up.writer().write_all(b"answer").unwrap();
+        settle_upstream(&mut p, &mut up, &mut up_got);
+        assert_eq!(p.client_got, b"answer");
+        assert!(p.conn.poll_close().is_none());
+    }
+
+    #[test]
+    fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
+        let pki = pki();
+        // Second failure of a retried connection: the client is failed.
+        let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
+        p.conn.allow_upstream_tls_retry();
+        p.run();
+        p.conn.handle_upstream_data(ALERT, p.now);
+        assert!(p.conn.poll_upstream_tls_retry().is_some());
+        let tls = ClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
+        p.conn
+            .handle_upstream_connected(p.now, Vec::new(), Some(tls.unwrap()));
+        p.conn.allow_upstream_tls_retry();
+        p.run();
+        p.conn.handle_upstream_data(ALERT, p.now);
+        assert_eq!(p.conn.poll_upstream_tls_retry(), None);
+        p.run();
+        assert_eq!(
+            p.conn.poll_close(),
+            Some(CloseReason::UpstreamTlsFailed(HandshakeFailure::PeerAlert))
+        );
+
+        // An idle leg the upstream closes after the handshake: not a refused session.
+        let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
+        p.conn.allow_upstream_tls_retry();
+        let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+        settle_upstream(&mut p, &mut up, &mut Vec::new());
+        assert!(p.conn.upstream_handshake_kind().is_some());
+        p.conn.handle_upstream_eof(p.now);
+        assert_eq!(p.conn.poll_upstream_tls_retry(), None);
+        p.run();
+        assert!(p.client_closed, "the upstream's end reaches the client");
+
+        // Bytes crossed: a later failure is the client's too.
+        let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
+        p.conn.allow_upstream_tls_retry();
+        let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+        let mut up_got = Vec::new();
+        p.client.writer().write_all(b"sent").unwrap();
+        settle_upstream(&mut p, &mut up, &mut up_got);
+        assert_eq!(up_got, b"sent");
+        p.conn.handle_upstream_data(ALERT, p.now);
+        assert_eq!(p.conn.poll_upstream_tls_retry(), None);
+        assert!(matches!(
+            p.conn.poll_close(),
+            None | Some(CloseReason::UpstreamTlsFailed(_))
+        ));
+        p.run();
+        assert!(matches!(
+            p.conn.poll_close(),
+            Some(CloseReason::UpstreamTlsFailed(_))
+        ));
     }
 
     #[test]

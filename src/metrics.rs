@@ -92,6 +92,11 @@ pub struct ListenerMetrics {
     /// Failed connects per upstream address (a short list: linear search).
     pub upstream_connect_errors: Vec<(SocketAddr, u64)>,
     pub upstream_tls_errors: u64,
+    /// Upstream handshakes that offered a session and failed (then retried in full),
+    /// per upstream address.
+    pub upstream_resumption_failures: Vec<(SocketAddr, u64)>,
+    /// Completed upstream (re-encryption) handshakes: [full, resumed].
+    pub upstream_handshakes: [u64; 2],
     pub rejected_max_connections: u64,
     pub bytes_client_to_upstream: u64,
     pub bytes_upstream_to_client: u64,
@@ -119,6 +124,10 @@ impl ListenerMetrics {
         add_per_upstream(&mut self.upstream_connect_errors, addr, 1);
     }
 
+    pub fn upstream_resumption_failure(&mut self, addr: SocketAddr) {
+        add_per_upstream(&mut self.upstream_resumption_failures, addr, 1);
+    }
+
     pub fn merge(&mut self, o: &ListenerMetrics) {
         self.connections += o.connections;
         for (a, b) in self.handshakes_ok.iter_mut().zip(o.handshakes_ok) {
@@ -131,6 +140,16 @@ impl ListenerMetrics {
             add_per_upstream(&mut self.upstream_connect_errors, addr, n);
         }
         self.upstream_tls_errors += o.upstream_tls_errors;
+        for &(addr, n) in &o.upstream_resumption_failures {
+            add_per_upstream(&mut self.upstream_resumption_failures, addr, n);
+        }
+        for (a, b) in self
+            .upstream_handshakes
+            .iter_mut()
+            .zip(o.upstream_handshakes)
+        {
+            *a += b;
+        }
         self.rejected_max_connections += o.rejected_max_connections;
         self.bytes_client_to_upstream += o.bytes_client_to_upstream;
         self.bytes_upstream_to_client += o.bytes_upstream_to_client;
@@ -144,6 +163,24 @@ fn add_per_upstream(v: &mut Vec<(SocketAddr, u64)>, addr: SocketAddr, n: u64) {
     match v.iter_mut().find(|(a, _)| *a == addr) {
         Some((_, c)) => *c += n,
         None => v.push((addr, n)),
+    }
+}
+
+/// One sample per configured upstream (0 when none was counted), then any other
+/// address counted (an upstream a reload removed).
+fn per_upstream(
+    o: &mut String,
+    name: &str,
+    labels: &str,
+    upstreams: &[SocketAddr],
+    counts: &[(SocketAddr, u64)],
+) {
+    let mut seen: Vec<(SocketAddr, u64)> = upstreams.iter().map(|a| (*a, 0)).collect();
+    for &(a, n) in counts {
+        add_per_upstream(&mut seen, a, n);
+    }
+    for (a, n) in seen {
+        let _ = writeln!(o, "{name}{{{labels},upstream=\"{a}\"}} {n}");
     }
 }
 
@@ -361,17 +398,13 @@ pub fn render(
         "Failed upstream connects by upstream address.",
     );
     for (l, m) in rows() {
-        let mut seen: Vec<(SocketAddr, u64)> = l.upstreams.iter().map(|a| (*a, 0)).collect();
-        for &(a, n) in &m.upstream_connect_errors {
-            add_per_upstream(&mut seen, a, n);
-        }
-        for (a, n) in seen {
-            let _ = writeln!(
-                o,
-                "terminus_upstream_connect_errors_total{{{},upstream=\"{a}\"}} {n}",
-                lv(l)
-            );
-        }
+        per_upstream(
+            &mut o,
+            "terminus_upstream_connect_errors_total",
+            &lv(l),
+            &l.upstreams,
+            &m.upstream_connect_errors,
+        );
     }
     header(
         &mut o,
@@ -385,6 +418,38 @@ pub fn render(
             "terminus_upstream_tls_errors_total{{{}}} {}",
             lv(l),
             m.upstream_tls_errors
+        );
+    }
+    header(
+        &mut o,
+        "terminus_upstream_handshakes_total",
+        "counter",
+        "Completed re-encryption handshakes to the upstream, full or resumed.",
+    );
+    for (l, m) in rows() {
+        for (i, n) in m.upstream_handshakes.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "terminus_upstream_handshakes_total{{{},resumed=\"{}\"}} {n}",
+                lv(l),
+                i == 1
+            );
+        }
+    }
+    header(
+        &mut o,
+        "terminus_upstream_resumption_failures_total",
+        "counter",
+        "Upstream handshakes offering a session that failed (retried with a full \
+         handshake, the client unaffected), by upstream address.",
+    );
+    for (l, m) in rows() {
+        per_upstream(
+            &mut o,
+            "terminus_upstream_resumption_failures_total",
+            &lv(l),
+            &l.upstreams,
+            &m.upstream_resumption_failures,
         );
     }
     header(
@@ -616,6 +681,8 @@ mod tests {
         a.handshake_ok(false, true, Some(Duration::from_micros(300)));
         a.handshake_error(HandshakeFailure::PolicyDenied);
         a.upstream_connect_error("127.0.0.1:9".parse().unwrap());
+        a.upstream_resumption_failure("127.0.0.1:8".parse().unwrap());
+        a.upstream_handshakes = [3, 1];
         let mut b = a.clone();
         b.handshake_ok(true, false, None);
         let snaps = vec![
@@ -660,6 +727,9 @@ mod tests {
             format!("terminus_handshake_duration_seconds_count{{{l}}} 2"),
             format!("terminus_upstream_connect_errors_total{{{l},upstream=\"127.0.0.1:9\"}} 2"),
             format!("terminus_upstream_connect_errors_total{{{l},upstream=\"127.0.0.1:8\"}} 0"),
+            format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"127.0.0.1:8\"}} 2"),
+            format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}} 6"),
+            format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}} 2"),
             format!("terminus_cert_expiry_timestamp_seconds{{{l},cert=\"/c/server.pem\"}} 1900000000"),
             "terminus_config_reloads_total{result=\"error\"} 2".to_string(),
             "terminus_worker_buffered_bytes{worker=\"2\"} 4096".to_string(),

@@ -82,6 +82,9 @@ impl Reloader {
             let name = &self.listeners[i].name;
             match ListenerLive::build(&self.cfg.listeners[i]) {
                 Ok(live) => {
+                    for w in &live.tls.warnings {
+                        eprintln!("terminus: reload: listener {name}: warning: {w}");
+                    }
                     self.listeners[i].live.store(Arc::new(live));
                     self.stats.ok.fetch_add(1, Ordering::Relaxed);
                     eprintln!(
@@ -133,6 +136,9 @@ impl Reloader {
         }
         let mut kept = self.cfg.clone();
         for (i, (l, live)) in built.into_iter().enumerate() {
+            for w in &live.tls.warnings {
+                eprintln!("terminus: reload: listener {}: warning: {w}", l.name);
+            }
             self.prints[i] = fingerprint(&l).unwrap_or(0);
             self.listeners[i].live.store(Arc::new(live));
             kept.listeners[i] = l;

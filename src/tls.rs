@@ -27,6 +27,7 @@
 use crate::config::{ClientAuthMode, Listener, UpstreamTls};
 use crate::identity::{CertAlgorithms, PeerIdentity};
 use crate::policy::AllowList;
+use crate::upstream::ResumeBackoff;
 use ::aws_lc_rs::digest as aws_lc_rs_digest;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -41,10 +42,12 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Make aws-lc-rs the process-wide rustls provider (idempotent).
 pub fn install_provider() {
@@ -960,7 +963,219 @@ fn upstream_config(
         }
     };
     // Resumption: rustls' default in-memory cache (tickets and TLS 1.2 session IDs).
+    // `upstream_clients` gives each upstream address its own store instead.
     Ok((Arc::new(cfg), name))
+}
+
+/// TLS 1.3 tickets kept per upstream address (each connection uses one; each
+/// handshake brings the upstream's new ones).
+const TICKETS_PER_UPSTREAM: usize = 32;
+
+/// The re-encryption clients of one listener (`[listeners.upstream_tls]`): one
+/// ClientConfig per upstream address, each with its own [`UpstreamSessions`] store,
+/// so that the sessions of one upstream are never offered to another (they all share
+/// `server_name`, rustls' cache key) and an upstream that refuses resumption can have
+/// its sessions dropped and resumption turned off alone. With `resume = false` every
+/// handshake is a full one.
+#[derive(Debug)]
+pub struct UpstreamClients {
+    name: ServerName<'static>,
+    /// Resumption disabled: the retry after a refused session, and `resume = false`.
+    full: Arc<rustls::ClientConfig>,
+    /// Per upstream address (empty with `resume = false`); a short list.
+    resuming: Vec<(SocketAddr, Arc<rustls::ClientConfig>, Arc<UpstreamSessions>)>,
+}
+
+/// [`UpstreamClients`] for the listener's upstreams, `None` when it forwards plaintext.
+pub fn upstream_clients(l: &Listener) -> Result<Option<UpstreamClients>, TlsError> {
+    let Some(up) = &l.upstream_tls else {
+        return Ok(None);
+    };
+    let (base, name) = upstream_config(&l.name, up)?;
+    let mut full = (*base).clone();
+    full.resumption = rustls::client::Resumption::disabled();
+    let resuming = if up.resume {
+        l.upstreams
+            .iter()
+            .map(|&addr| {
+                let store = Arc::new(UpstreamSessions::default());
+                let mut cfg = (*base).clone();
+                cfg.resumption = rustls::client::Resumption::store(store.clone());
+                (addr, Arc::new(cfg), store)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Some(UpstreamClients {
+        name,
+        full: Arc::new(full),
+        resuming,
+    }))
+}
+
+impl UpstreamClients {
+    /// The name the upstream's certificate is verified against.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.name
+    }
+
+    fn entry(
+        &self,
+        addr: SocketAddr,
+    ) -> Option<&(SocketAddr, Arc<rustls::ClientConfig>, Arc<UpstreamSessions>)> {
+        self.resuming.iter().find(|(a, _, _)| *a == addr)
+    }
+
+    /// The config a handshake with `addr` uses: its own session store, or none
+    /// (`full`, or `resume = false`).
+    pub fn config(&self, addr: SocketAddr, full: bool) -> &Arc<rustls::ClientConfig> {
+        match self.entry(addr) {
+            Some((_, cfg, _)) if !full => cfg,
+            _ => &self.full,
+        }
+    }
+
+    /// A client connection towards `addr` (its ClientHello is queued), and whether it
+    /// offers a session to resume. `full`: offer none, whatever is stored.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        full: bool,
+    ) -> Option<(rustls::ClientConnection, bool)> {
+        OFFERED.with(|o| o.set(false));
+        // The ClientHello is built inside `new`, on this thread: the store's lookups
+        // for it are this connection's.
+        let c = rustls::ClientConnection::new(self.config(addr, full).clone(), self.name.clone())
+            .ok()?;
+        Some((c, OFFERED.with(|o| o.replace(false))))
+    }
+
+    /// `addr` refused a session terminus offered (the handshake failed): drop every
+    /// session kept for it and stop offering any for a while ([`ResumeBackoff`]).
+    /// Returns how long when this refusal turned resumption off (once per off
+    /// period, however many connections were refused).
+    pub fn refused(&self, addr: SocketAddr) -> Option<Duration> {
+        self.entry(addr)?.2.refused(Instant::now())
+    }
+
+    /// A handshake with `addr` resumed: its backoff starts over.
+    pub fn resumed(&self, addr: SocketAddr) {
+        if let Some((_, _, store)) = self.entry(addr) {
+            store.lock().backoff.resumed();
+        }
+    }
+
+    /// How many sessions are kept for `addr` now (TLS 1.3 tickets, plus a TLS 1.2
+    /// session), for tests.
+    pub fn sessions(&self, addr: SocketAddr) -> usize {
+        self.entry(addr).map_or(0, |(_, _, s)| {
+            let st = s.lock();
+            st.tls13.len() + st.tls12.is_some() as usize
+        })
+    }
+}
+
+thread_local! {
+    /// Set when a session store handed out a session on this thread (see
+    /// [`UpstreamClients::connect`]).
+    static OFFERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The sessions terminus keeps for one upstream address, and whether it may offer
+/// them ([`ResumeBackoff`]): while resumption is off, nothing is handed out and new
+/// sessions are not kept. Every entry is for the listener's one `server_name`, so
+/// the name rustls passes is not looked at.
+#[derive(Debug, Default)]
+pub struct UpstreamSessions {
+    state: Mutex<SessionState>,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    tls13: VecDeque<rustls::client::Tls13ClientSessionValue>,
+    backoff: ResumeBackoff,
+}
+
+impl UpstreamSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refused(&self, now: Instant) -> Option<Duration> {
+        let mut st = self.lock();
+        st.tls12 = None;
+        st.tls13.clear();
+        st.backoff.refused(now)
+    }
+
+    fn offering(st: &SessionState) -> bool {
+        st.backoff.allows(Instant::now())
+    }
+}
+
+fn offered<T>(v: Option<T>) -> Option<T> {
+    if v.is_some() {
+        OFFERED.with(|o| o.set(true));
+    }
+    v
+}
+
+impl rustls::client::ClientSessionStore for UpstreamSessions {
+    fn set_kx_hint(&self, _: ServerName<'static>, group: rustls::NamedGroup) {
+        self.lock().kx_hint = Some(group);
+    }
+
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.lock().kx_hint
+    }
+
+    fn set_tls12_session(
+        &self,
+        _: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        let mut st = self.lock();
+        if Self::offering(&st) {
+            st.tls12 = Some(value);
+        }
+    }
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        let st = self.lock();
+        offered(st.tls12.clone().filter(|_| Self::offering(&st)))
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {
+        self.lock().tls12 = None;
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        _: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        let mut st = self.lock();
+        if Self::offering(&st) {
+            if st.tls13.len() >= TICKETS_PER_UPSTREAM {
+                st.tls13.pop_front();
+            }
+            st.tls13.push_back(value);
+        }
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let mut st = self.lock();
+        if !Self::offering(&st) {
+            return None;
+        }
+        offered(st.tls13.pop_back())
+    }
 }
 
 /// Trust anchors from PEM CA bundles; each file must hold at least one certificate
@@ -1147,6 +1362,83 @@ tls13_tickets = 2
         }
         assert!(!client.is_handshaking() && !server.is_handshaking());
         assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
+    }
+
+    /// Run an in-memory handshake to the end (tickets included).
+    fn handshake(client: &mut rustls::ClientConnection, server_cfg: &Arc<rustls::ServerConfig>) {
+        let mut server = rustls::ServerConnection::new(server_cfg.clone()).unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..10 {
+            buf.clear();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            buf.clear();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.wants_write() && !client.wants_write() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking());
+    }
+
+    #[test]
+    fn upstream_sessions_are_per_address_and_dropped_when_refused() {
+        let mut fx = Fixture::new("upsess");
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        fx.listener.upstreams = vec![a, b];
+        fx.listener.upstream_tls = Some(UpstreamTls {
+            ca: vec![fx.dir.join("ca.pem")],
+            server_name: "localhost".into(),
+            cert: None,
+            key: None,
+            resume: true,
+        });
+        let server = server_config(&fx.listener).unwrap();
+        let up = upstream_clients(&fx.listener).unwrap().unwrap();
+        let kind = |c: &rustls::ClientConnection| c.handshake_kind().unwrap();
+
+        let (mut c, offered) = up.connect(a, false).unwrap();
+        assert!(!offered, "nothing stored yet");
+        handshake(&mut c, &server);
+        assert_eq!(kind(&c), rustls::HandshakeKind::Full);
+        assert_eq!(up.sessions(a), 2, "the server's two tickets");
+        assert_eq!(up.sessions(b), 0, "another address has its own store");
+        assert!(!up.connect(b, false).unwrap().1);
+        assert!(!up.connect(a, true).unwrap().1, "full: nothing offered");
+        let (mut c, offered) = up.connect(a, false).unwrap();
+        assert!(offered);
+        handshake(&mut c, &server);
+        assert_eq!(kind(&c), rustls::HandshakeKind::Resumed);
+        up.resumed(a);
+
+        // Refused: every session of that address goes, and none is kept or offered
+        // during the off period; one report per period.
+        assert!(up.sessions(a) > 0);
+        assert_eq!(up.refused(a), Some(crate::upstream::RESUME_OFF_FIRST));
+        assert_eq!(up.sessions(a), 0);
+        assert_eq!(up.refused(a), None);
+        let (mut c, offered) = up.connect(a, false).unwrap();
+        assert!(!offered);
+        handshake(&mut c, &server);
+        assert_eq!(kind(&c), rustls::HandshakeKind::Full);
+        assert_eq!(up.sessions(a), 0, "not kept while off");
+
+        // resume = false: never offered, never kept.
+        fx.listener.upstream_tls.as_mut().unwrap().resume = false;
+        let up = upstream_clients(&fx.listener).unwrap().unwrap();
+        for _ in 0..2 {
+            let (mut c, offered) = up.connect(a, false).unwrap();
+            assert!(!offered);
+            handshake(&mut c, &server);
+            assert_eq!(kind(&c), rustls::HandshakeKind::Full);
+        }
+        assert_eq!(up.refused(a), None);
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //!
 //! Round robin per worker (no shared counter, so no cross-core traffic); a refused
 //! or timed-out connect moves on to the next address, each tried at most once.
+//!
+//! [`ResumeBackoff`]: per upstream address, whether terminus may offer it a TLS
+//! session to resume (re-encryption), and for how long it stops after the upstream
+//! refused one.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct UpstreamSet {
@@ -55,6 +60,56 @@ impl UpstreamSet {
         a.tried += 1;
         Some(addr)
     }
+
+    /// Make the address [`UpstreamSet::next`] returned last the next one again (a
+    /// reconnect to the same upstream, e.g. after it refused TLS session resumption).
+    pub fn again(&self, a: &mut Attempts) {
+        a.tried = a.tried.saturating_sub(1);
+    }
+}
+
+/// How long resumption towards an upstream stays off after its first refusal; each
+/// further refusal (once resumption was offered again) doubles it, up to
+/// [`RESUME_OFF_MAX`]. A resumed handshake resets it.
+pub const RESUME_OFF_FIRST: Duration = Duration::from_secs(10);
+pub const RESUME_OFF_MAX: Duration = Duration::from_secs(3600);
+
+/// Resumption towards one upstream address: on, or off until a time after it was
+/// refused (a handshake offering a session failed). Exponential backoff, like a
+/// circuit breaker: after the off period one connection offers a session again.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeBackoff {
+    off_until: Option<Instant>,
+    /// Refusals since the last resumed handshake.
+    strikes: u32,
+}
+
+impl ResumeBackoff {
+    /// Whether a session may be offered (and new ones kept) now.
+    pub fn allows(&self, now: Instant) -> bool {
+        !matches!(self.off_until, Some(t) if now < t)
+    }
+
+    /// The upstream refused a session. Returns how long resumption is now off when
+    /// this refusal turned it off, `None` when it was off already (other connections
+    /// that took a session before the first refusal was seen): one report per off
+    /// period, not one per connection.
+    pub fn refused(&mut self, now: Instant) -> Option<Duration> {
+        if !self.allows(now) {
+            return None;
+        }
+        let off = RESUME_OFF_FIRST
+            .saturating_mul(1u32 << self.strikes.min(16))
+            .min(RESUME_OFF_MAX);
+        self.strikes = self.strikes.saturating_add(1);
+        self.off_until = Some(now + off);
+        Some(off)
+    }
+
+    /// A handshake resumed: the upstream supports resumption (again).
+    pub fn resumed(&mut self) {
+        self.strikes = 0;
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +130,36 @@ mod tests {
         assert_eq!(set.next(&mut w2), Some(c));
         assert_eq!(set.next(&mut w2), Some(a));
         assert_eq!(set.next(&mut w2), None);
+        set.again(&mut w2);
+        assert_eq!(set.next(&mut w2), Some(a));
+        set.again(&mut w1);
+        assert_eq!(set.next(&mut w1), Some(a), "the same address once more");
+        assert_eq!(set.next(&mut w1), Some(b));
+    }
+
+    #[test]
+    fn resumption_backs_off_exponentially_and_resets_on_success() {
+        let t0 = Instant::now();
+        let mut b = ResumeBackoff::default();
+        assert!(b.allows(t0));
+        assert_eq!(b.refused(t0), Some(RESUME_OFF_FIRST));
+        assert!(!b.allows(t0));
+        // Connections that took a session before the refusal: no new period.
+        assert_eq!(b.refused(t0 + Duration::from_secs(1)), None);
+        let t1 = t0 + RESUME_OFF_FIRST;
+        assert!(b.allows(t1));
+        assert_eq!(b.refused(t1), Some(RESUME_OFF_FIRST * 2));
+        let t2 = t1 + RESUME_OFF_FIRST * 2;
+        assert_eq!(b.refused(t2), Some(RESUME_OFF_FIRST * 4));
+        let mut t = t2 + RESUME_OFF_FIRST * 4;
+        for _ in 0..20 {
+            let off = b.refused(t).unwrap();
+            assert!(off <= RESUME_OFF_MAX);
+            t += off;
+        }
+        assert_eq!(b.refused(t), Some(RESUME_OFF_MAX));
+        b.resumed();
+        let t = t + RESUME_OFF_MAX;
+        assert_eq!(b.refused(t), Some(RESUME_OFF_FIRST));
     }
 }

@@ -40,11 +40,9 @@ pub struct ListenerShared {
 pub struct ListenerLive {
     /// Server config plus the certificates it serves.
     pub tls: crate::tls::ServerTls,
-    /// Re-encryption: TLS config and name to verify the upstream against.
-    pub upstream_tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
+    /// Re-encryption: TLS configs (a session store per upstream address) and the
+    /// name to verify the upstream against.
+    pub upstream_tls: Option<crate::tls::UpstreamClients>,
     /// Send a PROXY v2 header with identity TLVs ahead of the upstream bytes.
     pub proxy_v2: bool,
     pub upstreams: UpstreamSet,
@@ -58,7 +56,7 @@ impl ListenerLive {
     /// Read and check everything the listener serves with; errors name the file.
     pub fn build(l: &Listener) -> Result<ListenerLive, String> {
         let tls = crate::tls::server_tls(l).map_err(|e| e.to_string())?;
-        let upstream_tls = crate::tls::upstream_client_config(l).map_err(|e| e.to_string())?;
+        let upstream_tls = crate::tls::upstream_clients(l).map_err(|e| e.to_string())?;
         let cert_expiry = tls
             .certs
             .served()
@@ -190,6 +188,8 @@ struct Slot {
     upstream_recv_len: usize,
     /// Waiting in `BufferCap::paused` for the worker cap to leave room.
     cap_paused: bool,
+    /// Reconnect the upstream (same address) once its old socket's ops are done.
+    reconnect: bool,
 }
 
 impl Slot {
@@ -223,6 +223,7 @@ impl Slot {
             client_recv_len: 0,
             upstream_recv_len: 0,
             cap_paused: false,
+            reconnect: false,
         }
     }
 }
@@ -598,10 +599,14 @@ impl Worker {
                         } else {
                             Vec::new()
                         };
-                        let tls = live.upstream_tls.as_ref().and_then(|(cfg, name)| {
-                            rustls::ClientConnection::new(cfg.clone(), name.clone()).ok()
-                        });
-                        conn.handle_upstream_connected(now, preamble, tls);
+                        let tls = live.upstream_tls.as_ref().zip(s.upstream_addr);
+                        let tls = tls
+                            .and_then(|(up, addr)| up.connect(addr, conn.upstream_tls_retried()));
+                        let offered = tls.as_ref().is_some_and(|t| t.1);
+                        conn.handle_upstream_connected(now, preamble, tls.map(|t| t.0));
+                        if offered {
+                            conn.allow_upstream_tls_retry();
+                        }
                     } else {
                         if let Some(a) = s.upstream_addr {
                             m.upstream_connect_error(a);
@@ -776,6 +781,7 @@ impl Worker {
             );
             self.start_connect(idx, now);
         }
+        self.retry_upstream(idx, now);
         let s = &mut self.slots[idx as usize];
         let conn = s.conn.as_mut().unwrap();
         let client = s.client.as_ref().unwrap().as_raw_fd();
@@ -867,6 +873,50 @@ impl Worker {
         }
     }
 
+    /// The upstream refused the TLS session offered to it (its handshake failed before
+    /// anything crossed that leg): count it, drop that upstream's sessions (logging
+    /// once per off period that resumption towards it is off), stop the old socket's
+    /// ops, and once they are done connect the same address again (the connection
+    /// makes full handshakes from now on).
+    fn retry_upstream(&mut self, idx: u32, now: Instant) {
+        let s = &mut self.slots[idx as usize];
+        let conn = s.conn.as_mut().unwrap();
+        if let Some(reason) = conn.poll_upstream_tls_retry() {
+            let addr = s.upstream_addr.expect("a TLS upstream leg has an address");
+            self.metrics[s.listener].upstream_resumption_failure(addr);
+            let live = s.live.as_ref().expect("a live conn has its material");
+            if let Some(off) = live.upstream_tls.as_ref().and_then(|u| u.refused(addr)) {
+                eprintln!(
+                    "terminus: listener \"{}\": upstream {addr} refused TLS session \
+                     resumption (its handshake failed: {}); its sessions were dropped and \
+                     resumption towards it is off for {}s, connections are retried with a \
+                     full handshake (upstream_tls.resume = false turns it off for good)",
+                    self.listeners[s.listener].shared.name,
+                    reason.as_str(),
+                    off.as_secs()
+                );
+            }
+            s.upstream_connected = false;
+            s.reconnect = true;
+            if let Some(op) = s.upstream_recv.filter(|_| !s.upstream_recv_cancelled) {
+                self.ring.cancel(op, token(Kind::Fire, 0, 0));
+                s.upstream_recv_cancelled = true;
+            }
+            if let Some(op) = s.upstream_send {
+                self.ring.cancel(op, token(Kind::Fire, 0, 0));
+            }
+        }
+        if s.reconnect && s.upstream_recv.is_none() && s.upstream_send.is_none() {
+            s.reconnect = false;
+            if let Some(fd) = s.upstream.take() {
+                self.ring.close(fd, token(Kind::Fire, 0, 0));
+            }
+            let live = s.live.as_ref().expect("a live conn has its material");
+            live.upstreams.again(&mut s.attempts);
+            self.start_connect(idx, now);
+        }
+    }
+
     fn begin_close(&mut self, idx: u32, reason: CloseReason) {
         let s = &mut self.slots[idx as usize];
         s.closing = Some(reason);
@@ -912,6 +962,14 @@ impl Worker {
         m.bytes_client_to_upstream += conn.bytes_client_to_upstream - s.reported_c2u;
         m.bytes_upstream_to_client += conn.bytes_upstream_to_client - s.reported_u2c;
         l.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(kind) = conn.upstream_handshake_kind() {
+            let resumed = kind == rustls::HandshakeKind::Resumed;
+            m.upstream_handshakes[resumed as usize] += 1;
+            let up = s.live.as_ref().and_then(|l| l.upstream_tls.as_ref());
+            if let Some((up, addr)) = up.zip(s.upstream_addr).filter(|_| resumed) {
+                up.resumed(addr);
+            }
+        }
         if self.log.enabled() {
             self.log.send_line(access_line(l, self.index, s, &conn));
         }
