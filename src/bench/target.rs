@@ -206,7 +206,10 @@ mod tests {
         // Once the thread has exited, only the process line counts it, in USER_HZ
         // ticks: utime and stime are each truncated by up to one tick (10 ms).
         let whole = threads_cpu_ns(pid, None).unwrap();
-        assert!(whole + 20_000_000 >= b, "process {whole} ns < thread {b} ns");
+        assert!(
+            whole + 20_000_000 >= b,
+            "process {whole} ns < thread {b} ns"
+        );
         assert!(vm_rss(pid).unwrap() > 0);
     }
 }
