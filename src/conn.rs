@@ -537,7 +537,7 @@ impl Conn {
             ..UpRetry::default()
         };
         self.up_tls = None;
-        self.to_upstream = Vec::new();
+        self.to_upstream = Chunks::default();
         self.upstream_inflight = None;
         self.upstream_read_closed = false;
         self.phase = Phase::Connecting;
