@@ -168,10 +168,8 @@ struct Slot {
     upstream: Option<OwnedFd>,
     upstream_connected: bool,
     attempts: Attempts,
-    client_recv: Option<OpId>,
-    upstream_recv: Option<OpId>,
-    client_recv_cancelled: bool,
-    upstream_recv_cancelled: bool,
+    client_rx: RecvLeg,
+    upstream_rx: RecvLeg,
     connect: Option<OpId>,
     client_send: Option<OpId>,
     upstream_send: Option<OpId>,
@@ -183,9 +181,6 @@ struct Slot {
     dirty: bool,
     /// Buffered bytes last added to the worker's total (`BufferCap::account`).
     accounted: usize,
-    /// Length of the receive armed on each leg (reserved in `BufferCap`).
-    client_recv_len: usize,
-    upstream_recv_len: usize,
     /// Waiting in `BufferCap::paused` for the worker cap to leave room.
     cap_paused: bool,
     /// Reconnect the upstream (same address) once its old socket's ops are done.
@@ -208,10 +203,8 @@ impl Slot {
             upstream: None,
             upstream_connected: false,
             attempts: Attempts::default(),
-            client_recv: None,
-            upstream_recv: None,
-            client_recv_cancelled: false,
-            upstream_recv_cancelled: false,
+            client_rx: RecvLeg::default(),
+            upstream_rx: RecvLeg::default(),
             connect: None,
             client_send: None,
             upstream_send: None,
@@ -220,8 +213,6 @@ impl Slot {
             scheduled_phase: None,
             dirty: false,
             accounted: 0,
-            client_recv_len: 0,
-            upstream_recv_len: 0,
             cap_paused: false,
             reconnect: false,
         }
@@ -273,7 +264,87 @@ struct BufferCap {
     pauses: u64,
 }
 
+/// The receive of one leg (client or upstream): armed single-shot with a length
+/// the worker cap reserves until it completes.
+#[derive(Default)]
+struct RecvLeg {
+    op: Option<OpId>,
+    /// Its length, reserved in `BufferCap`.
+    len: usize,
+    cancelled: bool,
+}
+
+/// What [`RecvLeg::arm`] did.
+#[derive(PartialEq)]
+enum Armed {
+    Nothing,
+    /// A receive is now in flight.
+    Receive,
+    /// The leg has a budget but the worker cap left no room.
+    Paused,
+}
+
+impl RecvLeg {
+    /// Arm a receive if the leg has a budget and none is armed, or cancel the armed
+    /// one when the budget is gone.
+    fn arm(
+        &mut self,
+        ring: &mut Uring,
+        cap: &mut BufferCap,
+        fd: std::os::fd::RawFd,
+        budget: usize,
+        held: usize,
+        token: u64,
+    ) -> Armed {
+        if budget == 0 {
+            self.cancel(ring);
+            return Armed::Nothing;
+        }
+        if self.op.is_some() {
+            return Armed::Nothing;
+        }
+        let len = cap.recv_len(budget, held);
+        if len == 0 {
+            return Armed::Paused;
+        }
+        self.op = Some(ring.recv(fd, len, token));
+        self.len = len;
+        cap.reserved += len;
+        Armed::Receive
+    }
+
+    /// Cancel the armed receive (its final completion still arrives).
+    fn cancel(&mut self, ring: &mut Uring) {
+        if let Some(op) = self.op.filter(|_| !self.cancelled) {
+            ring.cancel(op, token(Kind::Fire, 0, 0));
+            self.cancelled = true;
+        }
+    }
+
+    /// The receive completed: returns the length to release from the reservation.
+    fn done(&mut self) -> usize {
+        self.op = None;
+        self.cancelled = false;
+        std::mem::take(&mut self.len)
+    }
+}
+
 impl BufferCap {
+    /// Count a receive just armed in the slot's `inflight`, or queue the slot
+    /// (once: `queued` is its flag) for when the cap has room.
+    fn note(&mut self, a: Armed, inflight: &mut u32, queued: &mut bool, slot: (u32, u32)) {
+        match a {
+            Armed::Nothing => {}
+            Armed::Receive => *inflight += 1,
+            Armed::Paused => {
+                self.pauses += 1;
+                if !std::mem::replace(queued, true) {
+                    self.paused.push(slot);
+                }
+            }
+        }
+    }
+
     fn account(&mut self, was: &mut usize, now: usize) {
         self.buffered = self.buffered - *was + now;
         *was = now;
@@ -515,15 +586,12 @@ impl Worker {
             Kind::ClientRecv | Kind::UpstreamRecv => {
                 let client = kind == Kind::ClientRecv;
                 // Single-shot: every receive completion is final.
-                if client {
-                    s.client_recv = None;
-                    s.client_recv_cancelled = false;
-                    self.cap.reserved -= std::mem::take(&mut s.client_recv_len);
+                let rx = if client {
+                    &mut s.client_rx
                 } else {
-                    s.upstream_recv = None;
-                    s.upstream_recv_cancelled = false;
-                    self.cap.reserved -= std::mem::take(&mut s.upstream_recv_len);
-                }
+                    &mut s.upstream_rx
+                };
+                self.cap.reserved -= rx.done();
                 if let Some(b) = &c.buf_id {
                     if !closing && c.result > 0 {
                         let data = self.ring.received(b, c.result as usize);
@@ -792,6 +860,11 @@ impl Worker {
             );
             s.inflight += 1;
         }
+        // Sends only move bytes between counted places: one account per flush.
+        self.cap.account(
+            &mut s.accounted,
+            conn.buffered_to_client() + conn.buffered_to_upstream(),
+        );
         if s.upstream_connected {
             let up = s.upstream.as_ref().unwrap().as_raw_fd();
             if let Some(buf) = conn.poll_upstream_send() {
@@ -807,63 +880,32 @@ impl Worker {
                     .shutdown_write(up, token(Kind::Shutdown, idx, gen));
                 s.inflight += 1;
             }
-            let budget = conn.upstream_recv_budget();
-            let want = budget > 0;
-            if want && s.upstream_recv.is_none() {
-                self.cap.account(
-                    &mut s.accounted,
-                    conn.buffered_to_client() + conn.buffered_to_upstream(),
-                );
-                let len = self.cap.recv_len(budget, conn.buffered_to_client());
-                if len > 0 {
-                    s.upstream_recv =
-                        Some(self.ring.recv(up, len, token(Kind::UpstreamRecv, idx, gen)));
-                    s.upstream_recv_len = len;
-                    self.cap.reserved += len;
-                    s.inflight += 1;
-                } else if !std::mem::replace(&mut s.cap_paused, true) {
-                    self.cap.paused.push((idx, gen));
-                    self.cap.pauses += 1;
-                }
-            } else if !want && !s.upstream_recv_cancelled {
-                if let Some(op) = s.upstream_recv {
-                    self.ring.cancel(op, token(Kind::Fire, 0, 0));
-                    s.upstream_recv_cancelled = true;
-                }
-            }
+            let a = s.upstream_rx.arm(
+                &mut self.ring,
+                &mut self.cap,
+                up,
+                conn.upstream_recv_budget(),
+                conn.buffered_to_client(),
+                token(Kind::UpstreamRecv, idx, gen),
+            );
+            self.cap
+                .note(a, &mut s.inflight, &mut s.cap_paused, (idx, gen));
         }
         if conn.poll_client_shutdown() {
             self.ring
                 .shutdown_write(client, token(Kind::Shutdown, idx, gen));
             s.inflight += 1;
         }
-        self.cap.account(
-            &mut s.accounted,
-            conn.buffered_to_client() + conn.buffered_to_upstream(),
+        let a = s.client_rx.arm(
+            &mut self.ring,
+            &mut self.cap,
+            client,
+            conn.client_recv_budget(),
+            conn.buffered_to_upstream(),
+            token(Kind::ClientRecv, idx, gen),
         );
-        let budget = conn.client_recv_budget();
-        let want = budget > 0;
-        if want && s.client_recv.is_none() {
-            let len = self.cap.recv_len(budget, conn.buffered_to_upstream());
-            if len > 0 {
-                s.client_recv = Some(self.ring.recv(
-                    client,
-                    len,
-                    token(Kind::ClientRecv, idx, gen),
-                ));
-                s.client_recv_len = len;
-                self.cap.reserved += len;
-                s.inflight += 1;
-            } else if !std::mem::replace(&mut s.cap_paused, true) {
-                self.cap.paused.push((idx, gen));
-                self.cap.pauses += 1;
-            }
-        } else if !want && !s.client_recv_cancelled {
-            if let Some(op) = s.client_recv {
-                self.ring.cancel(op, token(Kind::Fire, 0, 0));
-                s.client_recv_cancelled = true;
-            }
-        }
+        self.cap
+            .note(a, &mut s.inflight, &mut s.cap_paused, (idx, gen));
         if s.scheduled_phase != Some(conn.phase()) {
             s.scheduled_phase = Some(conn.phase());
             self.wheel.schedule(conn.deadline(), (idx, gen));
@@ -898,15 +940,12 @@ impl Worker {
             }
             s.upstream_connected = false;
             s.reconnect = true;
-            if let Some(op) = s.upstream_recv.filter(|_| !s.upstream_recv_cancelled) {
-                self.ring.cancel(op, token(Kind::Fire, 0, 0));
-                s.upstream_recv_cancelled = true;
-            }
+            s.upstream_rx.cancel(&mut self.ring);
             if let Some(op) = s.upstream_send {
                 self.ring.cancel(op, token(Kind::Fire, 0, 0));
             }
         }
-        if s.reconnect && s.upstream_recv.is_none() && s.upstream_send.is_none() {
+        if s.reconnect && s.upstream_rx.op.is_none() && s.upstream_send.is_none() {
             s.reconnect = false;
             if let Some(fd) = s.upstream.take() {
                 self.ring.close(fd, token(Kind::Fire, 0, 0));
@@ -936,8 +975,8 @@ impl Worker {
             let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
         }
         for op in [
-            s.client_recv,
-            s.upstream_recv,
+            s.client_rx.op,
+            s.upstream_rx.op,
             s.connect,
             s.client_send,
             s.upstream_send,
