@@ -216,7 +216,7 @@ impl<'de> Deserialize<'de> for ClientAuthMode {
             "optional" => Ok(ClientAuthMode::Optional),
             "require" => Ok(ClientAuthMode::Require),
             _ => Err(serde::de::Error::custom(format!(
-                "must be one of \"none\", \"optional\", \"require\", got \"{s}\""
+                "must be one of \"none\", \"optional\", \"require\", got {s:?}"
             ))),
         }
     }
@@ -488,7 +488,7 @@ impl Config {
                 bad(
                     &field("name"),
                     format!(
-                        "duplicate listener name \"{}\" (already used by listeners[{first}])",
+                        "duplicate listener name {:?} (already used by listeners[{first}])",
                         l.name
                     ),
                 );
@@ -548,7 +548,7 @@ impl Config {
                 if p != "v2" {
                     bad(
                         &field("proxy_protocol"),
-                        format!("must be \"v2\" (the only supported version), got \"{p}\""),
+                        format!("must be \"v2\" (the only supported version), got {p:?}"),
                     );
                 }
             }
@@ -647,7 +647,7 @@ fn validate_sni(entries: &[Sni], i: usize, bad: &mut Bad<'_>) {
             if let Some(first) = seen.insert(name.to_ascii_lowercase(), j) {
                 bad(
                     &path,
-                    format!("\"{name}\" is already listed by listeners[{i}].sni[{first}]"),
+                    format!("{name:?} is already listed by listeners[{i}].sni[{first}]"),
                 );
             }
         }
@@ -664,7 +664,7 @@ fn check_sni_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "\"{name}\" is not a DNS name or a \"*.\" wildcard of one (clients send SNI only \
+            "{name:?} is not a DNS name or a \"*.\" wildcard of one (clients send SNI only \
              for DNS names, e.g. \"api.internal\" or \"*.example.org\")"
         ))
     }
@@ -714,7 +714,7 @@ fn validate_upstream_tls(up: &UpstreamTls, i: usize, bad: &mut Bad<'_>) {
     if rustls_pki_types::ServerName::try_from(up.server_name.as_str()).is_err() {
         bad(
             &at("server_name"),
-            format!("\"{}\" is not a DNS name or an IP address", up.server_name),
+            format!("{:?} is not a DNS name or an IP address", up.server_name),
         );
     }
     match (&up.cert, &up.key) {

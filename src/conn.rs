@@ -306,40 +306,23 @@ impl Conn {
     // ---- inputs -------------------------------------------------------------
 
     /// Bytes arrived from the client.
-    pub fn handle_client_data(&mut self, mut data: &[u8], now: Instant) {
+    pub fn handle_client_data(&mut self, data: &[u8], now: Instant) {
         if self.closing() || self.client_read_closed {
             return;
         }
         self.last_activity = now;
-        let mut stuck = 0;
-        while !data.is_empty() {
-            match self.tls.read_tls(&mut data) {
-                Ok(_) => stuck = 0,
-                // rustls' buffer is full: process what it has, then retry.
-                Err(_) => {
-                    stuck += 1;
-                    if stuck > 2 {
-                        self.fail_tls(&rustls::Error::General("record buffer overflow".into()));
-                        return;
-                    }
-                }
+        let limit = self
+            .staging_limit()
+            .saturating_sub(self.to_upstream.len() + self.upstream_inflight.unwrap_or(0));
+        let before = self.client_plain.len();
+        let fed = feed_tls(&mut self.tls, data, &mut self.client_plain, limit);
+        self.bytes_client_to_upstream += (self.client_plain.len() - before) as u64;
+        match fed {
+            Ok(closed) => self.client_read_closed |= closed,
+            Err(e) => {
+                self.fail_tls(&e);
+                return;
             }
-            match self.tls.process_new_packets() {
-                Ok(st) => {
-                    if st.peer_has_closed() {
-                        self.client_read_closed = true;
-                    }
-                    let limit = self.staging_limit().saturating_sub(
-                        self.to_upstream.len() + self.upstream_inflight.unwrap_or(0),
-                    );
-                    reserve_bounded(&mut self.client_plain, st.plaintext_bytes_to_read(), limit);
-                }
-                Err(e) => {
-                    self.fail_tls(&e);
-                    return;
-                }
-            }
-            self.drain_client_plaintext();
         }
         if self.phase == Phase::Handshaking && !self.tls.is_handshaking() {
             self.phase = Phase::Connecting;
@@ -423,47 +406,20 @@ impl Conn {
             return;
         };
         let before = self.plain_to_client.len();
-        let mut rest = data;
-        let mut stuck = 0;
-        while !rest.is_empty() {
-            match t.read_tls(&mut rest) {
-                Ok(_) => stuck = 0,
-                Err(_) if stuck < 2 => stuck += 1,
-                Err(_) => {
-                    if !self.retry_upstream_tls(HandshakeFailure::Malformed) {
-                        self.fail_upstream_tls(HandshakeFailure::Malformed);
-                    }
-                    return;
+        let fed = feed_tls(t, data, &mut self.plain_to_client, limit);
+        self.bytes_upstream_to_client += (self.plain_to_client.len() - before) as u64;
+        match fed {
+            Ok(closed) => self.upstream_read_closed |= closed,
+            Err(e) => {
+                let reason = HandshakeFailure::classify(&e);
+                pump(t, &mut self.to_upstream);
+                if !self.retry_upstream_tls(reason) {
+                    self.fail_upstream_tls(reason);
                 }
-            }
-            match t.process_new_packets() {
-                Ok(st) => {
-                    if st.peer_has_closed() {
-                        self.upstream_read_closed = true;
-                    }
-                    reserve_bounded(
-                        &mut self.plain_to_client,
-                        st.plaintext_bytes_to_read(),
-                        limit,
-                    );
-                }
-                Err(e) => {
-                    let reason = HandshakeFailure::classify(&e);
-                    pump(t, &mut self.to_upstream);
-                    if !self.retry_upstream_tls(reason) {
-                        self.fail_upstream_tls(reason);
-                    }
-                    return;
-                }
-            }
-            match t.reader().read_to_end(&mut self.plain_to_client) {
-                Ok(_) => self.upstream_read_closed = true,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(_) => self.upstream_read_closed = true,
+                return;
             }
         }
         pump(t, &mut self.to_upstream);
-        self.bytes_upstream_to_client += (self.plain_to_client.len() - before) as u64;
     }
 
     /// The upstream's TLS failed (verification, protocol): tell the client with
@@ -731,18 +687,6 @@ impl Conn {
 
     // ---- internals ----------------------------------------------------------
 
-    fn drain_client_plaintext(&mut self) {
-        let before = self.client_plain.len();
-        match self.tls.reader().read_to_end(&mut self.client_plain) {
-            // Clean close_notify.
-            Ok(_) => self.client_read_closed = true,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            // TCP EOF without close_notify (we already know from handle_client_eof).
-            Err(_) => self.client_read_closed = true,
-        }
-        self.bytes_client_to_upstream += (self.client_plain.len() - before) as u64;
-    }
-
     /// Hand the client plaintext to the upstream leg: a move for plain upstreams
     /// (no copy when nothing is queued), sealing for TLS ones.
     fn feed_upstream(&mut self) {
@@ -842,6 +786,41 @@ impl Conn {
         };
         self.close_after_flush.get_or_insert(reason);
     }
+}
+
+/// Feed received TLS bytes to rustls and move its plaintext into `plain`, until
+/// every byte is taken or the peer has closed. Ok(true): the peer closed (bytes
+/// after its close_notify are dropped: rustls takes no more, and looping on them
+/// spun a worker forever, found by a property test). The one loop both legs use.
+fn feed_tls<D>(
+    tls: &mut rustls::ConnectionCommon<D>,
+    mut data: &[u8],
+    plain: &mut Vec<u8>,
+    limit: usize,
+) -> Result<bool, rustls::Error> {
+    let mut closed = false;
+    let mut stuck = 0;
+    while !data.is_empty() && !closed {
+        match tls.read_tls(&mut data) {
+            Ok(n) if n > 0 => stuck = 0,
+            // Its buffer is full (or it takes nothing more): process, then retry.
+            _ => stuck += 1,
+        }
+        if stuck > 2 {
+            return Err(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::MessageTooLarge,
+            ));
+        }
+        let st = tls.process_new_packets()?;
+        closed |= st.peer_has_closed();
+        reserve_bounded(plain, st.plaintext_bytes_to_read(), limit);
+        match tls.reader().read_to_end(plain) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            // Ok: clean close_notify; another error: EOF without one.
+            _ => closed = true,
+        }
+    }
+    Ok(closed)
 }
 
 /// Make room for `additional` more bytes in `v`, doubling as usual but never past
