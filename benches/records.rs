@@ -26,7 +26,7 @@ use rustls::{ClientConnection, ServerConnection, SupportedCipherSuite};
 use std::hint::black_box;
 use std::io::Write;
 use std::time::{Duration, Instant};
-use terminus::conn::{Conn, ConnLimits, Phase};
+use terminus::proxy::conn::{Conn, ConnLimits, Phase};
 
 const SIZES: [usize; 3] = [1024, 4 * 1024, 16 * 1024];
 const SUITES: [(&str, SupportedCipherSuite); 3] = [

@@ -52,7 +52,7 @@ enum Cmd {
     /// measurements, comparison table and HTML report.
     Demo {
         /// Total measuring budget in seconds, split over 4 modes x 3 workloads.
-        #[arg(long, default_value_t = terminus::demo::DEFAULT_SECONDS)]
+        #[arg(long, default_value_t = terminus::tools::demo::DEFAULT_SECONDS)]
         seconds: u64,
         /// Keep serving after the measurements until Ctrl-C.
         #[arg(long)]
@@ -63,14 +63,14 @@ enum Cmd {
         report: Option<PathBuf>,
     },
     /// Load generator: handshakes, bulk, request/response, idle connections.
-    Bench(Box<terminus::bench::BenchArgs>),
+    Bench(Box<terminus::tools::bench::BenchArgs>),
     /// Built-in backend for benchmarks: echo, source or sink, optionally over TLS.
     Backend {
         /// ADDR to listen on, e.g. 127.0.0.1:8080 (port 0 picks one; printed).
         #[arg(long)]
         listen: String,
         #[arg(long, value_enum, default_value = "echo")]
-        mode: terminus::backend::Mode,
+        mode: terminus::tools::backend::Mode,
         #[arg(long)]
         tls_cert: Option<PathBuf>,
         #[arg(long)]
@@ -123,9 +123,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match terminus::server::run(cfg) {
+            match terminus::runtime::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(terminus::server::RunError::Config(e)) => {
+                Err(terminus::runtime::server::RunError::Config(e)) => {
                     eprintln!("terminus: {e}");
                     ExitCode::from(2)
                 }
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
             config,
             host,
             host_timeout_ms,
-        } => terminus::check::run_cli(
+        } => terminus::ops::check::run_cli(
             config.as_deref(),
             host,
             std::time::Duration::from_millis(host_timeout_ms),
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
             out,
             days,
             trust_domain,
-        } => match terminus::certs::generate(&out, days, &trust_domain) {
+        } => match terminus::tools::certs::generate(&out, days, &trust_domain) {
             Ok(()) => {
                 println!("wrote test PKI to {}", out.display());
                 ExitCode::SUCCESS
@@ -158,13 +158,18 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Cmd::Bench(args) => terminus::bench::run_cli(*args),
+        Cmd::Bench(args) => terminus::tools::bench::run_cli(*args),
         Cmd::Backend {
             listen,
             mode,
             tls_cert,
             tls_key,
-        } => terminus::backend::run_cli(&listen, mode, tls_cert.as_deref(), tls_key.as_deref()),
+        } => terminus::tools::backend::run_cli(
+            &listen,
+            mode,
+            tls_cert.as_deref(),
+            tls_key.as_deref(),
+        ),
         Cmd::Demo {
             seconds,
             serve,
@@ -174,12 +179,12 @@ fn main() -> ExitCode {
                 eprintln!("terminus: demo: --seconds must be at least 1");
                 return ExitCode::from(2);
             }
-            let opts = terminus::demo::DemoOpts {
+            let opts = terminus::tools::demo::DemoOpts {
                 seconds,
                 serve,
                 report,
             };
-            match terminus::demo::run(&opts) {
+            match terminus::tools::demo::run(&opts) {
                 Ok(true) => ExitCode::SUCCESS,
                 // Interrupted: cleaned up; the conventional 128 + SIGINT.
                 Ok(false) => ExitCode::from(130),

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use terminus::certs::{test_pki, LeafSpec, TestCa, TestPki};
+use terminus::tools::certs::{test_pki, LeafSpec, TestCa, TestPki};
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
@@ -126,7 +126,7 @@ fn certs_writes_six_files_that_parse() {
     ]);
     assert_exit(&run, 0);
 
-    for (name, secret) in terminus::certs::FILES {
+    for (name, secret) in terminus::tools::certs::FILES {
         let path = out.join(name);
         let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         if secret {
@@ -540,7 +540,7 @@ fn every_problem_run_would_refuse_is_found_in_one_pass() {
 
 #[test]
 fn cpus_outside_the_affinity_mask_are_refused() {
-    let cpu = terminus::server::allowed_cpus()[0].to_string();
+    let cpu = terminus::runtime::server::allowed_cpus()[0].to_string();
     let (_dir, config) = pki_dir(
         "cpus",
         &format!("\n[runtime]\nworkers = 1\ncpus = [{cpu}, 9999]\n"),

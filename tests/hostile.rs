@@ -290,9 +290,11 @@ fn worker_cap_bounds_the_sum_of_slow_peers() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let (buffered, pauses) = loop {
         let (_, page) = http_get(term.admin(), "/metrics");
-        let b =
-            terminus::bench::target::metric(&page, "terminus_worker_buffered_bytes{worker=\"0\"}");
-        let p = terminus::bench::target::metric(
+        let b = terminus::tools::bench::target::metric(
+            &page,
+            "terminus_worker_buffered_bytes{worker=\"0\"}",
+        );
+        let p = terminus::tools::bench::target::metric(
             &page,
             "terminus_worker_buffer_cap_pauses_total{worker=\"0\"}",
         );

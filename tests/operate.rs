@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use terminus::bench::target::metric;
-use terminus::certs::{LeafSpec, TestCa, TestLeaf};
+use terminus::tools::bench::target::metric;
+use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
 
 const SPIFFE: &str = "spiffe://example.org/client";
 

@@ -1,4 +1,4 @@
-//! Property tests (proptest) of the sans-IO connection (`terminus::conn::Conn`),
+//! Property tests (proptest) of the sans-IO connection (`terminus::proxy::conn::Conn`),
 //! driven through its public API by an in-memory world: a rustls client, the Conn,
 //! and a fake upstream (plaintext, or a rustls server for re-encryption), with a
 //! random schedule deciding which side moves next, random chunk sizes for every
@@ -36,7 +36,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use terminus::conn::{CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase};
+use terminus::proxy::conn::{CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase};
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {

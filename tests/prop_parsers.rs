@@ -34,9 +34,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::path::Path;
 use std::sync::OnceLock;
 use terminus::config::Config;
-use terminus::identity::{CertAlgorithms, PeerIdentity, SpiffeId};
-use terminus::policy::{AllowList, AllowRule};
-use terminus::proxy_v2::{self, Command, Header, ParseError, ParsedSsl, Ssl};
+use terminus::proxy::proxy_v2::{self, Command, Header, ParseError, ParsedSsl, Ssl};
+use terminus::tls::identity::{CertAlgorithms, PeerIdentity, SpiffeId};
+use terminus::tls::policy::{AllowList, AllowRule};
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {

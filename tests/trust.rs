@@ -3,7 +3,7 @@
 //! backends or a real TLS upstream (`openssl s_server -Verify`), all on 127.0.0.1 with
 //! port 0.
 //!
-//! Certificates are generated here (rcgen through `terminus::certs::TestCa`): terminus'
+//! Certificates are generated here (rcgen through `terminus::tools::certs::TestCa`): terminus'
 //! own server certificate comes from `terminus certs`; the client certificates come
 //! from a separate client CA written next to the config as `client-ca.pem`, with a CRL
 //! `client-ca.crl` revoking one of them. Every refused handshake is checked through the
@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use terminus::certs::{LeafSpec, TestCa, TestLeaf};
-use terminus::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
+use terminus::proxy::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
+use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
 
 /// How long a log line, a PROXY header or a process' output may take to show up.
 const WAIT: Duration = Duration::from_secs(10);

@@ -5,7 +5,7 @@
 //!   SSL and custom SPIFFE TLVs it must skip), and forwards what it understood as
 //!   request headers to an in-test HTTP backend, which checks them.
 //! * `mode tcp` with `send-proxy-v2`: HAProxy re-emits a v2 header of its own to an
-//!   in-test TCP backend, which parses it with `terminus::proxy_v2::parse` — our
+//!   in-test TCP backend, which parses it with `terminus::proxy::proxy_v2::parse` — our
 //!   parser against HAProxy's encoder.
 //! * A header with a broken TLV is refused: HAProxy really checks what we send.
 //!
@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
-use terminus::proxy_v2::{self, Header, Ssl};
+use terminus::proxy::proxy_v2::{self, Header, Ssl};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

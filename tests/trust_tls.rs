@@ -5,7 +5,7 @@
 //! Covers client authentication (none / optional / require), chain building through
 //! client-sent intermediates, CRL revocation, the allow-list policy (denial is an
 //! `access_denied` alert inside the handshake), the failure reason each refusal is
-//! classified as (`terminus::conn::HandshakeFailure::classify`), SNI certificate
+//! classified as (`terminus::proxy::conn::HandshakeFailure::classify`), SNI certificate
 //! choice, and the upstream client config (mTLS towards an upstream).
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -13,10 +13,10 @@ use rustls::{AlertDescription, CertificateError, ClientConfig, ClientConnection,
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use std::path::PathBuf;
 use std::sync::Arc;
-use terminus::certs::{LeafSpec, TestCa, TestLeaf};
 use terminus::config::{Config, Listener};
-use terminus::conn::HandshakeFailure;
-use terminus::identity::PeerIdentity;
+use terminus::proxy::conn::HandshakeFailure;
+use terminus::tls::identity::PeerIdentity;
+use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
 use time::{Duration, OffsetDateTime};
 
 /// A temp folder removed on drop.
@@ -762,7 +762,7 @@ fn upstream_tls_absent_and_file_errors() {
 
 #[test]
 fn proxy_v2_ssl_describes_the_connection() {
-    use terminus::proxy_v2::Ssl;
+    use terminus::proxy::proxy_v2::Ssl;
     let c = Clients::new("ppssl");
     let leaf = c.leaf(GOOD_ID);
     let l = listener(&c.dir, REQUIRE);

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
-use terminus::bench::target::metric;
-use terminus::certs::{LeafSpec, TestCa};
+use terminus::tools::bench::target::metric;
+use terminus::tools::certs::{LeafSpec, TestCa};
 
 const WAIT: Duration = Duration::from_secs(10);
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n";
@@ -454,7 +454,7 @@ fn plain_www(page_len: usize) -> SocketAddr {
 #[test]
 #[ignore = "measurement: run by hand"]
 fn upstream_handshake_cpu() {
-    use terminus::bench::target::TargetProbe;
+    use terminus::tools::bench::target::TargetProbe;
     let _g = heavy();
     let pki = Pki::generate();
     write_upstream_pki(&pki);

@@ -41,7 +41,7 @@ pub struct Pki {
 
 pub fn pki() -> Pki {
     terminus::tls::install_provider();
-    let t = terminus::certs::test_pki(2, "example.org").expect("test PKI");
+    let t = terminus::tools::certs::test_pki(2, "example.org").expect("test PKI");
     let mut roots = RootCertStore::empty();
     roots.add(t.ca_der.clone()).expect("CA into root store");
 

@@ -16,7 +16,7 @@
 //! I/O contract: pure; no files, sockets or clock.
 #![forbid(unsafe_code)]
 
-use crate::identity::{check_path_segment, check_trust_domain, PeerIdentity, SpiffeId};
+use crate::tls::identity::{check_path_segment, check_trust_domain, PeerIdentity, SpiffeId};
 use std::fmt;
 
 /// One parsed allow-list entry.

@@ -10,8 +10,8 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Admin as AdminConfig;
-use crate::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
-use crate::worker::{ListenerShared, RUNNING};
+use crate::ops::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
+use crate::runtime::worker::{ListenerShared, RUNNING};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ pub struct AdminState {
     /// Set once every worker accepts; `/readyz` is 503 before.
     pub ready: AtomicBool,
     pub snapshots: Mutex<Vec<Option<WorkerSnapshot>>>,
-    pub reloads: Arc<crate::reload::ReloadStats>,
+    pub reloads: Arc<crate::ops::reload::ReloadStats>,
     pub log_dropped: Arc<AtomicU64>,
     pub workers: usize,
 }

@@ -11,7 +11,7 @@
 //! exported as Prometheus histograms with fixed buckets from 10 µs to 10 s.
 #![forbid(unsafe_code)]
 
-use crate::conn::HandshakeFailure;
+use crate::proxy::conn::HandshakeFailure;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::net::SocketAddr;

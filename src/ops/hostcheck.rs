@@ -1,7 +1,7 @@
 //! `terminus check --host`: can this host run terminus, and is it tuned for it?
 //!
 //! I/O contract: reads /proc and /sys, creates and drops small io_uring instances
-//! (through src/uring.rs, so the check exercises the same setup code as a worker),
+//! (through src/runtime/uring.rs, so the check exercises the same setup code as a worker),
 //! and runs one loopback connection through a ring (127.0.0.1, bounded by
 //! `--host-timeout-ms`, default [`SELFTEST_TIMEOUT`]); changes nothing. Prints one line per item to stdout:
 //! `OK   name: detail`, or `WARN`/`FAIL` with `; fix: ...`. A FAIL means terminus
@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, Runtime};
-use crate::uring::{self, accepted_fd, Completion, Uring, UringConfig};
+use crate::runtime::uring::{self, accepted_fd, Completion, Uring, UringConfig};
 use socket2::{Domain, Socket, Type};
 use std::fmt;
 use std::io::{Read, Write};
@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// The recommendations, from the one file operators install (tuning/sysctl.conf).
-const SYSCTL_CONF: &str = include_str!("../tuning/sysctl.conf");
+const SYSCTL_CONF: &str = include_str!("../../tuning/sysctl.conf");
 
 /// Connections the RLIMIT_NOFILE check sizes for when no config is given: one
 /// listener at its default `max_connections`.
@@ -599,7 +599,7 @@ fn parse_cpu_list(s: &str) -> Vec<usize> {
 }
 
 fn cpus_item(p: &HostParams) -> Item {
-    let allowed = crate::server::allowed_cpus();
+    let allowed = crate::runtime::server::allowed_cpus();
     let online = read_trim("/sys/devices/system/cpu/online")
         .map(|s| parse_cpu_list(&s))
         .unwrap_or_default();

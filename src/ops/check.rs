@@ -1,5 +1,5 @@
 //! `terminus check`: validate config, certs and keys; print every problem.
-//! `--host` (src/hostcheck.rs) checks the machine instead or as well.
+//! `--host` (src/ops/hostcheck.rs) checks the machine instead or as well.
 //!
 //! One pass finds everything `run` would refuse: every config problem, the files of
 //! every listener (also of a listener whose config has problems), `runtime.cpus`
@@ -62,7 +62,12 @@ pub fn check(path: &Path) -> Report {
         return report;
     };
     report.listeners = cfg.listeners.len();
-    check_cpus(&checked, cfg, &crate::server::allowed_cpus(), &mut report);
+    check_cpus(
+        &checked,
+        cfg,
+        &crate::runtime::server::allowed_cpus(),
+        &mut report,
+    );
     check_access_log(&checked, &cfg.log.access, &mut report);
     if let Some(admin) = &cfg.admin {
         let mut out = Findings::default();
@@ -482,17 +487,17 @@ fn holders_of(inodes: &[u64]) -> Vec<Holder> {
 /// against its runtime settings and connection limits.
 pub fn run_cli(config: Option<&Path>, host: bool, host_timeout: Duration) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
-    let mut params = crate::hostcheck::HostParams::default();
+    let mut params = crate::ops::hostcheck::HostParams::default();
     if let Some(path) = config {
         if !config_cli(path) {
             code = ExitCode::from(2);
         } else if let Ok(cfg) = Config::load(path) {
-            params = crate::hostcheck::HostParams::from_config(&cfg);
+            params = crate::ops::hostcheck::HostParams::from_config(&cfg);
         }
     }
     params.selftest_timeout = host_timeout;
     if host
-        && !crate::hostcheck::print(&crate::hostcheck::check(&params))
+        && !crate::ops::hostcheck::print(&crate::ops::hostcheck::check(&params))
         && code == ExitCode::SUCCESS
     {
         code = ExitCode::from(1);

@@ -10,7 +10,7 @@
 //! in-process load generator and backends are not counted.
 #![forbid(unsafe_code)]
 
-use crate::bench::{
+use crate::tools::bench::{
     self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Trust, Workload,
 };
 use anyhow::{anyhow, Context, Result};
@@ -55,21 +55,25 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
     }
 
     let dir = TempDir::new()?;
-    let pki = crate::certs::test_pki(1, "example.org")?;
+    let pki = crate::tools::certs::test_pki(1, "example.org")?;
     pki.write(&dir.0)?;
     let d = |f: &str| dir.0.join(f);
 
-    let echo = crate::backend::spawn(crate::backend::Mode::Echo, "127.0.0.1:0".parse()?, None)?;
-    let tls_echo = crate::backend::spawn(
-        crate::backend::Mode::Echo,
+    let echo = crate::tools::backend::spawn(
+        crate::tools::backend::Mode::Echo,
         "127.0.0.1:0".parse()?,
-        Some(crate::backend::server_tls(
+        None,
+    )?;
+    let tls_echo = crate::tools::backend::spawn(
+        crate::tools::backend::Mode::Echo,
+        "127.0.0.1:0".parse()?,
+        Some(crate::tools::backend::server_tls(
             &d("server.pem"),
             &d("server.key"),
         )?),
     )?;
 
-    let cpus = crate::server::allowed_cpus();
+    let cpus = crate::runtime::server::allowed_cpus();
     let cpu_line = cpus
         .first()
         .map(|c| format!("cpus = [{c}]\n"))
@@ -98,7 +102,7 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
     let cfg_path = d("terminus.toml");
     std::fs::write(&cfg_path, cfg_text)?;
     let cfg = crate::config::Config::load(&cfg_path).map_err(|e| anyhow!("{e}"))?;
-    let server = crate::server::start(&cfg).map_err(|e| anyhow!("{e}"))?;
+    let server = crate::runtime::server::start(&cfg).map_err(|e| anyhow!("{e}"))?;
     let addr = |n: &str| server.addr(n).with_context(|| format!("listener {n}"));
 
     let roots = || -> Result<Trust> {

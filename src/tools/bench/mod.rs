@@ -404,7 +404,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
             opts.connections
         ));
     }
-    let allowed = crate::server::allowed_cpus();
+    let allowed = crate::runtime::server::allowed_cpus();
     let cpus: Vec<Option<usize>> = (0..workers)
         .map(|i| match &opts.cpus {
             Some(list) if !list.is_empty() => Some(list[i % list.len()]),
@@ -808,7 +808,7 @@ impl BenchArgs {
             return Err("--timeout-ms must be at least 1".into());
         }
         if let Some(cpus) = &self.cpus {
-            let allowed = crate::server::allowed_cpus();
+            let allowed = crate::runtime::server::allowed_cpus();
             if let Some(c) = cpus
                 .iter()
                 .find(|c| !allowed.is_empty() && !allowed.contains(c))

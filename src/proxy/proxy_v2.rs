@@ -32,7 +32,7 @@
 //! I/O contract: pure; encodes into and parses from byte slices.
 #![forbid(unsafe_code)]
 
-use crate::identity::{CertAlgorithms, PeerIdentity};
+use crate::tls::identity::{CertAlgorithms, PeerIdentity};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 

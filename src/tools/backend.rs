@@ -5,7 +5,7 @@
 //! thousands of idle connections: a connection costs its socket and a small struct.
 #![forbid(unsafe_code)]
 
-use crate::bench::stream::Stream;
+use crate::tools::bench::stream::Stream;
 use anyhow::{Context, Result};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -73,7 +73,7 @@ pub fn spawn(
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Handle> {
-    crate::bench::raise_nofile();
+    crate::tools::bench::raise_nofile();
     let mut listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     let poll = Poll::new().context("cannot create a poller")?;

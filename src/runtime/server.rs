@@ -7,8 +7,8 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
-use crate::uring::{Uring, UringConfig, UringError};
-use crate::worker::{
+use crate::runtime::uring::{Uring, UringConfig, UringError};
+use crate::runtime::worker::{
     self, ListenerLive, ListenerShared, MetricsOut, WorkerSetup, DRAINING, RUNNING, STOPPING,
 };
 use arc_swap::ArcSwap;
@@ -165,14 +165,14 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         }));
     }
 
-    let log = crate::log::LogSink::start(&cfg.log.access).map_err(|e| {
+    let log = crate::ops::log::LogSink::start(&cfg.log.access).map_err(|e| {
         RunError::Config(format!(
             "{}: log.access: cannot open: {e}",
             cfg.source.display()
         ))
     })?;
     let state = Arc::new(AtomicU8::new(RUNNING));
-    let reloads = Arc::new(crate::reload::ReloadStats::default());
+    let reloads = Arc::new(crate::ops::reload::ReloadStats::default());
     // The admin port is bound before any worker runs: a busy port fails startup,
     // and `/readyz` answers 503 until every worker accepts.
     let mut admin_addr = None;
@@ -182,7 +182,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         let sock = std::net::TcpListener::bind(a.listen)
             .map_err(|e| RunError::Runtime(format!("admin: cannot listen on {}: {e}", a.listen)))?;
         admin_addr = sock.local_addr().ok();
-        let st = Arc::new(crate::admin::AdminState {
+        let st = Arc::new(crate::ops::admin::AdminState {
             listeners: shared.clone(),
             state: state.clone(),
             ready: AtomicBool::new(false),
@@ -192,7 +192,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             workers,
         });
         metrics_tx = Some(
-            crate::admin::start(sock, a, st.clone())
+            crate::ops::admin::start(sock, a, st.clone())
                 .map_err(|e| RunError::Runtime(format!("admin: cannot start: {e}")))?,
         );
         admin_state = Some(st);
@@ -232,8 +232,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             .map_err(|e| RunError::Runtime(format!("cannot spawn worker {i}: {e}")))?;
         handles.push(h);
     }
-    let reload = crate::reload::spawn(
-        crate::reload::Reloader::new(cfg.clone(), shared.clone(), reloads.clone()),
+    let reload = crate::ops::reload::spawn(
+        crate::ops::reload::Reloader::new(cfg.clone(), shared.clone(), reloads.clone()),
         Duration::from_millis(cfg.runtime.reload_interval_ms),
     )
     .map_err(|e| RunError::Runtime(format!("cannot spawn the reload thread: {e}")))?;

@@ -693,7 +693,7 @@ fn validate_client_auth(ca: &ClientAuth, i: usize, bad: &mut Bad<'_>) {
         );
     }
     for (k, entry) in ca.allow.iter().enumerate() {
-        if let Err(why) = crate::policy::AllowRule::parse(entry) {
+        if let Err(why) = crate::tls::policy::AllowRule::parse(entry) {
             bad(
                 &[K("listeners"), I(i), K("client_auth"), K("allow"), I(k)],
                 why,

@@ -12,12 +12,12 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Listener;
-use crate::conn::{CloseReason, Conn, ConnLimits, Expired, Phase};
-use crate::identity::PeerIdentity;
-use crate::metrics::{ListenerMetrics, WorkerSnapshot};
-use crate::timer::Wheel;
-use crate::upstream::{Attempts, UpstreamSet};
-use crate::uring::{Completion, OpId, Uring, UringConfig};
+use crate::ops::metrics::{ListenerMetrics, WorkerSnapshot};
+use crate::proxy::conn::{CloseReason, Conn, ConnLimits, Expired, Phase};
+use crate::proxy::timer::Wheel;
+use crate::proxy::upstream::{Attempts, UpstreamSet};
+use crate::runtime::uring::{Completion, OpId, Uring, UringConfig};
+use crate::tls::identity::PeerIdentity;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -104,7 +104,7 @@ pub struct WorkerSetup {
     pub ring: UringConfig,
     pub listeners: Vec<(Arc<ListenerShared>, OwnedFd)>,
     pub state: Arc<AtomicU8>,
-    pub log: crate::log::LogSink,
+    pub log: crate::ops::log::LogSink,
     pub metrics: Option<MetricsOut>,
     /// `runtime.max_buffered_bytes_per_worker`.
     pub max_buffered_per_worker: usize,
@@ -239,7 +239,7 @@ pub struct Worker {
     wheel: Wheel<(u32, u32)>,
     state: Arc<AtomicU8>,
     live: usize,
-    log: crate::log::LogSink,
+    log: crate::ops::log::LogSink,
     /// Per listener, this worker's counters and histograms.
     metrics: Vec<ListenerMetrics>,
     publish: Option<Publisher>,
@@ -702,7 +702,7 @@ impl Worker {
             }
         }
         // EMFILE, ENFILE, ECONNABORTED...: the listener stays armed.
-        let Some(fd) = crate::uring::accepted_fd(&c) else {
+        let Some(fd) = crate::runtime::uring::accepted_fd(&c) else {
             return;
         };
         let shared = &self.listeners[li].shared;
@@ -1078,12 +1078,12 @@ fn proxy_header(
     let cert = live.tls.certs.choose(tls.server_name());
     let src = peer_addr(client).unwrap_or(l.addr);
     let dst = local_addr(client).unwrap_or(l.addr);
-    crate::proxy_v2::Header {
+    crate::proxy::proxy_v2::Header {
         src,
         dst,
         alpn: tls.alpn_protocol().map(|p| p.to_vec()),
         authority: tls.server_name().map(str::to_owned),
-        ssl: Some(crate::proxy_v2::Ssl::from_tls(
+        ssl: Some(crate::proxy::proxy_v2::Ssl::from_tls(
             tls,
             Some(&cert.algorithms),
             identity,
@@ -1148,7 +1148,7 @@ fn access_line(l: &ListenerShared, worker: usize, s: &Slot, conn: &Conn) -> Stri
         .as_ref()
         .or_else(|| rejected.and_then(|r| r.identity.as_ref()));
     let line = AccessLine {
-        ts: crate::log::now_ts(),
+        ts: crate::ops::log::now_ts(),
         event,
         listener: &l.name,
         worker,

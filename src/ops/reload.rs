@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, Listener};
-use crate::worker::{ListenerLive, ListenerShared};
+use crate::runtime::worker::{ListenerLive, ListenerShared};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

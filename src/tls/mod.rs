@@ -24,10 +24,14 @@
 //! clients of another. A CRL's nextUpdate is not enforced (an old CRL still revokes).
 #![forbid(unsafe_code)]
 
+pub mod identity;
+pub mod policy;
+pub mod tickets;
+
 use crate::config::{ClientAuthMode, Listener, UpstreamTls};
-use crate::identity::{CertAlgorithms, PeerIdentity};
-use crate::policy::AllowList;
-use crate::upstream::ResumeBackoff;
+use crate::proxy::upstream::ResumeBackoff;
+use crate::tls::identity::{CertAlgorithms, PeerIdentity};
+use crate::tls::policy::AllowList;
 use ::aws_lc_rs::digest as aws_lc_rs_digest;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -161,7 +165,7 @@ pub fn listener_file_problems(l: &Listener) -> Vec<TlsError> {
         }
     }
     if let Some(path) = &l.ticket_key_file {
-        if let Err(e) = crate::tickets::FileTicketer::load(path, b"", l.ticket_lifetime_s) {
+        if let Err(e) = crate::tls::tickets::FileTicketer::load(path, b"", l.ticket_lifetime_s) {
             out.push(TlsError(e));
         }
     }
@@ -635,7 +639,7 @@ fn build_server_config(
         // Shared keys: every instance with this file (and policy) resumes the others'
         // tickets.
         Some(path) => Arc::new(
-            crate::tickets::FileTicketer::load(path, &policy_digest(l), l.ticket_lifetime_s)
+            crate::tls::tickets::FileTicketer::load(path, &policy_digest(l), l.ticket_lifetime_s)
                 .map_err(TlsError)?,
         ),
         // Per-process keys, rotated by rustls.
@@ -1285,8 +1289,8 @@ fn pem_why(e: &pem::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::test_pki;
     use crate::config::Config;
+    use crate::tools::certs::test_pki;
     use std::path::PathBuf;
 
     /// A folder with a fresh test PKI and a listener pointing at its server files.
@@ -1420,7 +1424,10 @@ tls13_tickets = 2
         // Refused: every session of that address goes, and none is kept or offered
         // during the off period; one report per period.
         assert!(up.sessions(a) > 0);
-        assert_eq!(up.refused(a), Some(crate::upstream::RESUME_OFF_FIRST));
+        assert_eq!(
+            up.refused(a),
+            Some(crate::proxy::upstream::RESUME_OFF_FIRST)
+        );
         assert_eq!(up.sessions(a), 0);
         assert_eq!(up.refused(a), None);
         let (mut c, offered) = up.connect(a, false).unwrap();
@@ -1578,7 +1585,7 @@ tls13_tickets = 2
 
     #[test]
     fn stale_crl_is_a_warning() {
-        let ca = crate::certs::TestCa::root("crl CA").unwrap();
+        let ca = crate::tools::certs::TestCa::root("crl CA").unwrap();
         let (_, der) = ca.crl(&[&[1]]).unwrap();
         let crl = CertificateRevocationListDer::from(der);
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -1637,9 +1644,9 @@ tls13_tickets = 2
 
     #[test]
     fn chain_findings_name_the_certificate() {
-        let ca = crate::certs::TestCa::root("dates CA").unwrap();
+        let ca = crate::tools::certs::TestCa::root("dates CA").unwrap();
         let leaf = ca
-            .leaf(&crate::certs::LeafSpec::server(&["a.internal"]))
+            .leaf(&crate::tools::certs::LeafSpec::server(&["a.internal"]))
             .unwrap();
         let chain = [leaf.der().clone(), ca.der.clone()];
         // Both are valid for a day (minus the seconds since): within the window.

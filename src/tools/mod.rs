@@ -1,0 +1,12 @@
+//! tools: programs that drive the proxy from outside, shipped in the same binary.
+//!
+//! Owns: `terminus bench` (the load generator, [`bench`]), `terminus backend` (echo,
+//! source and sink backends, [`backend`]), `terminus demo` ([`demo`]) and
+//! `terminus certs` (the test PKI, [`certs`]). The proxy core never depends on them.
+//!
+//! I/O contract: anything a test tool needs (its own sockets, threads, temp files).
+
+pub mod backend;
+pub mod bench;
+pub mod certs;
+pub mod demo;
