@@ -11,17 +11,18 @@
 
 use crate::config::Admin as AdminConfig;
 use crate::ops::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
-use crate::runtime::worker::{ListenerShared, RUNNING};
+use crate::runtime::listener::ListenerShared;
+use crate::runtime::run_state::{RunState, RunStateCell};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Everything a scrape reads.
 pub struct AdminState {
     pub listeners: Vec<Arc<ListenerShared>>,
-    pub state: Arc<AtomicU8>,
+    pub state: Arc<RunStateCell>,
     /// Set once every worker accepts; `/readyz` is 503 before.
     pub ready: AtomicBool,
     pub snapshots: Mutex<Vec<Option<WorkerSnapshot>>>,
@@ -59,14 +60,14 @@ impl AdminState {
             reloads_error: self.reloads.error.load(Ordering::Relaxed),
             access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             workers: self.workers,
-            draining: self.state.load(Ordering::Relaxed) != RUNNING,
+            draining: self.state.load() != RunState::Running,
             buffers,
         };
         metrics::render(&views, &totals, &global, &metrics::Process::read())
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.state.load(Ordering::Relaxed) == RUNNING
+        self.ready.load(Ordering::Relaxed) && self.state.load() == RunState::Running
     }
 }
 

@@ -1,7 +1,7 @@
 //! `terminus check --host`: can this host run terminus, and is it tuned for it?
 //!
 //! I/O contract: reads /proc and /sys, creates and drops small io_uring instances
-//! (through src/runtime/uring.rs, so the check exercises the same setup code as a worker),
+//! (through src/runtime/uring/, so the check exercises the same setup code as a worker),
 //! and runs one loopback connection through a ring (127.0.0.1, bounded by
 //! `--host-timeout-ms`, default [`SELFTEST_TIMEOUT`]); changes nothing. Prints one line per item to stdout:
 //! `OK   name: detail`, or `WARN`/`FAIL` with `; fix: ...`. A FAIL means terminus
@@ -9,12 +9,12 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, Runtime};
-use crate::runtime::uring::{self, accepted_fd, Completion, Uring, UringConfig};
+use crate::runtime::uring::{self, Completion, Event, OpError, Uring, UringConfig};
 use socket2::{Domain, Socket, Type};
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// The recommendations, from the one file operators install (tuning/sysctl.conf).
@@ -285,7 +285,7 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
         sqpoll: false,
         ..p.ring
     };
-    out.push(match Uring::new(bufs) {
+    out.push(match Uring::<()>::new(bufs) {
         Ok(_) => item(
             Status::Ok,
             "io_uring buffer ring",
@@ -337,29 +337,38 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
 
 /// Completions reaped but not yet asked for, and the self-test's deadline.
 struct Reaper {
-    stash: Vec<Completion>,
+    stash: Vec<Completion<Op>>,
     deadline: Instant,
     timeout: Duration,
 }
 
 impl Reaper {
-    /// The first completion matching `want`, submitting and waiting as needed.
-    fn next(
-        &mut self,
-        u: &mut Uring,
-        what: &str,
-        want: impl Fn(&Completion) -> bool,
-    ) -> Result<Completion, String> {
+    /// The first completion of an op queued with `token` (a final one when
+    /// `last`), submitting and waiting as needed.
+    fn next(&mut self, u: &mut Uring<Op>, token: Op, last: bool) -> Result<Completion<Op>, String> {
         loop {
-            if let Some(i) = self.stash.iter().position(&want) {
+            let want = |c: &Completion<Op>| c.token() == token && (!last || !c.more());
+            if let Some(i) = self.stash.iter().position(want) {
                 return Ok(self.stash.remove(i));
             }
             if Instant::now() > self.deadline {
-                return Err(format!("{what}: no completion within {:?}", self.timeout));
+                return Err(format!(
+                    "{}: no completion within {:?}",
+                    token.name(),
+                    self.timeout
+                ));
             }
             u.submit_and_wait(Duration::from_millis(50))
                 .map_err(|e| format!("io_uring_enter: {e}"))?;
             u.drain(&mut self.stash);
+        }
+    }
+
+    /// The next completion of `token`, which must deliver no payload.
+    fn done(&mut self, u: &mut Uring<Op>, token: Op) -> Result<(), String> {
+        match self.next(u, token, false)?.into_event() {
+            Event::Failed(e) => Err(format!("{}: {e}", token.name())),
+            _ => Ok(()),
         }
     }
 }
@@ -371,20 +380,35 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
     move |e| format!("{what}: {e}")
 }
 
-fn errno(res: i32) -> std::io::Error {
-    std::io::Error::from_raw_os_error(-res)
+/// The self-test's ops (its uring tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Connect,
+    Accept,
+    Recv,
+    Send,
+    Shutdown,
+    Cancel,
+    Close,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Connect => "connect",
+            Op::Accept => "accept",
+            Op::Recv => "recv",
+            Op::Send => "send",
+            Op::Shutdown => "shutdown",
+            Op::Cancel => "cancel",
+            Op::Close => "close",
+        }
+    }
 }
 
 /// Drive each data-path op once over loopback through a real [`Uring`]: the opcode
 /// probe can't tell whether the multishot and buffer-select flags work.
 fn selftest(timeout: Duration) -> Result<(), String> {
-    const CONNECT: u64 = 1;
-    const ACCEPT: u64 = 2;
-    const RECV: u64 = 3;
-    const SEND: u64 = 4;
-    const SHUTDOWN: u64 = 5;
-    const CANCEL: u64 = 6;
-    const CLOSE: u64 = 7;
     const MSG: &[u8] = b"terminus check --host";
     let mut u = Uring::new(UringConfig {
         entries: 64,
@@ -401,25 +425,24 @@ fn selftest(timeout: Duration) -> Result<(), String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind 127.0.0.1:0"))?;
     l.set_nonblocking(true).map_err(io("listener"))?;
     let addr = l.local_addr().map_err(io("listener"))?;
-    let acc = u.accept_multi(l.as_raw_fd(), ACCEPT);
+    let acc = u.accept_multi(l.as_fd(), Op::Accept);
 
     let sock = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)
         .map_err(io("socket"))?;
-    u.connect(sock.as_raw_fd(), addr, CONNECT);
-    let c = r.next(&mut u, "connect", |c| c.token == CONNECT)?;
-    if c.result < 0 {
-        return Err(format!("connect: {}", errno(c.result)));
-    }
-    let a = r.next(&mut u, "accept", |c| c.token == ACCEPT)?;
-    if a.result < 0 {
-        return Err(format!("multishot accept: {}", errno(a.result)));
-    }
-    if !a.more {
+    u.connect(sock.as_fd(), addr, Op::Connect);
+    r.done(&mut u, Op::Connect)?;
+    let a = r.next(&mut u, Op::Accept, false)?;
+    let more = a.more();
+    let server = match a.into_event() {
+        Event::Accepted(fd) => fd,
+        Event::Failed(e) => return Err(format!("multishot accept: {e}")),
+        e => return Err(format!("accept: {e:?}")),
+    };
+    if !more {
         return Err("accept did not stay armed (no multishot accept)".into());
     }
-    let server = accepted_fd(&a).ok_or("accept: no descriptor")?;
 
-    u.recv(server.as_raw_fd(), MSG.len(), RECV);
+    u.recv(server.as_fd(), MSG.len(), Op::Recv);
     let mut client: TcpStream = sock.into();
     client.set_nonblocking(false).map_err(io("client"))?;
     client
@@ -428,57 +451,49 @@ fn selftest(timeout: Duration) -> Result<(), String> {
     client.write_all(MSG).map_err(io("client write"))?;
     let mut got = Vec::new();
     while got.len() < MSG.len() {
-        let c = r.next(&mut u, "recv", |c| c.token == RECV)?;
-        if c.result <= 0 {
-            return Err(format!("recv: result {}", c.result));
+        match r.next(&mut u, Op::Recv, false)?.into_event() {
+            // Dropping the buffer gives it back to the ring.
+            Event::Received(b) => got.extend_from_slice(&b),
+            e => return Err(format!("recv: {e:?}")),
         }
-        let b = c.buf_id.ok_or("recv completed without a provided buffer")?;
-        got.extend_from_slice(u.received(&b, c.result as usize));
-        u.recycle(b);
         if got.len() < MSG.len() {
-            u.recv(server.as_raw_fd(), MSG.len() - got.len(), RECV);
+            u.recv(server.as_fd(), MSG.len() - got.len(), Op::Recv);
         }
     }
     if got != MSG {
         return Err("recv: bytes differ from those sent".into());
     }
 
-    u.send(server.as_raw_fd(), MSG.to_vec(), 0, SEND);
-    let c = r.next(&mut u, "send", |c| c.token == SEND)?;
-    if c.result != MSG.len() as i32 {
-        return Err(format!("send: result {}", c.result));
+    u.send(server.as_fd(), MSG.to_vec(), 0, Op::Send);
+    match r.next(&mut u, Op::Send, false)?.into_event() {
+        Event::Sent(s) if s.remaining() == 0 => {}
+        e => return Err(format!("send: {e:?}")),
     }
     let mut back = vec![0u8; MSG.len()];
     client.read_exact(&mut back).map_err(io("client read"))?;
     if back != MSG {
         return Err("send: client read other bytes".into());
     }
-    u.shutdown_write(server.as_raw_fd(), SHUTDOWN);
-    let c = r.next(&mut u, "shutdown", |c| c.token == SHUTDOWN)?;
-    if c.result < 0 {
-        return Err(format!("shutdown: {}", errno(c.result)));
-    }
+    u.shutdown_write(server.as_fd(), Op::Shutdown);
+    r.done(&mut u, Op::Shutdown)?;
     if client.read(&mut back).map_err(io("client read"))? != 0 {
         return Err("shutdown: client saw no end of stream".into());
     }
 
     // Cancel a pending recv and the multishot accept; each then posts its final
     // completion.
-    let rid = u.recv(server.as_raw_fd(), 1, RECV);
-    for (target, token, what) in [(rid, RECV, "recv"), (acc, ACCEPT, "accept")] {
-        u.cancel(target, CANCEL);
-        let c = r.next(&mut u, "cancel", |c| c.token == CANCEL)?;
-        if c.result < 0 && c.result != -libc::EALREADY {
-            return Err(format!("cancel {what}: {}", errno(c.result)));
+    let rid = u.recv(server.as_fd(), 1, Op::Recv);
+    for (target, token) in [(rid, Op::Recv), (acc, Op::Accept)] {
+        u.cancel(target, Op::Cancel);
+        match r.next(&mut u, Op::Cancel, false)?.into_event() {
+            Event::CancelAccepted | Event::Failed(OpError::Already) => {}
+            Event::Failed(e) => return Err(format!("cancel {}: {e}", token.name())),
+            e => return Err(format!("cancel {}: {e:?}", token.name())),
         }
-        r.next(&mut u, what, |c| c.token == token && !c.more)?;
+        r.next(&mut u, token, true)?;
     }
-    u.close(server, CLOSE);
-    let c = r.next(&mut u, "close", |c| c.token == CLOSE)?;
-    if c.result < 0 {
-        return Err(format!("close: {}", errno(c.result)));
-    }
-    Ok(())
+    u.close(server, Op::Close);
+    r.done(&mut u, Op::Close)
 }
 
 /// (major, minor) of the running kernel.

@@ -1,7 +1,8 @@
 //! ops: what an operator sees and touches while terminus runs.
 //!
 //! Owns: the admin endpoint ([`admin`]), metrics and their Prometheus text
-//! ([`metrics`]), the access and event logs ([`log`]), hot reload ([`reload`]),
+//! ([`metrics`]), the access and event logs ([`log`]) and the access line's schema
+//! ([`access_log`]), hot reload ([`reload`]),
 //! `terminus check` ([`check`]) and its host checks ([`hostcheck`]).
 //!
 //! I/O contract: the admin socket, log files, reading config/cert files on reload,
@@ -9,6 +10,7 @@
 //! non-blocking hand-off of log lines and plain metric counters.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod check;
 pub mod hostcheck;

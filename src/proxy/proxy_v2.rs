@@ -87,6 +87,35 @@ pub struct Header {
     pub unique_id: Option<Vec<u8>>,
 }
 
+impl Header {
+    /// The header terminus sends for an established client connection: its
+    /// addresses (`src` the client, `dst` the address it connected to), ALPN, SNI,
+    /// the client-side TLS facts, the certificate terminus served (`served`) and the
+    /// verified identity.
+    pub fn for_client(
+        tls: &rustls::ServerConnection,
+        served: &CertAlgorithms,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Header {
+        // Parsed here, not after every handshake: only PROXY v2 needs it (for now).
+        let identity = tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| PeerIdentity::from_der(der).ok());
+        let identity = identity.as_ref();
+        Header {
+            src,
+            dst,
+            alpn: tls.alpn_protocol().map(|p| p.to_vec()),
+            authority: tls.server_name().map(str::to_owned),
+            ssl: Some(Ssl::from_tls(tls, Some(served), identity)),
+            spiffe: identity.and_then(|i| i.spiffe.clone()),
+            unique_id: None,
+        }
+    }
+}
+
 /// The `PP2_TYPE_SSL` TLV: what the client-facing TLS connection was like.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ssl {
@@ -124,7 +153,7 @@ impl Ssl {
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             // terminus never completes a handshake with a certificate it did not verify.
             verified: presented,
-            version: conn.protocol_version().map(version_name),
+            version: conn.protocol_version().map(|v| version_name(v).to_owned()),
             cn: peer.and_then(|p| p.cn.clone()),
             cipher: conn
                 .negotiated_cipher_suite()
@@ -146,12 +175,13 @@ impl Ssl {
     }
 }
 
-/// OpenSSL's (and HAProxy's) name of a protocol version.
-pub fn version_name(v: rustls::ProtocolVersion) -> String {
+/// OpenSSL's (and HAProxy's) name of a protocol version; also the access log's
+/// `tls_version`. rustls negotiates nothing but these two.
+pub fn version_name(v: rustls::ProtocolVersion) -> &'static str {
     match v {
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
-        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
-        other => format!("{other:?}"),
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "other",
     }
 }
 

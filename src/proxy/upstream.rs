@@ -68,6 +68,47 @@ impl UpstreamSet {
     }
 }
 
+/// One connection's upstream: the failover walk over its listener's set, and the
+/// address being connected to (or connected) with when that attempt started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dial {
+    attempts: Attempts,
+    current: Option<(SocketAddr, Instant)>,
+}
+
+impl Dial {
+    /// The client handshake is done: start the walk at the worker's cursor.
+    pub fn begin(&mut self, set: &UpstreamSet, cursor: &mut usize) {
+        self.attempts = set.begin(cursor);
+    }
+
+    /// The next address to try (a refused or timed-out connect moves on), or None
+    /// once every address was tried.
+    pub fn next(&mut self, set: &UpstreamSet) -> Option<SocketAddr> {
+        set.next(&mut self.attempts)
+    }
+
+    /// A connect to `addr` is now in flight.
+    pub fn started(&mut self, addr: SocketAddr, now: Instant) {
+        self.current = Some((addr, now));
+    }
+
+    /// Try the current address once more next (after it refused TLS resumption).
+    pub fn again(&mut self, set: &UpstreamSet) {
+        set.again(&mut self.attempts);
+    }
+
+    /// The address last connected to (or being connected to).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.current.map(|c| c.0)
+    }
+
+    /// How long the current attempt took, when it completes at `now`.
+    pub fn elapsed(&self, now: Instant) -> Option<Duration> {
+        self.current.map(|c| now - c.1)
+    }
+}
+
 /// How long resumption towards an upstream stays off after its first refusal; each
 /// further refusal (once resumption was offered again) doubles it, up to
 /// [`RESUME_OFF_MAX`]. A resumed handshake resets it.

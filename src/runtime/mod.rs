@@ -6,6 +6,10 @@
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 
+pub mod listener;
+pub mod run_state;
 pub mod server;
+mod slot;
+pub mod sock;
 pub mod uring;
 pub mod worker;

@@ -7,15 +7,15 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Config;
+use crate::runtime::listener::{ListenerLive, ListenerShared};
+use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::uring::{Uring, UringConfig, UringError};
-use crate::runtime::worker::{
-    self, ListenerLive, ListenerShared, MetricsOut, WorkerSetup, DRAINING, RUNNING, STOPPING,
-};
+use crate::runtime::worker::{self, MetricsOut, WorkerSetup};
 use arc_swap::ArcSwap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub enum RunError {
 /// A started server: what `run` waits on, and what the demo and tests drive.
 pub struct Running {
     pub listeners: Vec<Arc<ListenerShared>>,
-    pub state: Arc<AtomicU8>,
+    pub state: Arc<RunStateCell>,
     /// Where `/metrics`, `/healthz`, `/readyz` are served (`[admin]`).
     pub admin: Option<SocketAddr>,
     /// Reload the config file and every file it names now (what SIGHUP does).
@@ -51,7 +51,7 @@ impl Running {
 
     /// Close everything now.
     pub fn stop(&self) {
-        self.state.store(STOPPING, Ordering::SeqCst);
+        self.state.store(RunState::Stopping);
     }
 
     /// Wait for every worker to exit.
@@ -103,7 +103,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         recv_buffer_size: cfg.runtime.recv_buffer_size,
     };
     // Probe once up front so an unusable io_uring is one clear message, not N.
-    drop(Uring::new(UringConfig {
+    drop(Uring::<()>::new(UringConfig {
         entries: 8,
         sqpoll: false,
         recv_buffers: 1,
@@ -171,7 +171,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             cfg.source.display()
         ))
     })?;
-    let state = Arc::new(AtomicU8::new(RUNNING));
+    let state = Arc::new(RunStateCell::new(RunState::Running));
     let reloads = Arc::new(crate::ops::reload::ReloadStats::default());
     // The admin port is bound before any worker runs: a busy port fails startup,
     // and `/readyz` answers 503 until every worker accepts.
@@ -298,11 +298,11 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                     let _ = reload.send(());
                     continue;
                 }
-                if state.load(Ordering::SeqCst) == RUNNING {
+                if state.load() == RunState::Running {
                     eprintln!("terminus: draining (a second signal stops at once)");
-                    state.store(DRAINING, Ordering::SeqCst);
+                    state.store(RunState::Draining);
                 } else {
-                    state.store(STOPPING, Ordering::SeqCst);
+                    state.store(RunState::Stopping);
                 }
             }
         })

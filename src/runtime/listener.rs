@@ -1,0 +1,103 @@
+//! listener: a listener's state as the workers see it.
+//!
+//! Owns: [`ListenerShared`] (one per listener, shared by every worker: name,
+//! address, open-connection count, and the reloadable [`ListenerLive`] behind an
+//! `ArcSwap`) and [`ListenerLocal`] (one per listener per worker: its
+//! SO_REUSEPORT socket, the accept op, the round-robin cursor).
+//! I/O contract: [`ListenerLive::build`] reads the listener's certificate and key
+//! files (startup and reload threads, never a worker).
+#![forbid(unsafe_code)]
+
+use crate::config::Listener;
+use crate::proxy::conn::ConnLimits;
+use crate::proxy::upstream::UpstreamSet;
+use crate::runtime::uring::OpId;
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What every worker shares about one listener.
+pub struct ListenerShared {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Everything a reload may replace; swapped whole.
+    pub live: ArcSwap<ListenerLive>,
+    /// Open connections over all workers (max_connections is per listener).
+    pub active: AtomicUsize,
+}
+
+/// A listener's reloadable material: TLS, upstreams, limits. New connections take
+/// the current one; live connections keep theirs until they close.
+pub struct ListenerLive {
+    /// Server config plus the certificates it serves.
+    pub tls: crate::tls::ServerTls,
+    /// Re-encryption: TLS configs (a session store per upstream address) and the
+    /// name to verify the upstream against.
+    pub upstream_tls: Option<crate::tls::UpstreamClients>,
+    /// Send a PROXY v2 header with identity TLVs ahead of the upstream bytes.
+    pub proxy_v2: bool,
+    pub upstreams: UpstreamSet,
+    pub limits: ConnLimits,
+    pub max_connections: usize,
+    /// (certificate file, notAfter Unix seconds) of every served certificate.
+    pub cert_expiry: Vec<(String, i64)>,
+}
+
+impl ListenerLive {
+    /// Read and check everything the listener serves with; errors name the file.
+    pub fn build(l: &Listener) -> Result<ListenerLive, String> {
+        let tls = crate::tls::server_tls(l).map_err(|e| e.to_string())?;
+        let upstream_tls = crate::tls::upstream_clients(l).map_err(|e| e.to_string())?;
+        let cert_expiry = tls
+            .certs
+            .served()
+            .filter_map(|c| {
+                let t = crate::tls::leaf_not_after(&c.key.cert)?;
+                Some((c.path.display().to_string(), t))
+            })
+            .collect();
+        Ok(ListenerLive {
+            tls,
+            upstream_tls,
+            proxy_v2: l.proxy_protocol.as_deref() == Some("v2"),
+            upstreams: UpstreamSet::new(l.upstreams.clone()),
+            limits: ConnLimits {
+                max_buffered: l.max_buffered_bytes,
+                handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+                connect_timeout: Duration::from_millis(l.connect_timeout_ms),
+            },
+            max_connections: l.max_connections,
+            cert_expiry,
+        })
+    }
+}
+
+/// One worker's side of a listener.
+pub struct ListenerLocal {
+    pub shared: Arc<ListenerShared>,
+    /// This worker's SO_REUSEPORT socket; `None` once draining closed it.
+    pub fd: Option<OwnedFd>,
+    /// The multishot accept in flight.
+    pub accept: Option<OpId>,
+    /// Round-robin position over the upstreams (per worker: no shared counter).
+    pub rr_cursor: usize,
+    /// Out of file descriptors: re-arm the accept only at this time, not at once
+    /// (an immediate re-arm would fail again and spin).
+    pub rearm_at: Option<Instant>,
+}
+
+impl ListenerLocal {
+    pub fn new(shared: Arc<ListenerShared>, fd: OwnedFd, worker: usize) -> Self {
+        ListenerLocal {
+            shared,
+            fd: Some(fd),
+            accept: None,
+            rr_cursor: worker,
+            rearm_at: None,
+        }
+    }
+}
