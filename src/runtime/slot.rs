@@ -262,6 +262,12 @@ impl Slot {
         self.closing = None;
     }
 
+    /// Closing, and every op's final completion is back: the sockets may close
+    /// and the slot be freed.
+    pub fn may_free(&self) -> bool {
+        self.closing.is_some() && self.inflight == 0
+    }
+
     /// `id` still names this slot's live connection.
     pub fn is(&self, id: SlotId) -> bool {
         self.gen == id.gen && self.conn.is_some()
@@ -346,5 +352,206 @@ impl BufferCap {
         } else {
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::uring::{Completion, Event, OpError, UringConfig};
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    const BUF: usize = 16 * 1024;
+
+    #[test]
+    fn cap_gives_the_budget_while_there_is_room() {
+        let mut cap = BufferCap::new(100 * BUF, BUF);
+        assert_eq!(cap.recv_len(64 * 1024, 0), 64 * 1024);
+        assert_eq!(cap.recv_len(64 * 1024, 5000), 64 * 1024);
+    }
+
+    #[test]
+    fn over_the_cap_an_empty_direction_still_gets_one_buffer_and_a_full_one_waits() {
+        let mut cap = BufferCap::new(4 * BUF, BUF);
+        let mut was = 0;
+        cap.account(&mut was, 4 * BUF);
+        assert_eq!(cap.room(), 0);
+        // Holds nothing: one buffer (or less, if the budget is smaller).
+        assert_eq!(cap.recv_len(256 * 1024, 0), BUF);
+        assert_eq!(cap.recv_len(100, 0), 100);
+        // Holds bytes: waits.
+        assert_eq!(cap.recv_len(256 * 1024, 1), 0);
+        // Room for at least a buffer again: takes the room, not the budget.
+        cap.account(&mut was, BUF + BUF / 2);
+        assert_eq!(cap.room(), 2 * BUF + BUF / 2);
+        assert_eq!(cap.recv_len(256 * 1024, 1), 2 * BUF + BUF / 2);
+    }
+
+    #[test]
+    fn account_replaces_what_a_connection_held() {
+        let mut cap = BufferCap::new(1 << 20, BUF);
+        let (mut a, mut b) = (0, 0);
+        cap.account(&mut a, 1000);
+        cap.account(&mut b, 500);
+        cap.account(&mut a, 200);
+        assert_eq!((cap.buffered, a, b), (700, 200, 500));
+        cap.account(&mut a, 0);
+        cap.account(&mut b, 0);
+        assert_eq!(cap.buffered, 0);
+    }
+
+    #[test]
+    fn a_paused_slot_is_queued_once_and_wakes_at_an_eighth_free() {
+        let mut cap = BufferCap::new(8 * BUF, BUF);
+        let id = SlotId { idx: 3, gen: 7 };
+        let (mut inflight, mut queued) = (0, false);
+        cap.note(Armed::Paused, &mut inflight, &mut queued, id);
+        cap.note(Armed::Paused, &mut inflight, &mut queued, id);
+        assert_eq!((cap.paused.as_slice(), cap.pauses), (&[id][..], 2));
+        assert_eq!(inflight, 0);
+        cap.note(Armed::Receive, &mut inflight, &mut queued, id);
+        assert_eq!(inflight, 1);
+        let mut was = 0;
+        cap.account(&mut was, 7 * BUF + 1);
+        assert!(!cap.may_wake());
+        cap.account(&mut was, 7 * BUF);
+        assert!(cap.may_wake());
+    }
+
+    #[test]
+    fn a_slot_is_freed_only_when_closing_with_nothing_in_flight() {
+        let mut s = Slot {
+            inflight: 2,
+            ..Slot::default()
+        };
+        assert!(!s.may_free());
+        s.closing = Some(CloseReason::Done);
+        assert!(!s.may_free());
+        s.inflight = 0;
+        assert!(s.may_free());
+    }
+
+    #[test]
+    fn a_new_generation_drops_what_named_the_old_one() {
+        let mut s = Slot::default();
+        s.reuse();
+        let old = SlotId { idx: 0, gen: s.gen };
+        // No connection: nothing is live.
+        assert!(!s.is(old));
+        s.closing = Some(CloseReason::Done);
+        s.release();
+        assert_eq!(s.closing, None);
+        let new = SlotId { idx: 0, gen: s.gen };
+        assert_ne!(old, new);
+        s.reuse();
+        assert_eq!(s.gen, new.gen, "reuse keeps the generation");
+        assert!(!s.is(old));
+    }
+
+    fn ring() -> Uring<Token> {
+        Uring::new(UringConfig {
+            entries: 32,
+            sqpoll: false,
+            recv_buffers: 4,
+            recv_buffer_size: BUF as u32,
+        })
+        .expect("io_uring is needed by these tests (and by terminus)")
+    }
+
+    fn wait(u: &mut Uring<Token>, t: Token) -> Completion<Token> {
+        let mut got = Vec::new();
+        for _ in 0..250 {
+            u.submit_and_wait(Duration::from_millis(20)).unwrap();
+            u.drain(&mut got);
+            if let Some(i) = got.iter().position(|c| c.token() == t) {
+                return got.swap_remove(i);
+            }
+        }
+        panic!("no completion for {t:?}");
+    }
+
+    /// Arm, re-arm, cancel and complete one leg's receive on a real socket.
+    #[test]
+    fn recv_leg_reserves_its_length_until_done_and_cancels_once() {
+        let mut u = ring();
+        let mut cap = BufferCap::new(1 << 20, BUF);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        let id = SlotId { idx: 0, gen: 1 };
+        let tok = Token::Recv(id, Side::Client);
+        let mut rx = RecvLeg::default();
+
+        assert_eq!(
+            rx.arm(&mut u, &mut cap, server.as_fd(), 1000, 0, tok),
+            Armed::Receive
+        );
+        assert_eq!(cap.reserved, 1000);
+        // One receive per leg: a second arm adds nothing.
+        assert_eq!(
+            rx.arm(&mut u, &mut cap, server.as_fd(), 5000, 0, tok),
+            Armed::Nothing
+        );
+        assert_eq!((cap.reserved, u.ops_in_flight()), (1000, 1));
+        client.write_all(b"hi").unwrap();
+        let Event::Received(b) = wait(&mut u, tok).into_event() else {
+            panic!("no bytes")
+        };
+        assert_eq!(&b[..], b"hi");
+        rx.done(&mut cap);
+        assert_eq!((cap.reserved, rx.op), (0, None));
+
+        // The budget went to zero: cancel, once, however often it is asked.
+        rx.arm(&mut u, &mut cap, server.as_fd(), 1000, 0, tok);
+        assert_eq!(
+            rx.arm(&mut u, &mut cap, server.as_fd(), 0, 0, tok),
+            Armed::Nothing
+        );
+        assert_eq!(
+            rx.arm(&mut u, &mut cap, server.as_fd(), 0, 0, tok),
+            Armed::Nothing
+        );
+        assert_eq!(u.ops_in_flight(), 2, "the receive and one cancel");
+        assert!(matches!(
+            wait(&mut u, tok).into_event(),
+            Event::Failed(OpError::Cancelled)
+        ));
+        rx.done(&mut cap);
+        assert_eq!(cap.reserved, 0);
+
+        // Over the cap with bytes held: paused, nothing armed.
+        let mut was = 0;
+        cap.account(&mut was, 1 << 20);
+        assert_eq!(
+            rx.arm(&mut u, &mut cap, server.as_fd(), 1000, 1, tok),
+            Armed::Paused
+        );
+        assert_eq!((rx.op, cap.reserved), (None, 0));
+    }
+
+    #[test]
+    fn leg_cancel_io_stops_its_receive_and_leaves_it_idle() {
+        let mut u = ring();
+        let mut cap = BufferCap::new(1 << 20, BUF);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        let id = SlotId { idx: 0, gen: 1 };
+        let mut leg = Leg::default();
+        assert!(leg.idle());
+        let recv = Token::Recv(id, Side::Upstream);
+        leg.rx.arm(&mut u, &mut cap, server.as_fd(), 100, 0, recv);
+        assert!(!leg.idle());
+        assert_eq!(leg.ops().count(), 1);
+        leg.cancel_io(&mut u);
+        assert!(matches!(
+            wait(&mut u, recv).into_event(),
+            Event::Failed(OpError::Cancelled)
+        ));
+        leg.rx.done(&mut cap);
+        assert!(leg.idle());
     }
 }

@@ -491,7 +491,7 @@ impl Worker {
         let s = &mut self.slots[idx as usize];
         let Some(conn) = s.conn.as_mut() else { return };
         if s.closing.is_some() {
-            if s.inflight == 0 {
+            if s.may_free() {
                 self.finalize(idx);
             }
             return;
@@ -649,7 +649,7 @@ impl Worker {
         for op in legs.chain(s.connect) {
             self.ring.cancel(op, Token::Fire);
         }
-        if s.inflight == 0 {
+        if s.may_free() {
             self.finalize(idx);
         }
     }
