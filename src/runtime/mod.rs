@@ -1,8 +1,11 @@
 //! runtime: the threads, sockets and kernel queues that drive [`crate::proxy`].
 //!
-//! Owns: the io_uring driver ([`uring`], the only place with `unsafe`), the
-//! thread-per-core worker loop ([`worker`]) and `terminus run`'s start-up, signals and
-//! drain ([`server`]).
+//! Owns: the io_uring driver ([`uring`], the only place with `unsafe`) and the
+//! plain socket calls beside it ([`sock`]) — together the worker's I/O boundary;
+//! the thread-per-core worker loop ([`worker`]) with its per-connection state
+//! (`slot`: two legs per connection, tokens, the worker's buffer cap); listener
+//! state ([`listener`]); the run state ([`run_state`]); and `terminus run`'s
+//! start-up, signals and drain ([`server`]).
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 

@@ -28,6 +28,26 @@ struct BufPool {
     returned: RefCell<Vec<u16>>,
 }
 
+impl BufPool {
+    fn new(count: u16, size: u32) -> io::Result<Self> {
+        let layout = Layout::from_size_align(count as usize * size as usize, 4096)
+            .map_err(io::Error::other)?;
+        // SAFETY: non-zero size (count >= 1, size >= 4096 by config validation);
+        // freed in Drop, when the ring and every `RecvBuf` are gone.
+        let data = unsafe { std::alloc::alloc(layout) };
+        if data.is_null() {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        Ok(BufPool {
+            data,
+            layout,
+            size,
+            count,
+            returned: RefCell::new(Vec::with_capacity(count as usize)),
+        })
+    }
+}
+
 impl Drop for BufPool {
     fn drop(&mut self) {
         // SAFETY: the last owner is gone: the ring (unregistered before `BufRing`
@@ -98,40 +118,18 @@ impl BufRing {
                 "recv_buffers must be a power of two",
             ));
         }
+        let pool = Rc::new(BufPool::new(count, size)?);
         let ring_layout = Layout::from_size_align(
             count as usize * std::mem::size_of::<types::BufRingEntry>(),
             4096,
         )
         .map_err(io::Error::other)?;
-        let layout = Layout::from_size_align(count as usize * size as usize, 4096)
-            .map_err(io::Error::other)?;
-        // SAFETY: both layouts have non-zero size (count >= 1, size >= 4096 by config
-        // validation); each is freed by the Drop of its owner (BufRing, BufPool).
-        let (ring, data) = unsafe {
-            (
-                std::alloc::alloc_zeroed(ring_layout) as *mut types::BufRingEntry,
-                std::alloc::alloc(layout),
-            )
-        };
-        if ring.is_null() || data.is_null() {
-            // SAFETY: whichever allocation succeeded is ours alone and unused.
-            unsafe {
-                if !ring.is_null() {
-                    std::alloc::dealloc(ring as *mut u8, ring_layout);
-                }
-                if !data.is_null() {
-                    std::alloc::dealloc(data, layout);
-                }
-            }
+        // SAFETY: non-zero size (count >= 1); freed only in Drop, after the ring is
+        // unregistered.
+        let ring = unsafe { std::alloc::alloc_zeroed(ring_layout) } as *mut types::BufRingEntry;
+        if ring.is_null() {
             return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
-        let pool = Rc::new(BufPool {
-            data,
-            layout,
-            size,
-            count,
-            returned: RefCell::new(Vec::with_capacity(count as usize)),
-        });
         let mut br = BufRing {
             ring,
             ring_layout,

@@ -410,13 +410,13 @@ impl<T: Copy> Uring<T> {
             let flags = cqe.flags();
             let more = cqueue::more(flags);
             let res = cqe.result();
-            let op = &mut self.ops[id.idx()];
-            debug_assert!(op.token.is_some() && op.gen == id.gen());
-            let Some(token) = op.token else { continue };
             // A buffer the kernel picked is ours now, whatever the result; dropped
             // unused (e.g. with an EOF), it simply goes back to the ring.
             let recv =
                 cqueue::buffer_select(flags).map(|bid| self.bufs.lend(bid, res.max(0) as usize));
+            let op = &mut self.ops[id.idx()];
+            debug_assert!(op.token.is_some() && op.gen == id.gen());
+            let Some(token) = op.token else { continue };
             let event = decode(op, res, recv, more);
             if !more {
                 // Final completion: the kernel is done with this op's memory.
