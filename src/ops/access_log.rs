@@ -1,6 +1,6 @@
 //! access_log: the schema of the access log line, one JSON object per connection.
 //!
-//! Owns: [`AccessLine`] and how a finished connection fills it. `event` says how
+//! Owns: `AccessLine` and how a finished connection fills it. `event` says how
 //! it ended (`connection`, `handshake_error`, `upstream_tls_error`); failures also
 //! carry `reason` and what the refused client presented.
 //!
