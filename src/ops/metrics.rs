@@ -744,4 +744,120 @@ mod tests {
         assert!(p.resident_bytes > 0 && p.open_fds > 0 && p.max_fds > 0);
         assert!(p.start_time_seconds > 1.0e9);
     }
+
+    /// Two listeners with every kind of sample, and fixed process figures.
+    fn fixture_page() -> String {
+        let mut a = ListenerMetrics {
+            connections: 7,
+            rejected_max_connections: 1,
+            upstream_tls_errors: 2,
+            bytes_client_to_upstream: 1234,
+            bytes_upstream_to_client: 56789,
+            upstream_handshakes: [4, 5],
+            ..Default::default()
+        };
+        a.handshake_ok(false, false, Some(Duration::from_micros(40)));
+        a.handshake_ok(true, true, Some(Duration::from_millis(3)));
+        a.handshake_error(HandshakeFailure::UnknownCa);
+        a.handshake_error(HandshakeFailure::Timeout);
+        a.upstream_connect.record(Duration::from_micros(700));
+        a.upstream_connect_error("127.0.0.1:9".parse().unwrap());
+        a.upstream_connect_error("[::1]:7".parse().unwrap());
+        a.upstream_resumption_failure("127.0.0.1:8".parse().unwrap());
+        let b = ListenerMetrics::default();
+        let views = [
+            ListenerView {
+                name: "edge".into(),
+                active: 3,
+                upstreams: vec![
+                    "127.0.0.1:8".parse().unwrap(),
+                    "127.0.0.1:9".parse().unwrap(),
+                ],
+                certs: vec![
+                    ("/c/server.pem".into(), 1_900_000_000),
+                    ("/c/\"odd\"\\name.pem".into(), -1),
+                ],
+            },
+            ListenerView {
+                name: "in\nternal".into(),
+                active: 0,
+                upstreams: vec![],
+                certs: vec![],
+            },
+        ];
+        let g = GlobalView {
+            reloads_ok: 1,
+            reloads_error: 2,
+            access_log_dropped: 3,
+            workers: 2,
+            draining: true,
+            buffers: vec![(0, 4096, 3), (1, 0, 0)],
+        };
+        let p = Process {
+            cpu_seconds: 1.25,
+            resident_bytes: 10 << 20,
+            virtual_bytes: 1 << 30,
+            open_fds: 17,
+            max_fds: 1024,
+            start_time_seconds: 1_764_000_000.5,
+        };
+        render(&views, &[a, b], &g, &p)
+    }
+
+    /// The page, byte for byte (`metrics_page.txt` beside this file). Set
+    /// TERMINUS_BLESS=1 to rewrite it after an intended change.
+    #[test]
+    fn the_page_is_pinned() {
+        let page = fixture_page();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/ops/testdata/metrics_page.txt"
+        );
+        if std::env::var_os("TERMINUS_BLESS").is_some() {
+            std::fs::write(path, &page).unwrap();
+            return;
+        }
+        assert_eq!(page, include_str!("testdata/metrics_page.txt"));
+    }
+
+    /// Every family, in page order, with its type: names are what dashboards use.
+    #[test]
+    fn the_family_list_is_pinned() {
+        let families: Vec<String> = fixture_page()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            families,
+            [
+                "terminus_connections_total counter",
+                "terminus_connections_active gauge",
+                "terminus_connections_rejected_total counter",
+                "terminus_handshakes_total counter",
+                "terminus_handshake_errors_total counter",
+                "terminus_policy_denied_total counter",
+                "terminus_handshake_duration_seconds histogram",
+                "terminus_upstream_connect_duration_seconds histogram",
+                "terminus_upstream_connect_errors_total counter",
+                "terminus_upstream_tls_errors_total counter",
+                "terminus_upstream_handshakes_total counter",
+                "terminus_upstream_resumption_failures_total counter",
+                "terminus_bytes_total counter",
+                "terminus_cert_expiry_timestamp_seconds gauge",
+                "terminus_config_reloads_total counter",
+                "terminus_access_log_dropped_total counter",
+                "terminus_workers gauge",
+                "terminus_draining gauge",
+                "terminus_worker_buffered_bytes gauge",
+                "terminus_worker_buffer_cap_pauses_total counter",
+                "process_cpu_seconds_total counter",
+                "process_resident_memory_bytes gauge",
+                "process_virtual_memory_bytes gauge",
+                "process_open_fds gauge",
+                "process_max_fds gauge",
+                "process_start_time_seconds gauge",
+            ]
+        );
+    }
 }
