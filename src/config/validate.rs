@@ -168,6 +168,33 @@ fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
             "at least one upstream is required".into(),
         );
     }
+    validate_limits(l, i, bad);
+    if let Err(e) = ProxyProtocol::from_setting(l.proxy_protocol_setting.as_deref()) {
+        bad(&field("proxy_protocol"), e.to_string());
+    }
+    for (j, proto) in l.alpn.iter().enumerate() {
+        if proto.is_empty() || proto.len() > 255 {
+            bad(
+                &[K("listeners"), I(i), K("alpn"), I(j)],
+                format!(
+                    "an ALPN protocol name must be 1 to 255 bytes, got {}",
+                    proto.len()
+                ),
+            );
+        }
+    }
+    validate_sni(&l.sni, i, bad);
+    if let Some(ca) = &l.client_auth {
+        validate_client_auth(ca, i, bad);
+    }
+    if let Some(up) = &l.upstream_tls {
+        validate_upstream_tls(up, i, bad);
+    }
+}
+
+/// A listener's timeouts, ticket lifetime and connection/buffer limits.
+fn validate_limits(l: &Listener, i: usize, bad: &mut Bad<'_>) {
+    let field = |key: &'static str| [K("listeners"), I(i), K(key)];
     for (key, v) in [
         ("handshake_timeout_ms", l.handshake_timeout_ms),
         ("idle_timeout_ms", l.idle_timeout_ms),
@@ -197,27 +224,6 @@ fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
                 l.max_buffered_bytes
             ),
         );
-    }
-    if let Err(e) = ProxyProtocol::from_setting(l.proxy_protocol_setting.as_deref()) {
-        bad(&field("proxy_protocol"), e.to_string());
-    }
-    for (j, proto) in l.alpn.iter().enumerate() {
-        if proto.is_empty() || proto.len() > 255 {
-            bad(
-                &[K("listeners"), I(i), K("alpn"), I(j)],
-                format!(
-                    "an ALPN protocol name must be 1 to 255 bytes, got {}",
-                    proto.len()
-                ),
-            );
-        }
-    }
-    validate_sni(&l.sni, i, bad);
-    if let Some(ca) = &l.client_auth {
-        validate_client_auth(ca, i, bad);
-    }
-    if let Some(up) = &l.upstream_tls {
-        validate_upstream_tls(up, i, bad);
     }
 }
 
