@@ -2,8 +2,9 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use terminus::runtime::server::RunError;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -81,60 +82,11 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    let _ = e.print();
-                    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-                    {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                _ => {
-                    // One line: clap's message (which may continue on indented lines,
-                    // e.g. the missing arguments), without its usage block.
-                    let text = e.render().to_string();
-                    let msg: Vec<&str> = text
-                        .lines()
-                        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
-                        .map(str::trim)
-                        .collect();
-                    let line = msg.join(" ");
-                    eprintln!(
-                        "terminus: {} (see --help)",
-                        line.trim_start_matches("error: ")
-                    );
-                    ExitCode::from(2)
-                }
-            };
-        }
+        Err(e) => return usage_error(&e),
     };
     terminus::tls::install_provider();
     match cli.cmd {
-        Cmd::Run { config } => {
-            let cfg = match terminus::config::Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("terminus: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match terminus::runtime::server::run(cfg) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(terminus::runtime::server::RunError::Config(e)) => {
-                    eprintln!("terminus: {e}");
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("terminus: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Cmd::Run { config } => run(&config),
         Cmd::Check {
             config,
             host,
@@ -148,16 +100,7 @@ fn main() -> ExitCode {
             out,
             days,
             trust_domain,
-        } => match terminus::tools::certs::generate(&out, days, &trust_domain) {
-            Ok(()) => {
-                println!("wrote test PKI to {}", out.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("terminus: certs: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        } => certs(&out, days, &trust_domain),
         Cmd::Bench(args) => terminus::tools::bench::run_cli(*args),
         Cmd::Backend {
             listen,
@@ -174,25 +117,85 @@ fn main() -> ExitCode {
             seconds,
             serve,
             report,
-        } => {
-            if seconds == 0 {
-                eprintln!("terminus: demo: --seconds must be at least 1");
-                return ExitCode::from(2);
-            }
-            let opts = terminus::tools::demo::DemoOpts {
-                seconds,
-                serve,
-                report,
-            };
-            match terminus::tools::demo::run(&opts) {
-                Ok(true) => ExitCode::SUCCESS,
-                // Interrupted: cleaned up; the conventional 128 + SIGINT.
-                Ok(false) => ExitCode::from(130),
-                Err(e) => {
-                    eprintln!("terminus: demo: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+        } => demo(terminus::tools::demo::DemoOpts {
+            seconds,
+            serve,
+            report,
+        }),
+    }
+}
+
+/// `--help`/`--version` print as clap has them (exit 0; 2 when help stands in for
+/// a missing subcommand); any other argument error is one line on stderr, exit 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            // One line: clap's message (which may continue on indented lines,
+            // e.g. the missing arguments), without its usage block.
+            let text = e.render().to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            let line = msg.join(" ");
+            eprintln!(
+                "terminus: {} (see --help)",
+                line.trim_start_matches("error: ")
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `terminus run`: exit 2 for a bad config or TLS material, 1 for anything else.
+fn run(config: &Path) -> ExitCode {
+    let result = terminus::config::Config::load(config)
+        .map_err(RunError::from)
+        .and_then(terminus::runtime::server::run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("terminus: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn certs(out: &Path, days: u32, trust_domain: &str) -> ExitCode {
+    match terminus::tools::certs::generate(out, days, trust_domain) {
+        Ok(()) => {
+            println!("wrote test PKI to {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("terminus: certs: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn demo(opts: terminus::tools::demo::DemoOpts) -> ExitCode {
+    if opts.seconds == 0 {
+        eprintln!("terminus: demo: --seconds must be at least 1");
+        return ExitCode::from(2);
+    }
+    match terminus::tools::demo::run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        // Interrupted: cleaned up; the conventional 128 + SIGINT.
+        Ok(false) => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("terminus: demo: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

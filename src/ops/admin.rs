@@ -133,42 +133,11 @@ const MAX_HEAD: usize = 8192;
 fn serve(mut s: TcpStream, st: &AdminState, timeout: Duration) -> std::io::Result<()> {
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let mut buf = vec![0u8; MAX_HEAD];
-    let mut len = 0;
-    let (method, path) = loop {
-        let n = s.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (
-                    req.method.unwrap_or("").to_owned(),
-                    req.path.unwrap_or("").to_owned(),
-                )
-            }
-            Ok(httparse::Status::Partial) if len < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) => {
-                return respond(
-                    &mut s,
-                    "431 Request Header Fields Too Large",
-                    "text/plain",
-                    b"request head too large\n",
-                    false,
-                )
-            }
-            Err(_) => {
-                return respond(
-                    &mut s,
-                    "400 Bad Request",
-                    "text/plain",
-                    b"bad request\n",
-                    false,
-                )
-            }
+    let (method, path) = match read_head(&mut s)? {
+        Head::Request { method, path } => (method, path),
+        Head::Closed => return Ok(()),
+        Head::Refused { status, body } => {
+            return respond(&mut s, status, "text/plain", body, false)
         }
     };
     let head = method == "HEAD";
@@ -181,30 +150,79 @@ fn serve(mut s: TcpStream, st: &AdminState, timeout: Duration) -> std::io::Resul
             head,
         );
     }
-    let path = path.split('?').next().unwrap_or("");
+    route(&mut s, st, path.split('?').next().unwrap_or(""), head)
+}
+
+/// What a connection's request head came to.
+enum Head {
+    Request {
+        method: String,
+        path: String,
+    },
+    /// The peer closed before a whole head arrived: nothing to answer.
+    Closed,
+    /// Too large or unparsable: answered with `status` and `body`.
+    Refused {
+        status: &'static str,
+        body: &'static [u8],
+    },
+}
+
+/// Read until the request head is complete (at most [`MAX_HEAD`] bytes).
+fn read_head(s: &mut TcpStream) -> std::io::Result<Head> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    loop {
+        let n = s.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        return Ok(match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => Head::Request {
+                method: req.method.unwrap_or("").to_owned(),
+                path: req.path.unwrap_or("").to_owned(),
+            },
+            Ok(httparse::Status::Partial) if len < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => Head::Refused {
+                status: "431 Request Header Fields Too Large",
+                body: b"request head too large\n",
+            },
+            Err(_) => Head::Refused {
+                status: "400 Bad Request",
+                body: b"bad request\n",
+            },
+        });
+    }
+}
+
+/// Answer a GET or HEAD of `path` (query string already cut off).
+fn route(s: &mut TcpStream, st: &AdminState, path: &str, head: bool) -> std::io::Result<()> {
     match path {
         "/metrics" => {
             let page = st.metrics_page();
             respond(
-                &mut s,
+                s,
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
                 page.as_bytes(),
                 head,
             )
         }
-        "/healthz" => respond(&mut s, "200 OK", "text/plain", b"ok\n", head),
-        "/readyz" if st.is_ready() => respond(&mut s, "200 OK", "text/plain", b"ready\n", head),
+        "/healthz" => respond(s, "200 OK", "text/plain", b"ok\n", head),
+        "/readyz" if st.is_ready() => respond(s, "200 OK", "text/plain", b"ready\n", head),
         "/readyz" => {
             let why: &[u8] = if st.ready.load(Ordering::Relaxed) {
                 b"draining\n"
             } else {
                 b"starting\n"
             };
-            respond(&mut s, "503 Service Unavailable", "text/plain", why, head)
+            respond(s, "503 Service Unavailable", "text/plain", why, head)
         }
         _ => respond(
-            &mut s,
+            s,
             "404 Not Found",
             "text/plain",
             b"try /metrics, /healthz or /readyz\n",

@@ -27,7 +27,7 @@
 //! do not fail), 2 otherwise.
 #![forbid(unsafe_code)]
 
-use crate::config::{Checked, Config};
+use crate::config::{AccessLog, Checked, Config};
 use crate::tls;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -182,11 +182,11 @@ fn cpu_list(cpus: &[usize]) -> String {
 
 /// `log.access`: `run` opens the file for appending, creating it. Checked without
 /// creating it: an existing file must open for appending, a new one needs its folder.
-fn check_access_log(at: &Checked, access: &str, report: &mut Report) {
-    if access == "stderr" || access == "off" {
+fn check_access_log(at: &Checked, access: &AccessLog, report: &mut Report) {
+    let AccessLog::File(path) = access else {
         return;
-    }
-    let path = Path::new(access);
+    };
+    let access = path.display();
     let why = if path.exists() {
         match std::fs::OpenOptions::new().append(true).open(path) {
             Ok(_) => return,

@@ -5,9 +5,9 @@
 //! and callers skip even formatting the line.
 #![forbid(unsafe_code)]
 
+use crate::config::AccessLog;
 use crossbeam_channel::{Sender, TrySendError};
 use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,17 +26,19 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    /// `target`: "off", "stderr", or a file path (appended to).
-    pub fn start(target: &str) -> std::io::Result<LogSink> {
+    /// A file target is appended to (created if missing); the error names it.
+    pub fn start(target: &AccessLog) -> std::io::Result<LogSink> {
         let out: Box<dyn Write + Send> = match target {
-            "off" => return Ok(LogSink::default()),
-            "stderr" => Box::new(std::io::stderr()),
-            path => Box::new(
+            AccessLog::Off => return Ok(LogSink::default()),
+            AccessLog::Stderr => Box::new(std::io::stderr()),
+            AccessLog::File(path) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(Path::new(path))
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?,
+                    .open(path)
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                    })?,
             ),
         };
         let (tx, rx) = crossbeam_channel::bounded::<String>(CAPACITY);
@@ -103,7 +105,7 @@ mod tests {
     fn lines_reach_the_file_as_json() {
         let p = std::env::temp_dir().join(format!("terminus-log-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&p);
-        let sink = LogSink::start(p.to_str().unwrap()).unwrap();
+        let sink = LogSink::start(&AccessLog::File(p.clone())).unwrap();
         assert!(sink.enabled());
         sink.send_line(serde_json::json!({"event": "x", "n": 1}).to_string());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -121,7 +123,7 @@ mod tests {
 
     #[test]
     fn off_sends_nothing() {
-        let sink = LogSink::start("off").unwrap();
+        let sink = LogSink::start(&AccessLog::Off).unwrap();
         assert!(!sink.enabled());
         sink.send_line("{}".into());
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);

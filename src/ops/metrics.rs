@@ -9,6 +9,9 @@
 //!
 //! Histograms are hdrhistograms in microseconds (2 significant digits, 1 µs .. 1 h),
 //! exported as Prometheus histograms with fixed buckets from 10 µs to 10 s.
+//!
+//! The page is one table, [`FAMILIES`]: name, type, help and where each family's
+//! samples come from; adding a metric is adding a row.
 #![forbid(unsafe_code)]
 
 use crate::proxy::conn::HandshakeFailure;
@@ -223,6 +226,37 @@ pub struct GlobalView {
     pub buffers: Vec<(usize, u64, u64)>,
 }
 
+/// Sum the workers' latest snapshots per listener.
+pub fn aggregate(n_listeners: usize, snaps: &[Option<WorkerSnapshot>]) -> Vec<ListenerMetrics> {
+    let mut total = vec![ListenerMetrics::default(); n_listeners];
+    for s in snaps.iter().flatten() {
+        for (t, m) in total.iter_mut().zip(&s.listeners) {
+            t.merge(m);
+        }
+    }
+    total
+}
+
+/// The whole `/metrics` page: every family of [`FAMILIES`], in order.
+pub fn render(
+    listeners: &[ListenerView],
+    totals: &[ListenerMetrics],
+    global: &GlobalView,
+    process: &Process,
+) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let page = Page {
+        listeners,
+        totals,
+        global,
+        process,
+    };
+    for f in FAMILIES {
+        page.family(&mut o, f);
+    }
+    o
+}
+
 /// Prometheus label value escaping (backslash, quote, newline).
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -237,10 +271,367 @@ fn esc(s: &str) -> String {
     o
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// A sample value, printed as Prometheus text (`{}` of the number).
+#[derive(Clone, Copy, Debug)]
+enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
 }
 
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::U(n) => write!(f, "{n}"),
+            Num::I(n) => write!(f, "{n}"),
+            Num::F(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Samples as (labels, value); labels without braces, empty for none.
+type Labeled = Vec<(String, Num)>;
+
+/// Where a family's samples come from.
+enum Samples {
+    /// One per listener from the workers' summed counters, labelled `listener` only.
+    Summed(fn(&ListenerMetrics) -> u64),
+    /// Per listener from the summed counters, with more labels after `listener`.
+    SummedLabeled(fn(&ListenerMetrics) -> Labeled),
+    /// Per listener from what it has now (not counters): open connections, certificates.
+    Current(fn(&ListenerView) -> Labeled),
+    /// Per listener: one sample per configured upstream, then any other counted.
+    PerUpstream(fn(&ListenerMetrics) -> &[(SocketAddr, u64)]),
+    /// Per listener: `_bucket`, `_sum`, `_count` over [`BUCKETS_S`].
+    Histogram(fn(&ListenerMetrics) -> &Latency),
+    /// Process-wide counters outside the workers.
+    Global(fn(&GlobalView) -> Labeled),
+    /// The standard `process_*` metrics, unlabelled.
+    Process(fn(&Process) -> Num),
+}
+
+/// One metric family of the `/metrics` page.
+struct Family {
+    name: &'static str,
+    /// Prometheus type: `counter`, `gauge` or `histogram`.
+    kind: &'static str,
+    help: &'static str,
+    samples: Samples,
+}
+
+const fn family(
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Samples,
+) -> Family {
+    Family {
+        name,
+        kind,
+        help,
+        samples,
+    }
+}
+
+/// Every family, in page order. Dashboards and alerts use these names and labels:
+/// changing one is a breaking change (`tests::the_page_is_pinned` holds the text).
+static FAMILIES: &[Family] = &[
+    family(
+        "terminus_connections_total",
+        "counter",
+        "Client connections accepted.",
+        Samples::Summed(|m| m.connections),
+    ),
+    family(
+        "terminus_connections_active",
+        "gauge",
+        "Client connections open now.",
+        Samples::Current(|l| vec![(String::new(), Num::U(l.active))]),
+    ),
+    family(
+        "terminus_connections_rejected_total",
+        "counter",
+        "Connections closed at accept because max_connections was reached.",
+        Samples::SummedLabeled(|m| {
+            vec![(
+                "reason=\"max_connections\"".into(),
+                Num::U(m.rejected_max_connections),
+            )]
+        }),
+    ),
+    family(
+        "terminus_handshakes_total",
+        "counter",
+        "Client TLS handshakes.",
+        Samples::SummedLabeled(handshakes),
+    ),
+    family(
+        "terminus_handshake_errors_total",
+        "counter",
+        "Failed client handshakes by reason.",
+        Samples::SummedLabeled(|m| {
+            HandshakeFailure::ALL
+                .iter()
+                .map(|r| (format!("reason=\"{}\"", r.as_str()), Num::U(m.errors(*r))))
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_policy_denied_total",
+        "counter",
+        "Verified client certificates refused by the allow-list.",
+        Samples::Summed(|m| m.errors(HandshakeFailure::PolicyDenied)),
+    ),
+    family(
+        "terminus_handshake_duration_seconds",
+        "histogram",
+        "Client handshake time, accept to handshake complete.",
+        Samples::Histogram(|m| &m.handshake),
+    ),
+    family(
+        "terminus_upstream_connect_duration_seconds",
+        "histogram",
+        "Upstream TCP connect time.",
+        Samples::Histogram(|m| &m.upstream_connect),
+    ),
+    family(
+        "terminus_upstream_connect_errors_total",
+        "counter",
+        "Failed upstream connects by upstream address.",
+        Samples::PerUpstream(|m| &m.upstream_connect_errors),
+    ),
+    family(
+        "terminus_upstream_tls_errors_total",
+        "counter",
+        "Re-encryption handshakes to the upstream that failed.",
+        Samples::Summed(|m| m.upstream_tls_errors),
+    ),
+    family(
+        "terminus_upstream_handshakes_total",
+        "counter",
+        "Completed re-encryption handshakes to the upstream, full or resumed.",
+        Samples::SummedLabeled(|m| {
+            let [full, resumed] = m.upstream_handshakes;
+            vec![
+                ("resumed=\"false\"".into(), Num::U(full)),
+                ("resumed=\"true\"".into(), Num::U(resumed)),
+            ]
+        }),
+    ),
+    family(
+        "terminus_upstream_resumption_failures_total",
+        "counter",
+        "Upstream handshakes offering a session that failed (retried with a full \
+         handshake, the client unaffected), by upstream address.",
+        Samples::PerUpstream(|m| &m.upstream_resumption_failures),
+    ),
+    family(
+        "terminus_bytes_total",
+        "counter",
+        "Plaintext bytes proxied.",
+        Samples::SummedLabeled(|m| {
+            vec![
+                (
+                    "direction=\"client_to_upstream\"".into(),
+                    Num::U(m.bytes_client_to_upstream),
+                ),
+                (
+                    "direction=\"upstream_to_client\"".into(),
+                    Num::U(m.bytes_upstream_to_client),
+                ),
+            ]
+        }),
+    ),
+    family(
+        "terminus_cert_expiry_timestamp_seconds",
+        "gauge",
+        "notAfter of each served certificate (Unix seconds).",
+        Samples::Current(|l| {
+            l.certs
+                .iter()
+                .map(|(path, t)| (format!("cert=\"{}\"", esc(path)), Num::I(*t)))
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_config_reloads_total",
+        "counter",
+        "Certificate, key, CA, CRL and config reloads by result.",
+        Samples::Global(|g| {
+            vec![
+                ("result=\"ok\"".into(), Num::U(g.reloads_ok)),
+                ("result=\"error\"".into(), Num::U(g.reloads_error)),
+            ]
+        }),
+    ),
+    family(
+        "terminus_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the log writer fell behind.",
+        Samples::Global(|g| vec![(String::new(), Num::U(g.access_log_dropped))]),
+    ),
+    family(
+        "terminus_workers",
+        "gauge",
+        "Worker threads.",
+        Samples::Global(|g| vec![(String::new(), Num::U(g.workers as u64))]),
+    ),
+    family(
+        "terminus_draining",
+        "gauge",
+        "1 while draining before exit.",
+        Samples::Global(|g| vec![(String::new(), Num::U(g.draining as u64))]),
+    ),
+    family(
+        "terminus_worker_buffered_bytes",
+        "gauge",
+        "Bytes a worker's connections hold, waiting for a slow side (bounded by max_buffered_bytes_per_worker).",
+        Samples::Global(|g| {
+            g.buffers
+                .iter()
+                .map(|(w, b, _)| (format!("worker=\"{w}\""), Num::U(*b)))
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_worker_buffer_cap_pauses_total",
+        "counter",
+        "Receives a worker paused because its connections held max_buffered_bytes_per_worker.",
+        Samples::Global(|g| {
+            g.buffers
+                .iter()
+                .map(|(w, _, p)| (format!("worker=\"{w}\""), Num::U(*p)))
+                .collect()
+        }),
+    ),
+    family(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time.",
+        Samples::Process(|p| Num::F(p.cpu_seconds)),
+    ),
+    family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory.",
+        Samples::Process(|p| Num::U(p.resident_bytes)),
+    ),
+    family(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory.",
+        Samples::Process(|p| Num::U(p.virtual_bytes)),
+    ),
+    family(
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        Samples::Process(|p| Num::U(p.open_fds)),
+    ),
+    family(
+        "process_max_fds",
+        "gauge",
+        "RLIMIT_NOFILE soft limit.",
+        Samples::Process(|p| Num::U(p.max_fds)),
+    ),
+    family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time (Unix seconds).",
+        Samples::Process(|p| Num::F(p.start_time_seconds)),
+    ),
+];
+
+/// `terminus_handshakes_total`: successes by resumption and client auth, then all
+/// failures in one sample (their reasons are `terminus_handshake_errors_total`).
+fn handshakes(m: &ListenerMetrics) -> Labeled {
+    let mut out: Labeled = m
+        .handshakes_ok
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let resumed = i / 2 == 1;
+            let auth = if i % 2 == 1 { "verified" } else { "none" };
+            let labels = format!("result=\"ok\",resumed=\"{resumed}\",client_auth=\"{auth}\"");
+            (labels, Num::U(*n))
+        })
+        .collect();
+    let errors: u64 = m.handshake_errors.iter().sum();
+    out.push((
+        "result=\"error\",resumed=\"false\",client_auth=\"none\"".into(),
+        Num::U(errors),
+    ));
+    out
+}
+
+/// What one scrape renders.
+struct Page<'a> {
+    listeners: &'a [ListenerView],
+    totals: &'a [ListenerMetrics],
+    global: &'a GlobalView,
+    process: &'a Process,
+}
+
+/// `name{labels} value`, or `name value` without labels.
+fn sample(o: &mut String, name: &str, labels: &str, v: impl std::fmt::Display) {
+    let _ = if labels.is_empty() {
+        writeln!(o, "{name} {v}")
+    } else {
+        writeln!(o, "{name}{{{labels}}} {v}")
+    };
+}
+
+impl Page<'_> {
+    fn family(&self, o: &mut String, f: &Family) {
+        let name = f.name;
+        let _ = writeln!(o, "# HELP {name} {}\n# TYPE {name} {}", f.help, f.kind);
+        let rows = || self.listeners.iter().zip(self.totals);
+        let lv = |l: &ListenerView| format!("listener=\"{}\"", esc(&l.name));
+        let with = |l: &ListenerView, extra: &str| match extra {
+            "" => lv(l),
+            extra => format!("{},{extra}", lv(l)),
+        };
+        match f.samples {
+            Samples::Summed(read) => {
+                for (l, m) in rows() {
+                    sample(o, name, &lv(l), read(m));
+                }
+            }
+            Samples::SummedLabeled(read) => {
+                for (l, m) in rows() {
+                    for (extra, v) in read(m) {
+                        sample(o, name, &with(l, &extra), v);
+                    }
+                }
+            }
+            Samples::Current(read) => {
+                for l in self.listeners {
+                    for (extra, v) in read(l) {
+                        sample(o, name, &with(l, &extra), v);
+                    }
+                }
+            }
+            Samples::PerUpstream(read) => {
+                for (l, m) in rows() {
+                    per_upstream(o, name, &lv(l), &l.upstreams, read(m));
+                }
+            }
+            Samples::Histogram(read) => {
+                for (l, m) in rows() {
+                    histogram(o, name, &lv(l), read(m));
+                }
+            }
+            Samples::Global(read) => {
+                for (labels, v) in read(self.global) {
+                    sample(o, name, &labels, v);
+                }
+            }
+            Samples::Process(read) => sample(o, name, "", read(self.process)),
+        }
+    }
+}
+
+/// One listener's histogram samples: cumulative buckets, `+Inf`, sum, count.
 fn histogram(out: &mut String, name: &str, labels: &str, h: &Latency) {
     for (b, c) in BUCKETS_S.iter().zip(h.cumulative_buckets()) {
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
@@ -248,305 +639,6 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Latency) {
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count());
     let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds());
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count());
-}
-
-/// Sum the workers' latest snapshots per listener.
-pub fn aggregate(n_listeners: usize, snaps: &[Option<WorkerSnapshot>]) -> Vec<ListenerMetrics> {
-    let mut total = vec![ListenerMetrics::default(); n_listeners];
-    for s in snaps.iter().flatten() {
-        for (t, m) in total.iter_mut().zip(&s.listeners) {
-            t.merge(m);
-        }
-    }
-    total
-}
-
-/// The whole `/metrics` page.
-pub fn render(
-    listeners: &[ListenerView],
-    totals: &[ListenerMetrics],
-    global: &GlobalView,
-    process: &Process,
-) -> String {
-    let mut o = String::with_capacity(16 * 1024);
-    let lv = |l: &ListenerView| format!("listener=\"{}\"", esc(&l.name));
-    let rows = || listeners.iter().zip(totals);
-
-    header(
-        &mut o,
-        "terminus_connections_total",
-        "counter",
-        "Client connections accepted.",
-    );
-    for (l, m) in rows() {
-        let _ = writeln!(
-            o,
-            "terminus_connections_total{{{}}} {}",
-            lv(l),
-            m.connections
-        );
-    }
-    header(
-        &mut o,
-        "terminus_connections_active",
-        "gauge",
-        "Client connections open now.",
-    );
-    for l in listeners {
-        let _ = writeln!(o, "terminus_connections_active{{{}}} {}", lv(l), l.active);
-    }
-    header(
-        &mut o,
-        "terminus_connections_rejected_total",
-        "counter",
-        "Connections closed at accept because max_connections was reached.",
-    );
-    for (l, m) in rows() {
-        let _ = writeln!(
-            o,
-            "terminus_connections_rejected_total{{{},reason=\"max_connections\"}} {}",
-            lv(l),
-            m.rejected_max_connections
-        );
-    }
-    header(
-        &mut o,
-        "terminus_handshakes_total",
-        "counter",
-        "Client TLS handshakes.",
-    );
-    for (l, m) in rows() {
-        for (i, n) in m.handshakes_ok.iter().enumerate() {
-            let resumed = i / 2 == 1;
-            let auth = if i % 2 == 1 { "verified" } else { "none" };
-            let _ = writeln!(
-                o,
-                "terminus_handshakes_total{{{},result=\"ok\",resumed=\"{resumed}\",client_auth=\"{auth}\"}} {n}",
-                lv(l)
-            );
-        }
-        let errors: u64 = m.handshake_errors.iter().sum();
-        let _ = writeln!(
-            o,
-            "terminus_handshakes_total{{{},result=\"error\",resumed=\"false\",client_auth=\"none\"}} {errors}",
-            lv(l)
-        );
-    }
-    header(
-        &mut o,
-        "terminus_handshake_errors_total",
-        "counter",
-        "Failed client handshakes by reason.",
-    );
-    for (l, m) in rows() {
-        for r in HandshakeFailure::ALL {
-            let _ = writeln!(
-                o,
-                "terminus_handshake_errors_total{{{},reason=\"{}\"}} {}",
-                lv(l),
-                r.as_str(),
-                m.errors(r)
-            );
-        }
-    }
-    header(
-        &mut o,
-        "terminus_policy_denied_total",
-        "counter",
-        "Verified client certificates refused by the allow-list.",
-    );
-    for (l, m) in rows() {
-        let _ = writeln!(
-            o,
-            "terminus_policy_denied_total{{{}}} {}",
-            lv(l),
-            m.errors(HandshakeFailure::PolicyDenied)
-        );
-    }
-    header(
-        &mut o,
-        "terminus_handshake_duration_seconds",
-        "histogram",
-        "Client handshake time, accept to handshake complete.",
-    );
-    for (l, m) in rows() {
-        histogram(
-            &mut o,
-            "terminus_handshake_duration_seconds",
-            &lv(l),
-            &m.handshake,
-        );
-    }
-    header(
-        &mut o,
-        "terminus_upstream_connect_duration_seconds",
-        "histogram",
-        "Upstream TCP connect time.",
-    );
-    for (l, m) in rows() {
-        histogram(
-            &mut o,
-            "terminus_upstream_connect_duration_seconds",
-            &lv(l),
-            &m.upstream_connect,
-        );
-    }
-    header(
-        &mut o,
-        "terminus_upstream_connect_errors_total",
-        "counter",
-        "Failed upstream connects by upstream address.",
-    );
-    for (l, m) in rows() {
-        per_upstream(
-            &mut o,
-            "terminus_upstream_connect_errors_total",
-            &lv(l),
-            &l.upstreams,
-            &m.upstream_connect_errors,
-        );
-    }
-    header(
-        &mut o,
-        "terminus_upstream_tls_errors_total",
-        "counter",
-        "Re-encryption handshakes to the upstream that failed.",
-    );
-    for (l, m) in rows() {
-        let _ = writeln!(
-            o,
-            "terminus_upstream_tls_errors_total{{{}}} {}",
-            lv(l),
-            m.upstream_tls_errors
-        );
-    }
-    header(
-        &mut o,
-        "terminus_upstream_handshakes_total",
-        "counter",
-        "Completed re-encryption handshakes to the upstream, full or resumed.",
-    );
-    for (l, m) in rows() {
-        for (i, n) in m.upstream_handshakes.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "terminus_upstream_handshakes_total{{{},resumed=\"{}\"}} {n}",
-                lv(l),
-                i == 1
-            );
-        }
-    }
-    header(
-        &mut o,
-        "terminus_upstream_resumption_failures_total",
-        "counter",
-        "Upstream handshakes offering a session that failed (retried with a full \
-         handshake, the client unaffected), by upstream address.",
-    );
-    for (l, m) in rows() {
-        per_upstream(
-            &mut o,
-            "terminus_upstream_resumption_failures_total",
-            &lv(l),
-            &l.upstreams,
-            &m.upstream_resumption_failures,
-        );
-    }
-    header(
-        &mut o,
-        "terminus_bytes_total",
-        "counter",
-        "Plaintext bytes proxied.",
-    );
-    for (l, m) in rows() {
-        let _ = writeln!(
-            o,
-            "terminus_bytes_total{{{},direction=\"client_to_upstream\"}} {}",
-            lv(l),
-            m.bytes_client_to_upstream
-        );
-        let _ = writeln!(
-            o,
-            "terminus_bytes_total{{{},direction=\"upstream_to_client\"}} {}",
-            lv(l),
-            m.bytes_upstream_to_client
-        );
-    }
-    header(
-        &mut o,
-        "terminus_cert_expiry_timestamp_seconds",
-        "gauge",
-        "notAfter of each served certificate (Unix seconds).",
-    );
-    for l in listeners {
-        for (path, t) in &l.certs {
-            let _ = writeln!(
-                o,
-                "terminus_cert_expiry_timestamp_seconds{{{},cert=\"{}\"}} {t}",
-                lv(l),
-                esc(path)
-            );
-        }
-    }
-    header(
-        &mut o,
-        "terminus_config_reloads_total",
-        "counter",
-        "Certificate, key, CA, CRL and config reloads by result.",
-    );
-    let _ = writeln!(
-        o,
-        "terminus_config_reloads_total{{result=\"ok\"}} {}",
-        global.reloads_ok
-    );
-    let _ = writeln!(
-        o,
-        "terminus_config_reloads_total{{result=\"error\"}} {}",
-        global.reloads_error
-    );
-    header(
-        &mut o,
-        "terminus_access_log_dropped_total",
-        "counter",
-        "Access log lines dropped because the log writer fell behind.",
-    );
-    let _ = writeln!(
-        o,
-        "terminus_access_log_dropped_total {}",
-        global.access_log_dropped
-    );
-    header(&mut o, "terminus_workers", "gauge", "Worker threads.");
-    let _ = writeln!(o, "terminus_workers {}", global.workers);
-    header(
-        &mut o,
-        "terminus_draining",
-        "gauge",
-        "1 while draining before exit.",
-    );
-    let _ = writeln!(o, "terminus_draining {}", global.draining as u8);
-    header(
-        &mut o,
-        "terminus_worker_buffered_bytes",
-        "gauge",
-        "Bytes a worker's connections hold, waiting for a slow side (bounded by max_buffered_bytes_per_worker).",
-    );
-    for (w, b, _) in &global.buffers {
-        let _ = writeln!(o, "terminus_worker_buffered_bytes{{worker=\"{w}\"}} {b}");
-    }
-    header(
-        &mut o,
-        "terminus_worker_buffer_cap_pauses_total",
-        "counter",
-        "Receives a worker paused because its connections held max_buffered_bytes_per_worker.",
-    );
-    for (w, _, p) in &global.buffers {
-        let _ = writeln!(
-            o,
-            "terminus_worker_buffer_cap_pauses_total{{worker=\"{w}\"}} {p}"
-        );
-    }
-    process.render(&mut o);
-    o
 }
 
 /// The standard `process_*` metrics, read from the kernel at scrape time.
@@ -599,41 +691,6 @@ impl Process {
                 .unwrap_or(0);
         }
         p
-    }
-
-    fn render(&self, o: &mut String) {
-        header(
-            o,
-            "process_cpu_seconds_total",
-            "counter",
-            "User and system CPU time.",
-        );
-        let _ = writeln!(o, "process_cpu_seconds_total {}", self.cpu_seconds);
-        header(
-            o,
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory.",
-        );
-        let _ = writeln!(o, "process_resident_memory_bytes {}", self.resident_bytes);
-        header(
-            o,
-            "process_virtual_memory_bytes",
-            "gauge",
-            "Virtual memory.",
-        );
-        let _ = writeln!(o, "process_virtual_memory_bytes {}", self.virtual_bytes);
-        header(o, "process_open_fds", "gauge", "Open file descriptors.");
-        let _ = writeln!(o, "process_open_fds {}", self.open_fds);
-        header(o, "process_max_fds", "gauge", "RLIMIT_NOFILE soft limit.");
-        let _ = writeln!(o, "process_max_fds {}", self.max_fds);
-        header(
-            o,
-            "process_start_time_seconds",
-            "gauge",
-            "Start time (Unix seconds).",
-        );
-        let _ = writeln!(o, "process_start_time_seconds {}", self.start_time_seconds);
     }
 }
 
@@ -743,5 +800,121 @@ mod tests {
         let p = Process::read();
         assert!(p.resident_bytes > 0 && p.open_fds > 0 && p.max_fds > 0);
         assert!(p.start_time_seconds > 1.0e9);
+    }
+
+    /// Two listeners with every kind of sample, and fixed process figures.
+    fn fixture_page() -> String {
+        let mut a = ListenerMetrics {
+            connections: 7,
+            rejected_max_connections: 1,
+            upstream_tls_errors: 2,
+            bytes_client_to_upstream: 1234,
+            bytes_upstream_to_client: 56789,
+            upstream_handshakes: [4, 5],
+            ..Default::default()
+        };
+        a.handshake_ok(false, false, Some(Duration::from_micros(40)));
+        a.handshake_ok(true, true, Some(Duration::from_millis(3)));
+        a.handshake_error(HandshakeFailure::UnknownCa);
+        a.handshake_error(HandshakeFailure::Timeout);
+        a.upstream_connect.record(Duration::from_micros(700));
+        a.upstream_connect_error("127.0.0.1:9".parse().unwrap());
+        a.upstream_connect_error("[::1]:7".parse().unwrap());
+        a.upstream_resumption_failure("127.0.0.1:8".parse().unwrap());
+        let b = ListenerMetrics::default();
+        let views = [
+            ListenerView {
+                name: "edge".into(),
+                active: 3,
+                upstreams: vec![
+                    "127.0.0.1:8".parse().unwrap(),
+                    "127.0.0.1:9".parse().unwrap(),
+                ],
+                certs: vec![
+                    ("/c/server.pem".into(), 1_900_000_000),
+                    ("/c/\"odd\"\\name.pem".into(), -1),
+                ],
+            },
+            ListenerView {
+                name: "in\nternal".into(),
+                active: 0,
+                upstreams: vec![],
+                certs: vec![],
+            },
+        ];
+        let g = GlobalView {
+            reloads_ok: 1,
+            reloads_error: 2,
+            access_log_dropped: 3,
+            workers: 2,
+            draining: true,
+            buffers: vec![(0, 4096, 3), (1, 0, 0)],
+        };
+        let p = Process {
+            cpu_seconds: 1.25,
+            resident_bytes: 10 << 20,
+            virtual_bytes: 1 << 30,
+            open_fds: 17,
+            max_fds: 1024,
+            start_time_seconds: 1_764_000_000.5,
+        };
+        render(&views, &[a, b], &g, &p)
+    }
+
+    /// The page, byte for byte (`metrics_page.txt` beside this file). Set
+    /// TERMINUS_BLESS=1 to rewrite it after an intended change.
+    #[test]
+    fn the_page_is_pinned() {
+        let page = fixture_page();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/ops/testdata/metrics_page.txt"
+        );
+        if std::env::var_os("TERMINUS_BLESS").is_some() {
+            std::fs::write(path, &page).unwrap();
+            return;
+        }
+        assert_eq!(page, include_str!("testdata/metrics_page.txt"));
+    }
+
+    /// Every family, in page order, with its type: names are what dashboards use.
+    #[test]
+    fn the_family_list_is_pinned() {
+        let families: Vec<String> = fixture_page()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            families,
+            [
+                "terminus_connections_total counter",
+                "terminus_connections_active gauge",
+                "terminus_connections_rejected_total counter",
+                "terminus_handshakes_total counter",
+                "terminus_handshake_errors_total counter",
+                "terminus_policy_denied_total counter",
+                "terminus_handshake_duration_seconds histogram",
+                "terminus_upstream_connect_duration_seconds histogram",
+                "terminus_upstream_connect_errors_total counter",
+                "terminus_upstream_tls_errors_total counter",
+                "terminus_upstream_handshakes_total counter",
+                "terminus_upstream_resumption_failures_total counter",
+                "terminus_bytes_total counter",
+                "terminus_cert_expiry_timestamp_seconds gauge",
+                "terminus_config_reloads_total counter",
+                "terminus_access_log_dropped_total counter",
+                "terminus_workers gauge",
+                "terminus_draining gauge",
+                "terminus_worker_buffered_bytes gauge",
+                "terminus_worker_buffer_cap_pauses_total counter",
+                "process_cpu_seconds_total counter",
+                "process_resident_memory_bytes gauge",
+                "process_virtual_memory_bytes gauge",
+                "process_open_fds gauge",
+                "process_max_fds gauge",
+                "process_start_time_seconds gauge",
+            ]
+        );
     }
 }

@@ -199,3 +199,206 @@ pub fn spawn(
         })?;
     Ok(tx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Every key written out, so each case changes exactly one line.
+    const BASE: &str = r#"
+[runtime]
+workers = 1
+pin_cpus = true
+ring_entries = 4096
+sqpoll = false
+drain_timeout_ms = 30000
+reload_interval_ms = 5000
+recv_buffers = 1024
+recv_buffer_size = 16384
+max_buffered_bytes_per_worker = 536870912
+
+[admin]
+listen = "127.0.0.1:9100"
+max_connections = 64
+timeout_ms = 5000
+snapshot_interval_ms = 250
+
+[log]
+access = "stderr"
+
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:8443"
+cert = "server.pem"
+key = "server.key"
+upstreams = ["127.0.0.1:8080"]
+alpn = ["h2"]
+handshake_timeout_ms = 10000
+idle_timeout_ms = 300000
+connect_timeout_ms = 5000
+max_connections = 100000
+backlog = 4096
+max_buffered_bytes = 262144
+session_cache = 16384
+tls13_tickets = 1
+ticket_lifetime_s = 21600
+"#;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, Path::new("/etc/terminus/config.toml")).unwrap()
+    }
+
+    /// What `restart_needed` says when `from` in BASE becomes `to`.
+    fn after(from: &str, to: &str) -> Vec<String> {
+        assert_eq!(
+            BASE.matches(from).count(),
+            1,
+            "{from:?} must be in BASE once"
+        );
+        restart_needed(&parse(BASE), &parse(&BASE.replace(from, to)))
+    }
+
+    #[test]
+    fn the_same_config_needs_nothing() {
+        assert!(restart_needed(&parse(BASE), &parse(BASE)).is_empty());
+    }
+
+    #[test]
+    fn runtime_admin_and_log_need_a_restart() {
+        for (from, to, want) in [
+            ("\nworkers = 1", "\nworkers = 2", "[runtime]"),
+            ("\npin_cpus = true", "\npin_cpus = false", "[runtime]"),
+            (
+                "\npin_cpus = true",
+                "\npin_cpus = true\ncpus = [0]",
+                "[runtime]",
+            ),
+            (
+                "\nring_entries = 4096",
+                "\nring_entries = 1024",
+                "[runtime]",
+            ),
+            ("\nsqpoll = false", "\nsqpoll = true", "[runtime]"),
+            (
+                "\ndrain_timeout_ms = 30000",
+                "\ndrain_timeout_ms = 1",
+                "[runtime]",
+            ),
+            (
+                "\nreload_interval_ms = 5000",
+                "\nreload_interval_ms = 1",
+                "[runtime]",
+            ),
+            ("\nrecv_buffers = 1024", "\nrecv_buffers = 512", "[runtime]"),
+            (
+                "\nrecv_buffer_size = 16384",
+                "\nrecv_buffer_size = 8192",
+                "[runtime]",
+            ),
+            (
+                "\nmax_buffered_bytes_per_worker = 536870912",
+                "\nmax_buffered_bytes_per_worker = 1048576",
+                "[runtime]",
+            ),
+            ("\"127.0.0.1:9100\"", "\"127.0.0.1:9101\"", "[admin]"),
+            (
+                "\nmax_connections = 64\n",
+                "\nmax_connections = 1\n",
+                "[admin]",
+            ),
+            ("\ntimeout_ms = 5000", "\ntimeout_ms = 1", "[admin]"),
+            (
+                "\nsnapshot_interval_ms = 250",
+                "\nsnapshot_interval_ms = 1",
+                "[admin]",
+            ),
+            (
+                "[admin]\nlisten = \"127.0.0.1:9100\"\nmax_connections = 64\ntimeout_ms = 5000\n\
+                 snapshot_interval_ms = 250\n",
+                "",
+                "[admin]",
+            ),
+            ("\"stderr\"", "\"off\"", "[log]"),
+            ("\"stderr\"", "\"access.log\"", "[log]"),
+        ] {
+            assert_eq!(after(from, to), [want], "{from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn listen_address_backlog_and_the_listener_set_need_a_restart() {
+        let moved = "listener edge: listen/backlog";
+        assert_eq!(after("\"127.0.0.1:8443\"", "\"127.0.0.1:9443\""), [moved]);
+        assert_eq!(after("\nbacklog = 4096", "\nbacklog = 16"), [moved]);
+        assert_eq!(
+            after("\"edge\"", "\"edge2\""),
+            ["removing listener edge", "adding listener edge2"]
+        );
+        let second = BASE[BASE.find("[[listeners]]").unwrap()..]
+            .replace("\"edge\"", "\"second\"")
+            .replace("8443", "8444");
+        let two = format!("{BASE}{second}");
+        assert_eq!(
+            restart_needed(&parse(BASE), &parse(&two)),
+            ["adding listener second"]
+        );
+        assert_eq!(
+            restart_needed(&parse(&two), &parse(BASE)),
+            ["removing listener second"]
+        );
+    }
+
+    /// Everything a listener serves with is rebuilt live (`ListenerLive`).
+    #[test]
+    fn listener_material_and_limits_reload_hot() {
+        for (from, to) in [
+            ("\"server.pem\"", "\"new.pem\""),
+            ("\"server.key\"", "\"new.key\""),
+            (
+                "[\"127.0.0.1:8080\"]",
+                "[\"127.0.0.1:8081\", \"127.0.0.1:8082\"]",
+            ),
+            ("[\"h2\"]", "[\"http/1.1\"]"),
+            (
+                "\nhandshake_timeout_ms = 10000",
+                "\nhandshake_timeout_ms = 1",
+            ),
+            ("\nidle_timeout_ms = 300000", "\nidle_timeout_ms = 1"),
+            ("\nconnect_timeout_ms = 5000", "\nconnect_timeout_ms = 1"),
+            ("\nmax_connections = 100000", "\nmax_connections = 1"),
+            (
+                "\nmax_buffered_bytes = 262144",
+                "\nmax_buffered_bytes = 16384",
+            ),
+            ("\nsession_cache = 16384", "\nsession_cache = 0"),
+            ("\ntls13_tickets = 1", "\ntls13_tickets = 0"),
+            ("\nticket_lifetime_s = 21600", "\nticket_lifetime_s = 60"),
+            (
+                "\ntls13_tickets = 1",
+                "\ntls13_tickets = 1\nproxy_protocol = \"v2\"",
+            ),
+            (
+                "\ntls13_tickets = 1",
+                "\ntls13_tickets = 1\nticket_key_file = \"t.key\"",
+            ),
+            (
+                "ticket_lifetime_s = 21600\n",
+                "ticket_lifetime_s = 21600\n[[listeners.sni]]\nserver_names = [\"a.example\"]\n\
+                 cert = \"a.pem\"\nkey = \"a.key\"\n",
+            ),
+            (
+                "ticket_lifetime_s = 21600\n",
+                "ticket_lifetime_s = 21600\n[listeners.client_auth]\nmode = \"require\"\n\
+                 ca = [\"ca.pem\"]\nallow = [\"cn:billing\"]\n",
+            ),
+            (
+                "ticket_lifetime_s = 21600\n",
+                "ticket_lifetime_s = 21600\n[listeners.upstream_tls]\nca = [\"up.pem\"]\n\
+                 server_name = \"backend.internal\"\n",
+            ),
+        ] {
+            assert_eq!(after(from, to), Vec::<String>::new(), "{from:?} -> {to:?}");
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! files (startup and reload threads, never a worker).
 #![forbid(unsafe_code)]
 
-use crate::config::Listener;
+use crate::config::{Listener, ProxyProtocol};
 use crate::proxy::conn::ConnLimits;
 use crate::proxy::upstream::UpstreamSet;
 use crate::runtime::uring::OpId;
@@ -48,9 +48,9 @@ pub struct ListenerLive {
 
 impl ListenerLive {
     /// Read and check everything the listener serves with; errors name the file.
-    pub fn build(l: &Listener) -> Result<ListenerLive, String> {
-        let tls = crate::tls::server_tls(l).map_err(|e| e.to_string())?;
-        let upstream_tls = crate::tls::upstream_clients(l).map_err(|e| e.to_string())?;
+    pub fn build(l: &Listener) -> Result<ListenerLive, crate::tls::TlsError> {
+        let tls = crate::tls::server_tls(l)?;
+        let upstream_tls = crate::tls::upstream_clients(l)?;
         let cert_expiry = tls
             .certs
             .served()
@@ -62,7 +62,7 @@ impl ListenerLive {
         Ok(ListenerLive {
             tls,
             upstream_tls,
-            proxy_v2: l.proxy_protocol.as_deref() == Some("v2"),
+            proxy_v2: l.proxy_protocol == ProxyProtocol::V2,
             upstreams: UpstreamSet::new(l.upstreams.clone()),
             limits: ConnLimits {
                 max_buffered: l.max_buffered_bytes,

@@ -6,28 +6,79 @@
 //! carries one `listening name=<name> addr=<ip:port>` line per listener, then `ready`.
 #![forbid(unsafe_code)]
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ConfigErrorKind};
+use crate::ops::log::LogSink;
+use crate::ops::metrics::WorkerSnapshot;
+use crate::ops::reload::ReloadStats;
 use crate::runtime::listener::{ListenerLive, ListenerShared};
 use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::uring::{Uring, UringConfig, UringError};
 use crate::runtime::worker::{self, MetricsOut, WorkerSetup};
+use crate::tls::TlsError;
 use arc_swap::ArcSwap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// Why `run`/`start` failed. `Display` is the one line `terminus run` prints.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunError {
-    /// Invalid configuration or TLS material (exit code 2).
+    /// Invalid configuration (exit code 2).
     #[error("{0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    /// A listener's TLS material is unusable (exit code 2).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error("{0}")]
     Uring(#[from] UringError),
+    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    Listen {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin: cannot listen on {addr}: {source}")]
+    AdminListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin: cannot start: {0}")]
+    AdminStart(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// `thread` names it as the message does: `worker 3`, `the reload thread`.
+    #[error("cannot spawn {thread}: {source}")]
+    Spawn {
+        thread: String,
+        source: std::io::Error,
+    },
+    /// A worker could not set itself up (pin, ring); the worker's own message.
     #[error("{0}")]
-    Runtime(String),
+    WorkerSetup(String),
+    #[error("a worker died during setup")]
+    WorkerLost,
+    #[error("worker {index}: io_uring_enter failed: {source}")]
+    WorkerFailed {
+        index: usize,
+        source: std::io::Error,
+    },
+    #[error("worker {0} panicked")]
+    WorkerPanicked(usize),
+}
+
+impl RunError {
+    /// `terminus run`'s exit status: 2 when the operator's files are at fault, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) | RunError::Tls(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// A started server: what `run` waits on, and what the demo and tests drive.
@@ -38,7 +89,7 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// Reload the config file and every file it names now (what SIGHUP does).
     pub reload: crossbeam_channel::Sender<()>,
-    workers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    workers: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Running {
@@ -54,17 +105,17 @@ impl Running {
         self.state.store(RunState::Stopping);
     }
 
-    /// Wait for every worker to exit.
+    /// Wait for every worker to exit; the error is the last worker's that failed.
     pub fn join(self) -> Result<(), RunError> {
         let mut err = None;
-        for (i, h) in self.workers.into_iter().enumerate() {
+        for (index, h) in self.workers.into_iter().enumerate() {
             match h.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => err = Some(format!("worker {i}: io_uring_enter failed: {e}")),
-                Err(_) => err = Some(format!("worker {i} panicked")),
+                Ok(Err(source)) => err = Some(RunError::WorkerFailed { index, source }),
+                Err(_) => err = Some(RunError::WorkerPanicked(index)),
             }
         }
-        err.map_or(Ok(()), |e| Err(RunError::Runtime(e)))
+        err.map_or(Ok(()), Err)
     }
 }
 
@@ -94,14 +145,55 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<socket2::Socket> {
     Ok(s)
 }
 
-/// Start every worker and return once all are accepting.
+/// Start every worker and return once all are accepting. The steps, in the order
+/// their errors are reported: plan (io_uring probe, CPUs), bind (TLS material and
+/// sockets per listener), the access log and admin endpoint, spawn (workers,
+/// reloader), ready (every worker set up).
 pub fn start(cfg: &Config) -> Result<Running, RunError> {
-    let ring_cfg = UringConfig {
-        entries: cfg.runtime.ring_entries,
-        sqpoll: cfg.runtime.sqpoll,
-        recv_buffers: cfg.runtime.recv_buffers,
-        recv_buffer_size: cfg.runtime.recv_buffer_size,
+    let plan = plan(cfg)?;
+    let Bound { listeners, sockets } = bind_listeners(cfg, plan.cpus.len())?;
+    let common = Common {
+        log: LogSink::start(&cfg.log.access).map_err(|e| {
+            ConfigError::new(
+                &cfg.source,
+                None,
+                Some("log.access".into()),
+                ConfigErrorKind::Open(e),
+            )
+        })?,
+        listeners,
+        state: Arc::new(RunStateCell::new(RunState::Running)),
+        reloads: Arc::new(ReloadStats::default()),
     };
+    let admin = start_admin(cfg, &common, plan.cpus.len())?;
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(plan.cpus.len());
+    let workers = spawn_workers(cfg, &plan, sockets, &common, &admin, ready_tx)?;
+    let reload = crate::ops::reload::spawn(
+        crate::ops::reload::Reloader::new(cfg.clone(), common.listeners.clone(), common.reloads),
+        Duration::from_millis(cfg.runtime.reload_interval_ms),
+    )
+    .map_err(|source| RunError::Spawn {
+        thread: "the reload thread".into(),
+        source,
+    })?;
+    let running = Running {
+        listeners: common.listeners,
+        state: common.state,
+        admin: admin.addr,
+        reload,
+        workers,
+    };
+    await_ready(running, &ready_rx, admin.state.as_deref())
+}
+
+/// What the config asks of this host, checked before anything is built.
+struct Plan {
+    ring: UringConfig,
+    /// One entry per worker: the CPU it is pinned to, if any.
+    cpus: Vec<Option<usize>>,
+}
+
+fn plan(cfg: &Config) -> Result<Plan, RunError> {
     // Probe once up front so an unusable io_uring is one clear message, not N.
     drop(Uring::<()>::new(UringConfig {
         entries: 8,
@@ -109,42 +201,65 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         recv_buffers: 1,
         recv_buffer_size: 4096,
     })?);
+    Ok(Plan {
+        ring: UringConfig {
+            entries: cfg.runtime.ring_entries,
+            sqpoll: cfg.runtime.sqpoll,
+            recv_buffers: cfg.runtime.recv_buffers,
+            recv_buffer_size: cfg.runtime.recv_buffer_size,
+        },
+        cpus: worker_cpus(cfg, &allowed_cpus())?,
+    })
+}
 
-    let allowed = allowed_cpus();
-    let workers = cfg.runtime.workers.unwrap_or(allowed.len().max(1));
-    let cpus: Vec<Option<usize>> = (0..workers)
-        .map(|i| {
-            if !cfg.runtime.pin_cpus {
-                return Ok(None);
-            }
-            match &cfg.runtime.cpus {
-                Some(list) => {
-                    let c = list[i % list.len()];
-                    if !allowed.is_empty() && !allowed.contains(&c) {
-                        return Err(RunError::Config(format!(
-                            "{}: runtime.cpus: CPU {c} is not in this process's affinity mask {allowed:?}",
-                            cfg.source.display()
-                        )));
-                    }
-                    Ok(Some(c))
+/// Worker i's CPU: `runtime.cpus[i % len]`, else the affinity mask's i-th (round
+/// robin); none when pinning is off or the mask is unknown.
+fn worker_cpus(cfg: &Config, allowed: &[usize]) -> Result<Vec<Option<usize>>, ConfigError> {
+    let rt = &cfg.runtime;
+    let workers = rt.workers.unwrap_or(allowed.len().max(1));
+    (0..workers)
+        .map(|i| match &rt.cpus {
+            _ if !rt.pin_cpus => Ok(None),
+            Some(list) => {
+                let c = list[i % list.len()];
+                if !allowed.is_empty() && !allowed.contains(&c) {
+                    return Err(ConfigError::new(
+                        &cfg.source,
+                        None,
+                        Some("runtime.cpus".into()),
+                        ConfigErrorKind::Invalid(format!(
+                            "CPU {c} is not in this process's affinity mask {allowed:?}"
+                        )),
+                    ));
                 }
-                None if allowed.is_empty() => Ok(None),
-                None => Ok(Some(allowed[i % allowed.len()])),
+                Ok(Some(c))
             }
+            None if allowed.is_empty() => Ok(None),
+            None => Ok(Some(allowed[i % allowed.len()])),
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
 
+/// Every listener's TLS material and sockets.
+struct Bound {
+    listeners: Vec<Arc<ListenerShared>>,
+    /// `sockets[w]`: worker w's socket of every listener, in config order.
+    sockets: Vec<Vec<OwnedFd>>,
+}
+
+/// Build each listener's TLS material, then bind its sockets.
+fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
     let mut shared = Vec::new();
     let mut sockets: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        let live = ListenerLive::build(l).map_err(RunError::Config)?;
+        let live = ListenerLive::build(l)?;
+        let listen_err = |addr, source| RunError::Listen {
+            listener: l.name.clone(),
+            addr,
+            source,
+        };
         // Bind the first socket to learn the real port (listen = ":0"), the rest join it.
-        let first = bind(l.listen, l.backlog).map_err(|e| {
-            RunError::Runtime(format!(
-                "listener {}: cannot listen on {}: {e}",
-                l.name, l.listen
-            ))
-        })?;
+        let first = bind(l.listen, l.backlog).map_err(|e| listen_err(l.listen, e))?;
         let addr = first
             .local_addr()
             .ok()
@@ -152,9 +267,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             .unwrap_or(l.listen);
         sockets[0].push(first.into());
         for socks in sockets.iter_mut().skip(1) {
-            let s = bind(addr, l.backlog).map_err(|e| {
-                RunError::Runtime(format!("listener {}: cannot listen on {addr}: {e}", l.name))
-            })?;
+            let s = bind(addr, l.backlog).map_err(|e| listen_err(addr, e))?;
             socks.push(s.into());
         }
         shared.push(Arc::new(ListenerShared {
@@ -164,59 +277,84 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
             active: AtomicUsize::new(0),
         }));
     }
+    Ok(Bound {
+        listeners: shared,
+        sockets,
+    })
+}
 
-    let log = crate::ops::log::LogSink::start(&cfg.log.access).map_err(|e| {
-        RunError::Config(format!(
-            "{}: log.access: cannot open: {e}",
-            cfg.source.display()
-        ))
+/// What the admin endpoint, the workers and the reloader share.
+struct Common {
+    listeners: Vec<Arc<ListenerShared>>,
+    state: Arc<RunStateCell>,
+    log: LogSink,
+    reloads: Arc<ReloadStats>,
+}
+
+/// The admin endpoint, when `[admin]` is on.
+#[derive(Default)]
+struct AdminStarted {
+    addr: Option<SocketAddr>,
+    state: Option<Arc<crate::ops::admin::AdminState>>,
+    metrics: Option<crossbeam_channel::Sender<WorkerSnapshot>>,
+}
+
+/// The admin port is bound before any worker runs: a busy port fails startup,
+/// and `/readyz` answers 503 until every worker accepts.
+fn start_admin(cfg: &Config, common: &Common, workers: usize) -> Result<AdminStarted, RunError> {
+    let Some(a) = &cfg.admin else {
+        return Ok(AdminStarted::default());
+    };
+    let sock = std::net::TcpListener::bind(a.listen).map_err(|source| RunError::AdminListen {
+        addr: a.listen,
+        source,
     })?;
-    let state = Arc::new(RunStateCell::new(RunState::Running));
-    let reloads = Arc::new(crate::ops::reload::ReloadStats::default());
-    // The admin port is bound before any worker runs: a busy port fails startup,
-    // and `/readyz` answers 503 until every worker accepts.
-    let mut admin_addr = None;
-    let mut admin_state = None;
-    let mut metrics_tx = None;
-    if let Some(a) = &cfg.admin {
-        let sock = std::net::TcpListener::bind(a.listen)
-            .map_err(|e| RunError::Runtime(format!("admin: cannot listen on {}: {e}", a.listen)))?;
-        admin_addr = sock.local_addr().ok();
-        let st = Arc::new(crate::ops::admin::AdminState {
-            listeners: shared.clone(),
-            state: state.clone(),
-            ready: AtomicBool::new(false),
-            snapshots: std::sync::Mutex::new(vec![None; workers]),
-            reloads: reloads.clone(),
-            log_dropped: log.dropped.clone(),
-            workers,
-        });
-        metrics_tx = Some(
-            crate::ops::admin::start(sock, a, st.clone())
-                .map_err(|e| RunError::Runtime(format!("admin: cannot start: {e}")))?,
-        );
-        admin_state = Some(st);
-    }
+    let st = Arc::new(crate::ops::admin::AdminState {
+        listeners: common.listeners.clone(),
+        state: common.state.clone(),
+        ready: AtomicBool::new(false),
+        snapshots: std::sync::Mutex::new(vec![None; workers]),
+        reloads: common.reloads.clone(),
+        log_dropped: common.log.dropped.clone(),
+        workers,
+    });
+    let addr = sock.local_addr().ok();
+    let metrics = crate::ops::admin::start(sock, a, st.clone()).map_err(RunError::AdminStart)?;
+    Ok(AdminStarted {
+        addr,
+        state: Some(st),
+        metrics: Some(metrics),
+    })
+}
+
+/// One pinned thread per worker; each reports on `ready` once set up.
+fn spawn_workers(
+    cfg: &Config,
+    plan: &Plan,
+    sockets: Vec<Vec<OwnedFd>>,
+    common: &Common,
+    admin: &AdminStarted,
+    ready: crossbeam_channel::Sender<Result<(), String>>,
+) -> Result<Vec<JoinHandle<std::io::Result<()>>>, RunError> {
     let snapshot_interval =
         Duration::from_millis(cfg.admin.as_ref().map_or(250, |a| a.snapshot_interval_ms));
     let drain = Duration::from_millis(cfg.runtime.drain_timeout_ms);
-    let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
     let mut handles = Vec::new();
     for (i, socks) in sockets.into_iter().enumerate() {
         let setup = WorkerSetup {
             index: i,
-            cpu: cpus[i],
-            ring: ring_cfg,
-            listeners: shared.iter().cloned().zip(socks).collect(),
-            state: state.clone(),
-            log: log.clone(),
-            metrics: metrics_tx.clone().map(|tx| MetricsOut {
+            cpu: plan.cpus[i],
+            ring: plan.ring,
+            listeners: common.listeners.iter().cloned().zip(socks).collect(),
+            state: common.state.clone(),
+            log: common.log.clone(),
+            metrics: admin.metrics.clone().map(|tx| MetricsOut {
                 tx,
                 interval: snapshot_interval,
             }),
             max_buffered_per_worker: cfg.runtime.max_buffered_bytes_per_worker,
         };
-        let tx = ready_tx.clone();
+        let tx = ready.clone();
         let h = std::thread::Builder::new()
             .name(format!("terminus-w{i}"))
             .spawn(move || match worker::setup(setup) {
@@ -229,33 +367,34 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
                     Ok(())
                 }
             })
-            .map_err(|e| RunError::Runtime(format!("cannot spawn worker {i}: {e}")))?;
+            .map_err(|source| RunError::Spawn {
+                thread: format!("worker {i}"),
+                source,
+            })?;
         handles.push(h);
     }
-    let reload = crate::ops::reload::spawn(
-        crate::ops::reload::Reloader::new(cfg.clone(), shared.clone(), reloads.clone()),
-        Duration::from_millis(cfg.runtime.reload_interval_ms),
-    )
-    .map_err(|e| RunError::Runtime(format!("cannot spawn the reload thread: {e}")))?;
-    let running = Running {
-        listeners: shared,
-        state,
-        admin: admin_addr,
-        reload,
-        workers: handles,
-    };
-    for _ in 0..workers {
-        match ready_rx.recv() {
+    Ok(handles)
+}
+
+/// Wait until every worker is set up; then `/readyz` turns 200. A worker that
+/// fails stops the others.
+fn await_ready(
+    running: Running,
+    ready: &crossbeam_channel::Receiver<Result<(), String>>,
+    admin: Option<&crate::ops::admin::AdminState>,
+) -> Result<Running, RunError> {
+    for _ in 0..running.workers.len() {
+        match ready.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 running.stop();
                 let _ = running.join();
-                return Err(RunError::Runtime(e));
+                return Err(RunError::WorkerSetup(e));
             }
-            Err(_) => return Err(RunError::Runtime("a worker died during setup".into())),
+            Err(_) => return Err(RunError::WorkerLost),
         }
     }
-    if let Some(st) = admin_state {
+    if let Some(st) = admin {
         st.ready.store(true, Ordering::SeqCst);
     }
     Ok(running)
@@ -270,24 +409,36 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     }
     // Handlers first: they need descriptors, which a flood of clients arriving right
     // after `ready` could exhaust; a signal during startup waits in the iterator.
-    let mut signals = signal_hook::iterator::Signals::new([
+    let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
     ])
-    .map_err(|e| RunError::Runtime(format!("cannot install signal handlers: {e}")))?;
+    .map_err(RunError::Signals)?;
     let running = start(&cfg)?;
-    {
-        let mut out = std::io::stdout().lock();
-        for l in &running.listeners {
-            let _ = writeln!(out, "listening name={} addr={}", l.name, l.addr);
-        }
-        if let Some(a) = running.admin {
-            let _ = writeln!(out, "admin addr={a}");
-        }
-        let _ = writeln!(out, "ready");
-        let _ = out.flush();
+    print_ready(&running);
+    spawn_signal_thread(signals, &running)?;
+    running.join()
+}
+
+/// The readiness lines (see the module doc).
+fn print_ready(running: &Running) {
+    let mut out = std::io::stdout().lock();
+    for l in &running.listeners {
+        let _ = writeln!(out, "listening name={} addr={}", l.name, l.addr);
     }
+    if let Some(a) = running.admin {
+        let _ = writeln!(out, "admin addr={a}");
+    }
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+}
+
+/// SIGHUP reloads; the first SIGTERM/SIGINT drains, the next stops.
+fn spawn_signal_thread(
+    mut signals: signal_hook::iterator::Signals,
+    running: &Running,
+) -> Result<(), RunError> {
     let state = running.state.clone();
     let reload = running.reload.clone();
     std::thread::Builder::new()
@@ -306,6 +457,9 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 }
             }
         })
-        .map_err(|e| RunError::Runtime(format!("cannot spawn signal thread: {e}")))?;
-    running.join()
+        .map_err(|source| RunError::Spawn {
+            thread: "signal thread".into(),
+            source,
+        })?;
+    Ok(())
 }

@@ -1,0 +1,395 @@
+//! schema: the config file's types (serde), their defaults, and the enums that
+//! string settings become.
+//!
+//! Owns what a config *is*; whether its values are usable is `validate`'s business.
+//! No I/O. Relative paths are made absolute against the config file's folder here
+//! ([`Config::finish`]), after validation.
+#![forbid(unsafe_code)]
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub log: Log,
+    pub listeners: Vec<Listener>,
+    /// The file this config was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Default: one per CPU in the process's affinity mask.
+    pub workers: Option<usize>,
+    #[serde(default = "yes")]
+    pub pin_cpus: bool,
+    /// Explicit CPU list; worker i is pinned to cpus[i % len].
+    pub cpus: Option<Vec<usize>>,
+    #[serde(default = "default_ring_entries")]
+    pub ring_entries: u32,
+    #[serde(default)]
+    pub sqpoll: bool,
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+    /// Provided-buffer ring: number of receive buffers per worker (power of two).
+    #[serde(default = "default_recv_buffers")]
+    pub recv_buffers: u16,
+    /// Size of each receive buffer in bytes.
+    #[serde(default = "default_recv_buffer_size")]
+    pub recv_buffer_size: u32,
+    /// Bytes all of one worker's connections may buffer together; past it, a
+    /// direction that already holds bytes stops receiving until they drain.
+    #[serde(default = "default_max_buffered_bytes_per_worker")]
+    pub max_buffered_bytes_per_worker: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            workers: None,
+            pin_cpus: true,
+            cpus: None,
+            ring_entries: default_ring_entries(),
+            sqpoll: false,
+            drain_timeout_ms: default_drain_timeout_ms(),
+            reload_interval_ms: default_reload_interval_ms(),
+            recv_buffers: default_recv_buffers(),
+            recv_buffer_size: default_recv_buffer_size(),
+            max_buffered_bytes_per_worker: default_max_buffered_bytes_per_worker(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Admin connections served at once; more are closed at accept (a scrape storm
+    /// cannot pile up threads).
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// Read/write timeout of one admin request (slow or silent scrapers).
+    #[serde(default = "default_admin_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How often workers publish their counters and histograms (only when changed):
+    /// the staleness bound of a scrape.
+    #[serde(default = "default_snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `access = "stderr" | "off" | "FILE"`.
+    #[serde(default)]
+    pub access: AccessLog,
+}
+
+/// Where access lines go (`log.access`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// `"off"`: no log thread, no line formatted.
+    Off,
+    /// `"stderr"` (the default).
+    #[default]
+    Stderr,
+    /// Any other string: a file, appended to (relative to the config file's folder).
+    /// An empty path is a validation problem.
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "off" => AccessLog::Off,
+            "stderr" => AccessLog::Stderr,
+            path => AccessLog::File(PathBuf::from(path)),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub upstreams: Vec<SocketAddr>,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// listen(2) backlog of each worker's socket (the kernel caps it at somaxconn).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// Per direction: stop reading from one side once this many bytes wait for the other.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Server-side resumption cache entries (shared by all workers).
+    #[serde(default = "default_session_cache")]
+    pub session_cache: usize,
+    /// TLS 1.3 tickets sent after a full handshake (0 disables tickets).
+    #[serde(default = "default_tls13_tickets")]
+    pub tls13_tickets: usize,
+    /// `proxy_protocol` as written; validation refuses anything but `"v2"`, then
+    /// [`Config::finish`] sets [`Listener::proxy_protocol`] from it. (Kept as
+    /// text so that a bad value is one validation problem among all the others,
+    /// rather than a serde error that stops the parse.)
+    #[serde(rename = "proxy_protocol", default)]
+    pub(super) proxy_protocol_setting: Option<String>,
+    /// Header sent to the upstream ahead of the client's bytes.
+    #[serde(skip)]
+    pub proxy_protocol: ProxyProtocol,
+    pub ticket_key_file: Option<PathBuf>,
+    /// Lifetime hint of session tickets, in seconds (RFC 8446 caps it at 7 days).
+    #[serde(default = "default_ticket_lifetime_s")]
+    pub ticket_lifetime_s: u32,
+    /// Extra certificates chosen by SNI (`[[listeners.sni]]`); `cert`/`key` above
+    /// remain the default for unknown or absent server names.
+    #[serde(default)]
+    pub sni: Vec<Sni>,
+    /// Client certificate authentication (`[listeners.client_auth]`); absent = none.
+    pub client_auth: Option<ClientAuth>,
+    /// Re-encryption to the upstream (`[listeners.upstream_tls]`); absent = plaintext.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// `proxy_protocol`: what precedes the client's bytes towards the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// Key absent: the upstream gets the client's bytes only.
+    #[default]
+    Off,
+    /// `"v2"`: a PROXY protocol v2 header with identity TLVs.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The setting as written (`None`: key absent).
+    pub(super) fn from_setting(s: Option<&str>) -> Result<ProxyProtocol, UnsupportedProxyProtocol> {
+        match s {
+            None => Ok(ProxyProtocol::Off),
+            Some("v2") => Ok(ProxyProtocol::V2),
+            Some(p) => Err(UnsupportedProxyProtocol(p.to_owned())),
+        }
+    }
+}
+
+/// A `proxy_protocol` value other than `"v2"`.
+#[derive(Debug, thiserror::Error)]
+#[error("must be \"v2\" (the only supported version), got {0:?}")]
+pub struct UnsupportedProxyProtocol(pub String);
+
+/// `[[listeners.sni]]`: a certificate served to clients asking for one of
+/// `server_names` (ASCII case-insensitive; `*.example.org` matches one label).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sni {
+    pub server_names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[listeners.client_auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// PEM CA bundles whose certificates are trust anchors for client chains.
+    #[serde(default)]
+    pub ca: Vec<PathBuf>,
+    /// CRLs (PEM `X509 CRL` or DER); a revoked certificate anywhere in a client's
+    /// chain is refused.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// Allowed identities (see `policy`); empty = any verified client.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// Whether clients are asked for a certificate, and whether they must send one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// No certificate requested.
+    #[default]
+    None,
+    /// Requested; clients without one are let through (`client_auth=none`), a
+    /// certificate that fails verification or policy is refused.
+    Optional,
+    /// Required and verified.
+    Require,
+}
+
+impl ClientAuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMode::None => "none",
+            ClientAuthMode::Optional => "optional",
+            ClientAuthMode::Require => "require",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientAuthMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "none" => Ok(ClientAuthMode::None),
+            "optional" => Ok(ClientAuthMode::Optional),
+            "require" => Ok(ClientAuthMode::Require),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be one of \"none\", \"optional\", \"require\", got {s:?}"
+            ))),
+        }
+    }
+}
+
+/// `[listeners.upstream_tls]`: TLS towards the upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA bundles the upstream's certificate must chain to.
+    pub ca: Vec<PathBuf>,
+    /// Name (DNS name or IP address) the upstream's certificate must be valid for;
+    /// also sent as SNI when it is a DNS name.
+    pub server_name: String,
+    /// Client certificate chain for mTLS towards the upstream (with `key`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Offer the upstream TLS sessions to resume (default). An upstream that refuses
+    /// them (its handshake fails) is retried with a full handshake and left alone for
+    /// a while anyway; `false` never offers any.
+    #[serde(default = "yes")]
+    pub resume: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_timeout_ms() -> u64 {
+    5000
+}
+fn default_snapshot_interval_ms() -> u64 {
+    250
+}
+fn default_ticket_lifetime_s() -> u32 {
+    6 * 3600
+}
+fn default_ring_entries() -> u32 {
+    4096
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_reload_interval_ms() -> u64 {
+    5_000
+}
+fn default_recv_buffers() -> u16 {
+    1024
+}
+fn default_recv_buffer_size() -> u32 {
+    16 * 1024
+}
+fn default_max_buffered_bytes_per_worker() -> usize {
+    512 * 1024 * 1024
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_backlog() -> u32 {
+    4096
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_max_buffered_bytes() -> usize {
+    256 * 1024
+}
+fn default_session_cache() -> usize {
+    16 * 1024
+}
+fn default_tls13_tickets() -> usize {
+    1
+}
+
+impl Config {
+    /// After validation: remember `source`, turn settings kept as text into their
+    /// enums, and resolve relative paths.
+    pub(super) fn finish(&mut self, source: &Path) {
+        self.source = source.to_path_buf();
+        for l in &mut self.listeners {
+            // A bad value was reported by validation; such a config only serves `check`.
+            l.proxy_protocol = ProxyProtocol::from_setting(l.proxy_protocol_setting.as_deref())
+                .unwrap_or_default();
+        }
+        self.resolve_paths(source);
+    }
+
+    /// Make `cert`, `key`, `ticket_key_file`, the `sni`, `client_auth` and
+    /// `upstream_tls` files and a file `log.access` relative to the config file's
+    /// folder (made absolute, so the result does not depend on the current directory
+    /// later).
+    fn resolve_paths(&mut self, source: &Path) {
+        let base = std::path::absolute(source)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            resolve(&mut l.cert);
+            resolve(&mut l.key);
+            if let Some(t) = &mut l.ticket_key_file {
+                resolve(t);
+            }
+            for sni in &mut l.sni {
+                resolve(&mut sni.cert);
+                resolve(&mut sni.key);
+            }
+            if let Some(ca) = &mut l.client_auth {
+                ca.ca.iter_mut().chain(ca.crl.iter_mut()).for_each(resolve);
+            }
+            if let Some(up) = &mut l.upstream_tls {
+                up.ca.iter_mut().for_each(resolve);
+                up.cert
+                    .iter_mut()
+                    .chain(up.key.iter_mut())
+                    .for_each(resolve);
+            }
+        }
+        if let AccessLog::File(path) = &mut self.log.access {
+            resolve(path);
+        }
+    }
+}
