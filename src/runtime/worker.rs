@@ -227,6 +227,27 @@ struct ListenerLocal {
     /// Out of file descriptors: re-arm the accept only at this time, not at once
     /// (an immediate re-arm would fail again and spin).
     rearm_at: Option<Instant>,
+    /// This worker's server config for the current `live` (its verifier leaves
+    /// refused clients in the worker's sink), rebuilt after a reload.
+    tls: Option<(std::sync::Weak<ListenerLive>, Arc<rustls::ServerConfig>)>,
+}
+
+impl ListenerLocal {
+    fn server_config(
+        &mut self,
+        live: &Arc<ListenerLive>,
+        sink: &crate::tls::RejectSink,
+    ) -> Arc<rustls::ServerConfig> {
+        // The Weak keeps the address from being reused: no false match.
+        match &self.tls {
+            Some((l, c)) if std::ptr::eq(l.as_ptr(), Arc::as_ptr(live)) => c.clone(),
+            _ => {
+                let c = live.tls.config_for(sink);
+                self.tls = Some((Arc::downgrade(live), c.clone()));
+                c
+            }
+        }
+    }
 }
 
 pub struct Worker {
@@ -244,6 +265,8 @@ pub struct Worker {
     metrics: Vec<ListenerMetrics>,
     publish: Option<Publisher>,
     cap: BufferCap,
+    /// Where this worker's verifiers leave the client certificates they refuse.
+    rejects: crate::tls::RejectSink,
 }
 
 /// The worker-wide bound on buffered bytes (`runtime.max_buffered_bytes_per_worker`).
@@ -402,6 +425,7 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
                 accept: None,
                 rr_cursor: s.index,
                 rearm_at: None,
+                tls: None,
             })
             .collect(),
         slots: Vec::new(),
@@ -425,6 +449,7 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
             paused: Vec::new(),
             pauses: 0,
         },
+        rejects: crate::tls::RejectSink::default(),
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -705,8 +730,9 @@ impl Worker {
         let Some(fd) = crate::runtime::uring::accepted_fd(&c) else {
             return;
         };
+        let live = self.listeners[li].shared.live.load_full();
+        let config = self.listeners[li].server_config(&live, &self.rejects);
         let shared = &self.listeners[li].shared;
-        let live = shared.live.load_full();
         if shared.active.fetch_add(1, Ordering::Relaxed) >= live.max_connections {
             shared.active.fetch_sub(1, Ordering::Relaxed);
             self.metrics[li].rejected_max_connections += 1;
@@ -714,7 +740,7 @@ impl Worker {
             return;
         }
         self.metrics[li].connections += 1;
-        let tls = match rustls::ServerConnection::new(live.tls.config.clone()) {
+        let tls = match rustls::ServerConnection::new(config) {
             Ok(t) => t,
             Err(_) => {
                 shared.active.fetch_sub(1, Ordering::Relaxed);
@@ -722,7 +748,7 @@ impl Worker {
                 return;
             }
         };
-        let conn = Conn::new(tls, live.limits, now);
+        let conn = Conn::new(tls, live.limits, now).with_reject_sink(self.rejects.clone());
         let client_addr = if self.log.enabled() {
             peer_addr(Some(&fd))
         } else {

@@ -16,7 +16,9 @@
 //! listener's [`AllowList`]. A refusal is an error inside the handshake, so the client
 //! gets an alert: `access_denied` for a policy refusal, `unknown_ca`,
 //! `certificate_expired`, `certificate_revoked`... for the chain. The refused
-//! client's identity is left for the connection to log: [`take_rejected_client`].
+//! client's identity is left in a [`RejectSink`] for the connection to log: each
+//! worker has its own sink and its own copy of the server config whose verifier
+//! writes to it ([`ServerTls::config_for`]); the connection is given the sink.
 //!
 //! Revocation: every certificate of the chain below the trust anchor is checked
 //! against the CRLs whose issuer signed it; a certificate no configured CRL speaks for
@@ -46,7 +48,7 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,13 +89,58 @@ pub struct ServerTls {
     /// each, naming the file and the date). A reload that swaps them in should
     /// print these.
     pub warnings: Vec<String>,
+    /// The allow-list verifier (client_auth other than `none`), kept to build the
+    /// per-worker configs of [`ServerTls::config_for`].
+    policy: Option<Arc<PolicyVerifier>>,
+}
+
+impl ServerTls {
+    /// A copy of [`ServerTls::config`] whose verifier leaves each client certificate
+    /// it refuses in `sink` (one sink per worker; see [`RejectSink`]). It shares the
+    /// certificates, session cache and ticketer with `config`, so sessions resume
+    /// across copies. Without client authentication there is nothing to record:
+    /// `config` itself.
+    pub fn config_for(&self, sink: &RejectSink) -> Arc<rustls::ServerConfig> {
+        let Some(policy) = &self.policy else {
+            return self.config.clone();
+        };
+        let verifier = Arc::new(policy.with_sink(sink.clone()));
+        let base = &self.config;
+        let built = rustls::ServerConfig::builder_with_provider(base.crypto_provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map(|b| {
+                b.with_client_cert_verifier(verifier)
+                    .with_cert_resolver(self.certs.clone())
+            });
+        // The versions were accepted for `config` already, with the same provider.
+        let Ok(mut cfg) = built else {
+            return self.config.clone();
+        };
+        copy_settings(base, &mut cfg);
+        Arc::new(cfg)
+    }
+}
+
+/// The settings [`build_server_config`] makes, from one config to another (the
+/// shared state, session cache and ticketer, is shared, not copied).
+fn copy_settings(from: &rustls::ServerConfig, to: &mut rustls::ServerConfig) {
+    to.ignore_client_order = from.ignore_client_order;
+    to.alpn_protocols.clone_from(&from.alpn_protocols);
+    to.session_storage = from.session_storage.clone();
+    to.ticketer = from.ticketer.clone();
+    to.send_tls13_tickets = from.send_tls13_tickets;
+    to.max_early_data_size = from.max_early_data_size;
 }
 
 /// [`server_config`], keeping the certificate resolver at hand.
 pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
     let provider = server_provider();
     let certs = Arc::new(SniResolver::load(l, &provider)?);
-    let verifier = client_verifier(l, &provider)?;
+    let policy = policy_verifier(l, &provider)?.map(Arc::new);
+    let verifier: Arc<dyn ClientCertVerifier> = match &policy {
+        Some(p) => p.clone(),
+        None => WebPkiClientVerifier::no_client_auth(),
+    };
     let config = build_server_config(l, provider, certs.clone(), verifier)?;
     let now = unix_now();
     let warnings = certs
@@ -105,6 +152,7 @@ pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
         config,
         certs,
         warnings,
+        policy,
     })
 }
 
@@ -791,12 +839,23 @@ pub fn client_verifier(
     l: &Listener,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    Ok(match policy_verifier(l, provider)? {
+        Some(p) => Arc::new(p),
+        None => WebPkiClientVerifier::no_client_auth(),
+    })
+}
+
+/// [`client_verifier`] when `client_auth` asks for certificates (`None`: mode `none`).
+fn policy_verifier(
+    l: &Listener,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<PolicyVerifier>, TlsError> {
     let Some(ca) = l
         .client_auth
         .as_ref()
         .filter(|c| c.mode != ClientAuthMode::None)
     else {
-        return Ok(WebPkiClientVerifier::no_client_auth());
+        return Ok(None);
     };
     let listener = format!("listener \"{}\"", l.name);
     let roots = Arc::new(load_roots(&ca.ca)?);
@@ -815,19 +874,34 @@ pub fn client_verifier(
         .map_err(|e| TlsError(format!("{listener}: client_auth: {e}")))?;
     let allow = AllowList::parse(&ca.allow)
         .map_err(|e| TlsError(format!("{listener}: client_auth.{e}")))?;
-    Ok(Arc::new(PolicyVerifier { inner, allow }))
+    Ok(Some(PolicyVerifier::new(inner, allow)))
 }
 
-/// webpki chain verification, then the allow list on the leaf's identity.
+/// webpki chain verification, then the allow list on the leaf's identity; a refused
+/// client is left in the sink, if it has one.
 #[derive(Debug)]
 pub struct PolicyVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    allow: AllowList,
+    allow: Arc<AllowList>,
+    sink: Option<RejectSink>,
 }
 
 impl PolicyVerifier {
     pub fn new(inner: Arc<dyn ClientCertVerifier>, allow: AllowList) -> PolicyVerifier {
-        PolicyVerifier { inner, allow }
+        PolicyVerifier {
+            inner,
+            allow: Arc::new(allow),
+            sink: None,
+        }
+    }
+
+    /// The same verifier, leaving refused clients in `sink`.
+    pub fn with_sink(&self, sink: RejectSink) -> PolicyVerifier {
+        PolicyVerifier {
+            inner: self.inner.clone(),
+            allow: self.allow.clone(),
+            sink: Some(sink),
+        }
     }
 }
 
@@ -860,17 +934,15 @@ impl ClientCertVerifier for PolicyVerifier {
                     CertificateError::ApplicationVerificationFailure,
                 )),
             });
-        if let Err(error) = &verdict {
+        if let (Err(error), Some(sink)) = (&verdict, &self.sink) {
             let (identity, identity_error) = match identity {
                 Ok(id) => (Some(id), None),
                 Err(e) => (None, Some(e)),
             };
-            REJECTED.with(|r| {
-                *r.borrow_mut() = Some(RejectedClient {
-                    identity,
-                    identity_error,
-                    error: error.clone(),
-                })
+            sink.put(RejectedClient {
+                identity,
+                identity_error,
+                error: error.clone(),
             });
         }
         verdict
@@ -911,17 +983,31 @@ pub struct RejectedClient {
     pub error: rustls::Error,
 }
 
-thread_local! {
-    static REJECTED: RefCell<Option<RejectedClient>> = const { RefCell::new(None) };
-}
+/// Where a verifier leaves the client certificate it refused, for the connection
+/// to log: one per worker, given to the worker's config ([`ServerTls::config_for`])
+/// and to each of its connections.
+///
+/// Why it is per worker and taken at once: rustls keeps no refused certificate on
+/// the connection, and the verifier, shared by every connection of the config, is
+/// not told which connection it checks. It runs inside `process_new_packets`, on
+/// the worker's thread, and a refusal always fails that call; so the connection
+/// whose call failed takes the sink's content right then, and gets its own client
+/// (a call that failed for another reason finds it empty). The identity cannot
+/// ride in the rustls error instead: only
+/// `CertificateError::ApplicationVerificationFailure` becomes `access_denied`, and
+/// the `Other` variant that could carry it becomes `certificate_unknown`.
+#[derive(Debug, Clone, Default)]
+pub struct RejectSink(Arc<Mutex<Option<RejectedClient>>>);
 
-/// The client certificate refused during the last `process_new_packets` call on this
-/// thread, if that is why it failed. The verifier runs inside that call, on the
-/// calling thread, and a refusal always makes the call fail; so a caller that takes
-/// this after every failed call always gets its own connection's client (and a call
-/// that failed for another reason gets `None`).
-pub fn take_rejected_client() -> Option<RejectedClient> {
-    REJECTED.with(|r| r.borrow_mut().take())
+impl RejectSink {
+    fn put(&self, r: RejectedClient) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// The client refused during the `process_new_packets` call that just failed.
+    pub fn take(&self) -> Option<RejectedClient> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// TLS towards the upstream (`[listeners.upstream_tls]`): verified against its `ca`

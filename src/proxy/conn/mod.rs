@@ -78,6 +78,8 @@ pub struct Conn {
     pub bytes_upstream_to_client: u64,
     /// The client certificate the verifier refused, when that failed the handshake.
     rejected: Option<Box<crate::tls::RejectedClient>>,
+    /// Where the verifier of this connection's config leaves a refused client.
+    rejects: Option<crate::tls::RejectSink>,
     /// Retrying the upstream leg after a refused TLS session.
     up_retry: UpRetry,
 }
@@ -113,8 +115,17 @@ impl Conn {
             bytes_client_to_upstream: 0,
             bytes_upstream_to_client: 0,
             rejected: None,
+            rejects: None,
             up_retry: UpRetry::default(),
         }
+    }
+
+    /// Where the verifier of the config `tls` was made from leaves a client it
+    /// refuses ([`crate::tls::ServerTls::config_for`]): read when the handshake
+    /// fails, for [`Conn::rejected_client`].
+    pub fn with_reject_sink(mut self, sink: crate::tls::RejectSink) -> Self {
+        self.rejects = Some(sink);
+        self
     }
 
     pub fn phase(&self) -> Phase {
@@ -533,8 +544,8 @@ impl Conn {
     }
 
     fn fail_tls(&mut self, e: &rustls::Error) {
-        // The verifier ran inside this thread's process_new_packets call just now.
-        self.rejected = crate::tls::take_rejected_client().map(Box::new);
+        // The verifier ran inside the process_new_packets call that just failed.
+        self.rejected = self.rejects.as_ref().and_then(|s| s.take()).map(Box::new);
         // rustls queued an alert describing the failure; send it before closing.
         self.client.pump();
         let reason = if self.phase == Phase::Handshaking {
