@@ -548,11 +548,15 @@ fn ca_and_crl_problems_name_the_file() {
             &c.dir,
             &format!("[listeners.client_auth]\nmode = \"require\"\n{keys}\n"),
         );
-        let e = terminus::tls::server_config(&l).unwrap_err().0;
+        let e = terminus::tls::server_config(&l).unwrap_err().to_string();
         assert!(e.starts_with(&want), "{keys}:\n got {e}\nwant {want}");
         let problems = terminus::tls::listener_problems(&l);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].0.starts_with(&want), "{}", problems[0]);
+        assert!(
+            problems[0].to_string().starts_with(&want),
+            "{}",
+            problems[0]
+        );
     }
     // listener_problems reports every bad file at once.
     let l = listener(
@@ -562,7 +566,7 @@ fn ca_and_crl_problems_name_the_file() {
     );
     let problems: Vec<String> = terminus::tls::listener_problems(&l)
         .into_iter()
-        .map(|e| e.0)
+        .map(|e| e.to_string())
         .collect();
     assert_eq!(problems.len(), 6, "{problems:#?}");
 }
@@ -636,7 +640,7 @@ fn sni_cert_problems_name_the_file() {
     let dir = Dir::new("sni-bad");
     let extra = "[[listeners.sni]]\nserver_names = [\"api.internal\"]\ncert = \"missing.pem\"\nkey = \"server.key\"\n";
     let l = listener(&dir, extra);
-    let e = terminus::tls::server_config(&l).unwrap_err().0;
+    let e = terminus::tls::server_config(&l).unwrap_err().to_string();
     assert!(
         e.starts_with(&format!(
             "{}: cannot read certificate file",
@@ -767,7 +771,9 @@ fn upstream_tls_absent_and_file_errors() {
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"127.0.0.1\"\ncert = \"server.pem\"\nkey = \"nope.key\"",
     );
-    let e = terminus::tls::upstream_client_config(&l).unwrap_err().0;
+    let e = terminus::tls::upstream_client_config(&l)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&format!(
             "{}: cannot read private key file",

@@ -26,9 +26,12 @@
 //! clients of another. A CRL's nextUpdate is not enforced (an old CRL still revokes).
 #![forbid(unsafe_code)]
 
+mod error;
 pub mod identity;
 pub mod policy;
 pub mod tickets;
+
+pub use error::{TicketKeyError, TlsError, TrustDomainError, UpstreamTlsProblem};
 
 use crate::config::{ClientAuthMode, Listener, UpstreamTls};
 use crate::proxy::upstream::ResumeBackoff;
@@ -58,17 +61,6 @@ use std::time::{Duration, Instant};
 /// Make aws-lc-rs the process-wide rustls provider (idempotent).
 pub fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// A certificate or key problem, naming the file and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(pub String);
-
-impl TlsError {
-    fn file(path: &Path, why: impl std::fmt::Display) -> TlsError {
-        TlsError(format!("{}: {why}", path.display()))
-    }
 }
 
 /// Build the listener's server config: default cert chain + key and the
@@ -214,7 +206,7 @@ pub fn listener_file_problems(l: &Listener) -> Vec<TlsError> {
     }
     if let Some(path) = &l.ticket_key_file {
         if let Err(e) = crate::tls::tickets::FileTicketer::load(path, b"", l.ticket_lifetime_s) {
-            out.push(TlsError(e));
+            out.push(e.into());
         }
     }
     out
@@ -272,20 +264,15 @@ fn server_auth_problem(path: &Path, leaf: &CertificateDer<'_>) -> Option<TlsErro
         }
     }
     has.extend(eku.other.iter().map(|oid| oid.to_id_string()));
-    Some(TlsError::file(
-        path,
-        format!(
-            "certificate {} is not a server certificate: its extended key usage is {} \
-             without serverAuth, so clients will refuse it; use a certificate issued for \
-             TLS servers (EKU serverAuth)",
-            describe(&cert),
-            if has.is_empty() {
-                "empty".to_owned()
-            } else {
-                has.join(", ")
-            }
-        ),
-    ))
+    Some(TlsError::NotServerCert {
+        path: path.to_owned(),
+        subject: describe(&cert),
+        eku: if has.is_empty() {
+            "empty".to_owned()
+        } else {
+            has.join(", ")
+        },
+    })
 }
 
 /// `"CN=localhost"`: how a certificate is named in messages.
@@ -466,26 +453,29 @@ pub fn leaf_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read_file(path, "certificate")?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(TlsError::file(
-            path,
-            "no PEM certificate found: the file is empty",
-        ));
+        return Err(TlsError::EmptyFile {
+            path: path.to_owned(),
+            what: "PEM certificate",
+        });
     }
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::file(path, format!("unparsable PEM: {}", pem_why(&e))))?;
+        .map_err(|source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::file(
-            path,
-            "no PEM certificate found (expected a \"-----BEGIN CERTIFICATE-----\" section)",
-        ));
+        return Err(TlsError::NoCertificates {
+            path: path.to_owned(),
+        });
     }
     for (i, c) in certs.iter().enumerate() {
         if let Err(e) = x509_parser::parse_x509_certificate(c) {
-            return Err(TlsError::file(
-                path,
-                format!("certificate #{} is not valid X.509: {e}", i + 1),
-            ));
+            return Err(TlsError::NotX509 {
+                path: path.to_owned(),
+                number: i + 1,
+                why: e.to_string(),
+            });
         }
     }
     Ok(certs)
@@ -496,10 +486,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read_file(path, "private key")?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(TlsError::file(
-            path,
-            "no PEM private key found: the file is empty",
-        ));
+        return Err(TlsError::EmptyFile {
+            path: path.to_owned(),
+            what: "PEM private key",
+        });
     }
     // OpenSSL's traditional encryption keeps the RSA/EC label and adds headers.
     if contains(&bytes, b"Proc-Type: 4,ENCRYPTED") {
@@ -509,26 +499,21 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         _ if contains(&bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") => {
             encrypted_key(path, "PKCS#8 \"ENCRYPTED PRIVATE KEY\"")
         }
-        pem::Error::NoItemsFound => TlsError::file(
-            path,
-            "no PEM private key found (expected a PKCS#8 \"PRIVATE KEY\", SEC1 \"EC PRIVATE KEY\" \
-             or PKCS#1 \"RSA PRIVATE KEY\" section)",
-        ),
-        e => TlsError::file(path, format!("unparsable PEM: {}", pem_why(&e))),
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_owned(),
+        },
+        source => TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        },
     })
 }
 
-fn encrypted_key(path: &Path, format: &str) -> TlsError {
-    TlsError::file(
-        path,
-        format!(
-            "the private key is encrypted ({format}); encrypted keys are not supported \
-             (terminus cannot ask for a passphrase): decrypt it, e.g. `openssl pkey -in {0} \
-             -out {0}.plain`, keep the result readable only by terminus (mode 0600) and point \
-             `key` at it",
-            path.display()
-        ),
-    )
+fn encrypted_key(path: &Path, format: &'static str) -> TlsError {
+    TlsError::EncryptedKey {
+        path: path.to_owned(),
+        format,
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -559,15 +544,14 @@ fn certified_key_from(
         PrivateKeyDer::Sec1(_) => "SEC1",
         _ => "PKCS#8",
     };
-    let signer = provider.key_provider.load_private_key(key).map_err(|e| {
-        TlsError::file(
-            key_path,
-            format!(
-                "unsupported or malformed {format} private key (supported: RSA, ECDSA P-256/P-384/P-521, \
-                 Ed25519): {e}"
-            ),
-        )
-    })?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsError::UnsupportedKey {
+            path: key_path.to_owned(),
+            format,
+            source,
+        })?;
     if let Some(e) = chain_order_problem(cert_path, &certs) {
         return Err(e);
     }
@@ -584,30 +568,22 @@ fn certified_key_from(
                 })
             });
             Err(match matching {
-                Some((i, name)) => TlsError::file(
-                    cert_path,
-                    format!(
-                        "certificate chain in the wrong order: the private key in {} belongs \
-                         to certificate #{} ({name}), which must come first (the server \
-                         certificate, then its intermediates)",
-                        key_path.display(),
-                        i + 1
-                    ),
-                ),
-                None => TlsError::file(
-                    key_path,
-                    format!(
-                        "private key does not match the certificate in {} (its public key \
-                         differs from the leaf's)",
-                        cert_path.display()
-                    ),
-                ),
+                Some((i, subject)) => TlsError::KeyForLaterCert {
+                    cert: cert_path.to_owned(),
+                    key: key_path.to_owned(),
+                    number: i + 1,
+                    subject,
+                },
+                None => TlsError::KeyMismatch {
+                    key: key_path.to_owned(),
+                    cert: cert_path.to_owned(),
+                },
             })
         }
-        Err(e) => Err(TlsError::file(
-            cert_path,
-            format!("leaf certificate is not usable: {e}"),
-        )),
+        Err(source) => Err(TlsError::LeafUnusable {
+            path: cert_path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -633,17 +609,12 @@ fn chain_order_problem(path: &Path, certs: &[CertificateDer<'_>]) -> Option<TlsE
         .enumerate()
         .skip(1)
         .find(|(_, c)| !c.is_ca())?;
-    Some(TlsError::file(
-        path,
-        format!(
-            "certificate chain in the wrong order: certificate #1 ({}) is a CA certificate \
-             and certificate #{} ({}) is not; the server certificate must come first, then \
-             its intermediates (the root last, or left out)",
-            describe(first),
-            i + 1,
-            describe(leaf)
-        ),
-    ))
+    Some(TlsError::CaFirst {
+        path: path.to_owned(),
+        first: describe(first),
+        number: i + 1,
+        leaf: describe(leaf),
+    })
 }
 
 /// aws-lc-rs with the AES-128-GCM/SHA-256 suites first. With the server's order
@@ -673,7 +644,7 @@ fn build_server_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError(format!("TLS versions: {e}")))?
+        .map_err(TlsError::Versions)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
     cfg.ignore_client_order = true;
@@ -688,11 +659,10 @@ fn build_server_config(
         // tickets.
         Some(path) => Arc::new(
             crate::tls::tickets::FileTicketer::load(path, &policy_digest(l), l.ticket_lifetime_s)
-                .map_err(TlsError)?,
+                .map_err(TlsError::TicketKey)?,
         ),
         // Per-process keys, rotated by rustls.
-        None => aws_lc_rs::Ticketer::new()
-            .map_err(|e| TlsError(format!("cannot create a session ticketer: {e}")))?,
+        None => aws_lc_rs::Ticketer::new().map_err(TlsError::Ticketer)?,
     };
     cfg.send_tls13_tickets = l.tls13_tickets;
     cfg.max_early_data_size = 0;
@@ -758,7 +728,10 @@ impl ServedCert {
             return Err(e);
         }
         let algorithms =
-            CertAlgorithms::from_der(&ck.cert[0]).map_err(|e| TlsError::file(cert, e))?;
+            CertAlgorithms::from_der(&ck.cert[0]).map_err(|why| TlsError::Algorithms {
+                path: cert.to_owned(),
+                why,
+            })?;
         Ok(ServedCert {
             key: Arc::new(ck),
             path: cert.to_path_buf(),
@@ -857,7 +830,6 @@ fn policy_verifier(
     else {
         return Ok(None);
     };
-    let listener = format!("listener \"{}\"", l.name);
     let roots = Arc::new(load_roots(&ca.ca)?);
     let mut crls = Vec::new();
     for path in &ca.crl {
@@ -869,11 +841,14 @@ fn policy_verifier(
     if ca.mode == ClientAuthMode::Optional {
         builder = builder.allow_unauthenticated();
     }
-    let inner = builder
-        .build()
-        .map_err(|e| TlsError(format!("{listener}: client_auth: {e}")))?;
-    let allow = AllowList::parse(&ca.allow)
-        .map_err(|e| TlsError(format!("{listener}: client_auth.{e}")))?;
+    let inner = builder.build().map_err(|source| TlsError::ClientAuth {
+        listener: l.name.clone(),
+        source,
+    })?;
+    let allow = AllowList::parse(&ca.allow).map_err(|why| TlsError::AllowList {
+        listener: l.name.clone(),
+        why,
+    })?;
     Ok(Some(PolicyVerifier::new(inner, allow)))
 }
 
@@ -1028,17 +1003,24 @@ fn upstream_config(
     listener: &str,
     up: &UpstreamTls,
 ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), TlsError> {
-    let at = |why: String| TlsError(format!("listener \"{listener}\": upstream_tls: {why}"));
-    let name = ServerName::try_from(up.server_name.clone())
-        .map_err(|e| at(format!("server_name \"{}\": {e}", up.server_name)))?;
+    let at = |problem| TlsError::UpstreamTls {
+        listener: listener.to_owned(),
+        problem,
+    };
+    let name = ServerName::try_from(up.server_name.clone()).map_err(|e| {
+        at(UpstreamTlsProblem::ServerName {
+            name: up.server_name.clone(),
+            why: e.to_string(),
+        })
+    })?;
     let provider = server_provider();
     let roots = load_roots(&up.ca)?;
     if roots.is_empty() {
-        return Err(at("no CA bundle given (ca = [...])".into()));
+        return Err(at(UpstreamTlsProblem::NoCa));
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| at(format!("TLS versions: {e}")))?
+        .map_err(|e| at(UpstreamTlsProblem::Versions(e)))?
         .with_root_certificates(roots);
     let cfg = match (&up.cert, &up.key) {
         (Some(cert), Some(key)) => {
@@ -1046,11 +1028,7 @@ fn upstream_config(
             builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ck)))
         }
         (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(at(
-                "`cert` and `key` go together: set both or neither".into()
-            ))
-        }
+        _ => return Err(at(UpstreamTlsProblem::CertWithoutKey)),
     };
     // Resumption: rustls' default in-memory cache (tickets and TLS 1.2 session IDs).
     // `upstream_clients` gives each upstream address its own store instead.
@@ -1283,14 +1261,10 @@ fn load_roots_file(path: &Path) -> Result<Vec<rustls_pki_types::TrustAnchor<'sta
     let mut out = Vec::with_capacity(certs.len());
     for (i, c) in certs.iter().enumerate() {
         let mut one = rustls::RootCertStore::empty();
-        one.add(c.clone()).map_err(|e| {
-            TlsError::file(
-                path,
-                format!(
-                    "CA bundle: certificate #{} is not usable as a trust anchor: {e}",
-                    i + 1
-                ),
-            )
+        one.add(c.clone()).map_err(|source| TlsError::TrustAnchor {
+            path: path.to_owned(),
+            number: i + 1,
+            source,
         })?;
         out.extend(one.roots);
     }
@@ -1302,7 +1276,10 @@ fn load_roots_file(path: &Path) -> Result<Vec<rustls_pki_types::TrustAnchor<'sta
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let bytes = read_file(path, "CRL")?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(TlsError::file(path, "no CRL found: the file is empty"));
+        return Err(TlsError::EmptyFile {
+            path: path.to_owned(),
+            what: "CRL",
+        });
     }
     // DER starts with a SEQUENCE tag; PEM with text.
     let crls = if bytes.first() == Some(&0x30) {
@@ -1310,21 +1287,24 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     } else {
         let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::file(path, format!("unparsable PEM: {}", pem_why(&e))))?;
+            .map_err(|source| TlsError::Pem {
+                path: path.to_owned(),
+                source,
+            })?;
         if crls.is_empty() {
-            return Err(TlsError::file(
-                path,
-                "no CRL found (expected a \"-----BEGIN X509 CRL-----\" section or a DER CRL)",
-            ));
+            return Err(TlsError::NoCrl {
+                path: path.to_owned(),
+            });
         }
         crls
     };
     for (i, crl) in crls.iter().enumerate() {
         if let Err(e) = x509_parser::parse_x509_crl(crl) {
-            return Err(TlsError::file(
-                path,
-                format!("CRL #{} is not a valid X.509 CRL: {e}", i + 1),
-            ));
+            return Err(TlsError::NotX509Crl {
+                path: path.to_owned(),
+                number: i + 1,
+                why: e.to_string(),
+            });
         }
     }
     Ok(crls)
@@ -1344,32 +1324,29 @@ fn load_crl_file(
                 .with_crls([crl.clone()])
                 .build()
                 .map_err(|e| match e {
-                    rustls::server::VerifierBuilderError::InvalidCrl(e) => {
-                        TlsError::file(path, format!("CRL #{} is not usable: {e:?}", i + 1))
+                    rustls::server::VerifierBuilderError::InvalidCrl(why) => {
+                        TlsError::CrlUnusable {
+                            path: path.to_owned(),
+                            number: i + 1,
+                            why,
+                        }
                     }
-                    e => TlsError::file(path, e),
+                    source => TlsError::CrlVerifier {
+                        path: path.to_owned(),
+                        source,
+                    },
                 })?;
         }
     }
     Ok(crls)
 }
 
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::file(path, format!("cannot read {what} file: {e}")))
-}
-
-fn pem_why(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => {
-            let label = String::from_utf8_lossy(end_marker);
-            format!("no \"-----END {label}-----\" line after \"-----BEGIN {label}-----\"")
-        }
-        pem::Error::IllegalSectionStart { line } => {
-            format!("malformed BEGIN line \"{}\"", String::from_utf8_lossy(line))
-        }
-        pem::Error::Base64Decode(why) => format!("bad base64 in a PEM section ({why})"),
-        other => other.to_string(),
-    }
+fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        what,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -1538,7 +1515,7 @@ tls13_tickets = 2
     fn mismatched_key_names_both_files() {
         let mut fx = Fixture::new("mismatch");
         fx.listener.key = fx.dir.join("client.key");
-        let e = server_config(&fx.listener).unwrap_err().0;
+        let e = server_config(&fx.listener).unwrap_err().to_string();
         assert_eq!(
             e,
             format!(
@@ -1558,7 +1535,7 @@ tls13_tickets = 2
         fx.listener.key = fx.dir.join("empty.key");
         let problems: Vec<String> = listener_problems(&fx.listener)
             .into_iter()
-            .map(|e| e.0)
+            .map(|e| e.to_string())
             .collect();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("missing.pem: cannot read certificate file: No such file"));
@@ -1591,7 +1568,7 @@ tls13_tickets = 2
         for (name, text, why) in cases {
             let path = dir.join(name);
             std::fs::write(&path, text).unwrap();
-            let e = load_certs(&path).unwrap_err().0;
+            let e = load_certs(&path).unwrap_err().to_string();
             assert!(e.starts_with(&format!("{}: {why}", path.display())), "{e}");
         }
         let path = dir.join("bad.key");
@@ -1606,7 +1583,7 @@ tls13_tickets = 2
         assert!(certs.is_err());
         let e = certified_key_from(&dir.join("x.pem"), &path, Vec::new(), der, &provider)
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(
             e.contains("bad.key: unsupported or malformed PKCS#8 private key"),
             "{e}"
@@ -1626,7 +1603,7 @@ tls13_tickets = 2
              -----END EC PRIVATE KEY-----\n",
         )
         .unwrap();
-        let e = load_key(&legacy).unwrap_err().0;
+        let e = load_key(&legacy).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!(
                 "{}: the private key is encrypted (OpenSSL \"Proc-Type: 4,ENCRYPTED\")",
@@ -1655,7 +1632,7 @@ tls13_tickets = 2
         std::fs::write(&key, &pki.server_key_pem).unwrap();
         let e = certified_key(&chain, &key, &aws_lc_rs::default_provider())
             .unwrap_err()
-            .0;
+            .to_string();
         assert_eq!(
             e,
             format!(
