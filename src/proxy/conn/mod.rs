@@ -11,9 +11,9 @@
 //! `handle_*_sent`, so the driver's I/O layer owns them while the kernel does.
 //!
 //! Owns [`Conn`] (phases, deadlines, close decisions, the upstream TLS retry) over two
-//! [`leg::Leg`]s of one type, one per side: every per-side rule (send queue, EOF,
-//! close_notify, shutdown, budgets) lives there once. [`chunks`] holds the send
-//! queue, [`close`] the close and failure vocabulary.
+//! `leg::Leg`s of one type, one per side: every per-side rule (send queue, EOF,
+//! close_notify, shutdown, budgets) lives there once. `chunks` holds the send
+//! queue, `close` the close and failure vocabulary.
 //!
 //! I/O contract: none; no clock (`now` is an input).
 #![forbid(unsafe_code)]
