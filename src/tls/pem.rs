@@ -125,30 +125,40 @@ pub(super) fn certified_key_from(
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(ck),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            // The key may belong to a later certificate of the file: wrong order.
-            let matching = public_key.and_then(|spki| {
-                ck.cert.iter().enumerate().skip(1).find_map(|(i, der)| {
-                    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
-                    (c.public_key().raw == spki.as_slice()).then(|| (i, describe(&c)))
-                })
-            });
-            Err(match matching {
-                Some((i, subject)) => TlsError::KeyForLaterCert {
-                    cert: cert_path.to_owned(),
-                    key: key_path.to_owned(),
-                    number: i + 1,
-                    subject,
-                },
-                None => TlsError::KeyMismatch {
-                    key: key_path.to_owned(),
-                    cert: cert_path.to_owned(),
-                },
-            })
+            Err(key_mismatch(cert_path, key_path, &ck.cert, public_key))
         }
         Err(source) => Err(TlsError::LeafUnusable {
             path: cert_path.to_owned(),
             source,
         }),
+    }
+}
+
+/// The key is not the leaf's: it may belong to a later certificate of the file,
+/// which is a wrong order rather than a wrong key.
+fn key_mismatch(
+    cert_path: &Path,
+    key_path: &Path,
+    chain: &[CertificateDer<'_>],
+    public_key: Option<Vec<u8>>,
+) -> TlsError {
+    let matching = public_key.and_then(|spki| {
+        chain.iter().enumerate().skip(1).find_map(|(i, der)| {
+            let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+            (c.public_key().raw == spki.as_slice()).then(|| (i, describe(&c)))
+        })
+    });
+    match matching {
+        Some((i, subject)) => TlsError::KeyForLaterCert {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+            number: i + 1,
+            subject,
+        },
+        None => TlsError::KeyMismatch {
+            key: key_path.to_owned(),
+            cert: cert_path.to_owned(),
+        },
     }
 }
 

@@ -66,27 +66,16 @@ fn server_config_completes_a_handshake_with_alpn() {
     let mut client =
         rustls::ClientConnection::new(Arc::new(client_cfg), "localhost".try_into().unwrap())
             .unwrap();
-    let mut server = rustls::ServerConnection::new(server_cfg).unwrap();
-    let mut buf = Vec::new();
-    for _ in 0..10 {
-        buf.clear();
-        client.write_tls(&mut buf).unwrap();
-        server.read_tls(&mut buf.as_slice()).unwrap();
-        server.process_new_packets().unwrap();
-        buf.clear();
-        server.write_tls(&mut buf).unwrap();
-        client.read_tls(&mut buf.as_slice()).unwrap();
-        client.process_new_packets().unwrap();
-        if !client.is_handshaking() && !server.is_handshaking() {
-            break;
-        }
-    }
-    assert!(!client.is_handshaking() && !server.is_handshaking());
+    let server = handshake(&mut client, &server_cfg);
+    assert!(!server.is_handshaking());
     assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
 }
 
-/// Run an in-memory handshake to the end (tickets included).
-fn handshake(client: &mut rustls::ClientConnection, server_cfg: &Arc<rustls::ServerConfig>) {
+/// Run an in-memory handshake to the end (tickets included); the server's side.
+fn handshake(
+    client: &mut rustls::ClientConnection,
+    server_cfg: &Arc<rustls::ServerConfig>,
+) -> rustls::ServerConnection {
     let mut server = rustls::ServerConnection::new(server_cfg.clone()).unwrap();
     let mut buf = Vec::new();
     for _ in 0..10 {
@@ -103,6 +92,7 @@ fn handshake(client: &mut rustls::ClientConnection, server_cfg: &Arc<rustls::Ser
         }
     }
     assert!(!client.is_handshaking());
+    server
 }
 
 #[test]

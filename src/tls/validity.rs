@@ -124,6 +124,7 @@ pub(super) fn validity_findings(
         Role::Server => "clients",
         Role::Client => "the upstream",
     };
+    let path = path.display();
     let mut out = Vec::new();
     for (i, der) in chain.iter().enumerate() {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -134,42 +135,48 @@ pub(super) fn validity_findings(
         } else {
             format!("certificate #{} ({})", i + 1, describe(&cert))
         };
-        let path = path.display();
         let validity = cert.validity();
         let (not_before, not_after) = (validity.not_before, validity.not_after);
         let left = not_after.timestamp() - now;
-        if left < 0 {
-            out.push(DateFinding {
-                refused: true,
-                message: format!(
-                    "{path}: {what} expired: notAfter {not_after} ({who} will reject it)"
-                ),
-            });
+        let (refused, why) = if left < 0 {
+            (
+                true,
+                format!("expired: notAfter {not_after} ({who} will reject it)"),
+            )
         } else if not_before.timestamp() > now {
-            out.push(DateFinding {
-                refused: true,
-                message: format!(
-                    "{path}: {what} not yet valid: notBefore {not_before}, notAfter \
-                     {not_after} ({who} will reject it)"
-                ),
-            });
+            let dates = format!("notBefore {not_before}, notAfter {not_after}");
+            (
+                true,
+                format!("not yet valid: {dates} ({who} will reject it)"),
+            )
         } else if left < EXPIRY_WARNING_DAYS * 86400 {
-            let when = if left < 86400 {
-                let hours = (left + 3599) / 3600;
-                format!("{hours} hour{}", if hours == 1 { "" } else { "s" })
-            } else {
-                let days = (left + 43200) / 86400;
-                format!("{days} day{}", if days == 1 { "" } else { "s" })
-            };
-            out.push(DateFinding {
-                refused: false,
-                message: format!(
-                    "{path}: {what} expires in {when}: notAfter {not_after}; renew it"
-                ),
-            });
-        }
+            let when = time_left(left);
+            (
+                false,
+                format!("expires in {when}: notAfter {not_after}; renew it"),
+            )
+        } else {
+            continue;
+        };
+        out.push(DateFinding {
+            refused,
+            message: format!("{path}: {what} {why}"),
+        });
     }
     out
+}
+
+/// `5 days`, `1 day`, `2 hours`: rounded to the nearest day, or up to the hour under
+/// a day.
+fn time_left(seconds: i64) -> String {
+    let plural = |n: i64| if n == 1 { "" } else { "s" };
+    if seconds < 86400 {
+        let hours = (seconds + 3599) / 3600;
+        format!("{hours} hour{}", plural(hours))
+    } else {
+        let days = (seconds + 43200) / 86400;
+        format!("{days} day{}", plural(days))
+    }
 }
 
 /// The leaf certificate's notAfter as a Unix timestamp (for the expiry gauge).

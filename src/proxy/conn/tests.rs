@@ -1,5 +1,4 @@
 use super::*;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
@@ -10,28 +9,22 @@ struct Pki {
     roots: RootCertStore,
 }
 
+/// A server config for "localhost" and a client trusting it, from the project's
+/// test PKI. Each call makes a new CA with its own name, so another call's
+/// certificate is an unknown issuer, not a same-named issuer with a bad signature.
 fn pki() -> Pki {
+    use crate::tools::certs::{LeafSpec, TestCa};
     crate::tls::install_provider();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    // A distinct subject per PKI, so a foreign cert is an unknown issuer, not a
-    // same-named issuer with a bad signature.
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("conn test {n}"));
-    let cert = params.self_signed(&key).unwrap();
-    let der: CertificateDer<'static> = cert.der().clone();
+    let ca = TestCa::root(&format!("conn test CA {n}")).unwrap();
+    let leaf = ca.leaf(&LeafSpec::server(&["localhost"])).unwrap();
     let server = ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
+        .with_single_cert(leaf.chain.clone(), leaf.key())
         .unwrap();
     let mut roots = RootCertStore::empty();
-    roots.add(der).unwrap();
+    roots.add(ca.der.clone()).unwrap();
     let client = ClientConfig::builder()
         .with_root_certificates(roots.clone())
         .with_no_client_auth();
