@@ -372,3 +372,71 @@ fn chain_findings_name_the_certificate() {
         f[1].message
     );
 }
+
+#[test]
+fn worker_config_records_the_refused_client_and_refuses_it_alike() {
+    use rustls::{CertificateError, Error};
+    let mut fx = Fixture::new("sink");
+    fx.listener.client_auth = Some(crate::config::ClientAuth {
+        mode: crate::config::ClientAuthMode::Require,
+        ca: vec![fx.dir.join("ca.pem")],
+        crl: Vec::new(),
+        allow: vec!["spiffe://example.org/someone-else".into()],
+    });
+    let tls = server_tls(&fx.listener).unwrap();
+    let sink = RejectSink::default();
+    let worker = tls.config_for(&sink);
+    assert_eq!(worker.alpn_protocols, tls.config.alpn_protocols);
+    assert_eq!(worker.send_tls13_tickets, tls.config.send_tls13_tickets);
+    assert!(Arc::ptr_eq(&worker.ticketer, &tls.config.ticketer));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(load_certs(&fx.dir.join("ca.pem")).unwrap()[0].clone())
+        .unwrap();
+    let chain = load_certs(&fx.dir.join("client.pem")).unwrap();
+    let key = load_key(&fx.dir.join("client.key")).unwrap();
+    let client_cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    );
+    // The shared config and the worker's refuse the same way; only the worker's
+    // records who it was.
+    for (cfg, records) in [(&tls.config, false), (&worker, true)] {
+        let mut client =
+            rustls::ClientConnection::new(client_cfg.clone(), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut server = rustls::ServerConnection::new(cfg.clone()).unwrap();
+        let mut failed = None;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            if let Err(e) = server.process_new_packets() {
+                failed = Some(e);
+                break;
+            }
+            buf.clear();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert_eq!(
+            failed,
+            Some(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))
+        );
+        let rejected = sink.take();
+        assert_eq!(rejected.is_some(), records);
+        if let Some(r) = rejected {
+            let id = r.identity.expect("the refused leaf's identity");
+            assert_eq!(id.spiffe.as_deref(), Some("spiffe://example.org/client"));
+        }
+        assert!(sink.take().is_none(), "taken once");
+    }
+}
