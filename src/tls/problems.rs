@@ -13,7 +13,7 @@ use super::server::{server_provider, server_tls};
 use super::validity::Role;
 use super::verifier::load_crl_file;
 use super::TlsError;
-use crate::config::{ClientAuthMode, Listener};
+use crate::config::{ClientAuth, ClientAuthMode, Listener};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
@@ -56,18 +56,7 @@ pub fn listener_file_problems(l: &Listener) -> Vec<TlsError> {
         .as_ref()
         .filter(|c| c.mode != ClientAuthMode::None)
     {
-        let roots = collect_problems(&ca.ca, load_roots_file, &mut out);
-        let mut store = rustls::RootCertStore::empty();
-        roots
-            .into_iter()
-            .flatten()
-            .for_each(|c| store.roots.push(c));
-        let store = Arc::new(store);
-        for path in &ca.crl {
-            if let Err(e) = load_crl_file(path, &store, &provider) {
-                out.push(e);
-            }
-        }
+        client_auth_problems(ca, &provider, &mut out);
     }
     if let Some(up) = &l.upstream_tls {
         collect_problems(&up.ca, load_roots_file, &mut out);
@@ -81,6 +70,22 @@ pub fn listener_file_problems(l: &Listener) -> Vec<TlsError> {
         }
     }
     out
+}
+
+/// Every unusable CA bundle and CRL of `client_auth`.
+fn client_auth_problems(ca: &ClientAuth, provider: &Arc<CryptoProvider>, out: &mut Vec<TlsError>) {
+    let roots = collect_problems(&ca.ca, load_roots_file, out);
+    let mut store = rustls::RootCertStore::empty();
+    roots
+        .into_iter()
+        .flatten()
+        .for_each(|c| store.roots.push(c));
+    let store = Arc::new(store);
+    for path in &ca.crl {
+        if let Err(e) = load_crl_file(path, &store, provider) {
+            out.push(e);
+        }
+    }
 }
 
 fn cert_and_key_problems(

@@ -124,10 +124,12 @@ pub(super) fn validity_findings(
         Role::Server => "clients",
         Role::Client => "the upstream",
     };
-    let path = path.display();
     let mut out = Vec::new();
     for (i, der) in chain.iter().enumerate() {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            continue;
+        };
+        let Some((refused, why)) = date_problem(&cert, who, now) else {
             continue;
         };
         let what = if i == 0 {
@@ -135,35 +137,39 @@ pub(super) fn validity_findings(
         } else {
             format!("certificate #{} ({})", i + 1, describe(&cert))
         };
-        let validity = cert.validity();
-        let (not_before, not_after) = (validity.not_before, validity.not_after);
-        let left = not_after.timestamp() - now;
-        let (refused, why) = if left < 0 {
-            (
-                true,
-                format!("expired: notAfter {not_after} ({who} will reject it)"),
-            )
-        } else if not_before.timestamp() > now {
-            let dates = format!("notBefore {not_before}, notAfter {not_after}");
-            (
-                true,
-                format!("not yet valid: {dates} ({who} will reject it)"),
-            )
-        } else if left < EXPIRY_WARNING_DAYS * 86400 {
-            let when = time_left(left);
-            (
-                false,
-                format!("expires in {when}: notAfter {not_after}; renew it"),
-            )
-        } else {
-            continue;
-        };
         out.push(DateFinding {
             refused,
-            message: format!("{path}: {what} {why}"),
+            message: format!("{}: {what} {why}", path.display()),
         });
     }
     out
+}
+
+/// What one certificate's dates say at `now`, if anything: (refused by `who`, why).
+fn date_problem(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    who: &str,
+    now: i64,
+) -> Option<(bool, String)> {
+    let validity = cert.validity();
+    let (not_before, not_after) = (validity.not_before, validity.not_after);
+    let left = not_after.timestamp() - now;
+    if left < 0 {
+        let why = format!("expired: notAfter {not_after} ({who} will reject it)");
+        Some((true, why))
+    } else if not_before.timestamp() > now {
+        let dates = format!("notBefore {not_before}, notAfter {not_after}");
+        Some((
+            true,
+            format!("not yet valid: {dates} ({who} will reject it)"),
+        ))
+    } else if left < EXPIRY_WARNING_DAYS * 86400 {
+        let when = time_left(left);
+        let why = format!("expires in {when}: notAfter {not_after}; renew it");
+        Some((false, why))
+    } else {
+        None
+    }
 }
 
 /// `5 days`, `1 day`, `2 hours`: rounded to the nearest day, or up to the hour under
