@@ -88,6 +88,23 @@ fn with_cert(leaf: &TestLeaf) -> Option<(Vec<CertificateDer<'static>>, PrivateKe
     Some((leaf.chain.clone(), leaf.key()))
 }
 
+/// A server config and the sink its verifier leaves refused clients in (what a
+/// worker has), or a bare config.
+#[derive(Clone)]
+struct Server {
+    config: Arc<ServerConfig>,
+    rejects: Option<terminus::tls::RejectSink>,
+}
+
+impl From<Arc<ServerConfig>> for Server {
+    fn from(config: Arc<ServerConfig>) -> Server {
+        Server {
+            config,
+            rejects: None,
+        }
+    }
+}
+
 /// The outcome of one in-memory handshake.
 struct Outcome {
     server: Result<(), Error>,
@@ -100,10 +117,11 @@ struct Outcome {
 /// Drive a handshake to completion or failure, delivering the failing side's alert
 /// to the other side and letting the client read once more after the server finished
 /// (a TLS 1.3 client considers itself done before the server has checked its cert).
-fn handshake(server_cfg: Arc<ServerConfig>, client_cfg: Arc<ClientConfig>, sni: &str) -> Outcome {
+fn handshake(server_cfg: impl Into<Server>, client_cfg: Arc<ClientConfig>, sni: &str) -> Outcome {
+    let server_cfg = server_cfg.into();
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     let mut client = ClientConnection::new(client_cfg, name).unwrap();
-    let mut server = ServerConnection::new(server_cfg).unwrap();
+    let mut server = ServerConnection::new(server_cfg.config).unwrap();
     let mut server_res = Ok(());
     let mut client_res = Ok(());
     let mut rejected = None;
@@ -114,7 +132,7 @@ fn handshake(server_cfg: Arc<ServerConfig>, client_cfg: Arc<ClientConfig>, sni: 
         if !buf.is_empty() && server_res.is_ok() {
             server.read_tls(&mut buf.as_slice()).unwrap();
             if let Err(e) = server.process_new_packets() {
-                rejected = terminus::tls::take_rejected_client();
+                rejected = server_cfg.rejects.as_ref().and_then(|r| r.take());
                 server_res = Err(e);
             }
         }
@@ -160,9 +178,15 @@ impl Clients {
             .unwrap()
     }
 
-    fn server(&self, client_auth: &str) -> Arc<ServerConfig> {
+    /// The listener's server config as a worker has it (with a sink).
+    fn server(&self, client_auth: &str) -> Server {
         let l = listener(&self.dir, client_auth);
-        terminus::tls::server_config(&l).unwrap()
+        let tls = terminus::tls::server_tls(&l).unwrap();
+        let rejects = terminus::tls::RejectSink::default();
+        Server {
+            config: tls.config_for(&rejects),
+            rejects: Some(rejects),
+        }
     }
 
     fn client(&self, auth: Option<&TestLeaf>) -> Arc<ClientConfig> {
@@ -524,11 +548,15 @@ fn ca_and_crl_problems_name_the_file() {
             &c.dir,
             &format!("[listeners.client_auth]\nmode = \"require\"\n{keys}\n"),
         );
-        let e = terminus::tls::server_config(&l).unwrap_err().0;
+        let e = terminus::tls::server_config(&l).unwrap_err().to_string();
         assert!(e.starts_with(&want), "{keys}:\n got {e}\nwant {want}");
         let problems = terminus::tls::listener_problems(&l);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].0.starts_with(&want), "{}", problems[0]);
+        assert!(
+            problems[0].to_string().starts_with(&want),
+            "{}",
+            problems[0]
+        );
     }
     // listener_problems reports every bad file at once.
     let l = listener(
@@ -538,7 +566,7 @@ fn ca_and_crl_problems_name_the_file() {
     );
     let problems: Vec<String> = terminus::tls::listener_problems(&l)
         .into_iter()
-        .map(|e| e.0)
+        .map(|e| e.to_string())
         .collect();
     assert_eq!(problems.len(), 6, "{problems:#?}");
 }
@@ -612,7 +640,7 @@ fn sni_cert_problems_name_the_file() {
     let dir = Dir::new("sni-bad");
     let extra = "[[listeners.sni]]\nserver_names = [\"api.internal\"]\ncert = \"missing.pem\"\nkey = \"server.key\"\n";
     let l = listener(&dir, extra);
-    let e = terminus::tls::server_config(&l).unwrap_err().0;
+    let e = terminus::tls::server_config(&l).unwrap_err().to_string();
     assert!(
         e.starts_with(&format!(
             "{}: cannot read certificate file",
@@ -743,7 +771,9 @@ fn upstream_tls_absent_and_file_errors() {
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"127.0.0.1\"\ncert = \"server.pem\"\nkey = \"nope.key\"",
     );
-    let e = terminus::tls::upstream_client_config(&l).unwrap_err().0;
+    let e = terminus::tls::upstream_client_config(&l)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&format!(
             "{}: cannot read private key file",

@@ -88,9 +88,30 @@ pub struct ListenerLocal {
     /// Out of file descriptors: re-arm the accept only at this time, not at once
     /// (an immediate re-arm would fail again and spin).
     pub rearm_at: Option<Instant>,
+    /// This worker's server config for the current `live` (its verifier leaves
+    /// refused clients in the worker's sink), rebuilt after a reload.
+    tls: Option<(std::sync::Weak<ListenerLive>, Arc<rustls::ServerConfig>)>,
 }
 
 impl ListenerLocal {
+    /// This worker's server config for `live`: shares certificates, session cache
+    /// and ticketer, but its verifier reports refused clients to `sink`.
+    pub fn server_config(
+        &mut self,
+        live: &Arc<ListenerLive>,
+        sink: &crate::tls::RejectSink,
+    ) -> Arc<rustls::ServerConfig> {
+        // The Weak keeps the address from being reused: no false match.
+        match &self.tls {
+            Some((l, c)) if std::ptr::eq(l.as_ptr(), Arc::as_ptr(live)) => c.clone(),
+            _ => {
+                let c = live.tls.config_for(sink);
+                self.tls = Some((Arc::downgrade(live), c.clone()));
+                c
+            }
+        }
+    }
+
     pub fn new(shared: Arc<ListenerShared>, fd: OwnedFd, worker: usize) -> Self {
         ListenerLocal {
             shared,
@@ -98,6 +119,7 @@ impl ListenerLocal {
             accept: None,
             rr_cursor: worker,
             rearm_at: None,
+            tls: None,
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct Worker {
     metrics: Vec<ListenerMetrics>,
     publish: Option<Publisher>,
     cap: BufferCap,
+    /// Where this worker's verifiers leave the client certificates they refuse.
+    rejects: crate::tls::RejectSink,
 }
 
 struct Publisher {
@@ -109,6 +111,7 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
             dirty: true,
         }),
         cap: BufferCap::new(s.max_buffered_per_worker, s.ring.recv_buffer_size as usize),
+        rejects: crate::tls::RejectSink::default(),
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -381,8 +384,9 @@ impl Worker {
 
     /// A new client socket: refuse it over `max_connections`, else give it a slot.
     fn admit(&mut self, li: usize, fd: OwnedFd, now: Instant) {
+        let live = self.listeners[li].shared.live.load_full();
+        let config = self.listeners[li].server_config(&live, &self.rejects);
         let shared = &self.listeners[li].shared;
-        let live = shared.live.load_full();
         if shared.active.fetch_add(1, Ordering::Relaxed) >= live.max_connections {
             shared.active.fetch_sub(1, Ordering::Relaxed);
             self.metrics[li].rejected_max_connections += 1;
@@ -390,7 +394,7 @@ impl Worker {
             return;
         }
         self.metrics[li].connections += 1;
-        let tls = match rustls::ServerConnection::new(live.tls.config.clone()) {
+        let tls = match rustls::ServerConnection::new(config) {
             Ok(t) => t,
             Err(_) => {
                 shared.active.fetch_sub(1, Ordering::Relaxed);
@@ -398,7 +402,7 @@ impl Worker {
                 return;
             }
         };
-        let conn = Conn::new(tls, live.limits, now);
+        let conn = Conn::new(tls, live.limits, now).with_reject_sink(self.rejects.clone());
         let client_addr = if self.log.enabled() {
             sock::peer_addr(&fd)
         } else {

@@ -9,6 +9,7 @@
 //! verifier's job (`tls`), and this module only describes what was verified.
 #![forbid(unsafe_code)]
 
+use super::TrustDomainError;
 use rustls_pki_types::CertificateDer;
 use std::fmt;
 use x509_parser::extensions::GeneralName;
@@ -145,20 +146,20 @@ impl fmt::Display for SpiffeId {
     }
 }
 
-pub(crate) fn check_trust_domain(td: &str) -> Result<(), String> {
+/// Whether `td` is a valid SPIFFE trust domain (lowercase letters, digits, `.`, `-`,
+/// `_`; not empty).
+pub(crate) fn check_trust_domain(td: &str) -> Result<(), TrustDomainError> {
     if td.is_empty() {
-        return Err("the trust domain is empty".into());
+        return Err(TrustDomainError::Empty);
     }
     let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_');
     match td.chars().find(|&c| !ok(c)) {
         None => Ok(()),
-        Some(c) if c.is_ascii_uppercase() => Err(format!(
-            "trust domain \"{td}\" must be lowercase (SPIFFE IDs are compared byte for byte)"
-        )),
-        Some(c) => Err(format!(
-            "trust domain \"{td}\" contains {c:?}: only lowercase letters, digits, '.', '-' \
-             and '_' are allowed (no port, user info or wildcard)"
-        )),
+        Some(c) if c.is_ascii_uppercase() => Err(TrustDomainError::Uppercase(td.to_owned())),
+        Some(c) => Err(TrustDomainError::BadChar {
+            td: td.to_owned(),
+            c,
+        }),
     }
 }
 

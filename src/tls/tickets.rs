@@ -18,6 +18,7 @@
 //! Ticket layout: key id (8 bytes) | nonce (12) | AES-256-GCM(ciphertext + tag).
 #![forbid(unsafe_code)]
 
+use super::TicketKeyError;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::digest::{digest, Context, SHA256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -45,21 +46,24 @@ impl std::fmt::Debug for FileTicketer {
 impl FileTicketer {
     /// Load `path`; `policy` is the digest of what must invalidate tickets when it
     /// changes. Errors name the file (and line) and why.
-    pub fn load(path: &Path, policy: &[u8], lifetime_s: u32) -> Result<FileTicketer, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read ticket key file: {e}", path.display()))?;
+    pub fn load(
+        path: &Path,
+        policy: &[u8],
+        lifetime_s: u32,
+    ) -> Result<FileTicketer, TicketKeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TicketKeyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let secret = parse_hex32(line).ok_or_else(|| {
-                format!(
-                    "{}:{}: ticket key must be 64 hex digits (32 random bytes, e.g. `openssl rand -hex 32`)",
-                    path.display(),
-                    n + 1
-                )
+            let secret = parse_hex32(line).ok_or_else(|| TicketKeyError::BadKey {
+                path: path.to_owned(),
+                line: n + 1,
             })?;
             let mut ctx = Context::new(&SHA256);
             ctx.update(b"terminus session ticket key v1\0");
@@ -69,15 +73,16 @@ impl FileTicketer {
             let id = digest(&SHA256, key.as_ref());
             let mut kid = [0u8; ID_LEN];
             kid.copy_from_slice(&id.as_ref()[..ID_LEN]);
-            let unbound = UnboundKey::new(&AES_256_GCM, key.as_ref())
-                .map_err(|_| format!("{}: cannot build an AES-256-GCM key", path.display()))?;
+            let unbound =
+                UnboundKey::new(&AES_256_GCM, key.as_ref()).map_err(|_| TicketKeyError::Aes {
+                    path: path.to_owned(),
+                })?;
             keys.push((kid, LessSafeKey::new(unbound)));
         }
         if keys.is_empty() {
-            return Err(format!(
-                "{}: no ticket key in the file (want lines of 64 hex digits, e.g. `openssl rand -hex 32`)",
-                path.display()
-            ));
+            return Err(TicketKeyError::NoKey {
+                path: path.to_owned(),
+            });
         }
         Ok(FileTicketer {
             keys,
@@ -193,15 +198,17 @@ mod tests {
     #[test]
     fn bad_files_name_the_file_and_line() {
         let p = file("# only a comment\n");
-        let e = FileTicketer::load(&p, b"", 1).unwrap_err();
+        let e = FileTicketer::load(&p, b"", 1).unwrap_err().to_string();
         assert!(
             e.contains(&p.display().to_string()) && e.contains("no ticket key"),
             "{e}"
         );
         let p = file(&format!("{K1}\nnot-hex\n"));
-        let e = FileTicketer::load(&p, b"", 1).unwrap_err();
+        let e = FileTicketer::load(&p, b"", 1).unwrap_err().to_string();
         assert!(e.contains(":2: ticket key must be 64 hex digits"), "{e}");
-        let e = FileTicketer::load(Path::new("/nonexistent/tk"), b"", 1).unwrap_err();
+        let e = FileTicketer::load(Path::new("/nonexistent/tk"), b"", 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/tk: cannot read"), "{e}");
     }
 }

@@ -614,7 +614,8 @@ pub fn client_config(
     };
     let mut cfg = match client_auth {
         Some((cert, key)) => {
-            let ck = crate::tls::certified_key(&cert, &key, &provider).map_err(|e| e.0)?;
+            let ck =
+                crate::tls::certified_key(&cert, &key, &provider).map_err(|e| e.to_string())?;
             builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
         }
         None => builder.with_no_client_auth(),
@@ -844,9 +845,9 @@ impl BenchArgs {
             None
         } else {
             let trust = match (&self.ca, self.dangerous_skip_verify) {
-                (Some(ca), _) => {
-                    Trust::Roots(crate::tls::load_roots(std::slice::from_ref(ca)).map_err(|e| e.0)?)
-                }
+                (Some(ca), _) => Trust::Roots(
+                    crate::tls::load_roots(std::slice::from_ref(ca)).map_err(|e| e.to_string())?,
+                ),
                 (None, true) => Trust::SkipVerify,
                 (None, false) => {
                     return Err(

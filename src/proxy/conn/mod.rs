@@ -1,0 +1,558 @@
+//! conn: the sans-IO state machine of one proxied connection.
+//!
+//! Inputs are `handle_*` calls (bytes received, a send finished, the upstream
+//! connected, EOF, an error, the time), outputs are `poll_*`/`wants_*` queries
+//! (bytes to send to either side, connect now, shut down a side, stop or resume
+//! receiving, close). It never sees a file descriptor or reads the clock, so the
+//! whole proxy logic — TLS, half-close, backpressure, timeouts — is unit-tested with
+//! an in-memory rustls client (see the tests below) and any driver can run it.
+//!
+//! Send buffers are handed to the driver by value (`poll_*_send`) and come back with
+//! `handle_*_sent`, so the driver's I/O layer owns them while the kernel does.
+//!
+//! Owns [`Conn`] (phases, deadlines, close decisions, the upstream TLS retry) over two
+//! `leg::Leg`s of one type, one per side: every per-side rule (send queue, EOF,
+//! close_notify, shutdown, budgets) lives there once. `chunks` holds the send
+//! queue, `close` the close and failure vocabulary.
+//!
+//! I/O contract: none; no clock (`now` is an input).
+#![forbid(unsafe_code)]
+
+mod chunks;
+mod close;
+mod leg;
+#[cfg(test)]
+mod tests;
+
+pub use close::{CloseReason, Expired, HandshakeFailure};
+pub use leg::Side;
+
+use leg::Leg;
+use rustls::{Connection, ServerConnection};
+use std::time::{Duration, Instant};
+
+/// Per-listener limits, all configurable.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Per direction: stop reading a side once this many bytes wait for the other.
+    pub max_buffered: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TLS handshake with the client in progress.
+    Handshaking,
+    /// Handshake done; the driver is connecting the upstream.
+    Connecting,
+    /// Both legs up: bytes flow.
+    Streaming,
+}
+
+pub struct Conn {
+    phase: Phase,
+    limits: ConnLimits,
+    started: Instant,
+    last_activity: Instant,
+    connect_started: Instant,
+    handshake_done: Option<Instant>,
+    want_connect: bool,
+
+    /// The client's side: TLS server session, client plaintext for the upstream,
+    /// bytes for the client socket.
+    client: Leg,
+    /// The upstream's side: TLS client session once connected (re-encryption) or
+    /// none, upstream plaintext for the client (sealed into records at the next poll
+    /// so a turn's worth of bytes becomes as few records as possible), bytes for the
+    /// upstream socket (preamble first).
+    upstream: Leg,
+
+    /// Close at once.
+    close: Option<CloseReason>,
+    /// Close once the client's queue (an alert, a close_notify) has been sent.
+    close_after_flush: Option<CloseReason>,
+
+    pub bytes_client_to_upstream: u64,
+    pub bytes_upstream_to_client: u64,
+    /// The client certificate the verifier refused, when that failed the handshake.
+    rejected: Option<Box<crate::tls::RejectedClient>>,
+    /// Where the verifier of this connection's config leaves a refused client.
+    rejects: Option<crate::tls::RejectSink>,
+    /// Retrying the upstream leg after a refused TLS session.
+    up_retry: UpRetry,
+}
+
+/// The one retry of an upstream TLS handshake that offered a session to resume
+/// ([`Conn::allow_upstream_tls_retry`]). Whether client bytes (or its close_notify)
+/// went into the upstream TLS, which makes a retry too late, is the upstream leg's
+/// `committed`.
+#[derive(Debug, Default, Clone, Copy)]
+struct UpRetry {
+    /// This handshake offered a session: an early failure may be retried.
+    allowed: bool,
+    /// A retry the driver has not polled yet, and why.
+    pending: Option<HandshakeFailure>,
+    /// The retry was used (the upstream leg now makes full handshakes only).
+    used: bool,
+}
+
+impl Conn {
+    pub fn new(tls: ServerConnection, limits: ConnLimits, now: Instant) -> Self {
+        Conn {
+            phase: Phase::Handshaking,
+            limits,
+            started: now,
+            last_activity: now,
+            connect_started: now,
+            handshake_done: None,
+            want_connect: false,
+            client: Leg::new(Some(Connection::Server(tls))),
+            upstream: Leg::default(),
+            close: None,
+            close_after_flush: None,
+            bytes_client_to_upstream: 0,
+            bytes_upstream_to_client: 0,
+            rejected: None,
+            rejects: None,
+            up_retry: UpRetry::default(),
+        }
+    }
+
+    /// Where the verifier of the config `tls` was made from leaves a client it
+    /// refuses ([`crate::tls::ServerTls::config_for`]): read when the handshake
+    /// fails, for [`Conn::rejected_client`].
+    pub fn with_reject_sink(mut self, sink: crate::tls::RejectSink) -> Self {
+        self.rejects = Some(sink);
+        self
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn tls(&self) -> &ServerConnection {
+        match self.client.tls.as_deref() {
+            Some(Connection::Server(s)) => s,
+            _ => unreachable!("the client leg is always a TLS server session"),
+        }
+    }
+
+    /// When the connection was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Time from accept to handshake completion, once done.
+    pub fn handshake_duration(&self) -> Option<Duration> {
+        self.handshake_done.map(|t| t - self.started)
+    }
+
+    fn leg(&self, side: Side) -> &Leg {
+        match side {
+            Side::Client => &self.client,
+            Side::Upstream => &self.upstream,
+        }
+    }
+
+    /// Largest capacity a staging buffer may grow to: the direction's budget plus
+    /// room for TLS record overhead.
+    fn staging_limit(&self) -> usize {
+        self.limits.max_buffered + 4096
+    }
+
+    fn closing(&self) -> bool {
+        self.close.is_some() || self.close_after_flush.is_some()
+    }
+
+    // ---- inputs -------------------------------------------------------------
+
+    /// Bytes arrived from `side`: what [`Conn::handle_client_data`] and
+    /// [`Conn::handle_upstream_data`] do.
+    pub fn handle_data(&mut self, side: Side, data: &[u8], now: Instant) {
+        match side {
+            Side::Client => self.handle_client_data(data, now),
+            Side::Upstream => self.handle_upstream_data(data, now),
+        }
+    }
+
+    /// Bytes arrived from the client.
+    pub fn handle_client_data(&mut self, data: &[u8], now: Instant) {
+        if self.closing() || self.client.read_closed {
+            return;
+        }
+        self.last_activity = now;
+        // Spare capacity counts against the direction's bound like the bytes do.
+        let limit = self.staging_limit().saturating_sub(self.upstream.queued());
+        let fed = self
+            .client
+            .receive(data, limit, &mut self.bytes_client_to_upstream);
+        if let Err(e) = fed {
+            self.fail_tls(&e);
+            return;
+        }
+        if self.phase == Phase::Handshaking && !self.client.handshaking() {
+            self.phase = Phase::Connecting;
+            self.handshake_done = Some(now);
+            self.want_connect = true;
+            self.connect_started = now;
+        }
+        self.client.pump();
+    }
+
+    /// The client's TCP stream ended (FIN).
+    pub fn handle_client_eof(&mut self, now: Instant) {
+        self.last_activity = now;
+        self.client.read_closed = true;
+        // A refusal already queued its alert: a FIN in the same read must not cut
+        // it off (the client half-closed; it can still read the alert).
+        if self.phase == Phase::Handshaking && self.close_after_flush.is_none() {
+            self.close
+                .get_or_insert(CloseReason::HandshakeFailed(HandshakeFailure::PeerClosed));
+        }
+    }
+
+    /// The client socket failed (reset, broken pipe...).
+    pub fn handle_client_error(&mut self) {
+        self.close
+            .get_or_insert(if self.phase == Phase::Handshaking {
+                CloseReason::HandshakeFailed(HandshakeFailure::PeerClosed)
+            } else {
+                CloseReason::ClientReset
+            });
+    }
+
+    /// The driver started a connect attempt (the connect timeout starts now).
+    pub fn handle_connect_started(&mut self, now: Instant) {
+        self.connect_started = now;
+    }
+
+    /// The upstream socket is connected. `preamble` (e.g. a PROXY v2 header) goes out
+    /// first; with `tls` the upstream leg is re-encrypted (its handshake starts now).
+    pub fn handle_upstream_connected(
+        &mut self,
+        now: Instant,
+        preamble: Vec<u8>,
+        tls: Option<rustls::ClientConnection>,
+    ) {
+        if self.phase == Phase::Connecting {
+            self.phase = Phase::Streaming;
+            self.last_activity = now;
+            debug_assert!(self.upstream.out.is_empty());
+            self.upstream.out.push(preamble);
+            self.upstream.tls = tls.map(|t| Box::new(Connection::Client(t)));
+            self.upstream.pump();
+        }
+    }
+
+    /// No upstream could be reached.
+    pub fn handle_upstream_unavailable(&mut self) {
+        self.client.send_close_notify();
+        self.close_after_flush
+            .get_or_insert(CloseReason::UpstreamUnavailable);
+    }
+
+    /// Plaintext arrived from the upstream.
+    pub fn handle_upstream_data(&mut self, data: &[u8], now: Instant) {
+        // Not Streaming: what is left of an upstream leg being retried.
+        if self.closing() || self.phase != Phase::Streaming {
+            return;
+        }
+        self.last_activity = now;
+        let limit = self.staging_limit().saturating_sub(self.client.queued());
+        let fed = self
+            .upstream
+            .receive(data, limit, &mut self.bytes_upstream_to_client);
+        self.upstream.pump();
+        if let Err(e) = fed {
+            let reason = HandshakeFailure::classify(&e);
+            if !self.retry_upstream_tls(reason) {
+                self.fail_upstream_tls(reason);
+            }
+        }
+    }
+
+    /// The upstream's TLS failed (verification, protocol): tell the client with
+    /// close_notify and close; the reason is the upstream's.
+    fn fail_upstream_tls(&mut self, reason: HandshakeFailure) {
+        self.client.send_close_notify();
+        self.close_after_flush
+            .get_or_insert(CloseReason::UpstreamTlsFailed(reason));
+    }
+
+    /// The upstream's stream ended (FIN): close_notify goes to the client after the
+    /// bytes already received.
+    pub fn handle_upstream_eof(&mut self, now: Instant) {
+        if self.phase != Phase::Streaming || self.retry_upstream_tls(HandshakeFailure::PeerClosed) {
+            return;
+        }
+        self.last_activity = now;
+        self.upstream.read_closed = true;
+    }
+
+    pub fn handle_upstream_error(&mut self) {
+        if self.phase != Phase::Streaming || self.retry_upstream_tls(HandshakeFailure::PeerClosed) {
+            return;
+        }
+        self.close.get_or_insert(CloseReason::UpstreamReset);
+    }
+
+    /// The driver's upstream TLS handshake offers a session to resume (call after
+    /// [`Conn::handle_upstream_connected`]). If that handshake then fails (TLS error,
+    /// EOF or reset before it completes; nothing has crossed the leg, as client bytes
+    /// wait for it), the client is not failed: [`Conn::poll_upstream_tls_retry`] asks
+    /// for one new upstream connection instead. Once per connection.
+    pub fn allow_upstream_tls_retry(&mut self) {
+        self.up_retry.allowed = !self.up_retry.used;
+    }
+
+    /// The upstream leg failed early after offering a session (see
+    /// [`Conn::allow_upstream_tls_retry`]), and why: the phase is `Connecting` again,
+    /// the driver drops that upstream socket once its ops are done and connects again,
+    /// with a full handshake, calling [`Conn::handle_upstream_connected`] as the first
+    /// time. Client bytes wait meanwhile. Some once.
+    pub fn poll_upstream_tls_retry(&mut self) -> Option<HandshakeFailure> {
+        self.up_retry.pending.take()
+    }
+
+    /// Whether the upstream leg was retried (its handshakes must not offer a session).
+    pub fn upstream_tls_retried(&self) -> bool {
+        self.up_retry.used
+    }
+
+    /// How the upstream leg's TLS handshake went (full or resumed), once done.
+    pub fn upstream_handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        let t = self.upstream.tls.as_ref().filter(|t| !t.is_handshaking())?;
+        t.handshake_kind()
+    }
+
+    /// Turn an early upstream TLS failure into a retry, if allowed (see
+    /// [`Conn::allow_upstream_tls_retry`]); false: fail as usual.
+    fn retry_upstream_tls(&mut self, reason: HandshakeFailure) -> bool {
+        let r = &mut self.up_retry;
+        // A refused session fails the handshake; a failure after it (an idle leg the
+        // upstream closes, say) is not the session's.
+        let up = &self.upstream;
+        if !r.allowed || up.committed || !up.handshaking() || self.bytes_upstream_to_client > 0 {
+            return false;
+        }
+        *r = UpRetry {
+            pending: Some(reason),
+            used: true,
+            ..UpRetry::default()
+        };
+        // A fresh leg; nothing of the old one's reached the client (checked above).
+        self.upstream = Leg::default();
+        self.phase = Phase::Connecting;
+        true
+    }
+
+    /// A send to `side` finished completely: what [`Conn::handle_client_sent`] and
+    /// [`Conn::handle_upstream_sent`] do.
+    pub fn handle_sent(&mut self, side: Side, buf: Vec<u8>, now: Instant) {
+        match side {
+            Side::Client => self.client.handle_sent(buf),
+            Side::Upstream => self.upstream.handle_sent(buf),
+        }
+        self.last_activity = now;
+    }
+
+    /// A client send finished completely. The buffer is dropped, not kept for reuse:
+    /// an idle connection then holds no send memory (the allocator recycles it).
+    pub fn handle_client_sent(&mut self, buf: Vec<u8>, now: Instant) {
+        self.handle_sent(Side::Client, buf, now);
+    }
+
+    /// An upstream send finished completely (buffer dropped, as for the client).
+    pub fn handle_upstream_sent(&mut self, buf: Vec<u8>, now: Instant) {
+        self.handle_sent(Side::Upstream, buf, now);
+    }
+
+    /// A deadline may have passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Expired {
+        if self.close.is_some() {
+            return Expired::Close;
+        }
+        if now < self.deadline() {
+            return Expired::No;
+        }
+        match self.phase {
+            Phase::Handshaking => {
+                self.close = Some(CloseReason::HandshakeFailed(HandshakeFailure::Timeout));
+                Expired::Close
+            }
+            Phase::Connecting => {
+                // Re-arm so a cancel that never completes can't stall us forever.
+                self.connect_started = now;
+                Expired::ConnectAttempt
+            }
+            Phase::Streaming => {
+                // A peer that never reads its alert/close_notify keeps that reason.
+                self.close = Some(self.close_after_flush.unwrap_or(CloseReason::IdleTimeout));
+                Expired::Close
+            }
+        }
+    }
+
+    /// Close now, whatever the state (process shutdown).
+    pub fn handle_shutdown(&mut self) {
+        self.close.get_or_insert(CloseReason::Shutdown);
+    }
+
+    // ---- outputs ------------------------------------------------------------
+
+    /// When the next timer check is due.
+    pub fn deadline(&self) -> Instant {
+        match self.phase {
+            Phase::Handshaking => self.started + self.limits.handshake_timeout,
+            Phase::Connecting => self.connect_started + self.limits.connect_timeout,
+            Phase::Streaming => self.last_activity + self.limits.idle_timeout,
+        }
+    }
+
+    /// Start connecting the upstream (true once, after the handshake).
+    pub fn poll_connect(&mut self) -> bool {
+        std::mem::take(&mut self.want_connect) && !self.closing()
+    }
+
+    /// Bytes to send to `side`: what [`Conn::poll_client_send`] and
+    /// [`Conn::poll_upstream_send`] do.
+    pub fn poll_send(&mut self, side: Side) -> Option<Vec<u8>> {
+        match side {
+            Side::Client => self.poll_client_send(),
+            Side::Upstream => self.poll_upstream_send(),
+        }
+    }
+
+    /// Bytes to send to the client, if none are in flight. Seals the upstream
+    /// plaintext gathered since the last call into records first.
+    pub fn poll_client_send(&mut self) -> Option<Vec<u8>> {
+        if self.close.is_some() {
+            return None;
+        }
+        self.client
+            .seal(&mut self.upstream.plain_in, self.upstream.read_closed);
+        self.client.pump();
+        self.client.poll_send()
+    }
+
+    /// Bytes to send to the upstream, if connected and none are in flight. Moves
+    /// (or, for a TLS upstream, seals) the client plaintext gathered so far first.
+    pub fn poll_upstream_send(&mut self) -> Option<Vec<u8>> {
+        if self.phase != Phase::Streaming || self.closing() {
+            return None;
+        }
+        self.upstream
+            .seal(&mut self.client.plain_in, self.client.read_closed);
+        self.upstream.poll_send()
+    }
+
+    /// Bytes held for the traffic towards `side`: the other side's plaintext waiting,
+    /// bytes queued for `side`'s socket or in flight to it.
+    pub fn buffered_to(&self, side: Side) -> usize {
+        self.leg(side.other()).plain_in.len() + self.leg(side).queued()
+    }
+
+    /// Bytes held for the client -> upstream direction (plaintext waiting, bytes
+    /// queued or in flight to the upstream).
+    pub fn buffered_to_upstream(&self) -> usize {
+        self.buffered_to(Side::Upstream)
+    }
+
+    /// Bytes held for the upstream -> client direction.
+    pub fn buffered_to_client(&self) -> usize {
+        self.buffered_to(Side::Client)
+    }
+
+    /// Whether the driver should have a receive armed on the client socket.
+    pub fn wants_client_recv(&self) -> bool {
+        self.client_recv_budget() > 0
+    }
+
+    /// Whether the driver should have a receive armed on the upstream socket.
+    pub fn wants_upstream_recv(&self) -> bool {
+        self.upstream_recv_budget() > 0
+    }
+
+    /// How many bytes the next receive from `side` may take: what is left of
+    /// `max_buffered` in the direction away from it (0: do not receive). The driver
+    /// must never receive more, so a slow peer pins at most `max_buffered` here.
+    pub fn recv_budget(&self, side: Side) -> usize {
+        let open = match side {
+            Side::Client => true,
+            Side::Upstream => self.phase == Phase::Streaming,
+        };
+        if !open || self.closing() || self.leg(side).read_closed {
+            return 0;
+        }
+        self.limits
+            .max_buffered
+            .saturating_sub(self.buffered_to(side.other()))
+    }
+
+    /// How many bytes the next client receive may take (see [`Conn::recv_budget`]).
+    pub fn client_recv_budget(&self) -> usize {
+        self.recv_budget(Side::Client)
+    }
+
+    /// How many bytes the next upstream receive may take (0: do not receive).
+    pub fn upstream_recv_budget(&self) -> usize {
+        self.recv_budget(Side::Upstream)
+    }
+
+    /// Shut down the upstream's write side (true once): the client finished
+    /// sending and everything it sent has been delivered (after close_notify, for a
+    /// TLS upstream).
+    pub fn poll_upstream_shutdown(&mut self) -> bool {
+        let ready = self.phase == Phase::Streaming
+            && self.client.read_closed
+            && self.client.plain_in.is_empty()
+            && !self.closing();
+        self.upstream.poll_shutdown(ready)
+    }
+
+    /// Shut down the client's TCP write side (true once), after close_notify went out.
+    pub fn poll_client_shutdown(&mut self) -> bool {
+        let ready = self.close.is_none();
+        self.client.poll_shutdown(ready)
+    }
+
+    /// Whether the connection is over, and why. The driver then cancels what is
+    /// in flight, waits for it, and closes both sockets.
+    pub fn poll_close(&self) -> Option<CloseReason> {
+        if let Some(r) = self.close {
+            return Some(r);
+        }
+        if let Some(r) = self.close_after_flush {
+            if self.client.queued() == 0 {
+                return Some(r);
+            }
+            return None;
+        }
+        if self.upstream.shut && self.client.shut {
+            return Some(CloseReason::Done);
+        }
+        None
+    }
+
+    // ---- internals ----------------------------------------------------------
+
+    /// Who presented the certificate that failed the handshake, if one did.
+    pub fn rejected_client(&self) -> Option<&crate::tls::RejectedClient> {
+        self.rejected.as_deref()
+    }
+
+    fn fail_tls(&mut self, e: &rustls::Error) {
+        // The verifier ran inside the process_new_packets call that just failed.
+        self.rejected = self.rejects.as_ref().and_then(|s| s.take()).map(Box::new);
+        // rustls queued an alert describing the failure; send it before closing.
+        self.client.pump();
+        let reason = if self.phase == Phase::Handshaking {
+            CloseReason::HandshakeFailed(HandshakeFailure::classify(e))
+        } else {
+            CloseReason::ClientProtocolError
+        };
+        self.close_after_flush.get_or_insert(reason);
+    }
+}

@@ -1,0 +1,114 @@
+//! sni: which certificate a client gets, by the server name it asks for.
+//!
+//! Owns [`SniResolver`] (exact names, then `*.parent` wildcards, else the listener's
+//! own certificate) and [`ServedCert`] (a served certificate with what PROXY v2
+//! reports about it).
+//!
+//! I/O contract: [`SniResolver::load`] reads the listener's certificate and key
+//! files; choosing is pure.
+
+use super::identity::CertAlgorithms;
+use super::pem::certified_key;
+use super::problems::server_auth_problem;
+use super::TlsError;
+use crate::config::Listener;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A certificate served by a listener, with what PROXY v2 reports about it.
+#[derive(Debug)]
+pub struct ServedCert {
+    pub key: Arc<CertifiedKey>,
+    /// The certificate file it came from.
+    pub path: PathBuf,
+    pub algorithms: CertAlgorithms,
+}
+
+impl ServedCert {
+    fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<ServedCert, TlsError> {
+        let ck = certified_key(cert, key, provider)?;
+        if let Some(e) = server_auth_problem(cert, &ck.cert[0]) {
+            return Err(e);
+        }
+        let algorithms =
+            CertAlgorithms::from_der(&ck.cert[0]).map_err(|why| TlsError::Algorithms {
+                path: cert.to_owned(),
+                why,
+            })?;
+        Ok(ServedCert {
+            key: Arc::new(ck),
+            path: cert.to_path_buf(),
+            algorithms,
+        })
+    }
+}
+
+/// Chooses the certificate by the client's server name (SNI): an exact
+/// `server_names` entry first, then a `*.parent` entry matching one label, else the
+/// listener's own certificate (also for clients that send no SNI). Names compare
+/// ASCII case-insensitively.
+#[derive(Debug)]
+pub struct SniResolver {
+    default: ServedCert,
+    certs: Vec<ServedCert>,
+    /// Lowercase name → index into `certs`.
+    exact: HashMap<String, usize>,
+    /// Lowercase parent (`example.org` for `*.example.org`) → index into `certs`.
+    wildcard: HashMap<String, usize>,
+}
+
+impl SniResolver {
+    /// Load the listener's default certificate and every `[[listeners.sni]]` entry.
+    pub fn load(l: &Listener, provider: &CryptoProvider) -> Result<SniResolver, TlsError> {
+        let default = ServedCert::load(&l.cert, &l.key, provider)?;
+        let mut r = SniResolver {
+            default,
+            certs: Vec::with_capacity(l.sni.len()),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        };
+        for sni in &l.sni {
+            let idx = r.certs.len();
+            r.certs
+                .push(ServedCert::load(&sni.cert, &sni.key, provider)?);
+            for name in &sni.server_names {
+                let name = name.to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(parent) => r.wildcard.entry(parent.to_owned()).or_insert(idx),
+                    None => r.exact.entry(name).or_insert(idx),
+                };
+            }
+        }
+        Ok(r)
+    }
+
+    /// The certificate a client asking for `server_name` gets.
+    pub fn choose(&self, server_name: Option<&str>) -> &ServedCert {
+        let Some(name) = server_name else {
+            return &self.default;
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let idx = self.exact.get(&name).or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent)
+        });
+        idx.map_or(&self.default, |&i| &self.certs[i])
+    }
+}
+
+impl SniResolver {
+    /// Every served certificate, default first.
+    pub fn served(&self) -> impl Iterator<Item = &ServedCert> {
+        std::iter::once(&self.default).chain(self.certs.iter())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.choose(hello.server_name()).key.clone())
+    }
+}
