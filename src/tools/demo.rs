@@ -11,8 +11,9 @@
 #![forbid(unsafe_code)]
 
 use crate::tools::bench::{
-    self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Trust, Workload,
+    self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Workload,
 };
+use crate::tools::client::{ClientConfigBuilder, Trust};
 use anyhow::{anyhow, Context, Result};
 use rustls::pki_types::ServerName;
 use std::fmt::Write as _;
@@ -111,9 +112,12 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
         Ok(Trust::Roots(r))
     };
     let tls = |client_auth: bool| -> Result<Option<TlsOpts>> {
-        let auth = client_auth.then(|| (d("client.pem"), d("client.key")));
+        let mut config = ClientConfigBuilder::new(roots()?);
+        if client_auth {
+            config = config.client_cert_files(d("client.pem"), d("client.key"));
+        }
         Ok(Some(TlsOpts {
-            config: bench::client_config(roots()?, auth, &[], None).map_err(|e| anyhow!(e))?,
+            config: config.build().map_err(|e| anyhow!(e))?,
             server_name: ServerName::try_from("localhost")?,
         }))
     };

@@ -26,6 +26,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 /// Read/write timeout of every test socket: a proxy that stops moving bytes fails the
 /// test after this long instead of hanging it.
@@ -113,8 +114,10 @@ pub fn echo_until_eof(s: &mut TcpStream) {
     }
 }
 
-/// A test PKI written by `terminus certs --out DIR` into its own temp dir. Configs are
-/// written into the same dir so that `cert = "server.pem"` resolves next to them.
+/// The test PKI of `terminus certs` (`terminus::tools::certs::generate`, the same
+/// defaults: 365 days, trust domain `example.org`) written into its own temp dir.
+/// Configs are written into the same dir so that `cert = "server.pem"` resolves next
+/// to them.
 pub struct Pki {
     dir: TempDir,
 }
@@ -122,34 +125,8 @@ pub struct Pki {
 impl Pki {
     pub fn generate() -> Pki {
         let dir = TempDir::new("pki");
-        let out = Command::new(bin())
-            .arg("certs")
-            .arg("--out")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("spawn `terminus certs`");
-        assert!(
-            out.status.success(),
-            "`terminus certs --out {}` failed with {}: stderr: {}",
-            dir.path().display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for f in [
-            "ca.pem",
-            "ca.key",
-            "server.pem",
-            "server.key",
-            "client.pem",
-            "client.key",
-        ] {
-            let p = dir.path().join(f);
-            let len = std::fs::metadata(&p)
-                .unwrap_or_else(|e| panic!("`terminus certs` did not write {}: {e}", p.display()))
-                .len();
-            assert!(len > 0, "`terminus certs` wrote an empty {}", p.display());
-        }
+        terminus::tools::certs::generate(dir.path(), 365, "example.org")
+            .unwrap_or_else(|e| panic!("test PKI in {}: {e:#}", dir.path().display()));
         Pki { dir }
     }
 
@@ -953,21 +930,19 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A client config trusting the PKI's CA, with the given versions and ALPN list.
-/// Resumption uses rustls' default in-memory cache (shared by every connection made
-/// with the returned config).
+/// A client config trusting the PKI's CA, with the given versions and ALPN list
+/// (`terminus::tools::client`). Resumption uses rustls' default in-memory cache
+/// (shared by every connection made with the returned config).
 pub fn client_config(
     pki: &Pki,
     versions: &[&'static SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> Arc<ClientConfig> {
-    let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .expect("client protocol versions")
-        .with_root_certificates(pki.roots())
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(cfg)
+    ClientConfigBuilder::new(Trust::Roots(pki.roots()))
+        .versions(versions)
+        .alpn(alpn)
+        .build()
+        .expect("client config")
 }
 
 pub fn tcp_connect(addr: SocketAddr) -> TcpStream {

@@ -17,12 +17,10 @@ pub mod stream;
 pub mod target;
 mod worker;
 
+use crate::tools::client::{ClientConfigBuilder, Trust};
 use anyhow::{anyhow, Context, Result};
 use hdrhistogram::Histogram;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -55,6 +53,18 @@ pub enum Group {
     X25519,
     Secp256r1,
     X25519mlkem768,
+}
+
+impl Group {
+    /// The aws-lc-rs key exchange group.
+    pub fn kx_group(self) -> &'static dyn rustls::crypto::SupportedKxGroup {
+        use rustls::crypto::aws_lc_rs::kx_group;
+        match self {
+            Group::X25519 => kx_group::X25519,
+            Group::Secp256r1 => kx_group::SECP256R1,
+            Group::X25519mlkem768 => kx_group::X25519MLKEM768,
+        }
+    }
 }
 
 /// Client TLS settings.
@@ -575,100 +585,6 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
 }
 
 // ---------------------------------------------------------------------------------
-// TLS client config
-// ---------------------------------------------------------------------------------
-
-/// How the client checks the server's certificate.
-pub enum Trust {
-    Roots(rustls::RootCertStore),
-    /// Accept any certificate (signatures are still checked, so the client does the
-    /// same work as a verifying one minus the chain).
-    SkipVerify,
-}
-
-/// A rustls client config (aws-lc-rs) for the bench.
-pub fn client_config(
-    trust: Trust,
-    client_auth: Option<(PathBuf, PathBuf)>,
-    alpn: &[String],
-    group: Option<Group>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    if let Some(g) = group {
-        use rustls::crypto::aws_lc_rs::kx_group;
-        provider.kx_groups = vec![match g {
-            Group::X25519 => kx_group::X25519,
-            Group::Secp256r1 => kx_group::SECP256R1,
-            Group::X25519mlkem768 => kx_group::X25519MLKEM768,
-        }];
-    }
-    let provider = Arc::new(provider);
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS versions: {e}"))?;
-    let builder = match trust {
-        Trust::Roots(r) => builder.with_root_certificates(r),
-        Trust::SkipVerify => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone()))),
-    };
-    let mut cfg = match client_auth {
-        Some((cert, key)) => {
-            let ck = crate::tls::certified_key(&cert, &key, &provider).map_err(|e| e.0)?;
-            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(Arc::new(cfg))
-}
-
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-// ---------------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------------
 
@@ -847,7 +763,7 @@ impl BenchArgs {
                 (Some(ca), _) => {
                     Trust::Roots(crate::tls::load_roots(std::slice::from_ref(ca)).map_err(|e| e.0)?)
                 }
-                (None, true) => Trust::SkipVerify,
+                (None, true) => Trust::DangerousSkipVerify,
                 (None, false) => {
                     return Err(
                         "TLS needs --ca FILE or --dangerous-skip-verify (or use --plain)".into(),
@@ -864,9 +780,15 @@ impl BenchArgs {
             };
             let server_name = ServerName::try_from(name.clone())
                 .map_err(|e| format!("--server-name {name:?}: {e}"))?;
-            let auth = self.client_cert.clone().zip(self.client_key.clone());
+            let mut config = ClientConfigBuilder::new(trust).alpn(&self.alpn);
+            if let Some(g) = self.group {
+                config = config.kx_groups(&[g.kx_group()]);
+            }
+            if let Some((cert, key)) = self.client_cert.clone().zip(self.client_key.clone()) {
+                config = config.client_cert_files(cert, key);
+            }
             Some(TlsOpts {
-                config: client_config(trust, auth, &self.alpn, self.group)?,
+                config: config.build()?,
                 server_name,
             })
         };
