@@ -471,9 +471,63 @@ mod tests {
     }
 
     #[test]
+    fn more_leaves_chain_to_the_pki_ca() {
+        use rustls::client::danger::ServerCertVerifier;
+        let pki = test_pki(1, "example.org").unwrap();
+        let rsa = pki
+            .ca()
+            .unwrap()
+            .leaf(&LeafSpec {
+                key: LeafKey::Rsa2048,
+                ..LeafSpec::server(&["localhost"])
+            })
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(rsa.der()).unwrap();
+        assert_eq!(
+            cert.public_key().algorithm.algorithm.to_id_string(),
+            "1.2.840.113549.1.1.1"
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        for der in [rsa.der(), &pki.server_der] {
+            verifier
+                .verify_server_cert(der, &[], &name, &[], rustls_pki_types::UnixTime::now())
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn expired_server_has_the_quoted_dates() {
+        let leaf = TestCa::root("x")
+            .unwrap()
+            .leaf(&LeafSpec::expired_server(&["localhost"]))
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.der()).unwrap();
+        assert_eq!(cert.validity().not_before.timestamp(), 1_577_836_800); // 2020-01-01
+        assert_eq!(cert.validity().not_after.timestamp(), 1_625_011_200); // 2021-06-30
+    }
+
+    #[test]
     fn rejects_bad_trust_domain_and_zero_days() {
         let e = test_pki(1, "Example.org/x").unwrap_err().to_string();
-        assert!(e.contains("invalid trust domain"), "{e}");
+        assert_eq!(
+            e,
+            "invalid trust domain \"Example.org/x\": use lowercase letters, digits, '.', '-' \
+             and '_' (e.g. example.org)"
+        );
+        for bad in ["", "example.org:443", "*.example.org", "user@example.org"] {
+            assert!(test_pki(1, bad).is_err(), "{bad:?}");
+        }
+        for good in ["example.org", "prod.example", "a-b_c.1"] {
+            check_trust_domain(good).unwrap();
+        }
         assert!(test_pki(0, "example.org").is_err());
     }
 

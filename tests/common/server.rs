@@ -95,51 +95,35 @@ impl Terminus {
             admin: None,
             stderr,
         };
+        t.wait_ready(&rx);
+        t
+    }
+
+    /// Read stdout lines until `ready`, noting the `admin addr=` and `listening` lines.
+    fn wait_ready(&mut self, rx: &mpsc::Receiver<String>) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let line = line.trim();
-                    if line == "ready" {
-                        break;
-                    }
-                    if let Some(a) = line.strip_prefix("admin addr=") {
-                        t.admin = Some(a.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")));
-                    }
-                    if let Some(rest) = line.strip_prefix("listening ") {
-                        let mut name = None;
-                        let mut addr = None;
-                        for field in rest.split_whitespace() {
-                            if let Some(v) = field.strip_prefix("name=") {
-                                name = Some(v.to_string());
-                            } else if let Some(v) = field.strip_prefix("addr=") {
-                                addr = Some(
-                                    v.parse::<SocketAddr>()
-                                        .unwrap_or_else(|e| panic!("bad addr in {line:?}: {e}")),
-                                );
-                            }
-                        }
-                        match (name, addr) {
-                            (Some(n), Some(a)) => {
-                                assert_ne!(a.port(), 0, "terminus printed port 0: {line:?}");
-                                t.addrs.insert(n, a);
-                            }
-                            _ => panic!("malformed listening line {line:?}"),
-                        }
-                    }
-                }
-                Err(_) => {
-                    let status = t.child.try_wait().ok().flatten();
-                    panic!(
-                        "terminus did not print `ready` within {READY_TIMEOUT:?} (exit status: \
-                         {status:?}); stderr:\n{}",
-                        t.stderr()
-                    );
-                }
+            let Ok(line) = rx.recv_timeout(left) else {
+                let status = self.child.try_wait().ok().flatten();
+                panic!(
+                    "terminus did not print `ready` within {READY_TIMEOUT:?} (exit status: \
+                     {status:?}); stderr:\n{}",
+                    self.stderr()
+                );
+            };
+            let line = line.trim();
+            if line == "ready" {
+                return;
+            }
+            if let Some(a) = line.strip_prefix("admin addr=") {
+                self.admin = Some(a.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")));
+            }
+            if let Some(rest) = line.strip_prefix("listening ") {
+                let (n, a) = listening_line(line, rest);
+                self.addrs.insert(n, a);
             }
         }
-        t
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
@@ -186,6 +170,29 @@ impl Terminus {
                 self.stderr()
             );
         }
+    }
+}
+
+/// `name=N addr=A` of a `listening ...` line (`rest`, the part after `listening `).
+fn listening_line(line: &str, rest: &str) -> (String, SocketAddr) {
+    let mut name = None;
+    let mut addr = None;
+    for field in rest.split_whitespace() {
+        if let Some(v) = field.strip_prefix("name=") {
+            name = Some(v.to_string());
+        } else if let Some(v) = field.strip_prefix("addr=") {
+            addr = Some(
+                v.parse::<SocketAddr>()
+                    .unwrap_or_else(|e| panic!("bad addr in {line:?}: {e}")),
+            );
+        }
+    }
+    match (name, addr) {
+        (Some(n), Some(a)) => {
+            assert_ne!(a.port(), 0, "terminus printed port 0: {line:?}");
+            (n, a)
+        }
+        _ => panic!("malformed listening line {line:?}"),
     }
 }
 
