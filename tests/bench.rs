@@ -562,15 +562,7 @@ fn fake_admin(pid: u32, stop: Arc<AtomicBool>) -> SocketAddr {
                     break;
                 }
             }
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .unwrap()
-                .1
-                .split_whitespace()
-                .collect();
-            let ticks: f64 =
-                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+            let ticks = (proc_cpu_ns(pid) / 10_000_000) as f64;
             let body = format!(
                 "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
                  # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",

@@ -5,6 +5,7 @@ mod common;
 
 use common::{write_config, ListenerConf, Pki, Terminus, IO_TIMEOUT};
 use std::process::Command;
+use terminus::tools::certs::{LeafSpec, TestCa};
 
 fn check(config: &std::path::Path) -> (Option<i32>, String, String) {
     let out = Command::new(common::bin())
@@ -24,14 +25,13 @@ fn check(config: &std::path::Path) -> (Option<i32>, String, String) {
 #[test]
 fn run_warns_about_an_expired_certificate_and_serves() {
     let pki = Pki::generate();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2021, 6, 30);
-    let cert = params.self_signed(&key).unwrap();
+    let leaf = TestCa::root("leaf CA")
+        .unwrap()
+        .leaf(&LeafSpec::expired_server(&["localhost"]))
+        .unwrap();
     let pem = pki.dir().join("server.pem");
-    std::fs::write(&pem, cert.pem()).unwrap();
-    std::fs::write(pki.dir().join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::write(&pem, &leaf.chain_pem).unwrap();
+    std::fs::write(pki.dir().join("server.key"), &leaf.key_pem).unwrap();
     let config = write_config(
         &pki,
         Some(1),

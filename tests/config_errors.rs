@@ -693,13 +693,7 @@ fn server_spec(not_before: OffsetDateTime, not_after: OffsetDateTime) -> LeafSpe
 #[test]
 fn expired_cert_fails_check() {
     let (dir, config) = pki_dir("expired", "");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2021, 6, 30);
-    let cert = params.self_signed(&key).unwrap();
-    dir.write("server.pem", &cert.pem());
-    dir.write("server.key", &key.serialize_pem());
+    write_leaf(&dir, &LeafSpec::expired_server(&["localhost"]));
 
     let out = check(&config);
     assert_exit(&out, 2);

@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use terminus::tools::bench::target::metric;
 use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
+use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 const SPIFFE: &str = "spiffe://example.org/client";
 
@@ -58,14 +59,11 @@ fn m(page: &str, series: &str) -> f64 {
 }
 
 fn client_with_cert(pki: &Pki, leaf: Option<&TestLeaf>) -> Arc<ClientConfig> {
-    let b = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(pki.roots());
-    Arc::new(match leaf {
-        Some(l) => b.with_client_auth_cert(l.chain.clone(), l.key()).unwrap(),
-        None => b.with_no_client_auth(),
-    })
+    let mut b = ClientConfigBuilder::new(Trust::Roots(pki.roots()));
+    if let Some(l) = leaf {
+        b = b.client_cert(l.chain.clone(), l.key());
+    }
+    b.build().unwrap()
 }
 
 /// Client CA (`client-ca.pem` next to the configs) and a leaf with [`SPIFFE`].
@@ -329,13 +327,9 @@ fn client_trusting(pki: &Pki, extra: &TestCa) -> Arc<ClientConfig> {
     for c in CertificateDer::pem_slice_iter(extra.pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    Arc::new(
-        ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    ClientConfigBuilder::new(Trust::Roots(roots))
+        .build()
+        .unwrap()
 }
 
 use rustls::pki_types::pem::PemObject;

@@ -31,12 +31,12 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use terminus::proxy::conn::{CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase};
+use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {
@@ -57,27 +57,19 @@ fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         terminus::tls::install_provider();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        let der: CertificateDer<'static> = params.self_signed(&key).unwrap().der().clone();
+        let t = terminus::tools::certs::test_pki(1, "example.org").unwrap();
         let server = ServerConfig::builder()
             .with_no_client_auth()
-            .with_single_cert(
-                vec![der.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
+            .with_single_cert(vec![t.server_der.clone()], t.server_key())
             .unwrap();
         let mut roots = RootCertStore::empty();
-        roots.add(der).unwrap();
-        let any = ClientConfig::builder()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        let tls12 = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        roots.add(t.ca_der).unwrap();
+        let any = ClientConfigBuilder::new(Trust::Roots(roots.clone()));
+        let tls12 =
+            ClientConfigBuilder::new(Trust::Roots(roots)).versions(&[&rustls::version::TLS12]);
         Pki {
             server: Arc::new(server),
-            clients: [Arc::new(any), Arc::new(tls12)],
+            clients: [any.build().unwrap(), tls12.build().unwrap()],
         }
     })
 }

@@ -31,6 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use terminus::proxy::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
 use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
+use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 /// How long a log line, a PROXY header or a process' output may take to show up.
 const WAIT: Duration = Duration::from_secs(10);
@@ -121,18 +122,13 @@ fn client_with(
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .expect("client versions")
-        .with_root_certificates(roots);
-    let mut cfg = match leaf {
-        Some(l) => builder
-            .with_client_auth_cert(l.chain.clone(), l.key())
-            .expect("client certificate"),
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(cfg)
+    let mut b = ClientConfigBuilder::new(Trust::Roots(roots))
+        .versions(versions)
+        .alpn(alpn);
+    if let Some(l) = leaf {
+        b = b.client_cert(l.chain.clone(), l.key());
+    }
+    b.build().expect("client config")
 }
 
 /// `[listeners.client_auth]` trusting `client-ca.pem`, checking `client-ca.crl`.
@@ -357,16 +353,14 @@ fn openssl_tls11_client_hello() -> Vec<u8> {
 /// A rustls client whose only cipher suite is TLS 1.2 ECDHE-RSA: terminus has the
 /// suite, but its certificate is ECDSA, so no suite is usable for both.
 fn rsa_only_tls12_client(f: &Fixture) -> Arc<ClientConfig> {
-    let mut p = rustls::crypto::aws_lc_rs::default_provider();
-    p.cipher_suites
-        .retain(|s| s.suite() == rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256);
-    assert_eq!(p.cipher_suites.len(), 1);
-    let cfg = ClientConfig::builder_with_provider(Arc::new(p))
-        .with_protocol_versions(&[&rustls::version::TLS12])
+    let mut suites = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+    suites.retain(|s| s.suite() == rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256);
+    assert_eq!(suites.len(), 1);
+    ClientConfigBuilder::new(Trust::Roots(f.pki.roots()))
+        .versions(&[&rustls::version::TLS12])
+        .cipher_suites(&suites)
+        .build()
         .unwrap()
-        .with_root_certificates(f.pki.roots())
-        .with_no_client_auth();
-    Arc::new(cfg)
 }
 
 /// Records the certificate a server presents and accepts it without verification

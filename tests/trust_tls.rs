@@ -17,6 +17,7 @@ use terminus::config::{Config, Listener};
 use terminus::proxy::conn::HandshakeFailure;
 use terminus::tls::identity::PeerIdentity;
 use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
+use terminus::tools::client::{ClientConfigBuilder, Trust};
 use time::{Duration, OffsetDateTime};
 
 /// A temp folder removed on drop.
@@ -74,14 +75,11 @@ fn client_config(
     for c in terminus::tls::load_certs(&dir.0.join("server-ca.pem")).unwrap() {
         roots.add(c).unwrap();
     }
-    let b = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match auth {
-        Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
-        None => b.with_no_client_auth(),
-    })
+    let mut b = ClientConfigBuilder::new(Trust::Roots(roots)).versions(versions);
+    if let Some((chain, key)) = auth {
+        b = b.client_cert(chain, key);
+    }
+    b.build().unwrap()
 }
 
 fn with_cert(leaf: &TestLeaf) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
@@ -616,13 +614,9 @@ fn sni_chooses_the_certificate_by_name() {
     // and fails (unknown issuer) for names that get the default certificate.
     let mut roots = RootCertStore::empty();
     roots.add(ca.der.clone()).unwrap();
-    let client = Arc::new(
-        ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = ClientConfigBuilder::new(Trust::Roots(roots))
+        .build()
+        .unwrap();
     for name in ["api.internal", "x.example.org", "www.example.org"] {
         let o = handshake(tls.config.clone(), client.clone(), name);
         assert!(o.client.is_ok(), "{name}: {:?}", o.client);

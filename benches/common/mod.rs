@@ -9,9 +9,8 @@
 //! data), so a full handshake pays for the ticket it issues, as in production.
 #![allow(dead_code)] // each bench uses a different subset
 
-use rustls::client::Resumption;
 use rustls::crypto::{aws_lc_rs, SupportedKxGroup};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{
     ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig,
@@ -20,6 +19,8 @@ use rustls::{
 use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use terminus::tools::certs::{LeafKey, LeafSpec};
+use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 pub const SERVER_NAME: &str = "localhost";
 
@@ -45,16 +46,13 @@ pub fn pki() -> Pki {
     let mut roots = RootCertStore::empty();
     roots.add(t.ca_der.clone()).expect("CA into root store");
 
-    // rcgen generates RSA keys only with its aws-lc-rs backend, which terminus uses.
-    let ca_key = rcgen::KeyPair::from_pem(&t.ca_key_pem).expect("CA key");
-    let ca = rcgen::CertificateParams::from_ca_cert_pem(&t.ca_pem)
-        .expect("CA params")
-        .self_signed(&ca_key)
-        .expect("CA as issuer");
-    let rsa_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA-2048 key");
-    let rsa_cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
-        .expect("RSA leaf params")
-        .signed_by(&rsa_key, &ca, &ca_key)
+    let rsa = t
+        .ca()
+        .expect("CA as issuer")
+        .leaf(&LeafSpec {
+            key: LeafKey::Rsa2048,
+            ..LeafSpec::server(&[SERVER_NAME])
+        })
         .expect("RSA leaf");
 
     Pki {
@@ -64,8 +62,8 @@ pub fn pki() -> Pki {
             key: t.server_key(),
         },
         rsa: ServerCreds {
-            chain: vec![rsa_cert.der().clone()],
-            key: PrivatePkcs8KeyDer::from(rsa_key.serialize_der()).into(),
+            chain: vec![rsa.der().clone()],
+            key: rsa.key(),
         },
         client: ServerCreds {
             chain: vec![t.client_der.clone()],
@@ -115,27 +113,22 @@ pub struct ClientOpts<'a> {
     pub cert: Option<&'a ServerCreds>,
 }
 
-/// A TLS 1.3 client config that verifies the server against `roots`.
+/// A TLS 1.3 client config that verifies the server against `roots`
+/// (`terminus::tools::client`).
 pub fn client_config(roots: &RootCertStore, o: ClientOpts<'_>) -> Arc<ClientConfig> {
-    let mut provider = aws_lc_rs::default_provider();
-    provider.kx_groups = vec![o.kx];
+    let mut b = ClientConfigBuilder::new(Trust::Roots(roots.clone()))
+        .versions(&[&rustls::version::TLS13])
+        .kx_groups(&[o.kx]);
     if let Some(s) = o.suite {
-        provider.cipher_suites = vec![s];
+        b = b.cipher_suites(&[s]);
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots.clone());
-    let mut cfg = match o.cert {
-        None => builder.with_no_client_auth(),
-        Some(c) => builder
-            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
-            .expect("client cert and key"),
-    };
+    if let Some(c) = o.cert {
+        b = b.client_cert(c.chain.clone(), c.key.clone_key());
+    }
     if !o.resume {
-        cfg.resumption = Resumption::disabled();
+        b = b.no_resumption();
     }
-    Arc::new(cfg)
+    b.build().expect("client config")
 }
 
 pub fn client(cfg: &Arc<ClientConfig>) -> ClientConnection {

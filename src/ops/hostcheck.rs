@@ -14,7 +14,7 @@ use socket2::{Domain, Socket, Type};
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 /// The recommendations, from the one file operators install (tuning/sysctl.conf).
@@ -168,70 +168,88 @@ fn self_status(field: &str) -> Option<String> {
 }
 
 fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
+    out.push(disabled_item());
+    out.extend(group_item());
+    out.push(seccomp_item());
+    if !ring_items(p, out) {
+        return;
+    }
+    out.push(buffer_ring_item(p));
+    out.push(selftest_item(p));
+    out.push(sqpoll_item(p));
+}
+
+/// `kernel.io_uring_disabled` (6.6+).
+fn disabled_item() -> Item {
     match read_trim("/proc/sys/kernel/io_uring_disabled").as_deref() {
-        None => out.push(item(
+        None => item(
             Status::Ok,
             "io_uring sysctl",
             "kernel.io_uring_disabled absent (kernel < 6.6): io_uring allowed for all",
-        )),
-        Some("0") => out.push(item(
+        ),
+        Some("0") => item(
             Status::Ok,
             "io_uring sysctl",
             "kernel.io_uring_disabled=0: allowed for all",
-        )),
-        Some("1") => out.push(
-            item(
+        ),
+        Some("1") => item(
                 Status::Warn,
                 "io_uring sysctl",
                 "kernel.io_uring_disabled=1: only CAP_SYS_ADMIN or members of kernel.io_uring_group may create rings (the ring line below says whether this process can)",
             )
             .fix("run terminus in the group kernel.io_uring_group names, or `sysctl -w kernel.io_uring_disabled=0`"),
-        ),
-        Some(v) => out.push(
-            item(
+        Some(v) => item(
                 Status::Fail,
                 "io_uring sysctl",
                 format!("kernel.io_uring_disabled={v}: io_uring disabled for every process"),
             )
             .fix("`sysctl -w kernel.io_uring_disabled=0` (persist: tuning/sysctl.conf)"),
-        ),
     }
-    if let Some(g) = read_trim("/proc/sys/kernel/io_uring_group") {
-        let detail = if g == "-1" {
-            "kernel.io_uring_group=-1: no group exemption (matters only when io_uring_disabled=1)"
-                .to_string()
-        } else {
-            let ours = self_status("Groups").unwrap_or_default();
-            let gid = self_status("Gid").unwrap_or_default();
-            let member = ours
-                .split_whitespace()
-                .chain(gid.split_whitespace().take(2))
-                .any(|x| x == g);
-            format!(
-                "kernel.io_uring_group={g}: this process is {}a member",
-                if member { "" } else { "not " }
-            )
-        };
-        out.push(item(Status::Ok, "io_uring group", detail));
-    }
+}
+
+/// `kernel.io_uring_group` (6.6+), and whether this process is in it.
+fn group_item() -> Option<Item> {
+    let g = read_trim("/proc/sys/kernel/io_uring_group")?;
+    let detail = if g == "-1" {
+        "kernel.io_uring_group=-1: no group exemption (matters only when io_uring_disabled=1)"
+            .to_string()
+    } else {
+        let ours = self_status("Groups").unwrap_or_default();
+        let gid = self_status("Gid").unwrap_or_default();
+        let member = ours
+            .split_whitespace()
+            .chain(gid.split_whitespace().take(2))
+            .any(|x| x == g);
+        format!(
+            "kernel.io_uring_group={g}: this process is {}a member",
+            if member { "" } else { "not " }
+        )
+    };
+    Some(item(Status::Ok, "io_uring group", detail))
+}
+
+/// The seccomp mode (a filter may refuse the io_uring syscalls).
+fn seccomp_item() -> Item {
     match self_status("Seccomp").as_deref() {
-        Some("0") => out.push(item(Status::Ok, "seccomp", "mode 0: no filter")),
-        Some("2") => out.push(
-            item(
+        Some("0") => item(Status::Ok, "seccomp", "mode 0: no filter"),
+        Some("2") => item(
                 Status::Warn,
                 "seccomp",
                 "mode 2: a seccomp filter is active (container runtime?); the ring line below says whether it allows io_uring",
             )
             .fix("if the ring fails: a profile that is the runtime default plus io_uring_setup, io_uring_enter, io_uring_register (tuning/README.md, Containers)"),
-        ),
-        Some(m) => out.push(item(
+        Some(m) => item(
             Status::Fail,
             "seccomp",
             format!("mode {m}: strict seccomp allows no io_uring"),
-        )),
-        None => out.push(item(Status::Ok, "seccomp", "not reported by this kernel")),
+        ),
+        None => item(Status::Ok, "seccomp", "not reported by this kernel"),
     }
+}
 
+/// A ring with the worker's flags, then the data-path opcodes it supports; false
+/// when no ring could be made (the other ring checks are then skipped).
+fn ring_items(p: &HostParams, out: &mut Vec<Item>) -> bool {
     let ring = match uring::build_ring(&p.ring) {
         Ok(r) => {
             let mode = if p.ring.sqpoll {
@@ -257,7 +275,7 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
                 "io_uring opcodes",
                 "not probed: no ring",
             ));
-            return;
+            return false;
         }
     };
     match uring::probe_opcodes(&ring) {
@@ -277,15 +295,17 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
             format!("probe failed: {e}"),
         )),
     }
-    drop(ring);
+    true
+}
 
-    // The worker's own constructor: ring, opcode check, provided buffer ring.
+/// The worker's own constructor: ring, opcode check, provided buffer ring.
+fn buffer_ring_item(p: &HostParams) -> Item {
     let bufs = UringConfig {
         entries: 8,
         sqpoll: false,
         ..p.ring
     };
-    out.push(match Uring::<()>::new(bufs) {
+    match Uring::<()>::new(bufs) {
         Ok(_) => item(
             Status::Ok,
             "io_uring buffer ring",
@@ -299,9 +319,11 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
             "io_uring buffer ring",
             format!("cannot register: {e}"),
         ),
-    });
+    }
+}
 
-    out.push(match selftest(p.selftest_timeout) {
+fn selftest_item(p: &HostParams) -> Item {
+    match selftest(p.selftest_timeout) {
         Ok(()) => item(
             Status::Ok,
             "io_uring data path",
@@ -313,14 +335,16 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
             format!("loopback self-test failed: {e}"),
         )
         .fix("Linux >= 6.0 with io_uring allowed"),
-    });
+    }
+}
 
+fn sqpoll_item(p: &HostParams) -> Item {
     let sq = UringConfig {
         entries: 8,
         sqpoll: true,
         ..p.ring
     };
-    out.push(match uring::build_ring(&sq) {
+    match uring::build_ring(&sq) {
         Ok(_) => item(
             Status::Ok,
             "io_uring SQPOLL",
@@ -332,7 +356,7 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
             format!("unavailable ({e}); only runtime.sqpoll = true needs it"),
         )
         .fix("keep runtime.sqpoll = false (the default)"),
-    });
+    }
 }
 
 /// Completions reaped but not yet asked for, and the self-test's deadline.
@@ -406,10 +430,12 @@ impl Op {
     }
 }
 
+/// What the self-test sends each way.
+const MSG: &[u8] = b"terminus check --host";
+
 /// Drive each data-path op once over loopback through a real [`Uring`]: the opcode
 /// probe can't tell whether the multishot and buffer-select flags work.
 fn selftest(timeout: Duration) -> Result<(), String> {
-    const MSG: &[u8] = b"terminus check --host";
     let mut u = Uring::new(UringConfig {
         entries: 64,
         sqpoll: false,
@@ -442,43 +468,8 @@ fn selftest(timeout: Duration) -> Result<(), String> {
         return Err("accept did not stay armed (no multishot accept)".into());
     }
 
-    u.recv(server.as_fd(), MSG.len(), Op::Recv);
-    let mut client: TcpStream = sock.into();
-    client.set_nonblocking(false).map_err(io("client"))?;
-    client
-        .set_read_timeout(Some(timeout))
-        .map_err(io("client"))?;
-    client.write_all(MSG).map_err(io("client write"))?;
-    let mut got = Vec::new();
-    while got.len() < MSG.len() {
-        match r.next(&mut u, Op::Recv, false)?.into_event() {
-            // Dropping the buffer gives it back to the ring.
-            Event::Received(b) => got.extend_from_slice(&b),
-            e => return Err(format!("recv: {e:?}")),
-        }
-        if got.len() < MSG.len() {
-            u.recv(server.as_fd(), MSG.len() - got.len(), Op::Recv);
-        }
-    }
-    if got != MSG {
-        return Err("recv: bytes differ from those sent".into());
-    }
-
-    u.send(server.as_fd(), MSG.to_vec(), 0, Op::Send);
-    match r.next(&mut u, Op::Send, false)?.into_event() {
-        Event::Sent(s) if s.remaining() == 0 => {}
-        e => return Err(format!("send: {e:?}")),
-    }
-    let mut back = vec![0u8; MSG.len()];
-    client.read_exact(&mut back).map_err(io("client read"))?;
-    if back != MSG {
-        return Err("send: client read other bytes".into());
-    }
-    u.shutdown_write(server.as_fd(), Op::Shutdown);
-    r.done(&mut u, Op::Shutdown)?;
-    if client.read(&mut back).map_err(io("client read"))? != 0 {
-        return Err("shutdown: client saw no end of stream".into());
-    }
+    let mut client = selftest_recv(&mut u, &mut r, server.as_fd(), sock, timeout)?;
+    selftest_send_shutdown(&mut u, &mut r, server.as_fd(), &mut client)?;
 
     // Cancel a pending recv and the multishot accept; each then posts its final
     // completion.
@@ -494,6 +485,65 @@ fn selftest(timeout: Duration) -> Result<(), String> {
     }
     u.close(server, Op::Close);
     r.done(&mut u, Op::Close)
+}
+
+/// The client (`sock`, connected) writes [`MSG`]; the ring receives it on `server`
+/// into provided buffers. Returns the client as a blocking stream.
+fn selftest_recv(
+    u: &mut Uring<Op>,
+    r: &mut Reaper,
+    server: BorrowedFd<'_>,
+    sock: Socket,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    u.recv(server, MSG.len(), Op::Recv);
+    let mut client: TcpStream = sock.into();
+    client.set_nonblocking(false).map_err(io("client"))?;
+    client
+        .set_read_timeout(Some(timeout))
+        .map_err(io("client"))?;
+    client.write_all(MSG).map_err(io("client write"))?;
+    let mut got = Vec::new();
+    while got.len() < MSG.len() {
+        match r.next(u, Op::Recv, false)?.into_event() {
+            // Dropping the buffer gives it back to the ring.
+            Event::Received(b) => got.extend_from_slice(&b),
+            e => return Err(format!("recv: {e:?}")),
+        }
+        if got.len() < MSG.len() {
+            u.recv(server, MSG.len() - got.len(), Op::Recv);
+        }
+    }
+    if got != MSG {
+        return Err("recv: bytes differ from those sent".into());
+    }
+    Ok(client)
+}
+
+/// The ring sends [`MSG`] back on `server`, then shuts its write side down; the
+/// client reads both.
+fn selftest_send_shutdown(
+    u: &mut Uring<Op>,
+    r: &mut Reaper,
+    server: BorrowedFd<'_>,
+    client: &mut TcpStream,
+) -> Result<(), String> {
+    u.send(server, MSG.to_vec(), 0, Op::Send);
+    match r.next(u, Op::Send, false)?.into_event() {
+        Event::Sent(s) if s.remaining() == 0 => {}
+        e => return Err(format!("send: {e:?}")),
+    }
+    let mut back = vec![0u8; MSG.len()];
+    client.read_exact(&mut back).map_err(io("client read"))?;
+    if back != MSG {
+        return Err("send: client read other bytes".into());
+    }
+    u.shutdown_write(server, Op::Shutdown);
+    r.done(u, Op::Shutdown)?;
+    if client.read(&mut back).map_err(io("client read"))? != 0 {
+        return Err("shutdown: client saw no end of stream".into());
+    }
+    Ok(())
 }
 
 /// (major, minor) of the running kernel.

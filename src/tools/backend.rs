@@ -125,8 +125,7 @@ fn serve(
     stop: &AtomicBool,
 ) {
     let mut events = Events::with_capacity(1024);
-    let mut conns: Vec<Option<Conn>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
+    let mut slots = Slots::default();
     let mut requeue: Vec<usize> = Vec::new();
     let mut buf = vec![0u8; CHUNK];
     let source: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8).collect();
@@ -147,66 +146,84 @@ fn serve(
         for ev in events.iter() {
             match ev.token() {
                 WAKER => {}
-                LISTENER => loop {
-                    match listener.accept() {
-                        Ok((mut sock, _)) => {
-                            let _ = sock.set_nodelay(true);
-                            let tls_conn = match &tls {
-                                Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
-                                    Ok(c) => Some(c.into()),
-                                    Err(_) => continue,
-                                },
-                                None => None,
-                            };
-                            let i = free.pop().unwrap_or_else(|| {
-                                conns.push(None);
-                                conns.len() - 1
-                            });
-                            if poll
-                                .registry()
-                                .register(
-                                    &mut sock,
-                                    Token(i),
-                                    Interest::READABLE | Interest::WRITABLE,
-                                )
-                                .is_err()
-                            {
-                                free.push(i);
-                                continue;
-                            }
-                            conns[i] = Some(Conn {
-                                stream: Stream::new(sock, tls_conn),
-                                pending: Vec::new(),
-                                pos: 0,
-                            });
-                            todo.push(i);
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        // Out of fds or the like: try again on the next event.
-                        Err(_) => break,
-                    }
-                },
+                LISTENER => slots.accept_all(&poll, &listener, &tls, &mut todo),
                 Token(i) => todo.push(i),
             }
         }
         todo.sort_unstable();
         todo.dedup();
         for i in todo {
-            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+            let Some(c) = slots.conns.get_mut(i).and_then(|c| c.as_mut()) else {
                 continue;
             };
             match drive(c, mode, &mut buf, &source) {
                 Step::Wait => {}
                 Step::More => requeue.push(i),
-                Step::Close => {
-                    if let Some(mut c) = conns[i].take() {
-                        let _ = poll.registry().deregister(&mut c.stream.sock);
-                        c.stream.close(false);
-                    }
-                    free.push(i);
-                }
+                Step::Close => slots.close(&poll, i),
             }
         }
+    }
+}
+
+/// The connections of one backend thread; a connection's index is its mio token.
+#[derive(Default)]
+struct Slots {
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+}
+
+impl Slots {
+    /// Accept until the listener would block; new connections go to `todo`.
+    fn accept_all(
+        &mut self,
+        poll: &Poll,
+        listener: &TcpListener,
+        tls: &Option<Arc<rustls::ServerConfig>>,
+        todo: &mut Vec<usize>,
+    ) {
+        loop {
+            match listener.accept() {
+                Ok((mut sock, _)) => {
+                    let _ = sock.set_nodelay(true);
+                    let tls_conn = match tls {
+                        Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+                            Ok(c) => Some(c.into()),
+                            Err(_) => continue,
+                        },
+                        None => None,
+                    };
+                    let i = self.free.pop().unwrap_or_else(|| {
+                        self.conns.push(None);
+                        self.conns.len() - 1
+                    });
+                    if poll
+                        .registry()
+                        .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        self.free.push(i);
+                        continue;
+                    }
+                    self.conns[i] = Some(Conn {
+                        stream: Stream::new(sock, tls_conn),
+                        pending: Vec::new(),
+                        pos: 0,
+                    });
+                    todo.push(i);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // Out of fds or the like: try again on the next event.
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn close(&mut self, poll: &Poll, i: usize) {
+        if let Some(mut c) = self.conns[i].take() {
+            let _ = poll.registry().deregister(&mut c.stream.sock);
+            c.stream.close(false);
+        }
+        self.free.push(i);
     }
 }
 
@@ -226,62 +243,78 @@ fn drive(c: &mut Conn, mode: Mode, buf: &mut [u8], source: &[u8]) -> Step {
     }
     let mut budget = BUDGET;
     while budget > 0 {
-        match mode {
-            Mode::Echo => {
-                // Backpressure: read no more until what was read has been written.
-                while c.pos < c.pending.len() {
-                    match c.stream.write(&c.pending[c.pos..]) {
-                        Ok(n) => c.pos += n,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
-                        Err(_) => return Step::Close,
-                    }
-                }
-                c.pending.clear();
-                c.pos = 0;
-                match c.stream.read(buf) {
-                    Ok(0) => return Step::Close,
-                    Ok(n) => {
-                        budget = budget.saturating_sub(n);
-                        let mut w = 0;
-                        while w < n {
-                            match c.stream.write(&buf[w..n]) {
-                                Ok(k) => w += k,
-                                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                                Err(_) => return Step::Close,
-                            }
-                        }
-                        if w < n {
-                            c.pending.extend_from_slice(&buf[w..n]);
-                            return Step::Wait;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
-                    Err(_) => return Step::Close,
-                }
-            }
+        let step = match mode {
+            Mode::Echo => echo(c, buf, &mut budget),
             Mode::Sink => match c.stream.read(buf) {
-                Ok(0) => return Step::Close,
-                Ok(n) => budget = budget.saturating_sub(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
-                Err(_) => return Step::Close,
+                Ok(0) => Some(Step::Close),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    None
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Some(Step::Wait),
+                Err(_) => Some(Step::Close),
             },
-            Mode::Source => {
-                // Notice the peer closing (and drain what it sends).
-                match c.stream.read(buf) {
-                    Ok(0) => return Step::Close,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => return Step::Close,
-                }
-                match c.stream.write(source) {
-                    Ok(n) => budget = budget.saturating_sub(n.max(1)),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
-                    Err(_) => return Step::Close,
-                }
-            }
+            Mode::Source => send_source(c, buf, source, &mut budget),
+        };
+        if let Some(step) = step {
+            return step;
         }
     }
     Step::More
+}
+
+/// One echo step: flush what waits, read, write it back. `None`: go on.
+fn echo(c: &mut Conn, buf: &mut [u8], budget: &mut usize) -> Option<Step> {
+    // Backpressure: read no more until what was read has been written.
+    while c.pos < c.pending.len() {
+        match c.stream.write(&c.pending[c.pos..]) {
+            Ok(n) => c.pos += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Some(Step::Wait),
+            Err(_) => return Some(Step::Close),
+        }
+    }
+    c.pending.clear();
+    c.pos = 0;
+    match c.stream.read(buf) {
+        Ok(0) => Some(Step::Close),
+        Ok(n) => {
+            *budget = budget.saturating_sub(n);
+            let mut w = 0;
+            while w < n {
+                match c.stream.write(&buf[w..n]) {
+                    Ok(k) => w += k,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => return Some(Step::Close),
+                }
+            }
+            if w < n {
+                c.pending.extend_from_slice(&buf[w..n]);
+                return Some(Step::Wait);
+            }
+            None
+        }
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Some(Step::Wait),
+        Err(_) => Some(Step::Close),
+    }
+}
+
+/// One source step: notice the peer closing, then write `source`. `None`: go on.
+fn send_source(c: &mut Conn, buf: &mut [u8], source: &[u8], budget: &mut usize) -> Option<Step> {
+    // Notice the peer closing (and drain what it sends).
+    match c.stream.read(buf) {
+        Ok(0) => return Some(Step::Close),
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Err(_) => return Some(Step::Close),
+    }
+    match c.stream.write(source) {
+        Ok(n) => {
+            *budget = budget.saturating_sub(n.max(1));
+            None
+        }
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Some(Step::Wait),
+        Err(_) => Some(Step::Close),
+    }
 }
 
 /// `terminus backend --listen ADDR [--mode M] [--tls-cert F --tls-key F]`: serve until

@@ -59,6 +59,24 @@ impl TestPki {
         PrivatePkcs8KeyDer::from(self.client_key_der.clone()).into()
     }
 
+    /// The CA as an issuer, to sign more leaves for this PKI (its key and name are
+    /// this PKI's; leaves it signs chain to [`TestPki::ca_der`]).
+    pub fn ca(&self) -> anyhow::Result<TestCa> {
+        let key = KeyPair::from_pem(&self.ca_key_pem).context("the CA key")?;
+        let cert = CertificateParams::from_ca_cert_pem(&self.ca_pem)
+            .context("the CA certificate")?
+            .self_signed(&key)
+            .context("the CA as issuer")?;
+        Ok(TestCa {
+            cert,
+            key,
+            pem: self.ca_pem.clone(),
+            der: self.ca_der.clone(),
+            chain_pem: String::new(),
+            chain: Vec::new(),
+        })
+    }
+
     /// Write the six files into `dir` (created if missing); key files get mode 0600.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
@@ -108,67 +126,39 @@ pub fn test_pki(days: u32, trust_domain: &str) -> anyhow::Result<TestPki> {
     let not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
     let not_after = OffsetDateTime::now_utc() + Duration::days(i64::from(days));
 
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name = dn("terminus test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = not_before;
-    ca.not_after = not_after;
-    let ca_cert = ca.self_signed(&ca_key).context("signing the CA")?;
-
-    let leaf = |cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose| {
-        let mut p = CertificateParams::default();
-        p.distinguished_name = dn(cn);
-        p.subject_alt_names = sans;
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![eku];
-        p.use_authority_key_identifier_extension = true;
-        p.not_before = not_before;
-        p.not_after = not_after;
-        p
-    };
-
-    let server_key = KeyPair::generate().context("generating the server key")?;
-    let server = leaf(
-        "localhost",
-        vec![
-            SanType::DnsName("localhost".try_into()?),
-            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-        ],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )
-    .signed_by(&server_key, &ca_cert, &ca_key)
-    .context("signing the server certificate")?;
-
-    let client_key = KeyPair::generate().context("generating the client key")?;
-    let spiffe = format!("spiffe://{trust_domain}/client");
-    let client = leaf(
-        "client",
-        vec![SanType::URI(spiffe.as_str().try_into()?)],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    )
-    .signed_by(&client_key, &ca_cert, &ca_key)
-    .context("signing the client certificate")?;
+    let ca =
+        TestCa::root_valid("terminus test CA", not_before, not_after).context("signing the CA")?;
+    let server = ca
+        .leaf(&LeafSpec {
+            ips: vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+            not_before,
+            not_after,
+            ..LeafSpec::server(&["localhost"])
+        })
+        .context("signing the server certificate")?;
+    let client = ca
+        .leaf(&LeafSpec {
+            not_before,
+            not_after,
+            ..LeafSpec::client("client", Some(&format!("spiffe://{trust_domain}/client")))
+        })
+        .context("signing the client certificate")?;
 
     Ok(TestPki {
-        ca_pem: ca_cert.pem(),
-        ca_key_pem: ca_key.serialize_pem(),
-        server_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
-        client_pem: client.pem(),
-        client_key_pem: client_key.serialize_pem(),
-        ca_der: ca_cert.der().clone(),
+        ca_pem: ca.pem.clone(),
+        ca_key_pem: ca.key.serialize_pem(),
+        server_pem: server.chain_pem.clone(),
+        server_key_pem: server.key_pem.clone(),
+        client_pem: client.chain_pem.clone(),
+        client_key_pem: client.key_pem.clone(),
+        ca_der: ca.der.clone(),
         server_der: server.der().clone(),
         client_der: client.der().clone(),
-        server_key_der: server_key.serialize_der(),
-        client_key_der: client_key.serialize_der(),
+        server_key_der: server.key_der,
+        client_key_der: client.key_der,
     })
 }
 
@@ -195,6 +185,16 @@ pub struct LeafSpec {
     pub not_after: OffsetDateTime,
     /// Extended key usage: server auth (true) or client auth (false).
     pub server: bool,
+    pub key: LeafKey,
+}
+
+/// The key type of a test leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafKey {
+    /// ECDSA P-256 (what `terminus certs` writes).
+    EcdsaP256,
+    /// RSA-2048 (the benches' RSA handshake).
+    Rsa2048,
 }
 
 impl LeafSpec {
@@ -208,6 +208,7 @@ impl LeafSpec {
             not_before: OffsetDateTime::now_utc() - Duration::minutes(5),
             not_after: OffsetDateTime::now_utc() + Duration::days(1),
             server: false,
+            key: LeafKey::EcdsaP256,
         }
     }
 
@@ -218,6 +219,22 @@ impl LeafSpec {
             dns: dns.iter().map(|s| s.to_string()).collect(),
             server: true,
             ..LeafSpec::client("", None)
+        }
+    }
+
+    /// A server certificate for `dns` names that expired long ago: valid from
+    /// 2020-01-01 to 2021-06-30 (00:00:00 UTC), the dates `check` tests quote.
+    pub fn expired_server(dns: &[&str]) -> LeafSpec {
+        let day = |y, m, d| {
+            time::Date::from_calendar_date(y, m, d)
+                .expect("a valid date")
+                .midnight()
+                .assume_utc()
+        };
+        LeafSpec {
+            not_before: day(2020, time::Month::January, 1),
+            not_after: day(2021, time::Month::June, 30),
+            ..LeafSpec::server(dns)
         }
     }
 }
@@ -252,6 +269,20 @@ impl TestCa {
         Ok(TestCa::from_parts(cert, key, Vec::new(), String::new()))
     }
 
+    /// A self-signed root CA valid from `not_before` to `not_after`.
+    pub fn root_valid(
+        cn: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> anyhow::Result<TestCa> {
+        let key = KeyPair::generate().context("generating the CA key")?;
+        let mut params = ca_params(cn);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.self_signed(&key)?;
+        Ok(TestCa::from_parts(cert, key, Vec::new(), String::new()))
+    }
+
     /// An intermediate CA signed by this one.
     pub fn intermediate(&self, cn: &str) -> anyhow::Result<TestCa> {
         let key = KeyPair::generate()?;
@@ -282,7 +313,12 @@ impl TestCa {
 
     /// A leaf signed by this CA.
     pub fn leaf(&self, spec: &LeafSpec) -> anyhow::Result<TestLeaf> {
-        let key = KeyPair::generate()?;
+        let key = match spec.key {
+            LeafKey::EcdsaP256 => KeyPair::generate(),
+            // rcgen generates RSA keys only with its aws-lc-rs backend (enabled).
+            LeafKey::Rsa2048 => KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256),
+        }
+        .context("generating the leaf key")?;
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
         if let Some(cn) = &spec.cn {
@@ -369,10 +405,10 @@ fn dn(cn: &str) -> DistinguishedName {
     dn
 }
 
-/// SPIFFE trust domain names: lowercase letters, digits, `.`, `-` and `_`.
+/// SPIFFE trust domain names, by the rule the verifier enforces
+/// (`tls::identity::check_trust_domain`); the CLI keeps its own one-line hint.
 fn check_trust_domain(td: &str) -> anyhow::Result<()> {
-    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_');
-    if td.is_empty() || !td.chars().all(ok) {
+    if crate::tls::identity::check_trust_domain(td).is_err() {
         bail!(
             "invalid trust domain {td:?}: use lowercase letters, digits, '.', '-' and '_' \
              (e.g. example.org)"
@@ -435,9 +471,63 @@ mod tests {
     }
 
     #[test]
+    fn more_leaves_chain_to_the_pki_ca() {
+        use rustls::client::danger::ServerCertVerifier;
+        let pki = test_pki(1, "example.org").unwrap();
+        let rsa = pki
+            .ca()
+            .unwrap()
+            .leaf(&LeafSpec {
+                key: LeafKey::Rsa2048,
+                ..LeafSpec::server(&["localhost"])
+            })
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(rsa.der()).unwrap();
+        assert_eq!(
+            cert.public_key().algorithm.algorithm.to_id_string(),
+            "1.2.840.113549.1.1.1"
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        for der in [rsa.der(), &pki.server_der] {
+            verifier
+                .verify_server_cert(der, &[], &name, &[], rustls_pki_types::UnixTime::now())
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn expired_server_has_the_quoted_dates() {
+        let leaf = TestCa::root("x")
+            .unwrap()
+            .leaf(&LeafSpec::expired_server(&["localhost"]))
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.der()).unwrap();
+        assert_eq!(cert.validity().not_before.timestamp(), 1_577_836_800); // 2020-01-01
+        assert_eq!(cert.validity().not_after.timestamp(), 1_625_011_200); // 2021-06-30
+    }
+
+    #[test]
     fn rejects_bad_trust_domain_and_zero_days() {
         let e = test_pki(1, "Example.org/x").unwrap_err().to_string();
-        assert!(e.contains("invalid trust domain"), "{e}");
+        assert_eq!(
+            e,
+            "invalid trust domain \"Example.org/x\": use lowercase letters, digits, '.', '-' \
+             and '_' (e.g. example.org)"
+        );
+        for bad in ["", "example.org:443", "*.example.org", "user@example.org"] {
+            assert!(test_pki(1, bad).is_err(), "{bad:?}");
+        }
+        for good in ["example.org", "prod.example", "a-b_c.1"] {
+            check_trust_domain(good).unwrap();
+        }
         assert!(test_pki(0, "example.org").is_err());
     }
 

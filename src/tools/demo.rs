@@ -10,13 +10,17 @@
 //! in-process load generator and backends are not counted.
 #![forbid(unsafe_code)]
 
+use crate::tools::backend;
 use crate::tools::bench::{
-    self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Trust, Workload,
+    self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Workload,
 };
+use crate::tools::certs::TestPki;
+use crate::tools::client::{ClientConfigBuilder, Trust};
 use anyhow::{anyhow, Context, Result};
 use rustls::pki_types::ServerName;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,76 +51,21 @@ pub struct DemoOpts {
 /// Run the demo. `Ok(false)` when interrupted (Ctrl-C) before the end.
 pub fn run(o: &DemoOpts) -> Result<bool> {
     crate::tls::install_provider();
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal (flag already set) exits at once; the first asks nicely.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let stop = stop_on_signals()?;
 
     let dir = TempDir::new()?;
     let pki = crate::tools::certs::test_pki(1, "example.org")?;
     pki.write(&dir.0)?;
     let d = |f: &str| dir.0.join(f);
-
-    let echo = crate::tools::backend::spawn(
-        crate::tools::backend::Mode::Echo,
-        "127.0.0.1:0".parse()?,
-        None,
-    )?;
-    let tls_echo = crate::tools::backend::spawn(
-        crate::tools::backend::Mode::Echo,
-        "127.0.0.1:0".parse()?,
-        Some(crate::tools::backend::server_tls(
-            &d("server.pem"),
-            &d("server.key"),
-        )?),
-    )?;
+    let (echo, tls_echo) = backends(&dir)?;
 
     let cpus = crate::runtime::server::allowed_cpus();
-    let cpu_line = cpus
-        .first()
-        .map(|c| format!("cpus = [{c}]\n"))
-        .unwrap_or_default();
-    let listener = |name: &str, up: std::net::SocketAddr, extra: &str| {
-        format!(
-            "[[listeners]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\n\
-             key = \"server.key\"\nupstreams = [\"{up}\"]\n{extra}\n"
-        )
-    };
-    let cfg_text = format!(
-        "[runtime]\nworkers = 1\n{cpu_line}\n[log]\naccess = \"off\"\n\n{}{}{}",
-        listener("terminate", echo.addr, ""),
-        listener(
-            "reencrypt",
-            tls_echo.addr,
-            "[listeners.upstream_tls]\nca = [\"ca.pem\"]\nserver_name = \"localhost\"\n"
-        ),
-        listener(
-            "mtls",
-            echo.addr,
-            "[listeners.client_auth]\nmode = \"require\"\nca = [\"ca.pem\"]\n\
-             allow = [\"spiffe://example.org/client\"]\n"
-        ),
-    );
-    let cfg_path = d("terminus.toml");
-    std::fs::write(&cfg_path, cfg_text)?;
+    let cfg_path = write_config(&dir, cpus.first(), echo.addr, tls_echo.addr)?;
     let cfg = crate::config::Config::load(&cfg_path).map_err(|e| anyhow!("{e}"))?;
     let server = crate::runtime::server::start(&cfg).map_err(|e| anyhow!("{e}"))?;
     let addr = |n: &str| server.addr(n).with_context(|| format!("listener {n}"));
 
-    let roots = || -> Result<Trust> {
-        let mut r = rustls::RootCertStore::empty();
-        r.add(pki.ca_der.clone())?;
-        Ok(Trust::Roots(r))
-    };
-    let tls = |client_auth: bool| -> Result<Option<TlsOpts>> {
-        let auth = client_auth.then(|| (d("client.pem"), d("client.key")));
-        Ok(Some(TlsOpts {
-            config: bench::client_config(roots()?, auth, &[], None).map_err(|e| anyhow!(e))?,
-            server_name: ServerName::try_from("localhost")?,
-        }))
-    };
+    let tls = |client_auth: bool| tls_opts(&pki, client_auth.then_some(&dir));
     let targets = [
         (echo.addr, None),
         (addr("terminate")?, tls(false)?),
@@ -126,10 +75,6 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
 
     // 4 modes x 3 workloads share the budget.
     let per = Duration::from_secs_f64((o.seconds as f64 / 12.0).max(0.25));
-    let probe = TargetProbe::Threads {
-        pid: std::process::id(),
-        prefix: "terminus-w".into(),
-    };
     // The load generator runs on the last CPU, terminus's worker on the first.
     let client_cpus = (cpus.len() > 1).then(|| vec![cpus[cpus.len() - 1]]);
     println!(
@@ -142,11 +87,111 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
         dir.0.display()
     );
     let started = Instant::now();
+    let results = measure(&targets, per, &client_cpus, &stop)?;
+    let interrupted = stop.load(Ordering::Relaxed);
+    report(o, &results, started, client_cpus.is_some())?;
+
+    if o.serve && !interrupted {
+        serve(&d("ca.pem"), addr("terminate")?, &stop);
+    } else if !o.serve {
+        println!("Run `terminus demo --serve` to keep the terminator up and try it with curl or openssl s_client.");
+    }
+    server.stop();
+    server.join().map_err(|e| anyhow!("{e}"))?;
+    drop((echo, tls_echo));
+    Ok(!interrupted)
+}
+
+/// SIGINT/SIGTERM set the returned flag; a second signal exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal (flag already set) exits at once; the first asks nicely.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// The plaintext echo backend and the TLS one (the PKI's server certificate).
+fn backends(dir: &TempDir) -> Result<(backend::Handle, backend::Handle)> {
+    let echo = backend::spawn(backend::Mode::Echo, "127.0.0.1:0".parse()?, None)?;
+    let tls_echo = backend::spawn(
+        backend::Mode::Echo,
+        "127.0.0.1:0".parse()?,
+        Some(backend::server_tls(
+            &dir.0.join("server.pem"),
+            &dir.0.join("server.key"),
+        )?),
+    )?;
+    Ok((echo, tls_echo))
+}
+
+/// `terminus.toml` in `dir`: one worker (on `cpu`), the three listeners.
+fn write_config(
+    dir: &TempDir,
+    cpu: Option<&usize>,
+    echo: SocketAddr,
+    tls_echo: SocketAddr,
+) -> Result<PathBuf> {
+    let cpu_line = cpu.map(|c| format!("cpus = [{c}]\n")).unwrap_or_default();
+    let listener = |name: &str, up: SocketAddr, extra: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\n\
+             key = \"server.key\"\nupstreams = [\"{up}\"]\n{extra}\n"
+        )
+    };
+    let cfg_text = format!(
+        "[runtime]\nworkers = 1\n{cpu_line}\n[log]\naccess = \"off\"\n\n{}{}{}",
+        listener("terminate", echo, ""),
+        listener(
+            "reencrypt",
+            tls_echo,
+            "[listeners.upstream_tls]\nca = [\"ca.pem\"]\nserver_name = \"localhost\"\n"
+        ),
+        listener(
+            "mtls",
+            echo,
+            "[listeners.client_auth]\nmode = \"require\"\nca = [\"ca.pem\"]\n\
+             allow = [\"spiffe://example.org/client\"]\n"
+        ),
+    );
+    let cfg_path = dir.0.join("terminus.toml");
+    std::fs::write(&cfg_path, cfg_text)?;
+    Ok(cfg_path)
+}
+
+/// The bench's TLS settings: trust the PKI's CA; with `client_cert_dir`, present the
+/// client certificate written there.
+fn tls_opts(pki: &TestPki, client_cert_dir: Option<&TempDir>) -> Result<Option<TlsOpts>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone())?;
+    let mut config = ClientConfigBuilder::new(Trust::Roots(roots));
+    if let Some(dir) = client_cert_dir {
+        config = config.client_cert_files(dir.0.join("client.pem"), dir.0.join("client.key"));
+    }
+    Ok(Some(TlsOpts {
+        config: config.build().map_err(|e| anyhow!(e))?,
+        server_name: ServerName::try_from("localhost")?,
+    }))
+}
+
+/// Every mode x workload, in order, until `stop`.
+fn measure(
+    targets: &[(SocketAddr, Option<TlsOpts>)],
+    per: Duration,
+    client_cpus: &Option<Vec<usize>>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<ModeResult>> {
+    let probe = TargetProbe::Threads {
+        pid: std::process::id(),
+        prefix: "terminus-w".into(),
+    };
     let mut results: Vec<ModeResult> = (0..4).map(|_| ModeResult::default()).collect();
-    'modes: for (m, (target, tls)) in targets.iter().enumerate() {
+    for (m, (target, tls)) in targets.iter().enumerate() {
         for wl in [Workload::Handshake, Workload::Bulk, Workload::Rr] {
             if stop.load(Ordering::Relaxed) {
-                break 'modes;
+                return Ok(results);
             }
             let mut opts = BenchOpts::new(*target, wl);
             opts.duration = per;
@@ -155,23 +200,7 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
             opts.stop = Some(stop.clone());
             opts.timeout = Duration::from_secs(5);
             opts.probe = (m != 0).then(|| probe.clone());
-            match wl {
-                // One small echoed request per connection: the upstream leg (and, for
-                // re-encryption, its TLS handshake) is then part of every operation;
-                // a bare handshake would close before terminus finishes upstream work.
-                Workload::Handshake => {
-                    opts.connections = 8;
-                    opts.size = 64;
-                }
-                Workload::Bulk => {
-                    opts.connections = 1;
-                    opts.direction = Direction::Echo;
-                }
-                _ => {
-                    opts.connections = 8;
-                    opts.size = 64;
-                }
-            }
+            shape(&mut opts);
             let label = format!("  {:<18} {:<9}", MODES[m], format!("{wl:?}").to_lowercase());
             eprintln!("{label} measuring...");
             let r = bench::run(&opts, Progress::Stderr(label))?;
@@ -189,15 +218,45 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
             }
         }
     }
-    let interrupted = stop.load(Ordering::Relaxed);
-    let table = table(&results);
+    Ok(results)
+}
+
+/// Connections, sizes and direction of the demo's workloads.
+fn shape(opts: &mut BenchOpts) {
+    match opts.workload {
+        // One small echoed request per connection: the upstream leg (and, for
+        // re-encryption, its TLS handshake) is then part of every operation;
+        // a bare handshake would close before terminus finishes upstream work.
+        Workload::Handshake => {
+            opts.connections = 8;
+            opts.size = 64;
+        }
+        Workload::Bulk => {
+            opts.connections = 1;
+            opts.direction = Direction::Echo;
+        }
+        _ => {
+            opts.connections = 8;
+            opts.size = 64;
+        }
+    }
+}
+
+/// The table on stdout and the HTML report file.
+fn report(
+    o: &DemoOpts,
+    results: &[ModeResult],
+    started: Instant,
+    client_pinned: bool,
+) -> Result<()> {
+    let table = table(results);
     println!();
     print!("{table}");
     println!(
         "\n(measured in one run on this machine, {:.0} s; compare ratios, not absolutes. Server CPU is \
          the terminus worker thread's own CPU time; the client{} shares the machine.)",
         started.elapsed().as_secs_f64(),
-        if client_cpus.is_some() {
+        if client_pinned {
             " runs on another CPU but"
         } else {
             ""
@@ -207,37 +266,31 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
         .report
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("terminus-demo-report.html"));
-    std::fs::write(&report, html(&results, &table))
+    std::fs::write(&report, html(results, &table))
         .with_context(|| format!("cannot write {}", report.display()))?;
     println!("HTML report: {}", report.display());
+    Ok(())
+}
 
-    if o.serve && !interrupted {
-        let ca = d("ca.pem");
-        let t = addr("terminate")?;
-        println!("\nServing until Ctrl-C. Try it:");
-        println!(
-            "  curl --cacert {} https://localhost:{}/ -v   (the echo backend returns your request)",
-            ca.display(),
-            t.port()
-        );
-        println!(
-            "  openssl s_client -connect {t} -CAfile {} -verify_return_error",
-            ca.display()
-        );
-        println!(
-            "  terminus bench --target {t} --workload handshake --ca {} --server-name localhost --duration 5",
-            ca.display()
-        );
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    } else if !o.serve {
-        println!("Run `terminus demo --serve` to keep the terminator up and try it with curl or openssl s_client.");
+/// `--serve`: how to try the terminator, then wait for Ctrl-C.
+fn serve(ca: &Path, t: SocketAddr, stop: &AtomicBool) {
+    println!("\nServing until Ctrl-C. Try it:");
+    println!(
+        "  curl --cacert {} https://localhost:{}/ -v   (the echo backend returns your request)",
+        ca.display(),
+        t.port()
+    );
+    println!(
+        "  openssl s_client -connect {t} -CAfile {} -verify_return_error",
+        ca.display()
+    );
+    println!(
+        "  terminus bench --target {t} --workload handshake --ca {} --server-name localhost --duration 5",
+        ca.display()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
     }
-    server.stop();
-    server.join().map_err(|e| anyhow!("{e}"))?;
-    drop((echo, tls_echo));
-    Ok(!interrupted)
 }
 
 fn ratio(v: Option<f64>, base: Option<f64>) -> String {

@@ -2,11 +2,13 @@
 //!
 //! Owns: `terminus bench` (the load generator, [`bench`]), `terminus backend` (echo,
 //! source and sink backends, [`backend`]), `terminus demo` ([`demo`]) and
-//! `terminus certs` (the test PKI, [`certs`]). The proxy core never depends on them.
+//! `terminus certs` (the test PKI, [`certs`]), and the one TLS client config of the
+//! tools and tests ([`client`]). The proxy core never depends on them.
 //!
 //! I/O contract: anything a test tool needs (its own sockets, threads, temp files).
 
 pub mod backend;
 pub mod bench;
 pub mod certs;
+pub mod client;
 pub mod demo;

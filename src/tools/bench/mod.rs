@@ -17,12 +17,10 @@ pub mod stream;
 pub mod target;
 mod worker;
 
+use crate::tools::client::{ClientConfigBuilder, Trust};
 use anyhow::{anyhow, Context, Result};
 use hdrhistogram::Histogram;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -55,6 +53,18 @@ pub enum Group {
     X25519,
     Secp256r1,
     X25519mlkem768,
+}
+
+impl Group {
+    /// The aws-lc-rs key exchange group.
+    pub fn kx_group(self) -> &'static dyn rustls::crypto::SupportedKxGroup {
+        use rustls::crypto::aws_lc_rs::kx_group;
+        match self {
+            Group::X25519 => kx_group::X25519,
+            Group::Secp256r1 => kx_group::SECP256R1,
+            Group::X25519mlkem768 => kx_group::X25519MLKEM768,
+        }
+    }
 }
 
 /// Client TLS settings.
@@ -404,15 +414,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
             opts.connections
         ));
     }
-    let allowed = crate::runtime::server::allowed_cpus();
-    let cpus: Vec<Option<usize>> = (0..workers)
-        .map(|i| match &opts.cpus {
-            Some(list) if !list.is_empty() => Some(list[i % list.len()]),
-            Some(_) => None,
-            None if allowed.is_empty() => None,
-            None => Some(allowed[allowed.len() - 1 - i % allowed.len()]),
-        })
-        .collect();
+    let cpus = worker_cpus(opts, workers);
 
     // Fail before the load, not after it, when the target cannot be read.
     if let Some(p) = &opts.probe {
@@ -435,6 +437,59 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         end: Barrier::new(workers + 1),
         release: Barrier::new(workers + 1),
     });
+    let handles = spawn_workers(opts, &sh, &cpus, workers)?;
+
+    sh.start.wait();
+    let cpu0 = opts.probe.as_ref().map(|p| p.cpu_ns()).transpose();
+    let t0 = Instant::now();
+    wait_window(opts, &sh, &progress, t0);
+    sh.stop.store(true, Ordering::Relaxed);
+    sh.end.wait();
+    let window = t0.elapsed().as_secs_f64();
+    let cpu1 = opts.probe.as_ref().map(|p| p.cpu_ns()).transpose();
+    let rss_after = match (&opts.probe, idle) {
+        (Some(p), true) => Some(p.rss_bytes().context("target memory after opening")),
+        _ => None,
+    };
+    sh.release.wait();
+    let mut total = join_workers(handles)?;
+    let (cpu0, cpu1) = (
+        cpu0.context("target CPU at the start")?,
+        cpu1.context("target CPU at the end")?,
+    );
+    let target = TargetFigures {
+        cpu_s: cpu0
+            .zip(cpu1)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9),
+        rss_before,
+        rss_after: rss_after.transpose()?,
+    };
+    if opts.workload == Workload::Bulk {
+        total.ops = total.bytes / opts.size.max(1) as u64;
+    }
+    Ok(report(opts, workers, window, total, target))
+}
+
+/// The CPU of each worker: `--cpus` in turn, else the allowed CPUs from the last.
+fn worker_cpus(opts: &BenchOpts, workers: usize) -> Vec<Option<usize>> {
+    let allowed = crate::runtime::server::allowed_cpus();
+    (0..workers)
+        .map(|i| match &opts.cpus {
+            Some(list) if !list.is_empty() => Some(list[i % list.len()]),
+            Some(_) => None,
+            None if allowed.is_empty() => None,
+            None => Some(allowed[allowed.len() - 1 - i % allowed.len()]),
+        })
+        .collect()
+}
+
+/// One thread per worker, the connections split evenly (the first ones get one more).
+fn spawn_workers(
+    opts: &BenchOpts,
+    sh: &Arc<worker::Shared>,
+    cpus: &[Option<usize>],
+    workers: usize,
+) -> Result<Vec<std::thread::JoinHandle<worker::WorkerResult>>> {
     let mut handles = Vec::new();
     let mut first = 0;
     for (i, cpu) in cpus.iter().enumerate() {
@@ -448,10 +503,11 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         first += n;
         handles.push(h);
     }
+    Ok(handles)
+}
 
-    sh.start.wait();
-    let cpu0 = opts.probe.as_ref().map(|p| p.cpu_ns()).transpose();
-    let t0 = Instant::now();
+/// Wait out the measuring window (or a stop), printing a progress line a second.
+fn wait_window(opts: &BenchOpts, sh: &worker::Shared, progress: &Progress, t0: Instant) {
     let end = t0 + opts.duration;
     let user_stop = || {
         opts.stop
@@ -464,7 +520,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         std::thread::sleep(
             Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())),
         );
-        if let (Progress::Stderr(label), true) = (&progress, Instant::now() >= next_line) {
+        if let (Progress::Stderr(label), true) = (progress, Instant::now() >= next_line) {
             let p = sh.progress.load(Ordering::Relaxed);
             let what = if opts.workload == Workload::Bulk {
                 format!("{:.3} Gbit/s", (p - last) as f64 * 8.0 / 1e9)
@@ -480,61 +536,70 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
             next_line += Duration::from_secs(1);
         }
     }
-    sh.stop.store(true, Ordering::Relaxed);
-    sh.end.wait();
-    let window = t0.elapsed().as_secs_f64();
-    let cpu1 = opts.probe.as_ref().map(|p| p.cpu_ns()).transpose();
-    let rss_after = match (&opts.probe, idle) {
-        (Some(p), true) => Some(p.rss_bytes().context("target memory after opening")),
-        _ => None,
-    };
-    sh.release.wait();
-    let mut hist = worker::new_hist();
-    let mut ops = 0;
-    let mut bytes = 0;
-    let mut errors = ErrorCounts::default();
-    let (mut resumed, mut full, mut established) = (0, 0, 0);
-    let mut samples = std::collections::BTreeMap::new();
+}
+
+/// The workers' results, summed (the first error sample of each kind kept).
+fn join_workers(
+    handles: Vec<std::thread::JoinHandle<worker::WorkerResult>>,
+) -> Result<worker::WorkerResult> {
+    let mut t = worker::WorkerResult::empty();
     for h in handles {
         let r = h.join().map_err(|_| anyhow!("a bench worker panicked"))?;
-        hist.add(&r.hist).map_err(|e| anyhow!("histogram: {e:?}"))?;
-        ops += r.ops;
-        bytes += r.bytes;
-        errors.add(&r.errors);
-        resumed += r.resumed;
-        full += r.full;
-        established += r.established;
+        t.hist
+            .add(&r.hist)
+            .map_err(|e| anyhow!("histogram: {e:?}"))?;
+        t.ops += r.ops;
+        t.bytes += r.bytes;
+        t.errors.add(&r.errors);
+        t.resumed += r.resumed;
+        t.full += r.full;
+        t.established += r.established;
         for (k, v) in r.samples {
-            samples.entry(k).or_insert(v);
+            t.samples.entry(k).or_insert(v);
         }
     }
-    errors.add(&ErrorCounts::default());
-    let (cpu0, cpu1) = (
-        cpu0.context("target CPU at the start")?,
-        cpu1.context("target CPU at the end")?,
-    );
-    let rss_after = rss_after.transpose()?;
-    let cpu_s = cpu0
-        .zip(cpu1)
-        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
-    if opts.workload == Workload::Bulk {
-        ops = bytes / opts.size.max(1) as u64;
+    t.errors.add(&ErrorCounts::default());
+    Ok(t)
+}
+
+/// What the probe read about the target over the window.
+struct TargetFigures {
+    cpu_s: Option<f64>,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+}
+
+fn latency(hist: &Histogram<u64>) -> Latency {
+    if hist.is_empty() {
+        return Latency::default();
     }
-    let lat = if hist.is_empty() {
-        Latency::default()
-    } else {
-        Latency {
-            p50: hist.value_at_quantile(0.5),
-            p90: hist.value_at_quantile(0.9),
-            p99: hist.value_at_quantile(0.99),
-            p999: hist.value_at_quantile(0.999),
-            max: hist.max(),
-            mean: hist.mean(),
-            samples: hist.len(),
-        }
-    };
+    Latency {
+        p50: hist.value_at_quantile(0.5),
+        p90: hist.value_at_quantile(0.9),
+        p99: hist.value_at_quantile(0.99),
+        p999: hist.value_at_quantile(0.999),
+        max: hist.max(),
+        mean: hist.mean(),
+        samples: hist.len(),
+    }
+}
+
+fn report(
+    opts: &BenchOpts,
+    workers: usize,
+    window: f64,
+    t: worker::WorkerResult,
+    target: TargetFigures,
+) -> BenchReport {
+    let idle = opts.workload == Workload::Idle;
+    let (ops, bytes, established) = (t.ops, t.bytes, t.established);
+    let TargetFigures {
+        cpu_s,
+        rss_before,
+        rss_after,
+    } = target;
     let per_op = |c: f64| (ops > 0).then(|| c * 1e6 / ops as f64);
-    Ok(BenchReport {
+    BenchReport {
         workload: opts.workload,
         mode: if opts.tls.is_some() { "tls" } else { "plain" },
         target: opts.target.to_string(),
@@ -549,11 +614,11 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         },
         bytes,
         gbit_per_s: bytes as f64 * 8.0 / window / 1e9,
-        latency_us: lat,
-        errors,
-        error_samples: samples,
-        full_handshakes: full,
-        resumed,
+        latency_us: latency(&t.hist),
+        errors: t.errors,
+        error_samples: t.samples,
+        full_handshakes: t.full,
+        resumed: t.resumed,
         size: opts.size,
         direction: (opts.workload == Workload::Bulk).then_some(opts.direction),
         rate: opts.rate,
@@ -570,102 +635,7 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
             .zip(rss_after)
             .filter(|_| established > 0)
             .map(|(a, b)| (b as f64 - a as f64) / established as f64),
-        histogram: hist,
-    })
-}
-
-// ---------------------------------------------------------------------------------
-// TLS client config
-// ---------------------------------------------------------------------------------
-
-/// How the client checks the server's certificate.
-pub enum Trust {
-    Roots(rustls::RootCertStore),
-    /// Accept any certificate (signatures are still checked, so the client does the
-    /// same work as a verifying one minus the chain).
-    SkipVerify,
-}
-
-/// A rustls client config (aws-lc-rs) for the bench.
-pub fn client_config(
-    trust: Trust,
-    client_auth: Option<(PathBuf, PathBuf)>,
-    alpn: &[String],
-    group: Option<Group>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    if let Some(g) = group {
-        use rustls::crypto::aws_lc_rs::kx_group;
-        provider.kx_groups = vec![match g {
-            Group::X25519 => kx_group::X25519,
-            Group::Secp256r1 => kx_group::SECP256R1,
-            Group::X25519mlkem768 => kx_group::X25519MLKEM768,
-        }];
-    }
-    let provider = Arc::new(provider);
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS versions: {e}"))?;
-    let builder = match trust {
-        Trust::Roots(r) => builder.with_root_certificates(r),
-        Trust::SkipVerify => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone()))),
-    };
-    let mut cfg = match client_auth {
-        Some((cert, key)) => {
-            let ck =
-                crate::tls::certified_key(&cert, &key, &provider).map_err(|e| e.to_string())?;
-            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(Arc::new(cfg))
-}
-
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        histogram: t.hist,
     }
 }
 
@@ -763,6 +733,32 @@ impl BenchArgs {
     /// Validate and build the options; `Err` is a one-line usage error (exit 2).
     pub fn into_opts(self) -> Result<BenchOpts, String> {
         let target = resolve("--target", &self.target)?;
+        self.check_combinations()?;
+        let (duration, connections, size) = self.check_numbers()?;
+        let tls = self.tls_opts()?;
+        let timeout = Duration::from_millis(self.timeout_ms);
+        let probe = self.probe(timeout)?;
+        Ok(BenchOpts {
+            target,
+            workload: self.workload,
+            duration: Duration::from_secs_f64(duration),
+            connections,
+            workers: self.workers,
+            cpus: self.cpus,
+            tls,
+            resume: self.resume,
+            size,
+            rate: self.rate,
+            direction: self.direction.unwrap_or(Direction::Echo),
+            probe,
+            timeout,
+            ramp: self.ramp,
+            stop: None,
+        })
+    }
+
+    /// Options that exclude or need each other, or apply to one workload only.
+    fn check_combinations(&self) -> Result<(), String> {
         let w = self.workload;
         if self.tls && self.plain {
             return Err("--tls and --plain exclude each other".into());
@@ -789,6 +785,12 @@ impl BenchArgs {
         if self.target_pid.is_some() && self.target_admin.is_some() {
             return Err("--target-pid and --target-admin exclude each other".into());
         }
+        Ok(())
+    }
+
+    /// Ranges of the numbers and CPUs: (duration s, connections, size) with defaults.
+    fn check_numbers(&self) -> Result<(f64, usize, usize), String> {
+        let w = self.workload;
         let duration = self.duration.unwrap_or(10.0);
         if !(duration.is_finite() && duration > 0.0 && duration <= 86_400.0) {
             return Err(format!(
@@ -826,6 +828,11 @@ impl BenchArgs {
         if size > 64 << 20 {
             return Err(format!("--size must be at most 64 MiB, got {size}"));
         }
+        Ok((duration, connections, size))
+    }
+
+    /// The client TLS settings; `None` with `--plain`.
+    fn tls_opts(&self) -> Result<Option<TlsOpts>, String> {
         let tls_wanted = self.tls
             || self.ca.is_some()
             || self.dangerous_skip_verify
@@ -841,38 +848,46 @@ impl BenchArgs {
                     .into(),
             );
         }
-        let tls = if self.plain {
-            None
-        } else {
-            let trust = match (&self.ca, self.dangerous_skip_verify) {
-                (Some(ca), _) => Trust::Roots(
-                    crate::tls::load_roots(std::slice::from_ref(ca)).map_err(|e| e.to_string())?,
-                ),
-                (None, true) => Trust::SkipVerify,
-                (None, false) => {
-                    return Err(
-                        "TLS needs --ca FILE or --dangerous-skip-verify (or use --plain)".into(),
-                    )
-                }
-            };
-            let name = match &self.server_name {
-                Some(n) => n.clone(),
-                None => self
-                    .target
-                    .rsplit_once(':')
-                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-                    .unwrap_or_default(),
-            };
-            let server_name = ServerName::try_from(name.clone())
-                .map_err(|e| format!("--server-name {name:?}: {e}"))?;
-            let auth = self.client_cert.clone().zip(self.client_key.clone());
-            Some(TlsOpts {
-                config: client_config(trust, auth, &self.alpn, self.group)?,
-                server_name,
-            })
+        if self.plain {
+            return Ok(None);
+        }
+        let trust = match (&self.ca, self.dangerous_skip_verify) {
+            (Some(ca), _) => Trust::Roots(
+                crate::tls::load_roots(std::slice::from_ref(ca)).map_err(|e| e.to_string())?,
+            ),
+            (None, true) => Trust::DangerousSkipVerify,
+            (None, false) => {
+                return Err(
+                    "TLS needs --ca FILE or --dangerous-skip-verify (or use --plain)".into(),
+                )
+            }
         };
-        let timeout = Duration::from_millis(self.timeout_ms);
-        let probe = match (self.target_pid, &self.target_admin) {
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => self
+                .target
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                .unwrap_or_default(),
+        };
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|e| format!("--server-name {name:?}: {e}"))?;
+        let mut config = ClientConfigBuilder::new(trust).alpn(&self.alpn);
+        if let Some(g) = self.group {
+            config = config.kx_groups(&[g.kx_group()]);
+        }
+        if let Some((cert, key)) = self.client_cert.clone().zip(self.client_key.clone()) {
+            config = config.client_cert_files(cert, key);
+        }
+        Ok(Some(TlsOpts {
+            config: config.build()?,
+            server_name,
+        }))
+    }
+
+    /// Where the target's CPU and memory come from, if anywhere.
+    fn probe(&self, timeout: Duration) -> Result<Option<TargetProbe>, String> {
+        Ok(match (self.target_pid, &self.target_admin) {
             (Some(pid), _) => {
                 if !std::path::Path::new(&format!("/proc/{pid}/task")).exists() {
                     return Err(format!("--target-pid {pid}: no such process"));
@@ -884,23 +899,6 @@ impl BenchArgs {
                 timeout,
             }),
             _ => None,
-        };
-        Ok(BenchOpts {
-            target,
-            workload: w,
-            duration: Duration::from_secs_f64(duration),
-            connections,
-            workers: self.workers,
-            cpus: self.cpus,
-            tls,
-            resume: self.resume,
-            size,
-            rate: self.rate,
-            direction: self.direction.unwrap_or(Direction::Echo),
-            probe,
-            timeout,
-            ramp: self.ramp,
-            stop: None,
         })
     }
 }

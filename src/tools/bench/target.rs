@@ -62,10 +62,7 @@ fn threads_cpu_ns(pid: u32, prefix: Option<&str>) -> Result<u64> {
     if prefix.is_some() {
         return Ok(live);
     }
-    let whole = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| stat_cpu_ns(&s))
-        .unwrap_or(0);
+    let whole = process_cpu_ns(pid).unwrap_or(0);
     Ok(live.max(whole))
 }
 
@@ -105,20 +102,33 @@ fn stat_cpu_ns(stat: &str) -> Option<u64> {
 }
 
 fn vm_rss(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, `RssAnon`...), in bytes. The
+/// one reader of these for the bench and the integration tests.
+pub fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let s = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     for line in s.lines() {
-        if let Some(v) = line.strip_prefix("VmRSS:") {
+        if let Some(v) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
             let kib: u64 = v
                 .trim()
                 .trim_end_matches("kB")
                 .trim()
                 .parse()
-                .with_context(|| format!("{path}: bad VmRSS line {line:?}"))?;
+                .with_context(|| format!("{path}: bad {field} line {line:?}"))?;
             return Ok(kib * 1024);
         }
     }
-    bail!("{path}: no VmRSS line")
+    bail!("{path}: no {field} line")
+}
+
+/// utime+stime of a whole process (/proc/PID/stat), in ns (whole clock ticks).
+pub fn process_cpu_ns(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    stat_cpu_ns(&stat).with_context(|| format!("{path}: no utime/stime in {stat:?}"))
 }
 
 /// `GET /metrics` over HTTP/1.1 (Connection: close); the body as text.
@@ -211,5 +221,8 @@ mod tests {
             "process {whole} ns < thread {b} ns"
         );
         assert!(vm_rss(pid).unwrap() > 0);
+        assert!(status_bytes(pid, "VmHWM").unwrap() >= status_bytes(pid, "VmRSS").unwrap() / 2);
+        let e = status_bytes(pid, "NoSuchField").unwrap_err().to_string();
+        assert_eq!(e, format!("/proc/{pid}/status: no NoSuchField line"));
     }
 }

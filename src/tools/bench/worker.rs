@@ -171,7 +171,7 @@ pub(super) fn guarded(
 }
 
 impl WorkerResult {
-    fn empty() -> WorkerResult {
+    pub(super) fn empty() -> WorkerResult {
         WorkerResult {
             hist: new_hist(),
             ops: 0,
@@ -196,80 +196,16 @@ fn run(
     if let Some(c) = cpu {
         core_affinity::set_for_current(core_affinity::CoreId { id: c });
     }
-    let o = &sh.opts;
-    // --resume: each worker keeps its own session store (no cross-thread locking).
-    // Its tickets and certificate requests are counted to tell acceptance.
-    let tls = sh.tls.as_ref().map(|(cfg, _)| {
-        let mut c = (**cfg).clone();
-        proof::instrument(&mut c, o.resume.then(|| conns.max(1) * 4));
-        Arc::new(c)
-    });
-    let now = Instant::now();
-    let mut w = Worker {
-        sh,
-        tls,
-        poll: match Poll::new() {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("terminus: bench: worker {index}: cannot create a poller: {e}");
-                sh.stop.store(true, Ordering::Relaxed);
-                return WorkerResult::empty();
-            }
-        },
-        slots: (0..conns)
-            .map(|_| Slot {
-                stream: None,
-                st: St::Free,
-                t_op: now,
-                t_act: now,
-                sent: 0,
-                got: 0,
-                proven: false,
-                due: None,
-                up: 0,
-                down: 0,
-            })
-            .collect(),
-        first,
-        measuring: false,
-        hist: new_hist(),
-        ops: 0,
-        bytes: 0,
-        errors: ErrorCounts::default(),
-        samples: BTreeMap::new(),
-        resumed: 0,
-        full: 0,
-        buf: vec![0u8; 64 * 1024],
-        payload: (0..o.size.max(1)).map(|i| (i % 251) as u8).collect(),
-        requeue: Vec::new(),
-        next_open: 0,
-        opening: 0,
-        interval: o
-            .rate
-            .map(|r| Duration::from_secs_f64(o.connections as f64 / r)),
+    let mut w = match Worker::new(sh, first, conns) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("terminus: bench: worker {index}: cannot create a poller: {e}");
+            sh.stop.store(true, Ordering::Relaxed);
+            return WorkerResult::empty();
+        }
     };
     let mut events = Events::with_capacity(1024);
-
-    // Setup: persistent connections are opened (at most `ramp` at a time) before the
-    // window, so the window measures the steady state, not the ramp.
-    if o.workload != Workload::Handshake {
-        // The idle workload's latency histogram is its handshake latencies.
-        w.measuring = o.workload == Workload::Idle;
-        while !sh.stopped() {
-            while w.next_open < conns && w.opening < o.ramp {
-                let i = w.next_open;
-                w.next_open += 1;
-                w.opening += 1;
-                w.start_connect(i);
-            }
-            if w.next_open >= conns && w.opening == 0 {
-                break;
-            }
-            w.turn(&mut events, Duration::from_millis(50));
-            w.check_timeouts();
-        }
-        w.measuring = false;
-    }
+    w.open_persistent(&mut events);
     let established = w
         .slots
         .iter()
@@ -278,85 +214,181 @@ fn run(
 
     sh.barrier(passed);
     let t0 = Instant::now();
-    let deadline = t0 + o.duration;
     w.measuring = true;
-    match o.workload {
-        Workload::Handshake => {
-            for i in 0..conns {
-                w.start_connect(i);
-            }
-        }
-        Workload::Bulk => {
-            for i in 0..conns {
-                if w.slots[i].st == St::Ready {
-                    w.slots[i].st = St::Streaming;
-                    w.requeue.push(i);
-                }
-            }
-        }
-        Workload::Rr => {
-            for i in 0..conns {
-                if w.slots[i].st != St::Ready {
-                    continue;
-                }
-                match w.interval {
-                    // Spread the intended send times evenly over all connections.
-                    Some(iv) => {
-                        let g = (w.first + i) as f64 / o.connections as f64;
-                        w.slots[i].due = Some(t0 + iv.mul_f64(g));
-                    }
-                    None => {
-                        w.begin_request(i, t0);
-                        w.drive(i);
-                    }
-                }
-            }
-        }
-        Workload::Idle => {}
-    }
-    let mut last_check = t0;
-    while !sh.stopped() {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        let mut wait = (deadline - now).min(Duration::from_millis(50));
-        if w.interval.is_some() {
-            // Send what is due; sleep until the next due time.
-            for i in 0..conns {
-                if let (St::Ready, Some(due)) = (w.slots[i].st, w.slots[i].due) {
-                    if due <= now {
-                        w.begin_request(i, due);
-                        w.drive(i);
-                    } else {
-                        wait = wait.min(due - now);
-                    }
-                }
-            }
-        }
-        w.turn(&mut events, wait);
-        if now.duration_since(last_check) >= Duration::from_millis(50) {
-            last_check = now;
-            w.check_timeouts();
-        }
-    }
+    w.start_window(t0);
+    w.measure(&mut events, t0);
     w.measuring = false;
     sh.barrier(passed);
     sh.barrier(passed);
-    for s in &mut w.slots {
-        if let Some(st) = s.stream.take() {
-            st.close(false);
+    w.finish(established)
+}
+
+impl<'a> Worker<'a> {
+    /// `conns` free slots, the first being connection `first` of the whole run.
+    fn new(sh: &'a Shared, first: usize, conns: usize) -> io::Result<Worker<'a>> {
+        let o = &sh.opts;
+        // --resume: each worker keeps its own session store (no cross-thread locking).
+        // Its tickets and certificate requests are counted to tell acceptance.
+        let tls = sh.tls.as_ref().map(|(cfg, _)| {
+            let mut c = (**cfg).clone();
+            proof::instrument(&mut c, o.resume.then(|| conns.max(1) * 4));
+            Arc::new(c)
+        });
+        let now = Instant::now();
+        Ok(Worker {
+            sh,
+            tls,
+            poll: Poll::new()?,
+            slots: (0..conns)
+                .map(|_| Slot {
+                    stream: None,
+                    st: St::Free,
+                    t_op: now,
+                    t_act: now,
+                    sent: 0,
+                    got: 0,
+                    proven: false,
+                    due: None,
+                    up: 0,
+                    down: 0,
+                })
+                .collect(),
+            first,
+            measuring: false,
+            hist: new_hist(),
+            ops: 0,
+            bytes: 0,
+            errors: ErrorCounts::default(),
+            samples: BTreeMap::new(),
+            resumed: 0,
+            full: 0,
+            buf: vec![0u8; 64 * 1024],
+            payload: (0..o.size.max(1)).map(|i| (i % 251) as u8).collect(),
+            requeue: Vec::new(),
+            next_open: 0,
+            opening: 0,
+            interval: o
+                .rate
+                .map(|r| Duration::from_secs_f64(o.connections as f64 / r)),
+        })
+    }
+
+    /// Setup: persistent connections are opened (at most `ramp` at a time) before the
+    /// window, so the window measures the steady state, not the ramp.
+    fn open_persistent(&mut self, events: &mut Events) {
+        let o = &self.sh.opts;
+        if o.workload == Workload::Handshake {
+            return;
+        }
+        let conns = self.slots.len();
+        // The idle workload's latency histogram is its handshake latencies.
+        self.measuring = o.workload == Workload::Idle;
+        while !self.sh.stopped() {
+            while self.next_open < conns && self.opening < o.ramp {
+                let i = self.next_open;
+                self.next_open += 1;
+                self.opening += 1;
+                self.start_connect(i);
+            }
+            if self.next_open >= conns && self.opening == 0 {
+                break;
+            }
+            self.turn(events, Duration::from_millis(50));
+            self.check_timeouts();
+        }
+        self.measuring = false;
+    }
+
+    /// The window opens at `t0`: start the workload's first operations.
+    fn start_window(&mut self, t0: Instant) {
+        let o = &self.sh.opts;
+        let conns = self.slots.len();
+        match o.workload {
+            Workload::Handshake => {
+                for i in 0..conns {
+                    self.start_connect(i);
+                }
+            }
+            Workload::Bulk => {
+                for i in 0..conns {
+                    if self.slots[i].st == St::Ready {
+                        self.slots[i].st = St::Streaming;
+                        self.requeue.push(i);
+                    }
+                }
+            }
+            Workload::Rr => {
+                for i in 0..conns {
+                    if self.slots[i].st != St::Ready {
+                        continue;
+                    }
+                    match self.interval {
+                        // Spread the intended send times evenly over all connections.
+                        Some(iv) => {
+                            let g = (self.first + i) as f64 / o.connections as f64;
+                            self.slots[i].due = Some(t0 + iv.mul_f64(g));
+                        }
+                        None => {
+                            self.begin_request(i, t0);
+                            self.drive(i);
+                        }
+                    }
+                }
+            }
+            Workload::Idle => {}
         }
     }
-    WorkerResult {
-        hist: w.hist,
-        ops: w.ops,
-        bytes: w.bytes,
-        errors: w.errors,
-        resumed: w.resumed,
-        full: w.full,
-        established,
-        samples: w.samples,
+
+    /// Poll until the window (from `t0`) ends or the run stops; with `--rate`, send
+    /// what is due.
+    fn measure(&mut self, events: &mut Events, t0: Instant) {
+        let deadline = t0 + self.sh.opts.duration;
+        let conns = self.slots.len();
+        let mut last_check = t0;
+        while !self.sh.stopped() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let mut wait = (deadline - now).min(Duration::from_millis(50));
+            if self.interval.is_some() {
+                // Send what is due; sleep until the next due time.
+                for i in 0..conns {
+                    if let (St::Ready, Some(due)) = (self.slots[i].st, self.slots[i].due) {
+                        if due <= now {
+                            self.begin_request(i, due);
+                            self.drive(i);
+                        } else {
+                            wait = wait.min(due - now);
+                        }
+                    }
+                }
+            }
+            self.turn(events, wait);
+            if now.duration_since(last_check) >= Duration::from_millis(50) {
+                last_check = now;
+                self.check_timeouts();
+            }
+        }
+    }
+
+    /// Close every connection (no close_notify) and hand over the counts.
+    fn finish(mut self, established: u64) -> WorkerResult {
+        for s in &mut self.slots {
+            if let Some(st) = s.stream.take() {
+                st.close(false);
+            }
+        }
+        WorkerResult {
+            hist: self.hist,
+            ops: self.ops,
+            bytes: self.bytes,
+            errors: self.errors,
+            resumed: self.resumed,
+            full: self.full,
+            established,
+            samples: self.samples,
+        }
     }
 }
 

@@ -1,0 +1,322 @@
+//! Backends in the test process (std threads): echo, observers, resetters, HTTP,
+//! floods, digests.
+
+use super::{hex, Pattern};
+use sha2::{Digest, Sha256};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Socket timeout inside the backends (they outlive nothing: the test's drop stops them).
+const BACKEND_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Echo every byte back until the peer's EOF, then shut down the write side.
+pub fn echo_until_eof(s: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                let _ = s.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Counters a backend keeps, readable by the test.
+#[derive(Default)]
+pub struct BackendStats {
+    pub accepted: AtomicUsize,
+    pub active: AtomicUsize,
+    pub max_active: AtomicUsize,
+    /// Bytes written to connections so far (the flood server's progress).
+    pub written: AtomicU64,
+    /// One line per finished connection, for handlers that report something.
+    pub reports: Mutex<Vec<String>>,
+}
+
+type Handler = Arc<dyn Fn(TcpStream, &BackendStats) + Send + Sync>;
+
+/// A TCP server on 127.0.0.1:0 running `handler` on a thread per connection.
+/// Stops accepting on drop; connection threads end with their connection.
+pub struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub stats: Arc<BackendStats>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn spawn(handler: Handler) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(BackendStats::default());
+        let (stop2, stats2) = (stop.clone(), stats.clone());
+        let accept_thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(BACKEND_IO_TIMEOUT));
+                let _ = conn.set_write_timeout(Some(BACKEND_IO_TIMEOUT));
+                let _ = conn.set_nodelay(true);
+                stats2.accepted.fetch_add(1, Ordering::SeqCst);
+                let now = stats2.active.fetch_add(1, Ordering::SeqCst) + 1;
+                stats2.max_active.fetch_max(now, Ordering::SeqCst);
+                let (h, st) = (handler.clone(), stats2.clone());
+                thread::spawn(move || {
+                    h(conn, &st);
+                    st.active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend {
+            addr,
+            stop,
+            stats,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.stats.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn max_active(&self) -> usize {
+        self.stats.max_active.load(Ordering::SeqCst)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.stats.written.load(Ordering::SeqCst)
+    }
+
+    pub fn reports(&self) -> Vec<String> {
+        self.stats.reports.lock().unwrap().clone()
+    }
+
+    /// Poll until `n` reports arrived (bounded by `timeout`).
+    pub fn wait_reports(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.reports();
+            if r.len() >= n || Instant::now() >= deadline {
+                return r;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Echo every byte back; on EOF from the peer, shut down the write side.
+    pub fn echo() -> Backend {
+        Backend::spawn(Arc::new(|mut s: TcpStream, _st: &BackendStats| {
+            echo_until_eof(&mut s)
+        }))
+    }
+
+    /// Echo, and report how the connection ended: `"eof <n>"` (FIN after n bytes),
+    /// `"reset <n>"` (ECONNRESET) or `"error <n> <kind>"`.
+    pub fn echo_observed() -> Backend {
+        Backend::spawn(Arc::new(|mut s: TcpStream, st: &BackendStats| {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            let end = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break format!("eof {total}"),
+                    Ok(n) => {
+                        total += n;
+                        if let Err(e) = s.write_all(&buf[..n]) {
+                            break format!("error {total} {:?}", e.kind());
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                        break format!("reset {total}")
+                    }
+                    Err(e) => break format!("error {total} {:?}", e.kind()),
+                }
+            };
+            st.reports.lock().unwrap().push(end);
+        }))
+    }
+
+    /// Reads `n` bytes, then aborts the connection with a TCP RST (SO_LINGER 0).
+    pub fn reset_after(n: usize) -> Backend {
+        Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendStats| {
+            let mut buf = vec![0u8; n];
+            if s.read_exact(&mut buf).is_ok() {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                st.reports.lock().unwrap().push(format!("reset after {n}"));
+            }
+        }))
+    }
+
+    /// A minimal HTTP/1.1 server: reads one request head, answers 200 with `body` and
+    /// `Connection: close`, then closes.
+    pub fn http(body: &'static [u8]) -> Backend {
+        Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendStats| {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let first = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            st.reports.lock().unwrap().push(first);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes());
+            let _ = s.write_all(body);
+            let _ = s.shutdown(Shutdown::Write);
+            // Drain whatever the client still sends, until it closes.
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }))
+    }
+
+    /// Writes `total` bytes of `Pattern::new(seed)` to every connection (progress in
+    /// `stats.written`), then closes. Reads nothing.
+    pub fn flood(total: u64, seed: u64) -> Backend {
+        Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendStats| {
+            let mut p = Pattern::new(seed);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                p.fill(&mut buf[..n]);
+                if s.write_all(&buf[..n]).is_err() {
+                    st.reports
+                        .lock()
+                        .unwrap()
+                        .push(format!("write failed after {}", total - left));
+                    return;
+                }
+                left -= n as u64;
+                st.written.fetch_add(n as u64, Ordering::SeqCst);
+            }
+            let _ = s.shutdown(Shutdown::Write);
+            st.reports.lock().unwrap().push(format!("wrote {total}"));
+            // Keep the socket until the peer closes, so the FIN is the only close signal.
+            let mut b = [0u8; 1024];
+            while let Ok(n) = s.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }))
+    }
+
+    /// Reads to EOF (the proxy's SHUT_WR), then replies `"<len> <sha256 hex>\n"` and
+    /// closes. The reply can only arrive if the other direction still flows after the
+    /// half-close.
+    pub fn digest() -> Backend {
+        Backend::spawn(Arc::new(|mut s: TcpStream, st: &BackendStats| {
+            let mut h = Sha256::new();
+            let mut len = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        h.update(&buf[..n]);
+                        len += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        st.reports
+                            .lock()
+                            .unwrap()
+                            .push(format!("read error after {len}: {e}"));
+                        return;
+                    }
+                }
+            }
+            let line = format!("{len} {}\n", hex(&h.finalize()));
+            st.reports.lock().unwrap().push(line.trim().to_string());
+            let _ = s.write_all(line.as_bytes());
+            let _ = s.shutdown(Shutdown::Write);
+        }))
+    }
+
+    /// Writes `greeting`, shuts down its write side (FIN), then reads to EOF and reports
+    /// `"<len> <sha256 hex>"` of what it read (or the read error).
+    pub fn greet_then_fin(greeting: &'static [u8]) -> Backend {
+        Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendStats| {
+            if s.write_all(greeting).is_err() {
+                return;
+            }
+            let _ = s.shutdown(Shutdown::Write);
+            let mut h = Sha256::new();
+            let mut len = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        h.update(&buf[..n]);
+                        len += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        st.reports
+                            .lock()
+                            .unwrap()
+                            .push(format!("read error after {len}: {e}"));
+                        return;
+                    }
+                }
+            }
+            st.reports
+                .lock()
+                .unwrap()
+                .push(format!("{len} {}", hex(&h.finalize())));
+        }))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens (connects are refused): bind port 0,
+/// note the port, close the socket.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}

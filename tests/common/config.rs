@@ -1,0 +1,90 @@
+//! The `terminus run` config writer: listeners with the PKI's server certificate.
+
+use super::Pki;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One `[[listeners]]` table. `cert`/`key` are always the PKI's server.pem/server.key,
+/// given relative to the config file's folder.
+#[derive(Clone)]
+pub struct ListenerConf {
+    pub name: String,
+    pub upstreams: Vec<SocketAddr>,
+    /// Extra `key = value` lines, value already in TOML syntax.
+    pub extra: Vec<(String, String)>,
+    /// Raw TOML written after the listener's keys: its sub-tables
+    /// (`[listeners.client_auth]`, `[[listeners.sni]]`...), which must follow them.
+    pub tables: Vec<String>,
+}
+
+impl ListenerConf {
+    pub fn new(name: &str, upstreams: &[SocketAddr]) -> ListenerConf {
+        ListenerConf {
+            name: name.to_string(),
+            upstreams: upstreams.to_vec(),
+            extra: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
+
+    /// Add `key = value` (value in TOML syntax, e.g. `"500"` or `r#"["http/1.1"]"#`).
+    pub fn opt(mut self, key: &str, toml_value: &str) -> ListenerConf {
+        self.extra.push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    /// Append raw TOML at the end of this listener's block, e.g.
+    /// `"[listeners.client_auth]\nmode = \"require\"\n"`.
+    pub fn raw(mut self, toml: &str) -> ListenerConf {
+        self.tables.push(toml.to_string());
+        self
+    }
+}
+
+/// Write `NAME.toml` into the PKI dir and return its path.
+pub fn write_config(pki: &Pki, workers: Option<usize>, listeners: &[ListenerConf]) -> PathBuf {
+    write_config_with_log(pki, workers, listeners, "off")
+}
+
+/// [`write_config`] with `[log] access = ACCESS` (`"off"`, `"stderr"`, or a file path,
+/// relative to the PKI dir).
+pub fn write_config_with_log(
+    pki: &Pki,
+    workers: Option<usize>,
+    listeners: &[ListenerConf],
+    access: &str,
+) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let mut s = String::new();
+    if let Some(w) = workers {
+        writeln!(s, "[runtime]\nworkers = {w}\n").unwrap();
+    }
+    writeln!(s, "[log]\naccess = {access:?}\n").unwrap();
+    for l in listeners {
+        let ups: Vec<String> = l.upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+        writeln!(s, "[[listeners]]").unwrap();
+        writeln!(s, "name = \"{}\"", l.name).unwrap();
+        writeln!(s, "listen = \"127.0.0.1:0\"").unwrap();
+        writeln!(s, "cert = \"server.pem\"").unwrap();
+        writeln!(s, "key = \"server.key\"").unwrap();
+        writeln!(s, "upstreams = [{}]", ups.join(", ")).unwrap();
+        for (k, v) in &l.extra {
+            writeln!(s, "{k} = {v}").unwrap();
+        }
+        for t in &l.tables {
+            s.push_str(t);
+            if !t.ends_with('\n') {
+                s.push('\n');
+            }
+        }
+        s.push('\n');
+    }
+    let path = pki.dir().join(format!(
+        "terminus-{}.toml",
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, s).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}

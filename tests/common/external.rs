@@ -1,0 +1,118 @@
+//! External programs (curl, openssl) as children whose output is collected.
+
+use super::wait_with_deadline;
+use std::io::Read;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A child process whose stdout/stderr are collected by threads as they arrive; killed
+/// on drop.
+pub struct Spawned {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Spawned {
+    pub fn new(mut cmd: Command) -> Spawned {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, sink) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                out.clone(),
+            ),
+            (
+                Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+                err.clone(),
+            ),
+        ] {
+            let mut pipe = pipe;
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Spawned {
+            child,
+            stdin,
+            out,
+            err,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned()
+    }
+
+    /// Poll until stdout contains `needle`; false on timeout.
+    pub fn wait_stdout_contains(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.stdout().contains(needle)
+    }
+
+    /// Close stdin, then wait for exit (panics after `timeout`).
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.stdin.take();
+        wait_with_deadline(&mut self.child, timeout)
+    }
+
+    /// Wait for exit with stdin still open (so the exit is the peer's doing); `None`
+    /// if it is still running after `timeout`.
+    pub fn wait_stdin_open(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Panics with a clear message if an external tool the tests rely on is missing
+/// (`.ci/run` installs them; the suite must not silently skip).
+pub fn require_tool(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` is not on PATH; install it (`.ci/run` does: apt-get install {name})"
+    );
+}

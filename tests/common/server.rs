@@ -1,0 +1,286 @@
+//! The `terminus run` child: spawn, wait for `ready` (listener and admin addresses),
+//! signals, exit, stderr; and `run_to_exit` for the commands that end by themselves.
+
+use super::{bin, client_config, write_config, ListenerConf, Pki, READY_TIMEOUT};
+use rustls::ClientConfig;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Raise RLIMIT_NOFILE to its hard limit (inherited by the terminus child), so that
+/// hundreds of concurrent connections fit on both sides.
+pub fn raise_fd_limit() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read/write the rlimit struct we own on the stack.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max.min(65536);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    });
+}
+
+/// A running `terminus run --config FILE`, killed (SIGKILL) and reaped on drop.
+pub struct Terminus {
+    child: Child,
+    addrs: HashMap<String, SocketAddr>,
+    admin: Option<SocketAddr>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Terminus {
+    /// Spawn and wait for `ready`; panics (with the child's stderr) if it does not come.
+    pub fn start(config: &Path) -> Terminus {
+        Terminus::start_with_prefix(&[], config)
+    }
+
+    /// Same, with a command prefix such as `["taskset", "-c", "0"]`.
+    pub fn start_with_prefix(prefix: &[&str], config: &Path) -> Terminus {
+        raise_fd_limit();
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn `terminus run`");
+
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+
+        // Stdout is drained for the child's whole life (so it never blocks on a full
+        // pipe); lines up to `ready` are handed over through a channel.
+        let (tx, rx) = mpsc::channel::<String>();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+
+        let mut t = Terminus {
+            child,
+            addrs: HashMap::new(),
+            admin: None,
+            stderr,
+        };
+        t.wait_ready(&rx);
+        t
+    }
+
+    /// Read stdout lines until `ready`, noting the `admin addr=` and `listening` lines.
+    fn wait_ready(&mut self, rx: &mpsc::Receiver<String>) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let status = self.child.try_wait().ok().flatten();
+                panic!(
+                    "terminus did not print `ready` within {READY_TIMEOUT:?} (exit status: \
+                     {status:?}); stderr:\n{}",
+                    self.stderr()
+                );
+            };
+            let line = line.trim();
+            if line == "ready" {
+                return;
+            }
+            if let Some(a) = line.strip_prefix("admin addr=") {
+                self.admin = Some(a.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")));
+            }
+            if let Some(rest) = line.strip_prefix("listening ") {
+                let (n, a) = listening_line(line, rest);
+                self.addrs.insert(n, a);
+            }
+        }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(name)
+            .unwrap_or_else(|| panic!("no `listening name={name}` line; got {:?}", self.addrs))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The `[admin]` address from the `admin addr=` line.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+            .expect("no `admin addr=` line: is [admin] in the config?")
+    }
+
+    /// Send a signal by name (`TERM`, `HUP`...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Wait for the process to exit (panics after `timeout`); its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        wait_with_deadline(&mut self.child, timeout).code()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Panics if the process has exited (a crash while handling a bad client, say).
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "terminus exited unexpectedly with {status}; stderr:\n{}",
+                self.stderr()
+            );
+        }
+    }
+}
+
+/// `name=N addr=A` of a `listening ...` line (`rest`, the part after `listening `).
+fn listening_line(line: &str, rest: &str) -> (String, SocketAddr) {
+    let mut name = None;
+    let mut addr = None;
+    for field in rest.split_whitespace() {
+        if let Some(v) = field.strip_prefix("name=") {
+            name = Some(v.to_string());
+        } else if let Some(v) = field.strip_prefix("addr=") {
+            addr = Some(
+                v.parse::<SocketAddr>()
+                    .unwrap_or_else(|e| panic!("bad addr in {line:?}: {e}")),
+            );
+        }
+    }
+    match (name, addr) {
+        (Some(n), Some(a)) => {
+            assert_ne!(a.port(), 0, "terminus printed port 0: {line:?}");
+            (n, a)
+        }
+        _ => panic!("malformed listening line {line:?}"),
+    }
+}
+
+impl Drop for Terminus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a terminus command to completion with a deadline; returns (status code, stdout,
+/// stderr). Panics if it has not exited by then.
+pub fn run_to_exit(args: &[&std::ffi::OsStr], timeout: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn terminus");
+    let out = collect_pipe(child.stdout.take().unwrap());
+    let err = collect_pipe(child.stderr.take().unwrap());
+    let status = wait_with_deadline(&mut child, timeout);
+    (status.code(), out.join().unwrap(), err.join().unwrap())
+}
+
+fn collect_pipe<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+/// Wait for a child to exit, killing it and panicking if it takes longer than `timeout`.
+pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child process did not exit within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A whole set-up: a PKI, a config with the given listeners, and a running terminus.
+pub struct Proxy {
+    pub term: Terminus,
+    pub pki: Pki,
+}
+
+impl Proxy {
+    pub fn start(workers: Option<usize>, listeners: &[ListenerConf]) -> Proxy {
+        let pki = Pki::generate();
+        let config = write_config(&pki, workers, listeners);
+        let term = Terminus::start(&config);
+        Proxy { term, pki }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.term.addr(name)
+    }
+
+    pub fn client(&self) -> Arc<ClientConfig> {
+        client_config(&self.pki, rustls::ALL_VERSIONS, &[])
+    }
+}
+
+impl Terminus {
+    /// Wait (bounded by `timeout`) until the child's stderr contains `needle`; the
+    /// stderr collected so far. Panics on timeout.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let err = self.stderr();
+            if err.contains(needle) {
+                return err;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on stderr within {timeout:?}; stderr:\n{err}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
