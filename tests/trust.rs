@@ -13,13 +13,9 @@
 mod common;
 
 use common::*;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    AlertDescription, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
-    SignatureScheme, StreamOwned,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{AlertDescription, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -31,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use terminus::proxy::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
 use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
-use terminus::tools::client::{ClientConfigBuilder, Trust};
+use terminus::tools::client::{ClientConfigBuilder, SeenServerCert, Trust};
 
 /// How long a log line, a PROXY header or a process' output may take to show up.
 const WAIT: Duration = Duration::from_secs(10);
@@ -361,63 +357,6 @@ fn rsa_only_tls12_client(f: &Fixture) -> Arc<ClientConfig> {
         .cipher_suites(&suites)
         .build()
         .unwrap()
-}
-
-/// Records the certificate a server presents and accepts it without verification
-/// (handshake signatures are still checked): for seeing which certificate a server
-/// chose when the name asked for is not on it.
-#[derive(Debug)]
-struct DangerousRecordServerCert {
-    seen: Mutex<Option<CertificateDer<'static>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for DangerousRecordServerCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap() = Some(end_entity.clone().into_owned());
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1366,22 +1305,15 @@ fn sni_chooses_certificate_and_unknown_names_get_the_default() {
     echo_round_trip(&mut tls, b"default", "no SNI");
 
     // An unknown name: the default (not valid for that name, so just record it).
-    let provider = provider();
-    let recorder = Arc::new(DangerousRecordServerCert {
-        seen: Mutex::new(None),
-        provider: provider.clone(),
-    });
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
-    let (mut tls, _) = connect_as(addr, &Arc::new(cfg), "unknown.internal")
+    let seen = Arc::new(SeenServerCert::default());
+    let cfg = ClientConfigBuilder::new(Trust::DangerousRecordServerCert(seen.clone()))
+        .build()
+        .unwrap();
+    let (mut tls, _) = connect_as(addr, &cfg, "unknown.internal")
         .unwrap_or_else(|e| panic!("unknown.internal: {e}"));
     echo_round_trip(&mut tls, b"unknown", "unknown name");
     assert_eq!(
-        recorder.seen.lock().unwrap().clone(),
+        seen.lock().unwrap().clone(),
         Some(default_der),
         "an unknown name must get the listener's default certificate"
     );

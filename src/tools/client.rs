@@ -27,7 +27,14 @@ pub enum Trust {
     /// Accept any certificate (signatures are still checked, so the client does the
     /// same work as a verifying one minus the chain). For load generation only.
     DangerousSkipVerify,
+    /// As `DangerousSkipVerify`, and keep the last leaf the server presented (tests
+    /// that look at which certificate a server chose for a name not on it).
+    DangerousRecordServerCert(Arc<SeenServerCert>),
 }
+
+/// The last leaf certificate a server presented to a
+/// [`Trust::DangerousRecordServerCert`] client.
+pub type SeenServerCert = std::sync::Mutex<Option<CertificateDer<'static>>>;
 
 enum ClientCert {
     Files { cert: PathBuf, key: PathBuf },
@@ -122,9 +129,20 @@ impl ClientConfigBuilder {
             .map_err(|e| format!("TLS versions: {e}"))?;
         let builder = match self.trust {
             Trust::Roots(r) => builder.with_root_certificates(r),
-            Trust::DangerousSkipVerify => builder
+            Trust::DangerousSkipVerify => {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(DangerousNoVerify(
+                        provider.clone(),
+                        None,
+                    )))
+            }
+            Trust::DangerousRecordServerCert(seen) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(DangerousNoVerify(provider.clone()))),
+                .with_custom_certificate_verifier(Arc::new(DangerousNoVerify(
+                    provider.clone(),
+                    Some(seen),
+                ))),
         };
         let mut cfg = match self.cert {
             Some(ClientCert::Files { cert, key }) => {
@@ -147,19 +165,22 @@ impl ClientConfigBuilder {
 }
 
 /// The verifier behind [`Trust::DangerousSkipVerify`]: any chain, any name, but the
-/// handshake signatures are checked.
+/// handshake signatures are checked; records the leaf when given somewhere to.
 #[derive(Debug)]
-struct DangerousNoVerify(Arc<CryptoProvider>);
+struct DangerousNoVerify(Arc<CryptoProvider>, Option<Arc<SeenServerCert>>);
 
 impl ServerCertVerifier for DangerousNoVerify {
     fn verify_server_cert(
         &self,
-        _: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _: &[CertificateDer<'_>],
         _: &ServerName<'_>,
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(seen) = &self.1 {
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.clone().into_owned());
+        }
         Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(

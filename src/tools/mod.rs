@@ -6,6 +6,7 @@
 //! tools and tests ([`client`]). The proxy core never depends on them.
 //!
 //! I/O contract: anything a test tool needs (its own sockets, threads, temp files).
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod bench;

@@ -238,27 +238,10 @@ impl Backend {
     /// half-close.
     pub fn digest() -> Backend {
         Backend::spawn(Arc::new(|mut s: TcpStream, st: &BackendStats| {
-            let mut h = Sha256::new();
-            let mut len = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        h.update(&buf[..n]);
-                        len += n as u64;
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        st.reports
-                            .lock()
-                            .unwrap()
-                            .push(format!("read error after {len}: {e}"));
-                        return;
-                    }
-                }
-            }
-            let line = format!("{len} {}\n", hex(&h.finalize()));
+            let Some((len, sha)) = read_to_eof_digest(&mut s, st) else {
+                return;
+            };
+            let line = format!("{len} {sha}\n");
             st.reports.lock().unwrap().push(line.trim().to_string());
             let _ = s.write_all(line.as_bytes());
             let _ = s.shutdown(Shutdown::Write);
@@ -273,30 +256,9 @@ impl Backend {
                 return;
             }
             let _ = s.shutdown(Shutdown::Write);
-            let mut h = Sha256::new();
-            let mut len = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        h.update(&buf[..n]);
-                        len += n as u64;
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        st.reports
-                            .lock()
-                            .unwrap()
-                            .push(format!("read error after {len}: {e}"));
-                        return;
-                    }
-                }
+            if let Some((len, sha)) = read_to_eof_digest(&mut s, st) {
+                st.reports.lock().unwrap().push(format!("{len} {sha}"));
             }
-            st.reports
-                .lock()
-                .unwrap()
-                .push(format!("{len} {}", hex(&h.finalize())));
         }))
     }
 }
@@ -319,4 +281,29 @@ pub fn refused_addr() -> SocketAddr {
     let a = l.local_addr().unwrap();
     drop(l);
     a
+}
+
+/// Reads `s` to EOF: its length and SHA-256 (hex), or None after reporting the read
+/// error in `st`.
+fn read_to_eof_digest(s: &mut TcpStream, st: &BackendStats) -> Option<(u64, String)> {
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some((len, hex(&h.finalize()))),
+            Ok(n) => {
+                h.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                st.reports
+                    .lock()
+                    .unwrap()
+                    .push(format!("read error after {len}: {e}"));
+                return None;
+            }
+        }
+    }
 }

@@ -44,6 +44,15 @@ fn limits() -> ConnLimits {
     }
 }
 
+/// A connection that has seen nothing yet, with the test limits.
+fn fresh_conn(pki: &Pki, now: Instant) -> Conn {
+    Conn::new(
+        ServerConnection::new(pki.server.clone()).unwrap(),
+        limits(),
+        now,
+    )
+}
+
 /// An in-memory client talking to a Conn, with a fake "upstream" side.
 struct Pair {
     client: ClientConnection,
@@ -251,11 +260,7 @@ fn slow_client_stops_upstream_reads_at_high_water_mark() {
 fn garbage_fails_handshake_as_malformed_with_alert() {
     let pki = pki();
     let now = Instant::now();
-    let mut c = Conn::new(
-        ServerConnection::new(pki.server.clone()).unwrap(),
-        limits(),
-        now,
-    );
+    let mut c = fresh_conn(&pki, now);
     c.handle_client_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
     let alert = c.poll_client_send().expect("an alert is sent");
     assert_eq!(alert[0], 0x15, "TLS alert record");
@@ -272,11 +277,7 @@ fn alert_survives_eof_and_more_bytes_in_the_same_read() {
     let pki = pki();
     for after in [&b""[..], b"\x16\x03\x03more garbage"] {
         let now = Instant::now();
-        let mut c = Conn::new(
-            ServerConnection::new(pki.server.clone()).unwrap(),
-            limits(),
-            now,
-        );
+        let mut c = fresh_conn(&pki, now);
         // All of it lands in one turn, before the driver polls for output.
         c.handle_client_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
         c.handle_client_data(after, now);
@@ -293,11 +294,7 @@ fn alert_survives_eof_and_more_bytes_in_the_same_read() {
     }
     // A reset is different: nothing can be sent any more.
     let now = Instant::now();
-    let mut c = Conn::new(
-        ServerConnection::new(pki.server.clone()).unwrap(),
-        limits(),
-        now,
-    );
+    let mut c = fresh_conn(&pki, now);
     c.handle_client_data(b"GET / HTTP/1.1\r\n\r\n", now);
     c.handle_client_error();
     assert!(c.poll_close().is_some());
@@ -343,11 +340,7 @@ fn receive_budgets_never_exceed_max_buffered() {
 fn silent_client_times_out_in_handshake() {
     let pki = pki();
     let now = Instant::now();
-    let mut c = Conn::new(
-        ServerConnection::new(pki.server.clone()).unwrap(),
-        limits(),
-        now,
-    );
+    let mut c = fresh_conn(&pki, now);
     assert_eq!(c.handle_timeout(now + Duration::from_secs(9)), Expired::No);
     assert_eq!(
         c.handle_timeout(now + Duration::from_secs(10)),
