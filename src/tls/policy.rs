@@ -388,6 +388,41 @@ mod tests {
     }
 
     #[test]
+    fn messages_are_the_old_texts() {
+        for (entry, want) in [
+            (
+                "spiffe://example.org",
+                "\"spiffe://example.org\" names a trust domain, not a workload: use \
+                 \"spiffe://example.org/*\" for any workload of that trust domain",
+            ),
+            (
+                "spiffe://example.org/a/./b",
+                "\"spiffe://example.org/a/./b\": the path has a \".\" segment",
+            ),
+            (
+                "spiffe://Example.org/x",
+                "\"spiffe://Example.org/x\": trust domain \"Example.org\" must be lowercase \
+                 (SPIFFE IDs are compared byte for byte)",
+            ),
+            (
+                "dns:a b",
+                "\"dns:a b\": \"a b\" is not a DNS name (letters, digits, '-', '_' in \
+                 dot-separated labels, e.g. \"dns:billing.internal\")",
+            ),
+            ("cn:", "\"cn:\" needs a common name after the colon"),
+        ] {
+            assert_eq!(parse_err(entry), want, "{entry}");
+        }
+        assert_eq!(
+            SpiffeId::parse("spiffe://example.org/a b")
+                .unwrap_err()
+                .to_string(),
+            "\"spiffe://example.org/a b\": path segment \"a b\" contains ' ': only letters, \
+             digits, '.', '-' and '_' are allowed"
+        );
+    }
+
+    #[test]
     fn list_error_names_the_entry_index() {
         let e = AllowList::parse(&["cn:a".into(), "spiffe://*".into()]).unwrap_err();
         assert_eq!(e.index, 1);
