@@ -583,11 +583,11 @@ proptest! {
             .collect();
         let got = PeerIdentity::from_der(&der);
         if spiffe.len() > 1 {
-            let e = got.expect_err("two SPIFFE IDs must be refused");
+            let e = got.expect_err("two SPIFFE IDs must be refused").to_string();
             prop_assert!(e.contains("more than one SPIFFE ID"), "{e}");
             return Ok(());
         }
-        let id = got.map_err(TestCaseError::fail)?;
+        let id = got.map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(id.spiffe.as_ref(), spiffe.first().copied());
         let dns: Vec<&String> = sans
             .iter()
@@ -603,7 +603,7 @@ proptest! {
         if cn.is_some() || org.is_some() {
             prop_assert!(!id.subject.is_empty());
         }
-        let alg = CertAlgorithms::from_der(&der).map_err(TestCaseError::fail)?;
+        let alg = CertAlgorithms::from_der(&der).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(alg.sig_alg, "ecdsa-with-SHA256");
         prop_assert_eq!(alg.key_alg, "EC256");
     }
@@ -693,8 +693,9 @@ proptest! {
         match (AllowList::parse(&entries), first_bad) {
             (Ok(list), None) => prop_assert_eq!(list.rules().len(), entries.len()),
             (Err(e), Some(i)) => {
+                prop_assert_eq!(e.index, i);
                 let prefix = format!("allow[{i}]: ");
-                prop_assert!(e.starts_with(&prefix), "{}", e)
+                prop_assert!(e.to_string().starts_with(&prefix), "{}", e)
             }
             (got, want) => prop_assert!(false, "{got:?}, first bad entry {want:?}"),
         }
@@ -718,7 +719,7 @@ proptest! {
             dns: vec![dns.to_ascii_uppercase()],
             ..PeerIdentity::default()
         };
-        let rule = |s: String| AllowRule::parse(&s).map_err(TestCaseError::fail);
+        let rule = |s: String| AllowRule::parse(&s).map_err(|e| TestCaseError::fail(e.to_string()));
         let matches = |s: String| rule(s).map(|r| r.matches(&peer));
         let k = k.index(path.len());
         let prefix = path[..k].iter().map(|s| format!("{s}/")).collect::<String>();

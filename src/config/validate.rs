@@ -303,7 +303,7 @@ fn validate_client_auth(ca: &ClientAuth, i: usize, bad: &mut Bad<'_>) {
         if let Err(why) = crate::tls::policy::AllowRule::parse(entry) {
             bad(
                 &[K("listeners"), I(i), K("client_auth"), K("allow"), I(k)],
-                why,
+                why.to_string(),
             );
         }
     }

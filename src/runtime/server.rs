@@ -13,7 +13,7 @@ use crate::ops::reload::ReloadStats;
 use crate::runtime::listener::{ListenerLive, ListenerShared};
 use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::uring::{Uring, UringConfig, UringError};
-use crate::runtime::worker::{self, MetricsOut, WorkerSetup};
+use crate::runtime::worker::{self, MetricsOut, WorkerSetup, WorkerSetupError};
 use crate::tls::TlsError;
 use arc_swap::ArcSwap;
 use std::io::Write;
@@ -59,7 +59,7 @@ pub enum RunError {
     },
     /// A worker could not set itself up (pin, ring); the worker's own message.
     #[error("{0}")]
-    WorkerSetup(String),
+    WorkerSetup(#[source] WorkerSetupError),
     #[error("a worker died during setup")]
     WorkerLost,
     #[error("worker {index}: io_uring_enter failed: {source}")]
@@ -334,7 +334,7 @@ fn spawn_workers(
     sockets: Vec<Vec<OwnedFd>>,
     common: &Common,
     admin: &AdminStarted,
-    ready: crossbeam_channel::Sender<Result<(), String>>,
+    ready: crossbeam_channel::Sender<Result<(), WorkerSetupError>>,
 ) -> Result<Vec<JoinHandle<std::io::Result<()>>>, RunError> {
     let snapshot_interval =
         Duration::from_millis(cfg.admin.as_ref().map_or(250, |a| a.snapshot_interval_ms));
@@ -380,7 +380,7 @@ fn spawn_workers(
 /// fails stops the others.
 fn await_ready(
     running: Running,
-    ready: &crossbeam_channel::Receiver<Result<(), String>>,
+    ready: &crossbeam_channel::Receiver<Result<(), WorkerSetupError>>,
     admin: Option<&crate::ops::admin::AdminState>,
 ) -> Result<Running, RunError> {
     for _ in 0..running.workers.len() {

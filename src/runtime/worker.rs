@@ -22,7 +22,7 @@ use crate::runtime::listener::ListenerLocal;
 use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::slot::{BufferCap, Side, Slot, SlotId, Token};
 use crate::runtime::sock;
-use crate::runtime::uring::{Completion, Event, OpError, Uring, UringConfig};
+use crate::runtime::uring::{Completion, Event, OpError, Uring, UringConfig, UringError};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -79,14 +79,28 @@ struct Publisher {
     dirty: bool,
 }
 
+/// Why a worker could not set itself up; `Display` is the line `terminus run` prints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerSetupError {
+    #[error("worker {index}: cannot pin to CPU {cpu}")]
+    Pin { index: usize, cpu: usize },
+    /// Its io_uring could not be built (the driver's own message).
+    #[error("{0}")]
+    Ring(#[source] UringError),
+}
+
 /// Set up a worker on the current thread: pin it, build its ring, arm accepts.
-pub fn setup(s: WorkerSetup) -> Result<Worker, String> {
+pub fn setup(s: WorkerSetup) -> Result<Worker, WorkerSetupError> {
     if let Some(cpu) = s.cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-            return Err(format!("worker {}: cannot pin to CPU {cpu}", s.index));
+            return Err(WorkerSetupError::Pin {
+                index: s.index,
+                cpu,
+            });
         }
     }
-    let ring = Uring::new(s.ring).map_err(|e| e.to_string())?;
+    let ring = Uring::new(s.ring).map_err(WorkerSetupError::Ring)?;
     let now = Instant::now();
     let n_listeners = s.listeners.len();
     let mut w = Worker {

@@ -1,7 +1,8 @@
 //! error: what can be wrong with a listener's TLS material, one variant per problem.
 //!
 //! Owns [`TlsError`] (and [`UpstreamTlsProblem`], [`TicketKeyError`],
-//! [`TrustDomainError`]): typed values whose `Display` is the one-line message the
+//! [`TrustDomainError`], [`PathSegmentError`], [`SpiffeIdError`], [`IdentityError`],
+//! [`AllowRuleError`], [`AllowListError`]): typed values whose `Display` is the one-line message the
 //! operator reads, naming the file (or listener) and why, e.g. `/etc/t/server.key:
 //! private key does not match the certificate in /etc/t/server.pem`.
 //!
@@ -125,8 +126,11 @@ pub enum TlsError {
         eku: String,
     },
     /// What PROXY v2 reports about the certificate cannot be read from it.
-    #[error("{}: {why}", path.display())]
-    Algorithms { path: PathBuf, why: String },
+    #[error("{}: {source}", path.display())]
+    Algorithms {
+        path: PathBuf,
+        source: IdentityError,
+    },
     #[error(
         "{}: CA bundle: certificate #{number} is not usable as a trust anchor: {source}",
         path.display()
@@ -170,8 +174,11 @@ pub enum TlsError {
         source: rustls::server::VerifierBuilderError,
     },
     /// An `allow` entry does not parse.
-    #[error("listener \"{listener}\": client_auth.{why}")]
-    AllowList { listener: String, why: String },
+    #[error("listener \"{listener}\": client_auth.{source}")]
+    AllowList {
+        listener: String,
+        source: AllowListError,
+    },
     #[error("listener \"{listener}\": upstream_tls: {problem}")]
     UpstreamTls {
         listener: String,
@@ -239,6 +246,109 @@ pub enum TrustDomainError {
          '_' are allowed (no port, user info or wildcard)"
     )]
     BadChar { td: String, c: char },
+}
+
+/// Why a SPIFFE ID path segment is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathSegmentError {
+    #[error("the path has an empty segment (\"//\" or a trailing \"/\")")]
+    Empty,
+    /// `.` or `..`.
+    #[error("the path has a \"{0}\" segment")]
+    Dot(String),
+    #[error(
+        "path segment \"{seg}\" contains {c:?}: only letters, digits, '.', '-' and '_' \
+         are allowed"
+    )]
+    BadChar { seg: String, c: char },
+}
+
+/// Why a string is not a SPIFFE ID, naming the string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpiffeIdError {
+    #[error("\"{0}\" does not start with \"spiffe://\"")]
+    NoScheme(String),
+    #[error("\"{id}\": {why}")]
+    TrustDomain { id: String, why: TrustDomainError },
+    #[error("\"{id}\": {why}")]
+    Path { id: String, why: PathSegmentError },
+}
+
+/// Why a peer's identity (or algorithm names) cannot be read from its leaf
+/// certificate. The parser's own errors are kept as their text: the x509-parser
+/// error types borrow nothing but are neither `Clone` nor `PartialEq`, and a
+/// [`super::RejectedClient`] must stay `Clone`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    #[error("certificate is not valid X.509: {0}")]
+    NotX509(String),
+    #[error("bad subjectAltName extension: {0}")]
+    SubjectAltName(String),
+    #[error(
+        "certificate has more than one SPIFFE ID ({first}, {second}); an X.509-SVID has \
+         exactly one"
+    )]
+    TwoSpiffeIds { first: String, second: String },
+    #[error("subject CN is not a text string: {0}")]
+    CnNotText(String),
+}
+
+/// Why one `allow` entry does not parse: what is wrong and what would be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AllowRuleError {
+    #[error(
+        "\"{entry}\" is not an allow entry: expected \"spiffe://TRUST.DOMAIN/PATH\", \
+         \"spiffe://TRUST.DOMAIN/PREFIX/*\", \"dns:NAME\" or \"cn:NAME\""
+    )]
+    Unknown { entry: String },
+    #[error("\"cn:\" needs a common name after the colon")]
+    EmptyCn,
+    #[error(
+        "\"{entry}\": a wildcard cannot stand for a trust domain or part of one; name \
+         the trust domain exactly (e.g. \"spiffe://example.org/ns/*\")"
+    )]
+    TrustDomainWildcard { entry: String },
+    #[error("\"{entry}\": {why}")]
+    TrustDomain {
+        entry: String,
+        why: TrustDomainError,
+    },
+    #[error(
+        "\"{entry}\" names a trust domain, not a workload: use \"spiffe://{td}/*\" for any \
+         workload of that trust domain"
+    )]
+    TrustDomainOnly { entry: String, td: String },
+    #[error(
+        "\"{entry}\": '*' is only allowed as the whole last path segment \
+         (\"spiffe://TRUST.DOMAIN/PREFIX/*\")"
+    )]
+    PathWildcard { entry: String },
+    #[error("\"{entry}\": {why}")]
+    PathSegment {
+        entry: String,
+        why: PathSegmentError,
+    },
+    /// `name` is what follows `dns:`.
+    #[error("\"dns:{name}\": wildcards are not supported in dns: entries; list each name")]
+    DnsWildcard { name: String },
+    #[error(
+        "\"dns:{name}\": \"{name}\" is not a DNS name (letters, digits, '-', '_' in \
+         dot-separated labels, e.g. \"dns:billing.internal\")"
+    )]
+    NotDnsName { name: String },
+}
+
+/// The first bad entry of an `allow` list, with its index.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("allow[{index}]: {why}")]
+#[non_exhaustive]
+pub struct AllowListError {
+    pub index: usize,
+    pub why: AllowRuleError,
 }
 
 impl TlsError {

@@ -9,7 +9,7 @@
 //! verifier's job (`tls`), and this module only describes what was verified.
 #![forbid(unsafe_code)]
 
-use super::TrustDomainError;
+use super::{IdentityError, PathSegmentError, SpiffeIdError, TrustDomainError};
 use rustls_pki_types::CertificateDer;
 use std::fmt;
 use x509_parser::extensions::GeneralName;
@@ -40,21 +40,21 @@ impl PeerIdentity {
     /// Fails when the DER does not parse, when a name is not valid text, or when the
     /// certificate carries more than one SPIFFE ID (an X.509-SVID has exactly one
     /// URI SAN, and choosing one of several would let the order of SANs decide policy).
-    pub fn from_der(der: &CertificateDer<'_>) -> Result<PeerIdentity, String> {
+    pub fn from_der(der: &CertificateDer<'_>) -> Result<PeerIdentity, IdentityError> {
         let cert = parse(der)?;
         let mut spiffe = None;
         let mut dns = Vec::new();
         let san = cert
             .subject_alternative_name()
-            .map_err(|e| format!("bad subjectAltName extension: {e}"))?;
+            .map_err(|e| IdentityError::SubjectAltName(e.to_string()))?;
         for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
             match name {
                 GeneralName::URI(uri) if has_spiffe_scheme(uri) => {
                     if let Some(first) = spiffe.replace(uri.to_string()) {
-                        return Err(format!(
-                            "certificate has more than one SPIFFE ID ({first}, {uri}); an \
-                             X.509-SVID has exactly one"
-                        ));
+                        return Err(IdentityError::TwoSpiffeIds {
+                            first,
+                            second: uri.to_string(),
+                        });
                     }
                 }
                 GeneralName::DNSName(name) => dns.push(name.to_string()),
@@ -64,7 +64,7 @@ impl PeerIdentity {
         let cn = match cert.subject().iter_common_name().next() {
             Some(attr) => Some(
                 attr.as_str()
-                    .map_err(|e| format!("subject CN is not a text string: {e}"))?
+                    .map_err(|e| IdentityError::CnNotText(e.to_string()))?
                     .to_owned(),
             ),
             None => None,
@@ -87,10 +87,10 @@ fn has_spiffe_scheme(uri: &str) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"))
 }
 
-fn parse<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, String> {
+fn parse<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, IdentityError> {
     match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => Ok(cert),
-        Err(e) => Err(format!("certificate is not valid X.509: {e}")),
+        Err(e) => Err(IdentityError::NotX509(e.to_string())),
     }
 }
 
@@ -106,17 +106,23 @@ pub struct SpiffeId {
 }
 
 impl SpiffeId {
-    pub fn parse(id: &str) -> Result<SpiffeId, String> {
+    pub fn parse(id: &str) -> Result<SpiffeId, SpiffeIdError> {
         let rest = id
             .strip_prefix("spiffe://")
-            .ok_or_else(|| format!("\"{id}\" does not start with \"spiffe://\""))?;
+            .ok_or_else(|| SpiffeIdError::NoScheme(id.to_owned()))?;
         let path_at = 9 + rest.find('/').unwrap_or(rest.len());
         let td = &id[9..path_at];
-        check_trust_domain(td).map_err(|why| format!("\"{id}\": {why}"))?;
+        check_trust_domain(td).map_err(|why| SpiffeIdError::TrustDomain {
+            id: id.to_owned(),
+            why,
+        })?;
         let path = &id[path_at..];
         if !path.is_empty() {
             for seg in path[1..].split('/') {
-                check_path_segment(seg).map_err(|why| format!("\"{id}\": {why}"))?;
+                check_path_segment(seg).map_err(|why| SpiffeIdError::Path {
+                    id: id.to_owned(),
+                    why,
+                })?;
             }
         }
         Ok(SpiffeId {
@@ -163,20 +169,20 @@ pub(crate) fn check_trust_domain(td: &str) -> Result<(), TrustDomainError> {
     }
 }
 
-pub(crate) fn check_path_segment(seg: &str) -> Result<(), String> {
+pub(crate) fn check_path_segment(seg: &str) -> Result<(), PathSegmentError> {
     if seg.is_empty() {
-        return Err("the path has an empty segment (\"//\" or a trailing \"/\")".into());
+        return Err(PathSegmentError::Empty);
     }
     if seg == "." || seg == ".." {
-        return Err(format!("the path has a \"{seg}\" segment"));
+        return Err(PathSegmentError::Dot(seg.to_owned()));
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
     match seg.chars().find(|&c| !ok(c)) {
         None => Ok(()),
-        Some(c) => Err(format!(
-            "path segment \"{seg}\" contains {c:?}: only letters, digits, '.', '-' and '_' \
-             are allowed"
-        )),
+        Some(c) => Err(PathSegmentError::BadChar {
+            seg: seg.to_owned(),
+            c,
+        }),
     }
 }
 
@@ -190,7 +196,7 @@ pub struct CertAlgorithms {
 }
 
 impl CertAlgorithms {
-    pub fn from_der(der: &CertificateDer<'_>) -> Result<CertAlgorithms, String> {
+    pub fn from_der(der: &CertificateDer<'_>) -> Result<CertAlgorithms, IdentityError> {
         let cert = parse(der)?;
         let oid = cert.signature_algorithm.algorithm.to_id_string();
         let sig_alg = match oid.as_str() {
@@ -327,7 +333,7 @@ mod tests {
             None,
             &[1],
         );
-        let e = PeerIdentity::from_der(&der).unwrap_err();
+        let e = PeerIdentity::from_der(&der).unwrap_err().to_string();
         assert!(e.contains("more than one SPIFFE ID"), "{e}");
     }
 
@@ -335,6 +341,8 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let e =
             PeerIdentity::from_der(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).unwrap_err();
+        assert!(matches!(e, IdentityError::NotX509(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.starts_with("certificate is not valid X.509"), "{e}");
         assert!(CertAlgorithms::from_der(&CertificateDer::from(Vec::new())).is_err());
     }

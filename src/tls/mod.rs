@@ -46,7 +46,10 @@ mod validity;
 mod verifier;
 
 pub use client::{upstream_client_config, upstream_clients, UpstreamClients, UpstreamSessions};
-pub use error::{TicketKeyError, TlsError, TrustDomainError, UpstreamTlsProblem};
+pub use error::{
+    AllowListError, AllowRuleError, IdentityError, PathSegmentError, SpiffeIdError, TicketKeyError,
+    TlsError, TrustDomainError, UpstreamTlsProblem,
+};
 pub use pem::{certified_key, load_certs, load_crls, load_key, load_roots};
 pub use problems::{listener_file_problems, listener_problems};
 pub use server::{listener_files, server_config, server_provider, server_tls, ServerTls};

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 use crate::tls::identity::{check_path_segment, check_trust_domain, PeerIdentity, SpiffeId};
+use crate::tls::{AllowListError, AllowRuleError};
 use std::fmt;
 
 /// One parsed allow-list entry.
@@ -38,7 +39,7 @@ pub enum AllowRule {
 
 impl AllowRule {
     /// Parse one entry; the error says what is wrong and what would be accepted.
-    pub fn parse(entry: &str) -> Result<AllowRule, String> {
+    pub fn parse(entry: &str) -> Result<AllowRule, AllowRuleError> {
         if let Some(rest) = entry.strip_prefix("spiffe://") {
             return parse_spiffe(entry, rest);
         }
@@ -47,14 +48,13 @@ impl AllowRule {
         }
         if let Some(name) = entry.strip_prefix("cn:") {
             if name.is_empty() {
-                return Err("\"cn:\" needs a common name after the colon".into());
+                return Err(AllowRuleError::EmptyCn);
             }
             return Ok(AllowRule::Cn(name.to_owned()));
         }
-        Err(format!(
-            "\"{entry}\" is not an allow entry: expected \"spiffe://TRUST.DOMAIN/PATH\", \
-             \"spiffe://TRUST.DOMAIN/PREFIX/*\", \"dns:NAME\" or \"cn:NAME\""
-        ))
+        Err(AllowRuleError::Unknown {
+            entry: entry.to_owned(),
+        })
     }
 
     pub fn matches(&self, peer: &PeerIdentity) -> bool {
@@ -95,20 +95,22 @@ impl fmt::Display for AllowRule {
     }
 }
 
-fn parse_spiffe(entry: &str, rest: &str) -> Result<AllowRule, String> {
+fn parse_spiffe(entry: &str, rest: &str) -> Result<AllowRule, AllowRuleError> {
     let (td, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if td.contains('*') {
-        return Err(format!(
-            "\"{entry}\": a wildcard cannot stand for a trust domain or part of one; name \
-             the trust domain exactly (e.g. \"spiffe://example.org/ns/*\")"
-        ));
+        return Err(AllowRuleError::TrustDomainWildcard {
+            entry: entry.to_owned(),
+        });
     }
-    check_trust_domain(td).map_err(|why| format!("\"{entry}\": {why}"))?;
+    check_trust_domain(td).map_err(|why| AllowRuleError::TrustDomain {
+        entry: entry.to_owned(),
+        why,
+    })?;
     if path.is_empty() {
-        return Err(format!(
-            "\"{entry}\" names a trust domain, not a workload: use \"spiffe://{td}/*\" for any \
-             workload of that trust domain"
-        ));
+        return Err(AllowRuleError::TrustDomainOnly {
+            entry: entry.to_owned(),
+            td: td.to_owned(),
+        });
     }
     let segments: Vec<&str> = path[1..].split('/').collect();
     let (last, parents) = segments.split_last().unwrap_or((&"", &[]));
@@ -130,21 +132,23 @@ fn parse_spiffe(entry: &str, rest: &str) -> Result<AllowRule, String> {
     Ok(AllowRule::SpiffeExact(entry.to_owned()))
 }
 
-fn check_segment(entry: &str, seg: &str) -> Result<(), String> {
+fn check_segment(entry: &str, seg: &str) -> Result<(), AllowRuleError> {
     if seg.contains('*') {
-        return Err(format!(
-            "\"{entry}\": '*' is only allowed as the whole last path segment \
-             (\"spiffe://TRUST.DOMAIN/PREFIX/*\")"
-        ));
+        return Err(AllowRuleError::PathWildcard {
+            entry: entry.to_owned(),
+        });
     }
-    check_path_segment(seg).map_err(|why| format!("\"{entry}\": {why}"))
+    check_path_segment(seg).map_err(|why| AllowRuleError::PathSegment {
+        entry: entry.to_owned(),
+        why,
+    })
 }
 
-fn parse_dns(name: &str) -> Result<String, String> {
+fn parse_dns(name: &str) -> Result<String, AllowRuleError> {
     if name.contains('*') {
-        return Err(format!(
-            "\"dns:{name}\": wildcards are not supported in dns: entries; list each name"
-        ));
+        return Err(AllowRuleError::DnsWildcard {
+            name: name.to_owned(),
+        });
     }
     let bytes_ok = name
         .bytes()
@@ -153,10 +157,9 @@ fn parse_dns(name: &str) -> Result<String, String> {
         .split('.')
         .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-'));
     if name.is_empty() || name.len() > 253 || !bytes_ok || !labels_ok {
-        return Err(format!(
-            "\"dns:{name}\": \"{name}\" is not a DNS name (letters, digits, '-', '_' in \
-             dot-separated labels, e.g. \"dns:billing.internal\")"
-        ));
+        return Err(AllowRuleError::NotDnsName {
+            name: name.to_owned(),
+        });
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -169,11 +172,11 @@ pub struct AllowList {
 
 impl AllowList {
     /// Parse every entry; the first bad one is reported with its index.
-    pub fn parse(entries: &[String]) -> Result<AllowList, String> {
+    pub fn parse(entries: &[String]) -> Result<AllowList, AllowListError> {
         let rules = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| AllowRule::parse(e).map_err(|why| format!("allow[{i}]: {why}")))
+            .map(|(index, e)| AllowRule::parse(e).map_err(|why| AllowListError { index, why }))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(AllowList { rules })
     }
@@ -208,7 +211,7 @@ mod tests {
     }
 
     fn parse_err(entry: &str) -> String {
-        AllowRule::parse(entry).unwrap_err()
+        AllowRule::parse(entry).unwrap_err().to_string()
     }
 
     #[test]
@@ -385,8 +388,45 @@ mod tests {
     }
 
     #[test]
+    fn messages_are_the_old_texts() {
+        for (entry, want) in [
+            (
+                "spiffe://example.org",
+                "\"spiffe://example.org\" names a trust domain, not a workload: use \
+                 \"spiffe://example.org/*\" for any workload of that trust domain",
+            ),
+            (
+                "spiffe://example.org/a/./b",
+                "\"spiffe://example.org/a/./b\": the path has a \".\" segment",
+            ),
+            (
+                "spiffe://Example.org/x",
+                "\"spiffe://Example.org/x\": trust domain \"Example.org\" must be lowercase \
+                 (SPIFFE IDs are compared byte for byte)",
+            ),
+            (
+                "dns:a b",
+                "\"dns:a b\": \"a b\" is not a DNS name (letters, digits, '-', '_' in \
+                 dot-separated labels, e.g. \"dns:billing.internal\")",
+            ),
+            ("cn:", "\"cn:\" needs a common name after the colon"),
+        ] {
+            assert_eq!(parse_err(entry), want, "{entry}");
+        }
+        assert_eq!(
+            SpiffeId::parse("spiffe://example.org/a b")
+                .unwrap_err()
+                .to_string(),
+            "\"spiffe://example.org/a b\": path segment \"a b\" contains ' ': only letters, \
+             digits, '.', '-' and '_' are allowed"
+        );
+    }
+
+    #[test]
     fn list_error_names_the_entry_index() {
         let e = AllowList::parse(&["cn:a".into(), "spiffe://*".into()]).unwrap_err();
+        assert_eq!(e.index, 1);
+        let e = e.to_string();
         assert!(e.starts_with("allow[1]: \"spiffe://*\""), "{e}");
     }
 

@@ -35,9 +35,9 @@ impl ServedCert {
             return Err(e);
         }
         let algorithms =
-            CertAlgorithms::from_der(&ck.cert[0]).map_err(|why| TlsError::Algorithms {
+            CertAlgorithms::from_der(&ck.cert[0]).map_err(|source| TlsError::Algorithms {
                 path: cert.to_owned(),
-                why,
+                source,
             })?;
         Ok(ServedCert {
             key: Arc::new(ck),

@@ -61,9 +61,9 @@ pub(super) fn policy_verifier(
         listener: l.name.clone(),
         source,
     })?;
-    let allow = AllowList::parse(&ca.allow).map_err(|why| TlsError::AllowList {
+    let allow = AllowList::parse(&ca.allow).map_err(|source| TlsError::AllowList {
         listener: l.name.clone(),
-        why,
+        source,
     })?;
     Ok(Some(PolicyVerifier::new(inner, allow)))
 }
@@ -168,7 +168,7 @@ pub struct RejectedClient {
     /// Read from the presented leaf (unverified when `error` is a chain error).
     pub identity: Option<PeerIdentity>,
     /// Why no identity could be read, when `identity` is `None`.
-    pub identity_error: Option<String>,
+    pub identity_error: Option<super::IdentityError>,
     /// What the handshake failed with (also returned by `process_new_packets`):
     /// `InvalidCertificate(ApplicationVerificationFailure)` for a policy refusal.
     pub error: rustls::Error,
