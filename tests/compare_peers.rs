@@ -55,3 +55,52 @@ fn compare_peers_check_only_verifies_every_peer_and_mode() {
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.contains("check OK: every peer terminates TLS 1.3 and enforces mTLS"));
 }
+
+/// scripts/ab-binaries.sh: two builds (here the same one twice) served side by side,
+/// one round of two workloads; the report has a row per workload with both medians
+/// and their ratio, and a missing binary is a usage error.
+#[test]
+fn ab_binaries_reports_a_ratio_per_workload() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ab-binaries.sh");
+    let bin = bin();
+    let usage = Command::new("bash")
+        .arg(&script)
+        .arg(bin)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    assert_eq!(usage.status.code(), Some(2), "one binary is a usage error");
+
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .arg(bin)
+        .arg(bin)
+        .env("ROUNDS", "1")
+        .env("SECONDS_PER_RUN", "1")
+        .env("WORKLOADS", "rr full")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bash");
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for w in ["rr", "full"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {w} | ")))
+            .unwrap_or_else(|| panic!("no row for {w}:\n{out}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let ratio: f64 = cells[4]
+            .parse()
+            .unwrap_or_else(|_| panic!("ratio in {row}"));
+        assert!(ratio > 0.0 && ratio.is_finite(), "{row}");
+        let a_median: f64 = cells[2].split(' ').next().unwrap().parse().unwrap();
+        assert!(a_median > 0.0, "server CPU per op must be measured: {row}");
+    }
+}
