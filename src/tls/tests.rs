@@ -440,3 +440,39 @@ fn worker_config_records_the_refused_client_and_refuses_it_alike() {
         assert!(sink.take().is_none(), "taken once");
     }
 }
+
+/// `config_for` rebuilds the listener's config around a worker's verifier and copies
+/// the settings over (`copy_settings`): any setting `build_server_config` gains must be
+/// copied too, or workers would serve differently from the shared config.
+#[test]
+fn worker_config_differs_from_the_shared_one_only_in_its_verifier() {
+    let mut fx = Fixture::new("copy");
+    fx.listener.client_auth = Some(crate::config::ClientAuth {
+        mode: crate::config::ClientAuthMode::Optional,
+        ca: vec![fx.dir.join("ca.pem")],
+        crl: Vec::new(),
+        allow: Vec::new(),
+    });
+    fx.listener.alpn = vec!["h2".into(), "http/1.1".into()];
+    fx.listener.tls13_tickets = 1;
+    fx.listener.session_cache = 0;
+    let tls = server_tls(&fx.listener).unwrap();
+    let worker = tls.config_for(&RejectSink::default());
+    // Every top-level field of the Debug form but the verifier's.
+    let fields = |c: &rustls::ServerConfig| -> String {
+        let mut out = String::new();
+        let mut skip = false;
+        for line in format!("{c:#?}").lines() {
+            if line.starts_with("    ") && !line.starts_with("     ") {
+                skip = line.trim_start().starts_with("verifier:");
+            }
+            if !skip {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    };
+    assert!(fields(&tls.config).contains("alpn_protocols"));
+    assert_eq!(fields(&worker), fields(&tls.config));
+}
