@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 #[test]
@@ -22,21 +22,13 @@ fn compare_peers_check_only_verifies_every_peer_and_mode() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare-peers.sh");
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .arg("--check-only")
-        .env("TERMINUS", bin())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bash");
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
-    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    let (status, out, err) = run_for_at_most(
+        Command::new("bash")
+            .arg(&script)
+            .arg("--check-only")
+            .env("TERMINUS", bin()),
+        Duration::from_secs(60),
+    );
     assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     for peer in ["terminus", "nginx", "haproxy"] {
         for mode in ["pinning", "terminate", "mtls"] {
@@ -71,24 +63,16 @@ fn ab_binaries_reports_a_ratio_per_workload() {
         .expect("run bash");
     assert_eq!(usage.status.code(), Some(2), "one binary is a usage error");
 
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .arg(bin)
-        .arg(bin)
-        .env("ROUNDS", "1")
-        .env("SECONDS_PER_RUN", "1")
-        .env("WORKLOADS", "rr full")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bash");
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
-    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    let (status, out, err) = run_for_at_most(
+        Command::new("bash")
+            .arg(&script)
+            .arg(bin)
+            .arg(bin)
+            .env("ROUNDS", "1")
+            .env("SECONDS_PER_RUN", "1")
+            .env("WORKLOADS", "rr full"),
+        Duration::from_secs(60),
+    );
     assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     for w in ["rr", "full"] {
         let row = out
@@ -103,4 +87,20 @@ fn ab_binaries_reports_a_ratio_per_workload() {
         let a_median: f64 = cells[2].split(' ').next().unwrap().parse().unwrap();
         assert!(a_median > 0.0, "server CPU per op must be measured: {row}");
     }
+}
+
+/// Runs `cmd` (stdin closed) and collects its output; killed when `deadline` passes.
+fn run_for_at_most(cmd: &mut Command, deadline: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    let status = wait_with_deadline(&mut child, deadline);
+    (status, out.join().unwrap(), err.join().unwrap())
 }

@@ -430,19 +430,7 @@ fn http_rest(mut s: TcpStream, mut head: Vec<u8>, body: &[u8]) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(resp.as_bytes());
-    let _ = s.write_all(body);
-    let _ = s.shutdown(Shutdown::Write);
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-    }
+    http_ok_then_drain(&mut s, body);
 }
 
 impl Proxied {

@@ -184,20 +184,7 @@ impl Backend {
                 .unwrap_or("")
                 .to_string();
             st.reports.lock().unwrap().push(first);
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes());
-            let _ = s.write_all(body);
-            let _ = s.shutdown(Shutdown::Write);
-            // Drain whatever the client still sends, until it closes.
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-            }
+            http_ok_then_drain(&mut s, body);
         }))
     }
 
@@ -304,6 +291,25 @@ fn read_to_eof_digest(s: &mut TcpStream, st: &BackendStats) -> Option<(u64, Stri
                     .push(format!("read error after {len}: {e}"));
                 return None;
             }
+        }
+    }
+}
+
+/// Answers `200 OK` with `body` (`Connection: close`), shuts down the write side, then
+/// drains whatever the client still sends until it closes.
+pub fn http_ok_then_drain(s: &mut TcpStream, body: &[u8]) {
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes());
+    let _ = s.write_all(body);
+    let _ = s.shutdown(Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
         }
     }
 }
