@@ -21,8 +21,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
-    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, Listener, Log, ProxyProtocol, Runtime,
-    Sni, UnsupportedProxyProtocol, UpstreamTls,
+    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, IoSetting, Listener, Log, ProxyProtocol,
+    Runtime, Sni, UnsupportedProxyProtocol, UpstreamTls,
 };
 
 use error::first_with_count;
