@@ -149,12 +149,18 @@ impl Terminus {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
-                let status = self.child.try_wait().ok().flatten();
-                panic!(
-                    "terminus did not print `ready` within {READY_TIMEOUT:?} (exit status: \
-                     {status:?}); stderr:\n{}",
-                    self.stderr()
-                );
+                // Stdout closed (the child is exiting) or the deadline passed: wait a
+                // little (bounded) for the exit, so a startup failure shows its code.
+                match self.exit_status_within(Duration::from_secs(5)) {
+                    Some(status) => panic!(
+                        "terminus exited ({status}) before printing `ready`; stderr:\n{}",
+                        self.stderr()
+                    ),
+                    None => panic!(
+                        "terminus did not print `ready` within {READY_TIMEOUT:?}; stderr:\n{}",
+                        self.stderr()
+                    ),
+                }
             };
             let line = line.trim();
             if line == "ready" {
@@ -169,6 +175,18 @@ impl Terminus {
             if let Some(rest) = line.strip_prefix("listening ") {
                 let (n, a) = listening_line(line, rest);
                 self.addrs.insert(n, a);
+            }
+        }
+    }
+
+    /// The exit status if the child exits within `timeout`, else None (still running).
+    fn exit_status_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
             }
         }
     }
