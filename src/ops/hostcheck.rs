@@ -233,7 +233,7 @@ fn epoll_selftest_item(p: &HostParams) -> Item {
 }
 
 fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
-    out.push(disabled_item());
+    out.push(disabled_item(p));
     out.extend(group_item());
     out.push(seccomp_item());
     if !ring_items(p, out) {
@@ -245,7 +245,7 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
 }
 
 /// `kernel.io_uring_disabled` (6.6+).
-fn disabled_item() -> Item {
+fn disabled_item(p: &HostParams) -> Item {
     match read_trim("/proc/sys/kernel/io_uring_disabled").as_deref() {
         None => item(
             Status::Ok,
@@ -264,7 +264,7 @@ fn disabled_item() -> Item {
             )
             .fix("run terminus in the group kernel.io_uring_group names, or `sysctl -w kernel.io_uring_disabled=0`"),
         Some(v) => item(
-                Status::Fail,
+                p.uring_bad(),
                 "io_uring sysctl",
                 format!("kernel.io_uring_disabled={v}: io_uring disabled for every process"),
             )
