@@ -10,6 +10,7 @@
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 
 pub mod listener;
+pub mod resolver;
 pub mod run_state;
 pub mod server;
 mod slot;
