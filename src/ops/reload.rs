@@ -376,6 +376,23 @@ ticket_lifetime_s = 21600
             ),
             ("\nidle_timeout_ms = 300000", "\nidle_timeout_ms = 1"),
             ("\nconnect_timeout_ms = 5000", "\nconnect_timeout_ms = 1"),
+            (
+                "[\"127.0.0.1:8080\"]",
+                "[\"localhost:8080\", \"[::1]:8080\"]",
+            ),
+            (
+                "\nconnect_timeout_ms = 5000",
+                "\nconnect_timeout_ms = 5000\nresolve_interval_ms = 100",
+            ),
+            (
+                "\nconnect_timeout_ms = 5000",
+                "\nconnect_timeout_ms = 5000\nupstream_backoff_ms = 0",
+            ),
+            (
+                "\nconnect_timeout_ms = 5000",
+                "\nconnect_timeout_ms = 5000\nupstream_backoff_max_ms = 60000",
+            ),
+            ("[log]", "[resolver]\nhosts_file = \"hosts\"\n\n[log]"),
             ("\nmax_connections = 100000", "\nmax_connections = 1"),
             (
                 "\nmax_buffered_bytes = 262144",
