@@ -356,3 +356,41 @@ fn hosts_file_path_is_relative_to_the_config() {
     );
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+#[test]
+fn localhost_and_literal_entries_share_one_round_robin_without_duplicates() {
+    let backend = Backend::echo();
+    let port = backend.addr().port();
+    let pki = Pki::generate();
+    let config = write_config(&pki, Some(1), &[ListenerConf::new("edge", &[])]);
+    let entries = [format!("localhost:{port}"), format!("127.0.0.1:{port}")];
+    set_upstream_entries(&config, &[&entries[0], &entries[1]]);
+    append_tables(&config, ADMIN);
+    let t = Terminus::start(&config);
+    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
+    echo_once(t.addr("edge"), &cfg, 1);
+    assert_eq!(backend.accepted(), 1);
+    let page = scrape(&t);
+    let mut want: Vec<SocketAddr> = Vec::new();
+    let localhost = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).unwrap();
+    for a in localhost.chain([backend.addr()]) {
+        if !want.contains(&a) {
+            want.push(a);
+        }
+    }
+    let ups: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("terminus_upstream_up{"))
+        .collect();
+    assert_eq!(
+        ups.len(),
+        want.len(),
+        "one series per distinct address: {ups:?}"
+    );
+    let v4 = format!("terminus_upstream_up{{listener=\"edge\",upstream=\"127.0.0.1:{port}\"}} 1");
+    assert_eq!(ups.iter().filter(|l| **l == v4).count(), 1, "{ups:?}");
+    let errors = format!(
+        "terminus_upstream_resolve_errors_total{{listener=\"edge\",upstream=\"localhost:{port}\"}}"
+    );
+    assert_eq!(metric(&page, &errors), Some(0.0), "{page}");
+}
