@@ -56,6 +56,48 @@ pub struct Runtime {
     /// direction that already holds bytes stops receiving until they drain.
     #[serde(default = "default_max_buffered_bytes_per_worker")]
     pub max_buffered_bytes_per_worker: usize,
+    /// The I/O backend (`TERMINUS_IO` in the environment overrides it).
+    #[serde(default)]
+    pub io: IoSetting,
+}
+
+/// `[runtime] io`: which I/O backend drives the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoSetting {
+    /// io_uring when a ring can be built and has every opcode the data path
+    /// uses; else epoll, with one line saying why.
+    #[default]
+    Auto,
+    /// io_uring or exit 1 naming the cause and the fix.
+    IoUring,
+    Epoll,
+}
+
+impl IoSetting {
+    pub fn parse(s: &str) -> Result<IoSetting, String> {
+        match s {
+            "auto" => Ok(IoSetting::Auto),
+            "io_uring" => Ok(IoSetting::IoUring),
+            "epoll" => Ok(IoSetting::Epoll),
+            _ => Err(format!(
+                "must be one of \"auto\", \"io_uring\", \"epoll\", got {s:?}"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoSetting::Auto => "auto",
+            IoSetting::IoUring => "io_uring",
+            IoSetting::Epoll => "epoll",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IoSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IoSetting::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Runtime {
@@ -71,6 +113,7 @@ impl Default for Runtime {
             recv_buffers: default_recv_buffers(),
             recv_buffer_size: default_recv_buffer_size(),
             max_buffered_bytes_per_worker: default_max_buffered_bytes_per_worker(),
+            io: IoSetting::Auto,
         }
     }
 }

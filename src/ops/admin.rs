@@ -29,6 +29,7 @@ pub struct AdminState {
     pub reloads: Arc<crate::ops::reload::ReloadStats>,
     pub log_dropped: Arc<AtomicU64>,
     pub workers: usize,
+    pub io_backend: crate::runtime::driver::Backend,
 }
 
 impl AdminState {
@@ -62,6 +63,7 @@ impl AdminState {
             reloads_error: self.reloads.error.load(Ordering::Relaxed),
             access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             workers: self.workers,
+            io_backend: self.io_backend.as_str(),
             draining: self.state.load() != RunState::Running,
             buffers,
         };

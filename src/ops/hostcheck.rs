@@ -8,8 +8,10 @@
 //! cannot run here; a WARN means it runs, but a limit or setting will bind under load.
 #![forbid(unsafe_code)]
 
-use crate::config::{Config, Runtime};
-use crate::runtime::uring::{self, Completion, Event, OpError, Uring, UringConfig};
+use crate::config::{Config, IoSetting, Runtime};
+use crate::runtime::driver::{Backend, Completion, Driver, Event, OpError};
+use crate::runtime::epoll::Epoll;
+use crate::runtime::uring::{self, Uring, UringConfig};
 use socket2::{Domain, Socket, Type};
 use std::fmt;
 use std::io::{Read, Write};
@@ -89,6 +91,9 @@ pub struct HostParams {
     pub workers: Option<usize>,
     /// Bound on the loopback self-test.
     pub selftest_timeout: Duration,
+    /// `runtime.io` (with `TERMINUS_IO` applied): whether io_uring trouble is a
+    /// FAIL (`io_uring` forced) or a WARN (`auto` runs on epoll).
+    pub io: IoSetting,
 }
 
 impl Default for HostParams {
@@ -103,6 +108,14 @@ impl HostParams {
         HostParams::from_runtime(&cfg.runtime, connections)
     }
 
+    /// io_uring trouble: FAIL only when io_uring is forced (else epoll serves).
+    fn uring_bad(&self) -> Status {
+        match self.io {
+            IoSetting::IoUring => Status::Fail,
+            _ => Status::Warn,
+        }
+    }
+
     fn from_runtime(rt: &Runtime, connections: usize) -> HostParams {
         HostParams {
             ring: UringConfig {
@@ -114,6 +127,10 @@ impl HostParams {
             connections,
             workers: rt.workers,
             selftest_timeout: SELFTEST_TIMEOUT,
+            io: std::env::var("TERMINUS_IO")
+                .ok()
+                .and_then(|v| IoSetting::parse(&v).ok())
+                .unwrap_or(rt.io),
         }
     }
 }
@@ -121,6 +138,8 @@ impl HostParams {
 /// Run every check, in the order printed.
 pub fn check(p: &HostParams) -> Vec<Item> {
     let mut out = Vec::new();
+    out.push(backend_item(p));
+    out.push(epoll_selftest_item(p));
     io_uring_items(p, &mut out);
     out.push(kernel_item());
     out.push(nofile_item(p));
@@ -167,8 +186,54 @@ fn self_status(field: &str) -> Option<String> {
     })
 }
 
+/// Which backend `run` would use here, and why.
+fn backend_item(p: &HostParams) -> Item {
+    let name = "io backend";
+    match crate::runtime::server::choose_backend(p.io) {
+        Ok(c) => match (c.backend, c.fallback) {
+            (Backend::IoUring, _) => item(
+                Status::Ok,
+                name,
+                format!("io = \"{}\": io_uring (ring, opcodes, buffer ring and io_uring_enter all work)", p.io.as_str()),
+            ),
+            (Backend::Epoll, None) => item(
+                Status::Ok,
+                name,
+                "io = \"epoll\": epoll (chosen by the config)",
+            ),
+            (Backend::Epoll, Some(why)) => item(
+                Status::Warn,
+                name,
+                format!("io = \"auto\" picks epoll because io_uring is unavailable: {why}"),
+            )
+            .fix("allow io_uring (the io_uring lines below say what blocks it) for less CPU per connection, or set io = \"epoll\""),
+        },
+        Err(e) => item(Status::Fail, name, format!("io = \"io_uring\" but {e}"))
+            .fix("allow io_uring, or set runtime.io = \"auto\" to run on epoll"),
+    }
+}
+
+/// The epoll backend's loopback self-test (it is the fallback: it must work).
+fn epoll_selftest_item(p: &HostParams) -> Item {
+    let result = Epoll::new(4096)
+        .map_err(|e| format!("epoll_create1: {e}"))
+        .and_then(|u| selftest(u, p.selftest_timeout));
+    match result {
+        Ok(()) => item(
+            Status::Ok,
+            "epoll data path",
+            "loopback self-test passed: connect, accept, recv, send, shutdown, cancel, close",
+        ),
+        Err(e) => item(
+            Status::Fail,
+            "epoll data path",
+            format!("loopback self-test failed: {e}"),
+        ),
+    }
+}
+
 fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
-    out.push(disabled_item());
+    out.push(disabled_item(p));
     out.extend(group_item());
     out.push(seccomp_item());
     if !ring_items(p, out) {
@@ -180,7 +245,7 @@ fn io_uring_items(p: &HostParams, out: &mut Vec<Item>) {
 }
 
 /// `kernel.io_uring_disabled` (6.6+).
-fn disabled_item() -> Item {
+fn disabled_item(p: &HostParams) -> Item {
     match read_trim("/proc/sys/kernel/io_uring_disabled").as_deref() {
         None => item(
             Status::Ok,
@@ -199,7 +264,7 @@ fn disabled_item() -> Item {
             )
             .fix("run terminus in the group kernel.io_uring_group names, or `sysctl -w kernel.io_uring_disabled=0`"),
         Some(v) => item(
-                Status::Fail,
+                p.uring_bad(),
                 "io_uring sysctl",
                 format!("kernel.io_uring_disabled={v}: io_uring disabled for every process"),
             )
@@ -266,12 +331,12 @@ fn ring_items(p: &HostParams, out: &mut Vec<Item>) -> bool {
         }
         Err(e) => {
             out.push(item(
-                Status::Fail,
+                p.uring_bad(),
                 "io_uring ring",
                 format!("cannot create: {e}"),
             ));
             out.push(item(
-                Status::Fail,
+                p.uring_bad(),
                 "io_uring opcodes",
                 "not probed: no ring",
             ));
@@ -285,12 +350,12 @@ fn ring_items(p: &HostParams, out: &mut Vec<Item>) -> bool {
                 out.push(if ok {
                     item(Status::Ok, name, format!("supported ({what})"))
                 } else {
-                    item(Status::Fail, name, format!("not supported ({what})")).fix("Linux >= 6.0")
+                    item(p.uring_bad(), name, format!("not supported ({what})")).fix("Linux >= 6.0")
                 });
             }
         }
         Err(e) => out.push(item(
-            Status::Fail,
+            p.uring_bad(),
             "io_uring opcodes",
             format!("probe failed: {e}"),
         )),
@@ -315,7 +380,7 @@ fn buffer_ring_item(p: &HostParams) -> Item {
             ),
         ),
         Err(e) => item(
-            Status::Fail,
+            p.uring_bad(),
             "io_uring buffer ring",
             format!("cannot register: {e}"),
         ),
@@ -323,14 +388,21 @@ fn buffer_ring_item(p: &HostParams) -> Item {
 }
 
 fn selftest_item(p: &HostParams) -> Item {
-    match selftest(p.selftest_timeout) {
+    let ring = Uring::new(UringConfig {
+        entries: 64,
+        sqpoll: false,
+        recv_buffers: 8,
+        recv_buffer_size: 4096,
+    })
+    .map_err(|e| e.to_string());
+    match ring.and_then(|u| selftest(u, p.selftest_timeout)) {
         Ok(()) => item(
             Status::Ok,
             "io_uring data path",
             "loopback self-test passed: connect, multishot accept, recv into the buffer ring, send, shutdown, cancel, close",
         ),
         Err(e) => item(
-            Status::Fail,
+            p.uring_bad(),
             "io_uring data path",
             format!("loopback self-test failed: {e}"),
         )
@@ -360,18 +432,23 @@ fn sqpoll_item(p: &HostParams) -> Item {
 }
 
 /// Completions reaped but not yet asked for, and the self-test's deadline.
-struct Reaper {
-    stash: Vec<Completion<Op>>,
+struct Reaper<B> {
+    stash: Vec<Completion<Op, B>>,
     deadline: Instant,
     timeout: Duration,
 }
 
-impl Reaper {
+impl<B> Reaper<B> {
     /// The first completion of an op queued with `token` (a final one when
     /// `last`), submitting and waiting as needed.
-    fn next(&mut self, u: &mut Uring<Op>, token: Op, last: bool) -> Result<Completion<Op>, String> {
+    fn next<D: Driver<Op, Buf = B>>(
+        &mut self,
+        u: &mut D,
+        token: Op,
+        last: bool,
+    ) -> Result<Completion<Op, B>, String> {
         loop {
-            let want = |c: &Completion<Op>| c.token() == token && (!last || !c.more());
+            let want = |c: &Completion<Op, B>| c.token() == token && (!last || !c.more());
             if let Some(i) = self.stash.iter().position(want) {
                 return Ok(self.stash.remove(i));
             }
@@ -383,13 +460,13 @@ impl Reaper {
                 ));
             }
             u.submit_and_wait(Duration::from_millis(50))
-                .map_err(|e| format!("io_uring_enter: {e}"))?;
+                .map_err(|e| format!("wait for completions: {e}"))?;
             u.drain(&mut self.stash);
         }
     }
 
     /// The next completion of `token`, which must deliver no payload.
-    fn done(&mut self, u: &mut Uring<Op>, token: Op) -> Result<(), String> {
+    fn done<D: Driver<Op, Buf = B>>(&mut self, u: &mut D, token: Op) -> Result<(), String> {
         match self.next(u, token, false)?.into_event() {
             Event::Failed(e) => Err(format!("{}: {e}", token.name())),
             _ => Ok(()),
@@ -433,16 +510,9 @@ impl Op {
 /// What the self-test sends each way.
 const MSG: &[u8] = b"terminus check --host";
 
-/// Drive each data-path op once over loopback through a real [`Uring`]: the opcode
-/// probe can't tell whether the multishot and buffer-select flags work.
-fn selftest(timeout: Duration) -> Result<(), String> {
-    let mut u = Uring::new(UringConfig {
-        entries: 64,
-        sqpoll: false,
-        recv_buffers: 8,
-        recv_buffer_size: 4096,
-    })
-    .map_err(|e| e.to_string())?;
+/// Drive each data-path op once over loopback through a real driver: for io_uring,
+/// the opcode probe can't tell whether the multishot and buffer-select flags work.
+fn selftest<D: Driver<Op>>(mut u: D, timeout: Duration) -> Result<(), String> {
     let mut r = Reaper {
         stash: Vec::new(),
         deadline: Instant::now() + timeout,
@@ -489,9 +559,9 @@ fn selftest(timeout: Duration) -> Result<(), String> {
 
 /// The client (`sock`, connected) writes [`MSG`]; the ring receives it on `server`
 /// into provided buffers. Returns the client as a blocking stream.
-fn selftest_recv(
-    u: &mut Uring<Op>,
-    r: &mut Reaper,
+fn selftest_recv<D: Driver<Op>>(
+    u: &mut D,
+    r: &mut Reaper<D::Buf>,
     server: BorrowedFd<'_>,
     sock: Socket,
     timeout: Duration,
@@ -522,9 +592,9 @@ fn selftest_recv(
 
 /// The ring sends [`MSG`] back on `server`, then shuts its write side down; the
 /// client reads both.
-fn selftest_send_shutdown(
-    u: &mut Uring<Op>,
-    r: &mut Reaper,
+fn selftest_send_shutdown<D: Driver<Op>>(
+    u: &mut D,
+    r: &mut Reaper<D::Buf>,
     server: BorrowedFd<'_>,
     client: &mut TcpStream,
 ) -> Result<(), String> {

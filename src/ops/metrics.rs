@@ -226,6 +226,8 @@ pub struct GlobalView {
     pub reloads_error: u64,
     pub access_log_dropped: u64,
     pub workers: usize,
+    /// `io_uring` or `epoll`.
+    pub io_backend: &'static str,
     pub draining: bool,
     /// Per worker that has published: (worker, buffered bytes, cap pauses).
     pub buffers: Vec<(usize, u64, u64)>,
@@ -504,6 +506,12 @@ static FAMILIES: &[Family] = &[
         "gauge",
         "Worker threads.",
         Samples::Global(|g| vec![(String::new(), Num::U(g.workers as u64))]),
+    ),
+    family(
+        "terminus_io_backend_info",
+        "gauge",
+        "The I/O backend the workers run on (io_uring, or epoll where io_uring is blocked); always 1.",
+        Samples::Global(|g| vec![(format!("backend=\"{}\"", g.io_backend), Num::U(1))]),
     ),
     family(
         "terminus_draining",
@@ -801,6 +809,7 @@ mod tests {
             reloads_error: 2,
             access_log_dropped: 0,
             workers: 3,
+            io_backend: "io_uring",
             draining: false,
             buffers: vec![(2, 4096, 3)],
         };
@@ -885,6 +894,7 @@ mod tests {
             reloads_error: 2,
             access_log_dropped: 3,
             workers: 2,
+            io_backend: "io_uring",
             draining: true,
             buffers: vec![(0, 4096, 3), (1, 0, 0)],
         };
@@ -945,6 +955,7 @@ mod tests {
                 "terminus_config_reloads_total counter",
                 "terminus_access_log_dropped_total counter",
                 "terminus_workers gauge",
+                "terminus_io_backend_info gauge",
                 "terminus_draining gauge",
                 "terminus_worker_buffered_bytes gauge",
                 "terminus_worker_buffer_cap_pauses_total counter",

@@ -9,6 +9,10 @@
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 
+pub mod driver;
+#[cfg(test)]
+mod driver_tests;
+pub mod epoll;
 pub mod listener;
 pub mod resolver;
 pub mod run_state;

@@ -3,13 +3,16 @@
 //! signals into drain/stop.
 //!
 //! Readiness contract (tests and scripts rely on it): once every worker is up, stdout
-//! carries one `listening name=<name> addr=<ip:port>` line per listener, then `ready`.
+//! carries `io backend=<io_uring|epoll>`, one `listening name=<name> addr=<ip:port>`
+//! line per listener, `admin addr=<ip:port>` when on, then `ready`.
 #![forbid(unsafe_code)]
 
+use crate::config::IoSetting;
 use crate::config::{Config, ConfigError, ConfigErrorKind};
 use crate::ops::log::LogSink;
 use crate::ops::metrics::WorkerSnapshot;
 use crate::ops::reload::ReloadStats;
+use crate::runtime::driver::{Backend, Driver};
 use crate::runtime::listener::{ListenerLive, ListenerShared};
 use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::uring::{Uring, UringConfig, UringError};
@@ -34,8 +37,12 @@ pub enum RunError {
     /// A listener's TLS material is unusable (exit code 2).
     #[error("{0}")]
     Tls(#[from] TlsError),
+    /// `io = "io_uring"` (forced) on a host where io_uring cannot be used.
     #[error("{0}")]
     Uring(#[from] UringError),
+    /// `TERMINUS_IO` holds something else than a backend name (exit code 2).
+    #[error("environment variable TERMINUS_IO: {0}")]
+    IoEnv(String),
     #[error("listener {listener}: cannot listen on {addr}: {source}")]
     Listen {
         listener: String,
@@ -75,7 +82,7 @@ impl RunError {
     /// `terminus run`'s exit status: 2 when the operator's files are at fault, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) | RunError::Tls(_) => 2,
+            RunError::Config(_) | RunError::Tls(_) | RunError::IoEnv(_) => 2,
             _ => 1,
         }
     }
@@ -89,6 +96,8 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// Reload the config file and every file it names now (what SIGHUP does).
     pub reload: crossbeam_channel::Sender<()>,
+    /// The I/O backend the workers run on.
+    pub io: IoChoice,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -165,7 +174,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         state: Arc::new(RunStateCell::new(RunState::Running)),
         reloads: Arc::new(ReloadStats::default()),
     };
-    let admin = start_admin(cfg, &common, plan.cpus.len())?;
+    let admin = start_admin(cfg, &common, &plan)?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(plan.cpus.len());
     let workers = spawn_workers(cfg, &plan, sockets, &common, &admin, ready_tx)?;
     let reload = crate::ops::reload::spawn(
@@ -187,6 +196,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         state: common.state,
         admin: admin.addr,
         reload,
+        io: plan.io,
         workers,
     };
     await_ready(running, &ready_rx, admin.state.as_deref())
@@ -194,20 +204,23 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
 
 /// What the config asks of this host, checked before anything is built.
 struct Plan {
+    io: IoChoice,
     ring: UringConfig,
     /// One entry per worker: the CPU it is pinned to, if any.
     cpus: Vec<Option<usize>>,
 }
 
 fn plan(cfg: &Config) -> Result<Plan, RunError> {
-    // Probe once up front so an unusable io_uring is one clear message, not N.
-    drop(Uring::<()>::new(UringConfig {
-        entries: 8,
-        sqpoll: false,
-        recv_buffers: 1,
-        recv_buffer_size: 4096,
-    })?);
+    // Chosen once up front so an unusable io_uring is one clear message, not N.
+    let io = choose_backend(io_setting(cfg)?)?;
+    if let Some(why) = &io.fallback {
+        eprintln!(
+            "terminus: io_uring unavailable, using epoll: {why} (set [runtime] io = \"epoll\" \
+             to choose epoll without this notice)"
+        );
+    }
     Ok(Plan {
+        io,
         ring: UringConfig {
             entries: cfg.runtime.ring_entries,
             sqpoll: cfg.runtime.sqpoll,
@@ -216,6 +229,53 @@ fn plan(cfg: &Config) -> Result<Plan, RunError> {
         },
         cpus: worker_cpus(cfg, &allowed_cpus())?,
     })
+}
+
+/// The setting in force: `TERMINUS_IO` in the environment overrides `[runtime] io`
+/// (one switch for a container or a whole test suite, without editing files).
+pub fn io_setting(cfg: &Config) -> Result<IoSetting, RunError> {
+    match std::env::var("TERMINUS_IO") {
+        Ok(v) if !v.is_empty() => IoSetting::parse(&v).map_err(RunError::IoEnv),
+        _ => Ok(cfg.runtime.io),
+    }
+}
+
+/// The backend a run uses, and why `auto` did not pick io_uring.
+#[derive(Debug)]
+pub struct IoChoice {
+    pub backend: Backend,
+    /// `auto` fell back to epoll: what stopped io_uring (its cause and fix).
+    pub fallback: Option<UringError>,
+}
+
+/// Resolve the setting against this host. `auto` and `io_uring` probe io_uring
+/// the way a worker uses it: a ring with the worker's setup flags, every data-path
+/// opcode, a registered buffer ring and one `io_uring_enter` — so a filter that
+/// allows `io_uring_setup` but blocks `io_uring_enter` or `io_uring_register` is
+/// caught here too, not in the workers.
+pub fn choose_backend(setting: IoSetting) -> Result<IoChoice, UringError> {
+    let probe = || -> Result<(), UringError> {
+        let mut ring = Uring::<()>::new(UringConfig {
+            entries: 8,
+            sqpoll: false,
+            recv_buffers: 1,
+            recv_buffer_size: 4096,
+        })?;
+        ring.submit_and_wait(Duration::ZERO)
+            .map_err(UringError::Enter)
+    };
+    let (backend, fallback) = match setting {
+        IoSetting::Epoll => (Backend::Epoll, None),
+        IoSetting::IoUring => {
+            probe()?;
+            (Backend::IoUring, None)
+        }
+        IoSetting::Auto => match probe() {
+            Ok(()) => (Backend::IoUring, None),
+            Err(e) => (Backend::Epoll, Some(e)),
+        },
+    };
+    Ok(IoChoice { backend, fallback })
 }
 
 /// Worker i's CPU: `runtime.cpus[i % len]`, else the affinity mask's i-th (round
@@ -307,7 +367,8 @@ struct AdminStarted {
 
 /// The admin port is bound before any worker runs: a busy port fails startup,
 /// and `/readyz` answers 503 until every worker accepts.
-fn start_admin(cfg: &Config, common: &Common, workers: usize) -> Result<AdminStarted, RunError> {
+fn start_admin(cfg: &Config, common: &Common, plan: &Plan) -> Result<AdminStarted, RunError> {
+    let workers = plan.cpus.len();
     let Some(a) = &cfg.admin else {
         return Ok(AdminStarted::default());
     };
@@ -323,6 +384,7 @@ fn start_admin(cfg: &Config, common: &Common, workers: usize) -> Result<AdminSta
         reloads: common.reloads.clone(),
         log_dropped: common.log.dropped.clone(),
         workers,
+        io_backend: plan.io.backend,
     });
     let addr = sock.local_addr().ok();
     let metrics = crate::ops::admin::start(sock, a, st.clone()).map_err(RunError::AdminStart)?;
@@ -350,6 +412,7 @@ fn spawn_workers(
         let setup = WorkerSetup {
             index: i,
             cpu: plan.cpus[i],
+            backend: plan.io.backend,
             ring: plan.ring,
             listeners: common.listeners.iter().cloned().zip(socks).collect(),
             state: common.state.clone(),
@@ -430,6 +493,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
 /// The readiness lines (see the module doc).
 fn print_ready(running: &Running) {
     let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "io backend={}", running.io.backend.as_str());
     for l in &running.listeners {
         let _ = writeln!(out, "listening name={} addr={}", l.name, l.addr);
     }

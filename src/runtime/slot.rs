@@ -12,13 +12,13 @@
 //! * a leg has at most one receive armed, of at most its budget, reserved in the
 //!   [`BufferCap`] until it completes, and at most one send in flight.
 //!
-//! I/O contract: queues ops on the worker's [`Uring`] only.
+//! I/O contract: queues ops on the worker's [`Driver`] only.
 #![forbid(unsafe_code)]
 
 use crate::proxy::conn::{CloseReason, Conn, Phase};
 use crate::proxy::upstream::Dial;
+use crate::runtime::driver::{Driver, OpId};
 use crate::runtime::listener::ListenerLive;
-use crate::runtime::uring::{OpId, Uring};
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -100,7 +100,7 @@ pub struct SlotId {
     pub gen: u32,
 }
 
-/// What an op of the worker was for; stored in the uring op table and handed back
+/// What an op of the worker was for; stored in the driver's op table and handed back
 /// with each completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
@@ -139,7 +139,7 @@ impl RecvLeg {
     /// one when the budget is gone. `held`: see [`Side::held`].
     pub fn arm(
         &mut self,
-        ring: &mut Uring<Token>,
+        ring: &mut impl Driver<Token>,
         cap: &mut BufferCap,
         fd: BorrowedFd<'_>,
         budget: usize,
@@ -164,7 +164,7 @@ impl RecvLeg {
     }
 
     /// Cancel the armed receive, once (its final completion still arrives).
-    pub fn cancel(&mut self, ring: &mut Uring<Token>) {
+    pub fn cancel(&mut self, ring: &mut impl Driver<Token>) {
         if let Some(op) = self.op.filter(|_| !self.cancelled) {
             ring.cancel(op, Token::Fire);
             self.cancelled = true;
@@ -192,7 +192,7 @@ pub struct Leg {
 
 impl Leg {
     /// Stop this leg's receive and send (their final completions still arrive).
-    pub fn cancel_io(&mut self, ring: &mut Uring<Token>) {
+    pub fn cancel_io(&mut self, ring: &mut impl Driver<Token>) {
         self.rx.cancel(ring);
         if let Some(op) = self.send {
             ring.cancel(op, Token::Fire);
@@ -358,7 +358,8 @@ impl BufferCap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::uring::{Completion, Event, OpError, UringConfig};
+    use crate::runtime::uring::{Driver, Event, OpError, RecvBuf, Uring, UringConfig};
+    type Completion<T> = crate::runtime::driver::Completion<T, RecvBuf>;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;

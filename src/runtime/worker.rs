@@ -18,11 +18,13 @@ use crate::ops::metrics::{ListenerMetrics, WorkerSnapshot};
 use crate::proxy::conn::{CloseReason, Conn, Expired};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
+use crate::runtime::driver::{Backend, Completion, Driver, Event, OpError};
+use crate::runtime::epoll::Epoll;
 use crate::runtime::listener::ListenerLocal;
 use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::slot::{BufferCap, Side, Slot, SlotId, Token};
 use crate::runtime::sock;
-use crate::runtime::uring::{Completion, Event, OpError, Uring, UringConfig, UringError};
+use crate::runtime::uring::{Uring, UringConfig, UringError};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,6 +46,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct WorkerSetup {
     pub index: usize,
     pub cpu: Option<usize>,
+    pub backend: Backend,
+    /// io_uring's parameters; epoll uses `recv_buffer_size` only.
     pub ring: UringConfig,
     pub listeners: Vec<(Arc<ListenerShared>, OwnedFd)>,
     pub state: Arc<RunStateCell>,
@@ -53,9 +57,9 @@ pub struct WorkerSetup {
     pub max_buffered_per_worker: usize,
 }
 
-pub struct Worker {
+pub struct Worker<D> {
     index: usize,
-    ring: Uring<Token>,
+    ring: D,
     listeners: Vec<ListenerLocal>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -88,10 +92,31 @@ pub enum WorkerSetupError {
     /// Its io_uring could not be built (the driver's own message).
     #[error("{0}")]
     Ring(#[source] UringError),
+    #[error("worker {index}: cannot create its epoll instance: {source}")]
+    Epoll {
+        index: usize,
+        source: std::io::Error,
+    },
 }
 
-/// Set up a worker on the current thread: pin it, build its ring, arm accepts.
-pub fn setup(s: WorkerSetup) -> Result<Worker, WorkerSetupError> {
+/// A set-up worker on either backend (the loop is the same generic code).
+pub enum AnyWorker {
+    IoUring(Worker<Uring<Token>>),
+    Epoll(Worker<Epoll<Token>>),
+}
+
+impl AnyWorker {
+    /// Run until stopped. Returns once every connection is closed.
+    pub fn run(self, drain_timeout: Duration) -> std::io::Result<()> {
+        match self {
+            AnyWorker::IoUring(w) => w.run(drain_timeout),
+            AnyWorker::Epoll(w) => w.run(drain_timeout),
+        }
+    }
+}
+
+/// Set up a worker on the current thread: pin it, build its driver, arm accepts.
+pub fn setup(s: WorkerSetup) -> Result<AnyWorker, WorkerSetupError> {
     if let Some(cpu) = s.cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             return Err(WorkerSetupError::Pin {
@@ -100,40 +125,57 @@ pub fn setup(s: WorkerSetup) -> Result<Worker, WorkerSetupError> {
             });
         }
     }
-    let ring = Uring::new(s.ring).map_err(WorkerSetupError::Ring)?;
-    let now = Instant::now();
-    let n_listeners = s.listeners.len();
-    let mut w = Worker {
-        index: s.index,
-        ring,
-        listeners: s
-            .listeners
-            .into_iter()
-            .map(|(shared, fd)| ListenerLocal::new(shared, fd, s.index))
-            .collect(),
-        slots: Vec::new(),
-        free: Vec::new(),
-        dirty: Vec::new(),
-        wheel: Wheel::new(now, Duration::from_millis(20), 4096),
-        state: s.state,
-        live: 0,
-        log: s.log,
-        metrics: vec![ListenerMetrics::default(); n_listeners],
-        publish: s.metrics.map(|out| Publisher {
-            out,
-            next: now,
-            dirty: true,
-        }),
-        cap: BufferCap::new(s.max_buffered_per_worker, s.ring.recv_buffer_size as usize),
-        rejects: crate::tls::RejectSink::default(),
-    };
-    for i in 0..w.listeners.len() {
-        w.arm_accept(i);
-    }
-    Ok(w)
+    Ok(match s.backend {
+        Backend::IoUring => {
+            let ring = Uring::new(s.ring).map_err(WorkerSetupError::Ring)?;
+            AnyWorker::IoUring(Worker::new(s, ring))
+        }
+        Backend::Epoll => {
+            let epoll = Epoll::new(s.ring.recv_buffer_size as usize).map_err(|source| {
+                WorkerSetupError::Epoll {
+                    index: s.index,
+                    source,
+                }
+            })?;
+            AnyWorker::Epoll(Worker::new(s, epoll))
+        }
+    })
 }
 
-impl Worker {
+impl<D: Driver<Token>> Worker<D> {
+    fn new(s: WorkerSetup, ring: D) -> Self {
+        let now = Instant::now();
+        let n_listeners = s.listeners.len();
+        let mut w = Worker {
+            index: s.index,
+            ring,
+            listeners: s
+                .listeners
+                .into_iter()
+                .map(|(shared, fd)| ListenerLocal::new(shared, fd, s.index))
+                .collect(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            wheel: Wheel::new(now, Duration::from_millis(20), 4096),
+            state: s.state,
+            live: 0,
+            log: s.log,
+            metrics: vec![ListenerMetrics::default(); n_listeners],
+            publish: s.metrics.map(|out| Publisher {
+                out,
+                next: now,
+                dirty: true,
+            }),
+            cap: BufferCap::new(s.max_buffered_per_worker, s.ring.recv_buffer_size as usize),
+            rejects: crate::tls::RejectSink::default(),
+        };
+        for i in 0..w.listeners.len() {
+            w.arm_accept(i);
+        }
+        w
+    }
+
     pub fn index(&self) -> usize {
         self.index
     }
@@ -266,7 +308,7 @@ impl Worker {
         }
     }
 
-    fn on_completion(&mut self, c: Completion<Token>, now: Instant) {
+    fn on_completion(&mut self, c: Completion<Token, D::Buf>, now: Instant) {
         self.touched();
         let (token, more) = (c.token(), c.more());
         let id = match token {
@@ -294,7 +336,7 @@ impl Worker {
         self.mark_dirty(id.idx);
     }
 
-    fn on_recv(&mut self, id: SlotId, side: Side, event: Event, now: Instant) {
+    fn on_recv(&mut self, id: SlotId, side: Side, event: Event<D::Buf>, now: Instant) {
         let s = &mut self.slots[id.idx as usize];
         // Single-shot: every receive completion is final.
         s.leg(side).rx.done(&mut self.cap);
@@ -313,7 +355,7 @@ impl Worker {
         }
     }
 
-    fn on_send(&mut self, id: SlotId, side: Side, event: Event, now: Instant) {
+    fn on_send(&mut self, id: SlotId, side: Side, event: Event<D::Buf>, now: Instant) {
         let s = &mut self.slots[id.idx as usize];
         let leg = &mut s.legs[side as usize];
         leg.send = None;
@@ -334,7 +376,7 @@ impl Worker {
         }
     }
 
-    fn on_connect(&mut self, id: SlotId, event: Event, now: Instant) {
+    fn on_connect(&mut self, id: SlotId, event: Event<D::Buf>, now: Instant) {
         let s = &mut self.slots[id.idx as usize];
         s.connect = None;
         if s.closing.is_some() {
@@ -384,7 +426,7 @@ impl Worker {
         }
     }
 
-    fn on_accept(&mut self, li: usize, more: bool, event: Event, now: Instant) {
+    fn on_accept(&mut self, li: usize, more: bool, event: Event<D::Buf>, now: Instant) {
         if !more {
             self.listeners[li].accept = None;
             if let Event::Failed(OpError::OutOfFds) = event {

@@ -1,9 +1,17 @@
-//! The `terminus run` child: spawn, wait for `ready` (listener and admin addresses),
-//! signals, exit, stderr; and `run_to_exit` for the commands that end by themselves.
+//! The `terminus run` child: spawn, wait for `ready` (listener and admin addresses, I/O
+//! backend), signals, exit, stderr; and `run_to_exit` for the commands that end by
+//! themselves.
+//!
+//! One switch for whole suites: when the test process has `TERMINUS_IO=io_uring` or
+//! `TERMINUS_IO=epoll` in its environment (inherited by every child, where it overrides
+//! `[runtime] io`), every `Terminus::start*` asserts that the child's `io backend=` line
+//! names that backend, so a suite run that claims epoll really ran on epoll (`.ci/run`
+//! runs the integration suites a second time so). `auto` or unset: no check.
 
 use super::{bin, client_config, write_config, ListenerConf, Pki, READY_TIMEOUT};
 use rustls::ClientConfig;
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,7 +45,22 @@ pub struct Terminus {
     child: Child,
     addrs: HashMap<String, SocketAddr>,
     admin: Option<SocketAddr>,
+    /// The `io backend=` line's value (`io_uring`, `epoll`).
+    io_backend: Option<String>,
     stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+/// The environment variable that picks the I/O backend for every child, overriding
+/// `[runtime] io`.
+pub const IO_ENV: &str = "TERMINUS_IO";
+
+/// The backend every child of this test process must report: `TERMINUS_IO` when it
+/// forces one (`io_uring`, `epoll`); None when it is unset or `auto`.
+pub fn forced_io_backend() -> Option<String> {
+    match std::env::var(IO_ENV) {
+        Ok(v) if v != "auto" => Some(v),
+        _ => None,
+    }
 }
 
 impl Terminus {
@@ -48,19 +71,29 @@ impl Terminus {
 
     /// Same, with a command prefix such as `["taskset", "-c", "0"]`.
     pub fn start_with_prefix(prefix: &[&str], config: &Path) -> Terminus {
-        raise_fd_limit();
-        let mut cmd = match prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin());
-                c
-            }
-            None => Command::new(bin()),
-        };
+        let mut cmd = command_with_prefix(prefix);
+        cmd.arg("run").arg("--config").arg(config);
+        Terminus::spawn(cmd, forced_io_backend())
+    }
+
+    /// Under a command prefix, with `TERMINUS_IO` removed from the child's environment,
+    /// so that the config alone picks the backend (the `auto` tests of tests/seccomp.rs
+    /// must test `auto` even in a suite run under `TERMINUS_IO=epoll`). No backend check:
+    /// the test asserts [`Terminus::io_backend`] itself.
+    pub fn start_config_io_with_prefix(prefix: &[&str], config: &Path) -> Terminus {
+        let mut cmd = command_with_prefix(prefix);
         cmd.arg("run")
             .arg("--config")
             .arg(config)
-            .stdin(Stdio::null())
+            .env_remove(IO_ENV);
+        Terminus::spawn(cmd, None)
+    }
+
+    /// Spawn `cmd` (a `terminus run`, perhaps under a prefix) and wait for `ready`; when
+    /// `expect_io` is set, the `io backend=` line must name it.
+    fn spawn(mut cmd: Command, expect_io: Option<String>) -> Terminus {
+        raise_fd_limit();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn `terminus run`");
@@ -93,24 +126,41 @@ impl Terminus {
             child,
             addrs: HashMap::new(),
             admin: None,
+            io_backend: None,
             stderr,
         };
         t.wait_ready(&rx);
+        if let Some(want) = expect_io {
+            assert_eq!(
+                t.io_backend.as_deref(),
+                Some(want.as_str()),
+                "{IO_ENV}={want} is set, so terminus must run on {want}: its `io backend=` \
+                 line says otherwise (None: no such line); stderr:\n{}",
+                t.stderr()
+            );
+        }
         t
     }
 
-    /// Read stdout lines until `ready`, noting the `admin addr=` and `listening` lines.
+    /// Read stdout lines until `ready`, noting the `admin addr=`, `io backend=` and
+    /// `listening` lines.
     fn wait_ready(&mut self, rx: &mpsc::Receiver<String>) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
-                let status = self.child.try_wait().ok().flatten();
-                panic!(
-                    "terminus did not print `ready` within {READY_TIMEOUT:?} (exit status: \
-                     {status:?}); stderr:\n{}",
-                    self.stderr()
-                );
+                // Stdout closed (the child is exiting) or the deadline passed: wait a
+                // little (bounded) for the exit, so a startup failure shows its code.
+                match self.exit_status_within(Duration::from_secs(5)) {
+                    Some(status) => panic!(
+                        "terminus exited ({status}) before printing `ready`; stderr:\n{}",
+                        self.stderr()
+                    ),
+                    None => panic!(
+                        "terminus did not print `ready` within {READY_TIMEOUT:?}; stderr:\n{}",
+                        self.stderr()
+                    ),
+                }
             };
             let line = line.trim();
             if line == "ready" {
@@ -119,9 +169,24 @@ impl Terminus {
             if let Some(a) = line.strip_prefix("admin addr=") {
                 self.admin = Some(a.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")));
             }
+            if let Some(b) = line.strip_prefix("io backend=") {
+                self.io_backend = Some(b.to_string());
+            }
             if let Some(rest) = line.strip_prefix("listening ") {
                 let (n, a) = listening_line(line, rest);
                 self.addrs.insert(n, a);
+            }
+        }
+    }
+
+    /// The exit status if the child exits within `timeout`, else None (still running).
+    fn exit_status_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
             }
         }
     }
@@ -131,6 +196,12 @@ impl Terminus {
             .addrs
             .get(name)
             .unwrap_or_else(|| panic!("no `listening name={name}` line; got {:?}", self.addrs))
+    }
+
+    /// The backend from the `io backend=<io_uring|epoll>` readiness line; None if the
+    /// child printed no such line.
+    pub fn io_backend(&self) -> Option<String> {
+        self.io_backend.clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -205,18 +276,36 @@ impl Drop for Terminus {
 
 /// Run a terminus command to completion with a deadline; returns (status code, stdout,
 /// stderr). Panics if it has not exited by then.
-pub fn run_to_exit(args: &[&std::ffi::OsStr], timeout: Duration) -> (Option<i32>, String, String) {
-    let mut child = Command::new(bin())
-        .args(args)
+pub fn run_to_exit(args: &[&OsStr], timeout: Duration) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    run_command_to_exit(cmd, timeout)
+}
+
+/// [`run_to_exit`] for any command (terminus under a prefix, say).
+pub fn run_command_to_exit(mut cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn terminus");
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let out = collect_pipe(child.stdout.take().unwrap());
     let err = collect_pipe(child.stderr.take().unwrap());
     let status = wait_with_deadline(&mut child, timeout);
     (status.code(), out.join().unwrap(), err.join().unwrap())
+}
+
+/// `PREFIX... terminus` (just `terminus` for an empty prefix), arguments still to add.
+pub fn command_with_prefix(prefix: &[&str]) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    }
 }
 
 fn collect_pipe<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {

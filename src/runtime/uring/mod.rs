@@ -20,11 +20,8 @@
 //! caller keeps every descriptor it passes open until that op's final completion.
 //! Knows nothing about TLS.
 //!
-//! The driver boundary (what the worker needs from a driver; an epoll backend would
-//! provide the same): `accept_multi`, `recv` (at most `len` bytes into a buffer it
-//! lends), `send` (by value), `connect`, `shutdown_write`, `close`, `cancel`,
-//! `submit_and_wait`, `drain` into [`Completion`]s, `ops_in_flight`; plus the plain
-//! socket calls of [`crate::runtime::sock`].
+//! Implements [`Driver`] (the boundary the worker sees; the epoll backend is the
+//! other implementation) plus the plain socket calls of [`crate::runtime::sock`].
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -36,6 +33,8 @@ mod tests;
 pub use bufring::RecvBuf;
 pub use setup::{build_ring, probe_opcodes, UringConfig, UringError, DATA_PATH_OPCODES};
 
+pub use crate::runtime::driver::{Completion, Driver, Event, OpError, OpId, Sent};
+
 use bufring::BufRing;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
@@ -46,138 +45,6 @@ use std::time::Duration;
 
 /// Buffer group id of the worker's single provided buffer ring.
 const BGID: u16 = 0;
-
-/// Handle of an op in flight, usable with [`Uring::cancel`]. Carries the op-table
-/// index and a generation so a cancel can never hit a later op that reused the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpId(u64);
-
-impl OpId {
-    fn new(idx: u32, gen: u32) -> Self {
-        OpId((gen as u64) << 32 | idx as u64)
-    }
-    fn idx(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
-    }
-    fn gen(self) -> u32 {
-        (self.0 >> 32) as u32
-    }
-}
-
-/// Why an op failed: the errno values callers act on, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpError {
-    /// `ECANCELED`: the op was cancelled (by [`Uring::cancel`]).
-    Cancelled,
-    /// `ENOBUFS`: a receive found the buffer ring empty.
-    NoBuffers,
-    /// `EMFILE`/`ENFILE`: out of file descriptors (accept).
-    OutOfFds,
-    /// `EALREADY`: a cancel found its target already running.
-    Already,
-    /// `ENOENT`: a cancel found no such op (it had completed).
-    NotFound,
-    /// Any other errno.
-    Os(i32),
-}
-
-impl OpError {
-    fn from_errno(e: i32) -> Self {
-        match e {
-            libc::ECANCELED => OpError::Cancelled,
-            libc::ENOBUFS => OpError::NoBuffers,
-            libc::EMFILE | libc::ENFILE => OpError::OutOfFds,
-            libc::EALREADY => OpError::Already,
-            libc::ENOENT => OpError::NotFound,
-            e => OpError::Os(e),
-        }
-    }
-
-    /// The errno value.
-    pub fn errno(self) -> i32 {
-        match self {
-            OpError::Cancelled => libc::ECANCELED,
-            OpError::NoBuffers => libc::ENOBUFS,
-            OpError::OutOfFds => libc::EMFILE,
-            OpError::Already => libc::EALREADY,
-            OpError::NotFound => libc::ENOENT,
-            OpError::Os(e) => e,
-        }
-    }
-}
-
-impl std::fmt::Display for OpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        io::Error::from_raw_os_error(self.errno()).fmt(f)
-    }
-}
-
-/// A finished send: its buffer back from the kernel and how far it got.
-#[derive(Debug)]
-pub struct Sent {
-    buf: Vec<u8>,
-    /// `buf[..end]` has been sent (by this op and the ones before it).
-    end: usize,
-}
-
-impl Sent {
-    /// Bytes of the buffer still unsent (a short send).
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.end
-    }
-
-    /// The buffer and the offset its unsent rest starts at.
-    pub fn into_parts(self) -> (Vec<u8>, usize) {
-        (self.buf, self.end)
-    }
-}
-
-/// What an op's completion delivers; whatever the op owned comes back in it.
-#[derive(Debug)]
-pub enum Event {
-    /// Accept: a new socket, owned by the receiver.
-    Accepted(OwnedFd),
-    /// Recv: bytes in a lent buffer (never empty).
-    Received(RecvBuf),
-    /// Recv: the peer closed its sending side.
-    Eof,
-    /// Send: the kernel is done with the buffer.
-    Sent(Sent),
-    Connected,
-    ShutDown,
-    Closed,
-    /// Cancel: the target was found and cancelled; its own completion follows.
-    CancelAccepted,
-    Failed(OpError),
-}
-
-/// One completion of an op queued with token `T`.
-#[derive(Debug)]
-pub struct Completion<T> {
-    token: T,
-    more: bool,
-    event: Event,
-}
-
-impl<T: Copy> Completion<T> {
-    pub fn token(&self) -> T {
-        self.token
-    }
-
-    /// More completions will follow for this (multishot) op; when false, this was
-    /// the op's final completion.
-    pub fn more(&self) -> bool {
-        self.more
-    }
-
-    pub fn event(&self) -> &Event {
-        &self.event
-    }
-
-    pub fn into_event(self) -> Event {
-        self.event
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpKind {
@@ -277,8 +144,26 @@ impl<T: Copy> Uring<T> {
         }
     }
 
+    fn flush_backlog(&mut self) {
+        while let Some(e) = self.backlog.front() {
+            // SAFETY: same as in `push`: the memory behind the entry is owned by the op
+            // table until the op's final completion.
+            if unsafe { self.ring.submission().push(e) }.is_err() {
+                if self.ring.submit().is_err() {
+                    return;
+                }
+                continue;
+            }
+            self.backlog.pop_front();
+        }
+    }
+}
+
+impl<T: Copy> Driver<T> for Uring<T> {
+    type Buf = RecvBuf;
+
     /// Multishot accept on a listening socket.
-    pub fn accept_multi(&mut self, fd: BorrowedFd<'_>, token: T) -> OpId {
+    fn accept_multi(&mut self, fd: BorrowedFd<'_>, token: T) -> OpId {
         let id = self.alloc_op(OpKind::Accept, token);
         self.push(
             opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
@@ -295,7 +180,7 @@ impl<T: Copy> Uring<T> {
     /// A multishot receive keeps filling buffers until its cancel lands, which let a
     /// slow reader's peer pin megabytes; a bundle receive (Linux 6.10+) retries once
     /// with whatever the socket holds, past its length, so it is not used either.
-    pub fn recv(&mut self, fd: BorrowedFd<'_>, max_len: usize, token: T) -> OpId {
+    fn recv(&mut self, fd: BorrowedFd<'_>, max_len: usize, token: T) -> OpId {
         let id = self.alloc_op(OpKind::Recv, token);
         let len = max_len.clamp(1, self.bufs.size() as usize) as u32;
         self.push(
@@ -309,7 +194,7 @@ impl<T: Copy> Uring<T> {
     }
 
     /// Send `buf[offset..]`; the buffer comes back in [`Event::Sent`].
-    pub fn send(&mut self, fd: BorrowedFd<'_>, buf: Vec<u8>, offset: usize, token: T) -> OpId {
+    fn send(&mut self, fd: BorrowedFd<'_>, buf: Vec<u8>, offset: usize, token: T) -> OpId {
         let id = self.alloc_op(OpKind::Send, token);
         let op = &mut self.ops[id.idx()];
         let len = (buf.len() - offset).min(u32::MAX as usize) as u32;
@@ -327,7 +212,7 @@ impl<T: Copy> Uring<T> {
     }
 
     /// Non-blocking connect of a fresh socket.
-    pub fn connect(&mut self, fd: BorrowedFd<'_>, addr: SocketAddr, token: T) -> OpId {
+    fn connect(&mut self, fd: BorrowedFd<'_>, addr: SocketAddr, token: T) -> OpId {
         let id = self.alloc_op(OpKind::Connect, token);
         let sa = Box::new(socket2::SockAddr::from(addr));
         let (p, l) = (sa.as_ptr(), sa.len());
@@ -340,7 +225,7 @@ impl<T: Copy> Uring<T> {
         id
     }
 
-    pub fn shutdown_write(&mut self, fd: BorrowedFd<'_>, token: T) -> OpId {
+    fn shutdown_write(&mut self, fd: BorrowedFd<'_>, token: T) -> OpId {
         let id = self.alloc_op(OpKind::Shutdown, token);
         self.push(
             opcode::Shutdown::new(types::Fd(fd.as_raw_fd()), libc::SHUT_WR)
@@ -351,7 +236,7 @@ impl<T: Copy> Uring<T> {
     }
 
     /// Close `fd` through the ring (batched with everything else this turn).
-    pub fn close(&mut self, fd: OwnedFd, token: T) {
+    fn close(&mut self, fd: OwnedFd, token: T) {
         let id = self.alloc_op(OpKind::Close, token);
         let raw = fd.into_raw_fd();
         self.push(opcode::Close::new(types::Fd(raw)).build().user_data(id.0));
@@ -359,14 +244,14 @@ impl<T: Copy> Uring<T> {
 
     /// Ask the kernel to cancel `target`; its final completion (usually
     /// [`OpError::Cancelled`]) still arrives and still returns its buffers.
-    pub fn cancel(&mut self, target: OpId, token: T) {
+    fn cancel(&mut self, target: OpId, token: T) {
         let id = self.alloc_op(OpKind::Cancel, token);
         self.push(opcode::AsyncCancel::new(target.0).build().user_data(id.0));
     }
 
     /// Publish the buffers dropped since the last turn, submit every queued SQE and
     /// wait for at least one completion or `timeout`: the one syscall of a loop turn.
-    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+    fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.bufs.reclaim();
         loop {
             self.flush_backlog();
@@ -387,22 +272,8 @@ impl<T: Copy> Uring<T> {
         }
     }
 
-    fn flush_backlog(&mut self) {
-        while let Some(e) = self.backlog.front() {
-            // SAFETY: same as in `push`: the memory behind the entry is owned by the op
-            // table until the op's final completion.
-            if unsafe { self.ring.submission().push(e) }.is_err() {
-                if self.ring.submit().is_err() {
-                    return;
-                }
-                continue;
-            }
-            self.backlog.pop_front();
-        }
-    }
-
     /// Move every available completion into `out`.
-    pub fn drain(&mut self, out: &mut Vec<Completion<T>>) {
+    fn drain(&mut self, out: &mut Vec<Completion<T, RecvBuf>>) {
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
@@ -429,14 +300,14 @@ impl<T: Copy> Uring<T> {
     }
 
     /// Ops not yet completed (for drain and tests).
-    pub fn ops_in_flight(&self) -> usize {
+    fn ops_in_flight(&self) -> usize {
         self.ops.len() - self.free_ops.len()
     }
 }
 
 /// Turn one CQE of `op` into what it delivers (taking the op's send buffer on its
 /// final completion).
-fn decode<T>(op: &mut Op<T>, res: i32, recv: Option<RecvBuf>, more: bool) -> Event {
+fn decode<T>(op: &mut Op<T>, res: i32, recv: Option<RecvBuf>, more: bool) -> Event<RecvBuf> {
     if res < 0 {
         if !more {
             op.buf = None;

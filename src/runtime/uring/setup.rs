@@ -15,6 +15,11 @@ pub enum UringError {
     NotPermitted(io::Error),
     #[error("io_uring is not supported by this kernel ({0}); terminus needs Linux >= 6.0 (multishot recv, provided buffer rings)")]
     NotSupported(io::Error),
+    /// ENOSYS from a kernel that has io_uring: a seccomp filter answers for it.
+    #[error("io_uring_setup is filtered ({source}): Linux {release} has io_uring, so a seccomp filter (e.g. a container runtime's default profile) answers ENOSYS for it; run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register")]
+    Filtered { source: io::Error, release: String },
+    #[error("io_uring_enter failed ({0}): a seccomp profile may allow io_uring_setup but not io_uring_enter; allow io_uring_enter/io_uring_register too")]
+    Enter(io::Error),
     #[error("io_uring ring memory could not be allocated ({0}): raise RLIMIT_MEMLOCK (`ulimit -l`, systemd LimitMEMLOCK=) or lower runtime.ring_entries / recv_buffers")]
     NoMemory(io::Error),
     #[error("io_uring opcode {0} is not supported by this kernel; terminus needs Linux >= 6.0")]
@@ -32,10 +37,25 @@ fn classify_setup_error(e: io::Error) -> UringError {
             UringError::DisabledBySysctl(sysctl)
         }
         Some(libc::EPERM) | Some(libc::EACCES) => UringError::NotPermitted(e),
-        Some(libc::ENOSYS) => UringError::NotSupported(e),
+        Some(libc::ENOSYS) => match kernel_release() {
+            Some((release, version)) if version >= (5, 1) => {
+                UringError::Filtered { source: e, release }
+            }
+            _ => UringError::NotSupported(e),
+        },
         Some(libc::ENOMEM) => UringError::NoMemory(e),
         _ => UringError::Other(e),
     }
+}
+
+/// The running kernel's release (`uname -r`) and (major, minor) version; io_uring
+/// exists from 5.1 on.
+fn kernel_release() -> Option<(String, (u32, u32))> {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let r = r.trim().to_string();
+    let mut v = r.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    let version = (v.next()??, v.next()??);
+    Some((r, version))
 }
 
 /// Every opcode the data path submits: (opcode, name in errors, what it is used for).

@@ -1,0 +1,383 @@
+//! terminus where a seccomp filter denies io_uring (issue 11), as the default profiles
+//! of Docker ≥ 25, containerd ≥ 1.7 and Kubernetes' `RuntimeDefault` do.
+//!
+//! Every terminus here runs under `terminus-seccomp-exec --deny-io-uring eperm|enosys`
+//! (src/bin/terminus-seccomp-exec.rs: `io_uring_setup`, `io_uring_enter` and
+//! `io_uring_register` fail with that errno, everything else is allowed; the filter is
+//! inherited across exec). Under each errno:
+//! - with `[runtime] io` unset (`auto`), terminus falls back to epoll: one stderr line
+//!   naming the cause and the fix (`using epoll`), `io backend=epoll` before `ready`,
+//!   `terminus_io_backend_info{backend="epoll"} 1` on /metrics; and it serves curl, an
+//!   8 MiB echo compared byte for byte (rustls client) and an mTLS client;
+//! - with `io = "io_uring"` forced, it exits 1 with the clear message: EPERM names
+//!   seccomp; ENOSYS (on this ≥ 6.0 kernel) names a filter, not an old kernel.
+//!
+//! `TERMINUS_IO` is removed from every child's environment here, so these tests test
+//! `auto` and the config's `io` even in a suite run under `TERMINUS_IO=epoll`.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use terminus::tools::bench::target::metric;
+use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
+use terminus::tools::client::{ClientConfigBuilder, Trust};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_terminus-seccomp-exec");
+const SPIFFE: &str = "spiffe://example.org/client";
+const HTTP_BODY: &[u8] = b"served through epoll under a seccomp filter\n";
+const ECHO_LEN: usize = 8 * MIB;
+/// How long a log line, a metric or a process' exit may take.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The errno the filter answers the io_uring syscalls with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deny {
+    Eperm,
+    Enosys,
+}
+
+impl Deny {
+    fn arg(self) -> &'static str {
+        match self {
+            Deny::Eperm => "eperm",
+            Deny::Enosys => "enosys",
+        }
+    }
+
+    /// How `std::io::Error` shows this errno.
+    fn os_error(self) -> &'static str {
+        match self {
+            Deny::Eperm => "os error 1)",
+            Deny::Enosys => "os error 38)",
+        }
+    }
+
+    /// `terminus-seccomp-exec --deny-io-uring ERRNO --`, the prefix for `terminus`.
+    fn prefix(self) -> [&'static str; 4] {
+        [HELPER, "--deny-io-uring", self.arg(), "--"]
+    }
+}
+
+/// The text that says why io_uring is unavailable must blame the filter: EPERM names
+/// seccomp; ENOSYS names a filter or seccomp and does not call this ≥ 6.0 kernel too old.
+fn assert_blames_the_filter(deny: Deny, text: &str, what: &str) {
+    let lower = text.to_lowercase();
+    match deny {
+        Deny::Eperm => assert!(lower.contains("seccomp"), "{what}: names seccomp: {text}"),
+        Deny::Enosys => {
+            assert!(
+                lower.contains("filter") || lower.contains("seccomp"),
+                "{what}: ENOSYS on a kernel >= 6.0 means a filter: {text}"
+            );
+            assert!(
+                !lower.contains("too old") && !lower.contains("not supported by this kernel"),
+                "{what}: must not blame the kernel version: {text}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The helper itself (independent of the epoll backend)
+// ---------------------------------------------------------------------------------
+
+/// The filter is installed and survives exec: `/proc/self/status` of the exec'd
+/// program shows seccomp mode 2 and no_new_privs.
+#[test]
+fn helper_installs_a_filter_that_survives_exec() {
+    for deny in [Deny::Eperm, Deny::Enosys] {
+        let mut cmd = Command::new(HELPER);
+        cmd.args([
+            "--deny-io-uring",
+            deny.arg(),
+            "--",
+            "cat",
+            "/proc/self/status",
+        ]);
+        let (code, out, err) = run_command_to_exit(cmd, WAIT);
+        assert_eq!(code, Some(0), "{deny:?}: stderr: {err}");
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no {name} in /proc/self/status:\n{out}"))
+        };
+        assert_eq!(field("Seccomp:"), "2", "{deny:?}: filter mode");
+        assert_eq!(field("NoNewPrivs:"), "1", "{deny:?}");
+    }
+}
+
+/// Under the filter, creating a ring fails with exactly the chosen errno: `terminus
+/// check --host` reports the ring's error (`os error 1` for EPERM, 38 for ENOSYS).
+#[test]
+fn helper_denies_io_uring_with_the_chosen_errno() {
+    for deny in [Deny::Eperm, Deny::Enosys] {
+        let mut cmd = command_with_prefix(&deny.prefix());
+        cmd.args(["check", "--host"]).env_remove(IO_ENV);
+        let (_code, out, err) = run_command_to_exit(cmd, WAIT);
+        assert!(
+            out.lines()
+                .any(|l| l.contains("io_uring") && l.contains(deny.os_error())),
+            "{deny:?}: no io_uring line with {:?}; stdout:\n{out}\nstderr: {err}",
+            deny.os_error()
+        );
+    }
+}
+
+#[test]
+fn helper_usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["--deny-io-uring", "eacces", "--", "true"][..],
+        &["--deny-io-uring", "eperm", "true"][..],
+        &["--deny-io-uring", "eperm", "--"][..],
+    ] {
+        let mut cmd = Command::new(HELPER);
+        cmd.args(args);
+        let (code, _out, err) = run_command_to_exit(cmd, WAIT);
+        assert_eq!(code, Some(2), "{args:?}: stderr: {err}");
+        assert!(
+            err.contains("usage: terminus-seccomp-exec"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// `auto` falls back to epoll and serves
+// ---------------------------------------------------------------------------------
+
+/// A PKI, a client CA (`client-ca.pem` next to the config) with one client leaf, and the
+/// backends of the three listeners.
+struct Setup {
+    pki: Pki,
+    client: TestLeaf,
+    http: Backend,
+    echo: Backend,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let pki = Pki::generate();
+        let ca = TestCa::root("seccomp-test client CA").expect("client CA");
+        std::fs::write(pki.dir().join("client-ca.pem"), &ca.pem).unwrap();
+        let client = ca
+            .leaf(&LeafSpec::client("client", Some(SPIFFE)))
+            .expect("client leaf");
+        Setup {
+            pki,
+            client,
+            http: Backend::http(HTTP_BODY),
+            echo: Backend::echo(),
+        }
+    }
+
+    /// Listeners `web` (HTTP backend), `echo` and `mtls` (echo, client cert required),
+    /// an admin endpoint, and `runtime_extra` lines in `[runtime]`.
+    fn config(&self, runtime_extra: &str) -> PathBuf {
+        let mtls = ListenerConf::new("mtls", &[self.echo.addr()]).raw(&format!(
+            "[listeners.client_auth]\nmode = \"require\"\nca = [\"client-ca.pem\"]\n\
+             allow = [\"{SPIFFE}\"]\n"
+        ));
+        let config = write_config(
+            &self.pki,
+            Some(2),
+            &[
+                ListenerConf::new("web", &[self.http.addr()]),
+                ListenerConf::new("echo", &[self.echo.addr()]),
+                mtls,
+            ],
+        );
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.starts_with("[runtime]\n"), "{text}");
+        let text = text.replacen("[runtime]\n", &format!("[runtime]\n{runtime_extra}"), 1)
+            + "\n[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n";
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    fn client(&self, leaf: Option<&TestLeaf>) -> Arc<rustls::ClientConfig> {
+        let mut b = ClientConfigBuilder::new(Trust::Roots(self.pki.roots()));
+        if let Some(l) = leaf {
+            b = b.client_cert(l.chain.clone(), l.key());
+        }
+        b.build().expect("client config")
+    }
+}
+
+fn falls_back_to_epoll_and_serves(deny: Deny) {
+    let _g = heavy();
+    let s = Setup::new();
+    let config = s.config("");
+    let t = Terminus::start_config_io_with_prefix(&deny.prefix(), &config);
+
+    // Where: the readiness line, one stderr line with cause and fix, the metric.
+    assert_eq!(
+        t.io_backend().as_deref(),
+        Some("epoll"),
+        "{deny:?}: `io backend=` line; stderr:\n{}",
+        t.stderr()
+    );
+    let err = t.wait_stderr("using epoll", WAIT);
+    let fallback: Vec<&str> = err.lines().filter(|l| l.contains("using epoll")).collect();
+    assert_eq!(fallback.len(), 1, "{deny:?}: one fallback line:\n{err}");
+    assert_blames_the_filter(deny, fallback[0], "fallback line");
+    assert_backend_metric(&t, "epoll");
+
+    // curl through the `web` listener.
+    require_tool("curl");
+    let port = t.addr("web").port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(s.pki.ca_pem())
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}/under-seccomp"));
+    let mut curl = Spawned::new(cmd);
+    let status = curl.wait(WAIT);
+    assert!(
+        status.success(),
+        "{deny:?}: curl failed ({status}); stderr: {}; terminus stderr: {}",
+        curl.stderr(),
+        t.stderr()
+    );
+    assert_eq!(curl.stdout().as_bytes(), HTTP_BODY, "{deny:?}: curl body");
+    assert_eq!(
+        s.http.reports(),
+        vec!["GET /under-seccomp HTTP/1.1".to_string()]
+    );
+
+    // 8 MiB through the `echo` listener, both directions at once, byte for byte.
+    let mut tls = tls_connect(t.addr("echo"), &s.client(None));
+    echo_compare(&mut tls, ECHO_LEN, 11, &format!("{deny:?}: 8 MiB echo"));
+
+    // mTLS: the client certificate is accepted and bytes flow; without one, refused.
+    let mut tls = tls_connect(t.addr("mtls"), &s.client(Some(&s.client)));
+    echo_round_trip(&mut tls, b"mutual TLS under seccomp", "mTLS echo");
+    let refused = match try_tls_connect(t.addr("mtls"), &s.client(None)) {
+        Err(_) => true,
+        Ok(mut tls) => {
+            // TLS 1.3: the server's refusal arrives after the client's handshake ends.
+            let _ = tls.write_all(b"x");
+            let _ = tls.flush();
+            let mut b = [0u8; 1];
+            !matches!(tls.read(&mut b), Ok(1))
+        }
+    };
+    assert!(
+        refused,
+        "{deny:?}: a client without a certificate must be refused"
+    );
+    assert_eq!(t.io_backend().as_deref(), Some("epoll"));
+}
+
+/// `terminus_io_backend_info{backend="<want>"} 1` on /metrics (polled, bounded).
+fn assert_backend_metric(t: &Terminus, want: &str) {
+    let series = format!("terminus_io_backend_info{{backend=\"{want}\"}}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, page) = http_get(t.admin(), "/metrics");
+        assert_eq!(status, 200, "/metrics: {page}");
+        if metric(&page, &series) == Some(1.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{series} 1` on /metrics:\n{page}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Send `len` bytes of `Pattern::new(seed)` with up to 256 KiB in flight, read the echo,
+/// and compare the whole echo with what was sent, byte for byte.
+fn echo_compare(tls: &mut Tls, len: usize, seed: u64, what: &str) {
+    let sent_all = Pattern::bytes(seed, len);
+    let (chunk, window) = (64 * 1024, 256 * 1024);
+    let mut back = Vec::with_capacity(len);
+    let mut inb = vec![0u8; 256 * 1024];
+    let mut sent = 0usize;
+    let start = Instant::now();
+    while back.len() < len {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: too slow: sent {sent}, got {}",
+            back.len()
+        );
+        while sent < len && sent - back.len() < window {
+            let end = (sent + chunk).min(len);
+            tls.write_all(&sent_all[sent..end])
+                .unwrap_or_else(|e| panic!("{what}: write after {sent}: {e}"));
+            sent = end;
+        }
+        tls.flush().unwrap_or_else(|e| panic!("{what}: flush: {e}"));
+        let n = tls
+            .read(&mut inb)
+            .unwrap_or_else(|e| panic!("{what}: read after {}: {e}", back.len()));
+        assert!(n > 0, "{what}: closed after {} of {len} bytes", back.len());
+        back.extend_from_slice(&inb[..n]);
+        assert!(back.len() <= sent, "{what}: received more than sent");
+    }
+    if let Some(i) = back.iter().zip(&sent_all).position(|(a, b)| a != b) {
+        panic!("{what}: echoed byte {i} differs from the byte sent");
+    }
+    assert_eq!(back.len(), len, "{what}");
+}
+
+#[test]
+fn auto_falls_back_to_epoll_and_serves_under_eperm_filter() {
+    falls_back_to_epoll_and_serves(Deny::Eperm);
+}
+
+#[test]
+fn auto_falls_back_to_epoll_and_serves_under_enosys_filter() {
+    falls_back_to_epoll_and_serves(Deny::Enosys);
+}
+
+// ---------------------------------------------------------------------------------
+// Forced io_uring exits 1 with the clear message
+// ---------------------------------------------------------------------------------
+
+fn forced_io_uring_exits_1(deny: Deny) {
+    let s = Setup::new();
+    let config = s.config("io = \"io_uring\"\n");
+    let (code, _out, err) = run_under(deny, &config);
+    assert_eq!(
+        code,
+        Some(1),
+        "{deny:?}: forced io_uring must exit 1; stderr: {err}"
+    );
+    assert!(err.contains("io_uring"), "{deny:?}: names io_uring: {err}");
+    assert!(
+        !err.contains("using epoll"),
+        "{deny:?}: a forced io_uring never falls back: {err}"
+    );
+    assert_blames_the_filter(deny, &err, "forced io_uring");
+}
+
+/// `terminus run --config CONFIG` under the filter, `TERMINUS_IO` removed, to its exit.
+fn run_under(deny: Deny, config: &Path) -> (Option<i32>, String, String) {
+    let mut cmd = command_with_prefix(&deny.prefix());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .env_remove(IO_ENV);
+    run_command_to_exit(cmd, WAIT)
+}
+
+#[test]
+fn forced_io_uring_exits_1_naming_seccomp_under_eperm_filter() {
+    forced_io_uring_exits_1(Deny::Eperm);
+}
+
+#[test]
+fn forced_io_uring_exits_1_naming_a_filter_not_the_kernel_under_enosys_filter() {
+    forced_io_uring_exits_1(Deny::Enosys);
+}
