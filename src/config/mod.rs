@@ -2,27 +2,34 @@
 //!
 //! Owns: parsing a config file into [`Config`], resolving relative paths against the
 //! file's folder, and validation errors that name the file, line and field.
-//! Opens no sockets; reads only the config file itself (certificate files are the
-//! `tls` module's business).
+//! Opens no sockets; reads the config file itself (certificate files are the
+//! `tls` module's business), and resolves the host names in `listen` and
+//! `upstreams` once loaded (`runtime::resolver::Lookup`: the `[resolver]
+//! hosts_file`, then getaddrinfo), so that a name that does not resolve is a
+//! problem placed like any other (`file:line: listeners[0].upstreams[1]: cannot
+//! resolve ...`).
 //!
 //! Parts: `schema` (the types, defaults, and the enums string settings become),
-//! `validate` (the rules, one function per section), `location` (field paths and
-//! lines), `error` ([`ConfigError`]). This file reads the file and runs them in order.
+//! `endpoint` (`HOST:PORT` settings), `validate` (the rules, one function per
+//! section), `location` (field paths and lines), `error` ([`ConfigError`]). This
+//! file reads the file and runs them in order.
 //!
 //! Error format (one line each): `FILE:LINE: FIELD.PATH: cause`, e.g.
 //! `config.toml:7: listeners[0].handshake_timeout_ms: invalid type: string "x", expected u64`.
 //! When no line can be found the `:LINE` part is left out.
 #![forbid(unsafe_code)]
 
+mod endpoint;
 mod error;
 mod location;
 mod schema;
 mod validate;
 
+pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
     AccessLog, Admin, ClientAuth, ClientAuthMode, Config, IoSetting, Listener, Log, ProxyProtocol,
-    Runtime, Sni, UnsupportedProxyProtocol, UpstreamTls,
+    Resolver, Runtime, Sni, UnsupportedProxyProtocol, UpstreamTls,
 };
 
 use error::first_with_count;
@@ -100,13 +107,93 @@ impl Config {
         };
         let mut listeners = Vec::new();
         checked.problems = cfg.validate(&locator, &mut listeners);
+        cfg.finish(source);
+        for (i, e) in resolve_names(&mut cfg, &locator) {
+            listeners.push(i);
+            checked.problems.push(e);
+        }
         listeners.sort_unstable();
         listeners.dedup();
         checked.listeners_with_problems = listeners;
-        cfg.finish(source);
         checked.config = Some(cfg);
         checked
     }
+}
+
+/// Resolve the names in `listen` (the first address is bound) and `upstreams`
+/// (every address joins the round robin); each name that does not resolve is a
+/// problem of its listener. A named `listen` is then checked against the other
+/// listen addresses and the admin address, as validation does for literal ones.
+fn resolve_names(cfg: &mut Config, at: &Locator<'_>) -> Vec<(usize, ConfigError)> {
+    use location::Seg::{Index as I, Key as K};
+    let lookup = crate::runtime::resolver::Lookup {
+        hosts_file: cfg.resolver.hosts_file.clone(),
+    };
+    let invalid =
+        |path: &[location::Seg<'_>], msg: String| at.error(path, ConfigErrorKind::Invalid(msg));
+    let mut out = Vec::new();
+    for (i, l) in cfg.listeners.iter_mut().enumerate() {
+        if let Endpoint::Name { host, port } = &l.listen_setting {
+            match lookup.resolve(host, *port) {
+                Ok(addrs) => l.listen = addrs[0],
+                Err(e) => out.push((
+                    i,
+                    invalid(
+                        &[K("listeners"), I(i), K("listen")],
+                        format!("cannot resolve {}: {e}", l.listen_setting),
+                    ),
+                )),
+            }
+        }
+        for (j, entry) in l.upstream_entries.iter().enumerate() {
+            let Endpoint::Name { host, port } = entry else {
+                continue;
+            };
+            match lookup.resolve(host, *port) {
+                Ok(addrs) => l.upstream_addrs[j] = addrs,
+                Err(e) => out.push((
+                    i,
+                    invalid(
+                        &[K("listeners"), I(i), K("upstreams"), I(j)],
+                        format!(
+                            "cannot resolve {entry}: {e} (a name must resolve when terminus \
+                             starts or reloads; later failures keep its last good addresses)"
+                        ),
+                    ),
+                )),
+            }
+        }
+        l.set_upstreams_from_entries();
+    }
+    let admin = cfg.admin.as_ref().map(|a| a.listen);
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if l.listen_setting.addr().is_some() || l.listen.port() == 0 {
+            continue;
+        }
+        let field = [K("listeners"), I(i), K("listen")];
+        let (written, addr) = (&l.listen_setting, l.listen);
+        if let Some(other) =
+            (0..cfg.listeners.len()).find(|&o| o != i && cfg.listeners[o].listen == addr)
+        {
+            out.push((
+                i,
+                invalid(
+                    &field,
+                    format!("{written} resolves to {addr}, already used by listeners[{other}]"),
+                ),
+            ));
+        }
+        if admin == Some(addr) {
+            out.push((
+                i,
+                invalid(
+                    &field,
+                    format!("{written} resolves to {addr}, also the admin address"),
+                ),
+            ));
+        }
+    }
+    out
 }
 
 fn read_error(path: &Path, e: std::io::Error) -> ConfigError {
@@ -229,11 +316,10 @@ upstreams = ["127.0.0.1:8080"]
             "{LISTENER}{}",
             LISTENER.replace("[\"127.0.0.1:8080\"]", "[\"127.0.0.1:1\", \"nope\"]")
         ));
-        assert!(
-            e.starts_with(
-                "/etc/terminus/config.toml:14: listeners[1].upstreams[1]: invalid socket address"
-            ),
-            "{e}"
+        assert_eq!(
+            e,
+            "/etc/terminus/config.toml:14: listeners[1].upstreams[1]: \"nope\" has no port: \
+             write HOST:PORT, e.g. \"localhost:8080\" or \"10.0.0.7:8080\""
         );
         let e = one_error(&format!("[runtime]\nworkers = -1\n{LISTENER}"));
         assert!(
@@ -499,6 +585,115 @@ upstreams = ["127.0.0.1:8080"]
                 format!("{f}:13: listeners[1].listen: address 127.0.0.1:9000 is already used by listeners[0]"),
                 format!("{f}:13: listeners[1].listen: address 127.0.0.1:9000 is also the admin address"),
             ]
+        );
+    }
+
+    #[test]
+    fn names_in_listen_and_upstreams_resolve_at_load() {
+        let text = LISTENER
+            .replace("\"127.0.0.1:0\"", "\"localhost:0\"")
+            .replace(
+                "[\"127.0.0.1:8080\"]",
+                "[\"localhost:9000\", \"127.0.0.1:9000\", \"[::1]:9000\"]",
+            );
+        let cfg = parse(&text).unwrap();
+        let l = &cfg.listeners[0];
+        assert_eq!(l.listen, "127.0.0.1:0".parse().unwrap(), "localhost here");
+        assert_eq!(l.upstream_entries[0].to_string(), "localhost:9000");
+        assert!(l.upstream_addrs[0].contains(&"127.0.0.1:9000".parse().unwrap()));
+        // Deduplicated: localhost's 127.0.0.1 and the literal one are one address.
+        assert_eq!(
+            l.upstreams
+                .iter()
+                .filter(|a| a.port() == 9000 && a.is_ipv4())
+                .count(),
+            1
+        );
+        assert!(l.upstreams.contains(&"[::1]:9000".parse().unwrap()));
+        assert_eq!(l.resolve_interval_ms, 5000);
+        assert_eq!(
+            (l.upstream_backoff_ms, l.upstream_backoff_max_ms),
+            (1000, 30000)
+        );
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_names_file_line_and_field() {
+        let dir = std::env::temp_dir().join(format!("terminus-cfg-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), "127.0.0.2 svc.test\n").unwrap();
+        let source = dir.join("config.toml");
+        let text = format!(
+            "[resolver]\nhosts_file = \"hosts\"\n{}",
+            LISTENER.replace(
+                "[\"127.0.0.1:8080\"]",
+                "[\"svc.test:8080\", \"nowhere.invalid:8080\"]"
+            )
+        );
+        let errors: Vec<String> = Config::parse_all(&text, &source)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let want = format!(
+            "{}:9: listeners[0].upstreams[1]: cannot resolve nowhere.invalid:8080: ",
+            source.display()
+        );
+        assert!(errors[0].starts_with(&want), "{errors:?}");
+        assert!(
+            errors[0].ends_with(
+                "(a name must resolve when terminus starts or reloads; later failures keep its \
+             last good addresses)"
+            ),
+            "{errors:?}"
+        );
+        let ok = text.replace(", \"nowhere.invalid:8080\"", "");
+        let cfg = Config::parse(&ok, &source).unwrap();
+        assert_eq!(cfg.resolver.hosts_file, Some(dir.join("hosts")));
+        assert_eq!(
+            cfg.listeners[0].upstreams,
+            ["127.0.0.2:8080".parse().unwrap()]
+        );
+        let e = one_error(&LISTENER.replace("\"127.0.0.1:0\"", "\"nowhere.invalid:8443\""));
+        assert!(
+            e.starts_with(
+                "/etc/terminus/config.toml:4: listeners[0].listen: cannot resolve \
+                 nowhere.invalid:8443: "
+            ),
+            "{e}"
+        );
+        let e = one_error(&LISTENER.replace("\"127.0.0.1:0\"", "\"0.0.0.0\""));
+        assert!(
+            e.starts_with(
+                "/etc/terminus/config.toml:4: listeners[0].listen: \"0.0.0.0\" has no port"
+            ),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn health_and_resolver_settings_are_checked() {
+        let text = format!(
+            "{LISTENER}resolve_interval_ms = 0\nupstream_backoff_ms = 500\nupstream_backoff_max_ms = 100\n"
+        );
+        let errors = parse(&text).unwrap_err();
+        let f = "/etc/terminus/config.toml";
+        assert_eq!(
+            errors,
+            [
+                format!("{f}:8: listeners[0].resolve_interval_ms: must be greater than 0"),
+                format!("{f}:10: listeners[0].upstream_backoff_max_ms: must be at least upstream_backoff_ms (500), got 100"),
+            ]
+        );
+        let cfg = parse(&format!(
+            "{LISTENER}upstream_backoff_ms = 0\nupstream_backoff_max_ms = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.listeners[0].upstream_backoff_ms, 0,
+            "0 turns passive health off"
         );
     }
 

@@ -6,6 +6,7 @@
 //! ([`Config::finish`]), after validation.
 #![forbid(unsafe_code)]
 
+use super::endpoint::Endpoint;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
+    /// `[resolver]`: how `listen` and `upstreams` host names are looked up.
+    #[serde(default)]
+    pub resolver: Resolver,
     pub listeners: Vec<Listener>,
     /// The file this config was read from (not a TOML key).
     #[serde(skip)]
@@ -131,6 +135,16 @@ pub struct Admin {
     pub snapshot_interval_ms: u64,
 }
 
+/// `[resolver]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolver {
+    /// An /etc/hosts-style file consulted before the system resolver, read again at
+    /// every resolution (pins names, like Kubernetes `hostAliases`); relative to the
+    /// config file's folder.
+    pub hosts_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
@@ -166,10 +180,34 @@ impl<'de> Deserialize<'de> for AccessLog {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
+    /// `listen` as written: `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`.
+    #[serde(rename = "listen")]
+    pub listen_setting: Endpoint,
+    /// The address bound: `listen_setting` itself, or the first address its name
+    /// resolves to (set when the config is loaded).
+    #[serde(skip, default = "unspecified_addr")]
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `upstreams` as written: literal socket addresses and `NAME:PORT` entries.
+    #[serde(rename = "upstreams")]
+    pub upstream_entries: Vec<Endpoint>,
+    /// What each entry resolved to when the config was loaded (same order).
+    #[serde(skip)]
+    pub upstream_addrs: Vec<Vec<SocketAddr>>,
+    /// Every entry's addresses at load time, deduplicated in entry order.
+    #[serde(skip)]
     pub upstreams: Vec<SocketAddr>,
+    /// How often the names in `upstreams` are resolved again (off the data path).
+    #[serde(default = "default_resolve_interval_ms")]
+    pub resolve_interval_ms: u64,
+    /// Passive health: an upstream address whose connect was refused or timed out is
+    /// skipped this long, doubling per further failure in a row up to
+    /// `upstream_backoff_max_ms` (0: never skipped).
+    #[serde(default = "default_upstream_backoff_ms")]
+    pub upstream_backoff_ms: u64,
+    #[serde(default = "default_upstream_backoff_max_ms")]
+    pub upstream_backoff_max_ms: u64,
     #[serde(default)]
     pub alpn: Vec<String>,
     #[serde(default = "default_handshake_timeout_ms")]
@@ -213,6 +251,18 @@ pub struct Listener {
     pub client_auth: Option<ClientAuth>,
     /// Re-encryption to the upstream (`[listeners.upstream_tls]`); absent = plaintext.
     pub upstream_tls: Option<UpstreamTls>,
+}
+
+impl Listener {
+    /// `upstreams` from `upstream_addrs`: every entry's addresses, deduplicated.
+    pub(super) fn set_upstreams_from_entries(&mut self) {
+        self.upstreams.clear();
+        for a in self.upstream_addrs.iter().flatten() {
+            if !self.upstreams.contains(a) {
+                self.upstreams.push(*a);
+            }
+        }
+    }
 }
 
 /// `proxy_protocol`: what precedes the client's bytes towards the upstream.
@@ -328,6 +378,18 @@ pub struct UpstreamTls {
 fn yes() -> bool {
     true
 }
+fn unspecified_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+fn default_resolve_interval_ms() -> u64 {
+    5_000
+}
+fn default_upstream_backoff_ms() -> u64 {
+    1_000
+}
+fn default_upstream_backoff_max_ms() -> u64 {
+    30_000
+}
 fn default_admin_max_connections() -> usize {
     64
 }
@@ -392,6 +454,16 @@ impl Config {
             // A bad value was reported by validation; such a config only serves `check`.
             l.proxy_protocol = ProxyProtocol::from_setting(l.proxy_protocol_setting.as_deref())
                 .unwrap_or_default();
+            // Names are filled in by `resolve_names`; literal addresses are final.
+            if let Some(a) = l.listen_setting.addr() {
+                l.listen = a;
+            }
+            l.upstream_addrs = l
+                .upstream_entries
+                .iter()
+                .map(|e| e.addr().into_iter().collect())
+                .collect();
+            l.set_upstreams_from_entries();
         }
         self.resolve_paths(source);
     }
@@ -432,6 +504,9 @@ impl Config {
             }
         }
         if let AccessLog::File(path) = &mut self.log.access {
+            resolve(path);
+        }
+        if let Some(path) = &mut self.resolver.hosts_file {
             resolve(path);
         }
     }

@@ -140,18 +140,19 @@ fn validate_listeners(cfg: &Config, bad: &mut Bad<'_>) {
                 ),
             );
         }
-        if l.listen.port() != 0 {
-            if let Some(first) = addrs.insert(l.listen, i) {
-                addrs.insert(l.listen, first);
+        // Literal addresses here; names are checked once resolved (`resolve_names`).
+        if let Some(listen) = l.listen_setting.addr().filter(|a| a.port() != 0) {
+            if let Some(first) = addrs.insert(listen, i) {
+                addrs.insert(listen, first);
                 bad(
                     &field("listen"),
-                    format!("address {} is already used by listeners[{first}]", l.listen),
+                    format!("address {listen} is already used by listeners[{first}]"),
                 );
             }
-            if admin == Some(l.listen) {
+            if admin == Some(listen) {
                 bad(
                     &field("listen"),
-                    format!("address {} is also the admin address", l.listen),
+                    format!("address {listen} is also the admin address"),
                 );
             }
         }
@@ -162,7 +163,7 @@ fn validate_listeners(cfg: &Config, bad: &mut Bad<'_>) {
 /// One listener's own values and sections.
 fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
     let field = |key: &'static str| [K("listeners"), I(i), K(key)];
-    if l.upstreams.is_empty() {
+    if l.upstream_entries.is_empty() {
         bad(
             &field("upstreams"),
             "at least one upstream is required".into(),
@@ -210,6 +211,21 @@ fn validate_limits(l: &Listener, i: usize, bad: &mut Bad<'_>) {
             format!(
                 "must be between 1 and 604800 seconds (7 days, RFC 8446), got {}",
                 l.ticket_lifetime_s
+            ),
+        );
+    }
+    if l.resolve_interval_ms == 0 {
+        bad(
+            &field("resolve_interval_ms"),
+            "must be greater than 0".into(),
+        );
+    }
+    if l.upstream_backoff_ms > 0 && l.upstream_backoff_max_ms < l.upstream_backoff_ms {
+        bad(
+            &field("upstream_backoff_max_ms"),
+            format!(
+                "must be at least upstream_backoff_ms ({}), got {}",
+                l.upstream_backoff_ms, l.upstream_backoff_max_ms
             ),
         );
     }

@@ -51,7 +51,9 @@ impl AdminState {
                 ListenerView {
                     name: l.name.clone(),
                     active: l.active.load(Ordering::Relaxed) as u64,
-                    upstreams: live.upstreams.addrs().to_vec(),
+                    upstreams: live.upstreams.addrs(),
+                    upstreams_up: live.upstreams.up(std::time::Instant::now()),
+                    resolve_errors: live.upstreams.resolve_errors(),
                     certs: live.cert_expiry.clone(),
                 }
             })

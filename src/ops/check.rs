@@ -1,7 +1,9 @@
 //! `terminus check`: validate config, certs and keys; print every problem.
 //! `--host` (src/ops/hostcheck.rs) checks the machine instead or as well.
 //!
-//! One pass finds everything `run` would refuse: every config problem, the files of
+//! One pass finds everything `run` would refuse: every config problem (a `listen` or
+//! `upstreams` name that does not resolve among them, placed at its line by config
+//! loading), the files of
 //! every listener (also of a listener whose config has problems), `runtime.cpus`
 //! against the affinity mask, `log.access`, and whether each listen address and the
 //! admin address can be bound. Certificates that peers refuse now (expired, not yet

@@ -210,7 +210,12 @@ pub struct WorkerSnapshot {
 pub struct ListenerView {
     pub name: String,
     pub active: u64,
+    /// The resolved upstream addresses new connections use now.
     pub upstreams: Vec<SocketAddr>,
+    /// Each of those, and whether it is up (not in passive-health backoff).
+    pub upstreams_up: Vec<(SocketAddr, bool)>,
+    /// Failed resolutions per named `upstreams` entry (as written).
+    pub resolve_errors: Vec<(String, u64)>,
     /// (certificate file, notAfter as Unix seconds).
     pub certs: Vec<(String, i64)>,
 }
@@ -401,6 +406,30 @@ static FAMILIES: &[Family] = &[
         "counter",
         "Failed upstream connects by upstream address.",
         Samples::PerUpstream(|m| &m.upstream_connect_errors),
+    ),
+    family(
+        "terminus_upstream_up",
+        "gauge",
+        "1 when the upstream address is used, 0 while it is skipped after a refused or \
+         timed-out connect (passive health), by resolved address.",
+        Samples::Current(|l| {
+            l.upstreams_up
+                .iter()
+                .map(|(a, up)| (format!("upstream=\"{a}\""), Num::U(*up as u64)))
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_upstream_resolve_errors_total",
+        "counter",
+        "Failed re-resolutions of an upstream name (its last good addresses stay in \
+         use), by entry as written.",
+        Samples::Current(|l| {
+            l.resolve_errors
+                .iter()
+                .map(|(e, n)| (format!("upstream=\"{}\"", esc(e)), Num::U(*n)))
+                .collect()
+        }),
     ),
     family(
         "terminus_upstream_tls_errors_total",
@@ -771,6 +800,8 @@ mod tests {
             name: "e\\dge\"".into(),
             active: 1,
             upstreams: vec!["127.0.0.1:8".parse().unwrap()],
+            upstreams_up: vec![],
+            resolve_errors: vec![],
             certs: vec![("/c/server.pem".into(), 1_900_000_000)],
         };
         let g = GlobalView {
@@ -839,6 +870,11 @@ mod tests {
                     "127.0.0.1:8".parse().unwrap(),
                     "127.0.0.1:9".parse().unwrap(),
                 ],
+                upstreams_up: vec![
+                    ("127.0.0.1:8".parse().unwrap(), true),
+                    ("127.0.0.1:9".parse().unwrap(), false),
+                ],
+                resolve_errors: vec![("billing.internal:8080".into(), 3)],
                 certs: vec![
                     ("/c/server.pem".into(), 1_900_000_000),
                     ("/c/\"odd\"\\name.pem".into(), -1),
@@ -848,6 +884,8 @@ mod tests {
                 name: "in\nternal".into(),
                 active: 0,
                 upstreams: vec![],
+                upstreams_up: vec![],
+                resolve_errors: vec![],
                 certs: vec![],
             },
         ];
@@ -907,6 +945,8 @@ mod tests {
                 "terminus_handshake_duration_seconds histogram",
                 "terminus_upstream_connect_duration_seconds histogram",
                 "terminus_upstream_connect_errors_total counter",
+                "terminus_upstream_up gauge",
+                "terminus_upstream_resolve_errors_total counter",
                 "terminus_upstream_tls_errors_total counter",
                 "terminus_upstream_handshakes_total counter",
                 "terminus_upstream_resumption_failures_total counter",

@@ -12,7 +12,10 @@
 //! and logs the file and reason; the same content is not retried until it changes.
 //!
 //! SIGHUP re-reads the config file too: certificates, CAs, CRLs, allow-lists,
-//! upstreams, timeouts and limits apply live (all listeners or none); what needs a
+//! upstreams (their names resolved again: one that does not resolve fails the reload
+//! like a bad file; addresses that stay keep their passive health and entries their
+//! resolve-error counts), `[resolver]`, timeouts and limits apply live (all listeners
+//! or none); what needs a
 //! restart (listen addresses, listeners added or removed, `[runtime]`, `[admin]`,
 //! `[log]`) is reported as such and left as it runs.
 #![forbid(unsafe_code)]
@@ -80,8 +83,11 @@ impl Reloader {
             }
             self.prints[i] = fp;
             let name = &self.listeners[i].name;
-            match ListenerLive::build(&self.cfg.listeners[i]) {
+            match ListenerLive::build(&self.cfg.listeners[i], &self.cfg.resolver) {
                 Ok(live) => {
+                    // The config was resolved earlier: keep what the resolver found since.
+                    live.upstreams
+                        .adopt(&self.listeners[i].live.load().upstreams, true);
                     for w in &live.tls.warnings {
                         eprintln!("terminus: reload: listener {name}: warning: {w}");
                     }
@@ -122,7 +128,7 @@ impl Reloader {
                 .iter()
                 .find(|l| l.name == shared.name)
                 .unwrap_or(&self.cfg.listeners[i]);
-            match ListenerLive::build(l) {
+            match ListenerLive::build(l, &new.resolver) {
                 Ok(live) => built.push((l.clone(), live)),
                 Err(e) => {
                     self.stats.error.fetch_add(1, Ordering::Relaxed);
@@ -140,9 +146,13 @@ impl Reloader {
                 eprintln!("terminus: reload: listener {}: warning: {w}", l.name);
             }
             self.prints[i] = fingerprint(&l).unwrap_or(0);
+            // Just resolved: new addresses, but the health and error counts of what stays.
+            live.upstreams
+                .adopt(&self.listeners[i].live.load().upstreams, false);
             self.listeners[i].live.store(Arc::new(live));
             kept.listeners[i] = l;
         }
+        kept.resolver = new.resolver.clone();
         self.cfg = kept;
         self.stats.ok.fetch_add(1, Ordering::Relaxed);
         eprintln!(
@@ -366,6 +376,23 @@ ticket_lifetime_s = 21600
             ),
             ("\nidle_timeout_ms = 300000", "\nidle_timeout_ms = 1"),
             ("\nconnect_timeout_ms = 5000", "\nconnect_timeout_ms = 1"),
+            (
+                "[\"127.0.0.1:8080\"]",
+                "[\"localhost:8080\", \"[::1]:8080\"]",
+            ),
+            (
+                "\nconnect_timeout_ms = 5000",
+                "\nconnect_timeout_ms = 5000\nresolve_interval_ms = 100",
+            ),
+            (
+                "\nconnect_timeout_ms = 5000",
+                "\nconnect_timeout_ms = 5000\nupstream_backoff_ms = 0",
+            ),
+            (
+                "\nconnect_timeout_ms = 5000",
+                "\nconnect_timeout_ms = 5000\nupstream_backoff_max_ms = 60000",
+            ),
+            ("[log]", "[resolver]\nhosts_file = \"hosts\"\n\n[log]"),
             ("\nmax_connections = 100000", "\nmax_connections = 1"),
             (
                 "\nmax_buffered_bytes = 262144",

@@ -5,12 +5,15 @@
 //! `ArcSwap`) and [`ListenerLocal`] (one per listener per worker: its
 //! SO_REUSEPORT socket, the accept op, the round-robin cursor).
 //! I/O contract: [`ListenerLive::build`] reads the listener's certificate and key
-//! files (startup and reload threads, never a worker).
+//! files (startup and reload threads, never a worker). Names in `upstreams` were
+//! resolved when the config was loaded; the resolver thread (`runtime::resolver`)
+//! refreshes `ListenerLive::upstreams` in place, and a worker only loads its current
+//! set, once per connection.
 #![forbid(unsafe_code)]
 
 use crate::config::{Listener, ProxyProtocol};
 use crate::proxy::conn::ConnLimits;
-use crate::proxy::upstream::UpstreamSet;
+use crate::proxy::upstream::{HealthPolicy, UpstreamSet};
 use crate::runtime::uring::OpId;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -39,7 +42,11 @@ pub struct ListenerLive {
     pub upstream_tls: Option<crate::tls::UpstreamClients>,
     /// Send a PROXY v2 header with identity TLVs ahead of the upstream bytes.
     pub proxy_v2: bool,
+    /// The entries as written and the resolved set new connections load (refreshed
+    /// by the resolver thread); passive health per address.
     pub upstreams: UpstreamSet,
+    /// How the resolver thread looks names up (`[resolver]`).
+    pub resolver: crate::runtime::resolver::Lookup,
     pub limits: ConnLimits,
     pub max_connections: usize,
     /// (certificate file, notAfter Unix seconds) of every served certificate.
@@ -48,7 +55,11 @@ pub struct ListenerLive {
 
 impl ListenerLive {
     /// Read and check everything the listener serves with; errors name the file.
-    pub fn build(l: &Listener) -> Result<ListenerLive, crate::tls::TlsError> {
+    /// `resolver`: the config's `[resolver]`, for the names in `upstreams`.
+    pub fn build(
+        l: &Listener,
+        resolver: &crate::config::Resolver,
+    ) -> Result<ListenerLive, crate::tls::TlsError> {
         let tls = crate::tls::server_tls(l)?;
         let upstream_tls = crate::tls::upstream_clients(l)?;
         let cert_expiry = tls
@@ -63,7 +74,22 @@ impl ListenerLive {
             tls,
             upstream_tls,
             proxy_v2: l.proxy_protocol == ProxyProtocol::V2,
-            upstreams: UpstreamSet::new(l.upstreams.clone()),
+            upstreams: UpstreamSet::new(
+                l.upstream_entries
+                    .iter()
+                    .cloned()
+                    .zip(l.upstream_addrs.iter().cloned())
+                    .collect(),
+                HealthPolicy {
+                    first: Duration::from_millis(l.upstream_backoff_ms),
+                    max: Duration::from_millis(l.upstream_backoff_max_ms),
+                },
+                Duration::from_millis(l.resolve_interval_ms),
+                health_epoch(),
+            ),
+            resolver: crate::runtime::resolver::Lookup {
+                hosts_file: resolver.hosts_file.clone(),
+            },
             limits: ConnLimits {
                 max_buffered: l.max_buffered_bytes,
                 handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
@@ -74,6 +100,13 @@ impl ListenerLive {
             cert_expiry,
         })
     }
+}
+
+/// The instant every upstream address's health times count from (one per process,
+/// so health carried across a reload compares like with like).
+fn health_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// One worker's side of a listener.

@@ -14,6 +14,7 @@ pub mod driver;
 mod driver_tests;
 pub mod epoll;
 pub mod listener;
+pub mod resolver;
 pub mod run_state;
 pub mod server;
 mod slot;

@@ -185,6 +185,12 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         thread: "the reload thread".into(),
         source,
     })?;
+    crate::runtime::resolver::spawn(common.listeners.clone()).map_err(|source| {
+        RunError::Spawn {
+            thread: "the resolver thread".into(),
+            source,
+        }
+    })?;
     let running = Running {
         listeners: common.listeners,
         state: common.state,
@@ -312,7 +318,7 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
     let mut shared = Vec::new();
     let mut sockets: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        let live = ListenerLive::build(l)?;
+        let live = ListenerLive::build(l, &cfg.resolver)?;
         let listen_err = |addr, source| RunError::Listen {
             listener: l.name.clone(),
             addr,

@@ -388,6 +388,8 @@ impl<D: Driver<Token>> Worker<D> {
         if let Some(a) = s.dial.addr() {
             self.metrics[s.listener].upstream_connect_error(a);
         }
+        // Refused or timed out: every worker skips it for a while (passive health).
+        s.dial.failed(now);
         if let Some(fd) = s.leg(Side::Upstream).fd.take() {
             self.ring.close(fd, Token::Fire);
         }
@@ -399,6 +401,7 @@ impl<D: Driver<Token>> Worker<D> {
     fn upstream_connected(&mut self, idx: u32, now: Instant) {
         let s = &mut self.slots[idx as usize];
         s.leg(Side::Upstream).open = true;
+        s.dial.connected();
         if let Some(d) = s.dial.elapsed(now) {
             self.metrics[s.listener].upstream_connect.record(d);
         }
@@ -485,9 +488,8 @@ impl<D: Driver<Token>> Worker<D> {
     fn start_connect(&mut self, idx: u32, now: Instant) {
         let id = self.slot_id(idx);
         let s = &mut self.slots[idx as usize];
-        let live = s.live.clone().expect("a live conn has its material");
         let conn = s.conn.as_mut().expect("a connecting slot has its conn");
-        while let Some(addr) = s.dial.next(&live.upstreams) {
+        while let Some(addr) = s.dial.next(now) {
             let fd = match sock::upstream_socket(addr) {
                 Ok(fd) => fd,
                 Err(_) => {
@@ -681,8 +683,7 @@ impl<D: Driver<Token>> Worker<D> {
             if let Some(fd) = s.leg(Side::Upstream).fd.take() {
                 self.ring.close(fd, Token::Fire);
             }
-            let live = s.live.as_ref().expect("a live conn has its material");
-            s.dial.again(&live.upstreams);
+            s.dial.again();
             self.start_connect(idx, now);
         }
     }

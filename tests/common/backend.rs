@@ -58,7 +58,13 @@ pub struct Backend {
 
 impl Backend {
     pub fn spawn(handler: Handler) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::spawn_on(SocketAddr::from(([127, 0, 0, 1], 0)), handler).expect("bind backend")
+    }
+
+    /// [`Backend::spawn`] on a chosen address (e.g. 127.0.0.2 with another backend's
+    /// port, for upstreams by name).
+    pub fn spawn_on(addr: SocketAddr, handler: Handler) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(BackendStats::default());
@@ -82,12 +88,12 @@ impl Backend {
                 });
             }
         });
-        Backend {
+        Ok(Backend {
             addr,
             stop,
             stats,
             accept_thread: Some(accept_thread),
-        }
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -120,6 +126,14 @@ impl Backend {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// [`Backend::echo`] on a chosen address.
+    pub fn echo_on(addr: SocketAddr) -> std::io::Result<Backend> {
+        Backend::spawn_on(
+            addr,
+            Arc::new(|mut s: TcpStream, _st: &BackendStats| echo_until_eof(&mut s)),
+        )
     }
 
     /// Echo every byte back; on EOF from the peer, shut down the write side.

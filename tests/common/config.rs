@@ -3,7 +3,7 @@
 use super::Pki;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One `[[listeners]]` table. `cert`/`key` are always the PKI's server.pem/server.key,
@@ -87,4 +87,40 @@ pub fn write_config_with_log(
     ));
     std::fs::write(&path, s).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path
+}
+
+/// Rewrite every `upstreams = [...]` line of a config written by `write_config*` to
+/// `entries` as written (host names, `HOST:PORT`), e.g. `["svc.test:8080"]`.
+pub fn set_upstream_entries(config: &Path, entries: &[&str]) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let quoted: Vec<String> = entries.iter().map(|e| format!("{e:?}")).collect();
+    let line = format!("upstreams = [{}]", quoted.join(", "));
+    let out: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("upstreams = ") {
+                line.as_str()
+            } else {
+                l
+            }
+        })
+        .collect();
+    std::fs::write(config, out.join("\n") + "\n").unwrap();
+}
+
+/// Append top-level tables (`[admin]`, `[resolver]`) to a config written by
+/// `write_config*`.
+pub fn append_tables(config: &Path, tables: &str) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push('\n');
+    text.push_str(tables);
+    std::fs::write(config, text).unwrap();
+}
+
+/// Replace a file's content at once (write a sibling, rename over it), so a reader
+/// never sees it half written.
+pub fn replace_file(path: &Path, content: &[u8]) {
+    let tmp = path.with_extension("tmp-replace");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
