@@ -215,8 +215,9 @@ fn plan(cfg: &Config) -> Result<Plan, RunError> {
     let io = choose_backend(io_setting(cfg)?)?;
     if let Some(why) = &io.fallback {
         eprintln!(
-            "terminus: io_uring unavailable, using epoll: {why} (set [runtime] io = \"epoll\" \
-             to choose epoll without this notice)"
+            "terminus: io_uring unavailable, using epoll: {why} (io_uring saves a few % CPU per \
+             op, see BENCHMARKING.md; set [runtime] io = \"epoll\" to choose epoll without \
+             this notice)"
         );
     }
     Ok(Plan {
