@@ -8,10 +8,19 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+/// The scripts pick free ports by binding port 0 and closing it, then start their
+/// servers on them: two scripts at once can pick the same port. One at a time.
+fn one_script_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 #[test]
 fn compare_peers_check_only_verifies_every_peer_and_mode() {
+    let _one = one_script_at_a_time();
     let nginx = Path::new("/usr/sbin/nginx").exists()
         && Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists();
     let haproxy = Path::new("/usr/sbin/haproxy").exists();
@@ -53,6 +62,7 @@ fn compare_peers_check_only_verifies_every_peer_and_mode() {
 /// and their ratio, and a missing binary is a usage error.
 #[test]
 fn ab_binaries_reports_a_ratio_per_workload() {
+    let _one = one_script_at_a_time();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ab-binaries.sh");
     let bin = bin();
     let usage = Command::new("bash")

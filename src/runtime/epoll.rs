@@ -215,7 +215,7 @@ impl<T: Copy> Epoll<T> {
 
     /// Register `raw` for both directions, edge-triggered, once per life.
     fn register(&mut self, raw: RawFd) -> io::Result<()> {
-        let st = &mut self.fds[raw as usize];
+        let st = self.fd(raw);
         if st.registered {
             return Ok(());
         }
@@ -229,7 +229,7 @@ impl<T: Copy> Epoll<T> {
             }
             r => r?,
         }
-        st.registered = true;
+        self.fds[raw as usize].registered = true;
         Ok(())
     }
 

@@ -139,7 +139,7 @@ impl RecvLeg {
     /// one when the budget is gone. `held`: see [`Side::held`].
     pub fn arm(
         &mut self,
-        ring: &mut impl Driver<Token>,
+        io: &mut impl Driver<Token>,
         cap: &mut BufferCap,
         fd: BorrowedFd<'_>,
         budget: usize,
@@ -147,7 +147,7 @@ impl RecvLeg {
         token: Token,
     ) -> Armed {
         if budget == 0 {
-            self.cancel(ring);
+            self.cancel(io);
             return Armed::Nothing;
         }
         if self.op.is_some() {
@@ -157,16 +157,16 @@ impl RecvLeg {
         if len == 0 {
             return Armed::Paused;
         }
-        self.op = Some(ring.recv(fd, len, token));
+        self.op = Some(io.recv(fd, len, token));
         self.len = len;
         cap.reserved += len;
         Armed::Receive
     }
 
     /// Cancel the armed receive, once (its final completion still arrives).
-    pub fn cancel(&mut self, ring: &mut impl Driver<Token>) {
+    pub fn cancel(&mut self, io: &mut impl Driver<Token>) {
         if let Some(op) = self.op.filter(|_| !self.cancelled) {
-            ring.cancel(op, Token::Fire);
+            io.cancel(op, Token::Fire);
             self.cancelled = true;
         }
     }
@@ -192,10 +192,10 @@ pub struct Leg {
 
 impl Leg {
     /// Stop this leg's receive and send (their final completions still arrive).
-    pub fn cancel_io(&mut self, ring: &mut impl Driver<Token>) {
-        self.rx.cancel(ring);
+    pub fn cancel_io(&mut self, io: &mut impl Driver<Token>) {
+        self.rx.cancel(io);
         if let Some(op) = self.send {
-            ring.cancel(op, Token::Fire);
+            io.cancel(op, Token::Fire);
         }
     }
 

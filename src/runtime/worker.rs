@@ -1,17 +1,19 @@
-//! worker: the thread-per-core loop. Each worker owns one io_uring, one
-//! SO_REUSEPORT socket per listener and every connection the kernel hashes to it;
+//! worker: the thread-per-core loop. Each worker owns one I/O driver (an io_uring,
+//! or an epoll instance where io_uring is blocked), one SO_REUSEPORT socket per listener and every connection the kernel hashes to it;
 //! it drives `conn` state machines from completions and shares no mutable state
 //! with other workers: listener material is behind `ArcSwap` (reload swaps it; each
 //! connection keeps the `Arc` it started with), counters and histograms are the
 //! worker's own and leave it only as published snapshots (`metrics`).
 //!
-//! One loop turn: submit everything queued and wait (one `io_uring_enter`), drain
+//! One loop turn: submit everything queued and wait (one `io_uring_enter`, or one
+//! `epoll_wait` plus the op attempts it makes possible), drain
 //! completions into the connections they belong to, then for each connection touched
 //! this turn turn its wants into ops (coalescing: at most one send per side), then
 //! expire timers.
 //!
-//! I/O contract: through the driver only ([`crate::runtime::uring`] and
-//! [`crate::runtime::sock`]).
+//! I/O contract: through its [`Driver`] only (the loop is generic over it:
+//! [`crate::runtime::uring`] or [`crate::runtime::epoll`]) and
+//! [`crate::runtime::sock`].
 #![forbid(unsafe_code)]
 
 use crate::ops::metrics::{ListenerMetrics, WorkerSnapshot};
@@ -59,7 +61,8 @@ pub struct WorkerSetup {
 
 pub struct Worker<D> {
     index: usize,
-    ring: D,
+    /// The I/O driver: io_uring or epoll.
+    io: D,
     listeners: Vec<ListenerLocal>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -143,12 +146,12 @@ pub fn setup(s: WorkerSetup) -> Result<AnyWorker, WorkerSetupError> {
 }
 
 impl<D: Driver<Token>> Worker<D> {
-    fn new(s: WorkerSetup, ring: D) -> Self {
+    fn new(s: WorkerSetup, io: D) -> Self {
         let now = Instant::now();
         let n_listeners = s.listeners.len();
         let mut w = Worker {
             index: s.index,
-            ring,
+            io,
             listeners: s
                 .listeners
                 .into_iter()
@@ -183,7 +186,7 @@ impl<D: Driver<Token>> Worker<D> {
     fn arm_accept(&mut self, i: usize) {
         let l = &mut self.listeners[i];
         if let Some(fd) = &l.fd {
-            l.accept = Some(self.ring.accept_multi(fd.as_fd(), Token::Accept(i as u32)));
+            l.accept = Some(self.io.accept_multi(fd.as_fd(), Token::Accept(i as u32)));
         }
     }
 
@@ -194,8 +197,8 @@ impl<D: Driver<Token>> Worker<D> {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             let wait = self.wheel.tick().max(Duration::from_millis(20));
-            self.ring.submit_and_wait(wait)?;
-            self.ring.drain(&mut completions);
+            self.io.submit_and_wait(wait)?;
+            self.io.drain(&mut completions);
             let now = Instant::now();
             for c in completions.drain(..) {
                 self.on_completion(c, now);
@@ -219,7 +222,7 @@ impl<D: Driver<Token>> Worker<D> {
             if self.state.load() == RunState::Stopping || now >= drain_deadline.unwrap() {
                 self.shutdown_all(now);
             }
-            if self.live == 0 && self.ring.ops_in_flight() == 0 {
+            if self.live == 0 && self.io.ops_in_flight() == 0 {
                 self.maybe_publish(now, true);
                 return Ok(());
             }
@@ -273,10 +276,10 @@ impl<D: Driver<Token>> Worker<D> {
     fn stop_accepting(&mut self) {
         for l in &mut self.listeners {
             if let Some(op) = l.accept.take() {
-                self.ring.cancel(op, Token::Fire);
+                self.io.cancel(op, Token::Fire);
             }
             if let Some(fd) = l.fd.take() {
-                self.ring.close(fd, Token::Fire);
+                self.io.close(fd, Token::Fire);
             }
         }
     }
@@ -368,7 +371,7 @@ impl<D: Driver<Token>> Worker<D> {
                 // Short send: the rest goes out before anything newer.
                 let (buf, off) = sent.into_parts();
                 let fd = leg.fd.as_ref().expect("a sending leg has a socket").as_fd();
-                leg.send = Some(self.ring.send(fd, buf, off, Token::Send(id, side)));
+                leg.send = Some(self.io.send(fd, buf, off, Token::Send(id, side)));
                 s.inflight += 1;
             }
             Event::Sent(sent) => side.handle_sent(conn, sent.into_parts().0, now),
@@ -391,7 +394,7 @@ impl<D: Driver<Token>> Worker<D> {
         // Refused or timed out: every worker skips it for a while (passive health).
         s.dial.failed(now);
         if let Some(fd) = s.leg(Side::Upstream).fd.take() {
-            self.ring.close(fd, Token::Fire);
+            self.io.close(fd, Token::Fire);
         }
         self.start_connect(id.idx, now);
     }
@@ -449,7 +452,7 @@ impl<D: Driver<Token>> Worker<D> {
         if shared.active.fetch_add(1, Ordering::Relaxed) >= live.max_connections {
             shared.active.fetch_sub(1, Ordering::Relaxed);
             self.metrics[li].rejected_max_connections += 1;
-            self.ring.close(fd, Token::Fire);
+            self.io.close(fd, Token::Fire);
             return;
         }
         self.metrics[li].connections += 1;
@@ -457,7 +460,7 @@ impl<D: Driver<Token>> Worker<D> {
             Ok(t) => t,
             Err(_) => {
                 shared.active.fetch_sub(1, Ordering::Relaxed);
-                self.ring.close(fd, Token::Fire);
+                self.io.close(fd, Token::Fire);
                 return;
             }
         };
@@ -497,7 +500,7 @@ impl<D: Driver<Token>> Worker<D> {
                     continue;
                 }
             };
-            s.connect = Some(self.ring.connect(fd.as_fd(), addr, Token::Connect(id)));
+            s.connect = Some(self.io.connect(fd.as_fd(), addr, Token::Connect(id)));
             s.legs[Side::Upstream as usize].fd = Some(fd);
             s.dial.started(addr, now);
             s.inflight += 1;
@@ -517,7 +520,7 @@ impl<D: Driver<Token>> Worker<D> {
             Expired::No => self.wheel.schedule(conn.deadline(), id),
             Expired::ConnectAttempt => {
                 if let Some(op) = s.connect {
-                    self.ring.cancel(op, Token::Fire);
+                    self.io.cancel(op, Token::Fire);
                 }
                 self.wheel.schedule(conn.deadline(), id);
             }
@@ -608,7 +611,7 @@ impl<D: Driver<Token>> Worker<D> {
         };
         let leg = &mut s.legs[side as usize];
         let fd = leg.fd.as_ref().expect("an open leg has a socket").as_fd();
-        leg.send = Some(self.ring.send(fd, buf, 0, Token::Send(id, side)));
+        leg.send = Some(self.io.send(fd, buf, 0, Token::Send(id, side)));
         s.inflight += 1;
     }
 
@@ -620,12 +623,12 @@ impl<D: Driver<Token>> Worker<D> {
         let leg = &mut s.legs[side as usize];
         let fd = leg.fd.as_ref().expect("an open leg has a socket").as_fd();
         if side.poll_shutdown(conn) {
-            self.ring.shutdown_write(fd, Token::Shutdown(id));
+            self.io.shutdown_write(fd, Token::Shutdown(id));
             s.inflight += 1;
         }
         let (budget, held) = (side.recv_budget(conn), side.held(conn));
         let a = leg.rx.arm(
-            &mut self.ring,
+            &mut self.io,
             &mut self.cap,
             fd,
             budget,
@@ -676,12 +679,12 @@ impl<D: Driver<Token>> Worker<D> {
             s.reconnect = true;
             let up = s.leg(Side::Upstream);
             up.open = false;
-            up.cancel_io(&mut self.ring);
+            up.cancel_io(&mut self.io);
         }
         if s.reconnect && s.legs[Side::Upstream as usize].idle() {
             s.reconnect = false;
             if let Some(fd) = s.leg(Side::Upstream).fd.take() {
-                self.ring.close(fd, Token::Fire);
+                self.io.close(fd, Token::Fire);
             }
             s.dial.again();
             self.start_connect(idx, now);
@@ -708,7 +711,7 @@ impl<D: Driver<Token>> Worker<D> {
         }
         let legs = s.legs.iter().flat_map(|l| l.ops());
         for op in legs.chain(s.connect) {
-            self.ring.cancel(op, Token::Fire);
+            self.io.cancel(op, Token::Fire);
         }
         if s.may_free() {
             self.finalize(idx);
@@ -770,10 +773,10 @@ impl<D: Driver<Token>> Worker<D> {
             if refused {
                 sock::discard_unread(&fd);
             }
-            self.ring.close(fd, Token::Fire);
+            self.io.close(fd, Token::Fire);
         }
         if let Some(fd) = s.leg(Side::Upstream).fd.take() {
-            self.ring.close(fd, Token::Fire);
+            self.io.close(fd, Token::Fire);
         }
     }
 }
