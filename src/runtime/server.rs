@@ -1,6 +1,6 @@
 //! server: `terminus run` — builds TLS configs, binds one SO_REUSEPORT socket per
 //! listener per worker, starts pinned workers, reports readiness, and turns
-//! signals into drain/stop.
+//! signals into drain/stop (TERM/INT), reload (HUP) and access log reopen (USR1).
 //!
 //! Readiness contract (tests and scripts rely on it): once every worker is up, stdout
 //! carries `io backend=<io_uring|epoll>`, one `listening name=<name> addr=<ip:port>`
@@ -98,6 +98,8 @@ pub struct Running {
     pub reload: crossbeam_channel::Sender<()>,
     /// The I/O backend the workers run on.
     pub io: IoChoice,
+    /// The access log (SIGUSR1 reopens its file).
+    pub log: LogSink,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -197,6 +199,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         admin: admin.addr,
         reload,
         io: plan.io,
+        log: common.log,
         workers,
     };
     await_ready(running, &ready_rx, admin.state.as_deref())
@@ -483,6 +486,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ])
     .map_err(RunError::Signals)?;
     let running = start(&cfg)?;
@@ -505,19 +509,25 @@ fn print_ready(running: &Running) {
     let _ = out.flush();
 }
 
-/// SIGHUP reloads; the first SIGTERM/SIGINT drains, the next stops.
+/// SIGHUP reloads; SIGUSR1 reopens the access log file; the first SIGTERM/SIGINT
+/// drains, the next stops.
 fn spawn_signal_thread(
     mut signals: signal_hook::iterator::Signals,
     running: &Running,
 ) -> Result<(), RunError> {
     let state = running.state.clone();
     let reload = running.reload.clone();
+    let log = running.log.clone();
     std::thread::Builder::new()
         .name("terminus-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == signal_hook::consts::SIGHUP {
                     let _ = reload.send(());
+                    continue;
+                }
+                if sig == signal_hook::consts::SIGUSR1 {
+                    log.reopen();
                     continue;
                 }
                 if state.load() == RunState::Running {

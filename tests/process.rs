@@ -1,0 +1,161 @@
+//! Process conventions, through real `terminus run` children: SIGUSR1 reopens the
+//! access log under live traffic, sd_notify messages reach `NOTIFY_SOCKET`, and the
+//! drain delay keeps accepting while `/readyz` says 503.
+
+mod common;
+
+use common::*;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// What a client loop saw: connections that completed an echo, and the failures
+/// (connect refused, handshake or echo errors) with their reason.
+#[derive(Debug, Default)]
+struct LoopResult {
+    ok: usize,
+    failed: Vec<String>,
+}
+
+/// One connection: connect, handshake, echo 64 bytes, close cleanly, read to EOF.
+fn one_connection(addr: SocketAddr, cfg: &Arc<ClientConfig>, seq: u64) -> Result<(), String> {
+    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    sock.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+    let mut tls = StreamOwned::new(conn, sock);
+    let data = Pattern::bytes(seq, 64);
+    tls.write_all(&data).map_err(|e| format!("write: {e}"))?;
+    let mut got = vec![0u8; data.len()];
+    tls.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+    if got != data {
+        return Err("echo mismatch".into());
+    }
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    let _ = tls.sock.shutdown(std::net::Shutdown::Write);
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest);
+    Ok(())
+}
+
+/// Make connections one after another until `stop`, at most `max` of them and for at
+/// most `limit`.
+fn client_loop(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    stop: Arc<AtomicBool>,
+    max: usize,
+    limit: Duration,
+) -> JoinHandle<LoopResult> {
+    thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        let mut r = LoopResult::default();
+        for seq in 0..max as u64 {
+            if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                break;
+            }
+            match one_connection(addr, &cfg, seq) {
+                Ok(()) => r.ok += 1,
+                Err(e) => r.failed.push(e),
+            }
+        }
+        r
+    })
+}
+
+/// Complete lines of a file (none if it does not exist).
+fn lines_of(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Poll (bounded by `timeout`) until `cond` holds; false on timeout.
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log_under_live_traffic() {
+    let pki = Pki::generate();
+    let backend = Backend::echo();
+    let config = write_config_with_log(
+        &pki,
+        Some(2),
+        &[ListenerConf::new("edge", &[backend.addr()])],
+        "access.log",
+    );
+    let mut t = Terminus::start(&config);
+    let log = pki.dir().join("access.log");
+    let rotated = pki.dir().join("access.log.1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = client_loop(
+        t.addr("edge"),
+        client_config(&pki, rustls::ALL_VERSIONS, &[]),
+        stop.clone(),
+        5000,
+        Duration::from_secs(30),
+    );
+    // Rotate once lines are flowing, signal, and let traffic reach the new file.
+    assert!(
+        wait_until(Duration::from_secs(10), || lines_of(&log).len() >= 20),
+        "no access lines before rotation"
+    );
+    std::fs::rename(&log, &rotated).unwrap();
+    t.signal("USR1");
+    let fresh = wait_until(Duration::from_secs(10), || lines_of(&log).len() >= 20);
+    stop.store(true, Ordering::SeqCst);
+    let r = clients.join().unwrap();
+    t.assert_alive();
+    assert!(
+        fresh,
+        "no fresh access.log after SIGUSR1; stderr:\n{}",
+        t.stderr()
+    );
+    assert!(r.failed.is_empty(), "client failures: {:?}", r.failed);
+    // Every connection's line lands in one of the two files, whole.
+    let complete = wait_until(Duration::from_secs(10), || {
+        lines_of(&log).len() + lines_of(&rotated).len() >= r.ok
+    });
+    let (old, new) = (lines_of(&rotated), lines_of(&log));
+    assert!(
+        complete,
+        "lines: {} + {} < {} connections",
+        old.len(),
+        new.len(),
+        r.ok
+    );
+    assert_eq!(old.len() + new.len(), r.ok, "a line too many");
+    for l in old.iter().chain(&new) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("split or bad line {l:?}: {e}"));
+        assert_eq!(v["event"], "connection", "{l}");
+    }
+    eprintln!(
+        "USR1 reopen under traffic: {} connections, {} lines in access.log.1, {} in the new \
+         access.log, 0 lost, 0 split",
+        r.ok,
+        old.len(),
+        new.len()
+    );
+}
