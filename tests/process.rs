@@ -159,3 +159,51 @@ fn sigusr1_reopens_the_access_log_under_live_traffic() {
         new.len()
     );
 }
+
+/// The next datagram on `sock` as text; panics after the socket's read timeout.
+fn recv_notify(sock: &std::os::unix::net::UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no {what} datagram on NOTIFY_SOCKET: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn sd_notify_ready_after_ready_line_and_stopping_on_sigterm() {
+    let pki = Pki::generate();
+    let backend = Backend::echo();
+    let config = write_config(
+        &pki,
+        Some(2),
+        &[ListenerConf::new("edge", &[backend.addr()])],
+    );
+    let path = pki.dir().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
+    // `start_with_env` returns once `ready` is on stdout: READY=1 comes after it.
+    let mut t = Terminus::start_with_env(&config, &[("NOTIFY_SOCKET", path.as_os_str())]);
+    let ready = recv_notify(&sock, "READY=1");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(
+        ready.lines().any(|l| l == format!("MAINPID={}", t.pid())),
+        "{ready:?}"
+    );
+    // Serving when READY=1 arrived.
+    one_connection(
+        t.addr("edge"),
+        &client_config(&pki, rustls::ALL_VERSIONS, &[]),
+        1,
+    )
+    .expect("a connection after READY=1");
+    t.signal("TERM");
+    let stopping = recv_notify(&sock, "STOPPING=1");
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert_eq!(
+        t.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        t.stderr()
+    );
+    eprintln!("sd_notify datagrams seen: {ready:?} then {stopping:?}");
+}

@@ -4,7 +4,9 @@
 //!
 //! Readiness contract (tests and scripts rely on it): once every worker is up, stdout
 //! carries `io backend=<io_uring|epoll>`, one `listening name=<name> addr=<ip:port>`
-//! line per listener, `admin addr=<ip:port>` when on, then `ready`.
+//! line per listener, `admin addr=<ip:port>` when on, then `ready`; then, when
+//! `NOTIFY_SOCKET` is set (systemd `Type=notify`), `READY=1`; `STOPPING=1` when a
+//! drain starts.
 #![forbid(unsafe_code)]
 
 use crate::config::IoSetting;
@@ -491,6 +493,12 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     .map_err(RunError::Signals)?;
     let running = start(&cfg)?;
     print_ready(&running);
+    crate::ops::notify::notify_or_warn(&format!(
+        "READY=1\nSTATUS=serving {} listener(s) on {} worker(s)\nMAINPID={}",
+        running.listeners.len(),
+        running.workers.len(),
+        std::process::id()
+    ));
     spawn_signal_thread(signals, &running)?;
     running.join()
 }
@@ -532,6 +540,7 @@ fn spawn_signal_thread(
                 }
                 if state.load() == RunState::Running {
                     eprintln!("terminus: draining (a second signal stops at once)");
+                    crate::ops::notify::notify_or_warn("STOPPING=1\nSTATUS=draining");
                     state.store(RunState::Draining);
                 } else {
                     state.store(RunState::Stopping);
