@@ -207,3 +207,77 @@ fn sd_notify_ready_after_ready_line_and_stopping_on_sigterm() {
     );
     eprintln!("sd_notify datagrams seen: {ready:?} then {stopping:?}");
 }
+
+#[test]
+fn drain_delay_keeps_accepting_with_readyz_503_then_refuses_and_drains() {
+    const DELAY_MS: u64 = 3000;
+    let pki = Pki::generate();
+    let backend = Backend::echo();
+    let config = write_config(
+        &pki,
+        Some(2),
+        &[ListenerConf::new("edge", &[backend.addr()])],
+    );
+    append_tables(
+        &config,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\ndrain_delay_ms = {DELAY_MS}\n\
+             drain_timeout_ms = 30000\n"
+        ),
+    );
+    // write_config wrote `[runtime] workers = 2` already: merge the two tables.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen("[runtime]\nworkers = 2\n", "", 1).replacen(
+        "[runtime]\n",
+        "[runtime]\nworkers = 2\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut t = Terminus::start(&config);
+    let edge = t.addr("edge");
+    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
+    assert_eq!(http_get(t.admin(), "/readyz").0, 200);
+    // A connection live across the whole sequence.
+    let mut held = tls_connect(edge, &cfg);
+    echo_round_trip(&mut held, &Pattern::bytes(0, 1000), "before SIGTERM");
+
+    let signalled = Instant::now();
+    t.signal("TERM");
+    t.wait_stderr("still accepting", Duration::from_secs(10));
+    let (status, body) = http_get(t.admin(), "/readyz");
+    assert_eq!(status, 503, "/readyz during the delay: {body}");
+    one_connection(edge, &cfg, 1).expect("a new connection during the drain delay");
+    let served_at = signalled.elapsed();
+    assert!(
+        served_at < Duration::from_millis(DELAY_MS),
+        "test too slow to observe the delay ({served_at:?}): inconclusive"
+    );
+
+    // After the delay the listeners close: connects are refused (bounded poll).
+    let refused = wait_until(Duration::from_millis(DELAY_MS + 10_000), || {
+        matches!(
+            TcpStream::connect_timeout(&edge, Duration::from_secs(2)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    });
+    let refused_at = signalled.elapsed();
+    assert!(refused, "still accepting long after the delay");
+    assert!(
+        refused_at >= Duration::from_millis(DELAY_MS),
+        "refused after {refused_at:?}, before drain_delay_ms"
+    );
+    // The live connection still works, and the process exits once it ends.
+    echo_round_trip(&mut held, &Pattern::bytes(2, 1000), "during the drain");
+    t.assert_alive();
+    drop(held);
+    assert_eq!(
+        t.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        t.stderr()
+    );
+    eprintln!(
+        "drain delay {DELAY_MS} ms: /readyz 503 and a new connection served {served_at:?} \
+         after SIGTERM; connects refused from {refused_at:?}; exit 0 after the live connection"
+    );
+}

@@ -102,6 +102,8 @@ pub struct Running {
     pub io: IoChoice,
     /// The access log (SIGUSR1 reopens its file).
     pub log: LogSink,
+    /// What `/readyz` reads (None when `[admin]` is off).
+    admin_state: Option<Arc<crate::ops::admin::AdminState>>,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -202,6 +204,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         reload,
         io: plan.io,
         log: common.log,
+        admin_state: admin.state.clone(),
         workers,
     };
     await_ready(running, &ready_rx, admin.state.as_deref())
@@ -386,6 +389,7 @@ fn start_admin(cfg: &Config, common: &Common, plan: &Plan) -> Result<AdminStarte
         listeners: common.listeners.clone(),
         state: common.state.clone(),
         ready: AtomicBool::new(false),
+        drain_requested: AtomicBool::new(false),
         snapshots: std::sync::Mutex::new(vec![None; workers]),
         reloads: common.reloads.clone(),
         log_dropped: common.log.dropped.clone(),
@@ -499,7 +503,11 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         running.workers.len(),
         std::process::id()
     ));
-    spawn_signal_thread(signals, &running)?;
+    spawn_signal_thread(
+        signals,
+        &running,
+        Duration::from_millis(cfg.runtime.drain_delay_ms),
+    )?;
     running.join()
 }
 
@@ -518,12 +526,16 @@ fn print_ready(running: &Running) {
 }
 
 /// SIGHUP reloads; SIGUSR1 reopens the access log file; the first SIGTERM/SIGINT
-/// drains, the next stops.
+/// drains, the next stops. With a drain delay, the first signal turns `/readyz` 503 at
+/// once and a timer thread starts the drain (listeners close) after the delay.
 fn spawn_signal_thread(
     mut signals: signal_hook::iterator::Signals,
     running: &Running,
+    delay: Duration,
 ) -> Result<(), RunError> {
     let state = running.state.clone();
+    let admin = running.admin_state.clone();
+    let mut drain_started = false;
     let reload = running.reload.clone();
     let log = running.log.clone();
     std::thread::Builder::new()
@@ -538,12 +550,37 @@ fn spawn_signal_thread(
                     log.reopen();
                     continue;
                 }
-                if state.load() == RunState::Running {
-                    eprintln!("terminus: draining (a second signal stops at once)");
-                    crate::ops::notify::notify_or_warn("STOPPING=1\nSTATUS=draining");
-                    state.store(RunState::Draining);
-                } else {
+                if drain_started || state.load() != RunState::Running {
                     state.store(RunState::Stopping);
+                    continue;
+                }
+                drain_started = true;
+                crate::ops::notify::notify_or_warn("STOPPING=1\nSTATUS=draining");
+                if let Some(a) = &admin {
+                    a.drain_requested.store(true, Ordering::SeqCst);
+                }
+                if delay.is_zero() {
+                    eprintln!("terminus: draining (a second signal stops at once)");
+                    state.store(RunState::Draining);
+                    continue;
+                }
+                eprintln!(
+                    "terminus: /readyz 503; still accepting for drain_delay_ms={}, then \
+                     draining (a second signal stops at once)",
+                    delay.as_millis()
+                );
+                let later = state.clone();
+                let timer = std::thread::Builder::new()
+                    .name("terminus-drain-delay".into())
+                    .spawn(move || {
+                        std::thread::sleep(delay);
+                        if later.begin_drain() {
+                            eprintln!("terminus: draining (a second signal stops at once)");
+                        }
+                    });
+                if timer.is_err() {
+                    // No timer thread: drain now rather than never.
+                    state.store(RunState::Draining);
                 }
             }
         })
