@@ -281,3 +281,64 @@ fn drain_delay_keeps_accepting_with_readyz_503_then_refuses_and_drains() {
          after SIGTERM; connects refused from {refused_at:?}; exit 0 after the live connection"
     );
 }
+
+/// The value of `series` on a `/metrics` page (None: no such sample).
+fn scrape_metric(t: &Terminus, series: &str) -> Option<f64> {
+    let (status, page) = http_get(t.admin(), "/metrics");
+    assert_eq!(status, 200, "/metrics: {page}");
+    terminus::tools::bench::target::metric(&page, series)
+}
+
+#[test]
+fn reload_metrics_stay_0_while_a_bad_file_is_in_place_and_advance_when_fixed() {
+    let pki = Pki::generate();
+    let backend = Backend::echo();
+    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
+    append_tables(
+        &config,
+        "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n\n\
+         [runtime]\nreload_interval_ms = 100\n",
+    );
+    let t = Terminus::start(&config);
+    let ok = "terminus_config_last_reload_successful";
+    let ts = "terminus_config_last_reload_success_timestamp_seconds";
+    let build = format!(
+        "terminus_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(scrape_metric(&t, &build), Some(1.0));
+    assert_eq!(
+        scrape_metric(&t, ok),
+        Some(1.0),
+        "startup counts as a success"
+    );
+    let started = scrape_metric(&t, ts).expect("timestamp sample");
+    assert!(started > 1.7e9, "a Unix time: {started}");
+
+    let pem = pki.dir().join("server.pem");
+    let good = std::fs::read(&pem).unwrap();
+    replace_file(&pem, b"not a certificate\n");
+    assert!(
+        wait_until(Duration::from_secs(10), || scrape_metric(&t, ok)
+            == Some(0.0)),
+        "last_reload_successful did not turn 0; stderr:\n{}",
+        t.stderr()
+    );
+    // It stays 0 while the bad file stays (polls keep finding the same bad file).
+    assert_eq!(
+        scrape_metric(&t, ts),
+        Some(started),
+        "no success since startup"
+    );
+    replace_file(&pem, &good);
+    assert!(
+        wait_until(Duration::from_secs(10), || scrape_metric(&t, ok)
+            == Some(1.0)),
+        "last_reload_successful did not return to 1"
+    );
+    let fixed = scrape_metric(&t, ts).unwrap();
+    assert!(fixed > started, "timestamp advanced: {started} -> {fixed}");
+    eprintln!(
+        "reload metrics: successful 1 -> 0 (bad cert) -> 1 (fixed); timestamp {started} -> {fixed}"
+    );
+}

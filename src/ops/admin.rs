@@ -64,6 +64,8 @@ impl AdminState {
         let global = GlobalView {
             reloads_ok: self.reloads.ok.load(Ordering::Relaxed),
             reloads_error: self.reloads.error.load(Ordering::Relaxed),
+            reload_last_ok: !self.reloads.last_failed.load(Ordering::Relaxed),
+            reload_last_success_unix_ms: self.reloads.last_success_unix_ms.load(Ordering::Relaxed),
             access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             workers: self.workers,
             io_backend: self.io_backend.as_str(),

@@ -178,7 +178,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         })?,
         listeners,
         state: Arc::new(RunStateCell::new(RunState::Running)),
-        reloads: Arc::new(ReloadStats::default()),
+        reloads: Arc::new(ReloadStats::started_now()),
     };
     let admin = start_admin(cfg, &common, &plan)?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(plan.cpus.len());
