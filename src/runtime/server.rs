@@ -287,11 +287,14 @@ pub fn choose_backend(setting: IoSetting) -> Result<IoChoice, UringError> {
     Ok(IoChoice { backend, fallback })
 }
 
-/// Worker i's CPU: `runtime.cpus[i % len]`, else the affinity mask's i-th (round
+/// Workers: `runtime.workers`, else min(affinity mask, cgroup v2 CPU quota). Worker
+/// i's CPU: `runtime.cpus[i % len]`, else the affinity mask's i-th (round
 /// robin); none when pinning is off or the mask is unknown.
 fn worker_cpus(cfg: &Config, allowed: &[usize]) -> Result<Vec<Option<usize>>, ConfigError> {
     let rt = &cfg.runtime;
-    let workers = rt.workers.unwrap_or(allowed.len().max(1));
+    let workers = rt.workers.unwrap_or_else(|| {
+        crate::runtime::cgroup::default_workers(allowed.len(), crate::runtime::cgroup::quota_cpus())
+    });
     (0..workers)
         .map(|i| match &rt.cpus {
             _ if !rt.pin_cpus => Ok(None),
