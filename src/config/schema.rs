@@ -44,6 +44,10 @@ pub struct Runtime {
     pub sqpoll: bool,
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// SIGTERM: `/readyz` turns 503 at once, but listeners keep accepting this long
+    /// (load balancers and Kubernetes endpoints stop sending) before the drain.
+    #[serde(default)]
+    pub drain_delay_ms: u64,
     #[serde(default = "default_reload_interval_ms")]
     pub reload_interval_ms: u64,
     /// Provided-buffer ring: number of receive buffers per worker (power of two).
@@ -109,6 +113,7 @@ impl Default for Runtime {
             ring_entries: default_ring_entries(),
             sqpoll: false,
             drain_timeout_ms: default_drain_timeout_ms(),
+            drain_delay_ms: 0,
             reload_interval_ms: default_reload_interval_ms(),
             recv_buffers: default_recv_buffers(),
             recv_buffer_size: default_recv_buffer_size(),

@@ -25,6 +25,9 @@ pub struct AdminState {
     pub state: Arc<RunStateCell>,
     /// Set once every worker accepts; `/readyz` is 503 before.
     pub ready: AtomicBool,
+    /// Set by the first SIGTERM: `/readyz` is 503 from then on, while listeners may
+    /// still accept for `drain_delay_ms`.
+    pub drain_requested: AtomicBool,
     pub snapshots: Mutex<Vec<Option<WorkerSnapshot>>>,
     pub reloads: Arc<crate::ops::reload::ReloadStats>,
     pub log_dropped: Arc<AtomicU64>,
@@ -61,17 +64,22 @@ impl AdminState {
         let global = GlobalView {
             reloads_ok: self.reloads.ok.load(Ordering::Relaxed),
             reloads_error: self.reloads.error.load(Ordering::Relaxed),
+            reload_last_ok: !self.reloads.last_failed.load(Ordering::Relaxed),
+            reload_last_success_unix_ms: self.reloads.last_success_unix_ms.load(Ordering::Relaxed),
             access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             workers: self.workers,
             io_backend: self.io_backend.as_str(),
-            draining: self.state.load() != RunState::Running,
+            draining: self.state.load() != RunState::Running
+                || self.drain_requested.load(Ordering::Relaxed),
             buffers,
         };
         metrics::render(&views, &totals, &global, &metrics::Process::read())
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.state.load() == RunState::Running
+        self.ready.load(Ordering::Relaxed)
+            && !self.drain_requested.load(Ordering::Relaxed)
+            && self.state.load() == RunState::Running
     }
 }
 

@@ -224,6 +224,10 @@ pub struct ListenerView {
 pub struct GlobalView {
     pub reloads_ok: u64,
     pub reloads_error: u64,
+    /// The last reload attempt succeeded (or none failed since startup).
+    pub reload_last_ok: bool,
+    /// Unix time (ms) of the last successful load.
+    pub reload_last_success_unix_ms: u64,
     pub access_log_dropped: u64,
     pub workers: usize,
     /// `io_uring` or `epoll`.
@@ -496,6 +500,23 @@ static FAMILIES: &[Family] = &[
         }),
     ),
     family(
+        "terminus_config_last_reload_successful",
+        "gauge",
+        "1 if the last reload attempt succeeded (or none was made), 0 while a bad file stays in place.",
+        Samples::Global(|g| vec![(String::new(), Num::U(g.reload_last_ok as u64))]),
+    ),
+    family(
+        "terminus_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful load (startup or reload).",
+        Samples::Global(|g| {
+            vec![(
+                String::new(),
+                Num::F(g.reload_last_success_unix_ms as f64 / 1e3),
+            )]
+        }),
+    ),
+    family(
         "terminus_access_log_dropped_total",
         "counter",
         "Access log lines dropped because the log writer fell behind.",
@@ -506,6 +527,17 @@ static FAMILIES: &[Family] = &[
         "gauge",
         "Worker threads.",
         Samples::Global(|g| vec![(String::new(), Num::U(g.workers as u64))]),
+    ),
+    family(
+        "terminus_build_info",
+        "gauge",
+        "The running build (version); always 1.",
+        Samples::Global(|_| {
+            vec![(
+                format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+                Num::U(1),
+            )]
+        }),
     ),
     family(
         "terminus_io_backend_info",
@@ -807,6 +839,8 @@ mod tests {
         let g = GlobalView {
             reloads_ok: 1,
             reloads_error: 2,
+            reload_last_ok: false,
+            reload_last_success_unix_ms: 1_764_000_000_500,
             access_log_dropped: 0,
             workers: 3,
             io_backend: "io_uring",
@@ -892,6 +926,8 @@ mod tests {
         let g = GlobalView {
             reloads_ok: 1,
             reloads_error: 2,
+            reload_last_ok: false,
+            reload_last_success_unix_ms: 1_764_000_000_500,
             access_log_dropped: 3,
             workers: 2,
             io_backend: "io_uring",
@@ -953,8 +989,11 @@ mod tests {
                 "terminus_bytes_total counter",
                 "terminus_cert_expiry_timestamp_seconds gauge",
                 "terminus_config_reloads_total counter",
+                "terminus_config_last_reload_successful gauge",
+                "terminus_config_last_reload_success_timestamp_seconds gauge",
                 "terminus_access_log_dropped_total counter",
                 "terminus_workers gauge",
+                "terminus_build_info gauge",
                 "terminus_io_backend_info gauge",
                 "terminus_draining gauge",
                 "terminus_worker_buffered_bytes gauge",

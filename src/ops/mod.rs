@@ -2,7 +2,7 @@
 //!
 //! Owns: the admin endpoint ([`admin`]), metrics and their Prometheus text
 //! ([`metrics`]), the access and event logs ([`log`]) and the access line's schema
-//! ([`access_log`]), hot reload ([`reload`]),
+//! ([`access_log`]), hot reload ([`reload`]), systemd notifications ([`notify`]),
 //! `terminus check` ([`check`]) and its host checks ([`hostcheck`]).
 //!
 //! I/O contract: the admin socket, log files, reading config/cert files on reload,
@@ -16,4 +16,5 @@ pub mod check;
 pub mod hostcheck;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod reload;

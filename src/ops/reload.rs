@@ -23,7 +23,7 @@
 use crate::config::{Config, Listener};
 use crate::runtime::worker::{ListenerLive, ListenerShared};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,37 @@ use std::time::Duration;
 pub struct ReloadStats {
     pub ok: AtomicU64,
     pub error: AtomicU64,
+    /// The last reload attempt failed (a bad file is still in place).
+    pub last_failed: AtomicBool,
+    /// Unix time (ms) of the last successful load: startup, then each good reload.
+    pub last_success_unix_ms: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ReloadStats {
+    /// Stats of a process that just loaded its files (a successful load, now).
+    pub fn started_now() -> ReloadStats {
+        let s = ReloadStats::default();
+        s.last_success_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        s
+    }
+
+    fn record_ok(&self) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(false, Ordering::Relaxed);
+        self.last_success_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
+    }
+
+    fn record_error(&self) {
+        self.error.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(true, Ordering::Relaxed);
+    }
 }
 
 pub struct Reloader {
@@ -92,13 +123,13 @@ impl Reloader {
                         eprintln!("terminus: reload: listener {name}: warning: {w}");
                     }
                     self.listeners[i].live.store(Arc::new(live));
-                    self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_ok();
                     eprintln!(
                         "terminus: reload: listener {name}: new certificates and keys in use"
                     );
                 }
                 Err(e) => {
-                    self.stats.error.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_error();
                     eprintln!(
                         "terminus: reload: listener {name}: {e}; keeping the material in use"
                     );
@@ -112,7 +143,7 @@ impl Reloader {
         let new = match Config::load(&self.cfg.source) {
             Ok(c) => c,
             Err(e) => {
-                self.stats.error.fetch_add(1, Ordering::Relaxed);
+                self.stats.record_error();
                 eprintln!("terminus: reload: {e}; keeping the running configuration");
                 return;
             }
@@ -131,7 +162,7 @@ impl Reloader {
             match ListenerLive::build(l, &new.resolver) {
                 Ok(live) => built.push((l.clone(), live)),
                 Err(e) => {
-                    self.stats.error.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_error();
                     eprintln!(
                         "terminus: reload: listener {}: {e}; keeping the running configuration",
                         shared.name
@@ -154,7 +185,7 @@ impl Reloader {
         }
         kept.resolver = new.resolver.clone();
         self.cfg = kept;
-        self.stats.ok.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_ok();
         eprintln!(
             "terminus: reload: configuration {} applied",
             self.cfg.source.display()

@@ -4,11 +4,13 @@
 //! plain socket calls beside it ([`sock`]) — together the worker's I/O boundary;
 //! the thread-per-core worker loop ([`worker`]) with its per-connection state
 //! (`slot`: two legs per connection, tokens, the worker's buffer cap); listener
-//! state ([`listener`]); the run state ([`run_state`]); and `terminus run`'s
+//! state ([`listener`]); the run state ([`run_state`]); the cgroup CPU quota
+//! ([`cgroup`]); and `terminus run`'s
 //! start-up, signals and drain ([`server`]).
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 
+pub mod cgroup;
 pub mod driver;
 #[cfg(test)]
 mod driver_tests;

@@ -38,6 +38,19 @@ impl RunStateCell {
     pub fn store(&self, s: RunState) {
         self.0.store(s as u8, Ordering::SeqCst);
     }
+
+    /// Running → Draining; false (and no change) if it already left Running (a second
+    /// signal stopped it during the drain delay).
+    pub fn begin_drain(&self) -> bool {
+        self.0
+            .compare_exchange(
+                RunState::Running as u8,
+                RunState::Draining as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +64,15 @@ mod tests {
             c.store(s);
             assert_eq!(c.load(), s);
         }
+    }
+
+    #[test]
+    fn begin_drain_only_from_running() {
+        let c = RunStateCell::new(RunState::Running);
+        assert!(c.begin_drain());
+        assert_eq!(c.load(), RunState::Draining);
+        c.store(RunState::Stopping);
+        assert!(!c.begin_drain());
+        assert_eq!(c.load(), RunState::Stopping);
     }
 }

@@ -1,10 +1,12 @@
 //! server: `terminus run` — builds TLS configs, binds one SO_REUSEPORT socket per
 //! listener per worker, starts pinned workers, reports readiness, and turns
-//! signals into drain/stop.
+//! signals into drain/stop (TERM/INT), reload (HUP) and access log reopen (USR1).
 //!
 //! Readiness contract (tests and scripts rely on it): once every worker is up, stdout
 //! carries `io backend=<io_uring|epoll>`, one `listening name=<name> addr=<ip:port>`
-//! line per listener, `admin addr=<ip:port>` when on, then `ready`.
+//! line per listener, `admin addr=<ip:port>` when on, then `ready`; then, when
+//! `NOTIFY_SOCKET` is set (systemd `Type=notify`), `READY=1`; `STOPPING=1` when a
+//! drain starts.
 #![forbid(unsafe_code)]
 
 use crate::config::IoSetting;
@@ -98,6 +100,10 @@ pub struct Running {
     pub reload: crossbeam_channel::Sender<()>,
     /// The I/O backend the workers run on.
     pub io: IoChoice,
+    /// The access log (SIGUSR1 reopens its file).
+    pub log: LogSink,
+    /// What `/readyz` reads (None when `[admin]` is off).
+    admin_state: Option<Arc<crate::ops::admin::AdminState>>,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -172,7 +178,7 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         })?,
         listeners,
         state: Arc::new(RunStateCell::new(RunState::Running)),
-        reloads: Arc::new(ReloadStats::default()),
+        reloads: Arc::new(ReloadStats::started_now()),
     };
     let admin = start_admin(cfg, &common, &plan)?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(plan.cpus.len());
@@ -197,6 +203,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         admin: admin.addr,
         reload,
         io: plan.io,
+        log: common.log,
+        admin_state: admin.state.clone(),
         workers,
     };
     await_ready(running, &ready_rx, admin.state.as_deref())
@@ -279,11 +287,14 @@ pub fn choose_backend(setting: IoSetting) -> Result<IoChoice, UringError> {
     Ok(IoChoice { backend, fallback })
 }
 
-/// Worker i's CPU: `runtime.cpus[i % len]`, else the affinity mask's i-th (round
+/// Workers: `runtime.workers`, else min(affinity mask, cgroup v2 CPU quota). Worker
+/// i's CPU: `runtime.cpus[i % len]`, else the affinity mask's i-th (round
 /// robin); none when pinning is off or the mask is unknown.
 fn worker_cpus(cfg: &Config, allowed: &[usize]) -> Result<Vec<Option<usize>>, ConfigError> {
     let rt = &cfg.runtime;
-    let workers = rt.workers.unwrap_or(allowed.len().max(1));
+    let workers = rt.workers.unwrap_or_else(|| {
+        crate::runtime::cgroup::default_workers(allowed.len(), crate::runtime::cgroup::quota_cpus())
+    });
     (0..workers)
         .map(|i| match &rt.cpus {
             _ if !rt.pin_cpus => Ok(None),
@@ -381,6 +392,7 @@ fn start_admin(cfg: &Config, common: &Common, plan: &Plan) -> Result<AdminStarte
         listeners: common.listeners.clone(),
         state: common.state.clone(),
         ready: AtomicBool::new(false),
+        drain_requested: AtomicBool::new(false),
         snapshots: std::sync::Mutex::new(vec![None; workers]),
         reloads: common.reloads.clone(),
         log_dropped: common.log.dropped.clone(),
@@ -483,11 +495,22 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ])
     .map_err(RunError::Signals)?;
     let running = start(&cfg)?;
     print_ready(&running);
-    spawn_signal_thread(signals, &running)?;
+    crate::ops::notify::notify_or_warn(&format!(
+        "READY=1\nSTATUS=serving {} listener(s) on {} worker(s)\nMAINPID={}",
+        running.listeners.len(),
+        running.workers.len(),
+        std::process::id()
+    ));
+    spawn_signal_thread(
+        signals,
+        &running,
+        Duration::from_millis(cfg.runtime.drain_delay_ms),
+    )?;
     running.join()
 }
 
@@ -505,13 +528,19 @@ fn print_ready(running: &Running) {
     let _ = out.flush();
 }
 
-/// SIGHUP reloads; the first SIGTERM/SIGINT drains, the next stops.
+/// SIGHUP reloads; SIGUSR1 reopens the access log file; the first SIGTERM/SIGINT
+/// drains, the next stops. With a drain delay, the first signal turns `/readyz` 503 at
+/// once and a timer thread starts the drain (listeners close) after the delay.
 fn spawn_signal_thread(
     mut signals: signal_hook::iterator::Signals,
     running: &Running,
+    delay: Duration,
 ) -> Result<(), RunError> {
     let state = running.state.clone();
+    let admin = running.admin_state.clone();
+    let mut drain_started = false;
     let reload = running.reload.clone();
+    let log = running.log.clone();
     std::thread::Builder::new()
         .name("terminus-signals".into())
         .spawn(move || {
@@ -520,11 +549,41 @@ fn spawn_signal_thread(
                     let _ = reload.send(());
                     continue;
                 }
-                if state.load() == RunState::Running {
+                if sig == signal_hook::consts::SIGUSR1 {
+                    log.reopen();
+                    continue;
+                }
+                if drain_started || state.load() != RunState::Running {
+                    state.store(RunState::Stopping);
+                    continue;
+                }
+                drain_started = true;
+                crate::ops::notify::notify_or_warn("STOPPING=1\nSTATUS=draining");
+                if let Some(a) = &admin {
+                    a.drain_requested.store(true, Ordering::SeqCst);
+                }
+                if delay.is_zero() {
                     eprintln!("terminus: draining (a second signal stops at once)");
                     state.store(RunState::Draining);
-                } else {
-                    state.store(RunState::Stopping);
+                    continue;
+                }
+                eprintln!(
+                    "terminus: /readyz 503; still accepting for drain_delay_ms={}, then \
+                     draining (a second signal stops at once)",
+                    delay.as_millis()
+                );
+                let later = state.clone();
+                let timer = std::thread::Builder::new()
+                    .name("terminus-drain-delay".into())
+                    .spawn(move || {
+                        std::thread::sleep(delay);
+                        if later.begin_drain() {
+                            eprintln!("terminus: draining (a second signal stops at once)");
+                        }
+                    });
+                if timer.is_err() {
+                    // No timer thread: drain now rather than never.
+                    state.store(RunState::Draining);
                 }
             }
         })

@@ -76,6 +76,17 @@ impl Terminus {
         Terminus::spawn(cmd, forced_io_backend())
     }
 
+    /// [`Terminus::start`] with extra environment variables for the child
+    /// (`NOTIFY_SOCKET`, say).
+    pub fn start_with_env(config: &Path, env: &[(&str, &OsStr)]) -> Terminus {
+        let mut cmd = command_with_prefix(&[]);
+        cmd.arg("run").arg("--config").arg(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Terminus::spawn(cmd, forced_io_backend())
+    }
+
     /// Under a command prefix, with `TERMINUS_IO` removed from the child's environment,
     /// so that the config alone picks the backend (the `auto` tests of tests/seccomp.rs
     /// must test `auto` even in a suite run under `TERMINUS_IO=epoll`). No backend check:

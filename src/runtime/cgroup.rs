@@ -1,0 +1,83 @@
+//! cgroup: the CPU quota a cgroup v2 container or systemd unit gives this process.
+//!
+//! Owns: parsing `/proc/self/cgroup` (the `0::/path` line) and `cpu.max`
+//! (`QUOTA PERIOD` or `max PERIOD`) into a whole number of CPUs, ceil(quota/period).
+//! I/O contract: [`quota_cpus`] reads those two files once at startup; the parsers
+//! are pure.
+#![forbid(unsafe_code)]
+
+/// The cgroup v2 path of this process from `/proc/self/cgroup` text (the `0::` line);
+/// None on a v1-only host.
+pub fn v2_path(proc_self_cgroup: &str) -> Option<&str> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+}
+
+/// CPUs a `cpu.max` line allows: ceil(quota / period), at least 1; None for `max`
+/// (no quota) or text that is not `QUOTA PERIOD`.
+pub fn cpus_from_cpu_max(cpu_max: &str) -> Option<usize> {
+    let mut f = cpu_max.split_whitespace();
+    let quota = f.next()?;
+    let period: u64 = f.next().map_or(Some(100_000), |p| p.parse().ok())?;
+    if quota == "max" || period == 0 {
+        return None;
+    }
+    let quota: u64 = quota.parse().ok()?;
+    Some(quota.div_ceil(period).max(1) as usize)
+}
+
+/// This process's cgroup v2 CPU quota in whole CPUs, if it has one.
+pub fn quota_cpus() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = v2_path(&text)?;
+    let file = std::path::Path::new("/sys/fs/cgroup")
+        .join(path.trim_start_matches('/'))
+        .join("cpu.max");
+    cpus_from_cpu_max(&std::fs::read_to_string(file).ok()?)
+}
+
+/// Workers when `[runtime] workers` is not set: one per CPU of the affinity mask,
+/// but no more than the cgroup quota allows (a pod limited to 2 CPUs on a 64-core
+/// node runs 2 workers).
+pub fn default_workers(affinity_cpus: usize, quota: Option<usize>) -> usize {
+    let n = affinity_cpus.max(1);
+    quota.map_or(n, |q| n.min(q.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_workers_is_the_smaller_of_mask_and_quota() {
+        assert_eq!(default_workers(64, Some(2)), 2);
+        assert_eq!(default_workers(2, Some(8)), 2);
+        assert_eq!(default_workers(4, None), 4);
+        assert_eq!(default_workers(0, None), 1);
+    }
+
+    #[test]
+    fn finds_the_v2_line() {
+        assert_eq!(
+            v2_path("0::/system.slice/terminus.service\n"),
+            Some("/system.slice/terminus.service")
+        );
+        assert_eq!(v2_path("4:memory:/x\n1:cpu:/\n0::/\n"), Some("/"));
+        assert_eq!(v2_path("4:memory:/x\n1:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn quota_rounds_up_and_max_is_none() {
+        assert_eq!(cpus_from_cpu_max("max 100000\n"), None);
+        assert_eq!(cpus_from_cpu_max("100000 100000\n"), Some(1));
+        assert_eq!(cpus_from_cpu_max("150000 100000"), Some(2));
+        assert_eq!(cpus_from_cpu_max("200000 100000"), Some(2));
+        assert_eq!(cpus_from_cpu_max("10000 100000"), Some(1));
+        assert_eq!(cpus_from_cpu_max("50000"), Some(1));
+        assert_eq!(cpus_from_cpu_max("x 100000"), None);
+        assert_eq!(cpus_from_cpu_max("100 0"), None);
+        assert_eq!(cpus_from_cpu_max(""), None);
+    }
+}
