@@ -48,10 +48,7 @@ fn run_warns_about_an_expired_certificate_and_serves() {
 
     let mut t = Terminus::start(&config);
     let err = t.wait_stderr(&why, IO_TIMEOUT);
-    assert!(
-        err.contains(&format!("terminus: warning: {why}\n")),
-        "{err}"
-    );
+    assert!(err.contains(&format!(" WARN terminus: {why}\n")), "{err}");
     // Serving: it accepts connections.
     common::tcp_connect(t.addr("edge"));
     t.assert_alive();
@@ -59,7 +56,8 @@ fn run_warns_about_an_expired_certificate_and_serves() {
 
 /// A running instance on the config's own addresses is not a problem for `check`:
 /// most likely it is the instance this config replaces (a restart stops it first).
-/// Both addresses are named with the process, as warnings.
+/// Both addresses are named with the process, as warnings saying that `run` would
+/// refuse to start beside it (and, with the handover switch, that it would join).
 #[test]
 fn check_next_to_the_running_instance_warns_and_passes() {
     let pki = Pki::generate();
@@ -91,21 +89,42 @@ fn check_next_to_the_running_instance_warns_and_passes() {
     assert_eq!(lines.len(), 2, "{err}");
     assert!(
         lines[0].contains(&format!(
-            ": admin.listen: {admin} is in use by pid {pid} (terminus), presumably the running \
-             instance: a new one cannot bind it until that one has stopped"
+            ": admin.listen: {admin} is also served by pid {pid} (terminus), presumably the \
+             running instance: a new one refuses to start beside it until it has stopped"
         )),
         "{err}"
     );
     assert!(
         lines[1].contains(&format!(
             ": listeners[0].listen: {edge} is also served by pid {pid} (terminus), presumably \
-             the running instance: a new one shares its incoming connections (SO_REUSEPORT) \
-             until it stops"
+             the running instance: a new one refuses to start beside it until it has stopped \
+             (as `systemctl restart` does), unless [runtime] reuse_port_with_other_instances \
+             = true (a handover)"
         )),
         "{err}"
     );
     assert!(
         lines.iter().all(|l| l.starts_with("terminus: warning: ")),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&same).unwrap();
+    std::fs::write(
+        &same,
+        text.replacen(
+            "[runtime]\n",
+            "[runtime]\nreuse_port_with_other_instances = true\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = check(&same);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(
+        err.lines().all(|l| l.contains(&format!(
+            "is also served by pid {pid} (terminus), presumably the running instance: with \
+             reuse_port_with_other_instances = true a new one joins it"
+        ))),
         "{err}"
     );
 }

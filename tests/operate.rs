@@ -733,6 +733,20 @@ fn access_log_lines_are_json_and_carry_the_peer_identity() {
     ] {
         assert!(ok.get(field).is_some(), "field {field} missing: {ok}");
     }
+    // RFC 3339 UTC with microseconds; the duration in whole microseconds.
+    let ts = ok["ts"].as_str().expect("ts is a string");
+    let b = ts.as_bytes();
+    assert!(
+        ts.len() == 27 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && ts.ends_with('Z'),
+        "{ts}"
+    );
+    let duration = serde_json::to_string(&ok["duration_ms"]).unwrap();
+    let decimals = duration.split_once('.').map_or(0, |(_, f)| f.len());
+    assert!(
+        decimals <= 3,
+        "duration_ms {duration} is not rounded to microseconds"
+    );
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(ok["listener"], "mtls");
     assert_eq!(ok["client"], local.to_string());
     assert_eq!(ok["upstream"], backend.addr().to_string());

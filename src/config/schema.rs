@@ -63,6 +63,12 @@ pub struct Runtime {
     /// The I/O backend (`TERMINUS_IO` in the environment overrides it).
     #[serde(default)]
     pub io: IoSetting,
+    /// Start even when another process already listens on a listen or admin
+    /// address, joining it through SO_REUSEPORT: the handover of a zero-downtime
+    /// restart. Off, such a start is refused, so two configs never split traffic
+    /// by accident.
+    #[serde(default)]
+    pub reuse_port_with_other_instances: bool,
 }
 
 /// `[runtime] io`: which I/O backend drives the workers.
@@ -119,6 +125,7 @@ impl Default for Runtime {
             recv_buffer_size: default_recv_buffer_size(),
             max_buffered_bytes_per_worker: default_max_buffered_bytes_per_worker(),
             io: IoSetting::Auto,
+            reuse_port_with_other_instances: false,
         }
     }
 }
@@ -156,6 +163,32 @@ pub struct Log {
     /// `access = "stderr" | "off" | "FILE"`.
     #[serde(default)]
     pub access: AccessLog,
+    /// `format = "text" | "json"`: the operational lines on stderr (the access log
+    /// is JSON either way).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`: how operational stderr lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `TS LEVEL terminus: message`, for people and journald.
+    #[default]
+    Text,
+    /// One JSON object per line (`ts`, `level`, `msg`, fields), for log pipelines.
+    Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            s => Err(serde::de::Error::custom(format!(
+                "must be one of \"text\", \"json\", got {s:?}"
+            ))),
+        }
+    }
 }
 
 /// Where access lines go (`log.access`).

@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 /// the worker.
 #[derive(serde::Serialize)]
 struct AccessLine<'a> {
-    ts: f64,
+    /// RFC 3339 UTC with microseconds.
+    ts: String,
     event: &'static str,
     listener: &'a str,
     worker: usize,
@@ -74,7 +75,7 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
         .as_ref()
         .or_else(|| rejected.and_then(|r| r.identity.as_ref()));
     let line = AccessLine {
-        ts: crate::ops::log::now_ts(),
+        ts: crate::ops::log::now_rfc3339(),
         event,
         listener: at.listener,
         worker: at.worker,
@@ -95,7 +96,8 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
         handshake_us: handshake.map(|d| d.as_micros() as u64),
         bytes_in: conn.bytes_client_to_upstream,
         bytes_out: conn.bytes_upstream_to_client,
-        duration_ms: conn.started().elapsed().as_secs_f64() * 1e3,
+        // Whole microseconds: `3006.251`, not `3006.2514290000004`.
+        duration_ms: conn.started().elapsed().as_micros() as f64 / 1e3,
         close_reason: closing.as_str(),
         reason,
         peer_subject: reason.and(id.map(|i| i.subject.as_str())),

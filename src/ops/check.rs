@@ -73,12 +73,20 @@ pub fn check(path: &Path) -> Report {
     check_access_log(&checked, &cfg.log.access, &mut report);
     if let Some(admin) = &cfg.admin {
         let mut out = Findings::default();
-        check_bind(admin.listen, Socket::Admin, &mut out);
+        check_bind(
+            admin.listen,
+            cfg.runtime.reuse_port_with_other_instances,
+            &mut out,
+        );
         report.add(&checked, "admin.listen", out);
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
         let mut out = Findings::default();
-        check_bind(l.listen, Socket::Listener, &mut out);
+        check_bind(
+            l.listen,
+            cfg.runtime.reuse_port_with_other_instances,
+            &mut out,
+        );
         report.add(&checked, &format!("listeners[{i}].listen"), out);
         // A listener whose config has problems gets its files checked one by one;
         // building it whole would only repeat those problems.
@@ -126,7 +134,11 @@ fn check_cpus(at: &Checked, cfg: &Config, allowed: &[usize], report: &mut Report
     if allowed.is_empty() || list.is_empty() {
         return;
     }
-    let workers = rt.workers.unwrap_or(allowed.len().max(1));
+    let (workers, _) = crate::runtime::cgroup::worker_count(
+        rt.workers,
+        allowed.len(),
+        crate::runtime::cgroup::quota_cpus(),
+    );
     let mask = cpu_list(allowed);
     for (j, cpu) in list.iter().enumerate() {
         if allowed.contains(cpu) {
@@ -209,16 +221,9 @@ fn check_access_log(at: &Checked, access: &AccessLog, report: &mut Report) {
         .push(at.error("log.access", &why).to_string());
 }
 
-/// How `run` binds an address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Socket {
-    /// SO_REUSEADDR + SO_REUSEPORT (one socket per worker), IPV6_V6ONLY for IPv6.
-    Listener,
-    /// std's TcpListener::bind: SO_REUSEADDR only.
-    Admin,
-}
-
-fn try_bind(addr: SocketAddr, kind: Socket) -> std::io::Result<()> {
+/// Bind as `run` does, listeners and admin alike: SO_REUSEADDR + SO_REUSEPORT,
+/// IPV6_V6ONLY for IPv6.
+fn try_bind(addr: SocketAddr) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Type};
     let s = socket2::Socket::new(
         Domain::for_address(addr),
@@ -226,22 +231,21 @@ fn try_bind(addr: SocketAddr, kind: Socket) -> std::io::Result<()> {
         Some(Protocol::TCP),
     )?;
     s.set_reuse_address(true)?;
-    if kind == Socket::Listener {
-        s.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
     }
     // Bound, never listened on: closed on drop.
     s.bind(&addr.into())
 }
 
 /// Bind `addr` as `run` would; say why it fails, or who it would be shared with.
-fn check_bind(addr: SocketAddr, kind: Socket, out: &mut Findings) {
-    match try_bind(addr, kind) {
+/// `handover`: `[runtime] reuse_port_with_other_instances`.
+fn check_bind(addr: SocketAddr, handover: bool, out: &mut Findings) {
+    match try_bind(addr) {
         Ok(()) => {
-            if kind == Socket::Listener && addr.port() != 0 {
-                check_shared(addr, out);
+            if addr.port() != 0 {
+                check_shared(addr, handover, out);
             }
         }
         Err(e) => match e.raw_os_error() {
@@ -280,9 +284,9 @@ fn check_bind(addr: SocketAddr, kind: Socket, out: &mut Findings) {
     }
 }
 
-/// A listener that binds next to another SO_REUSEPORT socket of the same user
-/// shares its incoming connections with it.
-fn check_shared(addr: SocketAddr, out: &mut Findings) {
+/// A socket bound next to another SO_REUSEPORT socket of the same user shares its
+/// incoming connections with it: `run` refuses that unless `handover`.
+fn check_shared(addr: SocketAddr, handover: bool, out: &mut Findings) {
     let inodes = listening_inodes(addr, false);
     if inodes.is_empty() {
         return;
@@ -294,11 +298,18 @@ fn check_shared(addr: SocketAddr, out: &mut Findings) {
              would share incoming connections with it",
             unknown_holder()
         ));
+    } else if holders.iter().all(Holder::is_terminus) && handover {
+        out.warnings.push(format!(
+            "{addr} is also served by {}, presumably the running instance: with \
+             reuse_port_with_other_instances = true a new one joins it and shares its \
+             incoming connections (SO_REUSEPORT) until it stops, as in a restart handover",
+            describe(&holders)
+        ));
     } else if holders.iter().all(Holder::is_terminus) {
         out.warnings.push(format!(
             "{addr} is also served by {}, presumably the running instance: a new one \
-             shares its incoming connections (SO_REUSEPORT) until it stops, as in a \
-             restart handover",
+             refuses to start beside it until it has stopped (as `systemctl restart` \
+             does), unless [runtime] reuse_port_with_other_instances = true (a handover)",
             describe(&holders)
         ));
     } else {
@@ -338,6 +349,16 @@ fn unprivileged_port_start() -> u16 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1024)
+}
+
+/// Who listens on `addr` ("pid 12 (terminus)"), for `run`'s overlap refusal.
+pub fn who_listens(addr: SocketAddr) -> String {
+    let h = holders(addr, false);
+    if h.is_empty() {
+        unknown_holder()
+    } else {
+        describe(&h)
+    }
 }
 
 fn unknown_holder() -> String {
@@ -583,12 +604,10 @@ mod tests {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = held.local_addr().unwrap();
         assert!(!listening_inodes(addr, false).is_empty());
-        let e = try_bind(addr, Socket::Listener).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
-        let e = try_bind(addr, Socket::Admin).unwrap_err();
+        let e = try_bind(addr).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
         drop(held);
-        assert!(try_bind(addr, Socket::Admin).is_ok());
+        assert!(try_bind(addr).is_ok());
     }
 
     #[test]

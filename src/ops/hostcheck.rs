@@ -738,10 +738,14 @@ fn cpus_item(p: &HostParams) -> Item {
     let online = read_trim("/sys/devices/system/cpu/online")
         .map(|s| parse_cpu_list(&s))
         .unwrap_or_default();
-    let workers = p.workers.unwrap_or(allowed.len().max(1));
+    let (workers, why) = crate::runtime::cgroup::worker_count(
+        p.workers,
+        allowed.len(),
+        crate::runtime::cgroup::quota_cpus(),
+    );
     let list = self_status("Cpus_allowed_list").unwrap_or_else(|| format!("{allowed:?}"));
     let detail = format!(
-        "{} allowed ({list}) of {} online; terminus starts {workers} worker(s)",
+        "{} allowed ({list}) of {} online; terminus starts {workers} worker(s): {why}",
         allowed.len(),
         online.len()
     );

@@ -1,7 +1,10 @@
-//! log: JSON lines written by a logging thread, fed through a bounded channel.
+//! log: JSON lines written by a logging thread, fed through a bounded channel; and
+//! the operational lines on stderr (startup, warnings, reload, drain).
 //!
 //! Owns: the access log thread and its output (stderr or a file it reopens on
-//! request: SIGUSR1, for logrotate's rename-then-signal).
+//! request: SIGUSR1, for logrotate's rename-then-signal); the format of operational
+//! lines (`[log] format`: text `TS LEVEL terminus: msg`, or one JSON object), set
+//! once at start by `terminus run`, and the RFC 3339 timestamps both logs carry.
 //! I/O contract: workers never wait on it: when the channel is full the line is
 //! dropped and counted. `access = "off"` builds no channel and no thread, so
 //! `enabled()` is false and callers skip even formatting the line. A reopen travels
@@ -88,7 +91,7 @@ impl LogSink {
                                         )
                                     }
                                     // Keep writing to the old file rather than lose lines.
-                                    Err(e) => eprintln!("terminus: access log: cannot reopen: {e}"),
+                                    Err(e) => crate::op_error!("access log: cannot reopen: {e}; still writing to the old file"),
                                 }
                             }
                         }
@@ -131,11 +134,119 @@ impl LogSink {
     }
 }
 
-/// Seconds since the Unix epoch, for the `ts` field.
-pub fn now_ts() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// Now as RFC 3339 UTC with microseconds (`2026-12-02T08:10:11.123456Z`), the `ts`
+/// of both logs. Formatted by hand from the calendar fields: it runs on the worker
+/// once per access line, and `time`'s formatting feature would be a second parser.
+pub fn now_rfc3339() -> String {
+    rfc3339(std::time::SystemTime::now())
+}
+
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(at);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// Severity of an operational line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn text(self) -> &'static str {
+        match self {
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+
+    fn json(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// 0: text (the default), 1: JSON. A process-wide setting because the lines come
+/// from every thread (signals, reload, resolver, workers) and are rare.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set the operational line format (`[log] format`); called by `run` before its
+/// first line.
+pub fn set_format(format: crate::config::LogFormat) {
+    JSON.store(
+        format == crate::config::LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// One operational line as it is printed: `TS LEVEL terminus: msg`, or a JSON
+/// object with `ts`, `level`, `msg` and the `fields` given (an object, or null).
+pub fn format_line(
+    json: bool,
+    ts: &str,
+    level: Level,
+    msg: &str,
+    fields: serde_json::Value,
+) -> String {
+    if !json {
+        return format!("{ts} {} terminus: {msg}", level.text());
+    }
+    let mut obj = serde_json::Map::new();
+    obj.insert("ts".into(), ts.into());
+    obj.insert("level".into(), level.json().into());
+    obj.insert("msg".into(), msg.into());
+    if let serde_json::Value::Object(extra) = fields {
+        obj.extend(extra);
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// Print one operational line on stderr in the configured format. One `write` per
+/// line (stderr is unbuffered), so lines from several threads never interleave.
+pub fn emit(level: Level, msg: std::fmt::Arguments<'_>, fields: serde_json::Value) {
+    let json = JSON.load(std::sync::atomic::Ordering::Relaxed);
+    let mut line = format_line(json, &now_rfc3339(), level, &msg.to_string(), fields);
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `op_info!("...", args)`: an operational line at INFO (see [`emit`]).
+#[macro_export]
+macro_rules! op_info {
+    ($($arg:tt)*) => {
+        $crate::ops::log::emit($crate::ops::log::Level::Info, format_args!($($arg)*), serde_json::Value::Null)
+    };
+}
+
+/// `op_warn!("...", args)`: an operational line at WARN.
+#[macro_export]
+macro_rules! op_warn {
+    ($($arg:tt)*) => {
+        $crate::ops::log::emit($crate::ops::log::Level::Warn, format_args!($($arg)*), serde_json::Value::Null)
+    };
+}
+
+/// `op_error!("...", args)`: an operational line at ERROR.
+#[macro_export]
+macro_rules! op_error {
+    ($($arg:tt)*) => {
+        $crate::ops::log::emit($crate::ops::log::Level::Error, format_args!($($arg)*), serde_json::Value::Null)
+    };
 }
 
 #[cfg(test)]
@@ -195,6 +306,47 @@ mod tests {
         assert_eq!(old, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
         assert_eq!(new, "{\"n\":4}\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rfc3339_has_microseconds_and_utc() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_796_161_097_416_472);
+        assert_eq!(rfc3339(at), "2026-12-01T21:38:17.416472Z");
+        assert_eq!(
+            rfc3339(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 27, "{now}");
+        assert!(now.ends_with('Z') && now.as_bytes()[10] == b'T', "{now}");
+    }
+
+    #[test]
+    fn operational_lines_as_text_and_json() {
+        let ts = "2026-12-02T08:00:00.000001Z";
+        assert_eq!(
+            format_line(
+                false,
+                ts,
+                Level::Warn,
+                "disk \"x\" full",
+                serde_json::Value::Null
+            ),
+            "2026-12-02T08:00:00.000001Z WARN terminus: disk \"x\" full"
+        );
+        let j = format_line(
+            true,
+            ts,
+            Level::Info,
+            "starting",
+            serde_json::json!({"workers": 2}),
+        );
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ts": ts, "level": "info", "msg": "starting", "workers": 2})
+        );
+        assert!(!j.contains('\n'));
     }
 
     #[test]

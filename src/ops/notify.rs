@@ -73,7 +73,7 @@ pub fn notify(state: &str) -> Result<bool, NotifyError> {
 /// then times out the start, which names the cause better than an exit would).
 pub fn notify_or_warn(state: &str) {
     if let Err(e) = notify(state) {
-        eprintln!("terminus: warning: sd_notify: {e}");
+        crate::op_warn!("sd_notify: {e}");
     }
 }
 

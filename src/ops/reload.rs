@@ -17,7 +17,8 @@
 //! resolve-error counts), `[resolver]`, timeouts and limits apply live (all listeners
 //! or none); what needs a
 //! restart (listen addresses, listeners added or removed, `[runtime]`, `[admin]`,
-//! `[log]`) is reported as such and left as it runs.
+//! `[log] access`) is reported as such and left as it runs; `[log] format` applies
+//! at once, and `reuse_port_with_other_instances` only matters at start.
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, Listener};
@@ -120,19 +121,15 @@ impl Reloader {
                     live.upstreams
                         .adopt(&self.listeners[i].live.load().upstreams, true);
                     for w in &live.tls.warnings {
-                        eprintln!("terminus: reload: listener {name}: warning: {w}");
+                        crate::op_warn!("reload: listener {name}: {w}");
                     }
                     self.listeners[i].live.store(Arc::new(live));
                     self.stats.record_ok();
-                    eprintln!(
-                        "terminus: reload: listener {name}: new certificates and keys in use"
-                    );
+                    crate::op_info!("reload: listener {name}: new certificates and keys in use");
                 }
                 Err(e) => {
                     self.stats.record_error();
-                    eprintln!(
-                        "terminus: reload: listener {name}: {e}; keeping the material in use"
-                    );
+                    crate::op_error!("reload: listener {name}: {e}; keeping the material in use");
                 }
             }
         }
@@ -144,12 +141,13 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => {
                 self.stats.record_error();
-                eprintln!("terminus: reload: {e}; keeping the running configuration");
+                crate::op_error!("reload: {e}; keeping the running configuration");
                 return;
             }
         };
+        crate::ops::log::set_format(new.log.format);
         for msg in restart_needed(&self.cfg, &new) {
-            eprintln!("terminus: reload: {msg} needs a restart; still running with the old value");
+            crate::op_warn!("reload: {msg} needs a restart; still running with the old value");
         }
         // Listeners are matched by name; added or removed ones need a restart.
         let mut built = Vec::new();
@@ -163,8 +161,8 @@ impl Reloader {
                 Ok(live) => built.push((l.clone(), live)),
                 Err(e) => {
                     self.stats.record_error();
-                    eprintln!(
-                        "terminus: reload: listener {}: {e}; keeping the running configuration",
+                    crate::op_error!(
+                        "reload: listener {}: {e}; keeping the running configuration",
                         shared.name
                     );
                     return;
@@ -174,7 +172,7 @@ impl Reloader {
         let mut kept = self.cfg.clone();
         for (i, (l, live)) in built.into_iter().enumerate() {
             for w in &live.tls.warnings {
-                eprintln!("terminus: reload: listener {}: warning: {w}", l.name);
+                crate::op_warn!("reload: listener {}: {w}", l.name);
             }
             self.prints[i] = fingerprint(&l).unwrap_or(0);
             // Just resolved: new addresses, but the health and error counts of what stays.
@@ -184,10 +182,11 @@ impl Reloader {
             kept.listeners[i] = l;
         }
         kept.resolver = new.resolver.clone();
+        kept.log.format = new.log.format;
         self.cfg = kept;
         self.stats.record_ok();
-        eprintln!(
-            "terminus: reload: configuration {} applied",
+        crate::op_info!(
+            "reload: configuration {} applied",
             self.cfg.source.display()
         );
     }
@@ -196,14 +195,21 @@ impl Reloader {
 /// What differs between the running and the new config but cannot change live.
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if old.runtime != new.runtime {
+    // Only read at start, so a change is no reason to warn (the next start uses it).
+    let start_only = crate::config::Runtime {
+        reuse_port_with_other_instances: old.runtime.reuse_port_with_other_instances,
+        ..new.runtime.clone()
+    };
+    if old.runtime != start_only {
         out.push("[runtime]".to_string());
     }
     if old.admin != new.admin {
         out.push("[admin]".to_string());
     }
-    if old.log != new.log {
-        out.push("[log]".to_string());
+    // `format` applies at once (reload_config sets it); the access log target needs
+    // a restart.
+    if old.log.access != new.log.access {
+        out.push("[log] access".to_string());
     }
     for l in &old.listeners {
         match new.listeners.iter().find(|n| n.name == l.name) {
@@ -360,11 +366,25 @@ ticket_lifetime_s = 21600
                 "",
                 "[admin]",
             ),
-            ("\"stderr\"", "\"off\"", "[log]"),
-            ("\"stderr\"", "\"access.log\"", "[log]"),
+            ("\"stderr\"", "\"off\"", "[log] access"),
+            ("\"stderr\"", "\"access.log\"", "[log] access"),
         ] {
             assert_eq!(after(from, to), [want], "{from:?} -> {to:?}");
         }
+    }
+
+    #[test]
+    fn log_format_and_the_handover_switch_need_no_restart() {
+        assert!(after(
+            "access = \"stderr\"",
+            "access = \"stderr\"\nformat = \"json\""
+        )
+        .is_empty());
+        assert!(after(
+            "\nsqpoll = false",
+            "\nsqpoll = false\nreuse_port_with_other_instances = true"
+        )
+        .is_empty());
     }
 
     #[test]

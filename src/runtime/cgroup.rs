@@ -46,9 +46,51 @@ pub fn default_workers(affinity_cpus: usize, quota: Option<usize>) -> usize {
     quota.map_or(n, |q| n.min(q.max(1)))
 }
 
+/// The worker count and why, as the startup line and `check` say it.
+pub fn worker_count(
+    configured: Option<usize>,
+    affinity_cpus: usize,
+    quota: Option<usize>,
+) -> (usize, String) {
+    if let Some(n) = configured {
+        return (n, "runtime.workers".into());
+    }
+    let n = default_workers(affinity_cpus, quota);
+    let why = match quota {
+        Some(q) if q < affinity_cpus => {
+            format!("cgroup cpu.max quota of {q} CPU(s); the affinity mask has {affinity_cpus}")
+        }
+        _ => format!("one per CPU of the affinity mask ({affinity_cpus})"),
+    };
+    (n, why)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_count_says_why() {
+        assert_eq!(
+            worker_count(Some(3), 64, Some(2)),
+            (3, "runtime.workers".to_string())
+        );
+        assert_eq!(
+            worker_count(None, 64, Some(2)),
+            (
+                2,
+                "cgroup cpu.max quota of 2 CPU(s); the affinity mask has 64".to_string()
+            )
+        );
+        assert_eq!(
+            worker_count(None, 4, None),
+            (4, "one per CPU of the affinity mask (4)".to_string())
+        );
+        assert_eq!(
+            worker_count(None, 2, Some(8)),
+            (2, "one per CPU of the affinity mask (2)".to_string())
+        );
+    }
 
     #[test]
     fn default_workers_is_the_smaller_of_mask_and_quota() {

@@ -168,16 +168,16 @@ fn refresh(listener: &str, live: &crate::runtime::listener::ListenerLive) {
         .refresh(&mut |host, port| lookup.resolve(host, port).map_err(|e| e.to_string()));
     for e in events {
         match e {
-            RefreshEvent::Failed { entry, why, kept } => eprintln!(
-                "terminus: listener \"{listener}\": upstream {entry}: cannot resolve: {why}; \
+            RefreshEvent::Failed { entry, why, kept } => crate::op_warn!(
+                "listener \"{listener}\": upstream {entry}: cannot resolve: {why}; \
                  keeping its last good addresses {kept:?} (counted in \
                  terminus_upstream_resolve_errors_total, logged once until it resolves again)"
             ),
             RefreshEvent::Recovered { entry } => {
-                eprintln!("terminus: listener \"{listener}\": upstream {entry}: resolves again")
+                crate::op_info!("listener \"{listener}\": upstream {entry}: resolves again")
             }
-            RefreshEvent::Changed { addrs } => eprintln!(
-                "terminus: listener \"{listener}\": upstreams now {addrs:?} (new connections)"
+            RefreshEvent::Changed { addrs } => crate::op_info!(
+                "listener \"{listener}\": upstreams now {addrs:?} (new connections)"
             ),
         }
     }

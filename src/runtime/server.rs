@@ -51,6 +51,19 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// Another process already listens on `addr` (`what`: `listener "x"` or
+    /// `admin`) and `reuse_port_with_other_instances` is off.
+    #[error(
+        "{what}: {addr} is already served by {holder}: starting beside it would split its \
+         connections between two processes (SO_REUSEPORT); stop it first, or set [runtime] \
+         reuse_port_with_other_instances = true for a handover (README: zero-downtime \
+         restart)"
+    )]
+    Overlap {
+        what: String,
+        addr: SocketAddr,
+        holder: String,
+    },
     #[error("admin: cannot listen on {addr}: {source}")]
     AdminListen {
         addr: SocketAddr,
@@ -100,6 +113,9 @@ pub struct Running {
     pub reload: crossbeam_channel::Sender<()>,
     /// The I/O backend the workers run on.
     pub io: IoChoice,
+    /// Each worker's CPU (None: not pinned), and why there are that many workers.
+    pub cpus: Vec<Option<usize>>,
+    pub workers_why: String,
     /// The access log (SIGUSR1 reopens its file).
     pub log: LogSink,
     /// What `/readyz` reads (None when `[admin]` is off).
@@ -142,12 +158,31 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<socket2::Socket> {
+    bind_with(addr, backlog, true)
+}
+
+/// A listening socket with SO_REUSEPORT (the admin socket too, so that a handover's
+/// new instance can bind it while the old one drains).
+fn bind_with(
+    addr: SocketAddr,
+    backlog: u32,
+    nonblocking: bool,
+) -> std::io::Result<socket2::Socket> {
+    let s = bind_only(addr, nonblocking)?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s)
+}
+
+/// Bound, not yet listening: not in the SO_REUSEPORT group yet, so it takes none of
+/// another process's connections.
+fn bind_only(addr: SocketAddr, nonblocking: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
+    let ty = if nonblocking {
+        Type::STREAM.nonblocking()
+    } else {
+        Type::STREAM
+    };
+    let s = Socket::new(Domain::for_address(addr), ty.cloexec(), Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
@@ -156,8 +191,48 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<socket2::Socket> {
         s.set_only_v6(true)?;
     }
     s.bind(&addr.into())?;
-    s.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(s)
+}
+
+/// Whether another socket already listens on `addr`: a bind without SO_REUSEPORT
+/// fails then (SO_REUSEADDR keeps TIME_WAIT sockets out of it). Port 0 never
+/// overlaps. Asked before terminus binds its own sockets there.
+fn someone_listens(addr: SocketAddr) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return false;
+    }
+    let probe = || -> std::io::Result<()> {
+        let s = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&addr.into())
+    };
+    probe().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRINUSE))
+}
+
+/// Refuse to join another process's SO_REUSEPORT group on `addr` unless the config
+/// allows a handover. Decided before our socket listens, so a refused start never
+/// holds (and resets) any of the other process's connections. When our bind would
+/// fail anyway (a holder without SO_REUSEPORT), that bind error is the message.
+fn refuse_overlap(cfg: &Config, what: &str, addr: SocketAddr) -> Result<(), RunError> {
+    if cfg.runtime.reuse_port_with_other_instances
+        || !someone_listens(addr)
+        || bind_only(addr, true).is_err()
+    {
+        return Ok(());
+    }
+    Err(RunError::Overlap {
+        what: what.to_owned(),
+        addr,
+        holder: crate::ops::check::who_listens(addr),
+    })
 }
 
 /// Start every worker and return once all are accepting. The steps, in the order
@@ -203,6 +278,8 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         admin: admin.addr,
         reload,
         io: plan.io,
+        cpus: plan.cpus.clone(),
+        workers_why: plan.workers_why.clone(),
         log: common.log,
         admin_state: admin.state.clone(),
         workers,
@@ -216,18 +293,21 @@ struct Plan {
     ring: UringConfig,
     /// One entry per worker: the CPU it is pinned to, if any.
     cpus: Vec<Option<usize>>,
+    /// Why that many workers (for the startup line).
+    workers_why: String,
 }
 
 fn plan(cfg: &Config) -> Result<Plan, RunError> {
     // Chosen once up front so an unusable io_uring is one clear message, not N.
     let io = choose_backend(io_setting(cfg)?)?;
     if let Some(why) = &io.fallback {
-        eprintln!(
-            "terminus: io_uring unavailable, using epoll: {why} (io_uring saves a few % CPU per \
+        crate::op_warn!(
+            "io_uring unavailable, using epoll: {why} (io_uring saves a few % CPU per \
              op, see BENCHMARKING.md; set [runtime] io = \"epoll\" to choose epoll without \
              this notice)"
         );
     }
+    let (cpus, workers_why) = worker_cpus(cfg, &allowed_cpus())?;
     Ok(Plan {
         io,
         ring: UringConfig {
@@ -236,7 +316,8 @@ fn plan(cfg: &Config) -> Result<Plan, RunError> {
             recv_buffers: cfg.runtime.recv_buffers,
             recv_buffer_size: cfg.runtime.recv_buffer_size,
         },
-        cpus: worker_cpus(cfg, &allowed_cpus())?,
+        cpus,
+        workers_why,
     })
 }
 
@@ -290,12 +371,18 @@ pub fn choose_backend(setting: IoSetting) -> Result<IoChoice, UringError> {
 /// Workers: `runtime.workers`, else min(affinity mask, cgroup v2 CPU quota). Worker
 /// i's CPU: `runtime.cpus[i % len]`, else the affinity mask's i-th (round
 /// robin); none when pinning is off or the mask is unknown.
-fn worker_cpus(cfg: &Config, allowed: &[usize]) -> Result<Vec<Option<usize>>, ConfigError> {
+/// Each worker's CPU, and why there are that many workers.
+fn worker_cpus(
+    cfg: &Config,
+    allowed: &[usize],
+) -> Result<(Vec<Option<usize>>, String), ConfigError> {
     let rt = &cfg.runtime;
-    let workers = rt.workers.unwrap_or_else(|| {
-        crate::runtime::cgroup::default_workers(allowed.len(), crate::runtime::cgroup::quota_cpus())
-    });
-    (0..workers)
+    let (workers, why) = crate::runtime::cgroup::worker_count(
+        rt.workers,
+        allowed.len(),
+        crate::runtime::cgroup::quota_cpus(),
+    );
+    let cpus = (0..workers)
         .map(|i| match &rt.cpus {
             _ if !rt.pin_cpus => Ok(None),
             Some(list) => {
@@ -315,7 +402,8 @@ fn worker_cpus(cfg: &Config, allowed: &[usize]) -> Result<Vec<Option<usize>>, Co
             None if allowed.is_empty() => Ok(None),
             None => Ok(Some(allowed[i % allowed.len()])),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((cpus, why))
 }
 
 /// Every listener's TLS material and sockets.
@@ -337,6 +425,7 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
             source,
         };
         // Bind the first socket to learn the real port (listen = ":0"), the rest join it.
+        refuse_overlap(cfg, &format!("listener \"{}\"", l.name), l.listen)?;
         let first = bind(l.listen, l.backlog).map_err(|e| listen_err(l.listen, e))?;
         let addr = first
             .local_addr()
@@ -384,10 +473,13 @@ fn start_admin(cfg: &Config, common: &Common, plan: &Plan) -> Result<AdminStarte
     let Some(a) = &cfg.admin else {
         return Ok(AdminStarted::default());
     };
-    let sock = std::net::TcpListener::bind(a.listen).map_err(|source| RunError::AdminListen {
-        addr: a.listen,
-        source,
-    })?;
+    refuse_overlap(cfg, "admin", a.listen)?;
+    let sock: std::net::TcpListener = bind_with(a.listen, 128, false)
+        .map_err(|source| RunError::AdminListen {
+            addr: a.listen,
+            source,
+        })?
+        .into();
     let st = Arc::new(crate::ops::admin::AdminState {
         listeners: common.listeners.clone(),
         state: common.state.clone(),
@@ -484,9 +576,10 @@ fn await_ready(
 
 /// `terminus run`: serve until SIGTERM/SIGINT (drain), a second signal stops at once.
 pub fn run(cfg: Config) -> Result<(), RunError> {
+    crate::ops::log::set_format(cfg.log.format);
     for l in &cfg.listeners {
         for w in crate::tls::cert_warnings(l) {
-            eprintln!("terminus: warning: {w}");
+            crate::op_warn!("{w}");
         }
     }
     // Handlers first: they need descriptors, which a flood of clients arriving right
@@ -500,6 +593,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     .map_err(RunError::Signals)?;
     let running = start(&cfg)?;
     print_ready(&running);
+    startup_line(&running);
     crate::ops::notify::notify_or_warn(&format!(
         "READY=1\nSTATUS=serving {} listener(s) on {} worker(s)\nMAINPID={}",
         running.listeners.len(),
@@ -512,6 +606,50 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         Duration::from_millis(cfg.runtime.drain_delay_ms),
     )?;
     running.join()
+}
+
+/// The one operational line that says what started: version, workers and why, CPUs,
+/// backend, listeners (in JSON, the same as fields).
+fn startup_line(running: &Running) {
+    let cpus: Vec<String> = running
+        .cpus
+        .iter()
+        .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
+        .collect();
+    let listeners: Vec<String> = running
+        .listeners
+        .iter()
+        .map(|l| format!("{}={}", l.name, l.addr))
+        .collect();
+    let admin = running.admin.map(|a| a.to_string());
+    let version = env!("CARGO_PKG_VERSION");
+    let fields = serde_json::json!({
+        "version": version,
+        "workers": running.cpus.len(),
+        "workers_why": running.workers_why,
+        "cpus": cpus,
+        "io_backend": running.io.backend.as_str(),
+        "listeners": running.listeners.iter()
+            .map(|l| serde_json::json!({"name": l.name, "addr": l.addr.to_string()}))
+            .collect::<Vec<_>>(),
+        "admin": admin,
+        "pid": std::process::id(),
+    });
+    crate::ops::log::emit(
+        crate::ops::log::Level::Info,
+        format_args!(
+            "terminus {version} started: {} worker(s) ({}), CPUs {}, io {}, listeners {}, \
+             admin {}, pid {}",
+            running.cpus.len(),
+            running.workers_why,
+            cpus.join(","),
+            running.io.backend.as_str(),
+            listeners.join(" "),
+            admin.as_deref().unwrap_or("off"),
+            std::process::id()
+        ),
+        fields,
+    );
 }
 
 /// The readiness lines (see the module doc).
@@ -563,12 +701,12 @@ fn spawn_signal_thread(
                     a.drain_requested.store(true, Ordering::SeqCst);
                 }
                 if delay.is_zero() {
-                    eprintln!("terminus: draining (a second signal stops at once)");
+                    crate::op_info!("draining (a second signal stops at once)");
                     state.store(RunState::Draining);
                     continue;
                 }
-                eprintln!(
-                    "terminus: /readyz 503; still accepting for drain_delay_ms={}, then \
+                crate::op_info!(
+                    "/readyz 503; still accepting for drain_delay_ms={}, then \
                      draining (a second signal stops at once)",
                     delay.as_millis()
                 );
@@ -578,7 +716,7 @@ fn spawn_signal_thread(
                     .spawn(move || {
                         std::thread::sleep(delay);
                         if later.begin_drain() {
-                            eprintln!("terminus: draining (a second signal stops at once)");
+                            crate::op_info!("draining (a second signal stops at once)");
                         }
                     });
                 if timer.is_err() {

@@ -666,8 +666,8 @@ impl<D: Driver<Token>> Worker<D> {
             self.metrics[s.listener].upstream_resumption_failure(addr);
             let live = s.live.as_ref().expect("a live conn has its material");
             if let Some(off) = live.upstream_tls.as_ref().and_then(|u| u.refused(addr)) {
-                eprintln!(
-                    "terminus: listener \"{}\": upstream {addr} refused TLS session \
+                crate::op_warn!(
+                    "listener \"{}\": upstream {addr} refused TLS session \
                      resumption (its handshake failed: {}); its sessions were dropped and \
                      resumption towards it is off for {}s, connections are retried with a \
                      full handshake (upstream_tls.resume = false turns it off for good)",
