@@ -2,8 +2,9 @@
 //!
 //! Owns: parsing `/proc/self/cgroup` (the `0::/path` line) and `cpu.max`
 //! (`QUOTA PERIOD` or `max PERIOD`) into a whole number of CPUs, ceil(quota/period).
-//! I/O contract: [`quota_cpus`] reads those two files once at startup; the parsers
-//! are pure.
+//! I/O contract: [`quota_cpus`] reads `/proc/self/cgroup` and the `cpu.max` files
+//! from the cgroup up to the root once at startup (and for `check`); the parsers are
+//! pure.
 #![forbid(unsafe_code)]
 
 /// The cgroup v2 path of this process from `/proc/self/cgroup` text (the `0::` line);
@@ -31,11 +32,30 @@ pub fn cpus_from_cpu_max(cpu_max: &str) -> Option<usize> {
 /// This process's cgroup v2 CPU quota in whole CPUs, if it has one.
 pub fn quota_cpus() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = v2_path(&text)?;
-    let file = std::path::Path::new("/sys/fs/cgroup")
-        .join(path.trim_start_matches('/'))
-        .join("cpu.max");
-    cpus_from_cpu_max(&std::fs::read_to_string(file).ok()?)
+    quota_cpus_at(&text, std::path::Path::new("/sys/fs/cgroup"))
+}
+
+/// The quota of the cgroup `proc_self_cgroup` names, under the cgroup2 mount `root`.
+/// The nearest `cpu.max` up the tree that sets a quota wins over the cgroup's own
+/// `max`: a container's own cgroup often has none while its parent (the pod) does,
+/// and the kernel enforces every level. A hybrid v1/v2 host (cpu on v1) has no
+/// `cpu.max` anywhere: no quota.
+pub fn quota_cpus_at(proc_self_cgroup: &str, root: &std::path::Path) -> Option<usize> {
+    let path = v2_path(proc_self_cgroup)?;
+    let mut dir = root.join(path.trim_start_matches('/'));
+    let mut smallest: Option<usize> = None;
+    while dir.starts_with(root) {
+        if let Some(n) = std::fs::read_to_string(dir.join("cpu.max"))
+            .ok()
+            .and_then(|t| cpus_from_cpu_max(&t))
+        {
+            smallest = Some(smallest.map_or(n, |s| s.min(n)));
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    smallest
 }
 
 /// Workers when `[runtime] workers` is not set: one per CPU of the affinity mask,
@@ -68,6 +88,31 @@ pub fn worker_count(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_comes_from_the_cgroup_files_nearest_limit_up_the_tree() {
+        let root = std::env::temp_dir().join(format!("terminus-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let pod = root.join("kubepods.slice/pod1");
+        let ctr = pod.join("cri-containerd-abc.scope");
+        std::fs::create_dir_all(&ctr).unwrap();
+        let line = "0::/kubepods.slice/pod1/cri-containerd-abc.scope\n";
+        // Nothing written yet: a hybrid host's unified tree without the cpu controller.
+        assert_eq!(quota_cpus_at(line, &root), None);
+        std::fs::write(ctr.join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(quota_cpus_at(line, &root), None);
+        // The pod's limit binds its container.
+        std::fs::write(pod.join("cpu.max"), "150000 100000\n").unwrap();
+        assert_eq!(quota_cpus_at(line, &root), Some(2));
+        // A tighter one of the container's own wins.
+        std::fs::write(ctr.join("cpu.max"), "50000 100000\n").unwrap();
+        assert_eq!(quota_cpus_at(line, &root), Some(1));
+        // A v1-only /proc/self/cgroup: no quota read.
+        assert_eq!(quota_cpus_at("4:cpu,cpuacct:/x\n", &root), None);
+        let _ = std::fs::remove_dir_all(&root);
+        // This host, as it is: whatever it says must be a sane count.
+        assert!(quota_cpus().is_none_or(|n| n >= 1));
+    }
 
     #[test]
     fn worker_count_says_why() {
