@@ -355,6 +355,14 @@ pub struct ClientAuth {
     /// Allowed identities (see `policy`); empty = any verified client.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Client chains remembered as verified and allowed (0: off), so a returning
+    /// client skips chain and CRL work; its CertificateVerify is still checked.
+    #[serde(default = "default_verify_cache_size")]
+    pub verify_cache_size: usize,
+}
+
+fn default_verify_cache_size() -> usize {
+    4096
 }
 
 /// Whether clients are asked for a certificate, and whether they must send one.

@@ -46,6 +46,20 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
+    /// (hits, misses) of the client chain cache; None without client authentication
+    /// or with `verify_cache_size = 0`.
+    pub fn chain_cache_counts(&self) -> Option<(u64, u64)> {
+        let cache = self.policy.as_ref()?.cache();
+        cache.enabled().then(|| cache.counts())
+    }
+
+    /// After a reload: keep counting from where `old` (the material replaced) was.
+    pub fn adopt_chain_cache_counts(&self, old: &ServerTls) {
+        if let (Some(new), Some(old)) = (&self.policy, &old.policy) {
+            new.cache().adopt_counts(old.cache());
+        }
+    }
+
     /// A copy of [`ServerTls::config`] whose verifier leaves each client certificate
     /// it refuses in `sink` (one sink per worker; see [`RejectSink`]). It shares the
     /// certificates, session cache and ticketer with `config`, so sessions resume

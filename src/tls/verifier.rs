@@ -8,6 +8,7 @@
 //! I/O contract: building reads the CA and CRL files; verifying is pure (the verifier
 //! runs inside rustls' `process_new_packets`).
 
+use super::chain_cache::{chain_not_after, ChainCache};
 use super::identity::PeerIdentity;
 use super::pem::{load_crls, load_roots};
 use super::policy::AllowList;
@@ -65,7 +66,9 @@ pub(super) fn policy_verifier(
         listener: l.name.clone(),
         source,
     })?;
-    Ok(Some(PolicyVerifier::new(inner, allow)))
+    Ok(Some(
+        PolicyVerifier::new(inner, allow).with_cache(ChainCache::new(ca.verify_cache_size)),
+    ))
 }
 
 /// webpki chain verification, then the allow list on the leaf's identity; a refused
@@ -75,6 +78,8 @@ pub struct PolicyVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allow: Arc<AllowList>,
     sink: Option<RejectSink>,
+    /// Chains verified and allowed under this policy (shared by the worker copies).
+    cache: Arc<ChainCache>,
 }
 
 impl PolicyVerifier {
@@ -83,7 +88,21 @@ impl PolicyVerifier {
             inner,
             allow: Arc::new(allow),
             sink: None,
+            cache: Arc::new(ChainCache::new(0)),
         }
+    }
+
+    /// The same verifier remembering the chains it accepts in `cache`.
+    pub fn with_cache(self, cache: ChainCache) -> PolicyVerifier {
+        PolicyVerifier {
+            cache: Arc::new(cache),
+            ..self
+        }
+    }
+
+    /// Its chain cache (hit/miss counts for the metrics, adopted across reloads).
+    pub fn cache(&self) -> &ChainCache {
+        &self.cache
     }
 
     /// The same verifier, leaving refused clients in `sink`.
@@ -92,6 +111,7 @@ impl PolicyVerifier {
             inner: self.inner.clone(),
             allow: self.allow.clone(),
             sink: Some(sink),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -115,6 +135,15 @@ impl ClientCertVerifier for PolicyVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        let key = self
+            .cache
+            .enabled()
+            .then(|| ChainCache::key(end_entity, intermediates));
+        if let Some(k) = &key {
+            if self.cache.check(k, now.as_secs()) {
+                return Ok(ClientCertVerified::assertion());
+            }
+        }
         let identity = PeerIdentity::from_der(end_entity);
         let verdict = self
             .inner
@@ -125,6 +154,11 @@ impl ClientCertVerifier for PolicyVerifier {
                     CertificateError::ApplicationVerificationFailure,
                 )),
             });
+        if let (Ok(_), Some(k)) = (&verdict, key) {
+            if let Some(until) = chain_not_after(end_entity, intermediates) {
+                self.cache.insert(k, now.as_secs(), until);
+            }
+        }
         if let (Err(error), Some(sink)) = (&verdict, &self.sink) {
             let (identity, identity_error) = match identity {
                 Ok(id) => (Some(id), None),
