@@ -240,7 +240,13 @@ impl Terminus {
 
     /// Wait for the process to exit (panics after `timeout`); its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        wait_with_deadline(&mut self.child, timeout).code()
+        self.wait_exit_status(timeout).code()
+    }
+
+    /// [`Terminus::wait_exit`], the whole status (a signal shows, e.g. SIGSYS from a
+    /// seccomp filter).
+    pub fn wait_exit_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_with_deadline(&mut self.child, timeout)
     }
 
     pub fn stderr(&self) -> String {
