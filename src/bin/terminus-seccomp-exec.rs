@@ -352,8 +352,9 @@ macro_rules! x86_64_only {
     };
 }
 
-/// The table: `generic` names exist on x86_64 and aarch64 alike, `x86_64` names only
-/// there. Each entry is written as its `libc::SYS_` constant, so a typo does not build.
+/// The table: `generic` names exist on x86_64 and aarch64 alike (checked against
+/// libc's aarch64 constants), `x86_64` names only there. Each entry is written as its
+/// `libc::SYS_` constant, so a typo does not build.
 macro_rules! syscall_table {
     (generic: [$($g:ident),* $(,)?], x86_64: [$($x:ident),* $(,)?] $(,)?) => {
         /// (name, this arch's number or None when this arch lacks it).
@@ -377,7 +378,7 @@ syscall_table! {
         SYS_fstatfs, SYS_fsync, SYS_ftruncate, SYS_futex, SYS_getcwd, SYS_getdents64,
         SYS_getegid, SYS_geteuid, SYS_getgid, SYS_getgroups, SYS_getpeername, SYS_getpgid,
         SYS_getpid, SYS_getppid, SYS_getrandom, SYS_getresgid, SYS_getresuid,
-        SYS_getrlimit, SYS_getrusage, SYS_getsockname, SYS_getsockopt, SYS_gettid,
+        SYS_getrusage, SYS_getsockname, SYS_getsockopt, SYS_gettid,
         SYS_gettimeofday, SYS_getuid, SYS_get_robust_list, SYS_io_uring_enter,
         SYS_io_uring_register, SYS_io_uring_setup, SYS_ioctl, SYS_kill, SYS_listen,
         SYS_lseek, SYS_madvise, SYS_membarrier, SYS_mincore, SYS_mlock, SYS_mmap,
@@ -389,7 +390,7 @@ syscall_table! {
         SYS_rt_sigsuspend, SYS_rt_sigtimedwait, SYS_sched_getaffinity,
         SYS_sched_getparam, SYS_sched_getscheduler, SYS_sched_setaffinity,
         SYS_sched_yield, SYS_sendmmsg, SYS_sendmsg, SYS_sendto, SYS_set_robust_list,
-        SYS_set_tid_address, SYS_setitimer, SYS_getitimer, SYS_setrlimit, SYS_setsockopt,
+        SYS_set_tid_address, SYS_setitimer, SYS_getitimer, SYS_setsockopt,
         SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_socketpair, SYS_statfs, SYS_statx,
         SYS_sysinfo, SYS_tgkill, SYS_timerfd_create, SYS_timerfd_gettime,
         SYS_timerfd_settime, SYS_times, SYS_tkill, SYS_umask, SYS_uname, SYS_wait4,
@@ -398,8 +399,11 @@ syscall_table! {
         SYS_bpf, SYS_init_module, SYS_kexec_load, SYS_keyctl, SYS_mount, SYS_ptrace,
         SYS_reboot, SYS_setns, SYS_umount2, SYS_unshare,
     ],
+    // getrlimit/setrlimit exist on aarch64 too, but libc has no aarch64 constant for
+    // them (glibc calls prlimit64 there): skipped on aarch64 like the legacy ones.
     x86_64: [
-        SYS_access, SYS_arch_prctl, SYS_dup2, SYS_epoll_create, SYS_epoll_wait,
+        SYS_getrlimit, SYS_setrlimit, SYS_access, SYS_arch_prctl, SYS_dup2,
+        SYS_epoll_create, SYS_epoll_wait,
         SYS_eventfd, SYS_fork, SYS_getdents, SYS_getpgrp, SYS_lstat, SYS_open, SYS_pipe,
         SYS_poll, SYS_readlink, SYS_select, SYS_stat, SYS_time, SYS_vfork,
     ],
