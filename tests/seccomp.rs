@@ -12,6 +12,14 @@
 //! - with `io = "io_uring"` forced, it exits 1 with the clear message: EPERM names
 //!   seccomp; ENOSYS (on this ≥ 6.0 kernel) names a filter, not an old kernel.
 //!
+//!
+//! And under the profile shipped for containers, `deploy/seccomp-io_uring.json`
+//! (`terminus-seccomp-exec --profile FILE --strict`: the syscalls it lists are allowed,
+//! any other kills the process with SIGSYS): terminus lives its whole life on io_uring
+//! (`auto`) and on epoll (`TERMINUS_IO=epoll`) — start, sd_notify, TLS, mTLS, an
+//! upstream by name, /metrics, SIGHUP, SIGUSR1, SIGTERM drain to exit 0; and the profile
+//! is enforced: without `io_uring_setup` in it, `auto` falls back to epoll.
+//!
 //! `TERMINUS_IO` is removed from every child's environment here, so these tests test
 //! `auto` and the config's `io` even in a suite run under `TERMINUS_IO=epoll`.
 
@@ -380,4 +388,304 @@ fn forced_io_uring_exits_1_naming_seccomp_under_eperm_filter() {
 #[test]
 fn forced_io_uring_exits_1_naming_a_filter_not_the_kernel_under_enosys_filter() {
     forced_io_uring_exits_1(Deny::Enosys);
+}
+
+// ---------------------------------------------------------------------------------
+// Under deploy/seccomp-io_uring.json, the profile shipped for containers
+// ---------------------------------------------------------------------------------
+
+/// The profile shipped for containers (Docker `--security-opt seccomp=`, Kubernetes
+/// `Localhost`): every syscall `terminus run` makes, plus io_uring; EPERM for the rest.
+const PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/seccomp-io_uring.json");
+const SIGSYS: i32 = 31;
+const NAMED: &str = "echo.seccomp.test";
+
+/// `env VARS... terminus-seccomp-exec --profile PROFILE [--strict] --`: `env` sets the
+/// variables outside the filter (the `start_config_io_with_prefix` child has no
+/// `TERMINUS_IO` of its own, so `TERMINUS_IO=epoll` here is the only one it sees).
+fn profile_prefix(vars: &[String], profile: &str, strict: bool) -> Vec<String> {
+    let mut p = vec!["env".to_string()];
+    p.extend(vars.iter().cloned());
+    p.extend([HELPER.into(), "--profile".into(), profile.into()]);
+    if strict {
+        p.push("--strict".into());
+    }
+    p.push("--".into());
+    p
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The exit status must not be SIGSYS: under `--strict` a syscall missing from the
+/// profile kills terminus with it.
+fn assert_not_sigsys(status: std::process::ExitStatus, what: &str, stderr: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_ne!(
+        status.signal(),
+        Some(SIGSYS),
+        "{what}: killed by SIGSYS: a syscall missing from {PROFILE}; stderr:\n{stderr}"
+    );
+}
+
+/// The next datagram on the `NOTIFY_SOCKET` socket.
+fn recv_notify(sock: &std::os::unix::net::UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no {what} datagram on NOTIFY_SOCKET: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Poll (bounded by [`WAIT`]) until `cond` holds; false on timeout.
+fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Everything `terminus run` does in its life, under the shipped profile with
+/// `--strict` (a syscall missing from it kills terminus): start on `want` (`auto`
+/// picking io_uring, or `TERMINUS_IO=epoll`), sd_notify, curl, an echo compared byte
+/// for byte, mTLS, an upstream by name (hosts file and the system resolver, resolved
+/// again every 100 ms), /metrics, the reload poll, SIGHUP, SIGUSR1 with a renamed
+/// access log, and a SIGTERM drain (after a drain delay) that exits 0.
+fn serves_under_the_profile(want: &str) {
+    let _g = heavy();
+    let s = Setup::new();
+    let dir = s.pki.dir().to_path_buf();
+    std::fs::write(dir.join("hosts"), format!("127.0.0.1 {NAMED}\n")).unwrap();
+    let config = s.config("reload_interval_ms = 100\ndrain_delay_ms = 200\n");
+    let echo_port = s.echo.addr().port();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("access = \"off\""), "{text}");
+    let text = text.replace("access = \"off\"", "access = \"access.log\"")
+        + &format!(
+            "\n[resolver]\nhosts_file = \"hosts\"\n\n[[listeners]]\nname = \"named\"\n\
+             listen = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+             upstreams = [\"{NAMED}:{echo_port}\", \"localhost:{echo_port}\"]\n\
+             resolve_interval_ms = 100\n"
+        );
+    std::fs::write(&config, &text).unwrap();
+
+    let notify = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut vars = vec![format!("NOTIFY_SOCKET={}", notify.display())];
+    if want == "epoll" {
+        vars.push(format!("{IO_ENV}=epoll"));
+    }
+    let prefix = profile_prefix(&vars, PROFILE, true);
+    let mut t = Terminus::start_config_io_with_prefix(&as_strs(&prefix), &config);
+    let what = format!("{want} under {PROFILE} --strict");
+
+    assert_eq!(
+        t.io_backend().as_deref(),
+        Some(want),
+        "{what}: `io backend=` line; stderr:\n{}",
+        t.stderr()
+    );
+    assert!(
+        !t.stderr().contains("using epoll"),
+        "{what}: no fallback notice: {}",
+        t.stderr()
+    );
+    let ready = recv_notify(&sock, "READY=1");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{what}: {ready:?}");
+    assert_backend_metric(&t, want);
+
+    // curl through `web`, an echo compared byte for byte, mTLS, the named upstream.
+    require_tool("curl");
+    let port = t.addr("web").port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(s.pki.ca_pem())
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}/profile"));
+    let mut curl = Spawned::new(cmd);
+    let status = curl.wait(WAIT);
+    assert!(
+        status.success(),
+        "{what}: curl failed ({status}); stderr: {}; terminus stderr: {}",
+        curl.stderr(),
+        t.stderr()
+    );
+    assert_eq!(curl.stdout().as_bytes(), HTTP_BODY, "{what}: curl body");
+    let mut tls = tls_connect(t.addr("echo"), &s.client(None));
+    echo_compare(&mut tls, MIB, 12, &format!("{what}: 1 MiB echo"));
+    drop(tls);
+    let mtls = s.client(Some(&s.client));
+    let mut tls = tls_connect(t.addr("mtls"), &mtls);
+    echo_round_trip(&mut tls, b"mutual TLS under the profile", "mTLS echo");
+    drop(tls);
+    // A few re-resolution rounds, then the named upstream.
+    thread::sleep(Duration::from_millis(300));
+    let mut tls = tls_connect(t.addr("named"), &s.client(None));
+    echo_round_trip(&mut tls, b"upstream by name", "named upstream echo");
+    drop(tls);
+
+    // SIGHUP: a reloadable change (one more allowed identity) counts an ok reload.
+    let reloads = "terminus_config_reloads_total{result=\"ok\"}";
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replace(
+        &format!("allow = [\"{SPIFFE}\"]"),
+        &format!("allow = [\"{SPIFFE}\", \"spiffe://example.org/other\"]"),
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).unwrap();
+    t.signal("HUP");
+    assert!(
+        wait_until(|| metric(&http_get(t.admin(), "/metrics").1, reloads) >= Some(1.0)),
+        "{what}: no `{reloads} 1` after SIGHUP; stderr:\n{}",
+        t.stderr()
+    );
+    let mut tls = tls_connect(t.addr("mtls"), &s.client(Some(&s.client)));
+    echo_round_trip(&mut tls, b"mTLS after the reload", "mTLS after SIGHUP");
+    drop(tls);
+
+    // SIGUSR1: rename the access log, signal, and the next connection's line lands in
+    // a fresh file.
+    let log = dir.join("access.log");
+    assert!(
+        wait_until(|| log.exists()),
+        "{what}: no access.log; stderr:\n{}",
+        t.stderr()
+    );
+    std::fs::rename(&log, dir.join("access.log.1")).unwrap();
+    t.signal("USR1");
+    let fresh = wait_until(|| {
+        let mut tls = tls_connect(t.addr("echo"), &s.client(None));
+        echo_round_trip(&mut tls, b"after USR1", "echo after SIGUSR1");
+        drop(tls);
+        thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() >= 1)
+    });
+    assert!(
+        fresh,
+        "{what}: no fresh access.log after SIGUSR1; stderr:\n{}",
+        t.stderr()
+    );
+
+    // SIGTERM: STOPPING=1, the drain delay, then exit 0 (not SIGSYS).
+    t.assert_alive();
+    t.signal("TERM");
+    let stopping = recv_notify(&sock, "STOPPING=1");
+    assert!(
+        stopping.lines().any(|l| l == "STOPPING=1"),
+        "{what}: {stopping:?}"
+    );
+    let status = t.wait_exit_status(WAIT);
+    assert_not_sigsys(status, &what, &t.stderr());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{what}: {status}; stderr:\n{}",
+        t.stderr()
+    );
+}
+
+#[test]
+fn serves_reloads_reopens_and_drains_on_io_uring_under_the_shipped_profile() {
+    serves_under_the_profile("io_uring");
+}
+
+#[test]
+fn serves_reloads_reopens_and_drains_on_epoll_under_the_shipped_profile() {
+    serves_under_the_profile("epoll");
+}
+
+/// The profile with `name` removed from its allow list, in a temp file.
+fn profile_without(name: &str) -> (TempDir, String) {
+    let text = std::fs::read_to_string(PROFILE).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names = v["syscalls"][0]["names"].as_array_mut().unwrap();
+    let before = names.len();
+    names.retain(|n| n != name);
+    assert_eq!(names.len() + 1, before, "{name} was in the profile once");
+    let dir = TempDir::new("seccomp-profile");
+    let path = dir.path().join(format!("without-{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    (dir, path.display().to_string())
+}
+
+/// The profile is enforced: without `io_uring_setup` in it (not strict, so the call
+/// fails with the profile's EPERM), `auto` falls back to epoll with the notice that
+/// blames seccomp, and serves.
+#[test]
+fn a_profile_without_io_uring_setup_makes_auto_fall_back_to_epoll() {
+    let s = Setup::new();
+    let config = s.config("");
+    let (_dir, profile) = profile_without("io_uring_setup");
+    let prefix = profile_prefix(&[], &profile, false);
+    let t = Terminus::start_config_io_with_prefix(&as_strs(&prefix), &config);
+    assert_eq!(
+        t.io_backend().as_deref(),
+        Some("epoll"),
+        "`io backend=` line; stderr:\n{}",
+        t.stderr()
+    );
+    let err = t.wait_stderr("using epoll", WAIT);
+    let fallback: Vec<&str> = err.lines().filter(|l| l.contains("using epoll")).collect();
+    assert_eq!(fallback.len(), 1, "one fallback line:\n{err}");
+    assert!(fallback[0].contains("io_uring_setup"), "{}", fallback[0]);
+    assert_blames_the_filter(Deny::Eperm, fallback[0], "fallback line");
+    let mut tls = tls_connect(t.addr("echo"), &s.client(None));
+    echo_round_trip(&mut tls, b"epoll under a narrower profile", "echo");
+}
+
+/// `--strict` kills on a syscall the profile lacks (SIGSYS), where the plain profile
+/// answers EPERM: `terminus --version` without `write` in the profile.
+#[test]
+fn strict_kills_on_a_syscall_missing_from_the_profile() {
+    use std::os::unix::process::ExitStatusExt;
+    let (_dir, profile) = profile_without("write");
+    let mut cmd = Command::new(HELPER);
+    cmd.args(["--profile", &profile, "--strict", "--", bin(), "--version"]);
+    let mut child = Spawned::new(cmd);
+    let status = child.wait(WAIT);
+    assert_eq!(
+        status.signal(),
+        Some(SIGSYS),
+        "{status}: {}",
+        child.stderr()
+    );
+    // The shipped profile has `write`: the same command prints the version.
+    let mut cmd = Command::new(HELPER);
+    cmd.args(["--profile", PROFILE, "--strict", "--", bin(), "--version"]);
+    let (code, out, err) = run_command_to_exit(cmd, WAIT);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("terminus "), "{out}");
+}
+
+/// A profile this tool cannot enforce as written is refused before PROGRAM runs
+/// (exit 125), naming what is wrong.
+#[test]
+fn helper_refuses_a_profile_it_cannot_enforce() {
+    let dir = TempDir::new("seccomp-profile");
+    for (text, needle) in [
+        (
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["frobnicate"], "action": "SCMP_ACT_ALLOW"}]}"#,
+            "frobnicate",
+        ),
+        (
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]}]}"#,
+            "args",
+        ),
+    ] {
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(HELPER);
+        cmd.arg("--profile").arg(&path).args(["--", "true"]);
+        let (code, _out, err) = run_command_to_exit(cmd, WAIT);
+        assert_eq!(code, Some(125), "{text}: {err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
 }

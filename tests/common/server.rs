@@ -7,6 +7,9 @@
 //! `[runtime] io`), every `Terminus::start*` asserts that the child's `io backend=` line
 //! names that backend, so a suite run that claims epoll really ran on epoll (`.ci/run`
 //! runs the integration suites a second time so). `auto` or unset: no check.
+//!
+//! Another: `TERMINUS_TEST_PREFIX` puts a wrapper in front of every server child
+//! ([`command_with_prefix`]).
 
 use super::{bin, client_config, write_config, ListenerConf, Pki, READY_TIMEOUT};
 use rustls::ClientConfig;
@@ -237,7 +240,13 @@ impl Terminus {
 
     /// Wait for the process to exit (panics after `timeout`); its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        wait_with_deadline(&mut self.child, timeout).code()
+        self.wait_exit_status(timeout).code()
+    }
+
+    /// [`Terminus::wait_exit`], the whole status (a signal shows, e.g. SIGSYS from a
+    /// seccomp filter).
+    pub fn wait_exit_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_with_deadline(&mut self.child, timeout)
     }
 
     pub fn stderr(&self) -> String {
@@ -307,16 +316,23 @@ pub fn run_command_to_exit(mut cmd: Command, timeout: Duration) -> (Option<i32>,
     (status.code(), out.join().unwrap(), err.join().unwrap())
 }
 
-/// `PREFIX... terminus` (just `terminus` for an empty prefix), arguments still to add.
+/// The environment variable whose whitespace-separated words go right in front of the
+/// terminus binary of every server child (after a test's own prefix), so that a whole
+/// suite can run under a wrapper, e.g. `terminus-seccomp-exec --profile FILE --strict --`.
+pub const PREFIX_ENV: &str = "TERMINUS_TEST_PREFIX";
+
+/// `PREFIX... $TERMINUS_TEST_PREFIX... terminus` (just `terminus` when both are empty),
+/// arguments still to add.
 pub fn command_with_prefix(prefix: &[&str]) -> Command {
-    match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(bin());
-            c
-        }
-        None => Command::new(bin()),
-    }
+    let env = std::env::var(PREFIX_ENV).unwrap_or_default();
+    let mut words = prefix
+        .iter()
+        .copied()
+        .chain(env.split_whitespace())
+        .chain([bin()]);
+    let mut c = Command::new(words.next().expect("at least the binary"));
+    c.args(words);
+    c
 }
 
 fn collect_pipe<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {
