@@ -773,3 +773,96 @@ fn access_log_lines_are_json_and_carry_the_peer_identity() {
     assert_eq!(bad["client_auth"], "none");
     assert_eq!(bad["close_reason"], "handshake_failed");
 }
+
+/// One full handshake (a fresh client config: no session to resume) plus an echo;
+/// the error if the server refused.
+fn full_handshake(addr: SocketAddr, pki: &Pki, leaf: &TestLeaf) -> Result<(), String> {
+    let cfg = client_with_cert(pki, Some(leaf));
+    let mut tls = try_tls_connect(addr, &cfg).map_err(|e| e.to_string())?;
+    let data = Pattern::bytes(7, 64);
+    tls.write_all(&data).map_err(|e| e.to_string())?;
+    let mut got = vec![0u8; data.len()];
+    tls.read_exact(&mut got).map_err(|e| e.to_string())?;
+    assert_eq!(got, data);
+    Ok(())
+}
+
+/// The verified-chain cache: a returning client's chain is a hit on its next full
+/// handshake; a reload that revokes it (CRL) or stops allowing it refuses it on its
+/// very next handshake, and the counters carry across reloads.
+#[test]
+fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_once() {
+    let pki = Pki::generate();
+    let (ca, leaf) = client_ca(&pki);
+    let other_id = "spiffe://example.org/other";
+    let other = ca.leaf(&LeafSpec::client("other", Some(other_id))).unwrap();
+    let crl = pki.dir().join("clients.crl");
+    std::fs::write(&crl, ca.crl(&[]).unwrap().0).unwrap();
+    let auth = format!(
+        "[listeners.client_auth]\nmode = \"require\"\nca = [\"client-ca.pem\"]\n\
+         crl = [\"clients.crl\"]\nallow = [\"{SPIFFE}\", \"{other_id}\"]\n"
+    );
+    let backend = Backend::echo();
+    let config = write_config(
+        &pki,
+        Some(1),
+        &[ListenerConf::new("mtls", &[backend.addr()]).raw(&auth)],
+    );
+    let config = with_tables(&config, ADMIN);
+    // Reloads only on SIGHUP here, so the reload counter is exact.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[runtime]\n", "[runtime]\nreload_interval_ms = 600000\n", 1),
+    )
+    .unwrap();
+    let t = Terminus::start(&config);
+    let addr = t.addr("mtls");
+    let hit = "terminus_client_chain_cache_total{listener=\"mtls\",result=\"hit\"}";
+    let miss = "terminus_client_chain_cache_total{listener=\"mtls\",result=\"miss\"}";
+
+    for _ in 0..3 {
+        full_handshake(addr, &pki, &leaf).expect("allowed client");
+    }
+    full_handshake(addr, &pki, &other).expect("other allowed client");
+    let page = scrape(&t);
+    assert_eq!((m(&page, hit), m(&page, miss)), (2.0, 2.0), "{page}");
+
+    // Revoke the cached client: its very next handshake is refused.
+    let serial: &[u8] = &leaf.serial;
+    std::fs::write(&crl, ca.crl(&[serial]).unwrap().0).unwrap();
+    t.signal("HUP");
+    wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 1.0);
+    let e = full_handshake(addr, &pki, &leaf).expect_err("revoked client refused");
+    let page = wait_metric(
+        &t,
+        "terminus_handshake_errors_total{listener=\"mtls\",reason=\"cert_revoked\"}",
+        1.0,
+    );
+    assert_eq!(
+        m(
+            &page,
+            "terminus_handshake_errors_total{listener=\"mtls\",reason=\"cert_revoked\"}"
+        ),
+        1.0,
+        "{e}\n{page}"
+    );
+    // The other client is verified afresh (a miss), then cached again (a hit).
+    full_handshake(addr, &pki, &other).expect("other still allowed");
+    full_handshake(addr, &pki, &other).expect("other still allowed");
+    let page = scrape(&t);
+    assert_eq!((m(&page, hit), m(&page, miss)), (3.0, 4.0), "{page}");
+
+    // Stop allowing the other client: refused on its very next handshake too.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&format!(", \"{other_id}\""), "")).unwrap();
+    t.signal("HUP");
+    wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 2.0);
+    full_handshake(addr, &pki, &other).expect_err("no longer allowed");
+    let page = wait_metric(&t, "terminus_policy_denied_total{listener=\"mtls\"}", 1.0);
+    assert_eq!(
+        m(&page, "terminus_policy_denied_total{listener=\"mtls\"}"),
+        1.0,
+        "{page}"
+    );
+}

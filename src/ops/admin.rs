@@ -58,6 +58,7 @@ impl AdminState {
                     upstreams_up: live.upstreams.up(std::time::Instant::now()),
                     resolve_errors: live.upstreams.resolve_errors(),
                     certs: live.cert_expiry.clone(),
+                    chain_cache: live.tls.chain_cache_counts(),
                 }
             })
             .collect();

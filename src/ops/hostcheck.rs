@@ -302,7 +302,7 @@ fn seccomp_item() -> Item {
                 "seccomp",
                 "mode 2: a seccomp filter is active (container runtime?); the ring line below says whether it allows io_uring",
             )
-            .fix("if the ring fails: a profile that is the runtime default plus io_uring_setup, io_uring_enter, io_uring_register (tuning/README.md, Containers)"),
+            .fix("if the ring fails: a profile that allows io_uring_setup, io_uring_enter, io_uring_register, such as deploy/seccomp-io_uring.json (tuning/README.md, Containers)"),
         Some(m) => item(
             Status::Fail,
             "seccomp",

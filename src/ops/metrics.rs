@@ -218,6 +218,8 @@ pub struct ListenerView {
     pub resolve_errors: Vec<(String, u64)>,
     /// (certificate file, notAfter as Unix seconds).
     pub certs: Vec<(String, i64)>,
+    /// Client chain cache (hits, misses); None without client auth or cache.
+    pub chain_cache: Option<(u64, u64)>,
 }
 
 /// Process-wide counters outside the workers.
@@ -392,6 +394,22 @@ static FAMILIES: &[Family] = &[
         "counter",
         "Verified client certificates refused by the allow-list.",
         Samples::Summed(|m| m.errors(HandshakeFailure::PolicyDenied)),
+    ),
+    family(
+        "terminus_client_chain_cache_total",
+        "counter",
+        "Client certificate chains found already verified and allowed (hit) or verified \
+         in full (miss); listeners with client_auth and verify_cache_size > 0.",
+        Samples::Current(|l| {
+            l.chain_cache
+                .map(|(hit, miss)| {
+                    vec![
+                        ("result=\"hit\"".into(), Num::U(hit)),
+                        ("result=\"miss\"".into(), Num::U(miss)),
+                    ]
+                })
+                .unwrap_or_default()
+        }),
     ),
     family(
         "terminus_handshake_duration_seconds",
@@ -835,6 +853,7 @@ mod tests {
             upstreams_up: vec![],
             resolve_errors: vec![],
             certs: vec![("/c/server.pem".into(), 1_900_000_000)],
+            chain_cache: Some((7, 2)),
         };
         let g = GlobalView {
             reloads_ok: 1,
@@ -855,6 +874,8 @@ mod tests {
             format!("terminus_handshakes_total{{{l},result=\"ok\",resumed=\"true\",client_auth=\"none\"}} 1"),
             format!("terminus_handshakes_total{{{l},result=\"error\",resumed=\"false\",client_auth=\"none\"}} 2"),
             format!("terminus_policy_denied_total{{{l}}} 2"),
+            format!("terminus_client_chain_cache_total{{{l},result=\"hit\"}} 7"),
+            format!("terminus_client_chain_cache_total{{{l},result=\"miss\"}} 2"),
             format!("terminus_handshake_duration_seconds_count{{{l}}} 2"),
             format!("terminus_upstream_connect_errors_total{{{l},upstream=\"127.0.0.1:9\"}} 2"),
             format!("terminus_upstream_connect_errors_total{{{l},upstream=\"127.0.0.1:8\"}} 0"),
@@ -913,6 +934,7 @@ mod tests {
                     ("/c/server.pem".into(), 1_900_000_000),
                     ("/c/\"odd\"\\name.pem".into(), -1),
                 ],
+                chain_cache: Some((40, 3)),
             },
             ListenerView {
                 name: "in\nternal".into(),
@@ -921,6 +943,7 @@ mod tests {
                 upstreams_up: vec![],
                 resolve_errors: vec![],
                 certs: vec![],
+                chain_cache: None,
             },
         ];
         let g = GlobalView {
@@ -978,6 +1001,7 @@ mod tests {
                 "terminus_handshakes_total counter",
                 "terminus_handshake_errors_total counter",
                 "terminus_policy_denied_total counter",
+                "terminus_client_chain_cache_total counter",
                 "terminus_handshake_duration_seconds histogram",
                 "terminus_upstream_connect_duration_seconds histogram",
                 "terminus_upstream_connect_errors_total counter",

@@ -123,6 +123,8 @@ impl Reloader {
                     for w in &live.tls.warnings {
                         crate::op_warn!("reload: listener {name}: {w}");
                     }
+                    live.tls
+                        .adopt_chain_cache_counts(&self.listeners[i].live.load().tls);
                     self.listeners[i].live.store(Arc::new(live));
                     self.stats.record_ok();
                     crate::op_info!("reload: listener {name}: new certificates and keys in use");
@@ -175,6 +177,8 @@ impl Reloader {
                 crate::op_warn!("reload: listener {}: {w}", l.name);
             }
             self.prints[i] = fingerprint(&l).unwrap_or(0);
+            live.tls
+                .adopt_chain_cache_counts(&self.listeners[i].live.load().tls);
             // Just resolved: new addresses, but the health and error counts of what stays.
             live.upstreams
                 .adopt(&self.listeners[i].live.load().upstreams, false);

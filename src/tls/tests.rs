@@ -382,6 +382,7 @@ fn worker_config_records_the_refused_client_and_refuses_it_alike() {
         ca: vec![fx.dir.join("ca.pem")],
         crl: Vec::new(),
         allow: vec!["spiffe://example.org/someone-else".into()],
+        verify_cache_size: 4096,
     });
     let tls = server_tls(&fx.listener).unwrap();
     let sink = RejectSink::default();
@@ -452,6 +453,7 @@ fn worker_config_differs_from_the_shared_one_only_in_its_verifier() {
         ca: vec![fx.dir.join("ca.pem")],
         crl: Vec::new(),
         allow: Vec::new(),
+        verify_cache_size: 4096,
     });
     fx.listener.alpn = vec!["h2".into(), "http/1.1".into()];
     fx.listener.tls13_tickets = 1;
@@ -475,4 +477,109 @@ fn worker_config_differs_from_the_shared_one_only_in_its_verifier() {
     };
     assert!(fields(&tls.config).contains("alpn_protocols"));
     assert_eq!(fields(&worker), fields(&tls.config));
+}
+
+/// Always presents the same certificate and key, matched or not.
+#[derive(Debug)]
+struct Present(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Present {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Drive a handshake between `client_cfg` and the worker config `cfg` in memory;
+/// the server's error, if it refused.
+fn drive(
+    cfg: &Arc<rustls::ServerConfig>,
+    client_cfg: &Arc<rustls::ClientConfig>,
+) -> Result<(), rustls::Error> {
+    let mut client =
+        rustls::ClientConnection::new(client_cfg.clone(), "localhost".try_into().unwrap()).unwrap();
+    let mut server = rustls::ServerConnection::new(cfg.clone()).unwrap();
+    for _ in 0..10 {
+        let mut buf = Vec::new();
+        client.write_tls(&mut buf).unwrap();
+        server.read_tls(&mut buf.as_slice()).unwrap();
+        server.process_new_packets()?;
+        buf.clear();
+        server.write_tls(&mut buf).unwrap();
+        let _ = client.read_tls(&mut buf.as_slice());
+        let _ = client.process_new_packets();
+        if !server.is_handshaking() {
+            return Ok(());
+        }
+    }
+    panic!("handshake did not finish in 10 flights");
+}
+
+/// The chain cache skips only the chain: a client that presents a cached chain with
+/// a key that is not its certificate's fails CertificateVerify, though the chain was
+/// a hit; and a cache of size 0 counts nothing.
+#[test]
+fn a_cached_chain_with_the_wrong_key_is_still_refused() {
+    let fx = Fixture::new("impostor");
+    let mut listener = fx.listener.clone();
+    listener.client_auth = Some(crate::config::ClientAuth {
+        mode: crate::config::ClientAuthMode::Require,
+        ca: vec![fx.dir.join("ca.pem")],
+        crl: Vec::new(),
+        allow: Vec::new(),
+        verify_cache_size: 16,
+    });
+    let tls = server_tls(&listener).unwrap();
+    let worker = tls.config_for(&RejectSink::default());
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(load_certs(&fx.dir.join("ca.pem")).unwrap()[0].clone())
+        .unwrap();
+    let chain = load_certs(&fx.dir.join("client.pem")).unwrap();
+    let client_for = |key: &Path| {
+        let key = load_key(key).unwrap();
+        let signer = provider.key_provider.load_private_key(key).unwrap();
+        let presented = rustls::sign::CertifiedKey::new(chain.clone(), signer);
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_client_cert_resolver(Arc::new(Present(Arc::new(presented))));
+        // Full handshakes only: a resumed one verifies no chain.
+        cfg.resumption = rustls::client::Resumption::disabled();
+        Arc::new(cfg)
+    };
+    let honest = client_for(&fx.dir.join("client.key"));
+    let impostor = client_for(&fx.dir.join("server.key"));
+    drive(&worker, &honest).expect("the honest client");
+    drive(&worker, &honest).expect("the honest client again");
+    assert_eq!(tls.chain_cache_counts(), Some((1, 1)));
+    let e = drive(&worker, &impostor).expect_err("the impostor");
+    assert!(
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+                | rustls::Error::PeerMisbehaved(_)
+                | rustls::Error::General(_)
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        tls.chain_cache_counts(),
+        Some((2, 1)),
+        "its chain was a hit"
+    );
+
+    listener.client_auth.as_mut().unwrap().verify_cache_size = 0;
+    let off = server_tls(&listener).unwrap();
+    assert_eq!(off.chain_cache_counts(), None);
+    drive(&off.config_for(&RejectSink::default()), &honest).expect("no cache");
 }

@@ -11,12 +11,12 @@ use std::io;
 pub enum UringError {
     #[error("io_uring is disabled by sysctl kernel.io_uring_disabled={0}; run `sysctl -w kernel.io_uring_disabled=0` (or add this process's group to kernel.io_uring_group)")]
     DisabledBySysctl(String),
-    #[error("io_uring_setup is not permitted ({0}): a seccomp profile (e.g. a container runtime's default) blocks it; run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register")]
+    #[error("io_uring_setup is not permitted ({0}): a seccomp profile (e.g. a container runtime's default) blocks it; run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register, such as deploy/seccomp-io_uring.json")]
     NotPermitted(io::Error),
     #[error("io_uring is not supported by this kernel ({0}); terminus needs Linux >= 6.0 (multishot recv, provided buffer rings)")]
     NotSupported(io::Error),
     /// ENOSYS from a kernel that has io_uring: a seccomp filter answers for it.
-    #[error("io_uring_setup is filtered ({source}): Linux {release} has io_uring, so a seccomp filter (e.g. a container runtime's default profile) answers ENOSYS for it; run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register")]
+    #[error("io_uring_setup is filtered ({source}): Linux {release} has io_uring, so a seccomp filter (e.g. a container runtime's default profile) answers ENOSYS for it; run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register, such as deploy/seccomp-io_uring.json")]
     Filtered { source: io::Error, release: String },
     #[error("io_uring_enter failed ({0}): a seccomp profile may allow io_uring_setup but not io_uring_enter; allow io_uring_enter/io_uring_register too")]
     Enter(io::Error),
