@@ -3,14 +3,19 @@
 //! (the same `server::start` as `run`, one pinned worker) with three listeners —
 //! terminate, re-encrypt, mutual TLS — and measures the same workloads (`bench::run`)
 //! in four modes: plaintext straight to the backend, termination, re-encryption and
-//! mTLS. Prints one table with ratios against termination and writes a
-//! self-contained HTML report (inline SVG latency CDFs).
+//! mTLS. The measurements run in rounds interleaved across modes (round 1: every mode
+//! and workload, then round 2 ...), so drift on a shared host hits every mode alike.
+//! Prints one table of medians over the rounds with their spread (min–max), ratios
+//! against termination (per round, then the median), the foreign CPU of each round
+//! and the bench client's own CPU per op, and writes a self-contained HTML report
+//! (inline SVG latency CDFs).
 //!
 //! Server CPU is the terminus worker threads' own CPU time (`terminus-w*`), so the
 //! in-process load generator and backends are not counted.
 #![forbid(unsafe_code)]
 
 use crate::tools::backend;
+use crate::tools::bench::spread::{Spread, NOISY_LEGEND};
 use crate::tools::bench::{
     self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Workload,
 };
@@ -26,13 +31,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Default total measuring budget, seconds (setup adds a few; the whole demo stays
-/// under a minute).
+/// under a minute), split over rounds x modes x workloads.
 pub const DEFAULT_SECONDS: u64 = 36;
+
+/// Default number of rounds.
+pub const DEFAULT_ROUNDS: usize = 3;
 
 const MODES: [&str; 4] = ["plaintext (direct)", "terminate", "reencrypt", "mtls"];
 const TERMINATE: usize = 1;
 
-/// What one mode measured.
+/// What one mode measured in one round.
 #[derive(Default)]
 struct ModeResult {
     handshake: Option<BenchReport>,
@@ -43,6 +51,8 @@ struct ModeResult {
 /// Demo options beyond the budget.
 pub struct DemoOpts {
     pub seconds: u64,
+    /// Rounds, interleaved across modes; the budget is split over them.
+    pub rounds: usize,
     pub serve: bool,
     /// Where to write the HTML report (default: the system temp dir).
     pub report: Option<PathBuf>,
@@ -73,21 +83,23 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
         (addr("mtls")?, tls(true)?),
     ];
 
-    // 4 modes x 3 workloads share the budget.
-    let per = Duration::from_secs_f64((o.seconds as f64 / 12.0).max(0.25));
+    // Rounds x 4 modes x 3 workloads share the budget.
+    let rounds = o.rounds.max(1);
+    let per = Duration::from_secs_f64((o.seconds as f64 / (12 * rounds) as f64).max(0.25));
     // The load generator runs on the last CPU, terminus's worker on the first.
     let client_cpus = (cpus.len() > 1).then(|| vec![cpus[cpus.len() - 1]]);
     println!(
         "terminus demo: terminator with 1 io_uring worker{}, echo backends on {} (plain) and {} (TLS); \
-         {:.1} s per measurement, work dir {}",
+         {rounds} round{} of {:.2} s per measurement, work dir {}",
         cpus.first().map(|c| format!(" on CPU {c}")).unwrap_or_default(),
         echo.addr,
         tls_echo.addr,
+        if rounds == 1 { "" } else { "s" },
         per.as_secs_f64(),
         dir.0.display()
     );
     let started = Instant::now();
-    let results = measure(&targets, per, &client_cpus, &stop)?;
+    let results = measure(&targets, rounds, per, &client_cpus, &stop)?;
     let interrupted = stop.load(Ordering::Relaxed);
     report(o, &results, started, client_cpus.is_some())?;
 
@@ -176,45 +188,54 @@ fn tls_opts(pki: &TestPki, client_cert_dir: Option<&TempDir>) -> Result<Option<T
     }))
 }
 
-/// Every mode x workload, in order, until `stop`.
+/// Every round of every mode x workload, in order, until `stop`: `[round][mode]`
+/// (an interrupted round is kept with what it measured).
 fn measure(
     targets: &[(SocketAddr, Option<TlsOpts>)],
+    rounds: usize,
     per: Duration,
     client_cpus: &Option<Vec<usize>>,
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<ModeResult>> {
+) -> Result<Vec<Vec<ModeResult>>> {
     let probe = TargetProbe::Threads {
         pid: std::process::id(),
         prefix: "terminus-w".into(),
     };
-    let mut results: Vec<ModeResult> = (0..4).map(|_| ModeResult::default()).collect();
-    for (m, (target, tls)) in targets.iter().enumerate() {
-        for wl in [Workload::Handshake, Workload::Bulk, Workload::Rr] {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(results);
-            }
-            let mut opts = BenchOpts::new(*target, wl);
-            opts.duration = per;
-            opts.tls = tls.clone();
-            opts.cpus = client_cpus.clone();
-            opts.stop = Some(stop.clone());
-            opts.timeout = Duration::from_secs(5);
-            opts.probe = (m != 0).then(|| probe.clone());
-            shape(&mut opts);
-            let label = format!("  {:<18} {:<9}", MODES[m], format!("{wl:?}").to_lowercase());
-            eprintln!("{label} measuring...");
-            let r = bench::run(&opts, Progress::Stderr(label))?;
-            if r.errors.total > 0 {
-                eprintln!(
-                    "  note: {} errors in {} {wl:?} ({:?})",
-                    r.errors.total, MODES[m], r.errors
+    let mut results: Vec<Vec<ModeResult>> = Vec::new();
+    for round in 1..=rounds {
+        results.push((0..4).map(|_| ModeResult::default()).collect());
+        for (m, (target, tls)) in targets.iter().enumerate() {
+            for wl in [Workload::Handshake, Workload::Bulk, Workload::Rr] {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(results);
+                }
+                let mut opts = BenchOpts::new(*target, wl);
+                opts.duration = per;
+                opts.tls = tls.clone();
+                opts.cpus = client_cpus.clone();
+                opts.stop = Some(stop.clone());
+                opts.timeout = Duration::from_secs(5);
+                opts.probe = (m != 0).then(|| probe.clone());
+                shape(&mut opts);
+                let label = format!(
+                    "  round {round}/{rounds} {:<18} {:<9}",
+                    MODES[m],
+                    format!("{wl:?}").to_lowercase()
                 );
-            }
-            let slot = &mut results[m];
-            match wl {
-                Workload::Handshake => slot.handshake = Some(r),
-                Workload::Bulk => slot.bulk = Some(r),
-                _ => slot.rr = Some(r),
+                eprintln!("{label} measuring...");
+                let r = bench::run(&opts, Progress::Stderr(label))?;
+                if r.errors.total > 0 {
+                    eprintln!(
+                        "  note: {} errors in {} {wl:?}, round {round} ({:?})",
+                        r.errors.total, MODES[m], r.errors
+                    );
+                }
+                let slot = &mut results[round - 1][m];
+                match wl {
+                    Workload::Handshake => slot.handshake = Some(r),
+                    Workload::Bulk => slot.bulk = Some(r),
+                    _ => slot.rr = Some(r),
+                }
             }
         }
     }
@@ -245,7 +266,7 @@ fn shape(opts: &mut BenchOpts) {
 /// The table on stdout and the HTML report file.
 fn report(
     o: &DemoOpts,
-    results: &[ModeResult],
+    results: &[Vec<ModeResult>],
     started: Instant,
     client_pinned: bool,
 ) -> Result<()> {
@@ -253,8 +274,12 @@ fn report(
     println!();
     print!("{table}");
     println!(
-        "\n(measured in one run on this machine, {:.0} s; compare ratios, not absolutes. Server CPU is \
+        "\n(measured in {} interleaved round{} on this machine, {:.0} s: each figure is the median \
+         over the rounds, min–max below it; \"vs term\" is the figure divided by terminate's in the \
+         same round, then the median of those ratios. Compare ratios, not absolutes. Server CPU is \
          the terminus worker thread's own CPU time; the client{} shares the machine.)",
+        results.len(),
+        if results.len() == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64(),
         if client_pinned {
             " runs on another CPU but"
@@ -293,77 +318,139 @@ fn serve(ca: &Path, t: SocketAddr, stop: &AtomicBool) {
     }
 }
 
-fn ratio(v: Option<f64>, base: Option<f64>) -> String {
-    match (v, base) {
-        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}x", v / b),
-        _ => "-".into(),
-    }
-}
-
-fn num(v: Option<f64>, prec: usize) -> String {
-    v.map_or("-".into(), |v| format!("{v:.prec$}"))
-}
-
-struct Row {
-    hs: Option<f64>,
-    cpu: Option<f64>,
-    gbit: Option<f64>,
-    p50: Option<f64>,
-    p99: Option<f64>,
-}
-
 fn ok(b: &Option<BenchReport>) -> Option<&BenchReport> {
     b.as_ref().filter(|b| b.ops > 0)
 }
 
-fn row(r: &ModeResult) -> Row {
-    Row {
-        hs: ok(&r.handshake).map(|b| b.ops_per_s),
-        cpu: ok(&r.handshake).and_then(|b| b.target_cpu_us_per_op),
-        gbit: ok(&r.bulk).map(|b| b.gbit_per_s),
-        p50: ok(&r.rr).map(|b| b.latency_us.p50 as f64),
-        p99: ok(&r.rr).map(|b| b.latency_us.p99 as f64),
-    }
+/// A column of the table: header, decimals, and the figure of a mode in one round.
+type Column = (&'static str, usize, fn(&ModeResult) -> Option<f64>);
+
+const COLUMNS: [Column; 5] = [
+    ("handshakes/s", 0, |r| ok(&r.handshake).map(|b| b.ops_per_s)),
+    ("srv CPU µs/hs", 1, |r| {
+        ok(&r.handshake).and_then(|b| b.target_cpu_us_per_op)
+    }),
+    ("Gbit/s", 2, |r| ok(&r.bulk).map(|b| b.gbit_per_s)),
+    ("rr p50 µs", 0, |r| {
+        ok(&r.rr).map(|b| b.latency_us.p50 as f64)
+    }),
+    ("rr p99 µs", 0, |r| {
+        ok(&r.rr).map(|b| b.latency_us.p99 as f64)
+    }),
+];
+
+/// A figure of mode `m` in each round (`None` where it was not measured).
+fn per_round(
+    results: &[Vec<ModeResult>],
+    m: usize,
+    get: fn(&ModeResult) -> Option<f64>,
+) -> Vec<Option<f64>> {
+    results.iter().map(|r| r.get(m).and_then(get)).collect()
 }
 
-/// The comparison table (plain text; also embedded in the HTML report).
-fn table(results: &[ModeResult]) -> String {
-    let rows: Vec<Row> = results.iter().map(row).collect();
-    let b = &rows[TERMINATE];
+/// The cells of one figure and its ratio: (median, min–max) of each.
+fn cells(
+    results: &[Vec<ModeResult>],
+    m: usize,
+    (_, prec, get): &Column,
+    noisy: &mut bool,
+) -> [(String, String); 2] {
+    let v = per_round(results, m, *get);
+    let figure = Spread::of_some(v.iter().copied());
+    let ratio = if m == TERMINATE {
+        figure
+            .as_ref()
+            .map(|_| ("1.00x".to_string(), "-".to_string()))
+    } else {
+        Spread::of_ratios(&v, &per_round(results, TERMINATE, *get))
+            .map(|s| (s.median_cell(2, "x"), s.range_cell(2, "x")))
+    };
+    for s in figure.iter() {
+        *noisy |= s.noisy;
+    }
+    let dash = || ("-".to_string(), "-".to_string());
+    [
+        figure.map_or_else(dash, |s| {
+            (s.median_cell(*prec, ""), s.range_cell(*prec, ""))
+        }),
+        ratio.unwrap_or_else(dash),
+    ]
+}
+
+/// The comparison table (plain text; also embedded in the HTML report): per mode a
+/// line of medians and a line of min–max, then the legends, the foreign CPU and the
+/// client's CPU.
+fn table(results: &[Vec<ModeResult>]) -> String {
     let mut s = String::new();
+    let _ = write!(s, "{:<19}", "mode");
+    for (h, _, _) in &COLUMNS {
+        let _ = write!(s, " {h:>13} {:>12}", "vs term");
+    }
+    s.push('\n');
+    let mut noisy = false;
+    for (m, mode) in MODES.iter().enumerate() {
+        let row: Vec<[(String, String); 2]> = COLUMNS
+            .iter()
+            .map(|c| cells(results, m, c, &mut noisy))
+            .collect();
+        for (line, label) in [(0, *mode), (1, "  min–max")] {
+            let _ = write!(s, "{label:<19}");
+            for [v, r] in &row {
+                let pick = |c: &(String, String)| if line == 0 { c.0.clone() } else { c.1.clone() };
+                let _ = write!(s, " {:>13} {:>12}", pick(v), pick(r));
+            }
+            s.push('\n');
+        }
+    }
+    if noisy {
+        let _ = writeln!(s, "{NOISY_LEGEND}");
+    }
     let _ = writeln!(
         s,
-        "{:<19} {:>12} {:>7} {:>14} {:>7} {:>8} {:>7} {:>9} {:>7} {:>9} {:>7}",
-        "mode",
-        "handshakes/s",
-        "vs term",
-        "srv CPU µs/hs",
-        "vs term",
-        "Gbit/s",
-        "vs term",
-        "rr p50 µs",
-        "vs term",
-        "rr p99 µs",
-        "vs term"
+        "{}",
+        bench::rounds::foreign_line(&foreign_per_round(results))
     );
-    for (m, r) in rows.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "{:<19} {:>12} {:>7} {:>14} {:>7} {:>8} {:>7} {:>9} {:>7} {:>9} {:>7}",
-            MODES[m],
-            num(r.hs, 0),
-            ratio(r.hs, b.hs),
-            num(r.cpu, 1),
-            ratio(r.cpu, b.cpu),
-            num(r.gbit, 2),
-            ratio(r.gbit, b.gbit),
-            num(r.p50, 0),
-            ratio(r.p50, b.p50),
-            num(r.p99, 0),
-            ratio(r.p99, b.p99),
-        );
-    }
+    let _ = writeln!(s, "{}", client_line(results));
     s
+}
+
+/// Each round's foreign CPUs: the average over its windows, weighted by their length.
+fn foreign_per_round(results: &[Vec<ModeResult>]) -> Vec<f64> {
+    results
+        .iter()
+        .filter_map(|round| {
+            let (mut cpu_s, mut secs) = (0.0, 0.0);
+            for r in round
+                .iter()
+                .flat_map(|m| [&m.handshake, &m.bulk, &m.rr])
+                .flatten()
+            {
+                if let Some(f) = r.foreign_cpus {
+                    cpu_s += f * r.duration_s;
+                    secs += r.duration_s;
+                }
+            }
+            (secs > 0.0).then(|| cpu_s / secs)
+        })
+        .collect()
+}
+
+/// The bench client's own CPU per handshake and per request against terminate
+/// (medians), beside the server's: the client is not the bottleneck when it pays
+/// about as much as (or less than) the server.
+fn client_line(results: &[Vec<ModeResult>]) -> String {
+    let med = |get: fn(&ModeResult) -> Option<f64>| {
+        Spread::of_some(per_round(results, TERMINATE, get))
+            .map_or("-".into(), |s| format!("{:.1}", s.median))
+    };
+    format!(
+        "client CPU (the bench's own workers, terminate, median): {} µs/handshake, {} µs/request; \
+         server: {} µs/handshake, {} µs/request",
+        med(|r| ok(&r.handshake).and_then(|b| b.client_cpu_us_per_op)),
+        med(|r| ok(&r.rr).and_then(|b| b.client_cpu_us_per_op)),
+        med(|r| ok(&r.handshake).and_then(|b| b.target_cpu_us_per_op)),
+        med(|r| ok(&r.rr).and_then(|b| b.target_cpu_us_per_op)),
+    )
 }
 
 fn esc(s: &str) -> String {
@@ -460,35 +547,56 @@ fn cdf_svg(title: &str, series: &[Series]) -> String {
     s
 }
 
+/// The latency CDF of one workload of mode `m` over all rounds (histograms merged).
+fn merged_cdf(
+    results: &[Vec<ModeResult>],
+    m: usize,
+    get: fn(&ModeResult) -> &Option<BenchReport>,
+) -> Vec<(f64, u64)> {
+    let mut merged: Option<BenchReport> = None;
+    for r in results
+        .iter()
+        .filter_map(|round| get(round.get(m)?).as_ref())
+    {
+        match &mut merged {
+            None => merged = Some(r.clone()),
+            Some(a) => {
+                let _ = a.histogram.add(&r.histogram);
+            }
+        }
+    }
+    merged.map(|r| r.cdf()).unwrap_or_default()
+}
+
 /// The self-contained HTML report: the table and one CDF chart per mode.
-fn html(results: &[ModeResult], table: &str) -> String {
+fn html(results: &[Vec<ModeResult>], table: &str) -> String {
     let mut s = String::from(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>terminus demo</title>\n\
          <style>body{font-family:sans-serif;margin:2em;max-width:60em}pre{background:#f6f6f6;\
          padding:1em;overflow-x:auto}figure{margin:1em 0}</style></head><body>\n\
-         <h1>terminus demo</h1>\n<p>One run on this machine: the same workloads against a \
+         <h1>terminus demo</h1>\n<p>Interleaved rounds on this machine: the same workloads against a \
          plaintext backend directly and through terminus (termination, re-encryption, mutual TLS). \
          Compare ratios, not absolutes; server CPU is the terminus worker thread's own CPU time.</p>\n",
     );
     let _ = writeln!(s, "<pre>{}</pre>", esc(table));
-    for (m, r) in results.iter().enumerate() {
+    for (m, mode) in MODES.iter().enumerate() {
         let series = [
             (
                 "request/response (64 B echo)",
                 "#1f77b4",
-                r.rr.as_ref().map(|b| b.cdf()).unwrap_or_default(),
+                merged_cdf(results, m, |r| &r.rr),
             ),
             (
                 "connect + handshake",
                 "#d62728",
-                r.handshake.as_ref().map(|b| b.cdf()).unwrap_or_default(),
+                merged_cdf(results, m, |r| &r.handshake),
             ),
         ];
         let _ = writeln!(
             s,
             "<figure><h2>{}</h2>{}</figure>",
-            esc(MODES[m]),
-            cdf_svg(&format!("{} latency CDF", MODES[m]), &series)
+            esc(mode),
+            cdf_svg(&format!("{mode} latency CDF"), &series)
         );
     }
     s.push_str("</body></html>\n");
