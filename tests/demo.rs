@@ -154,15 +154,98 @@ fn demo_measures_four_modes_and_writes_the_report() {
         "{out}"
     );
     let html = std::fs::read_to_string(&report).expect("report written");
-    assert!(html.contains("<svg"), "no chart in the report");
-    assert_eq!(html.matches("<svg").count(), 4, "one chart per mode");
-    assert!(html.contains("<polyline"), "charts have no data");
-    assert!(!html.contains("<script"), "self-contained, no JS");
+    assert_report(&html);
     assert!(
         !work_dir(&out).exists(),
         "the demo's work dir {} was not removed",
         work_dir(&out).display()
     );
+}
+
+/// The HTML report (issue 15): a metadata header, the table as an HTML table with
+/// "vs term" explained, bar charts with the spread drawn, one latency CDF per
+/// workload with all modes, axis titles on every chart; one file, nothing fetched.
+fn assert_report(html: &str) {
+    let meta_start = html.find("<table class=\"meta\">").expect("metadata table");
+    let results_start = html
+        .find("<table class=\"results\">")
+        .expect("results table");
+    assert!(meta_start < results_start, "metadata opens the report");
+    let meta = &html[meta_start..results_start];
+    for label in [
+        "version",
+        "git commit",
+        "date",
+        "CPU model",
+        "cores",
+        "kernel",
+        "governor",
+        "TLS",
+        "io backend",
+        "load",
+    ] {
+        assert!(
+            meta.contains(&format!("<tr><th>{label}</th><td>")),
+            "no {label} in {meta}"
+        );
+    }
+    for needle in ["rustls 0.23", "aws-lc-rs ", "terminus ", "rounds x 4 modes"] {
+        assert!(meta.contains(needle), "{needle} missing: {meta}");
+    }
+    let results = &html[results_start..];
+    let results = &results[..results.find("</table>").unwrap()];
+    assert_eq!(results.matches("<th>vs term</th>").count(), 5, "{results}");
+    for mode in MODES {
+        assert!(
+            results.contains(&format!("<tr><td>{mode}</td>")),
+            "{mode}: {results}"
+        );
+    }
+    assert!(
+        results.contains("<span class=\"range\">"),
+        "no min–max: {results}"
+    );
+    assert!(
+        html.contains("<b>vs term</b>: "),
+        "\"vs term\" is not explained"
+    );
+    assert!(html.contains("foreign CPU: "), "no foreign CPU note");
+
+    let svgs: Vec<&str> = html.split("<svg").skip(1).collect();
+    assert_eq!(svgs.len(), 5, "3 bar charts and 2 latency CDFs");
+    for svg in &svgs {
+        assert_eq!(
+            svg.matches("class=\"axis-title\"").count(),
+            2,
+            "axis titles: {svg}"
+        );
+    }
+    // Bars: every measured mode has a bar and a min–max whisker (the plaintext
+    // backend has no server CPU figure).
+    let bars: usize = svgs[..3]
+        .iter()
+        .map(|s| s.matches("class=\"bar\"").count())
+        .sum();
+    let whiskers: usize = svgs[..3]
+        .iter()
+        .map(|s| s.matches("class=\"spread\"").count())
+        .sum();
+    assert_eq!((bars, whiskers), (11, 11), "bars and spreads");
+    for svg in &svgs[3..] {
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            4,
+            "all modes in one chart"
+        );
+        assert!(svg.contains(">99.999%</text>"));
+    }
+    assert!(!html.contains("<script"), "self-contained, no JS");
+    for fetch in ["src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(fetch),
+            "the report fetches something: {fetch}"
+        );
+    }
 }
 
 #[test]

@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod meta;
+mod report;
+
 /// Default total measuring budget, seconds (setup adds a few; the whole demo stays
 /// under a minute), split over rounds x modes x workloads.
 pub const DEFAULT_SECONDS: u64 = 36;
@@ -88,8 +91,9 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
     let per = Duration::from_secs_f64((o.seconds as f64 / (12 * rounds) as f64).max(0.25));
     // The load generator runs on the last CPU, terminus's worker on the first.
     let client_cpus = (cpus.len() > 1).then(|| vec![cpus[cpus.len() - 1]]);
+    let io = server.io.backend.as_str();
     println!(
-        "terminus demo: terminator with 1 io_uring worker{}, echo backends on {} (plain) and {} (TLS); \
+        "terminus demo: terminator with 1 {io} worker{}, echo backends on {} (plain) and {} (TLS); \
          {rounds} round{} of {:.2} s per measurement, work dir {}",
         cpus.first().map(|c| format!(" on CPU {c}")).unwrap_or_default(),
         echo.addr,
@@ -101,7 +105,28 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
     let started = Instant::now();
     let results = measure(&targets, rounds, per, &client_cpus, &stop)?;
     let interrupted = stop.load(Ordering::Relaxed);
-    report(o, &results, started, client_cpus.is_some())?;
+    let info = RunInfo {
+        load: format!(
+            "{} round{} x 4 modes x 3 workloads, {:.2} s per measurement, interleaved; \
+             handshake: 8 connections, connect + full TLS 1.3 handshake + one 64 B echoed \
+             request + close; bulk: 1 connection echoing 64 KiB writes; rr: 64 B requests on \
+             8 kept connections, closed loop; terminus: 1 {io} worker{}; load generator: 1 \
+             worker{}",
+            rounds,
+            if rounds == 1 { "" } else { "s" },
+            per.as_secs_f64(),
+            cpus.first()
+                .map(|c| format!(" on CPU {c}"))
+                .unwrap_or_default(),
+            client_cpus
+                .as_ref()
+                .map(|c| format!(" on CPU {}", c[0]))
+                .unwrap_or_default(),
+        ),
+        io,
+        client_pinned: client_cpus.is_some(),
+    };
+    report(o, &results, started, &info)?;
 
     if o.serve && !interrupted {
         serve(&d("ca.pem"), addr("terminate")?, &stop);
@@ -263,14 +288,29 @@ fn shape(opts: &mut BenchOpts) {
     }
 }
 
+/// What the report says about the run itself.
+struct RunInfo {
+    /// The I/O backend terminus runs on.
+    io: &'static str,
+    /// The load parameters, one line.
+    load: String,
+    /// The load generator has a CPU of its own.
+    client_pinned: bool,
+}
+
 /// The table on stdout and the HTML report file.
 fn report(
     o: &DemoOpts,
     results: &[Vec<ModeResult>],
     started: Instant,
-    client_pinned: bool,
+    info: &RunInfo,
 ) -> Result<()> {
-    let table = table(results);
+    let (grid, notes) = table(results);
+    let mut table = grid;
+    for n in &notes {
+        table.push_str(n);
+        table.push('\n');
+    }
     println!();
     print!("{table}");
     println!(
@@ -281,7 +321,7 @@ fn report(
         results.len(),
         if results.len() == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64(),
-        if client_pinned {
+        if info.client_pinned {
             " runs on another CPU but"
         } else {
             ""
@@ -291,7 +331,10 @@ fn report(
         .report
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("terminus-demo-report.html"));
-    std::fs::write(&report, html(results, &table))
+    let mut meta = meta::collect();
+    meta.push(("io backend", info.io.to_string()));
+    meta.push(("load", info.load.clone()));
+    std::fs::write(&report, report::html(results, &table, &notes, &meta))
         .with_context(|| format!("cannot write {}", report.display()))?;
     println!("HTML report: {}", report.display());
     Ok(())
@@ -377,10 +420,10 @@ fn cells(
     ]
 }
 
-/// The comparison table (plain text; also embedded in the HTML report): per mode a
-/// line of medians and a line of min–max, then the legends, the foreign CPU and the
-/// client's CPU.
-fn table(results: &[Vec<ModeResult>]) -> String {
+/// The comparison table (plain text; also in the HTML report): per mode a line of
+/// medians and a line of min–max; and the notes under it: the noisy legend (when a
+/// figure is noisy), the foreign CPU and the client's CPU.
+fn table(results: &[Vec<ModeResult>]) -> (String, Vec<String>) {
     let mut s = String::new();
     let _ = write!(s, "{:<19}", "mode");
     for (h, _, _) in &COLUMNS {
@@ -402,16 +445,13 @@ fn table(results: &[Vec<ModeResult>]) -> String {
             s.push('\n');
         }
     }
+    let mut notes = Vec::new();
     if noisy {
-        let _ = writeln!(s, "{NOISY_LEGEND}");
+        notes.push(NOISY_LEGEND.to_string());
     }
-    let _ = writeln!(
-        s,
-        "{}",
-        bench::rounds::foreign_line(&foreign_per_round(results))
-    );
-    let _ = writeln!(s, "{}", client_line(results));
-    s
+    notes.push(bench::rounds::foreign_line(&foreign_per_round(results)));
+    notes.push(client_line(results));
+    (s, notes)
 }
 
 /// Each round's foreign CPUs: the average over its windows, weighted by their length.
@@ -451,156 +491,6 @@ fn client_line(results: &[Vec<ModeResult>]) -> String {
         med(|r| ok(&r.handshake).and_then(|b| b.target_cpu_us_per_op)),
         med(|r| ok(&r.rr).and_then(|b| b.target_cpu_us_per_op)),
     )
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A latency CDF: x = percentile on a log scale (0, 90, 99, 99.9 ...), y = latency
-/// (log µs). Each series: (name, colour, points).
-/// A chart series: name, colour, (percentile, µs) points.
-type Series<'a> = (&'a str, &'a str, Vec<(f64, u64)>);
-
-fn cdf_svg(title: &str, series: &[Series]) -> String {
-    let (w, h, l, r, t, b) = (640.0, 320.0, 60.0, 20.0, 30.0, 40.0);
-    let nines = 5.0; // up to 99.999%
-    let xv = |p: f64| (-(1.0 - (p / 100.0).min(0.99999)).log10()).min(nines);
-    let all: Vec<u64> = series
-        .iter()
-        .flat_map(|s| s.2.iter().map(|p| p.1.max(1)))
-        .collect();
-    let lo = all.iter().copied().min().unwrap_or(1).max(1) as f64;
-    let hi = all.iter().copied().max().unwrap_or(10).max(2) as f64;
-    let (ylo, yhi) = (
-        lo.log10().floor(),
-        hi.log10().ceil().max(lo.log10().floor() + 1.0),
-    );
-    let px = |x: f64| l + x / nines * (w - l - r);
-    let py = |us: f64| h - b - (us.max(1.0).log10() - ylo) / (yhi - ylo) * (h - t - b);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
-         font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{l}\" y=\"18\" font-size=\"13\">{}</text>\n",
-        esc(title)
-    );
-    for (i, lab) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
-        .iter()
-        .enumerate()
-    {
-        let x = px(i as f64);
-        let _ = writeln!(
-            s,
-            "<line x1=\"{x:.1}\" y1=\"{t}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{lab}</text>",
-            h - b,
-            h - b + 15.0
-        );
-    }
-    let mut d = ylo;
-    while d <= yhi {
-        let y = py(10f64.powf(d));
-        let us = 10f64.powf(d);
-        let lab = if us >= 1e6 {
-            format!("{}s", us / 1e6)
-        } else if us >= 1e3 {
-            format!("{}ms", us / 1e3)
-        } else {
-            format!("{us}µs")
-        };
-        let _ = writeln!(
-            s,
-            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{lab}</text>",
-            w - r,
-            l - 5.0,
-            y + 4.0
-        );
-        d += 1.0;
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">percentile</text>",
-        (l + w - r) / 2.0,
-        h - 5.0
-    );
-    for (i, (name, colour, pts)) in series.iter().enumerate() {
-        if pts.is_empty() {
-            continue;
-        }
-        let path: Vec<String> = pts
-            .iter()
-            .map(|(p, us)| format!("{:.1},{:.1}", px(xv(*p)), py(*us as f64)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\">{}</text>",
-            path.join(" "),
-            l + 10.0,
-            t + 14.0 + 14.0 * i as f64,
-            esc(name)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-/// The latency CDF of one workload of mode `m` over all rounds (histograms merged).
-fn merged_cdf(
-    results: &[Vec<ModeResult>],
-    m: usize,
-    get: fn(&ModeResult) -> &Option<BenchReport>,
-) -> Vec<(f64, u64)> {
-    let mut merged: Option<BenchReport> = None;
-    for r in results
-        .iter()
-        .filter_map(|round| get(round.get(m)?).as_ref())
-    {
-        match &mut merged {
-            None => merged = Some(r.clone()),
-            Some(a) => {
-                let _ = a.histogram.add(&r.histogram);
-            }
-        }
-    }
-    merged.map(|r| r.cdf()).unwrap_or_default()
-}
-
-/// The self-contained HTML report: the table and one CDF chart per mode.
-fn html(results: &[Vec<ModeResult>], table: &str) -> String {
-    let mut s = String::from(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>terminus demo</title>\n\
-         <style>body{font-family:sans-serif;margin:2em;max-width:60em}pre{background:#f6f6f6;\
-         padding:1em;overflow-x:auto}figure{margin:1em 0}</style></head><body>\n\
-         <h1>terminus demo</h1>\n<p>Interleaved rounds on this machine: the same workloads against a \
-         plaintext backend directly and through terminus (termination, re-encryption, mutual TLS). \
-         Compare ratios, not absolutes; server CPU is the terminus worker thread's own CPU time.</p>\n",
-    );
-    let _ = writeln!(s, "<pre>{}</pre>", esc(table));
-    for (m, mode) in MODES.iter().enumerate() {
-        let series = [
-            (
-                "request/response (64 B echo)",
-                "#1f77b4",
-                merged_cdf(results, m, |r| &r.rr),
-            ),
-            (
-                "connect + handshake",
-                "#d62728",
-                merged_cdf(results, m, |r| &r.handshake),
-            ),
-        ];
-        let _ = writeln!(
-            s,
-            "<figure><h2>{}</h2>{}</figure>",
-            esc(mode),
-            cdf_svg(&format!("{mode} latency CDF"), &series)
-        );
-    }
-    s.push_str("</body></html>\n");
-    s
 }
 
 /// A temporary folder removed on drop.
