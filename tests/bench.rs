@@ -524,6 +524,53 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
     }
 }
 
+/// Issue 15: the target CPU `--target-pid` reports agrees within 10 % with the
+/// test's own reading of the target (schedstat of all its threads, before the bench
+/// starts and after it exits; the target is idle otherwise). The test's span also
+/// holds the bench's start and the closing of its last connections, so it reads a
+/// little more.
+#[test]
+fn target_cpu_agrees_with_an_independent_schedstat_reading() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let target = p.addr("edge").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let pid = p.term.pid();
+    let pid_s = pid.to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "handshake",
+        "--connections",
+        "4",
+        "--duration",
+        "2",
+        "--target-pid",
+        &pid_s,
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let before = proc_threads_schedstat_ns(pid);
+    let v = bench_ok(&args);
+    let after = proc_threads_schedstat_ns(pid);
+    let independent = (after - before) as f64 / 1e9;
+    let reported = f(&v, "target_cpu_s");
+    eprintln!(
+        "target CPU: bench {reported:.4} s, schedstat {independent:.4} s, ratio {:.3}; \
+         client {:.4} s ({:.1} µs/handshake, server {:.1})",
+        reported / independent,
+        f(&v, "client_cpu_s"),
+        f(&v, "client_cpu_us_per_op"),
+        f(&v, "target_cpu_us_per_op")
+    );
+    assert!(independent > 0.0, "the target did no work: {v}");
+    assert!(
+        (reported - independent).abs() <= 0.1 * independent,
+        "bench says {reported} s of target CPU, schedstat {independent} s: {v}"
+    );
+}
+
 #[test]
 fn rate_limited_rr_holds_the_rate() {
     let _g = heavy();
