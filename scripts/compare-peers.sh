@@ -7,20 +7,21 @@
 # peer's CPU is read from /proc/PID/task/*/schedstat before and after each run, the
 # same way for every peer (all threads of terminus, the nginx worker, haproxy).
 #
-#   bash scripts/compare-peers.sh               # full handshakes, resumed handshakes,
-#                                               # bulk download, 1 KiB request/response
+#   bash scripts/compare-peers.sh               # full handshakes (saturating, and 4
+#                                               # clients far from saturation), resumed
+#                                               # handshakes, bulk download, 1 KiB rr
 #   bash scripts/compare-peers.sh --check-only  # start each peer, verify termination,
 #                                               # resumption and mTLS with openssl s_client
 #
 # Environment: SECONDS_PER_RUN (default 5) per measurement; TERMINUS (binary; default:
 # cargo build --release and ./target/release/terminus); HS_CONNECTIONS (16),
-# BULK_CONNECTIONS (4), RR_CONNECTIONS (8); OUT (markdown report path; default
+# LOW_CONNECTIONS (4), BULK_CONNECTIONS (4), RR_CONNECTIONS (8); OUT (markdown report path; default
 # target/compare-peers-DATE.md). Everything listens on 127.0.0.1 on free ports; every
 # process is killed and the temp dir removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=bench
 case "${1:-}" in
 "") ;;
@@ -36,7 +37,7 @@ if [ $# -gt 1 ]; then
     exit 2
 fi
 secs=${SECONDS_PER_RUN:-5}
-for v in SECONDS_PER_RUN:"$secs" HS_CONNECTIONS:"${HS_CONNECTIONS:-16}" BULK_CONNECTIONS:"${BULK_CONNECTIONS:-4}" RR_CONNECTIONS:"${RR_CONNECTIONS:-8}"; do
+for v in SECONDS_PER_RUN:"$secs" HS_CONNECTIONS:"${HS_CONNECTIONS:-16}" LOW_CONNECTIONS:"${LOW_CONNECTIONS:-4}" BULK_CONNECTIONS:"${BULK_CONNECTIONS:-4}" RR_CONNECTIONS:"${RR_CONNECTIONS:-8}"; do
     if ! [[ ${v#*:} =~ ^[1-9][0-9]*$ ]]; then
         echo "compare-peers.sh: ${v%%:*} must be a positive integer, got '${v#*:}'" >&2
         exit 2
@@ -352,6 +353,9 @@ for m in term mtls; do
     src=${m}_src
     for p in "${peers[@]}"; do
         bench "$p" "$m" full "$m" --workload handshake --connections "${HS_CONNECTIONS:-16}"
+        # Few closed-loop clients: the server is far from saturated, so what shows is
+        # its per-connection overhead (accept, wake-ups, syscalls), not its peak rate.
+        bench "$p" "$m" low "$m" --workload handshake --connections "${LOW_CONNECTIONS:-4}"
         bench "$p" "$m" resumed "$m" --workload handshake --resume --connections "${HS_CONNECTIONS:-16}"
         bench "$p" "$m" bulk "$src" --workload bulk --direction down --connections "${BULK_CONNECTIONS:-4}"
         bench "$p" "$m" rr "$m" --workload rr --size 1024 --connections "${RR_CONNECTIONS:-8}"
@@ -365,7 +369,7 @@ mkdir -p "$(dirname "$out")"
     echo
     echo "\`bash scripts/compare-peers.sh\`, SECONDS_PER_RUN=$secs, $(date -u +%FT%TZ), kernel $(uname -r),"
     echo "$(/usr/sbin/nginx -v 2>&1 | sed 's/^nginx version: //'), $(/usr/sbin/haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(openssl version | awk '{print "OpenSSL " $2}'), $("$T" --version)."
-    echo "Load: \`terminus bench\` on CPU 1 (handshake ${HS_CONNECTIONS:-16} conns, bulk ${BULK_CONNECTIONS:-4}, rr ${RR_CONNECTIONS:-8});"
+    echo "Load: \`terminus bench\` on CPU 1 (handshake ${HS_CONNECTIONS:-16} conns and ${LOW_CONNECTIONS:-4}, bulk ${BULK_CONNECTIONS:-4}, rr ${RR_CONNECTIONS:-8});"
     echo "backend: $backend_desc on CPU 1. Peer CPU from /proc/PID/task/*/schedstat. Ratios are peer / terminus."
     echo
 } >"$out"
@@ -387,11 +391,11 @@ def errors(j):
     return e.get("total", 0) if isinstance(e, dict) else e
 
 def metric(p, m, key):
-    n = {"hs": "full", "hs_cpu": "full", "res": "resumed", "res_cpu": "resumed",
+    n = {"hs": "full", "hs_cpu": "full", "low": "low", "low_cpu": "low", "res": "resumed", "res_cpu": "resumed",
          "gbit": "bulk", "nsb": "bulk", "p99": "rr", "rr": "rr"}.get(key)
     if key == "err":
         t = 0
-        for n in ("full", "resumed", "bulk", "rr"):
+        for n in ("full", "low", "resumed", "bulk", "rr"):
             j, _ = load(p, m, n)
             if j is None:
                 return None
@@ -401,9 +405,9 @@ def metric(p, m, key):
     if j is None:
         return None
     ops, nbytes = j.get("ops", 0), j.get("bytes", 0)
-    if key in ("hs", "res", "rr"):
+    if key in ("hs", "low", "res", "rr"):
         return j.get("ops_per_s")
-    if key in ("hs_cpu", "res_cpu"):
+    if key in ("hs_cpu", "low_cpu", "res_cpu"):
         return cpu / 1000 / ops if ops else None
     if key == "gbit":
         return j.get("gbit_per_s")
@@ -413,6 +417,8 @@ def metric(p, m, key):
         return (j.get("latency_us") or {}).get("p99")
 
 rows = [("hs", "full handshakes/s", "higher"), ("hs_cpu", "CPU µs per full handshake", "lower"),
+        ("low", "full handshakes/s, low concurrency", "higher"),
+        ("low_cpu", "CPU µs per full handshake, low concurrency", "lower"),
         ("res", "resumed handshakes/s", "higher"), ("res_cpu", "CPU µs per resumed handshake", "lower"),
         ("gbit", "bulk down Gbit/s", "higher"), ("nsb", "bulk down CPU ns/byte", "lower"),
         ("rr", "rr 1 KiB ops/s", "higher"), ("p99", "rr 1 KiB p99 µs", "lower"),
