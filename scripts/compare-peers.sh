@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# terminus vs nginx (stream + ssl) vs HAProxy (mode tcp) as TLS 1.3 terminators in front
-# of the same backend, side by side in one run, in two modes: termination, and mTLS
+# terminus vs nginx (stream + ssl) vs HAProxy (mode tcp) vs hitch as TLS 1.3 terminators
+# in front of the same backend, side by side in one run, in two modes: termination, and mTLS
 # (client certificate verified against the CA, required). One PKI (`terminus certs`,
 # ECDSA P-256) for all. Each peer runs one worker/thread pinned to CPU 0; the load
 # generator (`terminus bench`) and the backend (`terminus backend`) run on CPU 1. The
 # peer's CPU is read from /proc/PID/task/*/schedstat before and after each run, the
-# same way for every peer (all threads of terminus, the nginx worker, haproxy).
+# same way for every peer (all threads of terminus, the nginx worker, haproxy, the
+# hitch worker: hitch has one backend per process, so one hitch per backend).
 #
-#   bash scripts/compare-peers.sh               # full handshakes, resumed handshakes,
-#                                               # bulk download, 1 KiB request/response
+#   bash scripts/compare-peers.sh               # full handshakes (saturating, and 4
+#                                               # clients far from saturation), resumed
+#                                               # handshakes, bulk download, 1 KiB rr
 #   bash scripts/compare-peers.sh --check-only  # start each peer, verify termination,
 #                                               # resumption and mTLS with openssl s_client
 #
 # Environment: SECONDS_PER_RUN (default 5) per measurement; TERMINUS (binary; default:
 # cargo build --release and ./target/release/terminus); HS_CONNECTIONS (16),
-# BULK_CONNECTIONS (4), RR_CONNECTIONS (8); OUT (markdown report path; default
+# LOW_CONNECTIONS (4), BULK_CONNECTIONS (4), RR_CONNECTIONS (8); OUT (markdown report path; default
 # target/compare-peers-DATE.md). Everything listens on 127.0.0.1 on free ports; every
 # process is killed and the temp dir removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=bench
 case "${1:-}" in
 "") ;;
@@ -36,7 +38,7 @@ if [ $# -gt 1 ]; then
     exit 2
 fi
 secs=${SECONDS_PER_RUN:-5}
-for v in SECONDS_PER_RUN:"$secs" HS_CONNECTIONS:"${HS_CONNECTIONS:-16}" BULK_CONNECTIONS:"${BULK_CONNECTIONS:-4}" RR_CONNECTIONS:"${RR_CONNECTIONS:-8}"; do
+for v in SECONDS_PER_RUN:"$secs" HS_CONNECTIONS:"${HS_CONNECTIONS:-16}" LOW_CONNECTIONS:"${LOW_CONNECTIONS:-4}" BULK_CONNECTIONS:"${BULK_CONNECTIONS:-4}" RR_CONNECTIONS:"${RR_CONNECTIONS:-8}"; do
     if ! [[ ${v#*:} =~ ^[1-9][0-9]*$ ]]; then
         echo "compare-peers.sh: ${v%%:*} must be a positive integer, got '${v#*:}'" >&2
         exit 2
@@ -45,7 +47,7 @@ done
 
 # ---- tools -----------------------------------------------------------------------
 # Debian 12: nginx-light's nginx plus the stream module (built with stream_ssl);
-# haproxy; openssl s_client for --check-only; taskset (util-linux).
+# haproxy; hitch; openssl s_client for --check-only; taskset (util-linux).
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
@@ -53,6 +55,7 @@ command -v taskset >/dev/null || need+=(util-linux)
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+[ -x /usr/sbin/hitch ] || need+=(hitch)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -127,7 +130,8 @@ cat "$work/server.pem" "$work/server.key" >"$work/haproxy.pem" # haproxy: chain 
 read -r be_echo be_src \
     t_term t_mtls t_term_src t_mtls_src \
     n_term n_mtls n_term_src n_mtls_src \
-    h_term h_mtls h_term_src h_mtls_src < <(free_ports 14)
+    h_term h_mtls h_term_src h_mtls_src \
+    x_term x_mtls x_term_src x_mtls_src < <(free_ports 18)
 
 # ---- backends (CPU 1, with the load generator) --------------------------------------
 if has_sub backend; then
@@ -149,7 +153,7 @@ else
     backend_desc="socat echo (this terminus has no 'backend')"
 fi
 
-# ---- the three peers -------------------------------------------------------------
+# ---- the peers -------------------------------------------------------------
 # terminus: one worker pinned to CPU 0.
 listener() { # NAME PORT UPSTREAM MTLS
     printf '[[listeners]]\nname = "%s"\nlisten = "127.0.0.1:%s"\ncert = "server.pem"\nkey = "server.key"\nupstreams = ["127.0.0.1:%s"]\n' "$1" "$2" "$3"
@@ -246,12 +250,69 @@ hpid=$!
 pids+=($hpid)
 wait_port "$h_term" $hpid haproxy
 
-peers=(terminus nginx haproxy)
-declare -A pid_of=([terminus]=$tpid [nginx]=$npid [haproxy]=$hpid)
+# hitch: one worker process, the whole process tree pinned to CPU 0, TLS 1.3 only;
+# hitch has a single backend per process, so one instance for the echo backend and
+# one for the source backend, each with a plain and an mTLS frontend.
+hitch_conf() { # NAME BACKEND TERM_PORT MTLS_PORT
+    mkdir -p "$work/$1.ocsp"
+    # hitch refuses to run its workers as root: as root, they drop to nobody.
+    local user=""
+    if [ "$(id -u)" -eq 0 ]; then
+        user='user = "nobody"'
+        chmod 777 "$work/$1.ocsp"
+    fi
+    cat >"$work/$1.conf" <<EOF
+$user
+backend = "[127.0.0.1]:$2"
+workers = 1
+daemon = off
+tls-protos = TLSv1.3
+ocsp-dir = "$work/$1.ocsp"
+client-verify-ca = "$work/ca.pem"
+frontend = {
+  host = "127.0.0.1"
+  port = "$3"
+  pem-file = "$work/haproxy.pem"
+}
+frontend = {
+  host = "127.0.0.1"
+  port = "$4"
+  pem-file = "$work/haproxy.pem"
+  client-verify = required
+}
+EOF
+}
+hitch_start() { # NAME BACKEND TERM_PORT MTLS_PORT; sets hitch_worker
+    hitch_conf "$@"
+    /usr/sbin/hitch --test --config="$work/$1.conf" >"$work/$1.err" 2>&1 || die "$1 config invalid: $(tail -3 "$work/$1.err")"
+    taskset -c 0 /usr/sbin/hitch --config="$work/$1.conf" >>"$work/$1.err" 2>&1 &
+    local master=$!
+    pids+=($master)
+    wait_port "$3" $master "$1"
+    # The worker is the child that holds sockets (hitch may also run an OCSP helper).
+    local w
+    hitch_worker=""
+    for w in $(pgrep -P $master); do
+        if ls -l /proc/"$w"/fd 2>/dev/null | grep -q socket; then hitch_worker=$w; fi
+    done
+    [ -n "$hitch_worker" ] || die "no $1 worker process"
+}
+hitch_start hitch-echo "$be_echo" "$x_term" "$x_mtls"
+xpid=$hitch_worker
+xpid_src=$xpid
+if [ "$mode" = bench ]; then
+    hitch_start hitch-src "$be_src" "$x_term_src" "$x_mtls_src"
+    xpid_src=$hitch_worker
+fi
+
+peers=(terminus nginx haproxy hitch)
+declare -A pid_of=([terminus]=$tpid [nginx]=$npid [haproxy]=$hpid [hitch]=$xpid
+    [hitch.term_src]=$xpid_src [hitch.mtls_src]=$xpid_src)
 declare -A port_of=(
     [terminus.term]=$t_term [terminus.mtls]=$t_mtls [terminus.term_src]=$t_term_src [terminus.mtls_src]=$t_mtls_src
     [nginx.term]=$n_term [nginx.mtls]=$n_mtls [nginx.term_src]=$n_term_src [nginx.mtls_src]=$n_mtls_src
     [haproxy.term]=$h_term [haproxy.mtls]=$h_mtls [haproxy.term_src]=$h_term_src [haproxy.mtls_src]=$h_mtls_src
+    [hitch.term]=$x_term [hitch.mtls]=$x_mtls [hitch.term_src]=$x_term_src [hitch.mtls_src]=$x_mtls_src
 )
 client_cert=(-cert "$work/client.pem" -key "$work/client.key")
 
@@ -270,7 +331,7 @@ s_client() { # PORT ARGS...
 echoed() { grep -q 'terminus-check' <<<"$1"; }
 
 # Whether some thread of PID (terminus: its worker; nginx: the worker process;
-# haproxy: its one thread) may run only on CPU 0.
+# haproxy: its one thread; hitch: its worker) may run only on CPU 0.
 pinned_to_0() { grep -qx $'Cpus_allowed_list:\t0' /proc/"$1"/task/*/status 2>/dev/null; }
 
 if [ "$mode" = check ]; then
@@ -331,7 +392,7 @@ bench() { # PEER MODE NAME LISTENER ARGS...: one measurement, CPU of the peer ar
     shift 4
     local extra=()
     [ "$m" = mtls ] && extra=(--client-cert "$work/client.pem" --client-key "$work/client.key")
-    local f="$res/$p.$m.$name" pid=${pid_of[$p]} c0 c1
+    local f="$res/$p.$m.$name" pid=${pid_of[$p.$l]:-${pid_of[$p]}} c0 c1
     printf '  %-8s %-9s %-9s ' "$p" "$m" "$name"
     c0=$(cpu_ns "$pid")
     if ! taskset -c 1 "$T" bench --target "127.0.0.1:${port_of[$p.$l]}" --duration "$secs" --workers 1 \
@@ -346,12 +407,15 @@ bench() { # PEER MODE NAME LISTENER ARGS...: one measurement, CPU of the peer ar
 j = json.load(open(sys.argv[1]))
 print("%.0f ops/s, %.2f Gbit/s" % (j.get("ops_per_s") or 0, j.get("gbit_per_s") or 0))' "$f.json"
 }
-for p in "${peers[@]}"; do pinned_to_0 "${pid_of[$p]}" || die "$p (PID ${pid_of[$p]}) is not pinned to CPU 0"; done
+for p in "${peers[@]}" hitch.term_src; do pinned_to_0 "${pid_of[$p]}" || die "$p (PID ${pid_of[$p]}) is not pinned to CPU 0"; done
 echo "SECONDS_PER_RUN=$secs; peers pinned to CPU 0; bench and backend on CPU 1"
 for m in term mtls; do
     src=${m}_src
     for p in "${peers[@]}"; do
         bench "$p" "$m" full "$m" --workload handshake --connections "${HS_CONNECTIONS:-16}"
+        # Few closed-loop clients: the server is far from saturated, so what shows is
+        # its per-connection overhead (accept, wake-ups, syscalls), not its peak rate.
+        bench "$p" "$m" low "$m" --workload handshake --connections "${LOW_CONNECTIONS:-4}"
         bench "$p" "$m" resumed "$m" --workload handshake --resume --connections "${HS_CONNECTIONS:-16}"
         bench "$p" "$m" bulk "$src" --workload bulk --direction down --connections "${BULK_CONNECTIONS:-4}"
         bench "$p" "$m" rr "$m" --workload rr --size 1024 --connections "${RR_CONNECTIONS:-8}"
@@ -361,18 +425,18 @@ done
 out=${OUT:-target/compare-peers-$(date +%Y%m%d-%H%M%S).md}
 mkdir -p "$(dirname "$out")"
 {
-    echo "# terminus vs nginx vs HAProxy (TLS 1.3 terminator, one worker on CPU 0)"
+    echo "# terminus vs nginx vs HAProxy vs hitch (TLS 1.3 terminator, one worker on CPU 0)"
     echo
     echo "\`bash scripts/compare-peers.sh\`, SECONDS_PER_RUN=$secs, $(date -u +%FT%TZ), kernel $(uname -r),"
-    echo "$(/usr/sbin/nginx -v 2>&1 | sed 's/^nginx version: //'), $(/usr/sbin/haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(openssl version | awk '{print "OpenSSL " $2}'), $("$T" --version)."
-    echo "Load: \`terminus bench\` on CPU 1 (handshake ${HS_CONNECTIONS:-16} conns, bulk ${BULK_CONNECTIONS:-4}, rr ${RR_CONNECTIONS:-8});"
+    echo "$(/usr/sbin/nginx -v 2>&1 | sed 's/^nginx version: //'), $(/usr/sbin/haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(/usr/sbin/hitch --version 2>&1 | head -1), $(openssl version | awk '{print "OpenSSL " $2}'), $("$T" --version)."
+    echo "Load: \`terminus bench\` on CPU 1 (handshake ${HS_CONNECTIONS:-16} conns and ${LOW_CONNECTIONS:-4}, bulk ${BULK_CONNECTIONS:-4}, rr ${RR_CONNECTIONS:-8});"
     echo "backend: $backend_desc on CPU 1. Peer CPU from /proc/PID/task/*/schedstat. Ratios are peer / terminus."
     echo
 } >"$out"
 python3 - "$res" >>"$out" <<'EOF'
 import json, os, sys
 res = sys.argv[1]
-peers = ["terminus", "nginx", "haproxy"]
+peers = ["terminus", "nginx", "haproxy", "hitch"]
 
 def load(p, m, n):
     try:
@@ -387,11 +451,11 @@ def errors(j):
     return e.get("total", 0) if isinstance(e, dict) else e
 
 def metric(p, m, key):
-    n = {"hs": "full", "hs_cpu": "full", "res": "resumed", "res_cpu": "resumed",
+    n = {"hs": "full", "hs_cpu": "full", "low": "low", "low_cpu": "low", "res": "resumed", "res_cpu": "resumed",
          "gbit": "bulk", "nsb": "bulk", "p99": "rr", "rr": "rr"}.get(key)
     if key == "err":
         t = 0
-        for n in ("full", "resumed", "bulk", "rr"):
+        for n in ("full", "low", "resumed", "bulk", "rr"):
             j, _ = load(p, m, n)
             if j is None:
                 return None
@@ -401,9 +465,9 @@ def metric(p, m, key):
     if j is None:
         return None
     ops, nbytes = j.get("ops", 0), j.get("bytes", 0)
-    if key in ("hs", "res", "rr"):
+    if key in ("hs", "low", "res", "rr"):
         return j.get("ops_per_s")
-    if key in ("hs_cpu", "res_cpu"):
+    if key in ("hs_cpu", "low_cpu", "res_cpu"):
         return cpu / 1000 / ops if ops else None
     if key == "gbit":
         return j.get("gbit_per_s")
@@ -413,6 +477,8 @@ def metric(p, m, key):
         return (j.get("latency_us") or {}).get("p99")
 
 rows = [("hs", "full handshakes/s", "higher"), ("hs_cpu", "CPU µs per full handshake", "lower"),
+        ("low", "full handshakes/s, low concurrency", "higher"),
+        ("low_cpu", "CPU µs per full handshake, low concurrency", "lower"),
         ("res", "resumed handshakes/s", "higher"), ("res_cpu", "CPU µs per resumed handshake", "lower"),
         ("gbit", "bulk down Gbit/s", "higher"), ("nsb", "bulk down CPU ns/byte", "lower"),
         ("rr", "rr 1 KiB ops/s", "higher"), ("p99", "rr 1 KiB p99 µs", "lower"),
@@ -427,12 +493,14 @@ def fmt(v):
 
 for m, title in (("term", "termination"), ("mtls", "mTLS (client cert required, verified against the CA)")):
     print(f"## {title}\n")
-    print("| metric | better | terminus | nginx | haproxy | nginx/terminus | haproxy/terminus |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| metric | better | " + " | ".join(peers) + " | "
+          + " | ".join(f"{p}/terminus" for p in peers[1:]) + " |")
+    print("|---|---|" + "---:|" * (2 * len(peers) - 1))
     for key, label, better in rows:
         v = [metric(p, m, key) for p in peers]
         ratio = lambda x: "n/a" if x is None or not v[0] else f"{x / v[0]:.2f}"
-        print(f"| {label} | {better} | {fmt(v[0])} | {fmt(v[1])} | {fmt(v[2])} | {ratio(v[1])} | {ratio(v[2])} |")
+        cells = [fmt(x) for x in v] + [ratio(x) for x in v[1:]]
+        print(f"| {label} | {better} | " + " | ".join(cells) + " |")
     print()
 EOF
 echo

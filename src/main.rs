@@ -52,9 +52,13 @@ enum Cmd {
     /// Self-contained demo: temporary PKI, built-in backends, terminator in each mode,
     /// measurements, comparison table and HTML report.
     Demo {
-        /// Total measuring budget in seconds, split over 4 modes x 3 workloads.
+        /// Total measuring budget in seconds, split over rounds x 4 modes x 3 workloads.
         #[arg(long, default_value_t = terminus::tools::demo::DEFAULT_SECONDS)]
         seconds: u64,
+        /// Rounds, interleaved across modes; the table gives medians and min–max.
+        #[arg(long, default_value_t = terminus::tools::demo::DEFAULT_ROUNDS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+        rounds: usize,
         /// Keep serving after the measurements until Ctrl-C.
         #[arg(long)]
         serve: bool,
@@ -115,10 +119,12 @@ fn main() -> ExitCode {
         ),
         Cmd::Demo {
             seconds,
+            rounds,
             serve,
             report,
         } => demo(terminus::tools::demo::DemoOpts {
             seconds,
+            rounds,
             serve,
             report,
         }),

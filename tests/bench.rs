@@ -426,6 +426,151 @@ fn resume_reports_resumed_handshakes() {
     );
 }
 
+/// Issue 15: `--rounds 2` reports medians over the rounds with each figure's
+/// per-round values, min and max and a noisy flag; each round's foreign CPU (the
+/// backend, named with `--run-pid`, is part of the run) and the client's own CPU per
+/// operation. No assertion on speed: only on the shape and consistency of the figures.
+#[test]
+fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let target = p.addr("edge").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let (pid, backend_pid) = (p.term.pid().to_string(), be.pid().to_string());
+    for wl in ["handshake", "rr"] {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--workload",
+            wl,
+            "--duration",
+            "0.5",
+            "--rounds",
+            "2",
+            "--target-pid",
+            &pid,
+            "--run-pid",
+            &backend_pid,
+        ];
+        args.extend(tls_args(&p.pki, &ca));
+        let v = bench_ok(&args);
+        assert_sane(&v, wl);
+        assert_eq!(v["rounds"], 2, "{v}");
+        let rounds = v["per_round"].as_array().expect("per_round");
+        assert_eq!(rounds.len(), 2, "{v}");
+        let total: f64 = rounds.iter().map(|r| f(r, "ops")).sum();
+        assert_eq!(
+            f(&v, "ops"),
+            total,
+            "ops are the total over the rounds: {v}"
+        );
+        for r in rounds {
+            assert_sane(r, &format!("{wl} round"));
+            assert!(f(r, "foreign_cpus") >= 0.0, "{r}");
+            assert!(f(r, "client_cpu_us_per_op") > 0.0, "{r}");
+            assert!(f(r, "client_cpu_s") > 0.0, "{r}");
+        }
+        let spread = v["spread"].as_object().expect("spread");
+        for k in [
+            "ops_per_s",
+            "latency_us.p50",
+            "latency_us.p99",
+            "target_cpu_us_per_op",
+            "client_cpu_us_per_op",
+            "foreign_cpus",
+        ] {
+            assert!(spread.contains_key(k), "{wl}: no spread of {k}: {v}");
+        }
+        let mut noisy = Vec::new();
+        for (k, s) in spread {
+            let vals: Vec<f64> = s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            assert_eq!(vals.len(), 2, "{k}: one value per round: {s}");
+            let (med, lo, hi) = (f(s, "median"), f(s, "min"), f(s, "max"));
+            assert!(lo <= med && med <= hi, "{k}: median outside min–max: {s}");
+            assert_eq!(
+                lo,
+                vals.iter().copied().fold(f64::INFINITY, f64::min),
+                "{s}"
+            );
+            assert_eq!(hi, vals.iter().copied().fold(0.0, f64::max), "{s}");
+            assert!((med - (vals[0] + vals[1]) / 2.0).abs() < 1e-9, "{k}: {s}");
+            let wide = hi - med > 0.15 * med || med - lo > 0.15 * med;
+            assert_eq!(s["noisy"], wide, "{k}: noisy flag: {s}");
+            if wide && k != "foreign_cpus" {
+                noisy.push(k.clone());
+            }
+        }
+        let flagged: Vec<String> = v["noisy_figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(flagged, noisy, "{v}");
+        assert_eq!(f(&v, "ops_per_s"), f(&v, "spread.ops_per_s.median"));
+        let noisy_rounds: Vec<u64> = rounds
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| f(r, "foreign_cpus") > 0.25)
+            .map(|(i, _)| i as u64 + 1)
+            .collect();
+        assert_eq!(v["noisy_rounds"], serde_json::json!(noisy_rounds), "{v}");
+    }
+}
+
+/// Issue 15: the target CPU `--target-pid` reports agrees within 10 % with the
+/// test's own reading of the target (schedstat of all its threads, before the bench
+/// starts and after it exits; the target is idle otherwise). The test's span also
+/// holds the bench's start and the closing of its last connections, so it reads a
+/// little more.
+#[test]
+fn target_cpu_agrees_with_an_independent_schedstat_reading() {
+    let _g = heavy();
+    let be = BackendChild::start("echo", None);
+    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let target = p.addr("edge").to_string();
+    let ca = p.pki.ca_pem().display().to_string();
+    let pid = p.term.pid();
+    let pid_s = pid.to_string();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--workload",
+        "handshake",
+        "--connections",
+        "4",
+        "--duration",
+        "2",
+        "--target-pid",
+        &pid_s,
+    ];
+    args.extend(tls_args(&p.pki, &ca));
+    let before = proc_threads_schedstat_ns(pid);
+    let v = bench_ok(&args);
+    let after = proc_threads_schedstat_ns(pid);
+    let independent = (after - before) as f64 / 1e9;
+    let reported = f(&v, "target_cpu_s");
+    eprintln!(
+        "target CPU: bench {reported:.4} s, schedstat {independent:.4} s, ratio {:.3}; \
+         client {:.4} s ({:.1} µs/handshake, server {:.1})",
+        reported / independent,
+        f(&v, "client_cpu_s"),
+        f(&v, "client_cpu_us_per_op"),
+        f(&v, "target_cpu_us_per_op")
+    );
+    assert!(independent > 0.0, "the target did no work: {v}");
+    assert!(
+        (reported - independent).abs() <= 0.1 * independent,
+        "bench says {reported} s of target CPU, schedstat {independent} s: {v}"
+    );
+}
+
 #[test]
 fn rate_limited_rr_holds_the_rate() {
     let _g = heavy();
@@ -673,6 +818,10 @@ fn bad_arguments_exit_2_with_one_line() {
         (
             vec!["--workload", "bulk", "--plain", "--size", "0"],
             "--size",
+        ),
+        (
+            vec!["--workload", "rr", "--plain", "--rounds", "0"],
+            "--rounds",
         ),
     ];
     for (args, needle) in cases {

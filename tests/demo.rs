@@ -20,6 +20,30 @@ fn work_dir(stdout: &str) -> PathBuf {
     PathBuf::from(line.rsplit("work dir ").next().unwrap().trim())
 }
 
+/// A number cell of the table: `-` is `None`; the noisy marker `*` and the ratio's
+/// `x` are dropped.
+fn number(cell: &str) -> Option<f64> {
+    let c = cell.trim_end_matches('*').trim_end_matches('x');
+    (c != "-").then(|| {
+        c.parse()
+            .unwrap_or_else(|_| panic!("cell {cell:?} is not a number"))
+    })
+}
+
+/// A `min–max` cell: `None` for `-`.
+fn range(cell: &str) -> Option<(f64, f64)> {
+    let c = cell.trim_end_matches('x');
+    (c != "-").then(|| {
+        let (a, b) = c
+            .split_once('–')
+            .unwrap_or_else(|| panic!("cell {cell:?} is not min–max"));
+        (a.parse().unwrap(), b.parse().unwrap())
+    })
+}
+
+/// Issue 15: `--rounds 2` measures every mode twice, interleaved (round 1 of every
+/// mode before round 2 of any), and the table gives per figure and per ratio the
+/// median with min–max under it, the foreign CPU of each round and the client's CPU.
 #[test]
 fn demo_measures_four_modes_and_writes_the_report() {
     let _g = heavy();
@@ -28,59 +52,200 @@ fn demo_measures_four_modes_and_writes_the_report() {
     let (code, out, err) = run_to_exit(
         &[
             OsStr::new("demo"),
+            OsStr::new("--rounds"),
+            OsStr::new("2"),
             OsStr::new("--seconds"),
-            OsStr::new("5"),
+            OsStr::new("4"),
             OsStr::new("--report"),
             report.as_os_str(),
         ],
         Duration::from_secs(120),
     );
     assert_eq!(code, Some(0), "demo failed: stdout {out}\nstderr {err}");
+    assert!(out.contains("2 rounds of "), "{out}");
+
+    // Two rounds per mode and workload, interleaved across modes.
+    let started: Vec<&str> = err
+        .lines()
+        .filter(|l| l.ends_with("measuring..."))
+        .collect();
+    assert_eq!(started.len(), 2 * 4 * 3, "{err}");
+    for (i, line) in started.iter().enumerate() {
+        let round = if i < 12 { "round 1/2 " } else { "round 2/2 " };
+        assert!(
+            line.contains(round),
+            "measurement {i} is not in {round}: {err}"
+        );
+        assert!(line.contains(MODES[(i % 12) / 3]), "{line}: {err}");
+    }
+
     let header = out
         .lines()
         .position(|l| l.starts_with("mode ") && l.contains("handshakes/s"))
         .unwrap_or_else(|| panic!("no table header: {out}"));
-    let rows: Vec<&str> = out.lines().skip(header + 1).take(4).collect();
-    for (row, mode) in rows.iter().zip(MODES) {
+    let lines: Vec<&str> = out.lines().skip(header + 1).take(8).collect();
+    for (m, mode) in MODES.iter().enumerate() {
+        let (row, spread) = (lines[2 * m], lines[2 * m + 1]);
         assert!(row.starts_with(mode), "row {row:?} is not {mode}: {out}");
-        // Every mode measured handshakes/s, Gbit/s and rr latency (no "-" there).
-        let cells: Vec<&str> = row[19..].split_whitespace().collect();
+        assert!(spread.starts_with("  min–max"), "{spread:?}: {out}");
         // hs/s, ratio, CPU µs/hs, ratio, Gbit/s, ratio, p50, ratio, p99, ratio.
+        let cells: Vec<&str> = row[19..].split_whitespace().collect();
+        let ranges: Vec<&str> = spread[19..].split_whitespace().collect();
         assert_eq!(cells.len(), 10, "{row:?}");
-        for i in [0, 4, 6, 8] {
-            assert!(
-                cells[i].parse::<f64>().is_ok_and(|v| v > 0.0),
-                "{mode}: cell {i} is {:?}: {out}",
-                cells[i]
-            );
-        }
-        if mode != MODES[0] {
-            assert!(
-                cells[2].parse::<f64>().is_ok_and(|v| v > 0.0),
-                "{mode}: server CPU per handshake {:?}",
-                cells[2]
-            );
+        assert_eq!(ranges.len(), 10, "{spread:?}");
+        for i in 0..10 {
+            let measured = i % 2 == 0 && (i != 2 || m != 0);
+            let (med, r) = (number(cells[i]), range(ranges[i]));
+            if measured {
+                let med = med.filter(|v| *v > 0.0);
+                assert!(med.is_some(), "{mode}: cell {i} is {:?}: {out}", cells[i]);
+            }
+            if i % 2 == 1 && m == 1 {
+                assert_eq!(cells[i], "1.00x", "terminate is the baseline: {row}");
+                assert_eq!(r, None, "{spread}");
+                continue;
+            }
+            if i % 2 == 1 && (i != 3 || m != 0) {
+                assert!(r.is_some(), "{mode}: ratio {i} has no spread: {spread}");
+            }
+            if let (Some(v), Some((lo, hi))) = (med, r) {
+                assert!(
+                    lo <= hi && lo <= v && v <= hi,
+                    "{mode}: cell {i}: median {v} outside {lo}–{hi}: {out}"
+                );
+            }
         }
     }
-    assert!(
-        rows[1].contains("1.00x"),
-        "terminate is the baseline: {}",
-        rows[1]
-    );
+    let foreign = out
+        .lines()
+        .find(|l| l.starts_with("foreign CPU: "))
+        .unwrap_or_else(|| panic!("no foreign CPU line: {out}"));
+    let per_round = foreign
+        .split("(per round: ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("{foreign}"));
+    let values: Vec<f64> = per_round
+        .split_whitespace()
+        .map(|v| v.trim_end_matches('!').parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 2, "{foreign}");
+    assert!(values.iter().all(|v| *v >= 0.0), "{foreign}");
+    let client = out
+        .lines()
+        .find(|l| l.starts_with("client CPU "))
+        .unwrap_or_else(|| panic!("no client CPU line: {out}"));
+    let per_hs: f64 = client
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{client}"));
+    assert!(per_hs > 0.0, "{client}");
+    if out.lines().any(|l| l.len() > 19 && l[19..].contains('*')) {
+        assert!(
+            out.contains("* noisy: "),
+            "a noisy figure without the legend: {out}"
+        );
+    }
+
     assert!(
         out.contains(&format!("HTML report: {}", report.display())),
         "{out}"
     );
     let html = std::fs::read_to_string(&report).expect("report written");
-    assert!(html.contains("<svg"), "no chart in the report");
-    assert_eq!(html.matches("<svg").count(), 4, "one chart per mode");
-    assert!(html.contains("<polyline"), "charts have no data");
-    assert!(!html.contains("<script"), "self-contained, no JS");
+    assert_report(&html);
     assert!(
         !work_dir(&out).exists(),
         "the demo's work dir {} was not removed",
         work_dir(&out).display()
     );
+}
+
+/// The HTML report (issue 15): a metadata header, the table as an HTML table with
+/// "vs term" explained, bar charts with the spread drawn, one latency CDF per
+/// workload with all modes, axis titles on every chart; one file, nothing fetched.
+fn assert_report(html: &str) {
+    let meta_start = html.find("<table class=\"meta\">").expect("metadata table");
+    let results_start = html
+        .find("<table class=\"results\">")
+        .expect("results table");
+    assert!(meta_start < results_start, "metadata opens the report");
+    let meta = &html[meta_start..results_start];
+    for label in [
+        "version",
+        "git commit",
+        "date",
+        "CPU model",
+        "cores",
+        "kernel",
+        "governor",
+        "TLS",
+        "io backend",
+        "load",
+    ] {
+        assert!(
+            meta.contains(&format!("<tr><th>{label}</th><td>")),
+            "no {label} in {meta}"
+        );
+    }
+    for needle in ["rustls 0.23", "aws-lc-rs ", "terminus ", "rounds x 4 modes"] {
+        assert!(meta.contains(needle), "{needle} missing: {meta}");
+    }
+    let results = &html[results_start..];
+    let results = &results[..results.find("</table>").unwrap()];
+    assert_eq!(results.matches("<th>vs term</th>").count(), 5, "{results}");
+    for mode in MODES {
+        assert!(
+            results.contains(&format!("<tr><td>{mode}</td>")),
+            "{mode}: {results}"
+        );
+    }
+    assert!(
+        results.contains("<span class=\"range\">"),
+        "no min–max: {results}"
+    );
+    assert!(
+        html.contains("<b>vs term</b>: "),
+        "\"vs term\" is not explained"
+    );
+    assert!(html.contains("foreign CPU: "), "no foreign CPU note");
+
+    let svgs: Vec<&str> = html.split("<svg").skip(1).collect();
+    assert_eq!(svgs.len(), 5, "3 bar charts and 2 latency CDFs");
+    for svg in &svgs {
+        assert_eq!(
+            svg.matches("class=\"axis-title\"").count(),
+            2,
+            "axis titles: {svg}"
+        );
+    }
+    // Bars: every measured mode has a bar and a min–max whisker (the plaintext
+    // backend has no server CPU figure).
+    let bars: usize = svgs[..3]
+        .iter()
+        .map(|s| s.matches("class=\"bar\"").count())
+        .sum();
+    let whiskers: usize = svgs[..3]
+        .iter()
+        .map(|s| s.matches("class=\"spread\"").count())
+        .sum();
+    assert_eq!((bars, whiskers), (11, 11), "bars and spreads");
+    for svg in &svgs[3..] {
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            4,
+            "all modes in one chart"
+        );
+        assert!(svg.contains(">99.999%</text>"));
+    }
+    assert!(!html.contains("<script"), "self-contained, no JS");
+    for fetch in ["src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(fetch),
+            "the report fetches something: {fetch}"
+        );
+    }
 }
 
 #[test]

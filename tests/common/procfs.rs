@@ -75,3 +75,15 @@ pub fn own_allowed_cpus() -> Vec<usize> {
         .expect("Cpus_allowed_list in /proc/self/status");
     parse_cpu_list(list.trim())
 }
+
+/// Sum of the first field of `/proc/PID/task/*/schedstat` (ns on CPU) over the live
+/// threads of a process. Deliberately not the bench's reader
+/// (`terminus::tools::bench::target`): tests cross-check that reader against this one.
+pub fn proc_threads_schedstat_ns(pid: u32) -> u64 {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/task: {e}"));
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -12,7 +12,10 @@
 //! connection).
 #![forbid(unsafe_code)]
 
+pub mod host;
 mod proof;
+pub mod rounds;
+pub mod spread;
 pub mod stream;
 pub mod target;
 mod worker;
@@ -101,6 +104,9 @@ pub struct BenchOpts {
     pub ramp: usize,
     /// Set to end the run early (Ctrl-C in the demo).
     pub stop: Option<Arc<AtomicBool>>,
+    /// Other processes of the run (backends): their CPU is not foreign CPU. The
+    /// bench's own process and a `--target-pid` always count as the run.
+    pub run_pids: Vec<u32>,
 }
 
 impl BenchOpts {
@@ -122,6 +128,7 @@ impl BenchOpts {
             timeout: Duration::from_secs(10),
             ramp: 256,
             stop: None,
+            run_pids: Vec::new(),
         }
     }
 }
@@ -237,7 +244,7 @@ impl Latency {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub workload: Workload,
     /// `tls` or `plain`.
@@ -283,6 +290,16 @@ pub struct BenchReport {
     pub target_rss_after_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_rss_bytes_per_conn: Option<f64>,
+    /// CPU time of the bench's own workers (`bench-w*` threads) in the window, and per
+    /// operation: what the client paid, to compare with the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cpu_us_per_op: Option<f64>,
+    /// Average CPUs busy with work of processes outside the run during the window
+    /// (`host.rs`); above [`host::NOISY_FOREIGN_CPUS`] the round is noisy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign_cpus: Option<f64>,
     /// Latencies in µs, for charts.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -383,6 +400,28 @@ impl BenchReport {
         if let Some(c) = self.target_cpu_ns_per_byte {
             let _ = std::fmt::Write::write_fmt(&mut s, format_args!("target CPU {c:.3} ns/byte\n"));
         }
+        if let Some(c) = self.client_cpu_us_per_op {
+            let _ = std::fmt::Write::write_fmt(
+                &mut s,
+                format_args!(
+                    "client CPU {:.3} s, {c:.1} µs/op (the bench's own workers)\n",
+                    self.client_cpu_s.unwrap_or(0.0)
+                ),
+            );
+        }
+        if let Some(f) = self.foreign_cpus {
+            let _ = std::fmt::Write::write_fmt(
+                &mut s,
+                format_args!(
+                    "foreign CPU {f:.2} CPUs on average during the window{}\n",
+                    if f > host::NOISY_FOREIGN_CPUS {
+                        " (noisy: rerun or quiet the host)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         if let Some(r) = self.target_rss_bytes_per_conn {
             let _ = std::fmt::Write::write_fmt(
                 &mut s,
@@ -439,14 +478,23 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
     });
     let handles = spawn_workers(opts, &sh, &cpus, workers)?;
 
+    let run_pids = run_pids(opts);
+    let client = TargetProbe::Threads {
+        pid: std::process::id(),
+        prefix: "bench-w".into(),
+    };
     sh.start.wait();
     let cpu0 = opts.probe.as_ref().map(|p| p.cpu_ns()).transpose();
+    let host0 = host::HostSample::read(&run_pids).ok();
+    let client0 = client.cpu_ns().ok();
     let t0 = Instant::now();
     wait_window(opts, &sh, &progress, t0);
     sh.stop.store(true, Ordering::Relaxed);
     sh.end.wait();
     let window = t0.elapsed().as_secs_f64();
     let cpu1 = opts.probe.as_ref().map(|p| p.cpu_ns()).transpose();
+    let host1 = host::HostSample::read(&run_pids).ok();
+    let client1 = client.cpu_ns().ok();
     let rss_after = match (&opts.probe, idle) {
         (Some(p), true) => Some(p.rss_bytes().context("target memory after opening")),
         _ => None,
@@ -457,17 +505,38 @@ pub fn run(opts: &BenchOpts, progress: Progress) -> Result<BenchReport> {
         cpu0.context("target CPU at the start")?,
         cpu1.context("target CPU at the end")?,
     );
+    let target_ns = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
+    // A target read over HTTP is a process the samples do not hold: add its CPU.
+    let admin_ns = match opts.probe {
+        Some(TargetProbe::Admin { .. }) => target_ns.unwrap_or(0),
+        _ => 0,
+    };
     let target = TargetFigures {
-        cpu_s: cpu0
-            .zip(cpu1)
-            .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9),
+        cpu_s: target_ns.map(|ns| ns as f64 / 1e9),
         rss_before,
         rss_after: rss_after.transpose()?,
+        client_cpu_s: client0
+            .zip(client1)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9),
+        foreign_cpus: host0
+            .zip(host1)
+            .map(|(a, b)| host::foreign_cpus(a, b, admin_ns, window)),
     };
     if opts.workload == Workload::Bulk {
         total.ops = total.bytes / opts.size.max(1) as u64;
     }
     Ok(report(opts, workers, window, total, target))
+}
+
+/// The processes whose CPU is the run's: this one, a `/proc` target, `run_pids`.
+fn run_pids(opts: &BenchOpts) -> Vec<u32> {
+    let mut pids = vec![std::process::id()];
+    match &opts.probe {
+        Some(TargetProbe::Pid(p)) | Some(TargetProbe::Threads { pid: p, .. }) => pids.push(*p),
+        _ => {}
+    }
+    pids.extend(&opts.run_pids);
+    pids
 }
 
 /// The CPU of each worker: `--cpus` in turn, else the allowed CPUs from the last.
@@ -567,6 +636,9 @@ struct TargetFigures {
     cpu_s: Option<f64>,
     rss_before: Option<u64>,
     rss_after: Option<u64>,
+    /// The bench's own workers' CPU over the window, and the foreign CPUs.
+    client_cpu_s: Option<f64>,
+    foreign_cpus: Option<f64>,
 }
 
 fn latency(hist: &Histogram<u64>) -> Latency {
@@ -597,6 +669,8 @@ fn report(
         cpu_s,
         rss_before,
         rss_after,
+        client_cpu_s,
+        foreign_cpus,
     } = target;
     let per_op = |c: f64| (ops > 0).then(|| c * 1e6 / ops as f64);
     BenchReport {
@@ -635,6 +709,9 @@ fn report(
             .zip(rss_after)
             .filter(|_| established > 0)
             .map(|(a, b)| (b as f64 - a as f64) / established as f64),
+        client_cpu_s,
+        client_cpu_us_per_op: client_cpu_s.filter(|_| !idle).and_then(per_op),
+        foreign_cpus,
         histogram: t.hist,
     }
 }
@@ -714,6 +791,13 @@ pub struct BenchArgs {
     /// Connections each worker opens at once while setting up.
     #[arg(long, default_value_t = 256)]
     pub ramp: usize,
+    /// Repeat the measurement N times and report medians with their spread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Another process of the run (a backend), repeatable: its CPU is not counted
+    /// as foreign CPU.
+    #[arg(long)]
+    pub run_pid: Vec<u32>,
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -754,6 +838,7 @@ impl BenchArgs {
             timeout,
             ramp: self.ramp,
             stop: None,
+            run_pids: self.run_pid,
         })
     }
 
@@ -903,11 +988,12 @@ impl BenchArgs {
     }
 }
 
-/// `terminus bench ...`: exit 2 on bad usage, 1 on a failed run.
+/// `terminus bench ...`: exit 2 on bad usage, 1 on a failed run (any round).
 pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     let json = args.json;
     let quiet = args.quiet || json;
+    let n = args.rounds as usize;
     let opts = match args.into_opts() {
         Ok(o) => o,
         Err(e) => {
@@ -915,35 +1001,46 @@ pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    let progress = if quiet {
-        Progress::Quiet
-    } else {
-        Progress::Stderr("bench ".into())
-    };
-    match run(&opts, progress) {
-        Ok(r) => {
-            if json {
-                match serde_json::to_string(&r) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("terminus: bench: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
-            } else {
-                print!("{}", r.table());
-            }
-            if let Some(why) = r.failure() {
-                eprintln!("terminus: bench: {why}");
+    let mut per_round = Vec::new();
+    for i in 1..=n {
+        let progress = match (quiet, n) {
+            (true, _) => Progress::Quiet,
+            (false, 1) => Progress::Stderr("bench ".into()),
+            (false, _) => Progress::Stderr(format!("bench round {i}/{n} ")),
+        };
+        match run(&opts, progress) {
+            Ok(r) => per_round.push(r),
+            Err(e) => {
+                eprintln!("terminus: bench: {e:#}");
                 return ExitCode::from(1);
             }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("terminus: bench: {e:#}");
-            ExitCode::from(1)
         }
     }
+    let failure = per_round
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.failure().map(|w| (i + 1, w)));
+    let r = rounds::summarize(per_round);
+    if json {
+        match serde_json::to_string(&r) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("terminus: bench: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", r.table());
+    }
+    if let Some((i, why)) = failure {
+        if n > 1 {
+            eprintln!("terminus: bench: round {i}: {why}");
+        } else {
+            eprintln!("terminus: bench: {why}");
+        }
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
