@@ -841,3 +841,63 @@ fn server_cert_without_server_auth_eku_is_refused() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }
+
+#[test]
+fn tls_policy_names_are_checked_and_the_valid_ones_listed() {
+    let (_dir, config) = pki_dir(
+        "policy",
+        "min_version = \"1.1\"\ncipher_suites = [\"TLS13_AES_128_GCM_SHA256\", \"RC4-MD5\"]\n\
+         groups = [\"X25519MLKEM768\", \"ffdhe2048\"]\n",
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let f = config.display();
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "terminus: {f}:8: listeners[0].min_version: must be \"1.2\" or \"1.3\", got \"1.1\""
+        )
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "terminus: {f}:9: listeners[0].cipher_suites[1]: unknown cipher suite \"RC4-MD5\"; \
+             valid: \"TLS13_AES_256_GCM_SHA384\", \"TLS13_AES_128_GCM_SHA256\", \
+             \"TLS13_CHACHA20_POLY1305_SHA256\", \"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\""
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        lines[2],
+        format!(
+            "terminus: {f}:10: listeners[0].groups[1]: unknown key exchange group \"ffdhe2048\"; \
+             valid: \"X25519\", \"secp256r1\", \"secp384r1\", \"X25519MLKEM768\", \
+             \"secp256r1MLKEM768\", \"MLKEM768\", \"MLKEM1024\""
+        )
+    );
+
+    // TLS 1.3 only, but only TLS 1.2 suites: nothing could be negotiated.
+    let (_dir, config) = pki_dir(
+        "policy13",
+        "min_version = \"1.3\"\ncipher_suites = [\"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\"]\n",
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "terminus: {}:9: listeners[0].cipher_suites: min_version = \"1.3\" but no TLS 1.3 \
+             suite is listed (TLS13_...)\n",
+            config.display()
+        )
+    );
+    // Any case is accepted.
+    let (_dir, config) = pki_dir(
+        "policyok",
+        "min_version = \"1.3\"\ncipher_suites = [\"tls13_chacha20_poly1305_sha256\"]\n\
+         groups = [\"x25519mlkem768\", \"X25519\"]\n",
+    );
+    assert_exit(&check(&config), 0);
+}

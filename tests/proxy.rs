@@ -1104,3 +1104,47 @@ fn bad_config_exits_2_naming_file_and_key() {
         "error must name the field: {err}"
     );
 }
+
+/// `openssl s_client` against `addr` with extra arguments, stdin closed: (exit
+/// status, stdout + stderr).
+fn s_client_brief(pki: &Pki, addr: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(pki.ca_pem())
+        .args(["-servername", "localhost", "-verify_return_error", "-brief"])
+        .args(args);
+    let (code, out, err) = run_command_to_exit(cmd, Duration::from_secs(20));
+    (code, format!("{out}{err}"))
+}
+
+/// The TLS policy knobs as OpenSSL sees them: `min_version = "1.3"` refuses a TLS
+/// 1.2 client with a protocol_version alert, `cipher_suites` and `groups` are what
+/// gets negotiated.
+#[test]
+fn openssl_sees_min_version_cipher_suites_and_groups() {
+    require_tool("openssl");
+    let backend = Backend::echo();
+    let t = Proxy::start(
+        Some(1),
+        &[ListenerConf::new("strict", &[backend.addr()])
+            .opt("min_version", "\"1.3\"")
+            .opt("cipher_suites", "[\"TLS13_CHACHA20_POLY1305_SHA256\"]")
+            .opt("groups", "[\"secp384r1\"]")],
+    );
+    let (addr, pki) = (t.addr("strict"), &t.pki);
+    let (code, out) = s_client_brief(pki, addr, &["-tls1_2"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("alert protocol version"), "{out}");
+    let (code, out) = s_client_brief(pki, addr, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Protocol version: TLSv1.3"), "{out}");
+    assert!(out.contains("Ciphersuite: TLS_CHACHA20_POLY1305_SHA256"), "{out}");
+    assert!(out.contains("Server Temp Key: ECDH, secp384r1"), "{out}");
+    // A client that offers only X25519 has no group in common.
+    let (code, out) = s_client_brief(pki, addr, &["-groups", "X25519"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("handshake failure"), "{out}");
+}

@@ -827,3 +827,152 @@ fn proxy_v2_ssl_describes_the_connection() {
     let ssl = Ssl::from_tls(&o.server_conn, None, None);
     assert!(!ssl.client_cert_presented && !ssl.verified && ssl.cn.is_none());
 }
+
+/// A client config offering exactly `suites` and `groups` (None: the provider's).
+fn client_with(
+    dir: &Dir,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: Option<Vec<rustls::SupportedCipherSuite>>,
+    groups: Option<Vec<&'static dyn rustls::crypto::SupportedKxGroup>>,
+) -> Arc<ClientConfig> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(s) = suites {
+        p.cipher_suites = s;
+    }
+    if let Some(g) = groups {
+        p.kx_groups = g;
+    }
+    let mut roots = RootCertStore::empty();
+    for c in terminus::tls::load_certs(&dir.0.join("server-ca.pem")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(p))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+fn tls_server(dir: &Dir, extra: &str) -> Arc<ServerConfig> {
+    terminus::tls::server_tls(&listener(dir, extra))
+        .unwrap()
+        .config
+}
+
+#[test]
+fn min_version_13_refuses_a_tls12_only_client() {
+    let dir = Dir::new("minver");
+    let both = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
+    let tls12 = &[&rustls::version::TLS12][..];
+    // Default: a TLS 1.2 client is served.
+    let o = handshake(
+        tls_server(&dir, ""),
+        client_with(&dir, tls12, None, None),
+        "localhost",
+    );
+    assert!(o.server.is_ok() && o.client.is_ok(), "{:?}", o.server);
+    let only13 = tls_server(&dir, "min_version = \"1.3\"\n");
+    let o = handshake(
+        only13.clone(),
+        client_with(&dir, tls12, None, None),
+        "localhost",
+    );
+    assert!(
+        matches!(o.server, Err(Error::PeerIncompatible(_))),
+        "{:?}",
+        o.server
+    );
+    let o = handshake(only13, client_with(&dir, both, None, None), "localhost");
+    assert!(o.server.is_ok(), "{:?}", o.server);
+    assert_eq!(
+        o.server_conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
+#[test]
+fn cipher_suites_are_the_servers_order_and_nothing_else() {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let dir = Dir::new("suites");
+    let server = tls_server(
+        &dir,
+        "cipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\", \"TLS13_AES_256_GCM_SHA384\"]\n",
+    );
+    let v13 = &[&rustls::version::TLS13][..];
+    // The client prefers AES-128, which is not allowed, then AES-256, then ChaCha20:
+    // the server's order picks ChaCha20.
+    let all = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    let o = handshake(
+        server.clone(),
+        client_with(&dir, v13, Some(all), None),
+        "localhost",
+    );
+    assert!(o.server.is_ok(), "{:?}", o.server);
+    assert_eq!(
+        o.server_conn.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
+    );
+    let only128 = vec![cs::TLS13_AES_128_GCM_SHA256];
+    let o = handshake(
+        server,
+        client_with(&dir, v13, Some(only128), None),
+        "localhost",
+    );
+    assert!(
+        matches!(o.server, Err(Error::PeerIncompatible(_))),
+        "{:?}",
+        o.server
+    );
+}
+
+#[test]
+fn groups_can_require_the_post_quantum_hybrid() {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let dir = Dir::new("groups");
+    let server = tls_server(&dir, "groups = [\"X25519MLKEM768\"]\n");
+    let v13 = &[&rustls::version::TLS13][..];
+    // rustls' default client sends an X25519 key share first and lists the hybrid:
+    // the server asks for the hybrid (HelloRetryRequest) and gets it.
+    let o = handshake(
+        server.clone(),
+        client_with(&dir, v13, None, None),
+        "localhost",
+    );
+    assert!(o.server.is_ok(), "{:?}", o.server);
+    assert_eq!(
+        o.server_conn
+            .negotiated_key_exchange_group()
+            .map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
+    let classic: Vec<&'static dyn rustls::crypto::SupportedKxGroup> =
+        vec![kx_group::X25519, kx_group::SECP256R1];
+    let o = handshake(
+        server,
+        client_with(&dir, v13, None, Some(classic)),
+        "localhost",
+    );
+    assert!(
+        matches!(o.server, Err(Error::PeerIncompatible(_))),
+        "{:?}",
+        o.server
+    );
+    // The default server keeps X25519 first.
+    let o = handshake(
+        tls_server(&dir, ""),
+        client_with(&dir, v13, None, None),
+        "localhost",
+    );
+    assert_eq!(
+        o.server_conn
+            .negotiated_key_exchange_group()
+            .map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519)
+    );
+}

@@ -23,6 +23,7 @@ mod endpoint;
 mod error;
 mod location;
 mod schema;
+pub mod tls_policy;
 mod validate;
 
 pub use endpoint::{Endpoint, EndpointError};

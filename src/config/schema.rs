@@ -248,6 +248,15 @@ pub struct Listener {
     pub upstream_backoff_max_ms: u64,
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// `"1.2"` (default: TLS 1.2 and 1.3) or `"1.3"`; text, validated (see
+    /// [`super::tls_policy`]).
+    pub min_version: Option<String>,
+    /// Suites in server preference order (empty: the built-in order).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// Key exchange groups in preference order (empty: the provider's defaults).
+    #[serde(default)]
+    pub groups: Vec<String>,
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
     #[serde(default = "default_idle_timeout_ms")]

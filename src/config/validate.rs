@@ -184,12 +184,60 @@ fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
             );
         }
     }
+    validate_tls_policy(l, i, bad);
     validate_sni(&l.sni, i, bad);
     if let Some(ca) = &l.client_auth {
         validate_client_auth(ca, i, bad);
     }
     if let Some(up) = &l.upstream_tls {
         validate_upstream_tls(up, i, bad);
+    }
+}
+
+/// `min_version`, `cipher_suites`, `groups`: known names, and a TLS 1.3 suite when
+/// only TLS 1.3 is offered.
+fn validate_tls_policy(l: &Listener, i: usize, bad: &mut Bad<'_>) {
+    use super::tls_policy::{group, group_names, suite, suite_names, MinVersion};
+    let field = |key: &'static str| [K("listeners"), I(i), K(key)];
+    let min = match l.min_version.as_deref().map(MinVersion::parse) {
+        Some(Err(e)) => {
+            bad(&field("min_version"), e);
+            None
+        }
+        Some(Ok(v)) => Some(v),
+        None => Some(MinVersion::Tls12),
+    };
+    let mut tls13_suites = 0;
+    for (j, name) in l.cipher_suites.iter().enumerate() {
+        match suite(name) {
+            Some(s) => tls13_suites += usize::from(s.tls13().is_some()),
+            None => bad(
+                &[K("listeners"), I(i), K("cipher_suites"), I(j)],
+                format!("unknown cipher suite {name:?}; valid: {}", suite_names()),
+            ),
+        }
+    }
+    for (j, name) in l.groups.iter().enumerate() {
+        if group(name).is_none() {
+            bad(
+                &[K("listeners"), I(i), K("groups"), I(j)],
+                format!(
+                    "unknown key exchange group {name:?}; valid: {}",
+                    group_names()
+                ),
+            );
+        }
+    }
+    let all_known = l.cipher_suites.iter().all(|n| suite(n).is_some());
+    if min == Some(MinVersion::Tls13)
+        && !l.cipher_suites.is_empty()
+        && all_known
+        && tls13_suites == 0
+    {
+        bad(
+            &field("cipher_suites"),
+            "min_version = \"1.3\" but no TLS 1.3 suite is listed (TLS13_...)".into(),
+        );
     }
 }
 

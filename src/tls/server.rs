@@ -43,6 +43,8 @@ pub struct ServerTls {
     /// The allow-list verifier (client_auth other than `none`), kept to build the
     /// per-worker configs of [`ServerTls::config_for`].
     policy: Option<Arc<PolicyVerifier>>,
+    /// The protocol versions offered (`min_version`), for those copies too.
+    versions: &'static [&'static rustls::SupportedProtocolVersion],
 }
 
 impl ServerTls {
@@ -72,7 +74,7 @@ impl ServerTls {
         let verifier = Arc::new(policy.with_sink(sink.clone()));
         let base = &self.config;
         let built = rustls::ServerConfig::builder_with_provider(base.crypto_provider().clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(self.versions)
             .map(|b| {
                 b.with_client_cert_verifier(verifier)
                     .with_cert_resolver(self.certs.clone())
@@ -99,14 +101,18 @@ fn copy_settings(from: &rustls::ServerConfig, to: &mut rustls::ServerConfig) {
 
 /// [`server_config`], keeping the certificate resolver at hand.
 pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
-    let provider = server_provider();
+    let provider = listener_provider(l);
+    let versions =
+        crate::config::tls_policy::MinVersion::parse(l.min_version.as_deref().unwrap_or("1.2"))
+            .unwrap_or_default()
+            .versions();
     let certs = Arc::new(SniResolver::load(l, &provider)?);
     let policy = policy_verifier(l, &provider)?.map(Arc::new);
     let verifier: Arc<dyn ClientCertVerifier> = match &policy {
         Some(p) => p.clone(),
         None => WebPkiClientVerifier::no_client_auth(),
     };
-    let config = build_server_config(l, provider, certs.clone(), verifier)?;
+    let config = build_server_config(l, provider, versions, certs.clone(), verifier)?;
     let now = unix_now();
     let warnings = certs
         .served()
@@ -118,7 +124,26 @@ pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
         certs,
         warnings,
         policy,
+        versions,
     })
+}
+
+/// [`server_provider`] narrowed to the listener's `cipher_suites` and `groups`, in
+/// the order written (the server's order decides: `ignore_client_order`). Names
+/// were validated with the config; an empty list keeps the default.
+fn listener_provider(l: &Listener) -> Arc<CryptoProvider> {
+    use crate::config::tls_policy::{group, suite};
+    if l.cipher_suites.is_empty() && l.groups.is_empty() {
+        return server_provider();
+    }
+    let mut p = (*server_provider()).clone();
+    if !l.cipher_suites.is_empty() {
+        p.cipher_suites = l.cipher_suites.iter().filter_map(|n| suite(n)).collect();
+    }
+    if !l.groups.is_empty() {
+        p.kx_groups = l.groups.iter().filter_map(|n| group(n)).collect();
+    }
+    Arc::new(p)
 }
 
 /// aws-lc-rs with the AES-128-GCM/SHA-256 suites first. With the server's order
@@ -143,11 +168,12 @@ pub fn server_provider() -> Arc<CryptoProvider> {
 fn build_server_config(
     l: &Listener,
     provider: Arc<CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
     certs: Arc<SniResolver>,
     verifier: Arc<dyn ClientCertVerifier>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(TlsError::Versions)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
