@@ -22,17 +22,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve until SIGTERM/SIGINT.
+    /// Serve until SIGTERM/SIGINT: from a config file, or one listener from flags
+    /// (`--listen ADDR --upstream HOST:PORT --cert FILE --key FILE [--client-ca FILE
+    /// --allow ID]`).
     Run {
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, conflicts_with_all = ["listen", "upstream", "cert", "key"])]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: terminus::config::flags::ListenerFlags,
     },
     /// Validate config, certificates, keys (--config) and/or whether this host can
     /// run terminus and is tuned for it (--host); print every problem.
-    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "host"])))]
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["config", "host", "listen"])))]
     Check {
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["listen", "upstream", "cert", "key"])]
         config: Option<PathBuf>,
+        /// The one-command mode's flags, checked as `run` would build them.
+        #[command(flatten)]
+        flags: terminus::config::flags::ListenerFlags,
         /// Check io_uring, limits, CPUs and sysctls of this host.
         #[arg(long)]
         host: bool,
@@ -90,13 +97,18 @@ fn main() -> ExitCode {
     };
     terminus::tls::install_provider();
     match cli.cmd {
-        Cmd::Run { config } => run(&config),
+        Cmd::Run { config, flags } => run(config.as_deref(), &flags),
         Cmd::Check {
             config,
+            flags,
             host,
             host_timeout_ms,
         } => terminus::ops::check::run_cli(
-            config.as_deref(),
+            match (&config, flags.given()) {
+                (Some(path), _) => Some(terminus::ops::check::Input::File(path)),
+                (None, true) => Some(terminus::ops::check::Input::Flags(&flags)),
+                (None, false) => None,
+            },
             host,
             std::time::Duration::from_millis(host_timeout_ms),
         ),
@@ -164,8 +176,27 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 /// `terminus run`: exit 2 for a bad config or TLS material, 1 for anything else.
-fn run(config: &Path) -> ExitCode {
-    let result = terminus::config::Config::load(config)
+fn run(config: Option<&Path>, flags: &terminus::config::flags::ListenerFlags) -> ExitCode {
+    let loaded = match config {
+        Some(path) => terminus::config::Config::load(path),
+        None => match flags.to_toml() {
+            Ok(text) => {
+                terminus::config::Config::parse(&text, Path::new(terminus::config::flags::SOURCE))
+            }
+            Err(e) => {
+                if flags.given() {
+                    eprintln!("terminus: run: {e} (see --help)");
+                } else {
+                    eprintln!(
+                        "terminus: run: needs --config FILE, or --listen, --upstream, --cert \
+                         and --key (see --help)"
+                    );
+                }
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let result = loaded
         .map_err(RunError::from)
         .and_then(terminus::runtime::server::run);
     match result {

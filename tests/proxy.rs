@@ -1141,7 +1141,10 @@ fn openssl_sees_min_version_cipher_suites_and_groups() {
     let (code, out) = s_client_brief(pki, addr, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("Protocol version: TLSv1.3"), "{out}");
-    assert!(out.contains("Ciphersuite: TLS_CHACHA20_POLY1305_SHA256"), "{out}");
+    assert!(
+        out.contains("Ciphersuite: TLS_CHACHA20_POLY1305_SHA256"),
+        "{out}"
+    );
     assert!(out.contains("Server Temp Key: ECDH, secp384r1"), "{out}");
     // A client that offers only X25519 has no group in common.
     let (code, out) = s_client_brief(pki, addr, &["-groups", "X25519"]);

@@ -21,6 +21,7 @@
 
 mod endpoint;
 mod error;
+pub mod flags;
 mod location;
 mod schema;
 pub mod tls_policy;

@@ -55,7 +55,22 @@ impl Report {
 
 /// Load the config and every listener's TLS material, collecting all problems.
 pub fn check(path: &Path) -> Report {
-    let checked = Config::load_checked(path);
+    check_loaded(Config::load_checked(path))
+}
+
+/// Where `check` reads the config from: a file, or the one-command mode's flags.
+pub enum Input<'a> {
+    File(&'a Path),
+    Flags(&'a crate::config::flags::ListenerFlags),
+}
+
+/// [`check`] on config text that came from somewhere else than a file (`source`
+/// names it in errors).
+pub fn check_text(text: &str, source: &Path) -> Report {
+    check_loaded(Config::parse_checked(text, source))
+}
+
+fn check_loaded(checked: crate::config::Checked) -> Report {
     let mut report = Report {
         problems: checked.problems.iter().map(|e| e.to_string()).collect(),
         ..Report::default()
@@ -508,13 +523,27 @@ fn holders_of(inodes: &[u64]) -> Vec<Holder> {
 /// `terminus check [--config FILE] [--host]`. Exit 2 if the config is invalid, else 1
 /// if the host can't run terminus, else 0. With a valid config the host is checked
 /// against its runtime settings and connection limits.
-pub fn run_cli(config: Option<&Path>, host: bool, host_timeout: Duration) -> ExitCode {
+pub fn run_cli(config: Option<Input<'_>>, host: bool, host_timeout: Duration) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     let mut params = crate::ops::hostcheck::HostParams::default();
-    if let Some(path) = config {
-        if !config_cli(path) {
+    let loaded = match config {
+        None => None,
+        Some(Input::File(path)) => Some((check(path), Config::load(path).ok())),
+        Some(Input::Flags(flags)) => match flags.to_toml() {
+            Ok(text) => {
+                let source = Path::new(crate::config::flags::SOURCE);
+                Some((check_text(&text, source), Config::parse(&text, source).ok()))
+            }
+            Err(e) => {
+                eprintln!("terminus: check: {e} (see --help)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if let Some((report, cfg)) = loaded {
+        if !config_cli(&report) {
             code = ExitCode::from(2);
-        } else if let Ok(cfg) = Config::load(path) {
+        } else if let Some(cfg) = cfg {
             params = crate::ops::hostcheck::HostParams::from_config(&cfg);
         }
     }
@@ -529,8 +558,7 @@ pub fn run_cli(config: Option<&Path>, host: bool, host_timeout: Duration) -> Exi
 }
 
 /// The config half: print the report, true when the config is usable.
-fn config_cli(path: &Path) -> bool {
-    let report = check(path);
+fn config_cli(report: &Report) -> bool {
     for w in &report.warnings {
         eprintln!("terminus: warning: {w}");
     }

@@ -79,6 +79,13 @@ impl Terminus {
         Terminus::spawn(cmd, forced_io_backend())
     }
 
+    /// `terminus run ARGS...` (the one-command mode's flags, say), in `cwd`.
+    pub fn start_args(cwd: &Path, args: &[&str]) -> Terminus {
+        let mut cmd = command_with_prefix(&[]);
+        cmd.arg("run").args(args).current_dir(cwd);
+        Terminus::spawn(cmd, forced_io_backend())
+    }
+
     /// [`Terminus::start`] with extra environment variables for the child
     /// (`NOTIFY_SOCKET`, say).
     pub fn start_with_env(config: &Path, env: &[(&str, &OsStr)]) -> Terminus {
