@@ -227,6 +227,9 @@ pub struct Listener {
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A DER OCSP response for `cert`, stapled while it is valid and for `cert`
+    /// (re-read with the certificate on reload).
+    pub ocsp: Option<PathBuf>,
     /// `upstreams` as written: literal socket addresses and `NAME:PORT` entries.
     #[serde(rename = "upstreams")]
     pub upstream_entries: Vec<Endpoint>,
@@ -346,6 +349,8 @@ pub struct Sni {
     pub server_names: Vec<String>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A DER OCSP response to staple with `cert`.
+    pub ocsp: Option<PathBuf>,
 }
 
 /// `[listeners.client_auth]`.
@@ -540,12 +545,14 @@ impl Config {
         for l in &mut self.listeners {
             resolve(&mut l.cert);
             resolve(&mut l.key);
+            l.ocsp.iter_mut().for_each(resolve);
             if let Some(t) = &mut l.ticket_key_file {
                 resolve(t);
             }
             for sni in &mut l.sni {
                 resolve(&mut sni.cert);
                 resolve(&mut sni.key);
+                sni.ocsp.iter_mut().for_each(resolve);
             }
             if let Some(ca) = &mut l.client_auth {
                 ca.ca.iter_mut().chain(ca.crl.iter_mut()).for_each(resolve);

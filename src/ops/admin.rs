@@ -59,6 +59,7 @@ impl AdminState {
                     resolve_errors: live.upstreams.resolve_errors(),
                     certs: live.cert_expiry.clone(),
                     chain_cache: live.tls.chain_cache_counts(),
+                    ocsp: live.ocsp_next_update.clone(),
                 }
             })
             .collect();
@@ -68,6 +69,7 @@ impl AdminState {
             reload_last_ok: !self.reloads.last_failed.load(Ordering::Relaxed),
             reload_last_success_unix_ms: self.reloads.last_success_unix_ms.load(Ordering::Relaxed),
             access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
+            ocsp_refused: crate::tls::ocsp::REFUSED.load(Ordering::Relaxed),
             workers: self.workers,
             io_backend: self.io_backend.as_str(),
             draining: self.state.load() != RunState::Running

@@ -220,6 +220,8 @@ pub struct ListenerView {
     pub certs: Vec<(String, i64)>,
     /// Client chain cache (hits, misses); None without client auth or cache.
     pub chain_cache: Option<(u64, u64)>,
+    /// (certificate file, stapled OCSP response's nextUpdate, Unix seconds).
+    pub ocsp: Vec<(String, i64)>,
 }
 
 /// Process-wide counters outside the workers.
@@ -231,6 +233,8 @@ pub struct GlobalView {
     /// Unix time (ms) of the last successful load.
     pub reload_last_success_unix_ms: u64,
     pub access_log_dropped: u64,
+    /// OCSP responses refused for stapling since start.
+    pub ocsp_refused: u64,
     pub workers: usize,
     /// `io_uring` or `epoll`.
     pub io_backend: &'static str,
@@ -505,6 +509,24 @@ static FAMILIES: &[Family] = &[
                 .map(|(path, t)| (format!("cert=\"{}\"", esc(path)), Num::I(*t)))
                 .collect()
         }),
+    ),
+    family(
+        "terminus_ocsp_next_update_timestamp_seconds",
+        "gauge",
+        "nextUpdate of each stapled OCSP response (Unix seconds; 0: none given).",
+        Samples::Current(|l| {
+            l.ocsp
+                .iter()
+                .map(|(path, t)| (format!("cert=\"{}\"", esc(path)), Num::I(*t)))
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_ocsp_responses_refused_total",
+        "counter",
+        "OCSP response files not stapled: unparsable, for another certificate, not \
+         good, expired or not yet valid (each load: start and reloads).",
+        Samples::Global(|g| vec![(String::new(), Num::U(g.ocsp_refused))]),
     ),
     family(
         "terminus_config_reloads_total",
@@ -854,6 +876,7 @@ mod tests {
             resolve_errors: vec![],
             certs: vec![("/c/server.pem".into(), 1_900_000_000)],
             chain_cache: Some((7, 2)),
+            ocsp: vec![("/c/server.pem".into(), 1_800_000_000)],
         };
         let g = GlobalView {
             reloads_ok: 1,
@@ -861,6 +884,7 @@ mod tests {
             reload_last_ok: false,
             reload_last_success_unix_ms: 1_764_000_000_500,
             access_log_dropped: 0,
+            ocsp_refused: 1,
             workers: 3,
             io_backend: "io_uring",
             draining: false,
@@ -884,6 +908,8 @@ mod tests {
             format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}} 2"),
             format!("terminus_cert_expiry_timestamp_seconds{{{l},cert=\"/c/server.pem\"}} 1900000000"),
             "terminus_config_reloads_total{result=\"error\"} 2".to_string(),
+            format!("terminus_ocsp_next_update_timestamp_seconds{{{l},cert=\"/c/server.pem\"}} 1800000000"),
+            "terminus_ocsp_responses_refused_total 1".to_string(),
             "terminus_worker_buffered_bytes{worker=\"2\"} 4096".to_string(),
             "terminus_worker_buffer_cap_pauses_total{worker=\"2\"} 3".to_string(),
         ] {
@@ -935,6 +961,7 @@ mod tests {
                     ("/c/\"odd\"\\name.pem".into(), -1),
                 ],
                 chain_cache: Some((40, 3)),
+                ocsp: vec![("/c/server.pem".into(), 1_800_000_000)],
             },
             ListenerView {
                 name: "in\nternal".into(),
@@ -944,6 +971,7 @@ mod tests {
                 resolve_errors: vec![],
                 certs: vec![],
                 chain_cache: None,
+                ocsp: vec![],
             },
         ];
         let g = GlobalView {
@@ -952,6 +980,7 @@ mod tests {
             reload_last_ok: false,
             reload_last_success_unix_ms: 1_764_000_000_500,
             access_log_dropped: 3,
+            ocsp_refused: 1,
             workers: 2,
             io_backend: "io_uring",
             draining: true,
@@ -1012,6 +1041,8 @@ mod tests {
                 "terminus_upstream_resumption_failures_total counter",
                 "terminus_bytes_total counter",
                 "terminus_cert_expiry_timestamp_seconds gauge",
+                "terminus_ocsp_next_update_timestamp_seconds gauge",
+                "terminus_ocsp_responses_refused_total counter",
                 "terminus_config_reloads_total counter",
                 "terminus_config_last_reload_successful gauge",
                 "terminus_config_last_reload_success_timestamp_seconds gauge",

@@ -51,6 +51,8 @@ pub struct ListenerLive {
     pub max_connections: usize,
     /// (certificate file, notAfter Unix seconds) of every served certificate.
     pub cert_expiry: Vec<(String, i64)>,
+    /// (certificate file, nextUpdate Unix seconds) of every stapled OCSP response.
+    pub ocsp_next_update: Vec<(String, i64)>,
 }
 
 impl ListenerLive {
@@ -70,7 +72,13 @@ impl ListenerLive {
                 Some((c.path.display().to_string(), t))
             })
             .collect();
+        let ocsp_next_update = tls
+            .certs
+            .served()
+            .filter_map(|c| Some((c.path.display().to_string(), c.ocsp_next_update?)))
+            .collect();
         Ok(ListenerLive {
+            ocsp_next_update,
             tls,
             upstream_tls,
             proxy_v2: l.proxy_protocol == ProxyProtocol::V2,

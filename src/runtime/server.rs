@@ -419,6 +419,14 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
     let mut sockets: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
         let live = ListenerLive::build(l, &cfg.resolver)?;
+        for why in live
+            .tls
+            .certs
+            .served()
+            .filter_map(|c| c.ocsp_problem.as_ref())
+        {
+            crate::op_warn!("listener \"{}\": {why}", l.name);
+        }
         let listen_err = |addr, source| RunError::Listen {
             listener: l.name.clone(),
             addr,

@@ -35,6 +35,7 @@ mod chain_cache;
 mod client;
 mod error;
 pub mod identity;
+pub mod ocsp;
 mod pem;
 pub mod policy;
 mod problems;

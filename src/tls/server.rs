@@ -118,6 +118,7 @@ pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
         .served()
         .flat_map(|c| validity_findings(&c.path, &c.key.cert, Role::Server, now))
         .map(|f| f.message)
+        .chain(certs.served().filter_map(|c| c.ocsp_problem.clone()))
         .collect();
     Ok(ServerTls {
         config,
@@ -225,9 +226,11 @@ fn policy_digest(l: &Listener) -> Vec<u8> {
 /// reloader polls.
 pub fn listener_files(l: &Listener) -> Vec<PathBuf> {
     let mut v = vec![l.cert.clone(), l.key.clone()];
+    v.extend(l.ocsp.iter().cloned());
     for sni in &l.sni {
         v.push(sni.cert.clone());
         v.push(sni.key.clone());
+        v.extend(sni.ocsp.iter().cloned());
     }
     if let Some(ca) = &l.client_auth {
         v.extend(ca.ca.iter().cloned());

@@ -26,11 +26,20 @@ pub struct ServedCert {
     /// The certificate file it came from.
     pub path: PathBuf,
     pub algorithms: CertAlgorithms,
+    /// The stapled OCSP response's nextUpdate (Unix seconds), when one is stapled.
+    pub ocsp_next_update: Option<i64>,
+    /// Why the configured OCSP response is not stapled (one line naming the file).
+    pub ocsp_problem: Option<String>,
 }
 
 impl ServedCert {
-    fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<ServedCert, TlsError> {
-        let ck = certified_key(cert, key, provider)?;
+    fn load(
+        cert: &Path,
+        key: &Path,
+        ocsp: Option<&Path>,
+        provider: &CryptoProvider,
+    ) -> Result<ServedCert, TlsError> {
+        let mut ck = certified_key(cert, key, provider)?;
         if let Some(e) = server_auth_problem(cert, &ck.cert[0]) {
             return Err(e);
         }
@@ -39,10 +48,37 @@ impl ServedCert {
                 path: cert.to_owned(),
                 source,
             })?;
+        let (mut ocsp_next_update, mut ocsp_problem) = (None, None);
+        if let Some(path) = ocsp {
+            let checked = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|der| {
+                    let now = super::validity::unix_now();
+                    let staple = super::ocsp::check_staple(&der, &ck.cert[0], now)
+                        .map_err(|e| e.to_string())?;
+                    Ok((der, staple))
+                });
+            match checked {
+                Ok((der, staple)) => {
+                    ck.ocsp = Some(der);
+                    ocsp_next_update = staple.next_update.or(Some(0));
+                }
+                Err(why) => {
+                    super::ocsp::count_refusal();
+                    ocsp_problem = Some(format!(
+                        "{}: OCSP response not stapled with {}: {why}",
+                        path.display(),
+                        cert.display()
+                    ));
+                }
+            }
+        }
         Ok(ServedCert {
             key: Arc::new(ck),
             path: cert.to_path_buf(),
             algorithms,
+            ocsp_next_update,
+            ocsp_problem,
         })
     }
 }
@@ -64,7 +100,7 @@ pub struct SniResolver {
 impl SniResolver {
     /// Load the listener's default certificate and every `[[listeners.sni]]` entry.
     pub fn load(l: &Listener, provider: &CryptoProvider) -> Result<SniResolver, TlsError> {
-        let default = ServedCert::load(&l.cert, &l.key, provider)?;
+        let default = ServedCert::load(&l.cert, &l.key, l.ocsp.as_deref(), provider)?;
         let mut r = SniResolver {
             default,
             certs: Vec::with_capacity(l.sni.len()),
@@ -73,8 +109,12 @@ impl SniResolver {
         };
         for sni in &l.sni {
             let idx = r.certs.len();
-            r.certs
-                .push(ServedCert::load(&sni.cert, &sni.key, provider)?);
+            r.certs.push(ServedCert::load(
+                &sni.cert,
+                &sni.key,
+                sni.ocsp.as_deref(),
+                provider,
+            )?);
             for name in &sni.server_names {
                 let name = name.to_ascii_lowercase();
                 match name.strip_prefix("*.") {
