@@ -901,3 +901,43 @@ fn tls_policy_names_are_checked_and_the_valid_ones_listed() {
     );
     assert_exit(&check(&config), 0);
 }
+
+#[test]
+fn http_listener_settings_are_validated() {
+    let (_dir, config) = pki_dir("http", "protocol = \"smtp\"\n");
+    let out = check(&config);
+    assert_exit(&out, 2);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "terminus: {}:8: listeners[0].protocol: must be \"tcp\" or \"http\", got \"smtp\"\n",
+            config.display()
+        )
+    );
+    let (_dir, config) = pki_dir(
+        "http2",
+        "protocol = \"http\"\nalpn = [\"h2\", \"http/1.1\"]\n\n[listeners.http]\n\
+         identity_headers = \"spiffe\"\nmax_header_bytes = 10\n",
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].ends_with("listeners[0].alpn: an http listener speaks HTTP/1.1 only, got \"h2\""),
+        "{err}"
+    );
+    assert!(
+        lines[1].ends_with(
+            "listeners[0].http.identity_headers: must be \"xfcc\", \"rfc9440\" or \"both\", got \"spiffe\""
+        ),
+        "{err}"
+    );
+    assert!(
+        lines[2].ends_with(
+            "listeners[0].http.max_header_bytes: must be between 256 and 1048576, got 10"
+        ),
+        "{err}"
+    );
+}

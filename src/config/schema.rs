@@ -297,6 +297,11 @@ pub struct Listener {
     /// remain the default for unknown or absent server names.
     #[serde(default)]
     pub sni: Vec<Sni>,
+    /// `"tcp"` (default: bytes pass as they are) or `"http"` (HTTP/1.1 request heads
+    /// rewritten with identity headers; `[listeners.http]`).
+    pub protocol: Option<String>,
+    /// `[listeners.http]`: settings of an `http` listener.
+    pub http: Option<HttpTable>,
     /// Client certificate authentication (`[listeners.client_auth]`); absent = none.
     pub client_auth: Option<ClientAuth>,
     /// Re-encryption to the upstream (`[listeners.upstream_tls]`); absent = plaintext.
@@ -351,6 +356,46 @@ pub struct Sni {
     pub key: PathBuf,
     /// A DER OCSP response to staple with `cert`.
     pub ocsp: Option<PathBuf>,
+}
+
+/// `[listeners.http]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTable {
+    /// `"xfcc"` (default), `"rfc9440"` or `"both"`.
+    #[serde(default = "default_identity_headers")]
+    pub identity_headers: String,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A request head must arrive whole within this long (slowloris: 408).
+    #[serde(default = "default_head_timeout_ms")]
+    pub head_timeout_ms: u64,
+    /// Accept request heads whose lines end in a bare LF (refused by default).
+    #[serde(default)]
+    pub allow_bare_lf: bool,
+}
+
+impl Default for HttpTable {
+    fn default() -> Self {
+        HttpTable {
+            identity_headers: default_identity_headers(),
+            max_header_bytes: default_max_header_bytes(),
+            head_timeout_ms: default_head_timeout_ms(),
+            allow_bare_lf: false,
+        }
+    }
+}
+
+fn default_identity_headers() -> String {
+    "xfcc".into()
+}
+
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_head_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `[listeners.client_auth]`.

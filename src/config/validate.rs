@@ -185,12 +185,58 @@ fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
         }
     }
     validate_tls_policy(l, i, bad);
+    validate_http(l, i, bad);
     validate_sni(&l.sni, i, bad);
     if let Some(ca) = &l.client_auth {
         validate_client_auth(ca, i, bad);
     }
     if let Some(up) = &l.upstream_tls {
         validate_upstream_tls(up, i, bad);
+    }
+}
+
+/// `protocol` and `[listeners.http]`.
+fn validate_http(l: &Listener, i: usize, bad: &mut Bad<'_>) {
+    let field = |key: &'static str| [K("listeners"), I(i), K(key)];
+    let http = match l.protocol.as_deref() {
+        None | Some("tcp") => false,
+        Some("http") => true,
+        Some(p) => {
+            bad(
+                &field("protocol"),
+                format!("must be \"tcp\" or \"http\", got {p:?}"),
+            );
+            return;
+        }
+    };
+    if !http {
+        if l.http.is_some() {
+            bad(&field("http"), "needs protocol = \"http\"".into());
+        }
+        return;
+    }
+    if let Some(p) = l.alpn.iter().find(|p| p.as_str() != "http/1.1") {
+        bad(
+            &field("alpn"),
+            format!("an http listener speaks HTTP/1.1 only, got {p:?}"),
+        );
+    }
+    let t = l.http.clone().unwrap_or_default();
+    let at = |key: &'static str| [K("listeners"), I(i), K("http"), K(key)];
+    if let Err(e) = crate::proxy::http::IdentityHeaders::parse(&t.identity_headers) {
+        bad(&at("identity_headers"), e);
+    }
+    if !(256..=1 << 20).contains(&t.max_header_bytes) {
+        bad(
+            &at("max_header_bytes"),
+            format!(
+                "must be between 256 and 1048576, got {}",
+                t.max_header_bytes
+            ),
+        );
+    }
+    if t.head_timeout_ms == 0 {
+        bad(&at("head_timeout_ms"), "must be at least 1".into());
     }
 }
 

@@ -95,6 +95,8 @@ pub struct ListenerMetrics {
     /// Failed connects per upstream address (a short list: linear search).
     pub upstream_connect_errors: Vec<(SocketAddr, u64)>,
     pub upstream_tls_errors: u64,
+    /// Requests an `http` listener refused, by status: 400, 408, 431.
+    pub http_rejected: [u64; 3],
     /// Upstream handshakes that offered a session and failed (then retried in full),
     /// per upstream address.
     pub upstream_resumption_failures: Vec<(SocketAddr, u64)>,
@@ -143,6 +145,9 @@ impl ListenerMetrics {
             add_per_upstream(&mut self.upstream_connect_errors, addr, n);
         }
         self.upstream_tls_errors += o.upstream_tls_errors;
+        for (a, b) in self.http_rejected.iter_mut().zip(o.http_rejected) {
+            *a += b;
+        }
         for &(addr, n) in &o.upstream_resumption_failures {
             add_per_upstream(&mut self.upstream_resumption_failures, addr, n);
         }
@@ -306,6 +311,9 @@ impl std::fmt::Display for Num {
     }
 }
 
+/// The statuses of `http_rejected`, in its order.
+pub const HTTP_STATUSES: [u16; 3] = [400, 408, 431];
+
 /// Samples as (labels, value); labels without braces, empty for none.
 type Labeled = Vec<(String, Num)>;
 
@@ -454,6 +462,19 @@ static FAMILIES: &[Family] = &[
             l.resolve_errors
                 .iter()
                 .map(|(e, n)| (format!("upstream=\"{}\"", esc(e)), Num::U(*n)))
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_http_rejected_total",
+        "counter",
+        "Requests an http listener refused, then closed the connection: 400 (smuggling \
+         vectors, malformed heads), 408 (head too slow), 431 (head too large).",
+        Samples::SummedLabeled(|m| {
+            HTTP_STATUSES
+                .iter()
+                .zip(m.http_rejected)
+                .map(|(s, n)| (format!("status=\"{s}\""), Num::U(n)))
                 .collect()
         }),
     ),
@@ -929,6 +950,7 @@ mod tests {
             connections: 7,
             rejected_max_connections: 1,
             upstream_tls_errors: 2,
+            http_rejected: [3, 1, 0],
             bytes_client_to_upstream: 1234,
             bytes_upstream_to_client: 56789,
             upstream_handshakes: [4, 5],
@@ -1036,6 +1058,7 @@ mod tests {
                 "terminus_upstream_connect_errors_total counter",
                 "terminus_upstream_up gauge",
                 "terminus_upstream_resolve_errors_total counter",
+                "terminus_http_rejected_total counter",
                 "terminus_upstream_tls_errors_total counter",
                 "terminus_upstream_handshakes_total counter",
                 "terminus_upstream_resumption_failures_total counter",

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod http;
 pub mod proxy_v2;
 pub mod timer;
 pub mod upstream;

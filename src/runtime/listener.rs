@@ -48,6 +48,8 @@ pub struct ListenerLive {
     /// How the resolver thread looks names up (`[resolver]`).
     pub resolver: crate::runtime::resolver::Lookup,
     pub limits: ConnLimits,
+    /// `protocol = "http"`: the request filter's settings.
+    pub http: Option<crate::proxy::http::HttpSettings>,
     pub max_connections: usize,
     /// (certificate file, notAfter Unix seconds) of every served certificate.
     pub cert_expiry: Vec<(String, i64)>,
@@ -77,7 +79,18 @@ impl ListenerLive {
             .served()
             .filter_map(|c| Some((c.path.display().to_string(), c.ocsp_next_update?)))
             .collect();
+        let http = (l.protocol.as_deref() == Some("http")).then(|| {
+            let t = l.http.clone().unwrap_or_default();
+            crate::proxy::http::HttpSettings {
+                identity: crate::proxy::http::IdentityHeaders::parse(&t.identity_headers)
+                    .unwrap_or_default(),
+                max_header_bytes: t.max_header_bytes,
+                allow_bare_lf: t.allow_bare_lf,
+                head_timeout: Duration::from_millis(t.head_timeout_ms),
+            }
+        });
         Ok(ListenerLive {
+            http,
             ocsp_next_update,
             tls,
             upstream_tls,

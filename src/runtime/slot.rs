@@ -235,6 +235,10 @@ pub struct Slot {
     pub inflight: u32,
     pub closing: Option<CloseReason>,
     pub scheduled_phase: Option<Phase>,
+    /// The earliest timer entry the wheel holds for this slot (a deadline that moves
+    /// earlier, an http head timer, needs a new entry; a later one is re-armed when
+    /// the old entry fires).
+    pub scheduled_at: Option<Instant>,
     pub dirty: bool,
     /// Buffered bytes last added to the worker's total (`BufferCap::account`).
     pub accounted: usize,

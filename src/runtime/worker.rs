@@ -420,6 +420,10 @@ impl<D: Driver<Token>> Worker<D> {
         } else {
             Vec::new()
         };
+        if live.http.is_some() {
+            let client = s.legs[Side::Client as usize].fd.as_ref();
+            conn.set_http_client(s.client_addr.or_else(|| client.and_then(sock::peer_addr)));
+        }
         let tls = live.upstream_tls.as_ref().zip(s.dial.addr());
         let tls = tls.and_then(|(up, addr)| up.connect(addr, conn.upstream_tls_retried()));
         let offered = tls.as_ref().is_some_and(|t| t.1);
@@ -464,7 +468,10 @@ impl<D: Driver<Token>> Worker<D> {
                 return;
             }
         };
-        let conn = Conn::new(tls, live.limits, now).with_reject_sink(self.rejects.clone());
+        let mut conn = Conn::new(tls, live.limits, now).with_reject_sink(self.rejects.clone());
+        if let Some(h) = live.http {
+            conn = conn.with_http(h);
+        }
         let client_addr = if self.log.enabled() {
             sock::peer_addr(&fd)
         } else {
@@ -517,11 +524,15 @@ impl<D: Driver<Token>> Worker<D> {
         }
         let Some(conn) = s.conn.as_mut() else { return };
         match conn.handle_timeout(now) {
-            Expired::No => self.wheel.schedule(conn.deadline(), id),
+            Expired::No => {
+                s.scheduled_at = Some(conn.deadline());
+                self.wheel.schedule(conn.deadline(), id)
+            }
             Expired::ConnectAttempt => {
                 if let Some(op) = s.connect {
                     self.io.cancel(op, Token::Fire);
                 }
+                s.scheduled_at = Some(conn.deadline());
                 self.wheel.schedule(conn.deadline(), id);
             }
             Expired::Close => self.mark_dirty(id.idx),
@@ -644,9 +655,11 @@ impl<D: Driver<Token>> Worker<D> {
         let id = self.slot_id(idx);
         let s = &mut self.slots[idx as usize];
         let conn = s.conn.as_ref().expect("flushed slots have a conn");
-        if s.scheduled_phase != Some(conn.phase()) {
+        let due = conn.deadline();
+        if s.scheduled_phase != Some(conn.phase()) || s.scheduled_at.is_some_and(|t| due < t) {
             s.scheduled_phase = Some(conn.phase());
-            self.wheel.schedule(conn.deadline(), id);
+            s.scheduled_at = Some(due);
+            self.wheel.schedule(due, id);
         }
         if let Some(reason) = conn.poll_close() {
             self.begin_close(idx, reason);
@@ -698,6 +711,14 @@ impl<D: Driver<Token>> Worker<D> {
         match reason {
             CloseReason::HandshakeFailed(r) => m.handshake_error(r),
             CloseReason::UpstreamTlsFailed(_) => m.upstream_tls_errors += 1,
+            CloseReason::HttpRejected(status) => {
+                if let Some(i) = crate::ops::metrics::HTTP_STATUSES
+                    .iter()
+                    .position(|s| *s == status)
+                {
+                    m.http_rejected[i] += 1;
+                }
+            }
             _ => {}
         }
         // A reset on one leg becomes a reset on the other (SO_LINGER 0 then close).
@@ -765,6 +786,7 @@ impl<D: Driver<Token>> Worker<D> {
             Some(
                 CloseReason::HandshakeFailed(_)
                     | CloseReason::ClientProtocolError
+                    | CloseReason::HttpRejected(_)
                     | CloseReason::UpstreamUnavailable
                     | CloseReason::UpstreamTlsFailed(_)
             )

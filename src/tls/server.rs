@@ -180,6 +180,10 @@ fn build_server_config(
         .with_cert_resolver(certs);
     cfg.ignore_client_order = true;
     cfg.alpn_protocols = l.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // An http listener speaks HTTP/1.1 only, and says so (h2 clients then use it).
+    if l.protocol.as_deref() == Some("http") && cfg.alpn_protocols.is_empty() {
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
     cfg.session_storage = if l.session_cache == 0 {
         Arc::new(NoServerSessionStorage {})
     } else {

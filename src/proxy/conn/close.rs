@@ -117,6 +117,8 @@ pub enum CloseReason {
     Shutdown,
     /// TLS towards the upstream failed (e.g. its certificate did not verify).
     UpstreamTlsFailed(HandshakeFailure),
+    /// An `http` listener refused a request with this status (400, 408, 431).
+    HttpRejected(u16),
 }
 
 impl CloseReason {
@@ -131,6 +133,7 @@ impl CloseReason {
             Self::ClientProtocolError => "client_protocol_error",
             Self::Shutdown => "shutdown",
             Self::UpstreamTlsFailed(_) => "upstream_tls_failed",
+            Self::HttpRejected(_) => "http_rejected",
         }
     }
 }

@@ -82,6 +82,17 @@ pub struct Conn {
     rejects: Option<crate::tls::RejectSink>,
     /// Retrying the upstream leg after a refused TLS session.
     up_retry: UpRetry,
+    /// An `http` listener's request filter (None: bytes pass as they are).
+    http: Option<Box<HttpConn>>,
+}
+
+/// The HTTP side of a connection on an `http` listener.
+struct HttpConn {
+    filter: crate::proxy::http::RequestFilter,
+    /// Rewritten client bytes not sealed for the upstream yet.
+    out: Vec<u8>,
+    /// When the request head now being read began (the head timer).
+    head_since: Option<Instant>,
 }
 
 /// The one retry of an upstream TLS handshake that offered a session to resume
@@ -117,7 +128,69 @@ impl Conn {
             rejected: None,
             rejects: None,
             up_retry: UpRetry::default(),
+            http: None,
         }
+    }
+
+    /// Treat the client's bytes as HTTP/1.1 requests (an `http` listener): heads are
+    /// rewritten (see [`crate::proxy::http`]), refusals answered with a status.
+    pub fn with_http(mut self, settings: crate::proxy::http::HttpSettings) -> Self {
+        self.http = Some(Box::new(HttpConn {
+            filter: crate::proxy::http::RequestFilter::new(settings),
+            out: Vec::new(),
+            head_since: None,
+        }));
+        self
+    }
+
+    /// Once the handshake is done: the client's address for `X-Forwarded-For`; the
+    /// server name and verified certificate come from the TLS session.
+    pub fn set_http_client(&mut self, client: Option<std::net::SocketAddr>) {
+        let tls = match self.client.tls.as_deref() {
+            Some(Connection::Server(s)) => s,
+            _ => return,
+        };
+        if let Some(h) = self.http.as_deref_mut() {
+            h.filter
+                .set_connection(client, tls.server_name(), tls.peer_certificates());
+        }
+    }
+
+    /// Requests an `http` connection carried so far.
+    pub fn http_requests(&self) -> Option<u64> {
+        self.http.as_ref().map(|h| h.filter.requests)
+    }
+
+    /// Move the client's plaintext through the request filter (an input step, so that
+    /// a refusal's response is queued before the driver polls the client's sends);
+    /// only once the upstream is connected: until then the bytes wait as they came.
+    fn run_http(&mut self, now: Instant) {
+        if self.phase != Phase::Streaming || self.closing() {
+            return;
+        }
+        let Some(h) = self.http.as_deref_mut() else {
+            return;
+        };
+        if let Err(refused) = h.filter.feed(&mut self.client.plain_in, &mut h.out) {
+            self.respond_and_close(refused.status, CloseReason::HttpRejected(refused.status));
+            return;
+        }
+        if h.filter.in_head() {
+            h.head_since.get_or_insert(now);
+        } else {
+            h.head_since = None;
+        }
+    }
+
+    /// Answer the client with a bodiless `status` response, then close_notify; what
+    /// the upstream sent and the client did not get yet is dropped (it would follow
+    /// our response).
+    fn respond_and_close(&mut self, status: u16, reason: CloseReason) {
+        self.upstream.plain_in = Vec::new();
+        let mut resp = crate::proxy::http::status_response(status);
+        self.client.seal(&mut resp, false);
+        self.client.send_close_notify();
+        self.close_after_flush.get_or_insert(reason);
     }
 
     /// Where the verifier of the config `tls` was made from leaves a client it
@@ -199,6 +272,7 @@ impl Conn {
             self.connect_started = now;
         }
         self.client.pump();
+        self.run_http(now);
     }
 
     /// The client's TCP stream ended (FIN).
@@ -243,11 +317,16 @@ impl Conn {
             self.upstream.out.push(preamble);
             self.upstream.tls = tls.map(|t| Box::new(Connection::Client(t)));
             self.upstream.pump();
+            self.run_http(now);
         }
     }
 
     /// No upstream could be reached.
     pub fn handle_upstream_unavailable(&mut self) {
+        if self.http.is_some() {
+            self.respond_and_close(502, CloseReason::UpstreamUnavailable);
+            return;
+        }
         self.client.send_close_notify();
         self.close_after_flush
             .get_or_insert(CloseReason::UpstreamUnavailable);
@@ -388,6 +467,20 @@ impl Conn {
                 Expired::ConnectAttempt
             }
             Phase::Streaming => {
+                let head = self
+                    .http
+                    .as_ref()
+                    .and_then(|h| h.head_since.zip(Some(h.filter.settings().head_timeout)));
+                if let Some((since, limit)) = head.filter(|_| self.close_after_flush.is_none()) {
+                    if now >= since + limit {
+                        // A request head too slow (slowloris): 408, then close.
+                        if let Some(h) = self.http.as_deref_mut() {
+                            h.head_since = None;
+                        }
+                        self.respond_and_close(408, CloseReason::HttpRejected(408));
+                        return Expired::Close;
+                    }
+                }
                 // A peer that never reads its alert/close_notify keeps that reason.
                 self.close = Some(self.close_after_flush.unwrap_or(CloseReason::IdleTimeout));
                 Expired::Close
@@ -407,7 +500,17 @@ impl Conn {
         match self.phase {
             Phase::Handshaking => self.started + self.limits.handshake_timeout,
             Phase::Connecting => self.connect_started + self.limits.connect_timeout,
-            Phase::Streaming => self.last_activity + self.limits.idle_timeout,
+            Phase::Streaming => {
+                let idle = self.last_activity + self.limits.idle_timeout;
+                match self
+                    .http
+                    .as_ref()
+                    .and_then(|h| Some(h.head_since? + h.filter.settings().head_timeout))
+                {
+                    Some(head) if self.close_after_flush.is_none() => idle.min(head),
+                    _ => idle,
+                }
+            }
         }
     }
 
@@ -443,6 +546,10 @@ impl Conn {
         if self.phase != Phase::Streaming || self.closing() {
             return None;
         }
+        if let Some(h) = self.http.as_deref_mut() {
+            self.upstream.seal(&mut h.out, self.client.read_closed);
+            return self.upstream.poll_send();
+        }
         self.upstream
             .seal(&mut self.client.plain_in, self.client.read_closed);
         self.upstream.poll_send()
@@ -451,7 +558,11 @@ impl Conn {
     /// Bytes held for the traffic towards `side`: the other side's plaintext waiting,
     /// bytes queued for `side`'s socket or in flight to it.
     pub fn buffered_to(&self, side: Side) -> usize {
-        self.leg(side.other()).plain_in.len() + self.leg(side).queued()
+        let http = match (side, self.http.as_deref()) {
+            (Side::Upstream, Some(h)) => h.out.len() + h.filter.held(),
+            _ => 0,
+        };
+        self.leg(side.other()).plain_in.len() + self.leg(side).queued() + http
     }
 
     /// Bytes held for the client -> upstream direction (plaintext waiting, bytes
@@ -508,6 +619,7 @@ impl Conn {
         let ready = self.phase == Phase::Streaming
             && self.client.read_closed
             && self.client.plain_in.is_empty()
+            && self.http.as_ref().map_or(true, |h| h.out.is_empty())
             && !self.closing();
         self.upstream.poll_shutdown(ready)
     }
