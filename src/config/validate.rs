@@ -235,6 +235,15 @@ fn validate_http(l: &Listener, i: usize, bad: &mut Bad<'_>) {
             ),
         );
     }
+    if t.max_header_bytes > l.max_buffered_bytes {
+        bad(
+            &at("max_header_bytes"),
+            format!(
+                "must not exceed max_buffered_bytes ({}): a head is buffered whole",
+                l.max_buffered_bytes
+            ),
+        );
+    }
     if t.head_timeout_ms == 0 {
         bad(&at("head_timeout_ms"), "must be at least 1".into());
     }

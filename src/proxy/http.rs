@@ -359,6 +359,9 @@ impl RequestFilter {
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Err(Refusal::bad("malformed request line"));
         };
+        if method.eq_ignore_ascii_case("CONNECT") {
+            return Err(Refusal::bad("CONNECT is not supported on http listeners"));
+        }
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut host = None;
@@ -383,6 +386,11 @@ impl RequestFilter {
                 chunked = true;
             } else if name.eq_ignore_ascii_case("host") {
                 host = std::str::from_utf8(h.value).ok().map(str::trim);
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                // After a protocol switch the stream is not HTTP any more, and if the
+                // upstream declined it, what followed would reach it unfiltered (with
+                // forged identity headers): a tcp listener is the one for tunnels.
+                return Err(Refusal::bad("Upgrade is not supported on http listeners"));
             }
         }
         if chunked && length.is_some() {
@@ -554,6 +562,12 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Client-Cert: a\r\n b\r\n\r\n", 400, "malformed"),
             (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "Content-Length"),
             (b"GET / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n", 400, "Content-Length"),
+            (
+                b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                400,
+                "Upgrade",
+            ),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 400, "CONNECT"),
         ] {
             let mut f = filter();
             let e = run(&mut f, input, 4096).unwrap_err();
