@@ -866,3 +866,62 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
         "{page}"
     );
 }
+
+/// The batching engine's batch sizes are on `/metrics`: completions and connections
+/// per loop turn, per worker, as Prometheus histograms that add up.
+#[test]
+fn loop_turn_histograms_count_the_work_of_each_turn() {
+    let pki = Pki::generate();
+    let backend = Backend::echo();
+    let config = write_config(
+        &pki,
+        Some(1),
+        &[ListenerConf::new("edge", &[backend.addr()])],
+    );
+    let config = with_tables(&config, ADMIN);
+    let t = Terminus::start(&config);
+    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
+    for seed in 0..20 {
+        echo_once(t.addr("edge"), &cfg, 256, seed);
+    }
+    let series =
+        |kind: &str, suffix: &str| format!("terminus_worker_loop_{kind}_{suffix}{{worker=\"0\"}}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = scrape(&t);
+        if metric(&page, &series("completions", "sum")).is_some_and(|s| s >= 20.0 * 4.0) {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    for kind in ["completions", "connections"] {
+        let count = m(&page, &series(kind, "count"));
+        let mut last = 0.0;
+        for le in ["1", "2", "4", "8", "16", "32", "64", "128", "256", "+Inf"] {
+            let b = m(
+                &page,
+                &format!("terminus_worker_loop_{kind}_bucket{{worker=\"0\",le=\"{le}\"}}"),
+            );
+            assert!(b >= last, "{kind} buckets are cumulative: {page}");
+            last = b;
+        }
+        assert_eq!(last, count, "+Inf is the count");
+        assert!(count > 0.0, "{page}");
+    }
+    // One turn per wakeup: sequential connections show the per-connection cost.
+    let (turns, handled) = (
+        m(&page, &series("completions", "count")),
+        m(&page, &series("completions", "sum")),
+    );
+    assert!(
+        handled >= 20.0 * 4.0,
+        "accept, receives and sends per connection: {page}"
+    );
+    eprintln!(
+        "20 sequential connections: {turns} loop turns with work, {handled} completions \
+         ({:.1} turns and {:.1} completions per connection)",
+        turns / 20.0,
+        handled / 20.0
+    );
+}

@@ -37,14 +37,23 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn metrics_page(&self) -> String {
-        let (totals, buffers) = {
+        let (totals, buffers, turns) = {
             let snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
             let buffers = snaps
                 .iter()
                 .flatten()
                 .map(|s| (s.worker, s.buffered_bytes, s.buffer_cap_pauses))
                 .collect();
-            (metrics::aggregate(self.listeners.len(), &snaps), buffers)
+            let turns = snaps
+                .iter()
+                .flatten()
+                .map(|s| (s.worker, s.turns))
+                .collect();
+            (
+                metrics::aggregate(self.listeners.len(), &snaps),
+                buffers,
+                turns,
+            )
         };
         let views: Vec<ListenerView> = self
             .listeners
@@ -75,6 +84,7 @@ impl AdminState {
             draining: self.state.load() != RunState::Running
                 || self.drain_requested.load(Ordering::Relaxed),
             buffers,
+            turns,
         };
         metrics::render(&views, &totals, &global, &metrics::Process::read())
     }

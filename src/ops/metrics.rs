@@ -205,10 +205,43 @@ fn reason_index(r: HandshakeFailure) -> usize {
 pub struct WorkerSnapshot {
     pub worker: usize,
     pub listeners: Vec<ListenerMetrics>,
+    /// What each loop turn carried (turns that had work only).
+    pub turns: TurnStats,
     /// Bytes the worker's connections hold now (all directions).
     pub buffered_bytes: u64,
     /// Receives paused by `max_buffered_bytes_per_worker`.
     pub buffer_cap_pauses: u64,
+}
+
+/// Upper bounds of the per-turn histograms: completions and connections one loop
+/// turn handles (the batching engine's batch size).
+pub const TURN_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// One count per [`TURN_BUCKETS`] bound (not cumulative) plus overflow, sum, count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnHistogram {
+    pub buckets: [u64; TURN_BUCKETS.len() + 1],
+    pub sum: u64,
+    pub count: u64,
+}
+
+impl TurnHistogram {
+    pub fn record(&mut self, v: u64) {
+        let i = TURN_BUCKETS
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(TURN_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// A worker's loop turns: completions and connections flushed per turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnStats {
+    pub completions: TurnHistogram,
+    pub connections: TurnHistogram,
 }
 
 /// Per-listener facts the renderer reads besides the worker snapshots.
@@ -246,6 +279,8 @@ pub struct GlobalView {
     pub draining: bool,
     /// Per worker that has published: (worker, buffered bytes, cap pauses).
     pub buffers: Vec<(usize, u64, u64)>,
+    /// (worker, its loop-turn histograms).
+    pub turns: Vec<(usize, TurnStats)>,
 }
 
 /// Sum the workers' latest snapshots per listener.
@@ -333,6 +368,8 @@ enum Samples {
     Global(fn(&GlobalView) -> Labeled),
     /// The standard `process_*` metrics, unlabelled.
     Process(fn(&Process) -> Num),
+    /// Per worker: `_bucket`, `_sum`, `_count` over [`TURN_BUCKETS`].
+    Turns(fn(&TurnStats) -> &TurnHistogram),
 }
 
 /// One metric family of the `/metrics` page.
@@ -635,6 +672,19 @@ static FAMILIES: &[Family] = &[
         }),
     ),
     family(
+        "terminus_worker_loop_completions",
+        "histogram",
+        "I/O completions one worker loop turn handled (turns with work only): the \
+         batching engine's batch size.",
+        Samples::Turns(|t| &t.completions),
+    ),
+    family(
+        "terminus_worker_loop_connections",
+        "histogram",
+        "Connections one worker loop turn flushed (turns with work only).",
+        Samples::Turns(|t| &t.connections),
+    ),
+    family(
         "process_cpu_seconds_total",
         "counter",
         "User and system CPU time.",
@@ -757,6 +807,20 @@ impl Page<'_> {
                 }
             }
             Samples::Process(read) => sample(o, name, "", read(self.process)),
+            Samples::Turns(read) => {
+                for (w, t) in &self.global.turns {
+                    let h = read(t);
+                    let labels = format!("worker=\"{w}\"");
+                    let mut acc = 0;
+                    for (b, c) in TURN_BUCKETS.iter().zip(h.buckets) {
+                        acc += c;
+                        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{b}\"}} {acc}");
+                    }
+                    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+                    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", h.sum);
+                    let _ = writeln!(o, "{name}_count{{{labels}}} {}", h.count);
+                }
+            }
         }
     }
 }
@@ -876,6 +940,7 @@ mod tests {
             Some(WorkerSnapshot {
                 worker: 0,
                 listeners: vec![a],
+                turns: TurnStats::default(),
                 buffered_bytes: 0,
                 buffer_cap_pauses: 0,
             }),
@@ -883,6 +948,7 @@ mod tests {
             Some(WorkerSnapshot {
                 worker: 2,
                 listeners: vec![b],
+                turns: TurnStats::default(),
                 buffered_bytes: 4096,
                 buffer_cap_pauses: 3,
             }),
@@ -910,6 +976,7 @@ mod tests {
             io_backend: "io_uring",
             draining: false,
             buffers: vec![(2, 4096, 3)],
+            turns: vec![(2, turns())],
         };
         let page = render(&[view], &totals, &g, &Process::read());
         let l = "listener=\"e\\\\dge\\\"\"";
@@ -933,6 +1000,12 @@ mod tests {
             "terminus_ocsp_responses_refused_total 1".to_string(),
             "terminus_worker_buffered_bytes{worker=\"2\"} 4096".to_string(),
             "terminus_worker_buffer_cap_pauses_total{worker=\"2\"} 3".to_string(),
+            "terminus_worker_loop_completions_bucket{worker=\"2\",le=\"1\"} 1".to_string(),
+            "terminus_worker_loop_completions_bucket{worker=\"2\",le=\"4\"} 2".to_string(),
+            "terminus_worker_loop_completions_bucket{worker=\"2\",le=\"256\"} 2".to_string(),
+            "terminus_worker_loop_completions_bucket{worker=\"2\",le=\"+Inf\"} 3".to_string(),
+            "terminus_worker_loop_completions_sum{worker=\"2\"} 1004".to_string(),
+            "terminus_worker_loop_connections_count{worker=\"2\"} 3".to_string(),
         ] {
             assert!(page.contains(&want), "missing {want} in\n{page}");
         }
@@ -942,6 +1015,16 @@ mod tests {
         let p = Process::read();
         assert!(p.resident_bytes > 0 && p.open_fds > 0 && p.max_fds > 0);
         assert!(p.start_time_seconds > 1.0e9);
+    }
+
+    /// Three turns: 1, 3 and 1000 completions (the last over every bound).
+    fn turns() -> TurnStats {
+        let mut t = TurnStats::default();
+        for (c, n) in [(1, 1), (3, 2), (1000, 40)] {
+            t.completions.record(c);
+            t.connections.record(n);
+        }
+        t
     }
 
     /// Two listeners with every kind of sample, and fixed process figures.
@@ -1007,6 +1090,7 @@ mod tests {
             io_backend: "io_uring",
             draining: true,
             buffers: vec![(0, 4096, 3), (1, 0, 0)],
+            turns: vec![(0, turns())],
         };
         let p = Process {
             cpu_seconds: 1.25,
@@ -1076,6 +1160,8 @@ mod tests {
                 "terminus_draining gauge",
                 "terminus_worker_buffered_bytes gauge",
                 "terminus_worker_buffer_cap_pauses_total counter",
+                "terminus_worker_loop_completions histogram",
+                "terminus_worker_loop_connections histogram",
                 "process_cpu_seconds_total counter",
                 "process_resident_memory_bytes gauge",
                 "process_virtual_memory_bytes gauge",

@@ -74,6 +74,10 @@ pub struct Worker<D> {
     /// Per listener, this worker's counters and histograms.
     metrics: Vec<ListenerMetrics>,
     publish: Option<Publisher>,
+    /// What each loop turn carried (published with the counters).
+    turns: crate::ops::metrics::TurnStats,
+    /// Connections flushed in the current turn.
+    flushed: u64,
     cap: BufferCap,
     /// Where this worker's verifiers leave the client certificates they refuse.
     rejects: crate::tls::RejectSink,
@@ -172,6 +176,8 @@ impl<D: Driver<Token>> Worker<D> {
             }),
             cap: BufferCap::new(s.max_buffered_per_worker, s.ring.recv_buffer_size as usize),
             rejects: crate::tls::RejectSink::default(),
+            turns: Default::default(),
+            flushed: 0,
         };
         for i in 0..w.listeners.len() {
             w.arm_accept(i);
@@ -200,6 +206,7 @@ impl<D: Driver<Token>> Worker<D> {
             self.io.submit_and_wait(wait)?;
             self.io.drain(&mut completions);
             let now = Instant::now();
+            let handled = completions.len() as u64;
             for c in completions.drain(..) {
                 self.on_completion(c, now);
             }
@@ -210,6 +217,7 @@ impl<D: Driver<Token>> Worker<D> {
             }
             self.flush_dirty(now);
             self.wake_paused(now);
+            self.record_turn(handled);
             self.maybe_publish(now, false);
             if self.state.load() == RunState::Running {
                 self.rearm_accepts(now);
@@ -260,6 +268,7 @@ impl<D: Driver<Token>> Worker<D> {
         let _ = p.out.tx.try_send(WorkerSnapshot {
             worker: self.index,
             listeners: self.metrics.clone(),
+            turns: self.turns,
             buffered_bytes: self.cap.buffered as u64,
             buffer_cap_pauses: self.cap.pauses,
         });
@@ -558,8 +567,21 @@ impl<D: Driver<Token>> Worker<D> {
     fn flush_dirty(&mut self, now: Instant) {
         while let Some(idx) = self.dirty.pop() {
             self.slots[idx as usize].dirty = false;
+            self.flushed += 1;
             self.flush(idx, now);
         }
+    }
+
+    /// Count what this loop turn carried (completions handled, connections flushed);
+    /// turns with neither (a timer tick on an idle worker) are not counted.
+    fn record_turn(&mut self, completions: u64) {
+        let flushed = std::mem::take(&mut self.flushed);
+        if completions == 0 && flushed == 0 {
+            return;
+        }
+        self.turns.completions.record(completions);
+        self.turns.connections.record(flushed);
+        self.touched();
     }
 
     /// Turn one connection's wants into ops.
