@@ -527,7 +527,7 @@ fn a_second_instance_on_the_same_addresses_is_refused_unless_handing_over() {
 /// old one. Clients connecting without pause through the whole handover: none is
 /// refused or reset. The procedure sets `net.ipv4.tcp_migrate_req = 1` (Linux 5.14),
 /// which hands connections still waiting in the old listeners' accept queues to the
-/// new ones when the old close (without it, such a connection is reset; in 4 runs
+/// new ones when the old close (without it, such a connection is reset; in 3 runs
 /// without it here none was, the window being one accept batch).
 #[test]
 fn zero_downtime_restart_refuses_no_client() {
