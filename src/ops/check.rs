@@ -239,19 +239,8 @@ fn check_access_log(at: &Checked, access: &AccessLog, report: &mut Report) {
 /// Bind as `run` does, listeners and admin alike: SO_REUSEADDR + SO_REUSEPORT,
 /// IPV6_V6ONLY for IPv6.
 fn try_bind(addr: SocketAddr) -> std::io::Result<()> {
-    use socket2::{Domain, Protocol, Type};
-    let s = socket2::Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
     // Bound, never listened on: closed on drop.
-    s.bind(&addr.into())
+    crate::runtime::server::bind_only(addr, false).map(drop)
 }
 
 /// Bind `addr` as `run` would; say why it fails, or who it would be shared with.

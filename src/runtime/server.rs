@@ -175,7 +175,7 @@ fn bind_with(
 
 /// Bound, not yet listening: not in the SO_REUSEPORT group yet, so it takes none of
 /// another process's connections.
-fn bind_only(addr: SocketAddr, nonblocking: bool) -> std::io::Result<socket2::Socket> {
+pub(crate) fn bind_only(addr: SocketAddr, nonblocking: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let ty = if nonblocking {
         Type::STREAM.nonblocking()

@@ -156,11 +156,6 @@ impl Conn {
         }
     }
 
-    /// Requests an `http` connection carried so far.
-    pub fn http_requests(&self) -> Option<u64> {
-        self.http.as_ref().map(|h| h.filter.requests)
-    }
-
     /// Move the client's plaintext through the request filter (an input step, so that
     /// a refusal's response is queued before the driver polls the client's sends);
     /// only once the upstream is connected: until then the bytes wait as they came.
