@@ -22,11 +22,12 @@ mod common;
 use common::{client, client_config, drain, feed, handshake, pki, read_plain, ClientOpts};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
+use rustls::server::UnbufferedServerConnection;
 use rustls::{ClientConnection, ServerConnection, SupportedCipherSuite};
 use std::hint::black_box;
 use std::io::Write;
 use std::time::{Duration, Instant};
-use terminus::proxy::conn::{Conn, ConnLimits, Phase};
+use terminus::proxy::conn::{Conn, ConnLimits, Phase, Side};
 
 const SIZES: [usize; 3] = [1024, 4 * 1024, 16 * 1024];
 const SUITES: [(&str, SupportedCipherSuite); 3] = [
@@ -144,7 +145,7 @@ fn streaming_conn(now: Instant) -> (ClientConnection, Conn) {
     };
     let mut cl = client(&client_cfg);
     let mut conn = Conn::new(
-        ServerConnection::new(server_cfg).expect("server connection"),
+        UnbufferedServerConnection::new(server_cfg).expect("server connection"),
         limits,
         now,
     );
@@ -228,7 +229,8 @@ fn conn(cr: &mut Criterion) {
         drain(cl, &mut wire);
         let sealed = t.elapsed();
         let t = Instant::now();
-        conn.handle_client_data(&wire, now);
+        // In place, as the worker hands over its receive buffer.
+        conn.handle_data(Side::Client, &mut wire, now);
         let b = conn
             .poll_upstream_send()
             .expect("plaintext for the upstream");

@@ -31,6 +31,8 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, OnceLock};
@@ -355,7 +357,7 @@ impl<'p> World<'p> {
         World {
             plan,
             conn: Conn::new(
-                ServerConnection::new(pki.server.clone()).unwrap(),
+                UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
                 limits,
                 now,
             ),
@@ -638,7 +640,7 @@ impl<'p> World<'p> {
                 let tls = self.plan.upstream_tls.map(|tls12| {
                     self.up = Some(ServerConnection::new(pki().server.clone()).unwrap());
                     let cfg = pki().clients[usize::from(tls12)].clone();
-                    ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap()
+                    UnbufferedClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap()
                 });
                 self.connected = true;
                 self.conn
@@ -1044,7 +1046,7 @@ fn streaming_conn() -> (Conn, ClientConnection, Instant) {
         connect_timeout: LONG,
     };
     let mut conn = Conn::new(
-        ServerConnection::new(pki.server.clone()).unwrap(),
+        UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
         limits,
         now,
     );
@@ -1148,7 +1150,7 @@ fn client_close_before_upstream_tls_handshake_loses_nothing() {
         connect_timeout: LONG,
     };
     let mut conn = Conn::new(
-        ServerConnection::new(pki.server.clone()).unwrap(),
+        UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
         limits,
         now,
     );
@@ -1173,7 +1175,7 @@ fn client_close_before_upstream_tls_handshake_loses_nothing() {
     client.send_close_notify();
     to_conn(&mut client, &mut conn);
     assert!(conn.poll_connect());
-    let up_tls = ClientConnection::new(pki.clients[0].clone(), name()).unwrap();
+    let up_tls = UnbufferedClientConnection::new(pki.clients[0].clone(), name()).unwrap();
     conn.handle_upstream_connected(now, Vec::new(), Some(up_tls));
 
     // The upstream: a rustls server. Flush like the worker: every completed send is

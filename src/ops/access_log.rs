@@ -81,7 +81,7 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
         worker: at.worker,
         client: at.client,
         upstream: at.upstream,
-        sni: tls.server_name(),
+        sni: conn.server_name(),
         alpn: tls.alpn_protocol().map(String::from_utf8_lossy),
         tls_version: handshake.and(tls.protocol_version()).map(version_name),
         cipher: handshake

@@ -93,7 +93,8 @@ impl Header {
     /// the client-side TLS facts, the certificate terminus served (`served`) and the
     /// verified identity.
     pub fn for_client(
-        tls: &rustls::ServerConnection,
+        tls: &rustls::CommonState,
+        server_name: Option<&str>,
         served: &CertAlgorithms,
         src: SocketAddr,
         dst: SocketAddr,
@@ -108,7 +109,7 @@ impl Header {
             src,
             dst,
             alpn: tls.alpn_protocol().map(|p| p.to_vec()),
-            authority: tls.server_name().map(str::to_owned),
+            authority: server_name.map(str::to_owned),
             ssl: Some(Ssl::from_tls(tls, Some(served), identity)),
             spiffe: identity.and_then(|i| i.spiffe.clone()),
             unique_id: None,
@@ -143,7 +144,7 @@ impl Ssl {
     /// verified client certificate's CN (`peer`), and the algorithms of the
     /// certificate terminus served (`served`, see `tls::SniResolver::choose`).
     pub fn from_tls(
-        conn: &rustls::ServerConnection,
+        conn: &rustls::CommonState,
         served: Option<&CertAlgorithms>,
         peer: Option<&PeerIdentity>,
     ) -> Ssl {

@@ -26,14 +26,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Deref;
+use std::ops::DerefMut;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 /// The I/O operations a worker queues and the completions it drains.
 pub trait Driver<T: Copy> {
-    /// Received bytes, lent by the driver until dropped.
-    type Buf: Deref<Target = [u8]> + std::fmt::Debug;
+    /// Received bytes, lent by the driver until dropped; writable, as TLS is
+    /// decrypted where it was received.
+    type Buf: DerefMut<Target = [u8]> + std::fmt::Debug;
 
     /// Accept on a listening socket until cancelled: one completion per socket.
     fn accept_multi(&mut self, fd: BorrowedFd<'_>, token: T) -> OpId;

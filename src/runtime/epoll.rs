@@ -56,6 +56,12 @@ impl std::ops::Deref for HeapBuf {
     }
 }
 
+impl std::ops::DerefMut for HeapBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
 impl std::fmt::Debug for HeapBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "HeapBuf({} bytes)", self.len)

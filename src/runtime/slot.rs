@@ -64,11 +64,12 @@ impl Side {
         }
     }
 
-    pub fn handle_data(self, c: &mut Conn, data: &[u8], now: Instant) {
-        match self {
-            Side::Client => c.handle_client_data(data, now),
-            Side::Upstream => c.handle_upstream_data(data, now),
-        }
+    pub fn handle_data(self, c: &mut Conn, data: &mut [u8], now: Instant) {
+        let side = match self {
+            Side::Client => crate::proxy::conn::Side::Client,
+            Side::Upstream => crate::proxy::conn::Side::Upstream,
+        };
+        c.handle_data(side, data, now);
     }
 
     pub fn handle_eof(self, c: &mut Conn, now: Instant) {

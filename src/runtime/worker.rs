@@ -357,9 +357,9 @@ impl<D: Driver<Token>> Worker<D> {
         }
         let conn = s.conn.as_mut().expect("checked by on_completion");
         match event {
-            // The connection copies the bytes; dropping `buf` then gives the
-            // buffer straight back to the ring.
-            Event::Received(buf) => side.handle_data(conn, &buf, now),
+            // The connection decrypts in place and copies out what it keeps;
+            // dropping `buf` then gives the buffer straight back to the ring.
+            Event::Received(mut buf) => side.handle_data(conn, &mut buf, now),
             Event::Eof => side.handle_eof(conn, now),
             // Ring ran dry or we cancelled: re-armed in flush if wanted.
             Event::Failed(OpError::NoBuffers | OpError::Cancelled) => {}
@@ -424,8 +424,9 @@ impl<D: Driver<Token>> Worker<D> {
             let client = s.legs[Side::Client as usize].fd.as_ref();
             let src = client.and_then(sock::peer_addr).unwrap_or(l.addr);
             let dst = client.and_then(sock::local_addr).unwrap_or(l.addr);
-            let served = &live.tls.certs.choose(conn.tls().server_name()).algorithms;
-            proxy_v2::Header::for_client(conn.tls(), served, src, dst).to_bytes()
+            let sni = conn.server_name();
+            let served = &live.tls.certs.choose(sni).algorithms;
+            proxy_v2::Header::for_client(conn.tls(), sni, served, src, dst).to_bytes()
         } else {
             Vec::new()
         };
@@ -469,7 +470,7 @@ impl<D: Driver<Token>> Worker<D> {
             return;
         }
         self.metrics[li].connections += 1;
-        let tls = match rustls::ServerConnection::new(config) {
+        let tls = match rustls::server::UnbufferedServerConnection::new(config) {
             Ok(t) => t,
             Err(_) => {
                 shared.active.fetch_sub(1, Ordering::Relaxed);

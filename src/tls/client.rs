@@ -146,12 +146,15 @@ impl UpstreamClients {
         &self,
         addr: SocketAddr,
         full: bool,
-    ) -> Option<(rustls::ClientConnection, bool)> {
+    ) -> Option<(rustls::client::UnbufferedClientConnection, bool)> {
         OFFERED.with(|o| o.set(false));
         // The ClientHello is built inside `new`, on this thread: the store's lookups
         // for it are this connection's.
-        let c = rustls::ClientConnection::new(self.config(addr, full).clone(), self.name.clone())
-            .ok()?;
+        let c = rustls::client::UnbufferedClientConnection::new(
+            self.config(addr, full).clone(),
+            self.name.clone(),
+        )
+        .ok()?;
         Some((c, OFFERED.with(|o| o.replace(false))))
     }
 

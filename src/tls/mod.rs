@@ -55,7 +55,7 @@ pub use error::{
 pub use pem::{certified_key, load_certs, load_crls, load_key, load_roots};
 pub use problems::{listener_file_problems, listener_problems};
 pub use server::{listener_files, server_config, server_provider, server_tls, ServerTls};
-pub use sni::{ServedCert, SniResolver};
+pub use sni::{take_seen_server_name, ServedCert, SniResolver};
 pub use validity::{cert_dates, cert_warnings, leaf_not_after, DateFindings, EXPIRY_WARNING_DAYS};
 pub use verifier::{client_verifier, PolicyVerifier, RejectSink, RejectedClient};
 

@@ -149,6 +149,25 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            SEEN_SERVER_NAME.with(|s| *s.borrow_mut() = Some(name.into()));
+        }
         Some(self.choose(hello.server_name()).key.clone())
     }
+}
+
+thread_local! {
+    /// The last server name a resolver saw on this thread (see
+    /// [`take_seen_server_name`]).
+    static SEEN_SERVER_NAME: std::cell::RefCell<Option<Box<str>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The server name (SNI) of the last ClientHello an [`SniResolver`] resolved on
+/// this thread, taken. rustls' unbuffered server session has no `server_name()`
+/// (0.23), and the resolver runs inside the session's processing, on the worker
+/// thread, for every handshake (full or resumed): a connection clears this before
+/// processing its first bytes and takes it after.
+pub fn take_seen_server_name() -> Option<Box<str>> {
+    SEEN_SERVER_NAME.with(|s| s.borrow_mut().take())
 }

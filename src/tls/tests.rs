@@ -63,9 +63,11 @@ fn server_config_completes_a_handshake_with_alpn() {
             .with_root_certificates(roots)
             .with_no_client_auth();
     client_cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let mut client =
-        rustls::ClientConnection::new(Arc::new(client_cfg), "localhost".try_into().unwrap())
-            .unwrap();
+    let mut client = rustls::client::UnbufferedClientConnection::new(
+        Arc::new(client_cfg),
+        "localhost".try_into().unwrap(),
+    )
+    .unwrap();
     let server = handshake(&mut client, &server_cfg);
     assert!(!server.is_handshaking());
     assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
@@ -73,21 +75,46 @@ fn server_config_completes_a_handshake_with_alpn() {
 
 /// Run an in-memory handshake to the end (tickets included); the server's side.
 fn handshake(
-    client: &mut rustls::ClientConnection,
+    client: &mut rustls::client::UnbufferedClientConnection,
     server_cfg: &Arc<rustls::ServerConfig>,
 ) -> rustls::ServerConnection {
+    use rustls::unbuffered::ConnectionState;
     let mut server = rustls::ServerConnection::new(server_cfg.clone()).unwrap();
-    let mut buf = Vec::new();
-    for _ in 0..10 {
-        buf.clear();
-        client.write_tls(&mut buf).unwrap();
-        server.read_tls(&mut buf.as_slice()).unwrap();
-        server.process_new_packets().unwrap();
-        buf.clear();
-        server.write_tls(&mut buf).unwrap();
-        client.read_tls(&mut buf.as_slice()).unwrap();
-        client.process_new_packets().unwrap();
-        if !client.is_handshaking() && !server.wants_write() && !client.wants_write() {
+    // The upstream leg's client session is unbuffered (as `UpstreamClients::connect`
+    // makes it); `incoming` is what the server sent and the client has not used.
+    let mut incoming: Vec<u8> = Vec::new();
+    for _ in 0..64 {
+        let mut to_server = Vec::new();
+        let st = client.process_tls_records(&mut incoming);
+        let discard = st.discard;
+        let mut progressed = discard > 0;
+        match st.state.unwrap() {
+            ConnectionState::EncodeTlsData(mut e) => {
+                let mut b = vec![0u8; 16 * 1024];
+                let n = e.encode(&mut b).unwrap();
+                to_server.extend_from_slice(&b[..n]);
+                progressed = true;
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                t.done();
+                progressed = true;
+            }
+            ConnectionState::ReadTraffic(mut r) => {
+                while r.next_record().is_some() {}
+                progressed = true;
+            }
+            _ => {}
+        }
+        incoming.drain(..discard);
+        if !to_server.is_empty() {
+            server.read_tls(&mut to_server.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+        }
+        let mut from_server = Vec::new();
+        server.write_tls(&mut from_server).unwrap();
+        progressed |= !from_server.is_empty();
+        incoming.extend_from_slice(&from_server);
+        if !progressed && !client.is_handshaking() {
             break;
         }
     }
@@ -112,7 +139,7 @@ fn upstream_sessions_are_per_address_and_dropped_when_refused() {
     });
     let server = server_config(&fx.listener).unwrap();
     let up = upstream_clients(&fx.listener).unwrap().unwrap();
-    let kind = |c: &rustls::ClientConnection| c.handshake_kind().unwrap();
+    let kind = |c: &rustls::client::UnbufferedClientConnection| c.handshake_kind().unwrap();
 
     let (mut c, offered) = up.connect(a, false).unwrap();
     assert!(!offered, "nothing stored yet");

@@ -44,17 +44,6 @@ impl Chunks {
         self.len == 0
     }
 
-    /// Room for `n` more bytes in the last block (as far as one block goes).
-    pub(super) fn reserve(&mut self, n: usize) {
-        match self.q.back_mut() {
-            Some(b) if b.len() < CHUNK => {
-                let add = n.min(CHUNK - b.len());
-                reserve_bounded(b, add, CHUNK);
-            }
-            _ => self.q.push_back(Vec::with_capacity(n.clamp(1, CHUNK))),
-        }
-    }
-
     pub(super) fn extend(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if !matches!(self.q.back(), Some(b) if b.len() < CHUNK) {
@@ -80,6 +69,37 @@ impl Chunks {
         } else {
             self.extend(&v);
         }
+    }
+
+    /// How many more bytes the last block takes before it is a full block.
+    pub(super) fn tail_room(&self) -> usize {
+        self.q.back().map_or(0, |b| CHUNK.saturating_sub(b.len()))
+    }
+
+    /// Let `f` write up to `bound` bytes at the end of the queue (into zeroed room:
+    /// rustls encodes into an initialised slice) and keep the `Ok(n)` it wrote. The
+    /// room comes from the last block if it fits within a block, else from a new one.
+    pub(super) fn write_with<E>(
+        &mut self,
+        bound: usize,
+        f: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        if !matches!(self.q.back(), Some(b) if b.len() + bound <= CHUNK) {
+            self.q.push_back(Vec::new());
+        }
+        let b = self.q.back_mut().expect("a block with room");
+        let start = b.len();
+        reserve_bounded(b, bound, CHUNK.max(bound));
+        b.resize(start + bound, 0);
+        let r = f(&mut b[start..]);
+        let n = *r.as_ref().unwrap_or(&0);
+        b.truncate(start + n);
+        self.len += n;
+        if b.is_empty() {
+            // No empty blocks: each one is a send.
+            self.q.pop_back();
+        }
+        r
     }
 
     /// The front block, to send.

@@ -1,7 +1,8 @@
 //! leg: one side of a proxied connection, the client's or the upstream's.
 //!
 //! Owns [`Leg`]: the side's TLS session (a rustls server session with the client, a
-//! client session with a TLS upstream, none for a plaintext upstream), the plaintext
+//! client session with a TLS upstream, none for a plaintext upstream; see
+//! [`super::session`]), the plaintext
 //! it received and has not handed over yet, the send queue for its socket and the
 //! send in flight, and its EOF, close_notify and shutdown state. Every rule about a
 //! side is a method here, written once for both: receiving through [`feed_tls`],
@@ -11,8 +12,7 @@
 //! I/O contract: none; bytes in and out are slices and `Vec`s.
 
 use super::chunks::{reserve_bounded, Chunks};
-use rustls::Connection;
-use std::io::{ErrorKind, Read, Write};
+use super::session::Session;
 
 /// Which leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl Side {
 pub(super) struct Leg {
     /// TLS with this side, boxed so both legs are small whichever they hold;
     /// `None` for a plaintext upstream (or one not connected yet).
-    pub(super) tls: Option<Box<Connection>>,
+    pub(super) tls: Option<Box<Session>>,
     /// Plaintext received from this side, not yet handed to the other leg.
     pub(super) plain_in: Vec<u8>,
     /// Bytes for this side's socket: TLS records (after a preamble for an upstream),
@@ -57,7 +57,7 @@ pub(super) struct Leg {
 }
 
 impl Leg {
-    pub(super) fn new(tls: Option<Connection>) -> Leg {
+    pub(super) fn new(tls: Option<Session>) -> Leg {
         Leg {
             tls: tls.map(Box::new),
             ..Leg::default()
@@ -74,18 +74,19 @@ impl Leg {
         self.out.len() + self.inflight.unwrap_or(0)
     }
 
-    /// Bytes arrived from this side: decrypt (TLS) or keep them, into `plain_in`,
-    /// letting it grow to `limit` at most; `bytes` counts the plaintext taken.
-    /// Err: this side broke TLS (rustls has queued an alert; see [`Leg::pump`]).
+    /// Bytes arrived from this side: decrypt (TLS; in place, in `data`) or keep
+    /// them, into `plain_in`, letting it grow to `limit` at most; `bytes` counts the
+    /// plaintext taken.
+    /// Err: this side broke TLS (rustls' alert is queued for it).
     pub(super) fn receive(
         &mut self,
-        data: &[u8],
+        data: &mut [u8],
         limit: usize,
         bytes: &mut u64,
     ) -> Result<(), rustls::Error> {
         let before = self.plain_in.len();
         let fed = match self.tls.as_deref_mut() {
-            Some(t) => feed_tls(t, data, &mut self.plain_in, limit),
+            Some(t) => t.receive(data, &mut self.plain_in, limit, &mut self.out),
             None => {
                 reserve_bounded(&mut self.plain_in, data.len(), limit);
                 self.plain_in.extend_from_slice(data);
@@ -110,19 +111,7 @@ impl Leg {
             match self.tls.as_deref_mut() {
                 None => self.out.push(std::mem::take(plain)),
                 Some(t) => {
-                    // Room for all the records up front (header + tag + type per
-                    // 16 KiB): pumping them into a Vec growing from empty copied every
-                    // byte again on each doubling (~17% of bulk CPU in a profile).
-                    let records = plain.len() / 16384 + 1;
-                    self.out.reserve(plain.len() + records * 64);
-                    let mut done = 0;
-                    while done < plain.len() {
-                        match t.writer().write(&plain[done..]) {
-                            Ok(n) if n > 0 => done += n,
-                            _ => break,
-                        }
-                        pump(t, &mut self.out);
-                    }
+                    let done = t.write(plain, &mut self.out);
                     plain.drain(..done);
                     self.committed |= done > 0;
                 }
@@ -135,8 +124,7 @@ impl Leg {
         if peer_done && plain.is_empty() && !self.close_notify_queued {
             // A TLS leg gets close_notify before its FIN; a plaintext one only the FIN.
             if let Some(t) = self.tls.as_deref_mut() {
-                t.send_close_notify();
-                pump(t, &mut self.out);
+                t.close_notify(&mut self.out);
                 self.close_notify_queued = true;
                 self.committed = true;
             }
@@ -146,15 +134,14 @@ impl Leg {
     /// Queue this leg's close_notify (an ending that is not the other side's).
     pub(super) fn send_close_notify(&mut self) {
         if let Some(t) = self.tls.as_deref_mut() {
-            t.send_close_notify();
-            pump(t, &mut self.out);
+            t.close_notify(&mut self.out);
         }
     }
 
     /// Move every TLS record rustls has queued (handshake, alert) to the send queue.
     pub(super) fn pump(&mut self) {
         if let Some(t) = self.tls.as_deref_mut() {
-            pump(t, &mut self.out);
+            t.pump(&mut self.out);
         }
     }
 
@@ -185,49 +172,5 @@ impl Leg {
             return true;
         }
         false
-    }
-}
-
-/// Feed received TLS bytes to rustls and move its plaintext into `plain`, until
-/// every byte is taken or the peer has closed. Ok(true): the peer closed (bytes
-/// after its close_notify are dropped: rustls takes no more, and looping on them
-/// spun a worker forever, found by a property test). The one loop both legs use.
-fn feed_tls(
-    tls: &mut Connection,
-    mut data: &[u8],
-    plain: &mut Vec<u8>,
-    limit: usize,
-) -> Result<bool, rustls::Error> {
-    let mut closed = false;
-    let mut stuck = 0;
-    while !data.is_empty() && !closed {
-        match tls.read_tls(&mut data) {
-            Ok(n) if n > 0 => stuck = 0,
-            // Its buffer is full (or it takes nothing more): process, then retry.
-            _ => stuck += 1,
-        }
-        if stuck > 2 {
-            return Err(rustls::Error::InvalidMessage(
-                rustls::InvalidMessage::MessageTooLarge,
-            ));
-        }
-        let st = tls.process_new_packets()?;
-        closed |= st.peer_has_closed();
-        reserve_bounded(plain, st.plaintext_bytes_to_read(), limit);
-        match tls.reader().read_to_end(plain) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            // Ok: clean close_notify; another error: EOF without one.
-            _ => closed = true,
-        }
-    }
-    Ok(closed)
-}
-
-/// Move every TLS record rustls has queued into `out`.
-fn pump(tls: &mut Connection, out: &mut Chunks) {
-    while tls.wants_write() {
-        if tls.write_tls(out).is_err() {
-            break;
-        }
     }
 }

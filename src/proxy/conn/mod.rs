@@ -21,6 +21,7 @@
 mod chunks;
 mod close;
 mod leg;
+mod session;
 #[cfg(test)]
 mod tests;
 
@@ -28,7 +29,9 @@ pub use close::{CloseReason, Expired, HandshakeFailure};
 pub use leg::Side;
 
 use leg::Leg;
-use rustls::{Connection, ServerConnection};
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use session::Session;
 use std::time::{Duration, Instant};
 
 /// Per-listener limits, all configurable.
@@ -84,6 +87,8 @@ pub struct Conn {
     up_retry: UpRetry,
     /// An `http` listener's request filter (None: bytes pass as they are).
     http: Option<Box<HttpConn>>,
+    /// The server name the client asked for (SNI), once its hello was read.
+    server_name: Option<Box<str>>,
 }
 
 /// The HTTP side of a connection on an `http` listener.
@@ -110,7 +115,7 @@ struct UpRetry {
 }
 
 impl Conn {
-    pub fn new(tls: ServerConnection, limits: ConnLimits, now: Instant) -> Self {
+    pub fn new(tls: UnbufferedServerConnection, limits: ConnLimits, now: Instant) -> Self {
         Conn {
             phase: Phase::Handshaking,
             limits,
@@ -119,7 +124,7 @@ impl Conn {
             connect_started: now,
             handshake_done: None,
             want_connect: false,
-            client: Leg::new(Some(Connection::Server(tls))),
+            client: Leg::new(Some(Session::server(tls))),
             upstream: Leg::default(),
             close: None,
             close_after_flush: None,
@@ -129,6 +134,7 @@ impl Conn {
             rejects: None,
             up_retry: UpRetry::default(),
             http: None,
+            server_name: None,
         }
     }
 
@@ -147,12 +153,12 @@ impl Conn {
     /// server name and verified certificate come from the TLS session.
     pub fn set_http_client(&mut self, client: Option<std::net::SocketAddr>) {
         let tls = match self.client.tls.as_deref() {
-            Some(Connection::Server(s)) => s,
-            _ => return,
+            Some(s) => s.common(),
+            None => return,
         };
         if let Some(h) = self.http.as_deref_mut() {
             h.filter
-                .set_connection(client, tls.server_name(), tls.peer_certificates());
+                .set_connection(client, self.server_name.as_deref(), tls.peer_certificates());
         }
     }
 
@@ -200,11 +206,17 @@ impl Conn {
         self.phase
     }
 
-    pub fn tls(&self) -> &ServerConnection {
+    /// The client's TLS session (protocol, suite, ALPN, peer certificates).
+    pub fn tls(&self) -> &rustls::CommonState {
         match self.client.tls.as_deref() {
-            Some(Connection::Server(s)) => s,
-            _ => unreachable!("the client leg is always a TLS server session"),
+            Some(s) => s.common(),
+            None => unreachable!("the client leg is always a TLS server session"),
         }
+    }
+
+    /// The server name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
     }
 
     /// When the connection was accepted.
@@ -236,26 +248,40 @@ impl Conn {
 
     // ---- inputs -------------------------------------------------------------
 
-    /// Bytes arrived from `side`: what [`Conn::handle_client_data`] and
-    /// [`Conn::handle_upstream_data`] do.
-    pub fn handle_data(&mut self, side: Side, data: &[u8], now: Instant) {
+    /// Bytes arrived from `side`, in the driver's receive buffer: TLS is decrypted
+    /// there, in place (the buffer's contents are garbage afterwards).
+    pub fn handle_data(&mut self, side: Side, data: &mut [u8], now: Instant) {
         match side {
-            Side::Client => self.handle_client_data(data, now),
-            Side::Upstream => self.handle_upstream_data(data, now),
+            Side::Client => self.client_data(data, now),
+            Side::Upstream => self.upstream_data(data, now),
         }
     }
 
-    /// Bytes arrived from the client.
+    /// Bytes arrived from the client (a copy is decrypted: see [`Conn::handle_data`]).
     pub fn handle_client_data(&mut self, data: &[u8], now: Instant) {
+        self.client_data(&mut data.to_vec(), now);
+    }
+
+    fn client_data(&mut self, data: &mut [u8], now: Instant) {
         if self.closing() || self.client.read_closed {
             return;
         }
         self.last_activity = now;
         // Spare capacity counts against the direction's bound like the bytes do.
         let limit = self.staging_limit().saturating_sub(self.upstream.queued());
+        let hello = self.phase == Phase::Handshaking && self.server_name.is_none();
+        if hello {
+            // Only what this connection's hello leaves counts (see below).
+            crate::tls::take_seen_server_name();
+        }
         let fed = self
             .client
             .receive(data, limit, &mut self.bytes_client_to_upstream);
+        if hello {
+            // rustls' unbuffered server session does not expose the SNI; the
+            // certificate resolver saw it while this receive ran, on this thread.
+            self.server_name = crate::tls::take_seen_server_name();
+        }
         if let Err(e) = fed {
             self.fail_tls(&e);
             return;
@@ -303,14 +329,14 @@ impl Conn {
         &mut self,
         now: Instant,
         preamble: Vec<u8>,
-        tls: Option<rustls::ClientConnection>,
+        tls: Option<UnbufferedClientConnection>,
     ) {
         if self.phase == Phase::Connecting {
             self.phase = Phase::Streaming;
             self.last_activity = now;
             debug_assert!(self.upstream.out.is_empty());
             self.upstream.out.push(preamble);
-            self.upstream.tls = tls.map(|t| Box::new(Connection::Client(t)));
+            self.upstream.tls = tls.map(|t| Box::new(Session::client(t)));
             self.upstream.pump();
             self.run_http(now);
         }
@@ -327,8 +353,12 @@ impl Conn {
             .get_or_insert(CloseReason::UpstreamUnavailable);
     }
 
-    /// Plaintext arrived from the upstream.
+    /// Bytes arrived from the upstream (a copy is used: see [`Conn::handle_data`]).
     pub fn handle_upstream_data(&mut self, data: &[u8], now: Instant) {
+        self.upstream_data(&mut data.to_vec(), now);
+    }
+
+    fn upstream_data(&mut self, data: &mut [u8], now: Instant) {
         // Not Streaming: what is left of an upstream leg being retried.
         if self.closing() || self.phase != Phase::Streaming {
             return;
@@ -398,7 +428,7 @@ impl Conn {
     /// How the upstream leg's TLS handshake went (full or resumed), once done.
     pub fn upstream_handshake_kind(&self) -> Option<rustls::HandshakeKind> {
         let t = self.upstream.tls.as_ref().filter(|t| !t.is_handshaking())?;
-        t.handshake_kind()
+        t.common().handshake_kind()
     }
 
     /// Turn an early upstream TLS failure into a retry, if allowed (see

@@ -47,7 +47,7 @@ fn limits() -> ConnLimits {
 /// A connection that has seen nothing yet, with the test limits.
 fn fresh_conn(pki: &Pki, now: Instant) -> Conn {
     Conn::new(
-        ServerConnection::new(pki.server.clone()).unwrap(),
+        UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
         limits(),
         now,
     )
@@ -72,7 +72,7 @@ impl Pair {
         Pair {
             client: ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap(),
             conn: Conn::new(
-                ServerConnection::new(pki.server.clone()).unwrap(),
+                UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
                 limits(),
                 now,
             ),
@@ -393,7 +393,7 @@ fn upstream_unavailable_sends_close_notify_then_closes() {
 }
 
 /// Drive the upstream leg against an in-memory rustls server ("the upstream").
-fn settle_upstream(p: &mut Pair, up: &mut ServerConnection, up_got: &mut Vec<u8>) {
+fn settle_upstream(p: &mut Pair, up: &mut rustls::ServerConnection, up_got: &mut Vec<u8>) {
     for _ in 0..50 {
         // Pair::run completes upstream sends into `upstream_got`: the wire.
         p.run();
@@ -428,7 +428,8 @@ fn connected_pair(pki: &Pki, preamble: &[u8], up_client: Option<Arc<ClientConfig
     // Handshake only; connect by hand to pass the preamble and TLS session.
     p.handshake_only();
     assert!(p.conn.poll_connect());
-    let tls = up_client.map(|c| ClientConnection::new(c, "localhost".try_into().unwrap()).unwrap());
+    let tls = up_client
+        .map(|c| UnbufferedClientConnection::new(c, "localhost".try_into().unwrap()).unwrap());
     p.conn
         .handle_upstream_connected(p.now, preamble.to_vec(), tls);
     p
@@ -441,7 +442,7 @@ fn reencrypts_both_ways_after_the_preamble() {
     let first = p.conn.poll_upstream_send().expect("preamble + ClientHello");
     assert!(first.starts_with(b"PREAMBLE"), "preamble goes first");
     assert_eq!(first[8], 0x16, "then a TLS handshake record");
-    let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+    let mut up = rustls::ServerConnection::new(pki.server.clone()).unwrap();
     let mut s = &first[8..];
     while !s.is_empty() {
         up.read_tls(&mut s).unwrap();
@@ -473,7 +474,7 @@ fn upstream_that_fails_verification_closes_the_client() {
     let pki = pki();
     let other = self::pki(); // a CA the upstream leg does not trust
     let mut p = connected_pair(&pki, b"", Some(other.client.clone()));
-    let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+    let mut up = rustls::ServerConnection::new(pki.server.clone()).unwrap();
     let mut up_got = Vec::new();
     settle_upstream(&mut p, &mut up, &mut up_got);
     assert_eq!(
@@ -525,11 +526,11 @@ fn refused_session_is_retried_once_and_the_client_bytes_wait_for_it() {
 
     // The new connection: a handshake, then the client's bytes, all of them.
     p.upstream_got.clear();
-    let tls = ClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
+    let tls = UnbufferedClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
     p.conn
         .handle_upstream_connected(p.now, Vec::new(), Some(tls.unwrap()));
     p.conn.allow_upstream_tls_retry(); // no second retry
-    let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+    let mut up = rustls::ServerConnection::new(pki.server.clone()).unwrap();
     let mut up_got = Vec::new();
     settle_upstream(&mut p, &mut up, &mut up_got);
     assert_eq!(up_got, b"early bytes, more");
@@ -549,7 +550,7 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     p.run();
     p.conn.handle_upstream_data(ALERT, p.now);
     assert!(p.conn.poll_upstream_tls_retry().is_some());
-    let tls = ClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
+    let tls = UnbufferedClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
     p.conn
         .handle_upstream_connected(p.now, Vec::new(), Some(tls.unwrap()));
     p.conn.allow_upstream_tls_retry();
@@ -565,7 +566,7 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     // An idle leg the upstream closes after the handshake: not a refused session.
     let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
     p.conn.allow_upstream_tls_retry();
-    let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+    let mut up = rustls::ServerConnection::new(pki.server.clone()).unwrap();
     settle_upstream(&mut p, &mut up, &mut Vec::new());
     assert!(p.conn.upstream_handshake_kind().is_some());
     p.conn.handle_upstream_eof(p.now);
@@ -576,7 +577,7 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     // Bytes crossed: a later failure is the client's too.
     let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
     p.conn.allow_upstream_tls_retry();
-    let mut up = ServerConnection::new(pki.server.clone()).unwrap();
+    let mut up = rustls::ServerConnection::new(pki.server.clone()).unwrap();
     let mut up_got = Vec::new();
     p.client.writer().write_all(b"sent").unwrap();
     settle_upstream(&mut p, &mut up, &mut up_got);
@@ -602,4 +603,62 @@ fn upstream_reset_closes_at_once() {
     p.conn.handle_upstream_error();
     assert_eq!(p.conn.poll_close(), Some(CloseReason::UpstreamReset));
     assert!(!p.conn.wants_client_recv());
+}
+
+/// Unbuffered rustls: a record split between two receives waits, alone, in the leg
+/// (the first half copied, nothing decrypted); the second half completes it, the
+/// plaintext moves on and the leg holds no TLS memory again. Records that arrive
+/// whole are decrypted where they were received (`Conn::handle_data`).
+#[test]
+fn a_record_split_between_receives_waits_then_the_leg_holds_nothing() {
+    let pki = pki();
+    let mut p = Pair::new(&pki);
+    p.run();
+    assert_eq!(p.conn.phase(), Phase::Streaming);
+    let held = |p: &Pair| p.conn.client.tls.as_ref().unwrap().held();
+    assert_eq!(held(&p), 0, "idle after the handshake");
+
+    let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    p.client.writer().write_all(&payload).unwrap();
+    let mut wire = Vec::new();
+    while p.client.wants_write() {
+        p.client.write_tls(&mut wire).unwrap();
+    }
+    // Two records, and the second cut in the middle of its header: the first is
+    // used in place, the rest waits.
+    p.client.writer().write_all(b"second").unwrap();
+    let first_len = wire.len();
+    while p.client.wants_write() {
+        p.client.write_tls(&mut wire).unwrap();
+    }
+    let cut = first_len + 3;
+    let mut a = wire[..cut].to_vec();
+    p.conn.handle_data(Side::Client, &mut a, p.now);
+    assert_eq!(
+        p.conn.client.plain_in.len(),
+        payload.len(),
+        "first record decrypted"
+    );
+    assert!(held(&p) >= 3, "the header's start waits");
+    let mut b = wire[cut..].to_vec();
+    p.conn.handle_data(Side::Client, &mut b, p.now);
+    assert_eq!(held(&p), 0, "nothing held once the record is complete");
+    p.run();
+    let mut want = payload.clone();
+    want.extend_from_slice(b"second");
+    assert_eq!(p.upstream_got, want);
+
+    // Every byte in its own receive: the same plaintext, nothing held after.
+    p.upstream_got.clear();
+    p.client.writer().write_all(b"byte by byte").unwrap();
+    let mut wire = Vec::new();
+    while p.client.wants_write() {
+        p.client.write_tls(&mut wire).unwrap();
+    }
+    for byte in &wire {
+        p.conn.handle_data(Side::Client, &mut [*byte], p.now);
+    }
+    assert_eq!(held(&p), 0);
+    p.run();
+    assert_eq!(p.upstream_got, b"byte by byte");
 }

@@ -84,6 +84,23 @@ impl std::ops::Deref for RecvBuf {
     }
 }
 
+impl std::ops::DerefMut for RecvBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the same slice as `deref`, and nothing else can reach it while this
+        // `RecvBuf` lives: the kernel gave buffer `bid` to this one completion and
+        // gets it back only when this is dropped, and a `RecvBuf` is never cloned,
+        // so `&mut self` is the only access. (The connection decrypts TLS in place.)
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.pool
+                    .data
+                    .add(self.bid as usize * self.pool.size as usize),
+                self.len as usize,
+            )
+        }
+    }
+}
+
 impl Drop for RecvBuf {
     fn drop(&mut self) {
         self.pool.returned.borrow_mut().push(self.bid);
