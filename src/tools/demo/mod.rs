@@ -3,12 +3,12 @@
 //! (the same `server::start` as `run`, one pinned worker) with three listeners —
 //! terminate, re-encrypt, mutual TLS — and measures the same workloads (`bench::run`)
 //! in four modes: plaintext straight to the backend, termination, re-encryption and
-//! mTLS. The measurements run in rounds interleaved across modes (round 1: every mode
-//! and workload, then round 2 ...), so drift on a shared host hits every mode alike.
-//! The results become a [`report::Comparison`]: one table of medians over the rounds
-//! with their spread (min–max), ratios against termination (per round, then the
-//! median), the foreign CPU of each round and the bench client's own CPU per op, and
-//! a self-contained HTML report.
+//! mTLS. After an unmeasured warm-up, the measurements run in rounds interleaved
+//! across modes (round 1: each workload on every mode, then round 2 ...), so drift on
+//! a shared host hits every mode alike. The results become a [`report::Comparison`]:
+//! one table of medians over the rounds with their spread (min–max), ratios against
+//! termination (per round, then the median), the foreign CPU of each round and the
+//! bench client's own CPU per op, and a self-contained HTML report.
 //!
 //! Server CPU is the terminus worker threads' own CPU time (`terminus-w*`), so the
 //! in-process load generator and backends are not counted.
@@ -30,12 +30,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Default total measuring budget, seconds (setup adds a few; the whole demo stays
-/// under a minute), split over rounds x modes x workloads.
-pub const DEFAULT_SECONDS: u64 = 36;
+/// Default total measuring budget, seconds, split over rounds x modes x workloads:
+/// 2 s windows with 3 rounds (the warm-up and setup add about 10 s). 1 s windows let a
+/// 100 ms scheduling hiccup move a figure by 10 %; 3 s windows flagged no fewer
+/// figures noisy on the busy project host (BENCHMARKING.md).
+pub const DEFAULT_SECONDS: u64 = 72;
 
 /// Default number of rounds.
 pub const DEFAULT_ROUNDS: usize = 3;
+
+/// The longest unmeasured warm-up run of each workload x mode before round 1.
+const WARM_UP: Duration = Duration::from_millis(500);
 
 const MODES: [&str; 4] = ["plaintext (direct)", "terminate", "reencrypt", "mtls"];
 const TERMINATE: usize = 1;
@@ -210,8 +215,12 @@ fn tls_opts(pki: &TestPki, client_cert_dir: Option<&TempDir>) -> Result<Option<T
     }))
 }
 
-/// Every round of every mode x workload, in order, until `stop`: `[round][mode]`
-/// (an interrupted round is kept with what it measured).
+/// Every round of every workload x mode, in order, until `stop`: `[round][mode]`
+/// (an interrupted round is kept with what it measured). Within a round each
+/// workload runs on the four modes back to back, so the measurements a ratio pairs are
+/// one window apart rather than a third of a round. Before round 1 every workload x
+/// mode runs once unmeasured (warm-up: the first window of a fresh process pays for
+/// allocator growth, page faults and cold caches, and came out low).
 fn measure(
     targets: &[(SocketAddr, Option<TlsOpts>)],
     rounds: usize,
@@ -223,29 +232,47 @@ fn measure(
         pid: std::process::id(),
         prefix: "terminus-w".into(),
     };
+    let opts = |m: usize, wl: Workload, duration: Duration| {
+        let (target, tls) = &targets[m];
+        let mut opts = BenchOpts::new(*target, wl);
+        opts.duration = duration;
+        opts.tls = tls.clone();
+        opts.cpus = client_cpus.clone();
+        opts.stop = Some(stop.clone());
+        opts.timeout = Duration::from_secs(5);
+        opts.probe = (m != 0).then(|| probe.clone());
+        shape(&mut opts);
+        opts
+    };
+    let workloads = [Workload::Handshake, Workload::Bulk, Workload::Rr];
+    let warm = per.min(WARM_UP);
+    eprintln!(
+        "  warm-up: every workload and mode for {:.2} s, not counted",
+        warm.as_secs_f64()
+    );
+    for wl in workloads {
+        for m in 0..targets.len() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
+            bench::run(&opts(m, wl, warm), Progress::Quiet)?;
+        }
+    }
     let mut results: Vec<Vec<ModeResult>> = Vec::new();
     for round in 1..=rounds {
-        results.push((0..4).map(|_| ModeResult::default()).collect());
-        for (m, (target, tls)) in targets.iter().enumerate() {
-            for wl in [Workload::Handshake, Workload::Bulk, Workload::Rr] {
+        results.push((0..targets.len()).map(|_| ModeResult::default()).collect());
+        for wl in workloads {
+            for m in 0..targets.len() {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(results);
                 }
-                let mut opts = BenchOpts::new(*target, wl);
-                opts.duration = per;
-                opts.tls = tls.clone();
-                opts.cpus = client_cpus.clone();
-                opts.stop = Some(stop.clone());
-                opts.timeout = Duration::from_secs(5);
-                opts.probe = (m != 0).then(|| probe.clone());
-                shape(&mut opts);
                 let label = format!(
                     "  round {round}/{rounds} {:<18} {:<9}",
                     MODES[m],
                     format!("{wl:?}").to_lowercase()
                 );
                 eprintln!("{label} measuring...");
-                let r = bench::run(&opts, Progress::Stderr(label))?;
+                let r = bench::run(&opts(m, wl, per), Progress::Stderr(label))?;
                 if r.errors.total > 0 {
                     eprintln!(
                         "  note: {} errors in {} {wl:?}, round {round} ({:?})",
