@@ -128,7 +128,12 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
         io,
         client_pinned: client_cpus.is_some(),
     };
-    report(o, &results, started, &info)?;
+    if results.is_empty() {
+        // Stopped during the warm-up: no figure to report.
+        println!("interrupted before the first measurement: no report");
+    } else {
+        report(o, &results, started, &info)?;
+    }
 
     if o.serve && !interrupted {
         serve(&d("ca.pem"), addr("terminate")?, &stop);
