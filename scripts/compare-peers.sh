@@ -4,9 +4,12 @@
 # (client certificate verified against the CA, required). One PKI (`terminus certs`,
 # ECDSA P-256) for all. Each peer runs one worker/thread pinned to CPU 0; the load
 # generator (`terminus bench`) and the backend (`terminus backend`) run on CPU 1. The
-# peer's CPU is read from /proc/PID/task/*/schedstat before and after each run, the
-# same way for every peer (all threads of terminus, the nginx worker, haproxy, the
-# hitch worker: hitch has one backend per process, so one hitch per backend).
+# peer's CPU is read by `bench --target-pid` from /proc/PID/task/*/schedstat around each
+# measured window, the same way for every peer (all threads of terminus, the nginx
+# worker, haproxy, the hitch worker: hitch has one backend per process, so one hitch per
+# backend). Rounds are interleaved: round 1 of every mode, workload and peer, then
+# round 2 ..., and each workload runs on every peer back to back, so drift on the host
+# hits every peer alike.
 #
 #   bash scripts/compare-peers.sh               # full handshakes (saturating, and 4
 #                                               # clients far from saturation), resumed
@@ -14,15 +17,21 @@
 #   bash scripts/compare-peers.sh --check-only  # start each peer, verify termination,
 #                                               # resumption and mTLS with openssl s_client
 #
-# Environment: SECONDS_PER_RUN (default 5) per measurement; TERMINUS (binary; default:
-# cargo build --release and ./target/release/terminus); HS_CONNECTIONS (16),
-# LOW_CONNECTIONS (4), BULK_CONNECTIONS (4), RR_CONNECTIONS (8); OUT (markdown report path; default
-# target/compare-peers-DATE.md). Everything listens on 127.0.0.1 on free ports; every
-# process is killed and the temp dir removed on exit.
+# The figures go into a JSON file that `terminus report` renders as the demo's report:
+# the text tables on stdout and one self-contained HTML file (median and min-max over
+# the rounds, ratios to terminus per round, noisy flags, bar charts, latency CDFs).
+#
+# Environment: ROUNDS (default 3); SECONDS_PER_RUN (default 3) per measurement; TERMINUS
+# (binary; default: cargo build --release and ./target/release/terminus); HS_CONNECTIONS
+# (16), LOW_CONNECTIONS (4), BULK_CONNECTIONS (4), RR_CONNECTIONS (8); PEERS (default
+# "terminus nginx haproxy hitch"; terminus is always measured, it is the baseline);
+# MODES ("term mtls"); WORKLOADS ("full low resumed bulk rr"); OUT (HTML report path;
+# default target/compare-peers-DATE.html; the JSON beside it, .json). Everything listens
+# on 127.0.0.1 on free ports; every process is killed and the temp dir removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=bench
 case "${1:-}" in
 "") ;;
@@ -37,12 +46,29 @@ if [ $# -gt 1 ]; then
     echo "compare-peers.sh: too many arguments" >&2
     exit 2
 fi
-secs=${SECONDS_PER_RUN:-5}
-for v in SECONDS_PER_RUN:"$secs" HS_CONNECTIONS:"${HS_CONNECTIONS:-16}" LOW_CONNECTIONS:"${LOW_CONNECTIONS:-4}" BULK_CONNECTIONS:"${BULK_CONNECTIONS:-4}" RR_CONNECTIONS:"${RR_CONNECTIONS:-8}"; do
+secs=${SECONDS_PER_RUN:-3}
+rounds=${ROUNDS:-3}
+for v in ROUNDS:"$rounds" SECONDS_PER_RUN:"$secs" HS_CONNECTIONS:"${HS_CONNECTIONS:-16}" LOW_CONNECTIONS:"${LOW_CONNECTIONS:-4}" BULK_CONNECTIONS:"${BULK_CONNECTIONS:-4}" RR_CONNECTIONS:"${RR_CONNECTIONS:-8}"; do
     if ! [[ ${v#*:} =~ ^[1-9][0-9]*$ ]]; then
         echo "compare-peers.sh: ${v%%:*} must be a positive integer, got '${v#*:}'" >&2
         exit 2
     fi
+done
+all_peers="terminus nginx haproxy hitch"
+peers=(terminus)
+for p in ${PEERS:-$all_peers}; do
+    [[ " $all_peers " == *" $p "* ]] || { echo "compare-peers.sh: PEERS: unknown peer '$p' (known: $all_peers)" >&2; exit 2; }
+    [ "$p" = terminus ] || peers+=("$p")
+done
+[ "$mode" = check ] && read -r -a peers <<<"$all_peers" # --check-only checks every peer
+wants() { [[ " ${peers[*]} " == *" $1 "* ]]; }
+modes=(${MODES:-term mtls})
+workloads=(${WORKLOADS:-full low resumed bulk rr})
+for m in "${modes[@]}"; do
+    [[ $m == term || $m == mtls ]] || { echo "compare-peers.sh: MODES: unknown mode '$m' (term, mtls)" >&2; exit 2; }
+done
+for w in "${workloads[@]}"; do
+    [[ " full low resumed bulk rr " == *" $w "* ]] || { echo "compare-peers.sh: WORKLOADS: unknown workload '$w' (full low resumed bulk rr)" >&2; exit 2; }
 done
 
 # ---- tools -----------------------------------------------------------------------
@@ -52,10 +78,12 @@ need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
 command -v taskset >/dev/null || need+=(util-linux)
-[ -x /usr/sbin/nginx ] || need+=(nginx-light)
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-[ -x /usr/sbin/haproxy ] || need+=(haproxy)
-[ -x /usr/sbin/hitch ] || need+=(hitch)
+if wants nginx; then
+    [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+    [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+fi
+wants haproxy && { [ -x /usr/sbin/haproxy ] || need+=(haproxy); }
+wants hitch && { [ -x /usr/sbin/hitch ] || need+=(hitch); }
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -137,11 +165,13 @@ read -r be_echo be_src \
 if has_sub backend; then
     taskset -c 1 "$T" backend --listen "127.0.0.1:$be_echo" --mode echo >"$work/backend-echo.err" 2>&1 &
     pids+=($!)
+    backend_pids=($!)
     wait_port "$be_echo" $! backend-echo
     backend_desc="terminus backend (echo, source)"
     if [ "$mode" = bench ]; then
         taskset -c 1 "$T" backend --listen "127.0.0.1:$be_src" --mode source >"$work/backend-src.err" 2>&1 &
         pids+=($!)
+        backend_pids+=($!)
         wait_port "$be_src" $! backend-src
     fi
 else
@@ -177,6 +207,8 @@ for _ in $(seq 100); do
 done
 grep -q '^ready' "$work/terminus.out" || die "terminus not ready within 10 s"
 
+npid="" hpid="" xpid="" xpid_src=""
+if wants nginx; then
 # nginx: stream + ssl, one worker pinned to CPU 0, TLS 1.3 only, tickets on (TLS 1.3
 # resumption is by ticket), mTLS servers verify against the CA and require a cert.
 cat >"$work/nginx.conf" <<EOF
@@ -211,7 +243,9 @@ pids+=($nmaster)
 wait_port "$n_term" $nmaster nginx
 npid=$(pgrep -P $nmaster | head -1)
 [ -n "$npid" ] || die "no nginx worker process"
+fi
 
+if wants haproxy; then
 # HAProxy: mode tcp, one thread pinned to CPU 0 (2.6 with nbthread 1 applies
 # `cpu-map 1/all`, not `1/1`: checked by pinned_to_0), TLS 1.3 only (tickets are on by
 # default), mTLS frontends verify against the CA and require a cert.
@@ -249,6 +283,7 @@ EOF
 hpid=$!
 pids+=($hpid)
 wait_port "$h_term" $hpid haproxy
+fi
 
 # hitch: one worker process, the whole process tree pinned to CPU 0, TLS 1.3 only;
 # hitch has a single backend per process, so one instance for the echo backend and
@@ -297,6 +332,7 @@ hitch_start() { # NAME BACKEND TERM_PORT MTLS_PORT; sets hitch_worker
     done
     [ -n "$hitch_worker" ] || die "no $1 worker process"
 }
+if wants hitch; then
 hitch_start hitch-echo "$be_echo" "$x_term" "$x_mtls"
 xpid=$hitch_worker
 xpid_src=$xpid
@@ -304,8 +340,8 @@ if [ "$mode" = bench ]; then
     hitch_start hitch-src "$be_src" "$x_term_src" "$x_mtls_src"
     xpid_src=$hitch_worker
 fi
+fi
 
-peers=(terminus nginx haproxy hitch)
 declare -A pid_of=([terminus]=$tpid [nginx]=$npid [haproxy]=$hpid [hitch]=$xpid
     [hitch.term_src]=$xpid_src [hitch.mtls_src]=$xpid_src)
 declare -A port_of=(
@@ -387,122 +423,164 @@ fi
 # ---- benchmarks --------------------------------------------------------------------
 res="$work/results"
 mkdir -p "$res"
-bench() { # PEER MODE NAME LISTENER ARGS...: one measurement, CPU of the peer around it
-    local p=$1 m=$2 name=$3 l=$4
-    shift 4
-    local extra=()
+# One measurement: R.PEER.MODE.NAME.json, bench's report with the peer's CPU
+# (--target-pid), the foreign CPU (the backends' CPU is the run's: --run-pid) and the
+# latency distribution; a failed run leaves no file (the report shows "-").
+bench() { # ROUND PEER MODE NAME LISTENER ARGS...
+    local r=$1 p=$2 m=$3 name=$4 l=$5
+    shift 5
+    local extra=() run=() b
     [ "$m" = mtls ] && extra=(--client-cert "$work/client.pem" --client-key "$work/client.key")
-    local f="$res/$p.$m.$name" pid=${pid_of[$p.$l]:-${pid_of[$p]}} c0 c1
-    printf '  %-8s %-9s %-9s ' "$p" "$m" "$name"
-    c0=$(cpu_ns "$pid")
+    for b in "${backend_pids[@]}"; do run+=(--run-pid "$b"); done
+    local f="$res/$r.$p.$m.$name" pid=${pid_of[$p.$l]:-${pid_of[$p]}}
+    printf '  %s/%s %-8s %-5s %-8s ' "$r" "$rounds" "$p" "$m" "$name"
     if ! taskset -c 1 "$T" bench --target "127.0.0.1:${port_of[$p.$l]}" --duration "$secs" --workers 1 \
-        --tls --ca "$work/ca.pem" --server-name localhost "${extra[@]}" --json "$@" >"$f.json" 2>"$f.err"; then
+        --tls --ca "$work/ca.pem" --server-name localhost "${extra[@]}" --target-pid "$pid" "${run[@]}" \
+        --json --latency-cdf "$@" >"$f.json" 2>"$f.err"; then
         echo "bench failed: $(tail -1 "$f.err")"
         rm -f "$f.json"
         return 0
     fi
-    c1=$(cpu_ns "$pid")
-    echo $((c1 - c0)) >"$f.cpu"
     python3 -c 'import json, sys
 j = json.load(open(sys.argv[1]))
-print("%.0f ops/s, %.2f Gbit/s" % (j.get("ops_per_s") or 0, j.get("gbit_per_s") or 0))' "$f.json"
+cpu = j.get("target_cpu_us_per_op")
+print("%.0f ops/s, %.2f Gbit/s, %s µs peer CPU/op" % (j.get("ops_per_s") or 0, j.get("gbit_per_s") or 0,
+      "-" if cpu is None else "%.1f" % cpu))' "$f.json"
 }
-for p in "${peers[@]}" hitch.term_src; do pinned_to_0 "${pid_of[$p]}" || die "$p (PID ${pid_of[$p]}) is not pinned to CPU 0"; done
-echo "SECONDS_PER_RUN=$secs; peers pinned to CPU 0; bench and backend on CPU 1"
-for m in term mtls; do
-    src=${m}_src
-    for p in "${peers[@]}"; do
-        bench "$p" "$m" full "$m" --workload handshake --connections "${HS_CONNECTIONS:-16}"
-        # Few closed-loop clients: the server is far from saturated, so what shows is
-        # its per-connection overhead (accept, wake-ups, syscalls), not its peak rate.
-        bench "$p" "$m" low "$m" --workload handshake --connections "${LOW_CONNECTIONS:-4}"
-        bench "$p" "$m" resumed "$m" --workload handshake --resume --connections "${HS_CONNECTIONS:-16}"
-        bench "$p" "$m" bulk "$src" --workload bulk --direction down --connections "${BULK_CONNECTIONS:-4}"
-        bench "$p" "$m" rr "$m" --workload rr --size 1024 --connections "${RR_CONNECTIONS:-8}"
+for p in "${peers[@]}"; do pinned_to_0 "${pid_of[$p]}" || die "$p (PID ${pid_of[$p]}) is not pinned to CPU 0"; done
+if wants hitch; then pinned_to_0 "$xpid_src" || die "hitch-src (PID $xpid_src) is not pinned to CPU 0"; fi
+echo "ROUNDS=$rounds SECONDS_PER_RUN=$secs; peers (${peers[*]}) pinned to CPU 0; bench and backends on CPU 1"
+for r in $(seq "$rounds"); do
+    for m in "${modes[@]}"; do
+        src=${m}_src
+        for w in "${workloads[@]}"; do
+            for p in "${peers[@]}"; do
+                case $w in
+                full) bench "$r" "$p" "$m" full "$m" --workload handshake --connections "${HS_CONNECTIONS:-16}" ;;
+                # Few closed-loop clients: the server is far from saturated, so what shows
+                # is its per-connection overhead (accept, wake-ups, syscalls), not its peak.
+                low) bench "$r" "$p" "$m" low "$m" --workload handshake --connections "${LOW_CONNECTIONS:-4}" ;;
+                resumed) bench "$r" "$p" "$m" resumed "$m" --workload handshake --resume --connections "${HS_CONNECTIONS:-16}" ;;
+                bulk) bench "$r" "$p" "$m" bulk "$src" --workload bulk --direction down --connections "${BULK_CONNECTIONS:-4}" ;;
+                rr) bench "$r" "$p" "$m" rr "$m" --workload rr --size 1024 --connections "${RR_CONNECTIONS:-8}" ;;
+                esac
+            done
+        done
     done
 done
 
-out=${OUT:-target/compare-peers-$(date +%Y%m%d-%H%M%S).md}
+# ---- the report: figures into JSON, rendered by `terminus report` -------------------
+out=${OUT:-target/compare-peers-$(date +%Y%m%d-%H%M%S).html}
 mkdir -p "$(dirname "$out")"
-{
-    echo "# terminus vs nginx vs HAProxy vs hitch (TLS 1.3 terminator, one worker on CPU 0)"
-    echo
-    echo "\`bash scripts/compare-peers.sh\`, SECONDS_PER_RUN=$secs, $(date -u +%FT%TZ), kernel $(uname -r),"
-    echo "$(/usr/sbin/nginx -v 2>&1 | sed 's/^nginx version: //'), $(/usr/sbin/haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(/usr/sbin/hitch --version 2>&1 | head -1), $(openssl version | awk '{print "OpenSSL " $2}'), $("$T" --version)."
-    echo "Load: \`terminus bench\` on CPU 1 (handshake ${HS_CONNECTIONS:-16} conns and ${LOW_CONNECTIONS:-4}, bulk ${BULK_CONNECTIONS:-4}, rr ${RR_CONNECTIONS:-8});"
-    echo "backend: $backend_desc on CPU 1. Peer CPU from /proc/PID/task/*/schedstat. Ratios are peer / terminus."
-    echo
-} >"$out"
-python3 - "$res" >>"$out" <<'EOF'
+json=${out%.html}.json
+versions=$(
+    if wants nginx; then printf '%s, ' "$(/usr/sbin/nginx -v 2>&1 | sed 's/^nginx version: //')"; fi
+    if wants haproxy; then printf '%s, ' "$(/usr/sbin/haproxy -v | head -1 | awk '{print "HAProxy " $3}')"; fi
+    if wants hitch; then printf '%s, ' "$(/usr/sbin/hitch --version 2>&1 | head -1)"; fi
+    printf '%s (the peers link it)' "$(openssl version | awk '{print "OpenSSL " $2}')"
+)
+load="bash scripts/compare-peers.sh, ROUNDS=$rounds x SECONDS_PER_RUN=$secs s per measurement, interleaved (round, mode, workload, then peer); \
+terminus bench, 1 worker on CPU 1: full handshakes on ${HS_CONNECTIONS:-16} connections and on ${LOW_CONNECTIONS:-4} (low concurrency), \
+resumed handshakes on ${HS_CONNECTIONS:-16}, bulk download on ${BULK_CONNECTIONS:-4}, 1 KiB rr on ${RR_CONNECTIONS:-8} kept connections (closed loop); \
+each peer one worker pinned to CPU 0; backend: $backend_desc on CPU 1"
+RES=$res ROUNDS_=$rounds PEERS_="${peers[*]}" MODES_="${modes[*]}" WORKLOADS_="${workloads[*]}" \
+    VERSIONS="$versions" TERMINUS_VERSION="$("$T" --version)" IO="$(sed -n 's/^io backend=//p' "$work/terminus.out")" \
+    LOAD="$load" HS="${HS_CONNECTIONS:-16}" LOW="${LOW_CONNECTIONS:-4}" \
+    python3 - "$json" <<'EOF'
 import json, os, sys
-res = sys.argv[1]
-peers = ["terminus", "nginx", "haproxy", "hitch"]
+env = os.environ
+res, rounds = env["RES"], int(env["ROUNDS_"])
+peers, workloads = env["PEERS_"].split(), env["WORKLOADS_"].split()
 
-def load(p, m, n):
+def run(r, p, m, n):
     try:
-        j = json.load(open(f"{res}/{p}.{m}.{n}.json"))
-        cpu = int(open(f"{res}/{p}.{m}.{n}.cpu").read())
+        return json.load(open(f"{res}/{r}.{p}.{m}.{n}.json"))
     except (OSError, ValueError):
-        return None, None
-    return j, cpu
-
-def errors(j):
-    e = j.get("errors", 0)
-    return e.get("total", 0) if isinstance(e, dict) else e
-
-def metric(p, m, key):
-    n = {"hs": "full", "hs_cpu": "full", "low": "low", "low_cpu": "low", "res": "resumed", "res_cpu": "resumed",
-         "gbit": "bulk", "nsb": "bulk", "p99": "rr", "rr": "rr"}.get(key)
-    if key == "err":
-        t = 0
-        for n in ("full", "low", "resumed", "bulk", "rr"):
-            j, _ = load(p, m, n)
-            if j is None:
-                return None
-            t += errors(j)
-        return t
-    j, cpu = load(p, m, n)
-    if j is None:
         return None
-    ops, nbytes = j.get("ops", 0), j.get("bytes", 0)
-    if key in ("hs", "low", "res", "rr"):
-        return j.get("ops_per_s")
-    if key in ("hs_cpu", "low_cpu", "res_cpu"):
-        return cpu / 1000 / ops if ops else None
-    if key == "gbit":
-        return j.get("gbit_per_s")
-    if key == "nsb":
-        return cpu / nbytes if nbytes else None
-    if key == "p99":
-        return (j.get("latency_us") or {}).get("p99")
 
-rows = [("hs", "full handshakes/s", "higher"), ("hs_cpu", "CPU µs per full handshake", "lower"),
-        ("low", "full handshakes/s, low concurrency", "higher"),
-        ("low_cpu", "CPU µs per full handshake, low concurrency", "lower"),
-        ("res", "resumed handshakes/s", "higher"), ("res_cpu", "CPU µs per resumed handshake", "lower"),
-        ("gbit", "bulk down Gbit/s", "higher"), ("nsb", "bulk down CPU ns/byte", "lower"),
-        ("rr", "rr 1 KiB ops/s", "higher"), ("p99", "rr 1 KiB p99 µs", "lower"),
-        ("err", "errors (all runs)", "lower")]
+def per_round(p, m, n, get):
+    out = []
+    for r in range(1, rounds + 1):
+        j = run(r, p, m, n)
+        v = get(j) if j is not None else None
+        out.append(float(v) if v is not None else None)
+    return out
 
-def fmt(v):
-    if v is None:
-        return "n/a"
-    if isinstance(v, int) or v >= 100:
-        return f"{v:,.0f}"
-    return f"{v:.3g}"
+def median(v):
+    v = sorted(x for x in v if x is not None)
+    if not v:
+        return None
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
-for m, title in (("term", "termination"), ("mtls", "mTLS (client cert required, verified against the CA)")):
-    print(f"## {title}\n")
-    print("| metric | better | " + " | ".join(peers) + " | "
-          + " | ".join(f"{p}/terminus" for p in peers[1:]) + " |")
-    print("|---|---|" + "---:|" * (2 * len(peers) - 1))
-    for key, label, better in rows:
-        v = [metric(p, m, key) for p in peers]
-        ratio = lambda x: "n/a" if x is None or not v[0] else f"{x / v[0]:.2f}"
-        cells = [fmt(x) for x in v] + [ratio(x) for x in v[1:]]
-        print(f"| {label} | {better} | " + " | ".join(cells) + " |")
-    print()
+# (workload, header, decimals, bar chart y title or None, figure of a bench report)
+COLUMNS = [
+    ("full", "full hs/s", 0, f"full handshakes/s ({env['HS']} connections)", lambda j: j.get("ops_per_s")),
+    ("full", "CPU µs/hs", 1, "CPU µs per full handshake", lambda j: j.get("target_cpu_us_per_op")),
+    ("low", "low hs/s", 0, None, lambda j: j.get("ops_per_s")),
+    ("low", "low CPU µs/hs", 1, f"CPU µs per full handshake, {env['LOW']} clients",
+     lambda j: j.get("target_cpu_us_per_op")),
+    ("resumed", "resumed hs/s", 0, None, lambda j: j.get("ops_per_s")),
+    ("resumed", "res CPU µs/hs", 1, None, lambda j: j.get("target_cpu_us_per_op")),
+    ("bulk", "Gbit/s", 2, "Gbit/s (bulk download)", lambda j: j.get("gbit_per_s")),
+    ("bulk", "CPU ns/B", 2, None, lambda j: j.get("target_cpu_ns_per_byte")),
+    ("rr", "rr req/s", 0, None, lambda j: j.get("ops_per_s")),
+    ("rr", "rr p99 µs", 0, None, lambda j: (j.get("latency_us") or {}).get("p99")),
+]
+CDFS = [("full", "full handshake (connect until the server accepted): latency CDF"),
+        ("rr", "1 KiB request/response on kept connections: latency CDF")]
+
+def section(m, heading):
+    runs = [(r, p, run(r, p, m, n)) for r in range(1, rounds + 1) for p in peers for n in workloads]
+    runs = [x for x in runs if x[2] is not None]
+    foreign = []
+    for r in range(1, rounds + 1):
+        w = [(j["foreign_cpus"], j["duration_s"]) for (q, _, j) in runs if q == r and j.get("foreign_cpus") is not None]
+        secs = sum(d for _, d in w)
+        f = sum(f * d for f, d in w) / secs if secs else None
+        foreign.append("-" if f is None else "%.2f%s" % (f, "!" if f > 0.25 else ""))
+    errors = {p: sum((j.get("errors") or {}).get("total", 0) for (_, q, j) in runs if q == p) for p in peers}
+    failed = {p: sum(run(r, p, m, n) is None for r in range(1, rounds + 1) for n in workloads) for p in peers}
+    notes = ["foreign CPU (CPU of other processes during the measured windows, average per round; "
+             "! above 0.25 CPUs): " + " ".join(foreign),
+             "errors over all runs: " + ", ".join(f"{p} {errors[p]}" for p in peers)
+             + ("; failed runs: " + ", ".join(f"{p} {failed[p]}" for p in peers if failed[p])
+                if any(failed.values()) else "")]
+    if "full" in workloads:
+        client = [median(per_round(p, m, "full", lambda j: j.get("client_cpu_us_per_op"))) for p in peers]
+        notes.append("client CPU per full handshake (the bench's own worker, median): "
+                     + ", ".join(f"{p} " + ("-" if c is None else f"{c:.0f} µs") for p, c in zip(peers, client)))
+    return {
+        "heading": heading,
+        "series_kind": "peer",
+        "series": peers,
+        "baseline": "terminus",
+        "ratio_header": "vs terminus",
+        "columns": [{"name": h, "decimals": d, "chart": c, "values": [per_round(p, m, n, get) for p in peers]}
+                    for (n, h, d, c, get) in COLUMNS if n in workloads],
+        "cdfs": [{"title": t, "runs": [[j["latency_cdf"] for j in (run(r, p, m, n) for r in range(1, rounds + 1))
+                                        if j is not None and "latency_cdf" in j] for p in peers]}
+                 for (n, t) in CDFS if n in workloads],
+        "notes": notes,
+    }
+
+titles = {"term": "termination", "mtls": "mTLS (client certificate required, verified against the CA)"}
+others = [p for p in peers if p != "terminus"]
+report = {
+    "title": "terminus vs " + (" vs ".join(others) or "itself") + ": TLS 1.3 terminators, one worker on CPU 0",
+    "meta": [
+        ("terminus under test", env["TERMINUS_VERSION"] + ", io backend " + (env["IO"] or "?")),
+        ("peers", env["VERSIONS"]),
+        ("load", env["LOAD"]),
+        ("CPU figures", "each peer's on-CPU time from /proc/PID/task/*/schedstat around the measured window "
+                        "(bench --target-pid), per operation; ratios are peer / terminus in the same round"),
+    ],
+    "intro": "The same load against each TLS terminator in front of the same backend, in rounds "
+             "interleaved across the peers. Compare ratios, not absolutes: the load generator "
+             "shares the machine.",
+    "sections": [section(m, titles[m]) for m in env["MODES_"].split()],
+}
+json.dump(report, open(sys.argv[1], "w"), indent=1, ensure_ascii=False)
 EOF
 echo
-cat "$out"
-echo "written to $out"
+"$T" report --from "$json" --out "$out"
+echo "figures: $json"

@@ -74,6 +74,17 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Render a comparison report (the demo's text table and HTML report) from a JSON
+    /// file, e.g. the one scripts/compare-peers.sh writes; the report opens with this
+    /// build's and this host's metadata, then the file's.
+    Report {
+        /// The figures: a JSON `Comparison` (see src/tools/report/mod.rs).
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to write the HTML report.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Load generator: handshakes, bulk, request/response, idle connections.
     Bench(Box<terminus::tools::bench::BenchArgs>),
     /// Built-in backend for benchmarks: echo, source or sink, optionally over TLS.
@@ -118,6 +129,7 @@ fn main() -> ExitCode {
             trust_domain,
         } => certs(&out, days, &trust_domain),
         Cmd::Bench(args) => terminus::tools::bench::run_cli(*args),
+        Cmd::Report { from, out } => terminus::tools::report::run_cli(&from, &out),
         Cmd::Backend {
             listen,
             mode,

@@ -1,7 +1,8 @@
 //! scripts/compare-peers.sh --check-only: terminus, nginx and HAProxy each start from
 //! the script's generated configs pinned to CPU 0 and, checked with `openssl s_client -tls1_3`,
 //! terminate TLS 1.3 with ticket resumption, and in mTLS mode pass a client with a
-//! certificate and refuse one without.
+//! certificate and refuse one without. A short real run of the script writes the demo's
+//! report format (through `terminus report`). scripts/ab-binaries.sh reports a ratio.
 
 mod common;
 
@@ -21,8 +22,7 @@ fn one_script_at_a_time() -> MutexGuard<'static, ()> {
 #[test]
 fn compare_peers_check_only_verifies_every_peer_and_mode() {
     let _one = one_script_at_a_time();
-    let nginx = Path::new("/usr/sbin/nginx").exists()
-        && Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists();
+    let nginx = nginx_installed();
     let haproxy = Path::new("/usr/sbin/haproxy").exists();
     if !(nginx && haproxy) {
         eprintln!(
@@ -55,6 +55,149 @@ fn compare_peers_check_only_verifies_every_peer_and_mode() {
     }
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.contains("check OK: every peer terminates TLS 1.3 and enforces mTLS"));
+}
+
+fn nginx_installed() -> bool {
+    Path::new("/usr/sbin/nginx").exists()
+        && Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists()
+}
+
+/// A short real run (terminus and nginx, termination, full handshakes and rr, 2 rounds
+/// of 1 s) writes its figures as JSON and, through `terminus report`, the demo's report:
+/// the metadata of the build, the host, the peers and the load; a row per peer whose
+/// cells are the medians of the JSON's rounds; the ratio to terminus; bar charts with
+/// whiskers and a latency CDF per workload with both peers; one self-contained file.
+#[test]
+fn compare_peers_writes_the_demo_report() {
+    let _one = one_script_at_a_time();
+    if !nginx_installed() {
+        eprintln!("SKIPPED: needs nginx-light + libnginx-mod-stream (.ci/run installs them)");
+        return;
+    }
+    let tmp = TempDir::new("compare-peers-report");
+    let html_path = tmp.path().join("peers.html");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare-peers.sh");
+    let (status, out, err) = run_for_at_most(
+        Command::new("bash")
+            .arg(&script)
+            .env("TERMINUS", bin())
+            .env("ROUNDS", "2")
+            .env("SECONDS_PER_RUN", "1")
+            .env("PEERS", "nginx")
+            .env("MODES", "term")
+            .env("WORKLOADS", "full rr")
+            .env("OUT", &html_path),
+        Duration::from_secs(120),
+    );
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains(&format!("HTML report: {}", html_path.display())),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("peer ")),
+        "text table: {out}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("peers.json")).expect("figures JSON"),
+    )
+    .expect("JSON");
+    let section = &json["sections"][0];
+    assert_eq!(section["series"], serde_json::json!(["terminus", "nginx"]));
+    let columns = section["columns"].as_array().unwrap();
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["full hs/s", "CPU µs/hs", "rr req/s", "rr p99 µs"]);
+    for c in columns {
+        for (peer, rounds) in ["terminus", "nginx"]
+            .iter()
+            .zip(c["values"].as_array().unwrap())
+        {
+            let v: Vec<f64> = rounds
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    v.as_f64()
+                        .unwrap_or_else(|| panic!("{peer} {}: {rounds}", c["name"]))
+                })
+                .collect();
+            assert_eq!(v.len(), 2, "two rounds: {peer} {}", c["name"]);
+            assert!(v.iter().all(|x| *x > 0.0), "{peer} {}: {v:?}", c["name"]);
+        }
+    }
+
+    let html = std::fs::read_to_string(&html_path).expect("report written");
+    let meta_start = html.find("<table class=\"meta\">").expect("metadata table");
+    let results_start = html
+        .find("<table class=\"results\">")
+        .expect("results table");
+    assert!(meta_start < results_start, "metadata opens the report");
+    let meta = &html[meta_start..results_start];
+    for label in [
+        "version",
+        "git commit",
+        "date",
+        "CPU model",
+        "cores",
+        "kernel",
+        "governor",
+        "TLS",
+        "terminus under test",
+        "peers",
+        "load",
+    ] {
+        assert!(
+            meta.contains(&format!("<tr><th>{label}</th><td>")),
+            "no {label} in {meta}"
+        );
+    }
+    for needle in ["nginx/", "OpenSSL ", "ROUNDS=2", "io backend "] {
+        assert!(meta.contains(needle), "{needle} missing: {meta}");
+    }
+    let results = &html[results_start..];
+    let results = &results[..results.find("</table>").unwrap()];
+    assert_eq!(
+        results.matches("<th>vs terminus</th>").count(),
+        4,
+        "{results}"
+    );
+    // Each peer's first cell is the median of its two rounds of full handshakes/s.
+    for (i, peer) in ["terminus", "nginx"].iter().enumerate() {
+        let row = results
+            .split(&format!("<tr><td>{peer}</td><td"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no row for {peer}: {results}"));
+        let cell = row.split_once('>').unwrap().1.split('<').next().unwrap();
+        let v: Vec<f64> = columns[0]["values"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let median = format!("{:.0}", (v[0] + v[1]) / 2.0);
+        assert_eq!(cell.trim_end_matches('*'), median, "{peer}: {row}");
+    }
+    let svgs: Vec<&str> = html.split("<svg").skip(1).collect();
+    assert_eq!(svgs.len(), 4, "2 bar charts and 2 latency CDFs");
+    for svg in &svgs[..2] {
+        assert_eq!(svg.matches("class=\"bar\"").count(), 2, "{svg}");
+        assert_eq!(svg.matches("class=\"spread\"").count(), 2, "{svg}");
+    }
+    for svg in &svgs[2..] {
+        assert_eq!(svg.matches("<polyline").count(), 2, "both peers: {svg}");
+    }
+    assert!(html.contains("foreign CPU "), "no foreign CPU note");
+    assert!(!html.contains("<script"), "self-contained, no JS");
+    for fetch in ["src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(fetch),
+            "the report fetches something: {fetch}"
+        );
+    }
 }
 
 /// scripts/ab-binaries.sh: two builds (here the same one twice) served side by side,

@@ -64,7 +64,9 @@ fn demo_measures_four_modes_and_writes_the_report() {
     assert_eq!(code, Some(0), "demo failed: stdout {out}\nstderr {err}");
     assert!(out.contains("2 rounds of "), "{out}");
 
-    // Two rounds per mode and workload, interleaved across modes.
+    // An unmeasured warm-up, then two rounds per mode and workload: within a round
+    // each workload on the four modes back to back.
+    assert!(err.contains("warm-up: every workload and mode"), "{err}");
     let started: Vec<&str> = err
         .lines()
         .filter(|l| l.ends_with("measuring..."))
@@ -76,7 +78,9 @@ fn demo_measures_four_modes_and_writes_the_report() {
             line.contains(round),
             "measurement {i} is not in {round}: {err}"
         );
-        assert!(line.contains(MODES[(i % 12) / 3]), "{line}: {err}");
+        assert!(line.contains(MODES[i % 4]), "{line}: {err}");
+        let workload = ["handshake", "bulk", "rr"][(i % 12) / 4];
+        assert!(line.contains(&format!(" {workload} ")), "{line}: {err}");
     }
 
     let header = out

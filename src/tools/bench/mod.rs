@@ -801,6 +801,10 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// With --json: add `latency_cdf`, the whole latency distribution (all rounds
+    /// merged) as `{"samples": N, "points": [[percentile, µs], ...]}`, for charts.
+    #[arg(long, requires = "json")]
+    pub latency_cdf: bool,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -992,6 +996,7 @@ impl BenchArgs {
 pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     let json = args.json;
+    let with_cdf = args.latency_cdf;
     let quiet = args.quiet || json;
     let n = args.rounds as usize;
     let opts = match args.into_opts() {
@@ -1022,7 +1027,19 @@ pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
         .find_map(|(i, r)| r.failure().map(|w| (i + 1, w)));
     let r = rounds::summarize(per_round);
     if json {
-        match serde_json::to_string(&r) {
+        // Through a Value only when adding the CDF: it sorts the keys.
+        let text = if with_cdf {
+            serde_json::to_value(&r).and_then(|mut v| {
+                v["latency_cdf"] = serde_json::json!({
+                    "samples": r.summary.histogram.len(),
+                    "points": r.summary.cdf(),
+                });
+                serde_json::to_string(&v)
+            })
+        } else {
+            serde_json::to_string(&r)
+        };
+        match text {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("terminus: bench: {e}");

@@ -3,42 +3,44 @@
 //! (the same `server::start` as `run`, one pinned worker) with three listeners —
 //! terminate, re-encrypt, mutual TLS — and measures the same workloads (`bench::run`)
 //! in four modes: plaintext straight to the backend, termination, re-encryption and
-//! mTLS. The measurements run in rounds interleaved across modes (round 1: every mode
-//! and workload, then round 2 ...), so drift on a shared host hits every mode alike.
-//! Prints one table of medians over the rounds with their spread (min–max), ratios
-//! against termination (per round, then the median), the foreign CPU of each round
-//! and the bench client's own CPU per op, and writes a self-contained HTML report
-//! (inline SVG latency CDFs).
+//! mTLS. After an unmeasured warm-up, the measurements run in rounds interleaved
+//! across modes (round 1: each workload on every mode, then round 2 ...), so drift on
+//! a shared host hits every mode alike. The results become a [`report::Comparison`]:
+//! one table of medians over the rounds with their spread (min–max), ratios against
+//! termination (per round, then the median), the foreign CPU of each round and the
+//! bench client's own CPU per op, and a self-contained HTML report.
 //!
 //! Server CPU is the terminus worker threads' own CPU time (`terminus-w*`), so the
 //! in-process load generator and backends are not counted.
 #![forbid(unsafe_code)]
 
 use crate::tools::backend;
-use crate::tools::bench::spread::{Spread, NOISY_LEGEND};
+use crate::tools::bench::spread::Spread;
 use crate::tools::bench::{
     self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Workload,
 };
 use crate::tools::certs::TestPki;
 use crate::tools::client::{ClientConfigBuilder, Trust};
+use crate::tools::report::{self, Cdf, CdfRun, Column, Comparison, Section};
 use anyhow::{anyhow, Context, Result};
 use rustls::pki_types::ServerName;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod meta;
-mod report;
-
-/// Default total measuring budget, seconds (setup adds a few; the whole demo stays
-/// under a minute), split over rounds x modes x workloads.
-pub const DEFAULT_SECONDS: u64 = 36;
+/// Default total measuring budget, seconds, split over rounds x modes x workloads:
+/// 2 s windows with 3 rounds (the warm-up and setup add about 10 s). 1 s windows let a
+/// 100 ms scheduling hiccup move a figure by 10 %; 3 s windows flagged no fewer
+/// figures noisy on the busy project host (BENCHMARKING.md).
+pub const DEFAULT_SECONDS: u64 = 72;
 
 /// Default number of rounds.
 pub const DEFAULT_ROUNDS: usize = 3;
+
+/// The longest unmeasured warm-up run of each workload x mode before round 1.
+const WARM_UP: Duration = Duration::from_millis(500);
 
 const MODES: [&str; 4] = ["plaintext (direct)", "terminate", "reencrypt", "mtls"];
 const TERMINATE: usize = 1;
@@ -126,7 +128,12 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
         io,
         client_pinned: client_cpus.is_some(),
     };
-    report(o, &results, started, &info)?;
+    if results.is_empty() {
+        // Stopped during the warm-up: no figure to report.
+        println!("interrupted before the first measurement: no report");
+    } else {
+        report(o, &results, started, &info)?;
+    }
 
     if o.serve && !interrupted {
         serve(&d("ca.pem"), addr("terminate")?, &stop);
@@ -213,8 +220,12 @@ fn tls_opts(pki: &TestPki, client_cert_dir: Option<&TempDir>) -> Result<Option<T
     }))
 }
 
-/// Every round of every mode x workload, in order, until `stop`: `[round][mode]`
-/// (an interrupted round is kept with what it measured).
+/// Every round of every workload x mode, in order, until `stop`: `[round][mode]`
+/// (an interrupted round is kept with what it measured). Within a round each
+/// workload runs on the four modes back to back, so the measurements a ratio pairs are
+/// one window apart rather than a third of a round. Before round 1 every workload x
+/// mode runs once unmeasured (warm-up: the first window of a fresh process pays for
+/// allocator growth, page faults and cold caches, and came out low).
 fn measure(
     targets: &[(SocketAddr, Option<TlsOpts>)],
     rounds: usize,
@@ -226,29 +237,47 @@ fn measure(
         pid: std::process::id(),
         prefix: "terminus-w".into(),
     };
+    let opts = |m: usize, wl: Workload, duration: Duration| {
+        let (target, tls) = &targets[m];
+        let mut opts = BenchOpts::new(*target, wl);
+        opts.duration = duration;
+        opts.tls = tls.clone();
+        opts.cpus = client_cpus.clone();
+        opts.stop = Some(stop.clone());
+        opts.timeout = Duration::from_secs(5);
+        opts.probe = (m != 0).then(|| probe.clone());
+        shape(&mut opts);
+        opts
+    };
+    let workloads = [Workload::Handshake, Workload::Bulk, Workload::Rr];
+    let warm = per.min(WARM_UP);
+    eprintln!(
+        "  warm-up: every workload and mode for {:.2} s, not counted",
+        warm.as_secs_f64()
+    );
+    for wl in workloads {
+        for m in 0..targets.len() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
+            bench::run(&opts(m, wl, warm), Progress::Quiet)?;
+        }
+    }
     let mut results: Vec<Vec<ModeResult>> = Vec::new();
     for round in 1..=rounds {
-        results.push((0..4).map(|_| ModeResult::default()).collect());
-        for (m, (target, tls)) in targets.iter().enumerate() {
-            for wl in [Workload::Handshake, Workload::Bulk, Workload::Rr] {
+        results.push((0..targets.len()).map(|_| ModeResult::default()).collect());
+        for wl in workloads {
+            for m in 0..targets.len() {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(results);
                 }
-                let mut opts = BenchOpts::new(*target, wl);
-                opts.duration = per;
-                opts.tls = tls.clone();
-                opts.cpus = client_cpus.clone();
-                opts.stop = Some(stop.clone());
-                opts.timeout = Duration::from_secs(5);
-                opts.probe = (m != 0).then(|| probe.clone());
-                shape(&mut opts);
                 let label = format!(
                     "  round {round}/{rounds} {:<18} {:<9}",
                     MODES[m],
                     format!("{wl:?}").to_lowercase()
                 );
                 eprintln!("{label} measuring...");
-                let r = bench::run(&opts, Progress::Stderr(label))?;
+                let r = bench::run(&opts(m, wl, per), Progress::Stderr(label))?;
                 if r.errors.total > 0 {
                     eprintln!(
                         "  note: {} errors in {} {wl:?}, round {round} ({:?})",
@@ -305,14 +334,15 @@ fn report(
     started: Instant,
     info: &RunInfo,
 ) -> Result<()> {
-    let (grid, notes) = table(results);
-    let mut table = grid;
-    for n in &notes {
-        table.push_str(n);
-        table.push('\n');
-    }
+    let mut meta: Vec<(String, String)> = report::meta::collect()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    meta.push(("io backend".into(), info.io.to_string()));
+    meta.push(("load".into(), info.load.clone()));
+    let comparison = comparison(results, meta);
     println!();
-    print!("{table}");
+    print!("{}", comparison.text());
     println!(
         "\n(measured in {} interleaved round{} on this machine, {:.0} s: each figure is the median \
          over the rounds, min–max below it; \"vs term\" is the figure divided by terminate's in the \
@@ -327,17 +357,101 @@ fn report(
             ""
         }
     );
-    let report = o
+    let path = o
         .report
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("terminus-demo-report.html"));
-    let mut meta = meta::collect();
-    meta.push(("io backend", info.io.to_string()));
-    meta.push(("load", info.load.clone()));
-    std::fs::write(&report, report::html(results, &table, &notes, &meta))
-        .with_context(|| format!("cannot write {}", report.display()))?;
-    println!("HTML report: {}", report.display());
+    std::fs::write(&path, report::html::html(&comparison))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("HTML report: {}", path.display());
     Ok(())
+}
+
+/// The demo's results as a report: one section, the modes as series, terminate the
+/// baseline; bar charts of handshakes/s, server CPU per handshake and Gbit/s; the
+/// handshake and rr latency CDFs (each mode's rounds merged).
+fn comparison(results: &[Vec<ModeResult>], meta: Vec<(String, String)>) -> Comparison {
+    let charts = [
+        Some("handshakes per second"),
+        Some("server CPU per handshake (µs)"),
+        Some("Gbit/s (bulk echo)"),
+        None,
+        None,
+    ];
+    let columns = COLUMNS
+        .iter()
+        .zip(charts)
+        .map(|((name, decimals, get), chart)| Column {
+            name: name.to_string(),
+            decimals: *decimals,
+            chart: chart.map(String::from),
+            values: (0..MODES.len())
+                .map(|m| per_round(results, m, *get))
+                .collect(),
+        })
+        .collect();
+    let cdf = |title: &str, get: fn(&ModeResult) -> &Option<BenchReport>| Cdf {
+        title: title.into(),
+        runs: (0..MODES.len())
+            .map(|m| {
+                merged(results, m, get)
+                    .map(|r| CdfRun {
+                        samples: r.histogram.len(),
+                        points: r.cdf(),
+                    })
+                    .into_iter()
+                    .collect()
+            })
+            .collect(),
+    };
+    Comparison {
+        title: "terminus demo".into(),
+        meta,
+        intro: "The same workloads against a plaintext backend directly and through terminus \
+                (termination, re-encryption, mutual TLS), in rounds interleaved across the modes. \
+                Compare ratios, not absolutes; server CPU is the terminus worker thread's own CPU \
+                time."
+            .into(),
+        sections: vec![Section {
+            heading: None,
+            series_kind: "mode".into(),
+            series: MODES.iter().map(|m| m.to_string()).collect(),
+            baseline: MODES[TERMINATE].into(),
+            ratio_header: "vs term".into(),
+            columns,
+            cdfs: vec![
+                cdf("connect + handshake + 64 B echo: latency CDF", |r| {
+                    &r.handshake
+                }),
+                cdf("request/response (64 B echo): latency CDF", |r| &r.rr),
+            ],
+            notes: vec![
+                bench::rounds::foreign_line(&foreign_per_round(results)),
+                client_line(results),
+            ],
+        }],
+    }
+}
+
+/// One workload of mode `m` over all rounds (histograms merged), if measured.
+fn merged(
+    results: &[Vec<ModeResult>],
+    m: usize,
+    get: fn(&ModeResult) -> &Option<BenchReport>,
+) -> Option<BenchReport> {
+    let mut merged: Option<BenchReport> = None;
+    for r in results
+        .iter()
+        .filter_map(|round| get(round.get(m)?).as_ref())
+    {
+        match &mut merged {
+            None => merged = Some(r.clone()),
+            Some(a) => {
+                let _ = a.histogram.add(&r.histogram);
+            }
+        }
+    }
+    merged
 }
 
 /// `--serve`: how to try the terminator, then wait for Ctrl-C.
@@ -365,10 +479,10 @@ fn ok(b: &Option<BenchReport>) -> Option<&BenchReport> {
     b.as_ref().filter(|b| b.ops > 0)
 }
 
-/// A column of the table: header, decimals, and the figure of a mode in one round.
-type Column = (&'static str, usize, fn(&ModeResult) -> Option<f64>);
+/// A figure of the table: header, decimals, and its value for a mode in one round.
+type Figure = (&'static str, usize, fn(&ModeResult) -> Option<f64>);
 
-const COLUMNS: [Column; 5] = [
+const COLUMNS: [Figure; 5] = [
     ("handshakes/s", 0, |r| ok(&r.handshake).map(|b| b.ops_per_s)),
     ("srv CPU µs/hs", 1, |r| {
         ok(&r.handshake).and_then(|b| b.target_cpu_us_per_op)
@@ -389,69 +503,6 @@ fn per_round(
     get: fn(&ModeResult) -> Option<f64>,
 ) -> Vec<Option<f64>> {
     results.iter().map(|r| r.get(m).and_then(get)).collect()
-}
-
-/// The cells of one figure and its ratio: (median, min–max) of each.
-fn cells(
-    results: &[Vec<ModeResult>],
-    m: usize,
-    (_, prec, get): &Column,
-    noisy: &mut bool,
-) -> [(String, String); 2] {
-    let v = per_round(results, m, *get);
-    let figure = Spread::of_some(v.iter().copied());
-    let ratio = if m == TERMINATE {
-        figure
-            .as_ref()
-            .map(|_| ("1.00x".to_string(), "-".to_string()))
-    } else {
-        Spread::of_ratios(&v, &per_round(results, TERMINATE, *get))
-            .map(|s| (s.median_cell(2, "x"), s.range_cell(2, "x")))
-    };
-    for s in figure.iter() {
-        *noisy |= s.noisy;
-    }
-    let dash = || ("-".to_string(), "-".to_string());
-    [
-        figure.map_or_else(dash, |s| {
-            (s.median_cell(*prec, ""), s.range_cell(*prec, ""))
-        }),
-        ratio.unwrap_or_else(dash),
-    ]
-}
-
-/// The comparison table (plain text; also in the HTML report): per mode a line of
-/// medians and a line of min–max; and the notes under it: the noisy legend (when a
-/// figure is noisy), the foreign CPU and the client's CPU.
-fn table(results: &[Vec<ModeResult>]) -> (String, Vec<String>) {
-    let mut s = String::new();
-    let _ = write!(s, "{:<19}", "mode");
-    for (h, _, _) in &COLUMNS {
-        let _ = write!(s, " {h:>13} {:>12}", "vs term");
-    }
-    s.push('\n');
-    let mut noisy = false;
-    for (m, mode) in MODES.iter().enumerate() {
-        let row: Vec<[(String, String); 2]> = COLUMNS
-            .iter()
-            .map(|c| cells(results, m, c, &mut noisy))
-            .collect();
-        for (line, label) in [(0, *mode), (1, "  min–max")] {
-            let _ = write!(s, "{label:<19}");
-            for [v, r] in &row {
-                let pick = |c: &(String, String)| if line == 0 { c.0.clone() } else { c.1.clone() };
-                let _ = write!(s, " {:>13} {:>12}", pick(v), pick(r));
-            }
-            s.push('\n');
-        }
-    }
-    let mut notes = Vec::new();
-    if noisy {
-        notes.push(NOISY_LEGEND.to_string());
-    }
-    notes.push(bench::rounds::foreign_line(&foreign_per_round(results)));
-    notes.push(client_line(results));
-    (s, notes)
 }
 
 /// Each round's foreign CPUs: the average over its windows, weighted by their length.

@@ -1,19 +1,24 @@
-//! The demo's HTML report: one self-contained file (inline CSS and SVG, no script,
-//! nothing fetched). A reader sees, in order: what was measured where (build, host,
-//! load), the comparison table (medians, min–max, noisy marks, "vs term" explained),
-//! bar charts of handshakes/s, server CPU per handshake and Gbit/s with the spread
-//! drawn, and one latency CDF per workload with every mode on shared axes.
+//! The HTML report: one self-contained file (inline CSS and SVG, no script, nothing
+//! fetched). A reader sees, in order: what was measured where (build, host, load),
+//! then per section the comparison table (medians, min–max, noisy marks, the ratio
+//! column explained), bar charts of the charted figures with the spread drawn, and
+//! one latency CDF per workload with every series on shared axes.
 //!
-//! I/O contract: none; [`html`] turns finished results into a string.
+//! I/O contract: none; [`html`] turns a finished [`Comparison`] into a string.
 #![forbid(unsafe_code)]
 
-use super::{cells, per_round, ModeResult, COLUMNS, MODES};
+use super::{pooled_cdf, Comparison, Section};
 use crate::tools::bench::spread::{Spread, NOISY_LEGEND};
-use crate::tools::bench::BenchReport;
 use std::fmt::Write as _;
 
-/// One colour per mode, in [`MODES`] order.
-const COLOURS: [&str; 4] = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#d62728"];
+/// One colour per series, in order (cycled beyond eight).
+const COLOURS: [&str; 8] = [
+    "#7f7f7f", "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+];
+
+fn colour(i: usize) -> &'static str {
+    COLOURS[i % COLOURS.len()]
+}
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -22,88 +27,103 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The report. `notes` are the lines printed under the text table (legend, foreign
-/// CPU, client CPU); `meta` the (label, value) header lines.
-pub(super) fn html(
-    results: &[Vec<ModeResult>],
-    text_table: &str,
-    notes: &[String],
-    meta: &[(&str, String)],
-) -> String {
-    let mut s = String::from(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>terminus demo</title>\n\
-         <style>body{font-family:sans-serif;margin:2em;max-width:72em}\
-         pre{background:#f6f6f6;padding:1em;overflow-x:auto}figure{margin:1em 0}\
-         table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .6em;border-bottom:1px solid #ddd}\
-         table.results td{text-align:right}table.results td:first-child{text-align:left}\
-         .range{color:#666;font-size:85%}.noisy{background:#fff1d6}\
-         table.meta th{text-align:left;font-weight:normal;color:#555}</style></head><body>\n\
-         <h1>terminus demo</h1>\n",
+/// The report of `c` (validated: see [`Comparison::validate`]).
+pub fn html(c: &Comparison) -> String {
+    let mut s = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em;max-width:72em}}\
+         pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}figure{{margin:1em 0}}\
+         table{{border-collapse:collapse;margin:1em 0}}th,td{{padding:.3em .6em;border-bottom:1px solid #ddd}}\
+         table.results td{{text-align:right}}table.results td:first-child{{text-align:left}}\
+         .range{{color:#666;font-size:85%}}.noisy{{background:#fff1d6}}\
+         table.meta th{{text-align:left;font-weight:normal;color:#555}}</style></head><body>\n\
+         <h1>{}</h1>\n",
+        esc(&c.title),
+        esc(&c.title)
     );
     s.push_str("<table class=\"meta\">\n");
-    for (k, v) in meta {
+    for (k, v) in &c.meta {
         let _ = writeln!(s, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
     }
     s.push_str("</table>\n");
-    s.push_str(
-        "<p>The same workloads against a plaintext backend directly and through terminus \
-         (termination, re-encryption, mutual TLS), in rounds interleaved across the modes. \
-         Compare ratios, not absolutes; server CPU is the terminus worker thread's own CPU \
-         time.</p>\n",
-    );
-    results_table(&mut s, results, notes);
-    s.push_str("<h2>Throughput and cost</h2>\n");
-    for (c, y_title) in [
-        (0, "handshakes per second"),
-        (1, "server CPU per handshake (µs)"),
-        (2, "Gbit/s (bulk echo)"),
-    ] {
-        let (head, _, get) = &COLUMNS[c];
-        let bars: Vec<Option<Spread>> = (0..MODES.len())
-            .map(|m| Spread::of_some(per_round(results, m, *get)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<figure>{}</figure>",
-            bar_svg(&format!("{head}: median, min–max whisker"), y_title, &bars)
-        );
+    if !c.intro.is_empty() {
+        let _ = writeln!(s, "<p>{}</p>", esc(&c.intro));
     }
-    s.push_str("<h2>Latency</h2>\n");
-    for (title, get) in [
-        (
-            "connect + handshake + 64 B echo: latency CDF",
-            (|r: &ModeResult| &r.handshake) as fn(&ModeResult) -> &Option<BenchReport>,
-        ),
-        ("request/response (64 B echo): latency CDF", |r| &r.rr),
-    ] {
-        let series: Vec<Series> = MODES
-            .iter()
-            .enumerate()
-            .map(|(m, mode)| (*mode, COLOURS[m], merged_cdf(results, m, get)))
-            .collect();
-        let _ = writeln!(s, "<figure>{}</figure>", cdf_svg(title, &series));
+    for sec in &c.sections {
+        section(&mut s, sec);
     }
     let _ = writeln!(
         s,
         "<details><summary>The table as printed</summary><pre>{}</pre></details>",
-        esc(text_table)
+        esc(&c.text())
     );
     s.push_str("</body></html>\n");
     s
 }
 
-/// The comparison table as an HTML table, with what "vs term" means.
-fn results_table(s: &mut String, results: &[Vec<ModeResult>], notes: &[String]) {
-    s.push_str("<table class=\"results\">\n<tr><th>mode</th>");
-    for (h, _, _) in &COLUMNS {
-        let _ = write!(s, "<th>{}</th><th>vs term</th>", esc(h));
+/// One section: its table, its bar charts, its latency CDFs.
+fn section(s: &mut String, sec: &Section) {
+    // Sub-headings one level down when the section has a heading of its own.
+    let h = if let Some(heading) = &sec.heading {
+        let _ = writeln!(s, "<h2>{}</h2>", esc(heading));
+        3
+    } else {
+        2
+    };
+    results_table(s, sec);
+    if sec.columns.iter().any(|c| c.chart.is_some()) {
+        let _ = writeln!(s, "<h{h}>Throughput and cost</h{h}>");
+    }
+    for c in &sec.columns {
+        let Some(y_title) = &c.chart else { continue };
+        let bars: Vec<Option<Spread>> = (0..sec.series.len()).map(|i| sec.spread(c, i)).collect();
+        let _ = writeln!(
+            s,
+            "<figure>{}</figure>",
+            bar_svg(
+                &format!("{}: median, min–max whisker", c.name),
+                &sec.series_kind,
+                y_title,
+                &sec.series,
+                &bars
+            )
+        );
+    }
+    if !sec.cdfs.is_empty() {
+        let _ = writeln!(s, "<h{h}>Latency</h{h}>");
+    }
+    for cdf in &sec.cdfs {
+        let series: Vec<Series> = sec
+            .series
+            .iter()
+            .zip(&cdf.runs)
+            .enumerate()
+            .map(|(i, (name, runs))| (name.as_str(), colour(i), pooled_cdf(runs)))
+            .collect();
+        let _ = writeln!(s, "<figure>{}</figure>", cdf_svg(&cdf.title, &series));
+    }
+}
+
+/// The comparison table as an HTML table, with what the ratio columns mean.
+fn results_table(s: &mut String, sec: &Section) {
+    let _ = write!(
+        s,
+        "<table class=\"results\">\n<tr><th>{}</th>",
+        esc(&sec.series_kind)
+    );
+    for c in &sec.columns {
+        let _ = write!(
+            s,
+            "<th>{}</th><th>{}</th>",
+            esc(&c.name),
+            esc(&sec.ratio_header)
+        );
     }
     s.push_str("</tr>\n");
-    let mut noisy = false;
-    for (m, mode) in MODES.iter().enumerate() {
-        let _ = write!(s, "<tr><td>{}</td>", esc(mode));
-        for c in &COLUMNS {
-            for (median, range) in cells(results, m, c, &mut noisy) {
+    for (i, name) in sec.series.iter().enumerate() {
+        let _ = write!(s, "<tr><td>{}</td>", esc(name));
+        for c in &sec.columns {
+            for (median, range) in sec.cells(c, i).0 {
                 let flagged = median.ends_with('*');
                 let _ = write!(
                     s,
@@ -127,37 +147,19 @@ fn results_table(s: &mut String, results: &[Vec<ModeResult>], notes: &[String]) 
     s.push_str("</table>\n");
     let _ = writeln!(
         s,
-        "<p><b>vs term</b>: the mode's figure divided by terminate's, computed in each round \
+        "<p><b>{}</b>: the {kind}'s figure divided by {base}'s, computed in each round \
          (both measured side by side, so host drift cancels), then the median over the rounds \
-         with min–max below. Above 1.00x the mode has more of the figure than termination: \
-         better for handshakes/s and Gbit/s, worse for CPU and latency. Each cell: the median \
+         with min–max below. Above 1.00x the {kind} has more of the figure than {base}: \
+         better for rates and Gbit/s, worse for CPU and latency. Each cell: the median \
          over the rounds, min–max in grey. {}</p>",
-        esc(NOISY_LEGEND)
+        esc(&sec.ratio_header),
+        esc(NOISY_LEGEND),
+        kind = esc(&sec.series_kind),
+        base = esc(&sec.baseline),
     );
-    for n in notes {
+    for n in &sec.notes {
         let _ = writeln!(s, "<p>{}</p>", esc(n));
     }
-}
-
-/// The latency CDF of one workload of mode `m` over all rounds (histograms merged).
-fn merged_cdf(
-    results: &[Vec<ModeResult>],
-    m: usize,
-    get: fn(&ModeResult) -> &Option<BenchReport>,
-) -> Vec<(f64, u64)> {
-    let mut merged: Option<BenchReport> = None;
-    for r in results
-        .iter()
-        .filter_map(|round| get(round.get(m)?).as_ref())
-    {
-        match &mut merged {
-            None => merged = Some(r.clone()),
-            Some(a) => {
-                let _ = a.histogram.add(&r.histogram);
-            }
-        }
-    }
-    merged.map(|r| r.cdf()).unwrap_or_default()
 }
 
 /// A chart series: name, colour, (percentile, µs) points.
@@ -297,7 +299,13 @@ fn short_number(v: f64) -> String {
 
 /// One bar per mode at the median, a whisker from min to max (the spread), the
 /// median written above; "not measured" where a mode has no figure.
-fn bar_svg(title: &str, y_title: &str, bars: &[Option<Spread>]) -> String {
+fn bar_svg(
+    title: &str,
+    x_title: &str,
+    y_title: &str,
+    names: &[String],
+    bars: &[Option<Spread>],
+) -> String {
     let dims @ (w, h, l, r, t, b) = (680.0, 300.0, 76.0, 20.0, 30.0, 46.0);
     let top = bars
         .iter()
@@ -323,11 +331,11 @@ fn bar_svg(title: &str, y_title: &str, bars: &[Option<Spread>]) -> String {
         );
         tick += step;
     }
-    axis_titles(&mut s, dims, "mode", y_title);
+    axis_titles(&mut s, dims, x_title, y_title);
     let slot = (w - l - r) / bars.len().max(1) as f64;
     for (m, bar) in bars.iter().enumerate() {
         let cx = l + slot * (m as f64 + 0.5);
-        let name = MODES.get(m).copied().unwrap_or("?");
+        let name = names.get(m).map_or("?", String::as_str);
         let _ = writeln!(
             s,
             "<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
@@ -349,7 +357,7 @@ fn bar_svg(title: &str, y_title: &str, bars: &[Option<Spread>]) -> String {
             cx - bw / 2.0,
             py(sp.median),
             py(0.0) - py(sp.median),
-            COLOURS[m % COLOURS.len()]
+            colour(m)
         );
         let (y0, y1) = (py(sp.min), py(sp.max));
         let _ = writeln!(
@@ -431,10 +439,11 @@ mod tests {
     #[test]
     fn cdf_has_axis_titles_and_unclipped_ticks() {
         let pts = vec![(0.0, 50), (50.0, 80), (99.0, 900), (99.999, 20_000)];
-        let series: Vec<Series> = MODES
+        let names = ["plaintext (direct)", "terminate", "reencrypt", "mtls"];
+        let series: Vec<Series> = names
             .iter()
             .enumerate()
-            .map(|(m, n)| (*n, COLOURS[m], pts.clone()))
+            .map(|(m, n)| (*n, colour(m), pts.clone()))
             .collect();
         let svg = cdf_svg("rr latency CDF", &series);
         assert_eq!(svg.matches("class=\"axis-title\"").count(), 2, "{svg}");
@@ -455,7 +464,14 @@ mod tests {
             None,
             Spread::of(&[800.0]),
         ];
-        let svg = bar_svg("handshakes/s", "handshakes per second", &bars);
+        let names: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let svg = bar_svg(
+            "handshakes/s",
+            "mode",
+            "handshakes per second",
+            &names,
+            &bars,
+        );
         assert_eq!(svg.matches("class=\"bar\"").count(), 3, "{svg}");
         assert_eq!(svg.matches("class=\"spread\"").count(), 3, "{svg}");
         assert!(svg.contains("not measured"));
