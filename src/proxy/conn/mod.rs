@@ -292,7 +292,8 @@ impl Conn {
             self.want_connect = true;
             self.connect_started = now;
         }
-        self.client.pump();
+        // What rustls had to send (handshake flight, alert) is in the queue already:
+        // receiving runs the session until it waits for bytes.
         self.run_http(now);
     }
 
@@ -368,7 +369,6 @@ impl Conn {
         let fed = self
             .upstream
             .receive(data, limit, &mut self.bytes_upstream_to_client);
-        self.upstream.pump();
         if let Err(e) = fed {
             let reason = HandshakeFailure::classify(&e);
             if !self.retry_upstream_tls(reason) {
@@ -561,7 +561,6 @@ impl Conn {
         }
         self.client
             .seal(&mut self.upstream.plain_in, self.upstream.read_closed);
-        self.client.pump();
         self.client.poll_send()
     }
 
@@ -683,8 +682,8 @@ impl Conn {
     fn fail_tls(&mut self, e: &rustls::Error) {
         // The verifier ran inside the process_new_packets call that just failed.
         self.rejected = self.rejects.as_ref().and_then(|s| s.take()).map(Box::new);
-        // rustls queued an alert describing the failure; send it before closing.
-        self.client.pump();
+        // rustls' alert describing the failure is queued already (the session is
+        // drained before an error is returned); it goes out before the close.
         let reason = if self.phase == Phase::Handshaking {
             CloseReason::HandshakeFailed(HandshakeFailure::classify(e))
         } else {
