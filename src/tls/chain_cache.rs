@@ -16,7 +16,7 @@
 //! builds a new verifier and with it an empty cache, so a revoked or newly denied
 //! client is checked in full on its very next handshake.
 //!
-//! I/O contract: none; called inside rustls' `process_new_packets` on the workers,
+//! I/O contract: none; called inside rustls' `process_tls_records` on the workers,
 //! under one short mutex (a hash lookup), shared by every worker of the listener.
 
 use rustls_pki_types::CertificateDer;

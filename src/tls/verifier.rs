@@ -6,7 +6,7 @@
 //! was, handed to the connection explicitly (see [`RejectSink`] for why per worker).
 //!
 //! I/O contract: building reads the CA and CRL files; verifying is pure (the verifier
-//! runs inside rustls' `process_new_packets`).
+//! runs inside rustls' `process_tls_records`).
 
 use super::chain_cache::{chain_not_after, ChainCache};
 use super::identity::PeerIdentity;
@@ -203,7 +203,7 @@ pub struct RejectedClient {
     pub identity: Option<PeerIdentity>,
     /// Why no identity could be read, when `identity` is `None`.
     pub identity_error: Option<super::IdentityError>,
-    /// What the handshake failed with (also returned by `process_new_packets`):
+    /// What the handshake failed with (also returned by `process_tls_records`):
     /// `InvalidCertificate(ApplicationVerificationFailure)` for a policy refusal.
     pub error: rustls::Error,
 }
@@ -214,7 +214,7 @@ pub struct RejectedClient {
 ///
 /// Why it is per worker and taken at once: rustls keeps no refused certificate on
 /// the connection, and the verifier, shared by every connection of the config, is
-/// not told which connection it checks. It runs inside `process_new_packets`, on
+/// not told which connection it checks. It runs inside `process_tls_records`, on
 /// the worker's thread, and a refusal always fails that call; so the connection
 /// whose call failed takes the sink's content right then, and gets its own client
 /// (a call that failed for another reason finds it empty). The identity cannot
@@ -229,7 +229,7 @@ impl RejectSink {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
 
-    /// The client refused during the `process_new_packets` call that just failed.
+    /// The client refused during the `process_tls_records` call that just failed.
     pub fn take(&self) -> Option<RejectedClient> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }

@@ -680,7 +680,7 @@ impl Conn {
     }
 
     fn fail_tls(&mut self, e: &rustls::Error) {
-        // The verifier ran inside the process_new_packets call that just failed.
+        // The verifier ran inside the process_tls_records call that just failed.
         self.rejected = self.rejects.as_ref().and_then(|s| s.take()).map(Box::new);
         // rustls' alert describing the failure is queued already (the session is
         // drained before an error is returned); it goes out before the close.

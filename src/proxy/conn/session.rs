@@ -5,8 +5,8 @@
 //! never to nothing), which was 4 of the 10 KiB an idle terminated connection held,
 //! and every received byte was copied into that buffer first. Here received TLS
 //! bytes are processed where the driver put them (decrypted in place in the receive
-//! buffer); only the start of a record whose rest has not arrived yet is kept, by
-//! the leg, and freed once complete. Handshake messages and records are written
+//! buffer); only the start of a record whose rest has not arrived yet is kept, here,
+//! and freed once complete. Handshake messages and records are written
 //! straight into the leg's send queue.
 //!
 //! What rustls 0.23.46 (the newest 0.23) still copies, so this module does not
