@@ -166,10 +166,10 @@ impl Section {
 
     /// The cells of a figure of series `i` and of its ratio to the baseline:
     /// (median, min–max) of each, `-` where there is nothing; and whether the figure
-    /// is noisy.
+    /// or its ratio is noisy.
     pub fn cells(&self, column: &Column, i: usize) -> ([(String, String); 2], bool) {
         let figure = self.spread(column, i);
-        let noisy = figure.as_ref().is_some_and(|s| s.noisy);
+        let mut noisy = figure.as_ref().is_some_and(|s| s.noisy);
         let base = self.baseline_index();
         let ratio = if Some(i) == base {
             figure
@@ -177,8 +177,10 @@ impl Section {
                 .map(|_| ("1.00x".to_string(), "-".to_string()))
         } else {
             let b = base.and_then(|b| column.values.get(b));
-            Spread::of_ratios(&column.values[i], b.map_or(&[][..], |v| &v[..]))
-                .map(|s| (s.median_cell(2, "x"), s.range_cell(2, "x")))
+            let r = Spread::of_ratios(&column.values[i], b.map_or(&[][..], |v| &v[..]));
+            // A flagged ratio needs the legend as much as a flagged figure.
+            noisy |= r.as_ref().is_some_and(|s| s.noisy);
+            r.map(|s| (s.median_cell(2, "x"), s.range_cell(2, "x")))
         };
         let dash = || ("-".to_string(), "-".to_string());
         let prec = column.decimals;
@@ -359,6 +361,30 @@ mod tests {
         .text();
         assert!(text.starts_with("peer "), "{text}");
         assert!(text.contains("a note"), "{text}");
+    }
+
+    /// A steady figure whose ratio to the baseline moves (the baseline moved) is
+    /// flagged in the ratio cell, and the text table then carries the legend (a
+    /// demo run once printed `1.15x*` without it).
+    #[test]
+    fn a_noisy_ratio_alone_brings_the_legend() {
+        let mut s = section();
+        s.columns[0].values = vec![
+            vec![Some(100.0), Some(150.0)],
+            vec![Some(100.0), Some(100.0)],
+        ];
+        let (b, noisy) = s.cells(&s.columns[0], 1);
+        assert!(!b[0].0.ends_with('*'), "the figure is steady: {b:?}");
+        assert!(b[1].0.ends_with('*'), "the ratio moved by a third: {b:?}");
+        assert!(noisy);
+        let text = Comparison {
+            title: "t".into(),
+            meta: vec![],
+            intro: String::new(),
+            sections: vec![s],
+        }
+        .text();
+        assert!(text.contains("* noisy: "), "{text}");
     }
 
     #[test]
