@@ -221,6 +221,11 @@ fn run(config: Option<&Path>, flags: &terminus::config::flags::ListenerFlags) ->
 }
 
 fn certs(out: &Path, days: u32, trust_domain: &str) -> ExitCode {
+    // A --days value no certificate can hold is bad usage (exit 2), not a failure to write.
+    if let Err(e) = terminus::tools::certs::not_after_in(days) {
+        eprintln!("terminus: certs: {e:#}");
+        return ExitCode::from(2);
+    }
     match terminus::tools::certs::generate(out, days, trust_domain) {
         Ok(()) => {
             println!("wrote test PKI to {}", out.display());

@@ -117,14 +117,30 @@ pub fn generate(out: &Path, days: u32, trust_domain: &str) -> anyhow::Result<()>
     test_pki(days, trust_domain)?.write(out)
 }
 
-/// Make a fresh test PKI valid from a few minutes ago (clock skew) for `days` days.
-pub fn test_pki(days: u32, trust_domain: &str) -> anyhow::Result<TestPki> {
+/// The end of a validity of `days` days from now, or why `--days` cannot be used: at
+/// least 1, and no later than 9999-12-31, the last date an X.509 certificate can hold
+/// (GeneralizedTime has four year digits); larger values would overflow the date type.
+pub fn not_after_in(days: u32) -> anyhow::Result<OffsetDateTime> {
     if days == 0 {
         bail!("--days must be at least 1");
     }
+    let now = OffsetDateTime::now_utc();
+    let last = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+    match now.checked_add(Duration::days(i64::from(days))) {
+        Some(t) if t <= last => Ok(t),
+        _ => bail!(
+            "--days {days} ends after 9999-12-31, the last date a certificate can hold; \
+             use at most {}",
+            (last - now).whole_days()
+        ),
+    }
+}
+
+/// Make a fresh test PKI valid from a few minutes ago (clock skew) for `days` days.
+pub fn test_pki(days: u32, trust_domain: &str) -> anyhow::Result<TestPki> {
+    let not_after = not_after_in(days)?;
     check_trust_domain(trust_domain)?;
     let not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
-    let not_after = OffsetDateTime::now_utc() + Duration::days(i64::from(days));
 
     let ca =
         TestCa::root_valid("terminus test CA", not_before, not_after).context("signing the CA")?;
@@ -529,6 +545,18 @@ mod tests {
             check_trust_domain(good).unwrap();
         }
         assert!(test_pki(0, "example.org").is_err());
+    }
+
+    #[test]
+    fn days_past_year_9999_are_an_error_not_a_panic() {
+        for days in [u32::MAX, 3_000_000] {
+            let e = test_pki(days, "example.org").unwrap_err().to_string();
+            assert!(e.contains("ends after 9999-12-31"), "{e}");
+        }
+        // The largest value the message suggests is accepted.
+        let max = (time::macros::datetime!(9999-12-31 00:00 UTC) - OffsetDateTime::now_utc())
+            .whole_days() as u32;
+        assert!(not_after_in(max).is_ok());
     }
 
     #[test]
