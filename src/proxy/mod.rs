@@ -9,6 +9,7 @@
 //! `poll_*` calls. The [`crate::runtime`] layer turns them into syscalls.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod conn;
 pub mod http;
 pub mod proxy_v2;
