@@ -14,6 +14,7 @@
 //! I/O contract: pure.
 #![forbid(unsafe_code)]
 
+pub mod limits;
 pub mod path;
 
 use crate::tls::identity::PeerIdentity;
