@@ -7,9 +7,10 @@
 //!   (a batch of up to 64 writes is sealed, then opened under one timer).
 //! - `conn/*`: terminus's sans-IO [`Conn`] with an in-memory rustls client (the
 //!   server picks AES-128-GCM by its own order, as terminus does), 16 KiB
-//!   at a time. `upstream_to_client`: `handle_upstream_data` + `poll_client_send`
-//!   (seal) + `handle_client_sent`; `client_to_upstream`: `handle_client_data`
-//!   (open) + `poll_upstream_send` + `handle_upstream_sent`. `*_conn_only` times
+//!   at a time. `upstream_to_client`: `handle_data(Upstream)` (of a copy) +
+//!   `poll_send(Client)` (seal) + `handle_sent(Client)`; `client_to_upstream`:
+//!   `handle_data(Client)` (open, in place) + `poll_send(Upstream)` +
+//!   `handle_sent(Upstream)`. `*_conn_only` times
 //!   only the `Conn` calls; `*_with_client` also counts the rustls client's
 //!   encrypt or decrypt, the whole in-memory round.
 //!
