@@ -7,9 +7,10 @@
 //!   (a batch of up to 64 writes is sealed, then opened under one timer).
 //! - `conn/*`: terminus's sans-IO [`Conn`] with an in-memory rustls client (the
 //!   server picks AES-128-GCM by its own order, as terminus does), 16 KiB
-//!   at a time. `upstream_to_client`: `handle_upstream_data` + `poll_client_send`
-//!   (seal) + `handle_client_sent`; `client_to_upstream`: `handle_client_data`
-//!   (open) + `poll_upstream_send` + `handle_upstream_sent`. `*_conn_only` times
+//!   at a time. `upstream_to_client`: `handle_data(Upstream)` (of a copy) +
+//!   `poll_send(Client)` (seal) + `handle_sent(Client)`; `client_to_upstream`:
+//!   `handle_data(Client)` (open, in place) + `poll_send(Upstream)` +
+//!   `handle_sent(Upstream)`. `*_conn_only` times
 //!   only the `Conn` calls; `*_with_client` also counts the rustls client's
 //!   encrypt or decrypt, the whole in-memory round.
 //!
@@ -155,15 +156,15 @@ fn streaming_conn(now: Instant) -> (ClientConnection, Conn) {
         drain(&mut cl, &mut buf);
         let mut moved = !buf.is_empty();
         if moved {
-            conn.handle_client_data(&buf, now);
+            conn.handle_data(Side::Client, &mut buf.to_vec(), now);
         }
         if conn.poll_connect() {
             conn.handle_upstream_connected(now, Vec::new(), None);
             moved = true;
         }
-        if let Some(b) = conn.poll_client_send() {
+        if let Some(b) = conn.poll_send(Side::Client) {
             feed(&mut cl, &b);
-            conn.handle_client_sent(b, now);
+            conn.handle_sent(Side::Client, b, now);
             moved = true;
         }
         if !moved {
@@ -186,15 +187,17 @@ fn conn(cr: &mut Criterion) {
     // upstream -> client: seal in the Conn, then (optionally timed) the client opens.
     let down = |conn: &mut Conn, cl: &mut ClientConnection, sink: &mut [u8]| {
         let t = Instant::now();
-        conn.handle_upstream_data(black_box(&chunk), now);
-        let b = conn.poll_client_send().expect("records for the client");
+        conn.handle_data(Side::Upstream, &mut black_box(&chunk).to_vec(), now);
+        let b = conn
+            .poll_send(Side::Client)
+            .expect("records for the client");
         let sealed = t.elapsed();
         let t = Instant::now();
         feed(cl, &b);
         let got = read_plain(cl, sink);
         let opened = t.elapsed();
         let t = Instant::now();
-        conn.handle_client_sent(b, now);
+        conn.handle_sent(Side::Client, b, now);
         let returned = t.elapsed();
         assert_eq!(got, CHUNK);
         (sealed + returned, opened)
@@ -232,10 +235,10 @@ fn conn(cr: &mut Criterion) {
         // In place, as the worker hands over its receive buffer.
         conn.handle_data(Side::Client, &mut wire, now);
         let b = conn
-            .poll_upstream_send()
+            .poll_send(Side::Upstream)
             .expect("plaintext for the upstream");
         let got = b.len();
-        conn.handle_upstream_sent(b, now);
+        conn.handle_sent(Side::Upstream, b, now);
         let opened = t.elapsed();
         assert_eq!(got, CHUNK);
         (opened, sealed)

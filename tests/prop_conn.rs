@@ -37,7 +37,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use terminus::proxy::conn::{CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase};
+use terminus::proxy::conn::{
+    CloseReason, Conn, ConnLimits, Expired, HandshakeFailure, Phase, Side,
+};
 use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 fn cases(n: u32) -> ProptestConfig {
@@ -481,7 +483,7 @@ impl<'p> World<'p> {
             Act::FeedConnFromClient => {
                 !self.client_eof_sent
                     && self.c2s_fed < self.c2s.len()
-                    && self.conn.wants_client_recv()
+                    && self.conn.wants_recv(Side::Client)
             }
             Act::ClientEof => {
                 // A FIN follows the last byte, and the worker only sees it through
@@ -491,7 +493,7 @@ impl<'p> World<'p> {
                     && self.client_idle()
                     && self.garbage_done
                     && self.client_may_close()
-                    && self.conn.wants_client_recv()
+                    && self.conn.wants_recv(Side::Client)
                     && (self.client_silent
                         || self.plan.garbage.is_some()
                         || !self.client.is_handshaking())
@@ -517,14 +519,14 @@ impl<'p> World<'p> {
                 self.connected
                     && !self.upstream_eof_sent
                     && self.s2c_fed < self.s2c.len()
-                    && self.conn.wants_upstream_recv()
+                    && self.conn.wants_recv(Side::Upstream)
             }
             Act::UpstreamEof => {
                 self.connected
                     && !self.upstream_eof_sent
                     && self.s2c_fed == self.s2c.len()
                     && self.upstream_idle()
-                    && self.conn.wants_upstream_recv()
+                    && self.conn.wants_recv(Side::Upstream)
             }
             Act::Tick => true,
         }
@@ -580,15 +582,16 @@ impl<'p> World<'p> {
                 let n = self.next_chunk().min(self.c2s.len() - self.c2s_fed);
                 let at = self.c2s_fed;
                 self.c2s_fed += n;
-                self.conn.handle_client_data(&self.c2s[at..at + n], now);
+                self.conn
+                    .handle_data(Side::Client, &mut self.c2s[at..at + n].to_vec(), now);
                 true
             }
             Act::ClientEof => {
                 self.client_eof_sent = true;
-                self.conn.handle_client_eof(now);
+                self.conn.handle_eof(Side::Client, now);
                 true
             }
-            Act::PollClientSend => match self.conn.poll_client_send() {
+            Act::PollClientSend => match self.conn.poll_send(Side::Client) {
                 Some(b) => {
                     if b.is_empty() {
                         return Err(fail("poll_client_send handed out an empty buffer"));
@@ -598,7 +601,7 @@ impl<'p> World<'p> {
                             return Err(fail("bytes for the client after its FIN"));
                         }
                         // The worker's send fails (EPIPE).
-                        self.conn.handle_client_error();
+                        self.conn.handle_error(Side::Client);
                         return Ok(true);
                     }
                     self.to_client = Some((b, 0));
@@ -612,7 +615,7 @@ impl<'p> World<'p> {
                 let end = (done + n).min(buf.len());
                 self.client_receives(&buf[done..end])?;
                 if end == buf.len() {
-                    self.conn.handle_client_sent(buf, now);
+                    self.conn.handle_sent(Side::Client, buf, now);
                 } else {
                     self.to_client = Some((buf, end));
                 }
@@ -647,7 +650,7 @@ impl<'p> World<'p> {
                     .handle_upstream_connected(now, self.plan.preamble.clone(), tls);
                 true
             }
-            Act::PollUpstreamSend => match self.conn.poll_upstream_send() {
+            Act::PollUpstreamSend => match self.conn.poll_send(Side::Upstream) {
                 Some(b) => {
                     if b.is_empty() {
                         return Err(fail("poll_upstream_send handed out an empty buffer"));
@@ -657,7 +660,7 @@ impl<'p> World<'p> {
                             return Err(fail("bytes for the upstream after its FIN"));
                         }
                         // The worker's send fails (EPIPE).
-                        self.conn.handle_upstream_error();
+                        self.conn.handle_error(Side::Upstream);
                         return Ok(true);
                     }
                     self.to_upstream = Some((b, 0));
@@ -671,14 +674,14 @@ impl<'p> World<'p> {
                 let end = (done + n).min(buf.len());
                 self.upstream_receives(&buf[done..end])?;
                 if end == buf.len() {
-                    self.conn.handle_upstream_sent(buf, now);
+                    self.conn.handle_sent(Side::Upstream, buf, now);
                 } else {
                     self.to_upstream = Some((buf, end));
                 }
                 true
             }
             Act::PollUpstreamShutdown => {
-                if !self.conn.poll_upstream_shutdown() {
+                if !self.conn.poll_shutdown(Side::Upstream) {
                     return Ok(false);
                 }
                 if self.to_upstream.is_some() {
@@ -695,7 +698,7 @@ impl<'p> World<'p> {
                 true
             }
             Act::PollClientShutdown => {
-                if !self.conn.poll_client_shutdown() {
+                if !self.conn.poll_shutdown(Side::Client) {
                     return Ok(false);
                 }
                 if self.to_client.is_some() {
@@ -735,12 +738,13 @@ impl<'p> World<'p> {
                 let n = self.next_chunk().min(self.s2c.len() - self.s2c_fed);
                 let at = self.s2c_fed;
                 self.s2c_fed += n;
-                self.conn.handle_upstream_data(&self.s2c[at..at + n], now);
+                self.conn
+                    .handle_data(Side::Upstream, &mut self.s2c[at..at + n].to_vec(), now);
                 true
             }
             Act::UpstreamEof => {
                 self.upstream_eof_sent = true;
-                self.conn.handle_upstream_eof(now);
+                self.conn.handle_eof(Side::Upstream, now);
                 true
             }
             Act::Tick => {
@@ -841,15 +845,15 @@ impl<'p> World<'p> {
         let phase = self.conn.phase();
         let now = self.now;
         match f {
-            Fault::ClientError => self.conn.handle_client_error(),
-            Fault::UpstreamError if self.connected => self.conn.handle_upstream_error(),
+            Fault::ClientError => self.conn.handle_error(Side::Client),
+            Fault::UpstreamError if self.connected => self.conn.handle_error(Side::Upstream),
             Fault::ClientEofNow if !self.client_eof_sent => {
                 self.client_eof_sent = true;
-                self.conn.handle_client_eof(now);
+                self.conn.handle_eof(Side::Client, now);
             }
             Fault::UpstreamEofNow if self.connected && !self.upstream_eof_sent => {
                 self.upstream_eof_sent = true;
-                self.conn.handle_upstream_eof(now);
+                self.conn.handle_eof(Side::Upstream, now);
             }
             // Not applicable now (or applied at connect time).
             _ => return,
@@ -868,11 +872,11 @@ impl<'p> World<'p> {
         }
         if self.close.is_some() {
             prop_assert!(
-                !self.conn.wants_client_recv(),
+                !self.conn.wants_recv(Side::Client),
                 "closed but wants client bytes"
             );
             prop_assert!(
-                !self.conn.wants_upstream_recv(),
+                !self.conn.wants_recv(Side::Upstream),
                 "closed but wants upstream bytes"
             );
         }
@@ -883,10 +887,10 @@ impl<'p> World<'p> {
     /// the reason must not move.
     fn poll_after_close(&mut self) -> Result<(), TestCaseError> {
         let _ = self.conn.poll_connect();
-        let _ = self.conn.poll_client_send();
-        let _ = self.conn.poll_upstream_send();
-        let _ = self.conn.poll_upstream_shutdown();
-        let _ = self.conn.poll_client_shutdown();
+        let _ = self.conn.poll_send(Side::Client);
+        let _ = self.conn.poll_send(Side::Upstream);
+        let _ = self.conn.poll_shutdown(Side::Upstream);
+        let _ = self.conn.poll_shutdown(Side::Client);
         self.observe()
     }
 
@@ -1057,11 +1061,11 @@ fn streaming_conn() -> (Conn, ClientConnection, Instant) {
         while client.wants_write() {
             client.write_tls(&mut wire).unwrap();
         }
-        conn.handle_client_data(&wire, now);
-        while let Some(b) = conn.poll_client_send() {
+        conn.handle_data(Side::Client, &mut wire.to_vec(), now);
+        while let Some(b) = conn.poll_send(Side::Client) {
             client.read_tls(&mut &b[..]).unwrap();
             client.process_new_packets().unwrap();
-            conn.handle_client_sent(b, now);
+            conn.handle_sent(Side::Client, b, now);
         }
     }
     (conn, client, now)
@@ -1087,8 +1091,8 @@ fn bytes_after_client_close_notify_in_one_chunk_do_not_hang() {
     }
     wire.extend_from_slice(&[0; 4096]);
     returns_within_10s("handle_client_data(close_notify + 4096 bytes)", move || {
-        conn.handle_client_data(&wire, now);
-        assert!(!conn.wants_client_recv());
+        conn.handle_data(Side::Client, &mut wire.to_vec(), now);
+        assert!(!conn.wants_recv(Side::Client));
     });
 }
 
@@ -1161,14 +1165,14 @@ fn client_close_before_upstream_tls_handshake_loses_nothing() {
         while client.wants_write() {
             client.write_tls(&mut wire).unwrap();
         }
-        conn.handle_client_data(&wire, now);
+        conn.handle_data(Side::Client, &mut wire.to_vec(), now);
     };
     while client.is_handshaking() {
         to_conn(&mut client, &mut conn);
-        while let Some(b) = conn.poll_client_send() {
+        while let Some(b) = conn.poll_send(Side::Client) {
             client.read_tls(&mut &b[..]).unwrap();
             client.process_new_packets().unwrap();
-            conn.handle_client_sent(b, now);
+            conn.handle_sent(Side::Client, b, now);
         }
     }
     client.writer().write_all(b"hello").unwrap();
@@ -1184,7 +1188,7 @@ fn client_close_before_upstream_tls_handshake_loses_nothing() {
     let mut up_got = Vec::new();
     let mut fin = false;
     for _ in 0..10 {
-        while let Some(b) = conn.poll_upstream_send() {
+        while let Some(b) = conn.poll_send(Side::Upstream) {
             assert!(!fin, "bytes for the upstream after its FIN");
             let mut s = &b[..];
             while !s.is_empty() {
@@ -1194,14 +1198,14 @@ fn client_close_before_upstream_tls_handshake_loses_nothing() {
                 }
             }
             let _ = up.reader().read_to_end(&mut up_got);
-            conn.handle_upstream_sent(b, now);
+            conn.handle_sent(Side::Upstream, b, now);
         }
-        fin |= conn.poll_upstream_shutdown();
+        fin |= conn.poll_shutdown(Side::Upstream);
         let mut answer = Vec::new();
         while up.wants_write() {
             up.write_tls(&mut answer).unwrap();
         }
-        conn.handle_upstream_data(&answer, now);
+        conn.handle_data(Side::Upstream, &mut answer.to_vec(), now);
     }
     assert_eq!(up_got, b"hello");
     assert!(fin);

@@ -24,9 +24,13 @@
 //! files (`failure_persistence: None`): a failure prints its minimal input.
 //! The whole file runs in about a second in `cargo test --release`.
 
+#[path = "common/proxy_v2.rs"]
+mod proxy_v2;
+
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
+use proxy_v2::{Command, Header, ParseError, ParsedSsl, Ssl};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair, SanType};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
@@ -34,7 +38,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::path::Path;
 use std::sync::OnceLock;
 use terminus::config::Config;
-use terminus::proxy::proxy_v2::{self, Command, Header, ParseError, ParsedSsl, Ssl};
 use terminus::tls::identity::{CertAlgorithms, PeerIdentity, SpiffeId};
 use terminus::tls::policy::{AllowList, AllowRule};
 
@@ -1065,5 +1068,192 @@ fn config_errors_stay_one_line_whatever_the_value() {
     for e in errors {
         let e = e.to_string();
         assert!(!e.contains('\n'), "not one line: {e:?}");
+    }
+}
+
+/// Hand-made PROXY v2 cases: exact round trips, prefixes, corruptions.
+mod proxy_v2_cases {
+    use super::proxy_v2::*;
+
+    fn full() -> Header {
+        Header {
+            src: "192.0.2.10:51234".parse().unwrap(),
+            dst: "198.51.100.1:443".parse().unwrap(),
+            alpn: Some(b"h2".to_vec()),
+            authority: Some("api.example.org".into()),
+            ssl: Some(Ssl {
+                client_cert_presented: true,
+                resumed: false,
+                verified: true,
+                version: Some("TLSv1.3".into()),
+                cn: Some("billing".into()),
+                cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+                sig_alg: Some("ecdsa-with-SHA256".into()),
+                key_alg: Some("EC256".into()),
+            }),
+            spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
+            unique_id: Some(b"conn-42".to_vec()),
+        }
+    }
+
+    fn minimal() -> Header {
+        Header {
+            src: "[2001:db8::1]:40000".parse().unwrap(),
+            dst: "[2001:db8::2]:8443".parse().unwrap(),
+            alpn: None,
+            authority: None,
+            ssl: None,
+            spiffe: None,
+            unique_id: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_full_and_minimal() {
+        for h in [full(), minimal()] {
+            let mut bytes = h.to_bytes();
+            let header_len = bytes.len();
+            bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            let (p, used) = parse(&bytes).unwrap();
+            assert_eq!(used, header_len);
+            assert_eq!(p.command, Command::Proxy);
+            assert_eq!(p.addresses, Some((h.src, h.dst)));
+            assert_eq!(p.alpn, h.alpn);
+            assert_eq!(p.authority, h.authority);
+            assert_eq!(p.ssl.as_ref().map(ParsedSsl::to_ssl), h.ssl);
+            assert_eq!(p.spiffe, h.spiffe);
+            assert_eq!(p.unique_id, h.unique_id);
+            assert!(p.other.is_empty());
+        }
+        let (p, _) = parse(&full().to_bytes()).unwrap();
+        let ssl = p.ssl.unwrap();
+        assert_eq!(
+            ssl.client,
+            PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
+        );
+        assert_eq!(ssl.verify, 0);
+    }
+
+    #[test]
+    fn address_families() {
+        // Mixed: IPv6 with the IPv4 side mapped.
+        let h = Header {
+            src: "192.0.2.1:1".parse().unwrap(),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        assert_eq!(bytes[13], FAMILY_TCP6);
+        let (p, _) = parse(&bytes).unwrap();
+        assert_eq!(
+            p.addresses.unwrap().0,
+            "[::ffff:192.0.2.1]:1".parse().unwrap()
+        );
+        // IPv4-mapped on both sides (a dual-stack listener): IPv4.
+        let h = Header {
+            src: "[::ffff:192.0.2.1]:1".parse().unwrap(),
+            dst: "[::ffff:192.0.2.2]:2".parse().unwrap(),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        assert_eq!(bytes[13], FAMILY_TCP4);
+        let (p, _) = parse(&bytes).unwrap();
+        assert_eq!(
+            p.addresses,
+            Some((
+                "192.0.2.1:1".parse().unwrap(),
+                "192.0.2.2:2".parse().unwrap()
+            ))
+        );
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_never_a_panic() {
+        for h in [full(), minimal()] {
+            let bytes = h.to_bytes();
+            for n in 0..bytes.len() {
+                match parse(&bytes[..n]) {
+                    Err(ParseError::Incomplete { needed }) => {
+                        assert!(needed > n && needed <= bytes.len(), "{n}: {needed}")
+                    }
+                    other => panic!("prefix of {n} bytes: {other:?}"),
+                }
+            }
+            assert!(parse(&bytes).is_ok());
+        }
+    }
+
+    #[test]
+    fn corrupted_headers_are_invalid_not_panics() {
+        let good = full().to_bytes();
+        // Every single-byte corruption parses or fails cleanly.
+        for i in 0..good.len() {
+            for x in [0x00, 0xff, 0x80, 0x01] {
+                let mut b = good.clone();
+                b[i] ^= x;
+                let _ = parse(&b);
+            }
+        }
+        let cases: [(&[u8], &str); 4] = [
+            (b"GET / HTTP/1.1\r\n", "no PROXY v2 signature"),
+            (b"PROXY TCP4 1.2.3.4", "no PROXY v2 signature"),
+            (b"\r\n\r\n\0\r\nQUIT\n\x11\x11\0\0", "version 1 is not 2"),
+            (b"\r\n\r\n\0\r\nQUIT\n\x22\x11\0\0", "unknown command 2"),
+        ];
+        for (bytes, why) in cases {
+            match parse(bytes) {
+                Err(ParseError::Invalid(e)) => assert!(e.contains(why), "{e}"),
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
+        let mut short = SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
+        assert!(
+            matches!(parse(&short), Err(ParseError::Invalid(e)) if e.contains("shorter than the addresses"))
+        );
+        let mut stray = minimal().to_bytes();
+        stray.extend_from_slice(&[0x02, 0]);
+        stray[15] += 2;
+        assert!(matches!(parse(&stray), Err(ParseError::Invalid(e)) if e.contains("stray")));
+        let mut over = minimal().to_bytes();
+        over.extend_from_slice(&[0x02, 0, 9, b'x']);
+        over[15] += 4;
+        assert!(
+            matches!(parse(&over), Err(ParseError::Invalid(e)) if e.contains("claims 9 bytes"))
+        );
+    }
+
+    #[test]
+    fn local_command_and_unknown_tlvs() {
+        let mut b = SIGNATURE.to_vec();
+        b.extend_from_slice(&[0x20, 0x00, 0, 4, 0x04, 0, 1, 0]);
+        let (p, used) = parse(&b).unwrap();
+        assert_eq!(used, b.len());
+        assert_eq!(p.command, Command::Local);
+        assert_eq!(p.addresses, None);
+        assert_eq!(p.other, [(0x04, vec![0])]);
+    }
+
+    #[test]
+    fn unrepresentable_values_are_left_out() {
+        let h = Header {
+            unique_id: Some(vec![7; MAX_UNIQUE_ID + 1]),
+            spiffe: Some("x".repeat(70_000)),
+            authority: Some("a".into()),
+            ..minimal()
+        };
+        let bytes = h.to_bytes();
+        let (p, used) = parse(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(p.unique_id, None);
+        assert_eq!(p.spiffe, None);
+        assert_eq!(p.authority.as_deref(), Some("a"));
+        // The largest value that still fits is kept.
+        let fits = usize::from(u16::MAX) - 36 - 3;
+        let h = Header {
+            spiffe: Some("y".repeat(fits)),
+            ..minimal()
+        };
+        let (p, _) = parse(&h.to_bytes()).unwrap();
+        assert_eq!(p.spiffe.map(|s| s.len()), Some(fits));
     }
 }

@@ -12,7 +12,10 @@
 
 mod common;
 
+#[path = "common/proxy_v2.rs"]
+mod proxy_v2;
 use common::*;
+use proxy_v2::{Command as PpCommand, ParseError, ParsedHeader};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -25,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use terminus::proxy::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
 use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
 use terminus::tools::client::{ClientConfigBuilder, SeenServerCert, Trust};
 

@@ -5,8 +5,8 @@
 //!   SSL and custom SPIFFE TLVs it must skip), and forwards what it understood as
 //!   request headers to an in-test HTTP backend, which checks them.
 //! * `mode tcp` with `send-proxy-v2`: HAProxy re-emits a v2 header of its own to an
-//!   in-test TCP backend, which parses it with `terminus::proxy::proxy_v2::parse` — our
-//!   parser against HAProxy's encoder.
+//!   in-test TCP backend, which parses it with the tests' `proxy_v2::parse`
+//!   (`tests/common/proxy_v2.rs`) — our parser against HAProxy's encoder.
 //! * A header with a broken TLV is refused: HAProxy really checks what we send.
 //!
 //! Needs `haproxy` (`apt-get install haproxy`). Without it the tests say so and
@@ -16,6 +16,9 @@
 //! by binding 127.0.0.1:0 and releasing it. Every wait is bounded; HAProxy is killed
 //! when the test ends.
 
+#[path = "common/proxy_v2.rs"]
+mod proxy_v2;
+use proxy_v2::{Header, Ssl};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -23,7 +26,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
-use terminus::proxy::proxy_v2::{self, Header, Ssl};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

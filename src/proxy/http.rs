@@ -338,8 +338,8 @@ impl RequestFilter {
         Ok(true)
     }
 
-    /// Parse `head` (through its blank line), write it without owned headers and with
-    /// ours, and return the body's state.
+    /// Parse and check `head` (through its blank line), write it without owned
+    /// headers and with ours, and return the body's state.
     fn rewrite(&self, head: &[u8], out: &mut Vec<u8>) -> Result<State, Refusal> {
         if !self.settings.allow_bare_lf && has_bare_lf(head) {
             return Err(Refusal::bad("bare LF in the request head"));
@@ -356,6 +356,59 @@ impl RequestFilter {
             }
             _ => return Err(Refusal::bad("malformed request head")),
         }
+        let checked = Checked::validate(&req)?;
+        out.reserve(head.len() + self.added.len() + 64);
+        self.write_head(&checked, req.headers, out);
+        Ok(checked.body)
+    }
+
+    /// Write a checked head: the request line, the client's headers but the owned
+    /// ones, ours, then the blank line.
+    fn write_head(&self, c: &Checked<'_>, headers: &[httparse::Header<'_>], out: &mut Vec<u8>) {
+        out.extend_from_slice(c.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(c.path.as_bytes());
+        out.extend_from_slice(if c.version == 0 {
+            b" HTTP/1.0\r\n"
+        } else {
+            b" HTTP/1.1\r\n"
+        });
+        for h in headers {
+            if OWNED.iter().any(|o| h.name.eq_ignore_ascii_case(o)) {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(&self.added);
+        if let Some(fh) = self.sni.as_deref().or(c.host) {
+            out.extend_from_slice(b"X-Forwarded-Host: ");
+            out.extend_from_slice(fh.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A parsed request head that passed every check: its request line, how its body
+/// is framed, and its Host (for `X-Forwarded-Host` when there is no SNI).
+struct Checked<'b> {
+    method: &'b str,
+    path: &'b str,
+    /// The minor version: 0 or 1.
+    version: u8,
+    body: State,
+    host: Option<&'b str>,
+}
+
+impl<'b> Checked<'b> {
+    /// Refuse what terminus does not forward (CONNECT, Upgrade) and every framing
+    /// two parsers could read differently (request smuggling): Content-Length that
+    /// is not one number, Transfer-Encoding other than one `chunked`, both at once,
+    /// chunked in HTTP/1.0.
+    fn validate(req: &httparse::Request<'_, 'b>) -> Result<Checked<'b>, Refusal> {
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Err(Refusal::bad("malformed request line"));
         };
@@ -399,35 +452,17 @@ impl RequestFilter {
         if version == 0 && chunked {
             return Err(Refusal::bad("chunked in HTTP/1.0"));
         }
-        out.reserve(head.len() + self.added.len() + 64);
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(if version == 0 {
-            b" HTTP/1.0\r\n"
-        } else {
-            b" HTTP/1.1\r\n"
-        });
-        for h in req.headers.iter() {
-            if OWNED.iter().any(|o| h.name.eq_ignore_ascii_case(o)) {
-                continue;
-            }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(&self.added);
-        if let Some(fh) = self.sni.as_deref().or(host) {
-            out.extend_from_slice(b"X-Forwarded-Host: ");
-            out.extend_from_slice(fh.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        Ok(match (chunked, length) {
+        let body = match (chunked, length) {
             (true, _) => State::ChunkSize,
             (false, Some(n)) if n > 0 => State::Body(n),
             _ => State::Head,
+        };
+        Ok(Checked {
+            method,
+            path,
+            version,
+            body,
+            host,
         })
     }
 }

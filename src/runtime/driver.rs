@@ -24,6 +24,7 @@
 //! I/O contract: none here (types and a trait).
 #![forbid(unsafe_code)]
 
+use crate::runtime::slab::Key;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::DerefMut;
@@ -74,20 +75,21 @@ impl Backend {
     }
 }
 
-/// Handle of an op in flight, usable with [`Driver::cancel`]. Carries the op-table
-/// index and a generation so a cancel can never hit a later op that reused the slot.
+/// Handle of an op in flight, usable with [`Driver::cancel`]: the op table's
+/// [`Key`] packed in a `u64` (io_uring's `user_data`), so a cancel can never hit a
+/// later op that reused the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpId(pub(super) u64);
 
 impl OpId {
-    pub(super) fn new(idx: u32, gen: u32) -> Self {
-        OpId((gen as u64) << 32 | idx as u64)
+    pub(super) fn key(self) -> Key {
+        Key::new(self.0 as u32, (self.0 >> 32) as u32)
     }
-    pub(super) fn idx(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
-    }
-    pub(super) fn gen(self) -> u32 {
-        (self.0 >> 32) as u32
+}
+
+impl From<Key> for OpId {
+    fn from(k: Key) -> OpId {
+        OpId((k.gen() as u64) << 32 | k.idx() as u64)
     }
 }
 

@@ -26,6 +26,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use crate::runtime::driver::{Completion, Driver, Event, OpError, OpId, Sent};
+use crate::runtime::slab::{Key, Slab};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use std::cell::RefCell;
@@ -94,9 +95,9 @@ enum OpState {
     Done,
 }
 
+/// An op in the table, from its queueing until its final completion is drained.
 struct Op<T> {
-    gen: u32,
-    token: Option<T>,
+    token: T,
     fd: RawFd,
     state: OpState,
 }
@@ -114,15 +115,15 @@ struct FdState {
     /// EOF or the error at once), never waiting for another edge.
     read_closed: bool,
     write_closed: bool,
-    accept: Option<u32>,
-    recv: Option<u32>,
-    send: Option<u32>,
-    connect: Option<u32>,
-    shutdown: Option<u32>,
+    accept: Option<Key>,
+    recv: Option<Key>,
+    send: Option<Key>,
+    connect: Option<Key>,
+    shutdown: Option<Key>,
 }
 
 impl FdState {
-    fn pending(&self) -> impl Iterator<Item = u32> {
+    fn pending(&self) -> impl Iterator<Item = Key> {
         [
             self.accept,
             self.recv,
@@ -141,11 +142,10 @@ pub struct Epoll<T> {
     events: Events,
     /// (token key, readable, writable, read closed, write closed) of this turn.
     ready: Vec<(u64, bool, bool, bool, bool)>,
-    ops: Vec<Op<T>>,
-    free_ops: Vec<u32>,
+    ops: Slab<Op<T>>,
     fds: Vec<FdState>,
-    /// Completions not drained yet, with their op index.
-    done: Vec<(u32, Completion<T, HeapBuf>)>,
+    /// Completions not drained yet, with their op's key.
+    done: Vec<(Key, Completion<T, HeapBuf>)>,
     /// Listeners that hit [`ACCEPTS_PER_TURN`] with sockets left: go on next turn.
     again: Vec<RawFd>,
     pool: Rc<RefCell<Vec<Vec<u8>>>>,
@@ -159,8 +159,7 @@ impl<T: Copy> Epoll<T> {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_PER_TURN),
             ready: Vec::with_capacity(EVENTS_PER_TURN),
-            ops: Vec::new(),
-            free_ops: Vec::new(),
+            ops: Slab::new(),
             fds: Vec::new(),
             done: Vec::new(),
             again: Vec::new(),
@@ -169,35 +168,25 @@ impl<T: Copy> Epoll<T> {
         })
     }
 
-    fn alloc(&mut self, token: T, fd: RawFd, state: OpState) -> (u32, OpId) {
-        let idx = match self.free_ops.pop() {
-            Some(i) => i,
-            None => {
-                self.ops.push(Op {
-                    gen: 0,
-                    token: None,
-                    fd,
-                    state: OpState::Done,
-                });
-                (self.ops.len() - 1) as u32
-            }
-        };
-        let op = &mut self.ops[idx as usize];
-        op.gen = op.gen.wrapping_add(1);
-        op.token = Some(token);
-        op.fd = fd;
-        op.state = state;
-        (idx, OpId::new(idx, op.gen))
+    fn alloc(&mut self, token: T, fd: RawFd, state: OpState) -> (Key, OpId) {
+        let key = self.ops.insert(Op { token, fd, state });
+        (key, key.into())
     }
 
-    /// Queue op `idx`'s completion; a final one ends the op (its memory is dropped).
-    fn complete(&mut self, idx: u32, more: bool, event: Event<HeapBuf>) {
-        let op = &mut self.ops[idx as usize];
-        let token = op.token.expect("a live op has its token");
+    /// The op `key` names: one waiting on a descriptor or with a completion not
+    /// drained yet (keys are kept only while that holds).
+    fn op(&mut self, key: Key) -> &mut Op<T> {
+        self.ops.get_mut(key).expect("a pending op is in the table")
+    }
+
+    /// Queue op `key`'s completion; a final one ends the op (its memory is dropped).
+    fn complete(&mut self, key: Key, more: bool, event: Event<HeapBuf>) {
+        let op = self.op(key);
+        let token = op.token;
         if !more {
             op.state = OpState::Done;
         }
-        self.done.push((idx, Completion { token, more, event }));
+        self.done.push((key, Completion { token, more, event }));
     }
 
     fn fd(&mut self, raw: RawFd) -> &mut FdState {
@@ -241,7 +230,7 @@ impl<T: Copy> Epoll<T> {
 
     /// Make `idx` the op waiting on `raw`'s `slot` (registering `raw` first); a
     /// failed registration fails the op.
-    fn wait_on(&mut self, raw: RawFd, idx: u32, slot: fn(&mut FdState) -> &mut Option<u32>) {
+    fn wait_on(&mut self, raw: RawFd, idx: Key, slot: fn(&mut FdState) -> &mut Option<Key>) {
         if let Err(e) = self.register(raw) {
             return self.complete(idx, false, Event::Failed(OpError::from_io(&e)));
         }
@@ -309,7 +298,7 @@ impl<T: Copy> Epoll<T> {
         let Some(idx) = self.fds[raw as usize].recv else {
             return;
         };
-        let OpState::Recv { len } = self.ops[idx as usize].state else {
+        let OpState::Recv { len } = self.op(idx).state else {
             unreachable!("a recv slot holds a recv op");
         };
         let mut buf = self.pool.borrow_mut().pop().unwrap_or_default();
@@ -378,7 +367,7 @@ impl<T: Copy> Epoll<T> {
         };
         let fd = borrowed(raw);
         let sock = socket2::SockRef::from(&fd);
-        let OpState::Send { buf, off } = &mut self.ops[idx as usize].state else {
+        let OpState::Send { buf, off } = &mut self.op(idx).state else {
             unreachable!("a send slot holds a send op");
         };
         let res = loop {
@@ -406,7 +395,7 @@ impl<T: Copy> Epoll<T> {
             }
             Ok(true) => {
                 let OpState::Send { buf, off } =
-                    std::mem::replace(&mut self.ops[idx as usize].state, OpState::Done)
+                    std::mem::replace(&mut self.op(idx).state, OpState::Done)
                 else {
                     unreachable!()
                 };
@@ -421,7 +410,7 @@ impl<T: Copy> Epoll<T> {
         }
     }
 
-    fn shutdown_now(&mut self, raw: RawFd, idx: u32) {
+    fn shutdown_now(&mut self, raw: RawFd, idx: Key) {
         let fd = borrowed(raw);
         let sock = socket2::SockRef::from(&fd);
         let event = match sock.shutdown(std::net::Shutdown::Write) {
@@ -431,12 +420,16 @@ impl<T: Copy> Epoll<T> {
         self.complete(idx, false, event);
     }
 
-    /// End op `idx` with `Cancelled` if it is still pending; false if it was not.
-    fn cancel_op(&mut self, idx: u32) -> bool {
-        let op = &self.ops[idx as usize];
-        if op.token.is_none() || matches!(op.state, OpState::Done) {
+    /// End op `idx` with `Cancelled` if it is still pending; false if it was not
+    /// (completed, or `idx` names an op that is gone).
+    fn cancel_op(&mut self, idx: Key) -> bool {
+        let Some(op) = self
+            .ops
+            .get(idx)
+            .filter(|op| !matches!(op.state, OpState::Done))
+        else {
             return false;
-        }
+        };
         let st = &mut self.fds[op.fd as usize];
         for slot in [
             &mut st.accept,
@@ -531,13 +524,8 @@ impl<T: Copy> Driver<T> for Epoll<T> {
     }
 
     fn cancel(&mut self, target: OpId, token: T) {
-        let t = target.idx() as u32;
-        let live = self
-            .ops
-            .get(t as usize)
-            .is_some_and(|op| op.gen == target.gen());
         let (idx, _) = self.alloc(token, -1, OpState::Done);
-        let event = if live && self.cancel_op(t) {
+        let event = if self.cancel_op(target.key()) {
             Event::CancelAccepted
         } else {
             Event::Failed(OpError::NotFound)
@@ -583,16 +571,15 @@ impl<T: Copy> Driver<T> for Epoll<T> {
     }
 
     fn drain(&mut self, out: &mut Vec<Completion<T, HeapBuf>>) {
-        for (idx, c) in self.done.drain(..) {
+        for (key, c) in self.done.drain(..) {
             if !c.more {
-                self.ops[idx as usize].token = None;
-                self.free_ops.push(idx);
+                self.ops.remove(key);
             }
             out.push(c);
         }
     }
 
     fn ops_in_flight(&self) -> usize {
-        self.ops.len() - self.free_ops.len()
+        self.ops.len()
     }
 }

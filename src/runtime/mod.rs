@@ -19,6 +19,7 @@ pub mod listener;
 pub mod resolver;
 pub mod run_state;
 pub mod server;
+pub mod slab;
 mod slot;
 pub mod sock;
 pub mod uring;

@@ -1,105 +1,36 @@
 //! slot: the worker's per-connection driver state around the sans-IO `Conn`.
 //!
-//! Owns: [`Slot`] (one connection: its two [`Leg`]s, the upstream [`Dial`], the
-//! ops in flight and the slot generation), the [`Token`] every op of the worker
-//! carries, the receive of one leg ([`RecvLeg`]) and the worker-wide bound on
-//! buffered bytes ([`BufferCap`]).
+//! Owns: [`Slot`] (one live connection: its `Conn`, its two [`Leg`]s, the
+//! upstream [`Dial`], the ops in flight and what it added to the worker's
+//! counters), the [`Token`] every op of the worker carries, the receive of one leg
+//! ([`RecvLeg`]) and the worker-wide bound on buffered bytes ([`BufferCap`]).
 //!
 //! The rules, each written once:
-//! * a slot is freed only when `inflight == 0` (every op's final completion is
-//!   back), and its generation changes when it is, so a late completion or timer
-//!   carrying an old [`SlotId`] can never reach the connection that reuses it;
+//! * every op a slot queues goes through a `Slot` method and counts in its
+//!   [`Life`] until its final completion; a slot is freed (removed from the
+//!   worker's slab, which changes the entry's generation, so a late completion or
+//!   timer carrying an old [`SlotId`] can never reach the connection that reuses
+//!   it) only when it is closing and that count is zero;
 //! * a leg has at most one receive armed, of at most its budget, reserved in the
 //!   [`BufferCap`] until it completes, and at most one send in flight.
 //!
 //! I/O contract: queues ops on the worker's [`Driver`] only.
 #![forbid(unsafe_code)]
 
+pub use crate::proxy::conn::Side;
 use crate::proxy::conn::{CloseReason, Conn, Phase};
 use crate::proxy::upstream::Dial;
 use crate::runtime::driver::{Driver, OpId};
 use crate::runtime::listener::ListenerLive;
+use crate::runtime::slab::Key;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Which leg of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client = 0,
-    Upstream = 1,
-}
-
-/// `Conn`'s per-side API, chosen by side in one place.
-impl Side {
-    pub fn poll_send(self, c: &mut Conn) -> Option<Vec<u8>> {
-        match self {
-            Side::Client => c.poll_client_send(),
-            Side::Upstream => c.poll_upstream_send(),
-        }
-    }
-
-    pub fn poll_shutdown(self, c: &mut Conn) -> bool {
-        match self {
-            Side::Client => c.poll_client_shutdown(),
-            Side::Upstream => c.poll_upstream_shutdown(),
-        }
-    }
-
-    /// How much this side's next receive may ask for.
-    pub fn recv_budget(self, c: &Conn) -> usize {
-        match self {
-            Side::Client => c.client_recv_budget(),
-            Side::Upstream => c.upstream_recv_budget(),
-        }
-    }
-
-    /// The bytes this side's receives delivered that still wait (for the other
-    /// side).
-    pub fn held(self, c: &Conn) -> usize {
-        match self {
-            Side::Client => c.buffered_to_upstream(),
-            Side::Upstream => c.buffered_to_client(),
-        }
-    }
-
-    pub fn handle_data(self, c: &mut Conn, data: &mut [u8], now: Instant) {
-        let side = match self {
-            Side::Client => crate::proxy::conn::Side::Client,
-            Side::Upstream => crate::proxy::conn::Side::Upstream,
-        };
-        c.handle_data(side, data, now);
-    }
-
-    pub fn handle_eof(self, c: &mut Conn, now: Instant) {
-        match self {
-            Side::Client => c.handle_client_eof(now),
-            Side::Upstream => c.handle_upstream_eof(now),
-        }
-    }
-
-    pub fn handle_error(self, c: &mut Conn) {
-        match self {
-            Side::Client => c.handle_client_error(),
-            Side::Upstream => c.handle_upstream_error(),
-        }
-    }
-
-    pub fn handle_sent(self, c: &mut Conn, buf: Vec<u8>, now: Instant) {
-        match self {
-            Side::Client => c.handle_client_sent(buf, now),
-            Side::Upstream => c.handle_upstream_sent(buf, now),
-        }
-    }
-}
-
-/// A connection slot and the generation it had when an op or timer was queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotId {
-    pub idx: u32,
-    pub gen: u32,
-}
+/// A connection slot and the generation it had when an op or timer was queued: the
+/// key of the worker's slot [`crate::runtime::slab::Slab`].
+pub type SlotId = Key;
 
 /// What an op of the worker was for; stored in the driver's op table and handed back
 /// with each completion.
@@ -137,7 +68,8 @@ pub enum Armed {
 
 impl RecvLeg {
     /// Arm a receive if the leg has a budget and none is armed, or cancel the armed
-    /// one when the budget is gone. `held`: see [`Side::held`].
+    /// one when the budget is gone. `held`: what this side's receives delivered that
+    /// still waits for the other side.
     pub fn arm(
         &mut self,
         io: &mut impl Driver<Token>,
@@ -211,13 +143,13 @@ impl Leg {
     }
 }
 
-/// Per-connection driver state around the sans-IO `Conn`.
-#[derive(Default)]
+/// Per-connection driver state around the sans-IO `Conn`: a live entry of the
+/// worker's slot slab (a free entry is the slab's, so a slot that exists always has
+/// its connection and listener material).
 pub struct Slot {
-    pub gen: u32,
-    pub conn: Option<Conn>,
+    pub conn: Conn,
     /// The listener material this connection started with.
-    pub live: Option<Arc<ListenerLive>>,
+    pub live: Arc<ListenerLive>,
     pub listener: usize,
     /// Client and upstream, indexed by [`Side`].
     pub legs: [Leg; 2],
@@ -225,57 +157,226 @@ pub struct Slot {
     pub client_addr: Option<SocketAddr>,
     /// The upstream walk, and the address being connected to or connected.
     pub dial: Dial,
-    pub connect: Option<OpId>,
+    connect: Option<OpId>,
     /// Reconnect the upstream (same address) once its old socket's ops are done.
     pub reconnect: bool,
-    /// Plaintext bytes already added to the worker's counters.
-    pub reported_c2u: u64,
-    pub reported_u2c: u64,
-    /// Ops whose final completion is still due; the slot (and the sockets) live
-    /// until this is zero.
-    pub inflight: u32,
-    pub closing: Option<CloseReason>,
+    /// Plaintext bytes already added to the worker's counters (client to upstream,
+    /// upstream to client).
+    reported: [u64; 2],
+    life: Life,
     pub scheduled_phase: Option<Phase>,
     /// The earliest timer entry the wheel holds for this slot (a deadline that moves
     /// earlier, an http head timer, needs a new entry; a later one is re-armed when
     /// the old entry fires).
     pub scheduled_at: Option<Instant>,
-    pub dirty: bool,
+    /// Queued for the worker's flush this turn.
+    dirty: bool,
     /// Buffered bytes last added to the worker's total (`BufferCap::account`).
-    pub accounted: usize,
+    accounted: usize,
     /// Waiting in `BufferCap::paused` for the worker cap to leave room.
-    pub cap_paused: bool,
+    cap_paused: bool,
+}
+
+/// Whether a connection is closing, and the ops whose final completion is still
+/// due: the slot (and its sockets) live until both say so.
+#[derive(Debug, Default)]
+pub struct Life {
+    inflight: u32,
+    closing: Option<CloseReason>,
+}
+
+impl Life {
+    /// An op was queued: it counts until its final completion.
+    fn queued(&mut self) {
+        self.inflight += 1;
+    }
+
+    /// A completion arrived; the op is done when it is the final one.
+    fn completed(&mut self, more: bool) {
+        if !more {
+            self.inflight -= 1;
+        }
+    }
+
+    /// Closing, and every op's final completion is back: the sockets may close and
+    /// the slot be freed.
+    fn may_free(&self) -> bool {
+        self.closing.is_some() && self.inflight == 0
+    }
 }
 
 impl Slot {
+    /// A slot for a client socket just accepted.
+    pub fn new(
+        conn: Conn,
+        live: Arc<ListenerLive>,
+        listener: usize,
+        client: OwnedFd,
+        client_addr: Option<SocketAddr>,
+    ) -> Slot {
+        let mut legs: [Leg; 2] = Default::default();
+        legs[Side::Client as usize] = Leg {
+            fd: Some(client),
+            open: true,
+            ..Leg::default()
+        };
+        Slot {
+            conn,
+            live,
+            listener,
+            legs,
+            client_addr,
+            dial: Dial::default(),
+            connect: None,
+            reconnect: false,
+            reported: [0; 2],
+            life: Life::default(),
+            scheduled_phase: None,
+            scheduled_at: None,
+            dirty: false,
+            accounted: 0,
+            cap_paused: false,
+        }
+    }
+
     pub fn leg(&mut self, side: Side) -> &mut Leg {
         &mut self.legs[side as usize]
     }
 
-    /// Take the slot for a new connection: everything reset but the generation.
-    pub fn reuse(&mut self) {
-        let gen = self.gen;
-        *self = Slot::default();
-        self.gen = gen;
+    /// Why the connection is closing, once it is.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.life.closing
     }
 
-    /// The connection is gone and every op completed: a new generation, so
-    /// anything still naming the old one is dropped.
-    pub fn release(&mut self) {
-        debug_assert_eq!(self.inflight, 0);
-        self.gen = self.gen.wrapping_add(1);
-        self.closing = None;
+    /// Start closing for `reason`; then [`Slot::may_free`] waits for the ops.
+    pub fn set_closing(&mut self, reason: CloseReason) {
+        self.life.closing = Some(reason);
     }
 
-    /// Closing, and every op's final completion is back: the sockets may close
-    /// and the slot be freed.
+    /// See [`Life::may_free`].
     pub fn may_free(&self) -> bool {
-        self.closing.is_some() && self.inflight == 0
+        self.life.may_free()
     }
 
-    /// `id` still names this slot's live connection.
-    pub fn is(&self, id: SlotId) -> bool {
-        self.gen == id.gen && self.conn.is_some()
+    /// A completion of one of this slot's ops arrived.
+    pub fn completed(&mut self, more: bool) {
+        self.life.completed(more);
+    }
+
+    /// Mark the slot for this turn's flush; true if it was not marked yet.
+    pub fn mark_dirty(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
+    }
+
+    /// The flush is running: later events mark it again.
+    pub fn clear_dirty(&mut self) {
+        self.dirty = false;
+    }
+
+    /// The worker cap has room again: the slot may be paused (and queued) anew.
+    pub fn unpause(&mut self) {
+        self.cap_paused = false;
+    }
+
+    /// Send `buf[off..]` on `side`'s socket (one send per side in flight).
+    pub fn send(
+        &mut self,
+        io: &mut impl Driver<Token>,
+        id: SlotId,
+        side: Side,
+        buf: Vec<u8>,
+        off: usize,
+    ) {
+        let leg = &mut self.legs[side as usize];
+        let fd = leg.fd.as_ref().expect("a sending leg has a socket").as_fd();
+        leg.send = Some(io.send(fd, buf, off, Token::Send(id, side)));
+        self.life.queued();
+    }
+
+    /// Half-close `side`'s socket.
+    pub fn shutdown_write(&mut self, io: &mut impl Driver<Token>, id: SlotId, side: Side) {
+        let fd = self.legs[side as usize].fd.as_ref();
+        let fd = fd.expect("an open leg has a socket").as_fd();
+        io.shutdown_write(fd, Token::Shutdown(id));
+        self.life.queued();
+    }
+
+    /// Connect `fd` (the new upstream socket, now the upstream leg's) to `addr`.
+    pub fn connect(
+        &mut self,
+        io: &mut impl Driver<Token>,
+        id: SlotId,
+        fd: OwnedFd,
+        addr: SocketAddr,
+    ) {
+        self.connect = Some(io.connect(fd.as_fd(), addr, Token::Connect(id)));
+        self.life.queued();
+        self.legs[Side::Upstream as usize].fd = Some(fd);
+    }
+
+    /// The connect completed.
+    pub fn connect_done(&mut self) {
+        self.connect = None;
+    }
+
+    /// Cancel the connect in flight, if any (its final completion still arrives).
+    pub fn cancel_connect(&mut self, io: &mut impl Driver<Token>) {
+        if let Some(op) = self.connect {
+            io.cancel(op, Token::Fire);
+        }
+    }
+
+    /// Cancel every op in flight (their final completions still arrive).
+    pub fn cancel_all(&mut self, io: &mut impl Driver<Token>) {
+        let legs = self.legs.iter().flat_map(|l| l.ops());
+        for op in legs.chain(self.connect) {
+            io.cancel(op, Token::Fire);
+        }
+    }
+
+    /// Arm (or cancel) `side`'s receive within the connection's budget and the
+    /// worker cap; a receive the cap refuses queues the slot (once) for later.
+    pub fn arm_recv(
+        &mut self,
+        io: &mut impl Driver<Token>,
+        cap: &mut BufferCap,
+        id: SlotId,
+        side: Side,
+    ) {
+        let (budget, held) = (
+            self.conn.recv_budget(side),
+            self.conn.buffered_to(side.other()),
+        );
+        let leg = &mut self.legs[side as usize];
+        let fd = leg.fd.as_ref().expect("an open leg has a socket").as_fd();
+        match leg.rx.arm(io, cap, fd, budget, held, Token::Recv(id, side)) {
+            Armed::Nothing => {}
+            Armed::Receive => self.life.queued(),
+            Armed::Paused => cap.pause(&mut self.cap_paused, id),
+        }
+    }
+
+    /// Count what the connection holds in the worker's total (sends only move
+    /// bytes between counted places: once per flush is enough).
+    pub fn account(&mut self, cap: &mut BufferCap) {
+        let held = self.conn.buffered_to(Side::Client) + self.conn.buffered_to(Side::Upstream);
+        cap.account(&mut self.accounted, held);
+    }
+
+    /// The connection is gone: take its bytes out of the worker's total.
+    pub fn unaccount(&mut self, cap: &mut BufferCap) {
+        cap.account(&mut self.accounted, 0);
+    }
+
+    /// Plaintext bytes (client to upstream, upstream to client) not yet added to
+    /// the worker's counters; from now on they are.
+    pub fn take_unreported(&mut self) -> (u64, u64) {
+        let now = [
+            self.conn.bytes_client_to_upstream,
+            self.conn.bytes_upstream_to_client,
+        ];
+        let was = std::mem::replace(&mut self.reported, now);
+        (now[0] - was[0], now[1] - was[1])
     }
 }
 
@@ -310,18 +411,12 @@ impl BufferCap {
         }
     }
 
-    /// Count a receive just armed in the slot's `inflight`, or queue the slot
-    /// (once: `queued` is its flag) for when the cap has room.
-    pub fn note(&mut self, a: Armed, inflight: &mut u32, queued: &mut bool, slot: SlotId) {
-        match a {
-            Armed::Nothing => {}
-            Armed::Receive => *inflight += 1,
-            Armed::Paused => {
-                self.pauses += 1;
-                if !std::mem::replace(queued, true) {
-                    self.paused.push(slot);
-                }
-            }
+    /// The cap refused a receive: queue the slot (once: `queued` is its flag) for
+    /// when the cap has room.
+    pub fn pause(&mut self, queued: &mut bool, slot: SlotId) {
+        self.pauses += 1;
+        if !std::mem::replace(queued, true) {
+            self.paused.push(slot);
         }
     }
 
@@ -412,14 +507,11 @@ mod tests {
     #[test]
     fn a_paused_slot_is_queued_once_and_wakes_at_an_eighth_free() {
         let mut cap = BufferCap::new(8 * BUF, BUF);
-        let id = SlotId { idx: 3, gen: 7 };
-        let (mut inflight, mut queued) = (0, false);
-        cap.note(Armed::Paused, &mut inflight, &mut queued, id);
-        cap.note(Armed::Paused, &mut inflight, &mut queued, id);
+        let id = SlotId::new(3, 7);
+        let mut queued = false;
+        cap.pause(&mut queued, id);
+        cap.pause(&mut queued, id);
         assert_eq!((cap.paused.as_slice(), cap.pauses), (&[id][..], 2));
-        assert_eq!(inflight, 0);
-        cap.note(Armed::Receive, &mut inflight, &mut queued, id);
-        assert_eq!(inflight, 1);
         let mut was = 0;
         cap.account(&mut was, 7 * BUF + 1);
         assert!(!cap.may_wake());
@@ -429,32 +521,16 @@ mod tests {
 
     #[test]
     fn a_slot_is_freed_only_when_closing_with_nothing_in_flight() {
-        let mut s = Slot {
-            inflight: 2,
-            ..Slot::default()
-        };
-        assert!(!s.may_free());
-        s.closing = Some(CloseReason::Done);
-        assert!(!s.may_free());
-        s.inflight = 0;
-        assert!(s.may_free());
-    }
-
-    #[test]
-    fn a_new_generation_drops_what_named_the_old_one() {
-        let mut s = Slot::default();
-        s.reuse();
-        let old = SlotId { idx: 0, gen: s.gen };
-        // No connection: nothing is live.
-        assert!(!s.is(old));
-        s.closing = Some(CloseReason::Done);
-        s.release();
-        assert_eq!(s.closing, None);
-        let new = SlotId { idx: 0, gen: s.gen };
-        assert_ne!(old, new);
-        s.reuse();
-        assert_eq!(s.gen, new.gen, "reuse keeps the generation");
-        assert!(!s.is(old));
+        let mut l = Life::default();
+        l.queued();
+        l.queued();
+        assert!(!l.may_free());
+        l.closing = Some(CloseReason::Done);
+        l.completed(true);
+        l.completed(false);
+        assert!(!l.may_free(), "one op is still in flight");
+        l.completed(false);
+        assert!(l.may_free());
     }
 
     fn ring() -> Uring<Token> {
@@ -487,7 +563,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (server, _) = l.accept().unwrap();
-        let id = SlotId { idx: 0, gen: 1 };
+        let id = SlotId::new(0, 1);
         let tok = Token::Recv(id, Side::Client);
         let mut rx = RecvLeg::default();
 
@@ -545,7 +621,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (server, _) = l.accept().unwrap();
-        let id = SlotId { idx: 0, gen: 1 };
+        let id = SlotId::new(0, 1);
         let mut leg = Leg::default();
         assert!(leg.idle());
         let recv = Token::Recv(id, Side::Upstream);

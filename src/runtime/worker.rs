@@ -24,6 +24,7 @@ use crate::runtime::driver::{Backend, Completion, Driver, Event, OpError};
 use crate::runtime::epoll::Epoll;
 use crate::runtime::listener::ListenerLocal;
 use crate::runtime::run_state::{RunState, RunStateCell};
+use crate::runtime::slab::Slab;
 use crate::runtime::slot::{BufferCap, Side, Slot, SlotId, Token};
 use crate::runtime::sock;
 use crate::runtime::uring::{Uring, UringConfig, UringError};
@@ -64,12 +65,12 @@ pub struct Worker<D> {
     /// The I/O driver: io_uring or epoll.
     io: D,
     listeners: Vec<ListenerLocal>,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    dirty: Vec<u32>,
+    /// Every live connection.
+    slots: Slab<Slot>,
+    /// Slots to flush this turn.
+    dirty: Vec<SlotId>,
     wheel: Wheel<SlotId>,
     state: Arc<RunStateCell>,
-    live: usize,
     log: crate::ops::log::LogSink,
     /// Per listener, this worker's counters and histograms.
     metrics: Vec<ListenerMetrics>,
@@ -161,12 +162,10 @@ impl<D: Driver<Token>> Worker<D> {
                 .into_iter()
                 .map(|(shared, fd)| ListenerLocal::new(shared, fd, s.index))
                 .collect(),
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slab::new(),
             dirty: Vec::new(),
             wheel: Wheel::new(now, Duration::from_millis(20), 4096),
             state: s.state,
-            live: 0,
             log: s.log,
             metrics: vec![ListenerMetrics::default(); n_listeners],
             publish: s.metrics.map(|out| Publisher {
@@ -230,7 +229,7 @@ impl<D: Driver<Token>> Worker<D> {
             if self.state.load() == RunState::Stopping || now >= drain_deadline.unwrap() {
                 self.shutdown_all(now);
             }
-            if self.live == 0 && self.io.ops_in_flight() == 0 {
+            if self.slots.is_empty() && self.io.ops_in_flight() == 0 {
                 self.maybe_publish(now, true);
                 return Ok(());
             }
@@ -256,14 +255,11 @@ impl<D: Driver<Token>> Worker<D> {
         }
         // Fold in the bytes of long-lived connections too (only at publish time,
         // not per byte).
-        for s in &mut self.slots {
-            if let Some(c) = &s.conn {
-                let m = &mut self.metrics[s.listener];
-                m.bytes_client_to_upstream += c.bytes_client_to_upstream - s.reported_c2u;
-                m.bytes_upstream_to_client += c.bytes_upstream_to_client - s.reported_u2c;
-                s.reported_c2u = c.bytes_client_to_upstream;
-                s.reported_u2c = c.bytes_upstream_to_client;
-            }
+        for (_, s) in self.slots.iter_mut() {
+            let (c2u, u2c) = s.take_unreported();
+            let m = &mut self.metrics[s.listener];
+            m.bytes_client_to_upstream += c2u;
+            m.bytes_upstream_to_client += u2c;
         }
         let _ = p.out.tx.try_send(WorkerSnapshot {
             worker: self.index,
@@ -294,29 +290,20 @@ impl<D: Driver<Token>> Worker<D> {
     }
 
     fn shutdown_all(&mut self, now: Instant) {
-        for i in 0..self.slots.len() {
-            if self.slots[i].closing.is_none() {
-                if let Some(c) = self.slots[i].conn.as_mut() {
-                    c.handle_shutdown();
-                    self.mark_dirty(i as u32);
+        for (id, s) in self.slots.iter_mut() {
+            if s.closing().is_none() {
+                s.conn.handle_shutdown();
+                if s.mark_dirty() {
+                    self.dirty.push(id);
                 }
             }
         }
         self.flush_dirty(now);
     }
 
-    fn mark_dirty(&mut self, slot: u32) {
-        let s = &mut self.slots[slot as usize];
-        if !s.dirty {
-            s.dirty = true;
-            self.dirty.push(slot);
-        }
-    }
-
-    fn slot_id(&self, idx: u32) -> SlotId {
-        SlotId {
-            idx,
-            gen: self.slots[idx as usize].gen,
+    fn mark_dirty(&mut self, id: SlotId) {
+        if self.slots.get_mut(id).is_some_and(Slot::mark_dirty) {
+            self.dirty.push(id);
         }
     }
 
@@ -330,72 +317,70 @@ impl<D: Driver<Token>> Worker<D> {
                 id
             }
         };
-        let s = &mut self.slots[id.idx as usize];
-        if !s.is(id) {
+        let Some(s) = self.slots.get_mut(id) else {
             // Cannot happen while slots outlive their ops; stay safe regardless.
             // Dropping the event gives a receive buffer back to the ring.
             return;
-        }
-        if !more {
-            s.inflight -= 1;
-        }
+        };
+        s.completed(more);
         match token {
             Token::Recv(_, side) => self.on_recv(id, side, c.into_event(), now),
             Token::Send(_, side) => self.on_send(id, side, c.into_event(), now),
             Token::Connect(_) => self.on_connect(id, c.into_event(), now),
             _ => {}
         }
-        self.mark_dirty(id.idx);
+        self.mark_dirty(id);
     }
 
     fn on_recv(&mut self, id: SlotId, side: Side, event: Event<D::Buf>, now: Instant) {
-        let s = &mut self.slots[id.idx as usize];
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
         // Single-shot: every receive completion is final.
         s.leg(side).rx.done(&mut self.cap);
-        if s.closing.is_some() {
+        if s.closing().is_some() {
             return;
         }
-        let conn = s.conn.as_mut().expect("checked by on_completion");
         match event {
             // The connection decrypts in place and copies out what it keeps;
             // dropping `buf` then gives the buffer straight back to the ring.
-            Event::Received(mut buf) => side.handle_data(conn, &mut buf, now),
-            Event::Eof => side.handle_eof(conn, now),
+            Event::Received(mut buf) => s.conn.handle_data(side, &mut buf, now),
+            Event::Eof => s.conn.handle_eof(side, now),
             // Ring ran dry or we cancelled: re-armed in flush if wanted.
             Event::Failed(OpError::NoBuffers | OpError::Cancelled) => {}
-            _ => side.handle_error(conn),
+            _ => s.conn.handle_error(side),
         }
     }
 
     fn on_send(&mut self, id: SlotId, side: Side, event: Event<D::Buf>, now: Instant) {
-        let s = &mut self.slots[id.idx as usize];
-        let leg = &mut s.legs[side as usize];
-        leg.send = None;
-        if s.closing.is_some() {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        s.leg(side).send = None;
+        if s.closing().is_some() {
             return;
         }
-        let conn = s.conn.as_mut().expect("checked by on_completion");
         match event {
             Event::Sent(sent) if sent.remaining() > 0 => {
                 // Short send: the rest goes out before anything newer.
                 let (buf, off) = sent.into_parts();
-                let fd = leg.fd.as_ref().expect("a sending leg has a socket").as_fd();
-                leg.send = Some(self.io.send(fd, buf, off, Token::Send(id, side)));
-                s.inflight += 1;
+                s.send(&mut self.io, id, side, buf, off);
             }
-            Event::Sent(sent) => side.handle_sent(conn, sent.into_parts().0, now),
-            _ => side.handle_error(conn),
+            Event::Sent(sent) => s.conn.handle_sent(side, sent.into_parts().0, now),
+            _ => s.conn.handle_error(side),
         }
     }
 
     fn on_connect(&mut self, id: SlotId, event: Event<D::Buf>, now: Instant) {
-        let s = &mut self.slots[id.idx as usize];
-        s.connect = None;
-        if s.closing.is_some() {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        s.connect_done();
+        if s.closing().is_some() {
             return;
         }
         if let Event::Connected = event {
-            return self.upstream_connected(id.idx, now);
+            return self.upstream_connected(id, now);
         }
         if let Some(a) = s.dial.addr() {
             self.metrics[s.listener].upstream_connect_error(a);
@@ -405,20 +390,21 @@ impl<D: Driver<Token>> Worker<D> {
         if let Some(fd) = s.leg(Side::Upstream).fd.take() {
             self.io.close(fd, Token::Fire);
         }
-        self.start_connect(id.idx, now);
+        self.start_connect(id, now);
     }
 
     /// The upstream socket connected: hand it to the connection, with the PROXY v2
     /// preamble and the upstream TLS session if the listener wants them.
-    fn upstream_connected(&mut self, idx: u32, now: Instant) {
-        let s = &mut self.slots[idx as usize];
+    fn upstream_connected(&mut self, id: SlotId, now: Instant) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
         s.leg(Side::Upstream).open = true;
         s.dial.connected();
         if let Some(d) = s.dial.elapsed(now) {
             self.metrics[s.listener].upstream_connect.record(d);
         }
-        let live = s.live.as_ref().expect("a live conn has its material");
-        let conn = s.conn.as_mut().expect("a connecting slot has its conn");
+        let (live, conn) = (&s.live, &mut s.conn);
         let preamble = if live.proxy_v2 {
             let l = &self.listeners[s.listener].shared;
             let client = s.legs[Side::Client as usize].fd.as_ref();
@@ -487,28 +473,17 @@ impl<D: Driver<Token>> Worker<D> {
         } else {
             None
         };
-        let idx = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(Slot::default());
-            (self.slots.len() - 1) as u32
-        });
-        let s = &mut self.slots[idx as usize];
-        s.reuse();
-        s.conn = Some(conn);
-        s.live = Some(live);
-        s.listener = li;
-        let client = s.leg(Side::Client);
-        client.fd = Some(fd);
-        client.open = true;
-        s.client_addr = client_addr;
-        self.live += 1;
-        self.mark_dirty(idx);
+        let id = self
+            .slots
+            .insert(Slot::new(conn, live, li, fd, client_addr));
+        self.mark_dirty(id);
     }
 
     /// Connect to the next upstream of the walk, or tell the connection none is left.
-    fn start_connect(&mut self, idx: u32, now: Instant) {
-        let id = self.slot_id(idx);
-        let s = &mut self.slots[idx as usize];
-        let conn = s.conn.as_mut().expect("a connecting slot has its conn");
+    fn start_connect(&mut self, id: SlotId, now: Instant) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
         while let Some(addr) = s.dial.next(now) {
             let fd = match sock::upstream_socket(addr) {
                 Ok(fd) => fd,
@@ -517,36 +492,28 @@ impl<D: Driver<Token>> Worker<D> {
                     continue;
                 }
             };
-            s.connect = Some(self.io.connect(fd.as_fd(), addr, Token::Connect(id)));
-            s.legs[Side::Upstream as usize].fd = Some(fd);
+            s.connect(&mut self.io, id, fd, addr);
             s.dial.started(addr, now);
-            s.inflight += 1;
-            conn.handle_connect_started(now);
+            s.conn.handle_connect_started(now);
             return;
         }
-        conn.handle_upstream_unavailable();
+        s.conn.handle_upstream_unavailable();
     }
 
     fn on_timer(&mut self, id: SlotId, now: Instant) {
-        let s = &mut self.slots[id.idx as usize];
-        if s.gen != id.gen || s.closing.is_some() {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        if s.closing().is_some() {
             return;
         }
-        let Some(conn) = s.conn.as_mut() else { return };
-        match conn.handle_timeout(now) {
-            Expired::No => {
-                s.scheduled_at = Some(conn.deadline());
-                self.wheel.schedule(conn.deadline(), id)
-            }
-            Expired::ConnectAttempt => {
-                if let Some(op) = s.connect {
-                    self.io.cancel(op, Token::Fire);
-                }
-                s.scheduled_at = Some(conn.deadline());
-                self.wheel.schedule(conn.deadline(), id);
-            }
-            Expired::Close => self.mark_dirty(id.idx),
+        match s.conn.handle_timeout(now) {
+            Expired::No => {}
+            Expired::ConnectAttempt => s.cancel_connect(&mut self.io),
+            Expired::Close => return self.mark_dirty(id),
         }
+        s.scheduled_at = Some(s.conn.deadline());
+        self.wheel.schedule(s.conn.deadline(), id);
     }
 
     /// Flush the connections the worker cap paused once it has room again.
@@ -556,20 +523,21 @@ impl<D: Driver<Token>> Worker<D> {
         }
         let paused = std::mem::take(&mut self.cap.paused);
         for id in paused {
-            let s = &mut self.slots[id.idx as usize];
-            if s.is(id) {
-                s.cap_paused = false;
-                self.mark_dirty(id.idx);
+            if let Some(s) = self.slots.get_mut(id) {
+                s.unpause();
+                self.mark_dirty(id);
             }
         }
         self.flush_dirty(now);
     }
 
     fn flush_dirty(&mut self, now: Instant) {
-        while let Some(idx) = self.dirty.pop() {
-            self.slots[idx as usize].dirty = false;
-            self.flushed += 1;
-            self.flush(idx, now);
+        while let Some(id) = self.dirty.pop() {
+            if let Some(s) = self.slots.get_mut(id) {
+                s.clear_dirty();
+                self.flushed += 1;
+                self.flush(id, now);
+            }
         }
     }
 
@@ -586,106 +554,81 @@ impl<D: Driver<Token>> Worker<D> {
     }
 
     /// Turn one connection's wants into ops.
-    fn flush(&mut self, idx: u32, now: Instant) {
-        let s = &mut self.slots[idx as usize];
-        let Some(conn) = s.conn.as_mut() else { return };
-        if s.closing.is_some() {
+    fn flush(&mut self, id: SlotId, now: Instant) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        if s.closing().is_some() {
             if s.may_free() {
-                self.finalize(idx);
+                self.finalize(id);
             }
             return;
         }
-        if conn.poll_connect() {
-            self.handshake_done(idx, now);
+        if s.conn.poll_connect() {
+            self.handshake_done(id, now);
         }
-        self.retry_upstream(idx, now);
+        self.retry_upstream(id, now);
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
         // Op order as always: client send, upstream send/shutdown/receive, client
         // shutdown/receive.
-        self.flush_send(idx, Side::Client);
-        self.account(idx);
-        if self.slots[idx as usize].legs[Side::Upstream as usize].open {
-            self.flush_send(idx, Side::Upstream);
-            self.flush_recv_side(idx, Side::Upstream);
+        Self::flush_send(&mut self.io, s, id, Side::Client);
+        s.account(&mut self.cap);
+        if s.legs[Side::Upstream as usize].open {
+            Self::flush_send(&mut self.io, s, id, Side::Upstream);
+            Self::flush_recv_side(&mut self.io, &mut self.cap, s, id, Side::Upstream);
         }
-        self.flush_recv_side(idx, Side::Client);
-        self.schedule_or_close(idx);
+        Self::flush_recv_side(&mut self.io, &mut self.cap, s, id, Side::Client);
+        self.schedule_or_close(id);
     }
 
     /// The client handshake completed: count it and start the upstream walk.
-    fn handshake_done(&mut self, idx: u32, now: Instant) {
-        let s = &mut self.slots[idx as usize];
+    fn handshake_done(&mut self, id: SlotId, now: Instant) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
         let l = &mut self.listeners[s.listener];
-        let live = s.live.as_ref().expect("a live conn has its material");
-        s.dial.begin(&live.upstreams, &mut l.rr_cursor);
-        let conn = s.conn.as_ref().expect("flushed slots have a conn");
-        let tls = conn.tls();
+        s.dial.begin(&s.live.upstreams, &mut l.rr_cursor);
+        let tls = s.conn.tls();
         self.metrics[s.listener].handshake_ok(
             tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             tls.peer_certificates().is_some(),
-            conn.handshake_duration(),
+            s.conn.handshake_duration(),
         );
-        self.start_connect(idx, now);
-    }
-
-    /// Sends only move bytes between counted places: one account per flush.
-    fn account(&mut self, idx: u32) {
-        let s = &mut self.slots[idx as usize];
-        let conn = s.conn.as_ref().expect("flushed slots have a conn");
-        let held = conn.buffered_to_client() + conn.buffered_to_upstream();
-        self.cap.account(&mut s.accounted, held);
+        self.start_connect(id, now);
     }
 
     /// At most one send per side in flight: queue what the connection has sealed.
-    fn flush_send(&mut self, idx: u32, side: Side) {
-        let id = self.slot_id(idx);
-        let s = &mut self.slots[idx as usize];
-        let conn = s.conn.as_mut().expect("flushed slots have a conn");
-        let Some(buf) = side.poll_send(conn) else {
-            return;
-        };
-        let leg = &mut s.legs[side as usize];
-        let fd = leg.fd.as_ref().expect("an open leg has a socket").as_fd();
-        leg.send = Some(self.io.send(fd, buf, 0, Token::Send(id, side)));
-        s.inflight += 1;
+    fn flush_send(io: &mut D, s: &mut Slot, id: SlotId, side: Side) {
+        if let Some(buf) = s.conn.poll_send(side) {
+            s.send(io, id, side, buf, 0);
+        }
     }
 
     /// Half-close the side if the connection asks, then arm (or cancel) its receive.
-    fn flush_recv_side(&mut self, idx: u32, side: Side) {
-        let id = self.slot_id(idx);
-        let s = &mut self.slots[idx as usize];
-        let conn = s.conn.as_mut().expect("flushed slots have a conn");
-        let leg = &mut s.legs[side as usize];
-        let fd = leg.fd.as_ref().expect("an open leg has a socket").as_fd();
-        if side.poll_shutdown(conn) {
-            self.io.shutdown_write(fd, Token::Shutdown(id));
-            s.inflight += 1;
+    fn flush_recv_side(io: &mut D, cap: &mut BufferCap, s: &mut Slot, id: SlotId, side: Side) {
+        if s.conn.poll_shutdown(side) {
+            s.shutdown_write(io, id, side);
         }
-        let (budget, held) = (side.recv_budget(conn), side.held(conn));
-        let a = leg.rx.arm(
-            &mut self.io,
-            &mut self.cap,
-            fd,
-            budget,
-            held,
-            Token::Recv(id, side),
-        );
-        self.cap.note(a, &mut s.inflight, &mut s.cap_paused, id);
+        s.arm_recv(io, cap, id, side);
     }
 
     /// Reschedule the deadline when the phase changed; start closing when the
     /// connection is done.
-    fn schedule_or_close(&mut self, idx: u32) {
-        let id = self.slot_id(idx);
-        let s = &mut self.slots[idx as usize];
-        let conn = s.conn.as_ref().expect("flushed slots have a conn");
-        let due = conn.deadline();
-        if s.scheduled_phase != Some(conn.phase()) || s.scheduled_at.is_some_and(|t| due < t) {
-            s.scheduled_phase = Some(conn.phase());
+    fn schedule_or_close(&mut self, id: SlotId) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        let due = s.conn.deadline();
+        let phase = s.conn.phase();
+        if s.scheduled_phase != Some(phase) || s.scheduled_at.is_some_and(|t| due < t) {
+            s.scheduled_phase = Some(phase);
             s.scheduled_at = Some(due);
             self.wheel.schedule(due, id);
         }
-        if let Some(reason) = conn.poll_close() {
-            self.begin_close(idx, reason);
+        if let Some(reason) = s.conn.poll_close() {
+            self.begin_close(id, reason);
         }
     }
 
@@ -694,14 +637,14 @@ impl<D: Driver<Token>> Worker<D> {
     /// once per off period that resumption towards it is off), stop the old socket's
     /// ops, and once they are done connect the same address again (the connection
     /// makes full handshakes from now on).
-    fn retry_upstream(&mut self, idx: u32, now: Instant) {
-        let s = &mut self.slots[idx as usize];
-        let conn = s.conn.as_mut().expect("flushed slots have a conn");
-        if let Some(reason) = conn.poll_upstream_tls_retry() {
+    fn retry_upstream(&mut self, id: SlotId, now: Instant) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        if let Some(reason) = s.conn.poll_upstream_tls_retry() {
             let addr = s.dial.addr().expect("a TLS upstream leg has an address");
             self.metrics[s.listener].upstream_resumption_failure(addr);
-            let live = s.live.as_ref().expect("a live conn has its material");
-            if let Some(off) = live.upstream_tls.as_ref().and_then(|u| u.refused(addr)) {
+            if let Some(off) = s.live.upstream_tls.as_ref().and_then(|u| u.refused(addr)) {
                 crate::op_warn!(
                     "listener \"{}\": upstream {addr} refused TLS session \
                      resumption (its handshake failed: {}); its sessions were dropped and \
@@ -723,13 +666,15 @@ impl<D: Driver<Token>> Worker<D> {
                 self.io.close(fd, Token::Fire);
             }
             s.dial.again();
-            self.start_connect(idx, now);
+            self.start_connect(id, now);
         }
     }
 
-    fn begin_close(&mut self, idx: u32, reason: CloseReason) {
-        let s = &mut self.slots[idx as usize];
-        s.closing = Some(reason);
+    fn begin_close(&mut self, id: SlotId, reason: CloseReason) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        s.set_closing(reason);
         let m = &mut self.metrics[s.listener];
         match reason {
             CloseReason::HandshakeFailed(r) => m.handshake_error(r),
@@ -753,29 +698,28 @@ impl<D: Driver<Token>> Worker<D> {
         if let Some(fd) = reset.and_then(|side| s.legs[side as usize].fd.as_ref()) {
             sock::reset_on_close(fd);
         }
-        let legs = s.legs.iter().flat_map(|l| l.ops());
-        for op in legs.chain(s.connect) {
-            self.io.cancel(op, Token::Fire);
-        }
+        s.cancel_all(&mut self.io);
         if s.may_free() {
-            self.finalize(idx);
+            self.finalize(id);
         }
     }
 
     /// Every op of the slot has completed: close the sockets, free the slot.
-    fn finalize(&mut self, idx: u32) {
-        let s = &mut self.slots[idx as usize];
-        let Some(conn) = s.conn.take() else { return };
-        self.cap.account(&mut s.accounted, 0);
+    fn finalize(&mut self, id: SlotId) {
+        let Some(mut s) = self.slots.remove(id) else {
+            return;
+        };
+        s.unaccount(&mut self.cap);
         let l = &self.listeners[s.listener].shared;
         let m = &mut self.metrics[s.listener];
-        m.bytes_client_to_upstream += conn.bytes_client_to_upstream - s.reported_c2u;
-        m.bytes_upstream_to_client += conn.bytes_upstream_to_client - s.reported_u2c;
+        let (c2u, u2c) = s.take_unreported();
+        m.bytes_client_to_upstream += c2u;
+        m.bytes_upstream_to_client += u2c;
         l.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(kind) = conn.upstream_handshake_kind() {
+        if let Some(kind) = s.conn.upstream_handshake_kind() {
             let resumed = kind == rustls::HandshakeKind::Resumed;
             m.upstream_handshakes[resumed as usize] += 1;
-            let up = s.live.as_ref().and_then(|l| l.upstream_tls.as_ref());
+            let up = s.live.upstream_tls.as_ref();
             if let Some((up, addr)) = up.zip(s.dial.addr()).filter(|_| resumed) {
                 up.resumed(addr);
             }
@@ -791,21 +735,16 @@ impl<D: Driver<Token>> Worker<D> {
                     .filter(|_| s.legs[Side::Upstream as usize].open),
             };
             self.log
-                .send_line(crate::ops::access_log::line(at, s.closing, &conn));
+                .send_line(crate::ops::access_log::line(at, s.closing(), &s.conn));
         }
-        s.live = None;
-        self.close_sockets(idx);
-        self.slots[idx as usize].release();
-        self.free.push(idx);
-        self.live -= 1;
+        self.close_sockets(s);
     }
 
     /// Close both legs' sockets through the ring; a client refused by us first
     /// loses its unread bytes, so the close sends a FIN behind our alert.
-    fn close_sockets(&mut self, idx: u32) {
-        let s = &mut self.slots[idx as usize];
+    fn close_sockets(&mut self, mut s: Slot) {
         let refused = matches!(
-            s.closing,
+            s.closing(),
             Some(
                 CloseReason::HandshakeFailed(_)
                     | CloseReason::ClientProtocolError

@@ -7,8 +7,8 @@
 //! whole proxy logic — TLS, half-close, backpressure, timeouts — is unit-tested with
 //! an in-memory rustls client (see the tests below) and any driver can run it.
 //!
-//! Send buffers are handed to the driver by value (`poll_*_send`) and come back with
-//! `handle_*_sent`, so the driver's I/O layer owns them while the kernel does.
+//! Send buffers are handed to the driver by value ([`Conn::poll_send`]) and come back
+//! with [`Conn::handle_sent`], so the driver's I/O layer owns them while the kernel does.
 //!
 //! Owns [`Conn`] (phases, deadlines, close decisions, the upstream TLS retry) over two
 //! `leg::Leg`s of one type, one per side: every per-side rule (send queue, EOF,
@@ -257,11 +257,6 @@ impl Conn {
         }
     }
 
-    /// Bytes arrived from the client (a copy is decrypted: see [`Conn::handle_data`]).
-    pub fn handle_client_data(&mut self, data: &[u8], now: Instant) {
-        self.client_data(&mut data.to_vec(), now);
-    }
-
     fn client_data(&mut self, data: &mut [u8], now: Instant) {
         if self.closing() || self.client.read_closed {
             return;
@@ -297,8 +292,24 @@ impl Conn {
         self.run_http(now);
     }
 
+    /// `side`'s TCP stream ended (FIN).
+    pub fn handle_eof(&mut self, side: Side, now: Instant) {
+        match side {
+            Side::Client => self.client_eof(now),
+            Side::Upstream => self.upstream_eof(now),
+        }
+    }
+
+    /// `side`'s socket failed (reset, broken pipe...).
+    pub fn handle_error(&mut self, side: Side) {
+        match side {
+            Side::Client => self.client_error(),
+            Side::Upstream => self.upstream_error(),
+        }
+    }
+
     /// The client's TCP stream ended (FIN).
-    pub fn handle_client_eof(&mut self, now: Instant) {
+    fn client_eof(&mut self, now: Instant) {
         self.last_activity = now;
         self.client.read_closed = true;
         // A refusal already queued its alert: a FIN in the same read must not cut
@@ -310,7 +321,7 @@ impl Conn {
     }
 
     /// The client socket failed (reset, broken pipe...).
-    pub fn handle_client_error(&mut self) {
+    fn client_error(&mut self) {
         self.close
             .get_or_insert(if self.phase == Phase::Handshaking {
                 CloseReason::HandshakeFailed(HandshakeFailure::PeerClosed)
@@ -354,11 +365,6 @@ impl Conn {
             .get_or_insert(CloseReason::UpstreamUnavailable);
     }
 
-    /// Bytes arrived from the upstream (a copy is used: see [`Conn::handle_data`]).
-    pub fn handle_upstream_data(&mut self, data: &[u8], now: Instant) {
-        self.upstream_data(&mut data.to_vec(), now);
-    }
-
     fn upstream_data(&mut self, data: &mut [u8], now: Instant) {
         // Not Streaming: what is left of an upstream leg being retried.
         if self.closing() || self.phase != Phase::Streaming {
@@ -387,7 +393,7 @@ impl Conn {
 
     /// The upstream's stream ended (FIN): close_notify goes to the client after the
     /// bytes already received.
-    pub fn handle_upstream_eof(&mut self, now: Instant) {
+    fn upstream_eof(&mut self, now: Instant) {
         if self.phase != Phase::Streaming || self.retry_upstream_tls(HandshakeFailure::PeerClosed) {
             return;
         }
@@ -395,7 +401,7 @@ impl Conn {
         self.upstream.read_closed = true;
     }
 
-    pub fn handle_upstream_error(&mut self) {
+    fn upstream_error(&mut self) {
         if self.phase != Phase::Streaming || self.retry_upstream_tls(HandshakeFailure::PeerClosed) {
             return;
         }
@@ -452,25 +458,14 @@ impl Conn {
         true
     }
 
-    /// A send to `side` finished completely: what [`Conn::handle_client_sent`] and
-    /// [`Conn::handle_upstream_sent`] do.
+    /// A send to `side` finished completely. The buffer is dropped, not kept for
+    /// reuse: an idle connection then holds no send memory (the allocator recycles it).
     pub fn handle_sent(&mut self, side: Side, buf: Vec<u8>, now: Instant) {
         match side {
             Side::Client => self.client.handle_sent(buf),
             Side::Upstream => self.upstream.handle_sent(buf),
         }
         self.last_activity = now;
-    }
-
-    /// A client send finished completely. The buffer is dropped, not kept for reuse:
-    /// an idle connection then holds no send memory (the allocator recycles it).
-    pub fn handle_client_sent(&mut self, buf: Vec<u8>, now: Instant) {
-        self.handle_sent(Side::Client, buf, now);
-    }
-
-    /// An upstream send finished completely (buffer dropped, as for the client).
-    pub fn handle_upstream_sent(&mut self, buf: Vec<u8>, now: Instant) {
-        self.handle_sent(Side::Upstream, buf, now);
     }
 
     /// A deadline may have passed.
@@ -544,18 +539,18 @@ impl Conn {
         std::mem::take(&mut self.want_connect) && !self.closing()
     }
 
-    /// Bytes to send to `side`: what [`Conn::poll_client_send`] and
-    /// [`Conn::poll_upstream_send`] do.
+    /// Bytes to send to `side`, if none are in flight (and, for the upstream, once
+    /// connected).
     pub fn poll_send(&mut self, side: Side) -> Option<Vec<u8>> {
         match side {
-            Side::Client => self.poll_client_send(),
-            Side::Upstream => self.poll_upstream_send(),
+            Side::Client => self.client_send(),
+            Side::Upstream => self.upstream_send(),
         }
     }
 
     /// Bytes to send to the client, if none are in flight. Seals the upstream
     /// plaintext gathered since the last call into records first.
-    pub fn poll_client_send(&mut self) -> Option<Vec<u8>> {
+    fn client_send(&mut self) -> Option<Vec<u8>> {
         if self.close.is_some() {
             return None;
         }
@@ -566,7 +561,7 @@ impl Conn {
 
     /// Bytes to send to the upstream, if connected and none are in flight. Moves
     /// (or, for a TLS upstream, seals) the client plaintext gathered so far first.
-    pub fn poll_upstream_send(&mut self) -> Option<Vec<u8>> {
+    fn upstream_send(&mut self) -> Option<Vec<u8>> {
         if self.phase != Phase::Streaming || self.closing() {
             return None;
         }
@@ -589,25 +584,9 @@ impl Conn {
         self.leg(side.other()).plain_in.len() + self.leg(side).queued() + http
     }
 
-    /// Bytes held for the client -> upstream direction (plaintext waiting, bytes
-    /// queued or in flight to the upstream).
-    pub fn buffered_to_upstream(&self) -> usize {
-        self.buffered_to(Side::Upstream)
-    }
-
-    /// Bytes held for the upstream -> client direction.
-    pub fn buffered_to_client(&self) -> usize {
-        self.buffered_to(Side::Client)
-    }
-
-    /// Whether the driver should have a receive armed on the client socket.
-    pub fn wants_client_recv(&self) -> bool {
-        self.client_recv_budget() > 0
-    }
-
-    /// Whether the driver should have a receive armed on the upstream socket.
-    pub fn wants_upstream_recv(&self) -> bool {
-        self.upstream_recv_budget() > 0
+    /// Whether the driver should have a receive armed on `side`'s socket.
+    pub fn wants_recv(&self, side: Side) -> bool {
+        self.recv_budget(side) > 0
     }
 
     /// How many bytes the next receive from `side` may take: what is left of
@@ -626,20 +605,18 @@ impl Conn {
             .saturating_sub(self.buffered_to(side.other()))
     }
 
-    /// How many bytes the next client receive may take (see [`Conn::recv_budget`]).
-    pub fn client_recv_budget(&self) -> usize {
-        self.recv_budget(Side::Client)
-    }
-
-    /// How many bytes the next upstream receive may take (0: do not receive).
-    pub fn upstream_recv_budget(&self) -> usize {
-        self.recv_budget(Side::Upstream)
+    /// Shut down `side`'s write side (true once).
+    pub fn poll_shutdown(&mut self, side: Side) -> bool {
+        match side {
+            Side::Client => self.client_shutdown(),
+            Side::Upstream => self.upstream_shutdown(),
+        }
     }
 
     /// Shut down the upstream's write side (true once): the client finished
     /// sending and everything it sent has been delivered (after close_notify, for a
     /// TLS upstream).
-    pub fn poll_upstream_shutdown(&mut self) -> bool {
+    fn upstream_shutdown(&mut self) -> bool {
         let ready = self.phase == Phase::Streaming
             && self.client.read_closed
             && self.client.plain_in.is_empty()
@@ -649,7 +626,7 @@ impl Conn {
     }
 
     /// Shut down the client's TCP write side (true once), after close_notify went out.
-    pub fn poll_client_shutdown(&mut self) -> bool {
+    fn client_shutdown(&mut self) -> bool {
         let ready = self.close.is_none();
         self.client.poll_shutdown(ready)
     }

@@ -105,10 +105,11 @@ impl Pair {
             while self.client.wants_write() {
                 self.client.write_tls(&mut buf).unwrap();
             }
-            self.conn.handle_client_data(&buf, self.now);
-            if let Some(b) = self.conn.poll_client_send() {
+            self.conn
+                .handle_data(Side::Client, &mut buf.to_vec(), self.now);
+            if let Some(b) = self.conn.poll_send(Side::Client) {
                 self.deliver(&b);
-                self.conn.handle_client_sent(b, self.now);
+                self.conn.handle_sent(Side::Client, b, self.now);
             }
         }
     }
@@ -123,22 +124,23 @@ impl Pair {
             }
             if !buf.is_empty() {
                 moved = true;
-                self.conn.handle_client_data(&buf, self.now);
+                self.conn
+                    .handle_data(Side::Client, &mut buf.to_vec(), self.now);
             }
             if self.conn.poll_connect() {
                 self.conn
                     .handle_upstream_connected(self.now, Vec::new(), None);
                 moved = true;
             }
-            if let Some(b) = self.conn.poll_client_send() {
+            if let Some(b) = self.conn.poll_send(Side::Client) {
                 moved = true;
                 self.deliver(&b);
-                self.conn.handle_client_sent(b, self.now);
+                self.conn.handle_sent(Side::Client, b, self.now);
             }
-            if let Some(b) = self.conn.poll_upstream_send() {
+            if let Some(b) = self.conn.poll_send(Side::Upstream) {
                 moved = true;
                 self.upstream_got.extend_from_slice(&b);
-                self.conn.handle_upstream_sent(b, self.now);
+                self.conn.handle_sent(Side::Upstream, b, self.now);
             }
             if !moved {
                 return;
@@ -158,7 +160,8 @@ fn handshake_then_bytes_flow_unchanged_both_ways() {
     p.client.writer().write_all(b"hello upstream").unwrap();
     p.run();
     assert_eq!(p.upstream_got, b"hello upstream");
-    p.conn.handle_upstream_data(b"hello client", p.now);
+    p.conn
+        .handle_data(Side::Upstream, &mut b"hello client".to_vec(), p.now);
     p.run();
     assert_eq!(p.client_got, b"hello client");
     assert_eq!(p.conn.bytes_client_to_upstream, 14);
@@ -192,19 +195,23 @@ fn client_close_notify_half_closes_upstream_while_upstream_keeps_talking() {
     p.client.send_close_notify();
     p.run();
     assert_eq!(p.upstream_got, b"request");
-    assert!(p.conn.poll_upstream_shutdown(), "upstream write side shut");
-    assert!(!p.conn.wants_client_recv());
+    assert!(
+        p.conn.poll_shutdown(Side::Upstream),
+        "upstream write side shut"
+    );
+    assert!(!p.conn.wants_recv(Side::Client));
     // The other direction still flows.
-    assert!(p.conn.wants_upstream_recv());
-    p.conn.handle_upstream_data(b"response", p.now);
+    assert!(p.conn.wants_recv(Side::Upstream));
+    p.conn
+        .handle_data(Side::Upstream, &mut b"response".to_vec(), p.now);
     p.run();
     assert_eq!(p.client_got, b"response");
     assert!(p.conn.poll_close().is_none());
     // Upstream finishes: close_notify to the client, then the connection ends.
-    p.conn.handle_upstream_eof(p.now);
+    p.conn.handle_eof(Side::Upstream, p.now);
     p.run();
     assert!(p.client_closed, "client saw close_notify");
-    assert!(p.conn.poll_client_shutdown());
+    assert!(p.conn.poll_shutdown(Side::Client));
     assert_eq!(p.conn.poll_close(), Some(CloseReason::Done));
 }
 
@@ -213,18 +220,19 @@ fn upstream_eof_sends_close_notify_but_client_may_keep_sending() {
     let pki = pki();
     let mut p = Pair::new(&pki);
     p.run();
-    p.conn.handle_upstream_data(b"bye", p.now);
-    p.conn.handle_upstream_eof(p.now);
+    p.conn
+        .handle_data(Side::Upstream, &mut b"bye".to_vec(), p.now);
+    p.conn.handle_eof(Side::Upstream, p.now);
     p.run();
     assert_eq!(p.client_got, b"bye");
     assert!(p.client_closed);
-    assert!(p.conn.poll_client_shutdown());
+    assert!(p.conn.poll_shutdown(Side::Client));
     assert!(p.conn.poll_close().is_none(), "client->upstream still open");
     p.client.writer().write_all(b"late").unwrap();
     p.run();
     assert_eq!(p.upstream_got, b"late");
-    p.conn.handle_client_eof(p.now);
-    assert!(p.conn.poll_upstream_shutdown());
+    p.conn.handle_eof(Side::Client, p.now);
+    assert!(p.conn.poll_shutdown(Side::Upstream));
     assert_eq!(p.conn.poll_close(), Some(CloseReason::Done));
 }
 
@@ -236,11 +244,12 @@ fn slow_client_stops_upstream_reads_at_high_water_mark() {
     let chunk = vec![7u8; 16 * 1024];
     let mut fed = 0;
     let mut stuck = None;
-    while p.conn.wants_upstream_recv() {
-        p.conn.handle_upstream_data(&chunk, p.now);
+    while p.conn.wants_recv(Side::Upstream) {
+        p.conn
+            .handle_data(Side::Upstream, &mut chunk.to_vec(), p.now);
         fed += chunk.len();
         // The client never reads: the first send stays in flight.
-        if let Some(b) = p.conn.poll_client_send() {
+        if let Some(b) = p.conn.poll_send(Side::Client) {
             assert!(stuck.is_none(), "one send in flight at a time");
             stuck = Some(b);
         }
@@ -250,9 +259,9 @@ fn slow_client_stops_upstream_reads_at_high_water_mark() {
     // The client reads again: the stuck send completes and reading resumes.
     let b = stuck.unwrap();
     p.deliver(&b);
-    p.conn.handle_client_sent(b, p.now);
+    p.conn.handle_sent(Side::Client, b, p.now);
     p.run();
-    assert!(p.conn.wants_upstream_recv());
+    assert!(p.conn.wants_recv(Side::Upstream));
     assert_eq!(p.client_got.len(), fed);
 }
 
@@ -261,10 +270,14 @@ fn garbage_fails_handshake_as_malformed_with_alert() {
     let pki = pki();
     let now = Instant::now();
     let mut c = fresh_conn(&pki, now);
-    c.handle_client_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
-    let alert = c.poll_client_send().expect("an alert is sent");
+    c.handle_data(
+        Side::Client,
+        &mut b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        now,
+    );
+    let alert = c.poll_send(Side::Client).expect("an alert is sent");
     assert_eq!(alert[0], 0x15, "TLS alert record");
-    c.handle_client_sent(alert, now);
+    c.handle_sent(Side::Client, alert, now);
     assert_eq!(
         c.poll_close(),
         Some(CloseReason::HandshakeFailed(HandshakeFailure::Malformed))
@@ -279,14 +292,18 @@ fn alert_survives_eof_and_more_bytes_in_the_same_read() {
         let now = Instant::now();
         let mut c = fresh_conn(&pki, now);
         // All of it lands in one turn, before the driver polls for output.
-        c.handle_client_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
-        c.handle_client_data(after, now);
-        c.handle_client_eof(now);
+        c.handle_data(
+            Side::Client,
+            &mut b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            now,
+        );
+        c.handle_data(Side::Client, &mut after.to_vec(), now);
+        c.handle_eof(Side::Client, now);
         assert_eq!(c.poll_close(), None, "the alert must go out first");
-        assert!(!c.wants_client_recv());
-        let alert = c.poll_client_send().expect("the alert is still sent");
+        assert!(!c.wants_recv(Side::Client));
+        let alert = c.poll_send(Side::Client).expect("the alert is still sent");
         assert_eq!(alert[0], 0x15, "TLS alert record");
-        c.handle_client_sent(alert, now);
+        c.handle_sent(Side::Client, alert, now);
         assert_eq!(
             c.poll_close(),
             Some(CloseReason::HandshakeFailed(HandshakeFailure::Malformed))
@@ -295,8 +312,8 @@ fn alert_survives_eof_and_more_bytes_in_the_same_read() {
     // A reset is different: nothing can be sent any more.
     let now = Instant::now();
     let mut c = fresh_conn(&pki, now);
-    c.handle_client_data(b"GET / HTTP/1.1\r\n\r\n", now);
-    c.handle_client_error();
+    c.handle_data(Side::Client, &mut b"GET / HTTP/1.1\r\n\r\n".to_vec(), now);
+    c.handle_error(Side::Client);
     assert!(c.poll_close().is_some());
 }
 
@@ -306,31 +323,31 @@ fn receive_budgets_never_exceed_max_buffered() {
     let mut p = Pair::new(&pki);
     p.run();
     let max = limits().max_buffered;
-    assert_eq!(p.conn.upstream_recv_budget(), max);
+    assert_eq!(p.conn.recv_budget(Side::Upstream), max);
     // The client never reads: feed exactly what the budget allows each time.
     let mut stuck = None;
     let mut fed = 0;
-    while p.conn.upstream_recv_budget() > 0 {
-        let n = p.conn.upstream_recv_budget().min(10_000);
-        p.conn.handle_upstream_data(&vec![1u8; n], p.now);
+    while p.conn.recv_budget(Side::Upstream) > 0 {
+        let n = p.conn.recv_budget(Side::Upstream).min(10_000);
+        p.conn.handle_data(Side::Upstream, &mut vec![1u8; n], p.now);
         fed += n;
-        if let Some(b) = p.conn.poll_client_send() {
+        if let Some(b) = p.conn.poll_send(Side::Client) {
             stuck.get_or_insert(b);
         }
         assert!(
-            p.conn.buffered_to_client() <= max + 4096,
+            p.conn.buffered_to(Side::Client) <= max + 4096,
             "TLS overhead only"
         );
     }
     assert!(fed <= max && fed > max - 4096, "fed {fed} of {max}");
     // Upload side: independent budget.
-    assert_eq!(p.conn.client_recv_budget(), max);
+    assert_eq!(p.conn.recv_budget(Side::Client), max);
     let b = stuck.unwrap();
     p.deliver(&b);
-    p.conn.handle_client_sent(b, p.now);
+    p.conn.handle_sent(Side::Client, b, p.now);
     p.run();
     assert!(
-        p.conn.upstream_recv_budget() > 0,
+        p.conn.recv_budget(Side::Upstream) > 0,
         "reading resumes once sent"
     );
     assert_eq!(p.client_got.len(), fed);
@@ -383,12 +400,12 @@ fn upstream_unavailable_sends_close_notify_then_closes() {
     p.handshake_only();
     assert!(p.conn.poll_connect());
     p.conn.handle_upstream_unavailable();
-    let b = p.conn.poll_client_send().expect("close_notify");
+    let b = p.conn.poll_send(Side::Client).expect("close_notify");
     let mut s = &b[..];
     p.client.read_tls(&mut s).unwrap();
     let st = p.client.process_new_packets().unwrap();
     assert!(st.peer_has_closed());
-    p.conn.handle_client_sent(b, p.now);
+    p.conn.handle_sent(Side::Client, b, p.now);
     assert_eq!(p.conn.poll_close(), Some(CloseReason::UpstreamUnavailable));
 }
 
@@ -413,7 +430,7 @@ fn settle_upstream(p: &mut Pair, up: &mut rustls::ServerConnection, up_got: &mut
         }
         if !out.is_empty() {
             moved = true;
-            p.conn.handle_upstream_data(&out, p.now);
+            p.conn.handle_data(Side::Upstream, &mut out.to_vec(), p.now);
         }
         if !moved {
             return;
@@ -439,7 +456,10 @@ fn connected_pair(pki: &Pki, preamble: &[u8], up_client: Option<Arc<ClientConfig
 fn reencrypts_both_ways_after_the_preamble() {
     let pki = pki();
     let mut p = connected_pair(&pki, b"PREAMBLE", Some(pki.client.clone()));
-    let first = p.conn.poll_upstream_send().expect("preamble + ClientHello");
+    let first = p
+        .conn
+        .poll_send(Side::Upstream)
+        .expect("preamble + ClientHello");
     assert!(first.starts_with(b"PREAMBLE"), "preamble goes first");
     assert_eq!(first[8], 0x16, "then a TLS handshake record");
     let mut up = rustls::ServerConnection::new(pki.server.clone()).unwrap();
@@ -448,7 +468,7 @@ fn reencrypts_both_ways_after_the_preamble() {
         up.read_tls(&mut s).unwrap();
     }
     up.process_new_packets().unwrap();
-    p.conn.handle_upstream_sent(first, p.now);
+    p.conn.handle_sent(Side::Upstream, first, p.now);
     let mut up_got = Vec::new();
     p.client
         .writer()
@@ -466,7 +486,7 @@ fn reencrypts_both_ways_after_the_preamble() {
     settle_upstream(&mut p, &mut up, &mut up_got);
     // close_notify reached the upstream before the FIN is allowed.
     assert!(up.process_new_packets().unwrap().peer_has_closed());
-    assert!(p.conn.poll_upstream_shutdown());
+    assert!(p.conn.poll_shutdown(Side::Upstream));
 }
 
 #[test]
@@ -502,7 +522,8 @@ fn refused_session_is_retried_once_and_the_client_bytes_wait_for_it() {
         !p.upstream_got.windows(11).any(|w| w == b"early bytes"),
         "no client byte before the upstream handshake is done"
     );
-    p.conn.handle_upstream_data(ALERT, p.now);
+    p.conn
+        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
     assert_eq!(
         p.conn.poll_upstream_tls_retry(),
         Some(HandshakeFailure::PeerAlert)
@@ -512,14 +533,15 @@ fn refused_session_is_retried_once_and_the_client_bytes_wait_for_it() {
     assert!(p.conn.upstream_tls_retried());
     assert_eq!(p.conn.poll_close(), None);
     assert_eq!(
-        p.conn.poll_upstream_send(),
+        p.conn.poll_send(Side::Upstream),
         None,
         "nothing for the old socket"
     );
     // Leftovers of the old socket change nothing.
-    p.conn.handle_upstream_data(b"stale", p.now);
-    p.conn.handle_upstream_eof(p.now);
-    p.conn.handle_upstream_error();
+    p.conn
+        .handle_data(Side::Upstream, &mut b"stale".to_vec(), p.now);
+    p.conn.handle_eof(Side::Upstream, p.now);
+    p.conn.handle_error(Side::Upstream);
     p.client.writer().write_all(b", more").unwrap();
     p.run();
     assert!(!p.client_closed && p.conn.poll_close().is_none());
@@ -548,14 +570,16 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
     p.conn.allow_upstream_tls_retry();
     p.run();
-    p.conn.handle_upstream_data(ALERT, p.now);
+    p.conn
+        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
     assert!(p.conn.poll_upstream_tls_retry().is_some());
     let tls = UnbufferedClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
     p.conn
         .handle_upstream_connected(p.now, Vec::new(), Some(tls.unwrap()));
     p.conn.allow_upstream_tls_retry();
     p.run();
-    p.conn.handle_upstream_data(ALERT, p.now);
+    p.conn
+        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
     assert_eq!(p.conn.poll_upstream_tls_retry(), None);
     p.run();
     assert_eq!(
@@ -569,7 +593,7 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     let mut up = rustls::ServerConnection::new(pki.server.clone()).unwrap();
     settle_upstream(&mut p, &mut up, &mut Vec::new());
     assert!(p.conn.upstream_handshake_kind().is_some());
-    p.conn.handle_upstream_eof(p.now);
+    p.conn.handle_eof(Side::Upstream, p.now);
     assert_eq!(p.conn.poll_upstream_tls_retry(), None);
     p.run();
     assert!(p.client_closed, "the upstream's end reaches the client");
@@ -582,7 +606,8 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     p.client.writer().write_all(b"sent").unwrap();
     settle_upstream(&mut p, &mut up, &mut up_got);
     assert_eq!(up_got, b"sent");
-    p.conn.handle_upstream_data(ALERT, p.now);
+    p.conn
+        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
     assert_eq!(p.conn.poll_upstream_tls_retry(), None);
     assert!(matches!(
         p.conn.poll_close(),
@@ -600,9 +625,9 @@ fn upstream_reset_closes_at_once() {
     let pki = pki();
     let mut p = Pair::new(&pki);
     p.run();
-    p.conn.handle_upstream_error();
+    p.conn.handle_error(Side::Upstream);
     assert_eq!(p.conn.poll_close(), Some(CloseReason::UpstreamReset));
-    assert!(!p.conn.wants_client_recv());
+    assert!(!p.conn.wants_recv(Side::Client));
 }
 
 /// Unbuffered rustls: a record split between two receives waits, alone, in the leg

@@ -12,8 +12,8 @@
 //!   handed out once, received bytes are a [`RecvBuf`] that goes back to the ring
 //!   when dropped, a send's buffer comes back in [`Sent`];
 //! * errno values are decoded here into [`OpError`];
-//! * an [`OpId`] names one op (index and generation), so a cancel cannot hit a
-//!   later op that reused the index.
+//! * an [`OpId`] names one op (its key in the op [`Slab`]: index and generation),
+//!   so a cancel cannot hit a later op that reused the index.
 //!
 //! I/O contract: ops are queued with the `*` methods and reach the kernel only in
 //! [`Uring::submit_and_wait`] — one `io_uring_enter` per worker loop turn. The
@@ -35,6 +35,7 @@ pub use setup::{build_ring, probe_opcodes, UringConfig, UringError, DATA_PATH_OP
 
 pub use crate::runtime::driver::{Completion, Driver, Event, OpError, OpId, Sent};
 
+use crate::runtime::slab::Slab;
 use bufring::BufRing;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
@@ -57,15 +58,16 @@ enum OpKind {
     Cancel,
 }
 
+/// An op in the table, from its submission until its final completion is reaped.
 struct Op<T> {
-    gen: u32,
-    /// `Some` while the op is live.
-    token: Option<T>,
+    token: T,
     kind: OpKind,
     /// Kernel reads from here until the final completion (send).
     buf: Option<Vec<u8>>,
     offset: usize,
-    /// Kernel reads from here until the final completion (connect).
+    /// Kernel reads from here until the final completion (connect); held, never
+    /// read by us.
+    #[allow(dead_code)]
     addr: Option<Box<socket2::SockAddr>>,
 }
 
@@ -74,8 +76,7 @@ struct Op<T> {
 pub struct Uring<T> {
     ring: IoUring,
     bufs: BufRing,
-    ops: Vec<Op<T>>,
-    free_ops: Vec<u32>,
+    ops: Slab<Op<T>>,
     /// SQEs that did not fit in the submission queue this turn.
     backlog: VecDeque<squeue::Entry>,
 }
@@ -103,32 +104,23 @@ impl<T: Copy> Uring<T> {
         Ok(Uring {
             ring,
             bufs,
-            ops: Vec::new(),
-            free_ops: Vec::new(),
+            ops: Slab::new(),
             backlog: VecDeque::new(),
         })
     }
 
     fn alloc_op(&mut self, kind: OpKind, token: T) -> OpId {
-        let idx = match self.free_ops.pop() {
-            Some(i) => i,
-            None => {
-                self.ops.push(Op {
-                    gen: 0,
-                    token: None,
-                    kind,
-                    buf: None,
-                    offset: 0,
-                    addr: None,
-                });
-                (self.ops.len() - 1) as u32
-            }
-        };
-        let op = &mut self.ops[idx as usize];
-        op.gen = op.gen.wrapping_add(1);
-        op.token = Some(token);
-        op.kind = kind;
-        OpId::new(idx, op.gen)
+        self.alloc(Op {
+            token,
+            kind,
+            buf: None,
+            offset: 0,
+            addr: None,
+        })
+    }
+
+    fn alloc(&mut self, op: Op<T>) -> OpId {
+        self.ops.insert(op).into()
     }
 
     fn push(&mut self, entry: squeue::Entry) {
@@ -195,13 +187,16 @@ impl<T: Copy> Driver<T> for Uring<T> {
 
     /// Send `buf[offset..]`; the buffer comes back in [`Event::Sent`].
     fn send(&mut self, fd: BorrowedFd<'_>, buf: Vec<u8>, offset: usize, token: T) -> OpId {
-        let id = self.alloc_op(OpKind::Send, token);
-        let op = &mut self.ops[id.idx()];
         let len = (buf.len() - offset).min(u32::MAX as usize) as u32;
         // The Vec's heap block does not move when the Vec is moved into the op table.
         let ptr = buf[offset..].as_ptr();
-        op.buf = Some(buf);
-        op.offset = offset;
+        let id = self.alloc(Op {
+            token,
+            kind: OpKind::Send,
+            buf: Some(buf),
+            offset,
+            addr: None,
+        });
         self.push(
             opcode::Send::new(types::Fd(fd.as_raw_fd()), ptr, len)
                 .flags(libc::MSG_NOSIGNAL)
@@ -213,10 +208,16 @@ impl<T: Copy> Driver<T> for Uring<T> {
 
     /// Non-blocking connect of a fresh socket.
     fn connect(&mut self, fd: BorrowedFd<'_>, addr: SocketAddr, token: T) -> OpId {
-        let id = self.alloc_op(OpKind::Connect, token);
         let sa = Box::new(socket2::SockAddr::from(addr));
+        // The box's heap block does not move when the box is moved into the op table.
         let (p, l) = (sa.as_ptr(), sa.len());
-        self.ops[id.idx()].addr = Some(sa);
+        let id = self.alloc(Op {
+            token,
+            kind: OpKind::Connect,
+            buf: None,
+            offset: 0,
+            addr: Some(sa),
+        });
         self.push(
             opcode::Connect::new(types::Fd(fd.as_raw_fd()), p, l)
                 .build()
@@ -285,15 +286,15 @@ impl<T: Copy> Driver<T> for Uring<T> {
             // unused (e.g. with an EOF), it simply goes back to the ring.
             let recv =
                 cqueue::buffer_select(flags).map(|bid| self.bufs.lend(bid, res.max(0) as usize));
-            let op = &mut self.ops[id.idx()];
-            debug_assert!(op.token.is_some() && op.gen == id.gen());
-            let Some(token) = op.token else { continue };
+            let Some(op) = self.ops.get_mut(id.key()) else {
+                debug_assert!(false, "a completion for an op not in the table");
+                continue;
+            };
+            let token = op.token;
             let event = decode(op, res, recv, more);
             if !more {
                 // Final completion: the kernel is done with this op's memory.
-                op.token = None;
-                op.addr = None;
-                self.free_ops.push(id.idx() as u32);
+                self.ops.remove(id.key());
             }
             out.push(Completion { token, more, event });
         }
@@ -301,7 +302,7 @@ impl<T: Copy> Driver<T> for Uring<T> {
 
     /// Ops not yet completed (for drain and tests).
     fn ops_in_flight(&self) -> usize {
-        self.ops.len() - self.free_ops.len()
+        self.ops.len()
     }
 }
 
