@@ -13,5 +13,6 @@ pub mod authz;
 pub mod conn;
 pub mod http;
 pub mod proxy_v2;
+pub mod response;
 pub mod timer;
 pub mod upstream;
