@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 /// An HTTP/1.1 backend answering each request with its own head (as received) as
 /// the body; keeps connections alive unless asked to close; counts connections.
@@ -101,17 +100,6 @@ fn client_cert_sha256(pki: &Pki) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn mtls_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let dir = pki.dir();
-    ClientConfigBuilder::new(Trust::Roots(pki.roots()))
-        .client_cert(
-            terminus::tls::load_certs(&dir.join("client.pem")).unwrap(),
-            terminus::tls::load_key(&dir.join("client.key")).unwrap(),
-        )
-        .build()
-        .unwrap()
 }
 
 /// An http listener in front of `up`, client auth `mode`, extra `[listeners.http]`.

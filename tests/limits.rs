@@ -66,7 +66,10 @@ fn out_of_file_descriptors_backs_off_instead_of_spinning_and_recovers() {
     let pki = Pki::generate();
     let cfg_path = write_config(&pki, Some(1), &[ListenerConf::new("edge", &[echo.addr()])]);
     // A tiny descriptor limit so a handful of connections exhaust it.
-    let mut term = Terminus::start_with_prefix(&["prlimit", "--nofile=48:48", "--"], &cfg_path);
+    let mut term = Terminus::builder()
+        .config(&cfg_path)
+        .prefix(&["prlimit", "--nofile=48:48", "--"])
+        .start();
     let addr = term.addr("edge");
     // Silent TCP clients hold terminus descriptors until the handshake timeout (10 s).
     let hogs: Vec<TcpStream> = (0..80).map(|_| tcp_connect(addr)).collect();

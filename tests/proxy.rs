@@ -1038,7 +1038,10 @@ fn taskset_start(cpu: usize, workers: Option<usize>, echo: &Backend) -> (Pki, Te
     require_tool("taskset");
     let pki = Pki::generate();
     let config = write_config(&pki, workers, &[ListenerConf::new("edge", &[echo.addr()])]);
-    let term = Terminus::start_with_prefix(&["taskset", "-c", &cpu.to_string()], &config);
+    let term = Terminus::builder()
+        .config(&config)
+        .prefix(&["taskset", "-c", &cpu.to_string()])
+        .start();
     (pki, term)
 }
 

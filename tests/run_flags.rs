@@ -7,26 +7,14 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::time::Duration;
-use terminus::tools::client::{ClientConfigBuilder, Trust};
-
-fn mtls_client(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
-    let dir = pki.dir();
-    let chain = terminus::tls::load_certs(&dir.join("client.pem")).unwrap();
-    let key = terminus::tls::load_key(&dir.join("client.key")).unwrap();
-    ClientConfigBuilder::new(Trust::Roots(pki.roots()))
-        .client_cert(chain, key)
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn flags_terminate_with_relative_paths_from_the_working_directory() {
     let pki = Pki::generate();
     let backend = Backend::echo();
     let up = backend.addr().to_string();
-    let t = Terminus::start_args(
-        pki.dir(),
-        &[
+    let t = Terminus::builder()
+        .args(&[
             "--listen",
             "127.0.0.1:0",
             "--upstream",
@@ -37,8 +25,9 @@ fn flags_terminate_with_relative_paths_from_the_working_directory() {
             "server.key",
             "--workers",
             "1",
-        ],
-    );
+        ])
+        .cwd(pki.dir())
+        .start();
     let addr = t.addr("main");
     let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
     let mut tls = tls_connect(addr, &cfg);
@@ -71,7 +60,7 @@ fn flags_require_client_certificates_and_apply_the_allow_list() {
     ];
     let mut allowed = base.to_vec();
     allowed.extend(["--allow", "spiffe://example.org/client"]);
-    let t = Terminus::start_args(pki.dir(), &allowed);
+    let t = Terminus::builder().args(&allowed).cwd(pki.dir()).start();
     let addr = t.addr("main");
     let mut tls = tls_connect(addr, &mtls_client(&pki));
     echo_round_trip(&mut tls, &Pattern::bytes(2, 1000), "allowed client");
@@ -87,7 +76,7 @@ fn flags_require_client_certificates_and_apply_the_allow_list() {
     // Someone else allowed: the same certificate is refused.
     let mut other = base.to_vec();
     other.extend(["--allow", "spiffe://example.org/someone-else"]);
-    let t = Terminus::start_args(pki.dir(), &other);
+    let t = Terminus::builder().args(&other).cwd(pki.dir()).start();
     let refused =
         try_tls_connect(t.addr("main"), &mtls_client(&pki)).and_then(|mut s| s.read(&mut [0u8; 1]));
     assert!(refused.is_err(), "not on the allow list: {refused:?}");

@@ -1079,55 +1079,15 @@ fn openssl_s_client_and_curl_with_client_certs() {
 /// `cert` and requiring a client certificate from `client_ca`; waits for its ACCEPT
 /// line.
 fn s_server(f: &Fixture, cert: &str, key: &str, client_ca: &str) -> (Spawned, SocketAddr) {
-    let dir = f.pki.dir();
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_server")
-        .args(["-accept", "127.0.0.1:0", "-rev", "-naccept", "1"])
-        .arg("-cert")
-        .arg(dir.join(cert))
-        .arg("-key")
-        .arg(dir.join(key))
-        .arg("-CAfile")
-        .arg(dir.join(client_ca))
-        .args(["-Verify", "2", "-verify_return_error"]);
-    let s = Spawned::new(cmd);
-    assert!(
-        s.wait_stdout_contains("ACCEPT", WAIT),
-        "s_server did not start; stdout:\n{}\nstderr:\n{}",
-        s.stdout(),
-        s.stderr()
-    );
-    let out = s.stdout();
-    let addr = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ACCEPT "))
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in s_server's ACCEPT line: {out}"));
-    (s, addr)
-}
-
-/// Certificates for the re-encryption tests, written next to the config:
-/// `upstream-ca.pem` (what terminus trusts upstream), `backend.pem`/`.key` (its
-/// certificate for backend.internal), `rogue.pem`/`.key` (the same name from a CA
-/// terminus does not trust), `edge.pem`/`.key` (terminus' client certificate towards
-/// the upstream, CN terminus-edge, from the client CA).
-fn write_upstream_pki(f: &Fixture) {
-    let dir = f.pki.dir();
-    let write = |name: &str, data: &str| std::fs::write(dir.join(name), data).unwrap();
-    let upstream_ca = TestCa::root("upstream CA").unwrap();
-    let backend = upstream_ca
-        .leaf(&LeafSpec::server(&["backend.internal"]))
-        .unwrap();
-    write("upstream-ca.pem", &upstream_ca.pem);
-    write("backend.pem", &backend.chain_pem);
-    write("backend.key", &backend.key_pem);
-    let rogue_ca = TestCa::root("rogue upstream CA").unwrap();
-    let rogue = rogue_ca
-        .leaf(&LeafSpec::server(&["backend.internal"]))
-        .unwrap();
-    write("rogue.pem", &rogue.chain_pem);
-    write("rogue.key", &rogue.key_pem);
-    f.write_leaf("edge", &f.leaf(&LeafSpec::client("terminus-edge", None)));
+    let mode = [
+        "-rev",
+        "-naccept",
+        "1",
+        "-Verify",
+        "2",
+        "-verify_return_error",
+    ];
+    openssl_s_server(f.pki.dir(), cert, key, client_ca, &mode)
 }
 
 const UPSTREAM_TLS: &str = "[listeners.upstream_tls]\nca = [\"upstream-ca.pem\"]\n\
@@ -1163,7 +1123,7 @@ fn reversed_line(tls: &mut Tls, srv: &Spawned, f: &Fixture) {
 fn reencrypts_to_openssl_s_server_requiring_client_cert() {
     require_tool("openssl");
     let f = Fixture::new();
-    write_upstream_pki(&f);
+    write_upstream_pki(f.pki.dir(), Some(&f.client_ca));
     let (good_srv, good_addr) = s_server(&f, "backend.pem", "backend.key", "client-ca.pem");
     let (rogue_srv, rogue_addr) = s_server(&f, "rogue.pem", "rogue.key", "client-ca.pem");
     let term = f.start(
@@ -1243,7 +1203,7 @@ fn reencrypts_to_openssl_s_server_requiring_client_cert() {
 fn reencrypted_upstream_sees_client_fin_promptly() {
     require_tool("openssl");
     let f = Fixture::new();
-    write_upstream_pki(&f);
+    write_upstream_pki(f.pki.dir(), Some(&f.client_ca));
     let (srv, addr) = s_server(&f, "backend.pem", "backend.key", "client-ca.pem");
     let term = f.start(
         Some(1),

@@ -16,6 +16,9 @@
 //! by binding 127.0.0.1:0 and releasing it. Every wait is bounded; HAProxy is killed
 //! when the test ends.
 
+mod common;
+
+use common::free_port;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -44,15 +47,6 @@ fn haproxy_or_skip(test: &str) -> Option<PathBuf> {
         eprintln!("SKIPPED {test}: {msg}");
     }
     bin
-}
-
-/// A free port on 127.0.0.1 (bound and released; HAProxy binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running HAProxy, killed on drop.

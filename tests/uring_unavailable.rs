@@ -96,7 +96,7 @@ fn auto_runs_on_epoll_and_serves_when_io_uring_is_disabled() {
     let Some(_disabled) = disable_io_uring() else {
         return;
     };
-    let t = Terminus::start_config_io_with_prefix(&[], &cfg);
+    let t = Terminus::builder().config(&cfg).io_from_config().start();
     assert_eq!(t.io_backend().as_deref(), Some("epoll"));
     let mut tls = tls_connect(
         t.addr("edge"),

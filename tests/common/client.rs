@@ -257,3 +257,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .to_string();
     (status, body)
 }
+
+/// A client trusting the PKI's CA and presenting its client certificate
+/// (`client.pem`/`client.key` of `terminus certs`).
+pub fn mtls_client(pki: &Pki) -> Arc<ClientConfig> {
+    let dir = pki.dir();
+    ClientConfigBuilder::new(Trust::Roots(pki.roots()))
+        .client_cert(
+            terminus::tls::load_certs(&dir.join("client.pem")).unwrap(),
+            terminus::tls::load_key(&dir.join("client.key")).unwrap(),
+        )
+        .build()
+        .unwrap()
+}

@@ -110,11 +110,12 @@ pub fn set_upstream_entries(config: &Path, entries: &[&str]) {
 
 /// Append top-level tables (`[admin]`, `[resolver]`) to a config written by
 /// `write_config*`.
-pub fn append_tables(config: &Path, tables: &str) {
+pub fn append_tables(config: &Path, tables: &str) -> PathBuf {
     let mut text = std::fs::read_to_string(config).unwrap();
     text.push('\n');
     text.push_str(tables);
     std::fs::write(config, text).unwrap();
+    config.to_path_buf()
 }
 
 /// Replace a file's content at once (write a sibling, rename over it), so a reader
