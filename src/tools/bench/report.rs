@@ -5,6 +5,7 @@
 use super::{host, worker, BenchOpts, Direction, Workload};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::fmt::Write as _;
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ErrorCounts {
@@ -202,84 +203,72 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         let l = &self.latency_us;
-        let _ = std::fmt::Write::write_fmt(
-            &mut s,
-            format_args!(
-                "workload   {} ({}) against {}, {} connections, {} workers, {:.2} s\n\
-                 ops        {} ({:.1}/s)\n\
-                 bytes      {} ({:.3} Gbit/s)\n\
-                 latency µs {}\n\
-                 handshakes {} full, {} resumed\n\
-                 errors     {} (connect {}, handshake {}, verify {}, refused {}, io {}, timeout {}, closed {})\n",
-                format!("{:?}", self.workload).to_lowercase(),
-                self.mode,
-                self.target,
-                self.connections,
-                self.workers,
-                self.duration_s,
-                self.ops,
-                self.ops_per_s,
-                self.bytes,
-                self.gbit_per_s,
-                l.row(),
-                self.full_handshakes,
-                self.resumed,
-                self.errors.total,
-                self.errors.connect,
-                self.errors.handshake,
-                self.errors.verify,
-                self.errors.refused,
-                self.errors.io,
-                self.errors.timeout,
-                self.errors.closed,
-            ),
+        let _ = write!(
+            s,
+            "workload   {} ({}) against {}, {} connections, {} workers, {:.2} s\n\
+             ops        {} ({:.1}/s)\n\
+             bytes      {} ({:.3} Gbit/s)\n\
+             latency µs {}\n\
+             handshakes {} full, {} resumed\n\
+             errors     {} (connect {}, handshake {}, verify {}, refused {}, io {}, timeout {}, closed {})\n",
+            format!("{:?}", self.workload).to_lowercase(),
+            self.mode,
+            self.target,
+            self.connections,
+            self.workers,
+            self.duration_s,
+            self.ops,
+            self.ops_per_s,
+            self.bytes,
+            self.gbit_per_s,
+            l.row(),
+            self.full_handshakes,
+            self.resumed,
+            self.errors.total,
+            self.errors.connect,
+            self.errors.handshake,
+            self.errors.verify,
+            self.errors.refused,
+            self.errors.io,
+            self.errors.timeout,
+            self.errors.closed,
         );
+        // Writing to a String cannot fail.
         for (k, v) in &self.error_samples {
-            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("first {k} error: {v}\n"));
+            let _ = writeln!(s, "first {k} error: {v}");
         }
         if let Some(c) = self.target_cpu_us_per_op {
-            let _ = std::fmt::Write::write_fmt(
-                &mut s,
-                format_args!(
-                    "target CPU {:.3} s, {c:.1} µs/op\n",
-                    self.target_cpu_s.unwrap_or(0.0)
-                ),
-            );
+            let cpu_s = self.target_cpu_s.unwrap_or(0.0);
+            let _ = writeln!(s, "target CPU {cpu_s:.3} s, {c:.1} µs/op");
         }
         if let Some(c) = self.target_cpu_ns_per_byte {
-            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("target CPU {c:.3} ns/byte\n"));
+            let _ = writeln!(s, "target CPU {c:.3} ns/byte");
         }
         if let Some(c) = self.client_cpu_us_per_op {
-            let _ = std::fmt::Write::write_fmt(
-                &mut s,
-                format_args!(
-                    "client CPU {:.3} s, {c:.1} µs/op (the bench's own workers)\n",
-                    self.client_cpu_s.unwrap_or(0.0)
-                ),
+            let cpu_s = self.client_cpu_s.unwrap_or(0.0);
+            let _ = writeln!(
+                s,
+                "client CPU {cpu_s:.3} s, {c:.1} µs/op (the bench's own workers)"
             );
         }
         if let Some(f) = self.foreign_cpus {
-            let _ = std::fmt::Write::write_fmt(
-                &mut s,
-                format_args!(
-                    "foreign CPU {f:.2} CPUs on average during the window{}\n",
-                    if f > host::NOISY_FOREIGN_CPUS {
-                        " (noisy: rerun or quiet the host)"
-                    } else {
-                        ""
-                    }
-                ),
+            let noisy = if f > host::NOISY_FOREIGN_CPUS {
+                " (noisy: rerun or quiet the host)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "foreign CPU {f:.2} CPUs on average during the window{noisy}"
             );
         }
         if let Some(r) = self.target_rss_bytes_per_conn {
-            let _ = std::fmt::Write::write_fmt(
-                &mut s,
-                format_args!(
-                    "target RSS {} -> {} bytes, {r:.0} bytes/connection ({} established)\n",
-                    self.target_rss_before_bytes.unwrap_or(0),
-                    self.target_rss_after_bytes.unwrap_or(0),
-                    self.established.unwrap_or(0)
-                ),
+            let _ = writeln!(
+                s,
+                "target RSS {} -> {} bytes, {r:.0} bytes/connection ({} established)",
+                self.target_rss_before_bytes.unwrap_or(0),
+                self.target_rss_after_bytes.unwrap_or(0),
+                self.established.unwrap_or(0)
             );
         }
         s
