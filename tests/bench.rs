@@ -174,10 +174,7 @@ fn plaintext_direct_to_the_backend() {
 #[test]
 fn terminate_handshakes_and_requests() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge { be: _be, p, target, ca } = Edge::start();
     let pid = p.term.pid().to_string();
     for (wl, extra) in [
         ("handshake", vec![]),
@@ -203,6 +200,25 @@ fn terminate_handshakes_and_requests() {
         if !extra.is_empty() {
             assert!(f(&v, "bytes") > 0.0, "request bytes: {v}");
         }
+    }
+}
+
+/// terminus (one worker, the test PKI, listener `edge`) in front of a `terminus
+/// backend` echo child; `target` and `ca` are its bench arguments.
+struct Edge {
+    be: BackendChild,
+    p: Proxy,
+    target: String,
+    ca: String,
+}
+
+impl Edge {
+    fn start() -> Edge {
+        let be = BackendChild::start("echo", None);
+        let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+        let target = p.addr("edge").to_string();
+        let ca = p.pki.ca_pem().display().to_string();
+        Edge { be, p, target, ca }
     }
 }
 
@@ -352,10 +368,7 @@ fn reencrypt_to_a_tls_backend() {
 #[test]
 fn resume_reports_resumed_handshakes() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge { be: _be, p: _p, target, ca } = Edge::start();
     let args = Args::new(&target, "handshake")
         .opt(&["--resume", "--duration", "1"])
         .tls(&ca);
@@ -375,10 +388,7 @@ fn resume_reports_resumed_handshakes() {
 #[test]
 fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge { be, p, target, ca } = Edge::start();
     let (pid, backend_pid) = (p.term.pid().to_string(), be.pid().to_string());
     for wl in ["handshake", "rr"] {
         let args = Args::new(&target, wl)
@@ -471,10 +481,7 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
 #[test]
 fn target_cpu_agrees_with_an_independent_schedstat_reading() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge { be: _be, p, target, ca } = Edge::start();
     let pid = p.term.pid();
     let pid_s = pid.to_string();
     let args = Args::new(&target, "handshake")
@@ -534,10 +541,7 @@ fn rate_limited_rr_holds_the_rate() {
 #[test]
 fn idle_connections_report_target_memory() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge { be: _be, p, target, ca } = Edge::start();
     let pid = p.term.pid().to_string();
     let args = Args::new(&target, "idle")
         .opt(&[
@@ -641,12 +645,9 @@ fn fake_admin(pid: u32, stop: Arc<AtomicBool>) -> SocketAddr {
 #[test]
 fn target_cpu_from_the_admin_endpoint() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let Edge { be: _be, p, target, ca } = Edge::start();
     let stop = Arc::new(AtomicBool::new(false));
     let admin = fake_admin(p.term.pid(), stop.clone());
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
     let admin_s = admin.to_string();
     let args = Args::new(&target, "handshake")
         .opt(&["--duration", "2", "--target-admin", &admin_s])

@@ -224,12 +224,7 @@ fn metrics_count_connections_handshakes_errors_bytes_and_latency() {
 #[test]
 fn a_scrape_storm_does_not_stall_traffic() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let (_backend, config) = echo_edge(&pki, Some(1));
     let t = Terminus::start(&append_tables(&config, ADMIN));
     let (edge, admin) = (t.addr("edge"), t.admin());
     let stop = Arc::new(AtomicBool::new(false));
@@ -418,8 +413,7 @@ fn certificates_reload_by_rewrite_and_by_symlink_swap_during_a_long_transfer() {
 #[test]
 fn a_broken_replacement_keeps_the_old_certificate_and_counts_an_error() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
+    let (_backend, config) = echo_edge(&pki, None);
     let t = Terminus::start(&append_tables(
         &config,
         &format!("{ADMIN}[runtime]\nreload_interval_ms = 100\n"),
@@ -541,8 +535,7 @@ fn two_instances_with_one_ticket_key_file_resume_each_others_sessions() {
 #[test]
 fn sigterm_drains_an_inflight_transfer_then_exits_0() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
+    let (_backend, config) = echo_edge(&pki, None);
     let mut t = Terminus::start(&append_tables(
         &config,
         &format!("{ADMIN}[runtime]\nworkers = 1\ndrain_timeout_ms = 20000\n"),
@@ -595,8 +588,7 @@ fn sigterm_drains_an_inflight_transfer_then_exits_0() {
 #[test]
 fn a_second_signal_stops_at_once() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
+    let (_backend, config) = echo_edge(&pki, None);
     let mut t = Terminus::start(&append_tables(
         &config,
         "[runtime]\nworkers = 1\ndrain_timeout_ms = 60000\n",
@@ -840,12 +832,7 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
 #[test]
 fn loop_turn_histograms_count_the_work_of_each_turn() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let (_backend, config) = echo_edge(&pki, Some(1));
     let config = append_tables(&config, ADMIN);
     let t = Terminus::start(&config);
     let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);

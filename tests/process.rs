@@ -149,12 +149,7 @@ fn sigusr1_reopens_the_access_log_under_live_traffic() {
 #[test]
 fn sd_notify_ready_after_ready_line_and_stopping_on_sigterm() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(2),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let (_backend, config) = echo_edge(&pki, Some(2));
     let path = pki.dir().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
@@ -192,12 +187,7 @@ fn sd_notify_ready_after_ready_line_and_stopping_on_sigterm() {
 fn drain_delay_keeps_accepting_with_readyz_503_then_refuses_and_drains() {
     const DELAY_MS: u64 = 3000;
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(2),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let (_backend, config) = echo_edge(&pki, Some(2));
     append_tables(
         &config,
         &format!(
@@ -265,8 +255,7 @@ fn drain_delay_keeps_accepting_with_readyz_503_then_refuses_and_drains() {
 #[test]
 fn reload_metrics_stay_0_while_a_bad_file_is_in_place_and_advance_when_fixed() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
+    let (_backend, config) = echo_edge(&pki, None);
     append_tables(
         &config,
         "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n\n\

@@ -125,3 +125,15 @@ pub fn replace_file(path: &Path, content: &[u8]) {
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// The most common set-up: an echo backend and a config (in the PKI's folder) with
+/// one listener `edge` in front of it. Keep the backend alive for the test.
+pub fn echo_edge(pki: &Pki, workers: Option<usize>) -> (super::Backend, PathBuf) {
+    let backend = super::Backend::echo();
+    let config = write_config(
+        pki,
+        workers,
+        &[ListenerConf::new("edge", &[backend.addr()])],
+    );
+    (backend, config)
+}

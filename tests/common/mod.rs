@@ -11,6 +11,7 @@
 //! | `metrics` | `/metrics` scrapes and the poll that waits for a sample |
 //! | `procfs` | /proc readers (memory and CPU through `terminus::tools::bench::target`) |
 //! | `data` | reproducible byte streams |
+//! | `report` | the checks every `terminus report` HTML page passes |
 //!
 //! Everything talks to a real `terminus run` child process over real sockets on
 //! 127.0.0.1. Every wait is bounded: sockets carry read/write timeouts and every poll
@@ -26,13 +27,14 @@ mod external;
 mod metrics;
 mod pki;
 mod procfs;
+mod report;
 mod server;
 
 // Test files `use common::*`; each binary uses a different subset.
 #[allow(unused_imports)]
 pub use {
     backend::*, client::*, config::*, data::*, external::*, metrics::*, pki::*, procfs::*,
-    server::*,
+    report::*, server::*,
 };
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
