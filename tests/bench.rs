@@ -106,6 +106,13 @@ fn f(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("no number at {path} in {v}"))
 }
 
+/// Each figure at `keys` is more than 0.
+fn assert_positive(v: &Value, keys: &[&str]) {
+    for k in keys {
+        assert!(f(v, k) > 0.0, "{k} must be more than 0: {v}");
+    }
+}
+
 /// The properties every successful run has.
 fn assert_sane(v: &Value, what: &str) {
     for k in [
@@ -174,7 +181,12 @@ fn plaintext_direct_to_the_backend() {
 #[test]
 fn terminate_handshakes_and_requests() {
     let _g = heavy();
-    let Edge { be: _be, p, target, ca } = Edge::start();
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let pid = p.term.pid().to_string();
     for (wl, extra) in [
         ("handshake", vec![]),
@@ -188,9 +200,9 @@ fn terminate_handshakes_and_requests() {
         let v = args.ok();
         assert_sane(&v, &format!("{wl} {extra:?}"));
         assert_eq!(v["mode"], "tls");
-        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+        assert_positive(&v, &["target_cpu_us_per_op"]);
         if wl == "handshake" {
-            assert!(f(&v, "full_handshakes") > 0.0, "{v}");
+            assert_positive(&v, &["full_handshakes"]);
             assert_eq!(f(&v, "resumed"), 0.0, "resumption is off by default: {v}");
         } else {
             // rr opens its connections before the window: their handshakes count.
@@ -263,8 +275,7 @@ fn mtls_with_a_client_certificate() {
             .tls(&ca);
         let v = args.ok();
         assert_sane(&v, &format!("mTLS {wl}"));
-        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
-        assert!(f(&v, "full_handshakes") > 0.0, "{v}");
+        assert_positive(&v, &["target_cpu_us_per_op", "full_handshakes"]);
         if wl == "rr" {
             assert_eq!(f(&v, "full_handshakes"), f(&v, "connections"), "{v}");
         }
@@ -353,8 +364,7 @@ fn reencrypt_to_a_tls_backend() {
             .tls(&ca);
         let v = args.ok();
         assert_sane(&v, &format!("reencrypt {wl}"));
-        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
-        assert!(f(&v, "bytes") > 0.0, "{v}");
+        assert_positive(&v, &["target_cpu_us_per_op", "bytes"]);
     }
     // The backend itself speaks TLS (bench straight at it).
     let direct = Args::new(&be.addr.to_string(), "rr").opt(&["--duration", "1"]);
@@ -368,7 +378,12 @@ fn reencrypt_to_a_tls_backend() {
 #[test]
 fn resume_reports_resumed_handshakes() {
     let _g = heavy();
-    let Edge { be: _be, p: _p, target, ca } = Edge::start();
+    let Edge {
+        be: _be,
+        p: _p,
+        target,
+        ca,
+    } = Edge::start();
     let args = Args::new(&target, "handshake")
         .opt(&["--resume", "--duration", "1"])
         .tls(&ca);
@@ -417,8 +432,7 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
         for r in rounds {
             assert_sane(r, &format!("{wl} round"));
             assert!(f(r, "foreign_cpus") >= 0.0, "{r}");
-            assert!(f(r, "client_cpu_us_per_op") > 0.0, "{r}");
-            assert!(f(r, "client_cpu_s") > 0.0, "{r}");
+            assert_positive(r, &["client_cpu_us_per_op", "client_cpu_s"]);
         }
         let spread = v["spread"].as_object().expect("spread");
         for k in [
@@ -481,7 +495,12 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
 #[test]
 fn target_cpu_agrees_with_an_independent_schedstat_reading() {
     let _g = heavy();
-    let Edge { be: _be, p, target, ca } = Edge::start();
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let pid = p.term.pid();
     let pid_s = pid.to_string();
     let args = Args::new(&target, "handshake")
@@ -541,7 +560,12 @@ fn rate_limited_rr_holds_the_rate() {
 #[test]
 fn idle_connections_report_target_memory() {
     let _g = heavy();
-    let Edge { be: _be, p, target, ca } = Edge::start();
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let pid = p.term.pid().to_string();
     let args = Args::new(&target, "idle")
         .opt(&[
@@ -557,7 +581,7 @@ fn idle_connections_report_target_memory() {
     assert_sane(&v, "idle");
     assert_eq!(f(&v, "established"), 400.0, "{v}");
     assert_eq!(f(&v, "full_handshakes"), 400.0, "{v}");
-    assert!(f(&v, "target_rss_bytes_per_conn") > 0.0, "{v}");
+    assert_positive(&v, &["target_rss_bytes_per_conn"]);
     assert!(
         f(&v, "target_rss_after_bytes") > f(&v, "target_rss_before_bytes"),
         "{v}"
@@ -588,8 +612,7 @@ fn bulk_down_and_echo_move_bytes() {
         let v = args.ok();
         assert_sane(&v, &format!("bulk {dir}"));
         assert!(f(&v, "bytes") > 1e6, "bulk {dir}: {v}");
-        assert!(f(&v, "gbit_per_s") > 0.0, "{v}");
-        assert!(f(&v, "target_cpu_ns_per_byte") > 0.0, "{v}");
+        assert_positive(&v, &["gbit_per_s", "target_cpu_ns_per_byte"]);
         assert_eq!(v["direction"], dir);
         assert_eq!(f(&v, "full_handshakes"), 1.0, "{v}");
     }
@@ -645,7 +668,12 @@ fn fake_admin(pid: u32, stop: Arc<AtomicBool>) -> SocketAddr {
 #[test]
 fn target_cpu_from_the_admin_endpoint() {
     let _g = heavy();
-    let Edge { be: _be, p, target, ca } = Edge::start();
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let stop = Arc::new(AtomicBool::new(false));
     let admin = fake_admin(p.term.pid(), stop.clone());
     let admin_s = admin.to_string();
@@ -655,7 +683,7 @@ fn target_cpu_from_the_admin_endpoint() {
     let v = args.ok();
     assert_sane(&v, "admin");
     // Tick-granular (10 ms) CPU over 2 s of handshakes: clearly above zero.
-    assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+    assert_positive(&v, &["target_cpu_us_per_op"]);
     stop.store(true, Ordering::Relaxed);
 
     // An admin address that refuses: a runtime failure before any load, naming it.
@@ -772,7 +800,7 @@ fn backend_holds_ten_thousand_idle_connections() {
         .ok();
     assert_sane(&v, "10k idle");
     assert_eq!(f(&v, "established"), 10000.0, "{v}");
-    assert!(f(&v, "target_rss_bytes_per_conn") > 0.0, "{v}");
+    assert_positive(&v, &["target_rss_bytes_per_conn"]);
     // The backend still serves after holding them.
     let v = Args::new(&be.addr.to_string(), "rr")
         .opt(&["--plain", "--duration", "1"])

@@ -68,6 +68,13 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `check --config CONFIG` fails (exit 2) with exactly `want` on stderr.
+fn assert_check_error(config: &Path, want: impl AsRef<str>) {
+    let out = check(config);
+    assert_exit(&out, 2);
+    assert_eq!(stderr(&out), want.as_ref());
+}
+
 fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
@@ -229,14 +236,12 @@ fn unknown_key_names_file_line_and_key() {
 #[test]
 fn wrong_type_names_line_and_field() {
     let (_dir, config) = pki_dir("type", "handshake_timeout_ms = \"x\"\n");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: {}:8: listeners[0].handshake_timeout_ms: invalid type: string \"x\", expected u64\n",
             config.display()
-        )
+        ),
     );
 }
 
@@ -262,14 +267,12 @@ fn invalid_values_are_all_reported_with_lines() {
 fn missing_key_file_is_named() {
     let (dir, config) = pki_dir("nokey", "");
     std::fs::remove_file(dir.path("server.key")).unwrap();
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: cannot read private key file: No such file or directory (os error 2)\n",
             dir.path("server.key").display()
-        )
+        ),
     );
 }
 
@@ -289,14 +292,12 @@ fn garbage_pem_is_named() {
     assert!(stderr(&out).starts_with(&want), "{}", stderr(&out));
 
     dir.write("server.pem", "just some text\n");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: no PEM certificate found (expected a \"-----BEGIN CERTIFICATE-----\" section)\n",
             dir.path("server.pem").display()
-        )
+        ),
     );
 }
 
@@ -304,14 +305,12 @@ fn garbage_pem_is_named() {
 fn empty_cert_file_is_named() {
     let (dir, config) = pki_dir("empty", "");
     dir.write("server.pem", "");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: no PEM certificate found: the file is empty\n",
             dir.path("server.pem").display()
-        )
+        ),
     );
 }
 
@@ -320,16 +319,14 @@ fn key_not_matching_cert_names_both_files() {
     let (dir, config) = pki_dir("mismatch", "");
     let other: TestPki = test_pki(30, "example.org").unwrap();
     dir.write("server.key", &other.server_key_pem);
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: private key does not match the certificate in {} \
              (its public key differs from the leaf's)\n",
             dir.path("server.key").display(),
             dir.path("server.pem").display()
-        )
+        ),
     );
 }
 
@@ -830,12 +827,7 @@ fn server_cert_without_server_auth_eku_is_refused() {
          for TLS servers (EKU serverAuth)",
         dir.path("server.pem").display()
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
-        format!("terminus: listener \"edge\": {want}\n")
-    );
+    assert_check_error(&config, format!("terminus: listener \"edge\": {want}\n"));
     // `run` refuses it too (before binding anything).
     let out = terminus(&["run", "--config", config.to_str().unwrap()]);
     assert_exit(&out, 2);
@@ -883,15 +875,13 @@ fn tls_policy_names_are_checked_and_the_valid_ones_listed() {
         "policy13",
         "min_version = \"1.3\"\ncipher_suites = [\"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\"]\n",
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: {}:9: listeners[0].cipher_suites: min_version = \"1.3\" but no TLS 1.3 \
              suite is listed (TLS13_...)\n",
             config.display()
-        )
+        ),
     );
     // Any case is accepted.
     let (_dir, config) = pki_dir(
@@ -905,14 +895,12 @@ fn tls_policy_names_are_checked_and_the_valid_ones_listed() {
 #[test]
 fn http_listener_settings_are_validated() {
     let (_dir, config) = pki_dir("http", "protocol = \"smtp\"\n");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: {}:8: listeners[0].protocol: must be \"tcp\" or \"http\", got \"smtp\"\n",
             config.display()
-        )
+        ),
     );
     let (_dir, config) = pki_dir(
         "http2",

@@ -77,18 +77,8 @@ fn response(dir: &Path, cert: &str, status: char, out: &str) {
 
 /// `openssl s_client -status`: its output (handshake must succeed).
 fn status(pki: &Pki, addr: std::net::SocketAddr) -> String {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_client")
-        .arg("-connect")
-        .arg(addr.to_string())
-        .arg("-CAfile")
-        .arg(pki.ca_pem())
-        .args([
-            "-servername",
-            "localhost",
-            "-status",
-            "-verify_return_error",
-        ]);
+    let mut cmd = openssl_s_client(addr, &pki.ca_pem());
+    cmd.arg("-status");
     let (code, out, err) = run_command_to_exit(cmd, Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}{err}");
     out

@@ -243,17 +243,7 @@ fn falls_back_to_epoll_and_serves(deny: Deny) {
     assert_backend_metric(&t, "epoll");
 
     // curl through the `web` listener.
-    require_tool("curl");
-    let port = t.addr("web").port();
-    let mut cmd = Command::new("curl");
-    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
-        .arg("--cacert")
-        .arg(s.pki.ca_pem())
-        .arg("--resolve")
-        .arg(format!("localhost:{port}:127.0.0.1"))
-        .arg(format!("https://localhost:{port}/under-seccomp"));
-    let mut curl = Spawned::new(cmd);
-    let status = curl.wait(WAIT);
+    let (curl, status) = curl_web(&t, &s.pki, "/under-seccomp");
     assert!(
         status.success(),
         "{deny:?}: curl failed ({status}); stderr: {}; terminus stderr: {}",
@@ -422,6 +412,23 @@ fn as_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// `curl https://localhost:PORT/PATH` through the `web` listener, trusting the PKI's
+/// CA; the finished child and its exit status.
+fn curl_web(t: &Terminus, pki: &Pki, path: &str) -> (Spawned, std::process::ExitStatus) {
+    require_tool("curl");
+    let port = t.addr("web").port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(pki.ca_pem())
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}{path}"));
+    let mut curl = Spawned::new(cmd);
+    let status = curl.wait(WAIT);
+    (curl, status)
+}
+
 /// The exit status must not be SIGSYS: under `--strict` a syscall missing from the
 /// profile kills terminus with it.
 fn assert_not_sigsys(status: std::process::ExitStatus, what: &str, stderr: &str) {
@@ -488,17 +495,7 @@ fn serves_under_the_profile(want: &str) {
     assert_backend_metric(&t, want);
 
     // curl through `web`, an echo compared byte for byte, mTLS, the named upstream.
-    require_tool("curl");
-    let port = t.addr("web").port();
-    let mut cmd = Command::new("curl");
-    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
-        .arg("--cacert")
-        .arg(s.pki.ca_pem())
-        .arg("--resolve")
-        .arg(format!("localhost:{port}:127.0.0.1"))
-        .arg(format!("https://localhost:{port}/profile"));
-    let mut curl = Spawned::new(cmd);
-    let status = curl.wait(WAIT);
+    let (curl, status) = curl_web(&t, &s.pki, "/profile");
     assert!(
         status.success(),
         "{what}: curl failed ({status}); stderr: {}; terminus stderr: {}",

@@ -996,30 +996,14 @@ fn openssl_s_client_and_curl_with_client_certs() {
     let (cert, key) = f.write_leaf("good", &f.good());
 
     // openssl s_client
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_client")
-        .arg("-connect")
-        .arg(addr.to_string())
-        .arg("-CAfile")
-        .arg(f.pki.ca_pem())
-        .arg("-cert")
+    let mut cmd = openssl_s_client(addr, &f.pki.ca_pem());
+    cmd.arg("-cert")
         .arg(&cert)
         .arg("-key")
         .arg(&key)
-        .args([
-            "-verify_return_error",
-            "-servername",
-            "localhost",
-            "-verify_hostname",
-            "localhost",
-        ]);
+        .args(["-verify_hostname", "localhost"]);
     let mut sc = Spawned::new(cmd);
-    sc.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"GET /s_client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    sc.stdin.as_mut().unwrap().flush().unwrap();
+    sc.send(b"GET /s_client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let body = std::str::from_utf8(HTTP_BODY).unwrap();
     assert!(
         sc.wait_stdout_contains(body, WAIT),

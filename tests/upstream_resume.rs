@@ -222,20 +222,8 @@ fn upstream_refusing_resumption_never_fails_a_client() {
     let failures = echo_rounds(term.addr("noresume"), &pki, 2, 5);
     assert!(failures.is_empty(), "{failures:?}");
     let l = "listener=\"noresume\"";
-    let page = wait_page(&term, WAIT, |p| {
-        metric(
-            p,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}"),
-        ) == Some(10.0)
-    });
-    assert_eq!(
-        sample(
-            &page,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}")
-        ),
-        10.0,
-        "{page}"
-    );
+    let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}");
+    let page = assert_metric(&term, &handshakes, 10.0);
     assert_eq!(
         sample(
             &page,
@@ -293,20 +281,8 @@ fn upstream_supporting_resumption_resumes() {
     let reused = kinds.iter().filter(|k| **k == "reused").count();
     assert!(reused >= 4, "the upstream saw {kinds:?}");
     let l = "listener=\"reenc\"";
-    let page = wait_page(&term, WAIT, |p| {
-        metric(
-            p,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}"),
-        ) == Some(reused as f64)
-    });
-    assert_eq!(
-        sample(
-            &page,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}")
-        ),
-        reused as f64,
-        "{page}"
-    );
+    let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}");
+    let page = assert_metric(&term, &handshakes, reused as f64);
     assert_eq!(
         sample(
             &page,

@@ -3,7 +3,7 @@
 //! cannot listen on port 0.
 
 use super::wait_with_deadline;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -58,6 +58,13 @@ impl Spawned {
             out,
             err,
         }
+    }
+
+    /// Write `bytes` to the child's stdin and flush.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
     }
 
     pub fn stdout(&self) -> String {
@@ -167,4 +174,18 @@ pub fn openssl_s_server(
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no address in s_server's ACCEPT line: {out}"));
     (s, addr)
+}
+
+/// `openssl s_client -connect ADDR -CAfile CA -servername localhost
+/// -verify_return_error` (the test PKI's name), more arguments still to add.
+pub fn openssl_s_client(addr: SocketAddr, ca: &Path) -> Command {
+    require_tool("openssl");
+    let mut cmd = Command::new("openssl");
+    cmd.arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-servername", "localhost", "-verify_return_error"]);
+    cmd
 }

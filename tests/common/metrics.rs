@@ -44,3 +44,14 @@ pub fn wait_page(t: &Terminus, timeout: Duration, done: impl Fn(&str) -> bool) -
 pub fn wait_metric(t: &Terminus, series: &str, want: f64) -> String {
     wait_page(t, METRIC_WAIT, |page| metric(page, series) == Some(want))
 }
+
+/// [`wait_metric`], and assert that `series` did reach `want`; the last page.
+pub fn assert_metric(t: &Terminus, series: &str, want: f64) -> String {
+    let page = wait_metric(t, series, want);
+    assert_eq!(
+        metric(&page, series),
+        Some(want),
+        "{series} did not reach {want} within {METRIC_WAIT:?}:\n{page}"
+    );
+    page
+}
