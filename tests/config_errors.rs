@@ -704,47 +704,51 @@ fn expired_cert_fails_check() {
     );
 }
 
+/// A certificate not valid yet, or valid 14 days at most: one stderr line naming the
+/// file and the date; an error (exit 2) for the first, a warning (exit 0) for the
+/// second. Each case names itself.
 #[test]
-fn not_yet_valid_cert_fails_check() {
-    let (dir, config) = pki_dir("future", "");
+fn cert_not_yet_valid_fails_and_expiring_soon_warns() {
     let now = OffsetDateTime::now_utc();
-    write_leaf(
-        &dir,
-        &server_spec(now + Duration::days(2), now + Duration::days(60)),
-    );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
-    assert!(
-        err.starts_with(&format!(
-            "terminus: listener \"edge\": {}: certificate not yet valid: notBefore ",
-            dir.path("server.pem").display()
-        )) && err.ends_with(" (clients will reject it)\n"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
-}
-
-#[test]
-fn cert_expiring_within_14_days_is_a_warning() {
-    let (dir, config) = pki_dir("expiring", "");
-    let now = OffsetDateTime::now_utc();
-    write_leaf(
-        &dir,
-        &server_spec(now - Duration::days(80), now + Duration::days(5)),
-    );
-    let out = check(&config);
-    assert_exit(&out, 0);
-    assert_eq!(stdout(&out), "config OK: 1 listener(s)\n");
-    let err = stderr(&out);
-    assert!(
-        err.starts_with(&format!(
-            "terminus: warning: listener \"edge\": {}: certificate expires in 5 days: notAfter ",
-            dir.path("server.pem").display()
-        )) && err.ends_with("; renew it\n"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let days = Duration::days;
+    // (case, notBefore, notAfter, exit code, before the path, after it, line end)
+    let cases = [
+        (
+            "future",
+            now + days(2),
+            now + days(60),
+            2,
+            "terminus: listener \"edge\": ",
+            ": certificate not yet valid: notBefore ",
+            " (clients will reject it)\n",
+        ),
+        (
+            "expiring",
+            now - days(80),
+            now + days(5),
+            0,
+            "terminus: warning: listener \"edge\": ",
+            ": certificate expires in 5 days: notAfter ",
+            "; renew it\n",
+        ),
+    ];
+    for (case, not_before, not_after, code, head, what, end) in cases {
+        let (dir, config) = pki_dir(case, "");
+        write_leaf(&dir, &server_spec(not_before, not_after));
+        let out = check(&config);
+        assert_exit(&out, code);
+        if code == 0 {
+            assert_eq!(stdout(&out), "config OK: 1 listener(s)\n", "{case}");
+        }
+        let err = stderr(&out);
+        let path = dir.path("server.pem");
+        let start = format!("{head}{}{what}", path.display());
+        assert!(
+            err.starts_with(&start) && err.ends_with(end),
+            "{case}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{case}: {err}");
+    }
 }
 
 #[test]

@@ -245,16 +245,12 @@ fn openssl_s_client_sends_three_keep_alive_requests() {
     let be = HeaderEcho::start();
     let p = http_proxy(be.addr, "require", "");
     let dir = p.pki.dir();
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-quiet", "-connect"])
-        .arg(p.addr("web").to_string())
-        .arg("-CAfile")
-        .arg(dir.join("ca.pem"))
+    let mut cmd = openssl_s_client(p.addr("web"), &dir.join("ca.pem"));
+    cmd.arg("-quiet")
         .arg("-cert")
         .arg(dir.join("client.pem"))
         .arg("-key")
-        .arg(dir.join("client.key"))
-        .args(["-servername", "localhost"]);
+        .arg(dir.join("client.key"));
     let mut sc = Spawned::new(cmd);
     let mut reqs = String::new();
     for n in 1..=3 {
@@ -263,11 +259,7 @@ fn openssl_s_client_sends_three_keep_alive_requests() {
             "GET /{n} HTTP/1.1\r\nHost: x\r\n{FORGED}{close}\r\n"
         ));
     }
-    sc.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(reqs.as_bytes())
-        .unwrap();
+    sc.send(reqs.as_bytes());
     assert!(
         sc.wait_stdout_contains("GET /3", Duration::from_secs(15)),
         "{}{}",

@@ -316,35 +316,42 @@ fn upload_64mib_sha256_then_close_notify_half_close() {
     );
 }
 
+/// Read `tls` to its end within [`BULK_DEADLINE`], hashing as it comes, at most `max`
+/// bytes: (bytes, their SHA-256 in hex, how the stream ended).
+fn read_to_end_digest(tls: &mut Tls, max: u64, what: &str) -> (u64, String, Ending) {
+    let start = Instant::now();
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    let ending = loop {
+        assert!(
+            start.elapsed() < BULK_DEADLINE,
+            "{what} too slow: {got} bytes"
+        );
+        match tls.read(&mut buf) {
+            Ok(0) => break Ending::Clean,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                got += n as u64;
+                assert!(got <= max, "{what}: more bytes than the upstream sent");
+            }
+            Err(e) => break Ending::Error(format!("{e} ({:?}) after {got} bytes", e.kind())),
+        }
+    };
+    (got, hex(&h.finalize()), ending)
+}
+
 #[test]
 fn download_64mib_sha256_then_close_notify() {
     let _g = heavy();
     let flood = Backend::flood(BULK as u64, 65);
     let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[flood.addr()])]);
     let mut tls = tls_connect(p.addr("edge"), &p.client());
-    let start = Instant::now();
-    let mut h = Sha256::new();
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 256 * 1024];
-    let ending = loop {
-        assert!(
-            start.elapsed() < BULK_DEADLINE,
-            "download too slow: {got} bytes"
-        );
-        match tls.read(&mut buf) {
-            Ok(0) => break Ending::Clean,
-            Ok(n) => {
-                h.update(&buf[..n]);
-                got += n;
-                assert!(got <= BULK, "more bytes than the upstream sent");
-            }
-            Err(e) => break Ending::Error(format!("{e} ({:?}) after {got} bytes", e.kind())),
-        }
-    };
+    let (got, digest, ending) = read_to_end_digest(&mut tls, BULK as u64, "download");
     assert_eq!(ending, Ending::Clean, "download must end with close_notify");
-    assert_eq!(got, BULK);
+    assert_eq!(got, BULK as u64);
     assert_eq!(
-        hex(&h.finalize()),
+        digest,
         hex(&Pattern::sha256(65, BULK as u64)),
         "download corrupted"
     );
@@ -921,31 +928,10 @@ fn non_reading_client_with_flooding_upstream_keeps_memory_bounded() {
     );
 
     // Now read: everything must arrive intact, and the stalled upstream resumes.
-    let start = Instant::now();
-    let mut h = Sha256::new();
-    let mut got = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    let ending = loop {
-        assert!(
-            start.elapsed() < BULK_DEADLINE,
-            "drain too slow: {got} bytes"
-        );
-        match tls.read(&mut buf) {
-            Ok(0) => break Ending::Clean,
-            Ok(n) => {
-                h.update(&buf[..n]);
-                got += n as u64;
-            }
-            Err(e) => break Ending::Error(format!("{e} after {got} bytes")),
-        }
-    };
+    let (got, digest, ending) = read_to_end_digest(&mut tls, u64::MAX, "drain");
     assert_eq!(ending, Ending::Clean);
     assert_eq!(got, FLOOD, "bytes lost or added under backpressure");
-    assert_eq!(
-        hex(&h.finalize()),
-        hex(&Pattern::sha256(256, FLOOD)),
-        "data corrupted"
-    );
+    assert_eq!(digest, hex(&Pattern::sha256(256, FLOOD)), "data corrupted");
 }
 
 // ---------------------------------------------------------------------------------

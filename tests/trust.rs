@@ -644,63 +644,56 @@ fn reason_no_client_cert() {
     assert!(line["peer_subject"].is_null(), "{line}");
 }
 
+/// A certificate refused for what it is: the reason and alert of each case, and the
+/// presented subject in the log. One fixture (and terminus) a case.
 #[test]
-fn reason_unknown_ca() {
-    let rogue = TestCa::root("rogue CA").unwrap();
-    let leaf = rogue
-        .leaf(&LeafSpec::client("client", Some(GOOD_SPIFFE)))
-        .unwrap();
-    let line = refused(Some(&leaf), "unknown_ca", AlertDescription::UnknownCA);
-    assert_subject(&line, "client");
-}
-
-#[test]
-fn reason_cert_expired() {
-    let f = Fixture::new();
-    let now = time::OffsetDateTime::now_utc();
-    let leaf = f.leaf(&LeafSpec {
-        not_before: now - time::Duration::days(3),
-        not_after: now - time::Duration::days(1),
-        ..LeafSpec::client("expired", Some(GOOD_SPIFFE))
-    });
-    let line = refused_by(
-        &f,
-        Some(&leaf),
-        "cert_expired",
-        AlertDescription::CertificateExpired,
-    );
-    assert_subject(&line, "expired");
-}
-
-#[test]
-fn reason_cert_not_yet_valid() {
-    let f = Fixture::new();
-    let now = time::OffsetDateTime::now_utc();
-    // A client whose clock runs a day ahead issued this.
-    let leaf = f.leaf(&LeafSpec {
-        not_before: now + time::Duration::days(1),
-        not_after: now + time::Duration::days(2),
-        ..LeafSpec::client("future", Some(GOOD_SPIFFE))
-    });
-    let line = refused_by(
-        &f,
-        Some(&leaf),
-        "cert_not_yet_valid",
-        AlertDescription::CertificateExpired,
-    );
-    assert_subject(&line, "future");
-}
-
-#[test]
-fn reason_cert_revoked() {
-    let f = Fixture::new();
-    let line = refused_by(
-        &f,
-        Some(&f.revoked),
-        "cert_revoked",
-        AlertDescription::CertificateRevoked,
-    );
-    assert_subject(&line, "client");
+fn reason_for_each_refused_certificate() {
+    /// The certificate to present; None: the fixture's revoked one.
+    type Make = fn(&Fixture) -> Option<TestLeaf>;
+    fn valid(f: &Fixture, cn: &str, from_days: i64, to_days: i64) -> Option<TestLeaf> {
+        let now = time::OffsetDateTime::now_utc();
+        Some(f.leaf(&LeafSpec {
+            not_before: now + time::Duration::days(from_days),
+            not_after: now + time::Duration::days(to_days),
+            ..LeafSpec::client(cn, Some(GOOD_SPIFFE))
+        }))
+    }
+    let cases: [(&str, AlertDescription, &str, Make); 4] = [
+        ("unknown_ca", AlertDescription::UnknownCA, "client", |_| {
+            let rogue = TestCa::root("rogue CA").unwrap();
+            Some(
+                rogue
+                    .leaf(&LeafSpec::client("client", Some(GOOD_SPIFFE)))
+                    .unwrap(),
+            )
+        }),
+        (
+            "cert_expired",
+            AlertDescription::CertificateExpired,
+            "expired",
+            |f| valid(f, "expired", -3, -1),
+        ),
+        // A client whose clock runs a day ahead issued this.
+        (
+            "cert_not_yet_valid",
+            AlertDescription::CertificateExpired,
+            "future",
+            |f| valid(f, "future", 1, 2),
+        ),
+        (
+            "cert_revoked",
+            AlertDescription::CertificateRevoked,
+            "client",
+            |_| None,
+        ),
+    ];
+    for (reason, alert, cn, make) in cases {
+        let f = Fixture::new();
+        let made = make(&f);
+        let leaf = made.as_ref().unwrap_or(&f.revoked);
+        let line = refused_by(&f, Some(leaf), reason, alert);
+        assert_subject(&line, cn);
+    }
 }
 
 #[test]
