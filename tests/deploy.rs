@@ -193,7 +193,7 @@ fn the_container_conditions_serve_on_epoll_as_an_unprivileged_user() {
 
     let pki = Pki::generate();
     let echo = Backend::echo();
-    let cfg = write_config(&pki, Some(1), &[ListenerConf::new("edge", &[echo.addr()])]);
+    let cfg = edge_config(&pki, Some(1), echo.addr());
     // The unprivileged user must read the config and the key, as in the image's volume.
     let mode = |p: &Path, m: u32| {
         use std::os::unix::fs::PermissionsExt;

@@ -992,7 +992,7 @@ fn worker_threads_are_named_and_pinned() {
 fn taskset_start(cpu: usize, workers: Option<usize>, echo: &Backend) -> (Pki, Terminus) {
     require_tool("taskset");
     let pki = Pki::generate();
-    let config = write_config(&pki, workers, &[ListenerConf::new("edge", &[echo.addr()])]);
+    let config = edge_config(&pki, workers, echo.addr());
     let term = Terminus::builder()
         .config(&config)
         .prefix(&["taskset", "-c", &cpu.to_string()])

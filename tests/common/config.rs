@@ -126,14 +126,15 @@ pub fn replace_file(path: &Path, content: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// The most common set-up: an echo backend and a config (in the PKI's folder) with
-/// one listener `edge` in front of it. Keep the backend alive for the test.
+/// A config (in the PKI's folder) with one listener `edge` in front of `upstream`.
+pub fn edge_config(pki: &Pki, workers: Option<usize>, upstream: SocketAddr) -> PathBuf {
+    write_config(pki, workers, &[ListenerConf::new("edge", &[upstream])])
+}
+
+/// The most common set-up: an echo backend and [`edge_config`] in front of it. Keep
+/// the backend alive for the test.
 pub fn echo_edge(pki: &Pki, workers: Option<usize>) -> (super::Backend, PathBuf) {
     let backend = super::Backend::echo();
-    let config = write_config(
-        pki,
-        workers,
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let config = edge_config(pki, workers, backend.addr());
     (backend, config)
 }

@@ -40,16 +40,7 @@ impl Spawned {
                 err.clone(),
             ),
         ] {
-            let mut pipe = pipe;
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
+            collect_into(pipe, sink);
         }
         let stdin = child.stdin.take();
         Spawned {
@@ -107,6 +98,20 @@ impl Spawned {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A thread that appends what `pipe` yields to `sink` until EOF, so the child never
+/// blocks on a full pipe and the test reads its output at any time.
+pub fn collect_into(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<Vec<u8>>>) {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
 }
 
 impl Drop for Spawned {

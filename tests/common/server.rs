@@ -11,7 +11,7 @@
 //! Another: `TERMINUS_TEST_PREFIX` puts a wrapper in front of every server child
 //! ([`command_with_prefix`]).
 
-use super::{bin, client_config, write_config, ListenerConf, Pki, READY_TIMEOUT};
+use super::{bin, client_config, collect_into, write_config, ListenerConf, Pki, READY_TIMEOUT};
 use rustls::ClientConfig;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -90,17 +90,7 @@ impl Terminus {
         let mut child = cmd.spawn().expect("spawn `terminus run`");
 
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut err_pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        collect_into(child.stderr.take().unwrap(), stderr.clone());
 
         // Stdout is drained for the child's whole life (so it never blocks on a full
         // pipe); lines up to `ready` are handed over through a channel.
