@@ -94,19 +94,16 @@ pub fn write_upstream_pki(dir: &Path, client_ca: Option<&TestCa>) {
             &own_ca
         }
     };
-    let upstream_ca = TestCa::root("upstream CA").unwrap();
-    let backend = upstream_ca
-        .leaf(&LeafSpec::server(&["backend.internal"]))
-        .unwrap();
-    write("upstream-ca.pem", &upstream_ca.pem);
-    write("backend.pem", &backend.chain_pem);
-    write("backend.key", &backend.key_pem);
-    let rogue_ca = TestCa::root("rogue upstream CA").unwrap();
-    let rogue = rogue_ca
-        .leaf(&LeafSpec::server(&["backend.internal"]))
-        .unwrap();
-    write("rogue.pem", &rogue.chain_pem);
-    write("rogue.key", &rogue.key_pem);
+    // The same name from the trusted CA and from one terminus does not trust.
+    for (ca_name, leaf_name) in [("upstream CA", "backend"), ("rogue upstream CA", "rogue")] {
+        let ca = TestCa::root(ca_name).unwrap();
+        let leaf = ca.leaf(&LeafSpec::server(&["backend.internal"])).unwrap();
+        if leaf_name == "backend" {
+            write("upstream-ca.pem", &ca.pem);
+        }
+        write(&format!("{leaf_name}.pem"), &leaf.chain_pem);
+        write(&format!("{leaf_name}.key"), &leaf.key_pem);
+    }
     let edge = client_ca
         .leaf(&LeafSpec::client("terminus-edge", None))
         .unwrap();
