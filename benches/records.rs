@@ -21,7 +21,10 @@
 mod common;
 
 use common::{client, client_config, drain, feed, handshake, pki, read_plain, ClientOpts};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
 use rustls::server::UnbufferedServerConnection;
 use rustls::{ClientConnection, ServerConnection, SupportedCipherSuite};
@@ -176,6 +179,34 @@ fn streaming_conn(now: Instant) -> (ClientConnection, Conn) {
     (cl, conn)
 }
 
+/// `{name}_conn_only` times the `Conn`'s part of `step` (its first figure) and
+/// `{name}_with_client` the client's too (the second), each on a fresh pair.
+fn conn_and_client(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    now: Instant,
+    mut step: impl FnMut(&mut Conn, &mut ClientConnection) -> (Duration, Duration),
+) {
+    for with_client in [false, true] {
+        let (mut cl, mut conn) = streaming_conn(now);
+        let which = if with_client {
+            "with_client"
+        } else {
+            "conn_only"
+        };
+        g.bench_function(format!("{name}_{which}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (server, client) = step(&mut conn, &mut cl);
+                    total += server + if with_client { client } else { Duration::ZERO };
+                }
+                total
+            })
+        });
+    }
+}
+
 fn conn(cr: &mut Criterion) {
     const CHUNK: usize = 16 * 1024;
     let chunk = vec![0xa5u8; CHUNK];
@@ -202,24 +233,9 @@ fn conn(cr: &mut Criterion) {
         assert_eq!(got, CHUNK);
         (sealed + returned, opened)
     };
-    for with_client in [false, true] {
-        let (mut cl, mut conn) = streaming_conn(now);
-        let id = if with_client {
-            "upstream_to_client_with_client"
-        } else {
-            "upstream_to_client_conn_only"
-        };
-        g.bench_function(id, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (server, client) = down(&mut conn, &mut cl, &mut sink);
-                    total += server + if with_client { client } else { Duration::ZERO };
-                }
-                total
-            })
-        });
-    }
+    conn_and_client(&mut g, "upstream_to_client", now, |conn, cl| {
+        down(conn, cl, &mut sink)
+    });
 
     // client -> upstream: the client seals, the Conn opens and hands plaintext over.
     let mut wire = Vec::with_capacity(CHUNK + 1024);
@@ -243,24 +259,7 @@ fn conn(cr: &mut Criterion) {
         assert_eq!(got, CHUNK);
         (opened, sealed)
     };
-    for with_client in [false, true] {
-        let (mut cl, mut conn) = streaming_conn(now);
-        let id = if with_client {
-            "client_to_upstream_with_client"
-        } else {
-            "client_to_upstream_conn_only"
-        };
-        g.bench_function(id, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let (server, client) = up(&mut conn, &mut cl);
-                    total += server + if with_client { client } else { Duration::ZERO };
-                }
-                total
-            })
-        });
-    }
+    conn_and_client(&mut g, "client_to_upstream", now, &mut up);
     g.finish();
 }
 

@@ -12,6 +12,7 @@
 # "full resumed mtls bulk rr"). Everything listens on free 127.0.0.1 ports; every
 # process is killed and the temp dir removed on exit.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h | --help) usage && exit 0 ;; esac
@@ -26,24 +27,9 @@ secs=${SECONDS_PER_RUN:-4}
 workloads=${WORKLOADS:-full resumed mtls bulk rr}
 command -v taskset >/dev/null || { echo "ab-binaries.sh: needs taskset (util-linux)" >&2; exit 2; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-die() { echo "ab-binaries.sh: $*" >&2; exit 1; }
+lib_init ab-binaries.sh
 
-read -r be_echo be_src a_term a_mtls a_src b_term b_mtls b_src < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(8):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
+read -r be_echo be_src a_term a_mtls a_src b_term b_mtls b_src < <(free_ports 8)
 
 "$A" certs --out "$work/pki" >/dev/null
 taskset -c 1 "$A" backend --listen "127.0.0.1:$be_echo" --mode echo >"$work/be_echo.out" 2>&1 &
@@ -52,14 +38,10 @@ taskset -c 1 "$A" backend --listen "127.0.0.1:$be_src" --mode source >"$work/be_
 pids+=($!)
 
 config() { # TERM MTLS SRC
-    printf '[runtime]\nworkers = 1\ncpus = [0]\ndrain_timeout_ms = 1000\n\n[log]\naccess = "off"\n\n'
-    for l in "term $1 $be_echo 0" "mtls $2 $be_echo 1" "src $3 $be_src 0"; do
-        set -- $l
-        printf '[[listeners]]\nname = "%s"\nlisten = "127.0.0.1:%s"\ncert = "%s/pki/server.pem"\nkey = "%s/pki/server.key"\nupstreams = ["127.0.0.1:%s"]\n' \
-            "$1" "$2" "$work" "$work" "$3"
-        if [ "$4" = 1 ]; then printf '[listeners.client_auth]\nmode = "require"\nca = ["%s/pki/ca.pem"]\n' "$work"; fi
-        echo
-    done
+    terminus_runtime
+    terminus_listener term "$1" "$be_echo" 0 "$work/pki"
+    terminus_listener mtls "$2" "$be_echo" 1 "$work/pki"
+    terminus_listener src "$3" "$be_src" 0 "$work/pki"
 }
 start() { # NAME BINARY TERM MTLS SRC -> pid on stdout
     config "$3" "$4" "$5" >"$work/$1.toml"
@@ -70,12 +52,8 @@ pa=$(start a "$A" "$a_term" "$a_mtls" "$a_src")
 pids+=("$pa")
 pb=$(start b "$B" "$b_term" "$b_mtls" "$b_src")
 pids+=("$pb")
-for _ in $(seq 100); do
-    grep -q '^ready' "$work/a.out" 2>/dev/null && grep -q '^ready' "$work/b.out" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q '^ready' "$work/a.out" || die "A not ready: $(tail -3 "$work/a.err")"
-grep -q '^ready' "$work/b.out" || die "B not ready: $(tail -3 "$work/b.err")"
+wait_ready a "$pa"
+wait_ready b "$pb"
 
 measure() { # SIDE WORKLOAD -> "SIDE WORKLOAD VALUE" (µs/op, or ns/byte for bulk)
     local side=$1 w=$2 pid port args=()

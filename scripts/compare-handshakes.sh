@@ -9,6 +9,7 @@
 #   bash scripts/compare-handshakes.sh [SECONDS]      # CLIENTS=N to change the load
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 secs=${1:-4}
 
 need=()
@@ -18,18 +19,13 @@ command -v perf >/dev/null || need+=(linux-perf)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v python3 >/dev/null || need+=(python3)
-if ((${#need[@]})); then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+install_needed
 
 cargo build --release -q
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+lib_init compare-handshakes.sh
 
 ./target/release/terminus certs --out "$work" >/dev/null
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-be=$(free_port); t_term=$(free_port); t_mtls=$(free_port); n_term=$(free_port); n_mtls=$(free_port)
-h_term=$(free_port); h_mtls=$(free_port)
+read -r be t_term t_mtls n_term n_mtls h_term h_mtls < <(free_ports 7)
 clients=${CLIENTS:-4}
 
 # Echo backend (the same for both proxies).
@@ -48,79 +44,30 @@ while True:
 EOF
 pids+=($!)
 
-cat >"$work/terminus.toml" <<EOF
-[runtime]
-workers = 1
-cpus = [0]
-[log]
-access = "off"
-[[listeners]]
-name = "terminate"
-listen = "127.0.0.1:$t_term"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:$be"]
-[[listeners]]
-name = "mtls"
-listen = "127.0.0.1:$t_mtls"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:$be"]
-[listeners.client_auth]
-mode = "require"
-ca = ["ca.pem"]
-allow = ["spiffe://example.org/client"]
-EOF
-./target/release/terminus run --config "$work/terminus.toml" >"$work/t.out" 2>&1 &
+{
+    terminus_runtime
+    terminus_listener terminate "$t_term" "$be" 0
+    terminus_listener mtls "$t_mtls" "$be" 1
+    printf 'allow = ["spiffe://example.org/client"]\n'
+} >"$work/terminus.toml"
+./target/release/terminus run --config "$work/terminus.toml" >"$work/terminus.out" 2>"$work/terminus.err" &
 pids+=($!); tpid=$!
 
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-worker_cpu_affinity 01;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-events { worker_connections 4096; }
-stream {
-  ssl_certificate $work/server.pem;
-  ssl_certificate_key $work/server.key;
-  ssl_protocols TLSv1.2 TLSv1.3;
-  ssl_session_cache shared:S:10m;
-  server { listen 127.0.0.1:$n_term ssl; proxy_pass 127.0.0.1:$be; }
-  server { listen 127.0.0.1:$n_mtls ssl; ssl_client_certificate $work/ca.pem;
-           ssl_verify_client on; proxy_pass 127.0.0.1:$be; }
-}
-EOF
-/usr/sbin/nginx -c "$work/nginx.conf" &
-pids+=($!)
+nginx_stream_conf "$n_term $be 0" "$n_mtls $be 1" >"$work/nginx.conf"
+/usr/sbin/nginx -c "$work/nginx.conf" 2>"$work/nginx.err" &
+nmaster=$!
+pids+=($nmaster)
 
 cat "$work/server.pem" "$work/server.key" >"$work/haproxy.pem"
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  cpu-map 1/all 0
-  maxconn 8192
-  ssl-default-bind-options ssl-min-ver TLSv1.3
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend term
-  bind 127.0.0.1:$h_term ssl crt $work/haproxy.pem
-  default_backend echo
-frontend mtls
-  bind 127.0.0.1:$h_mtls ssl crt $work/haproxy.pem ca-file $work/ca.pem verify required
-  default_backend echo
-backend echo
-  server echo 127.0.0.1:$be
-EOF
+haproxy_tcp_conf "term $h_term $be 0" "mtls $h_mtls $be 1" >"$work/haproxy.cfg"
 /usr/sbin/haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.err" 2>&1 &
 pids+=($!)
 hpid=$!
-for _ in $(seq 50); do grep -q ready "$work/t.out" 2>/dev/null && pgrep -f "nginx: worker" >/dev/null && break; sleep 0.1; done
-npid=$(pgrep -f "nginx: worker" | head -1)
+wait_ready terminus "$tpid"
+wait_port "$n_term" "$nmaster" nginx
+wait_port "$h_term" "$hpid" haproxy
+npid=$(pgrep -P "$nmaster" | head -1)
+[ -n "$npid" ] || die "no nginx worker process"
 
 # measure LABEL PID PORT [s_time args...]: handshakes and server CPU µs per handshake
 measure() {

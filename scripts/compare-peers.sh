@@ -30,6 +30,8 @@
 # on 127.0.0.1 on free ports; every process is killed and the temp dir removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
+me=compare-peers.sh
 
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=bench
@@ -84,13 +86,7 @@ if wants nginx; then
 fi
 wants haproxy && { [ -x /usr/sbin/haproxy ] || need+=(haproxy); }
 wants hitch && { [ -x /usr/sbin/hitch ] || need+=(hitch); }
-if ((${#need[@]})); then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    echo "installing: ${need[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_needed
 
 if [ -z "${TERMINUS:-}" ]; then
     cargo build --release -q
@@ -107,51 +103,8 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---- processes and cleanup -------------------------------------------------------
-work=$(mktemp -d /tmp/compare-peers.XXXXXX)
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 20); do
-        local alive=0
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+lib_init compare-peers.sh /tmp/compare-peers.XXXXXX
 
-die() {
-    echo "compare-peers.sh: $*" >&2
-    exit 1
-}
-
-# N distinct free ports, all bound at once so they differ.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-wait_port() { # PORT PID NAME: until PORT accepts, or PID died / 10 s passed
-    for _ in $(seq 100); do
-        kill -0 "$2" 2>/dev/null || die "$3 exited during start-up: $(tail -5 "$work/$3.err" 2>/dev/null)"
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    die "$3 did not listen on 127.0.0.1:$1 within 10 s"
-}
-
-# Sum of on-CPU nanoseconds of every thread of PID (field 1 of schedstat).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }  # %.0f: mawk's %d clamps at 2^31 ns
 
 "$T" certs --out "$work" >/dev/null
 cat "$work/server.pem" "$work/server.key" >"$work/haproxy.pem" # haproxy: chain + key in one file
@@ -185,57 +138,23 @@ fi
 
 # ---- the peers -------------------------------------------------------------
 # terminus: one worker pinned to CPU 0.
-listener() { # NAME PORT UPSTREAM MTLS
-    printf '[[listeners]]\nname = "%s"\nlisten = "127.0.0.1:%s"\ncert = "server.pem"\nkey = "server.key"\nupstreams = ["127.0.0.1:%s"]\n' "$1" "$2" "$3"
-    if [ "$4" = 1 ]; then printf '[listeners.client_auth]\nmode = "require"\nca = ["ca.pem"]\n'; fi
-    echo
-}
 {
-    printf '[runtime]\nworkers = 1\ncpus = [0]\ndrain_timeout_ms = 1000\n\n[log]\naccess = "off"\n\n'
-    listener term "$t_term" "$be_echo" 0
-    listener mtls "$t_mtls" "$be_echo" 1
-    listener term_src "$t_term_src" "$be_src" 0
-    listener mtls_src "$t_mtls_src" "$be_src" 1
+    terminus_runtime
+    terminus_listener term "$t_term" "$be_echo" 0
+    terminus_listener mtls "$t_mtls" "$be_echo" 1
+    terminus_listener term_src "$t_term_src" "$be_src" 0
+    terminus_listener mtls_src "$t_mtls_src" "$be_src" 1
 } >"$work/terminus.toml"
 "$T" run --config "$work/terminus.toml" >"$work/terminus.out" 2>"$work/terminus.err" &
 tpid=$!
 pids+=($tpid)
-for _ in $(seq 100); do
-    grep -q '^ready' "$work/terminus.out" 2>/dev/null && break
-    kill -0 $tpid 2>/dev/null || die "terminus exited during start-up: $(tail -5 "$work/terminus.err")"
-    sleep 0.1
-done
-grep -q '^ready' "$work/terminus.out" || die "terminus not ready within 10 s"
+wait_ready terminus $tpid
 
 npid="" hpid="" xpid="" xpid_src=""
 if wants nginx; then
-# nginx: stream + ssl, one worker pinned to CPU 0, TLS 1.3 only, tickets on (TLS 1.3
-# resumption is by ticket), mTLS servers verify against the CA and require a cert.
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-worker_cpu_affinity 01;
-worker_rlimit_nofile 65536;
-daemon off;
-master_process on;
-pid $work/nginx.pid;
-error_log $work/nginx.err notice;
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-events { worker_connections 16384; }
-stream {
-  ssl_certificate $work/server.pem;
-  ssl_certificate_key $work/server.key;
-  ssl_protocols TLSv1.3;
-  ssl_session_tickets on;
-  ssl_session_cache shared:TLS:10m;
-  ssl_session_timeout 1h;
-  server { listen 127.0.0.1:$n_term ssl; proxy_pass 127.0.0.1:$be_echo; }
-  server { listen 127.0.0.1:$n_term_src ssl; proxy_pass 127.0.0.1:$be_src; }
-  server { listen 127.0.0.1:$n_mtls ssl; proxy_pass 127.0.0.1:$be_echo;
-           ssl_client_certificate $work/ca.pem; ssl_verify_client on; }
-  server { listen 127.0.0.1:$n_mtls_src ssl; proxy_pass 127.0.0.1:$be_src;
-           ssl_client_certificate $work/ca.pem; ssl_verify_client on; }
-}
-EOF
+# nginx: stream + ssl (lib.sh: one worker on CPU 0, TLS 1.3, tickets, mTLS required).
+nginx_stream_conf "$n_term $be_echo 0" "$n_term_src $be_src 0" "$n_mtls $be_echo 1" "$n_mtls_src $be_src 1" \
+    >"$work/nginx.conf"
 /usr/sbin/nginx -t -q -c "$work/nginx.conf" 2>"$work/nginx.err" || die "nginx config invalid: $(cat "$work/nginx.err")"
 /usr/sbin/nginx -c "$work/nginx.conf" 2>>"$work/nginx.err" &
 nmaster=$!
@@ -246,38 +165,9 @@ npid=$(pgrep -P $nmaster | head -1)
 fi
 
 if wants haproxy; then
-# HAProxy: mode tcp, one thread pinned to CPU 0 (2.6 with nbthread 1 applies
-# `cpu-map 1/all`, not `1/1`: checked by pinned_to_0), TLS 1.3 only (tickets are on by
-# default), mTLS frontends verify against the CA and require a cert.
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  cpu-map 1/all 0
-  maxconn 8192
-  ssl-default-bind-options ssl-min-ver TLSv1.3
-  tune.ssl.cachesize 100000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend term
-  bind 127.0.0.1:$h_term ssl crt $work/haproxy.pem
-  default_backend echo
-frontend mtls
-  bind 127.0.0.1:$h_mtls ssl crt $work/haproxy.pem ca-file $work/ca.pem verify required
-  default_backend echo
-frontend term_src
-  bind 127.0.0.1:$h_term_src ssl crt $work/haproxy.pem
-  default_backend source
-frontend mtls_src
-  bind 127.0.0.1:$h_mtls_src ssl crt $work/haproxy.pem ca-file $work/ca.pem verify required
-  default_backend source
-backend echo
-  server echo 127.0.0.1:$be_echo
-backend source
-  server source 127.0.0.1:$be_src
-EOF
+# HAProxy: mode tcp (lib.sh: one thread on CPU 0, checked by pinned_to_0; TLS 1.3).
+haproxy_tcp_conf "term $h_term $be_echo 0" "mtls $h_mtls $be_echo 1" \
+    "term_src $h_term_src $be_src 0" "mtls_src $h_mtls_src $be_src 1" >"$work/haproxy.cfg"
 /usr/sbin/haproxy -c -q -f "$work/haproxy.cfg" >"$work/haproxy.err" 2>&1 || die "haproxy config invalid: $(cat "$work/haproxy.err")"
 /usr/sbin/haproxy -db -f "$work/haproxy.cfg" >>"$work/haproxy.err" 2>&1 &
 hpid=$!

@@ -9,6 +9,7 @@
 # nginx and taskset (apt-get install wrk nginx-light util-linux). CPU is the terminus
 # process's utime+stime from /proc around each wrk run; requests are wrk's count.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h | --help) usage && exit 0 ;; esac
@@ -17,20 +18,9 @@ bin=$(realpath "${1:-target/release/terminus}")
 for t in wrk nginx taskset python3; do
     command -v "$t" >/dev/null || { echo "http-vs-tcp.sh: needs $t" >&2; exit 2; }
 done
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+lib_init http-vs-tcp.sh
 
-read -r be tcp http < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(3)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))')
+read -r be tcp http < <(free_ports 3)
 
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
@@ -51,34 +41,16 @@ taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" 2>"$work/nginx.start" &
 pids+=($!)
 
 "$bin" certs --out "$work/pki" >/dev/null
-cat >"$work/t.toml" <<EOF
-[runtime]
-workers = 1
-cpus = [0]
-
-[log]
-access = "off"
-
-[[listeners]]
-name = "tcp"
-listen = "127.0.0.1:$tcp"
-cert = "pki/server.pem"
-key = "pki/server.key"
-upstreams = ["127.0.0.1:$be"]
-
-[[listeners]]
-name = "http"
-listen = "127.0.0.1:$http"
-cert = "pki/server.pem"
-key = "pki/server.key"
-upstreams = ["127.0.0.1:$be"]
-protocol = "http"
-EOF
+{
+    terminus_runtime
+    terminus_listener tcp "$tcp" "$be" 0 pki
+    terminus_listener http "$http" "$be" 0 pki
+    printf 'protocol = "http"\n'
+} >"$work/t.toml"
 "$bin" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 100); do grep -q '^ready' "$work/t.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^ready' "$work/t.out" || { echo "terminus not ready: $(tail -3 "$work/t.err")" >&2; exit 1; }
+wait_ready t "$pid"
 
 python3 - "$pid" "$tcp" "$http" "${ROUNDS:-5}" "${SECONDS_PER_RUN:-4}" "${CONNECTIONS:-8}" <<'EOF'
 import os, re, statistics, subprocess, sys

@@ -20,6 +20,7 @@
 # the latencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h | --help) usage && exit 0 ;; esac
@@ -34,45 +35,22 @@ for v in ROUNDS:$rounds SECONDS_PER_RUN:$secs CONNECTIONS:$conns SIZE:$size; do
 done
 ((size >= 40)) || { echo "wrk-vs-bench.sh: SIZE must be at least 40 (an HTTP response head)" >&2; exit 2; }
 
-work=$(mktemp -d /tmp/wrk-vs-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+lib_init wrk-vs-bench.sh /tmp/wrk-vs-bench.XXXXXX
 
-read -r be port < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))')
+read -r be port < <(free_ports 2)
 
 "$bin" certs --out "$work" >/dev/null
 taskset -c 1 "$bin" backend --listen "127.0.0.1:$be" --mode echo >"$work/backend.err" 2>&1 &
 bpid=$!
 pids+=($bpid)
-cat >"$work/t.toml" <<EOF
-[runtime]
-workers = 1
-cpus = [0]
-
-[log]
-access = "off"
-
-[[listeners]]
-name = "echo"
-listen = "127.0.0.1:$port"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:$be"]
-EOF
+{
+    terminus_runtime
+    terminus_listener echo "$port" "$be" 0
+} >"$work/t.toml"
 "$bin" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
 tpid=$!
 pids+=($tpid)
-for _ in $(seq 100); do grep -q '^ready' "$work/t.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^ready' "$work/t.out" || { echo "terminus not ready: $(tail -3 "$work/t.err")" >&2; exit 1; }
+wait_ready t "$tpid"
 
 # wrk's request: a SIZE-byte HTTP response, so that its echo is an answer wrk accepts
 # (see the note in the generated script).
@@ -93,8 +71,6 @@ print("local msg = " + lua(msg))
 print("local checked = false")
 print("request = function() if checked then return msg end checked = true return get end")
 EOF
-
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
 run_wrk() { # ROUND
     local c0 c1

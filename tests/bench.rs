@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+use terminus::tools::bench::target::metric;
 
 /// A `terminus backend` child; killed on drop.
 struct BackendChild {
@@ -54,24 +55,46 @@ impl BackendChild {
     }
 }
 
-/// Run `terminus bench ARGS --json`; returns (exit code, parsed JSON or Null, stderr).
-fn bench(args: &[&str]) -> (Option<i32>, Value, String) {
-    let mut all: Vec<&OsStr> = vec![OsStr::new("bench")];
-    all.extend(args.iter().map(OsStr::new));
-    all.push(OsStr::new("--json"));
-    let (code, out, err) = run_to_exit(&all, Duration::from_secs(60));
-    let v = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
-    (code, v, err)
-}
+/// A `terminus bench --target T --workload W [OPTIONS] --json` command line.
+#[derive(Debug)]
+struct Args(Vec<String>);
 
-fn bench_ok(args: &[&str]) -> Value {
-    let (code, v, err) = bench(args);
-    assert_eq!(code, Some(0), "bench {args:?} failed: {err}");
-    assert!(
-        v.is_object(),
-        "bench {args:?}: no JSON on stdout; stderr: {err}"
-    );
-    v
+impl Args {
+    fn new(target: &str, workload: &str) -> Args {
+        Args(vec![]).opt(&["--target", target, "--workload", workload])
+    }
+
+    fn opt(mut self, more: &[&str]) -> Args {
+        self.0.extend(more.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// TLS towards a terminus child or a TLS backend: its test CA, SNI localhost.
+    fn tls(self, ca: &str) -> Args {
+        self.opt(&["--ca", ca, "--server-name", "localhost"])
+    }
+
+    /// Run it; (exit code, parsed JSON or Null, stderr).
+    fn run(&self) -> (Option<i32>, Value, String) {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("bench")];
+        all.extend(self.0.iter().map(OsStr::new));
+        all.push(OsStr::new("--json"));
+        let (code, out, err) = run_to_exit(&all, Duration::from_secs(60));
+        let v = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+        (code, v, err)
+    }
+
+    /// Run it; the JSON report of a run that must succeed.
+    fn ok(&self) -> Value {
+        let (code, v, err) = self.run();
+        let args = &self.0;
+        assert_eq!(code, Some(0), "bench {args:?} failed: {err}");
+        assert!(
+            v.is_object(),
+            "bench {args:?}: no JSON on stdout; stderr: {err}"
+        );
+        v
+    }
 }
 
 fn f(v: &Value, path: &str) -> f64 {
@@ -81,6 +104,13 @@ fn f(v: &Value, path: &str) -> f64 {
     }
     cur.as_f64()
         .unwrap_or_else(|| panic!("no number at {path} in {v}"))
+}
+
+/// Each figure at `keys` is more than 0.
+fn assert_positive(v: &Value, keys: &[&str]) {
+    for k in keys {
+        assert!(f(v, k) > 0.0, "{k} must be more than 0: {v}");
+    }
 }
 
 /// The properties every successful run has.
@@ -125,11 +155,6 @@ fn assert_sane(v: &Value, what: &str) {
     );
 }
 
-fn tls_args<'a>(pki: &'a Pki, ca: &'a str) -> Vec<&'a str> {
-    let _ = pki;
-    vec!["--ca", ca, "--server-name", "localhost"]
-}
-
 // ---------------------------------------------------------------------------------
 // Modes
 // ---------------------------------------------------------------------------------
@@ -141,17 +166,9 @@ fn plaintext_direct_to_the_backend() {
     let target = be.addr.to_string();
     let pid = be.pid().to_string();
     for wl in ["handshake", "rr"] {
-        let v = bench_ok(&[
-            "--target",
-            &target,
-            "--workload",
-            wl,
-            "--plain",
-            "--duration",
-            "1",
-            "--target-pid",
-            &pid,
-        ]);
+        let v = Args::new(&target, wl)
+            .opt(&["--plain", "--duration", "1", "--target-pid", &pid])
+            .ok();
         assert_sane(&v, wl);
         assert_eq!(v["mode"], "plain");
         assert!(
@@ -164,34 +181,28 @@ fn plaintext_direct_to_the_backend() {
 #[test]
 fn terminate_handshakes_and_requests() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let pid = p.term.pid().to_string();
     for (wl, extra) in [
         ("handshake", vec![]),
         ("handshake", vec!["--size", "100"]),
         ("rr", vec![]),
     ] {
-        let mut args = vec![
-            "--target",
-            &target,
-            "--workload",
-            wl,
-            "--duration",
-            "1",
-            "--target-pid",
-            &pid,
-        ];
-        args.extend(tls_args(&p.pki, &ca));
-        args.extend(extra.iter().copied());
-        let v = bench_ok(&args);
+        let args = Args::new(&target, wl)
+            .opt(&["--duration", "1", "--target-pid", &pid])
+            .tls(&ca)
+            .opt(&extra);
+        let v = args.ok();
         assert_sane(&v, &format!("{wl} {extra:?}"));
         assert_eq!(v["mode"], "tls");
-        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+        assert_positive(&v, &["target_cpu_us_per_op"]);
         if wl == "handshake" {
-            assert!(f(&v, "full_handshakes") > 0.0, "{v}");
+            assert_positive(&v, &["full_handshakes"]);
             assert_eq!(f(&v, "resumed"), 0.0, "resumption is off by default: {v}");
         } else {
             // rr opens its connections before the window: their handshakes count.
@@ -201,6 +212,25 @@ fn terminate_handshakes_and_requests() {
         if !extra.is_empty() {
             assert!(f(&v, "bytes") > 0.0, "request bytes: {v}");
         }
+    }
+}
+
+/// terminus (one worker, the test PKI, listener `edge`) in front of a `terminus
+/// backend` echo child; `target` and `ca` are its bench arguments.
+struct Edge {
+    be: BackendChild,
+    p: Proxy,
+    target: String,
+    ca: String,
+}
+
+impl Edge {
+    fn start() -> Edge {
+        let be = BackendChild::start("echo", None);
+        let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+        let target = p.addr("edge").to_string();
+        let ca = p.pki.ca_pem().display().to_string();
+        Edge { be, p, target, ca }
     }
 }
 
@@ -216,21 +246,8 @@ fn require_listener(backend: SocketAddr) -> (Terminus, Pki) {
              allow = [\"spiffe://example.org/client\"]\n",
         )],
     );
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n");
-    std::fs::write(&cfg, text).unwrap();
+    append_tables(&cfg, ADMIN);
     (Terminus::start(&cfg), pki)
-}
-
-/// A labelled sample (`name{labels} value`) from a Prometheus text page.
-fn labelled(page: &str, series: &str) -> Option<f64> {
-    page.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 #[test]
@@ -244,25 +261,21 @@ fn mtls_with_a_client_certificate() {
     let key = pki.dir().join("client.key").display().to_string();
     let pid = term.pid().to_string();
     for wl in ["handshake", "rr"] {
-        let mut args = vec![
-            "--target",
-            &target,
-            "--workload",
-            wl,
-            "--duration",
-            "1",
-            "--client-cert",
-            &cert,
-            "--client-key",
-            &key,
-            "--target-pid",
-            &pid,
-        ];
-        args.extend(tls_args(&pki, &ca));
-        let v = bench_ok(&args);
+        let args = Args::new(&target, wl)
+            .opt(&[
+                "--duration",
+                "1",
+                "--client-cert",
+                &cert,
+                "--client-key",
+                &key,
+                "--target-pid",
+                &pid,
+            ])
+            .tls(&ca);
+        let v = args.ok();
         assert_sane(&v, &format!("mTLS {wl}"));
-        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
-        assert!(f(&v, "full_handshakes") > 0.0, "{v}");
+        assert_positive(&v, &["target_cpu_us_per_op", "full_handshakes"]);
         if wl == "rr" {
             assert_eq!(f(&v, "full_handshakes"), f(&v, "connections"), "{v}");
         }
@@ -290,19 +303,11 @@ fn refused_clients_are_errors_not_operations() {
         ("bulk", vec![]),
     ] {
         let what = format!("{wl} {extra:?}");
-        let mut args = vec![
-            "--target",
-            &target,
-            "--workload",
-            wl,
-            "--duration",
-            "0.5",
-            "--connections",
-            "4",
-        ];
-        args.extend(tls_args(&pki, &ca));
-        args.extend(extra.iter().copied());
-        let (code, v, err) = bench(&args);
+        let args = Args::new(&target, wl)
+            .opt(&["--duration", "0.5", "--connections", "4"])
+            .tls(&ca)
+            .opt(&extra);
+        let (code, v, err) = args.run();
         assert_eq!(code, Some(1), "{what}: every op refused must exit 1: {err}");
         assert!(v.is_object(), "{what}: the report is still printed: {err}");
         assert_eq!(f(&v, "ops"), 0.0, "{what}: {v}");
@@ -327,16 +332,9 @@ fn refused_clients_are_errors_not_operations() {
         // The server refused as many: each refusal the bench counted is one the server
         // counted. The server may also count the (at most 4) connections still in
         // flight when the bench stopped, in this poll or the next run's.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let server = loop {
-            let (status, page) = http_get(term.admin(), "/metrics");
-            assert_eq!(status, 200, "{page}");
-            let n = labelled(&page, series).unwrap_or(0.0) - server_before;
-            if n >= refused || std::time::Instant::now() > deadline {
-                break n;
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
+        let counted = |page: &str| metric(page, series).unwrap_or(0.0) - server_before;
+        let page = wait_page(&term, METRIC_WAIT, |page| counted(page) >= refused);
+        let server = counted(&page);
         assert!(
             (refused..=refused + 8.0).contains(&server),
             "{what}: bench refused {refused}, server counted {server} no_client_cert"
@@ -361,39 +359,16 @@ fn reencrypt_to_a_tls_backend() {
     let ca = pki.ca_pem().display().to_string();
     let pid = term.pid().to_string();
     for wl in ["handshake", "rr"] {
-        let mut args = vec![
-            "--target",
-            &target,
-            "--workload",
-            wl,
-            "--duration",
-            "1",
-            "--size",
-            "64",
-            "--target-pid",
-            &pid,
-        ];
-        args.extend(tls_args(&pki, &ca));
-        let v = bench_ok(&args);
+        let args = Args::new(&target, wl)
+            .opt(&["--duration", "1", "--size", "64", "--target-pid", &pid])
+            .tls(&ca);
+        let v = args.ok();
         assert_sane(&v, &format!("reencrypt {wl}"));
-        assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
-        assert!(f(&v, "bytes") > 0.0, "{v}");
+        assert_positive(&v, &["target_cpu_us_per_op", "bytes"]);
     }
     // The backend itself speaks TLS (bench straight at it).
-    let mut args = vec![
-        "--target",
-        &be.addr.to_string(),
-        "--workload",
-        "rr",
-        "--duration",
-        "1",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(["--ca", &ca, "--server-name", "localhost"].map(String::from));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_sane(&bench_ok(&refs), "TLS backend direct");
+    let direct = Args::new(&be.addr.to_string(), "rr").opt(&["--duration", "1"]);
+    assert_sane(&direct.tls(&ca).ok(), "TLS backend direct");
 }
 
 // ---------------------------------------------------------------------------------
@@ -403,21 +378,16 @@ fn reencrypt_to_a_tls_backend() {
 #[test]
 fn resume_reports_resumed_handshakes() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
-    let mut args = vec![
-        "--target",
-        &target,
-        "--workload",
-        "handshake",
-        "--resume",
-        "--duration",
-        "1",
-    ];
-    args.extend(tls_args(&p.pki, &ca));
-    let v = bench_ok(&args);
+    let Edge {
+        be: _be,
+        p: _p,
+        target,
+        ca,
+    } = Edge::start();
+    let args = Args::new(&target, "handshake")
+        .opt(&["--resume", "--duration", "1"])
+        .tls(&ca);
+    let v = args.ok();
     assert_sane(&v, "resume");
     assert!(f(&v, "resumed") > 0.0, "no resumed handshakes: {v}");
     assert!(
@@ -433,28 +403,22 @@ fn resume_reports_resumed_handshakes() {
 #[test]
 fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge { be, p, target, ca } = Edge::start();
     let (pid, backend_pid) = (p.term.pid().to_string(), be.pid().to_string());
     for wl in ["handshake", "rr"] {
-        let mut args = vec![
-            "--target",
-            &target,
-            "--workload",
-            wl,
-            "--duration",
-            "0.5",
-            "--rounds",
-            "2",
-            "--target-pid",
-            &pid,
-            "--run-pid",
-            &backend_pid,
-        ];
-        args.extend(tls_args(&p.pki, &ca));
-        let v = bench_ok(&args);
+        let args = Args::new(&target, wl)
+            .opt(&[
+                "--duration",
+                "0.5",
+                "--rounds",
+                "2",
+                "--target-pid",
+                &pid,
+                "--run-pid",
+                &backend_pid,
+            ])
+            .tls(&ca);
+        let v = args.ok();
         assert_sane(&v, wl);
         assert_eq!(v["rounds"], 2, "{v}");
         let rounds = v["per_round"].as_array().expect("per_round");
@@ -468,8 +432,7 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
         for r in rounds {
             assert_sane(r, &format!("{wl} round"));
             assert!(f(r, "foreign_cpus") >= 0.0, "{r}");
-            assert!(f(r, "client_cpu_us_per_op") > 0.0, "{r}");
-            assert!(f(r, "client_cpu_s") > 0.0, "{r}");
+            assert_positive(r, &["client_cpu_us_per_op", "client_cpu_s"]);
         }
         let spread = v["spread"].as_object().expect("spread");
         for k in [
@@ -532,27 +495,26 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
 #[test]
 fn target_cpu_agrees_with_an_independent_schedstat_reading() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let pid = p.term.pid();
     let pid_s = pid.to_string();
-    let mut args = vec![
-        "--target",
-        &target,
-        "--workload",
-        "handshake",
-        "--connections",
-        "4",
-        "--duration",
-        "2",
-        "--target-pid",
-        &pid_s,
-    ];
-    args.extend(tls_args(&p.pki, &ca));
+    let args = Args::new(&target, "handshake")
+        .opt(&[
+            "--connections",
+            "4",
+            "--duration",
+            "2",
+            "--target-pid",
+            &pid_s,
+        ])
+        .tls(&ca);
     let before = proc_threads_schedstat_ns(pid);
-    let v = bench_ok(&args);
+    let v = args.ok();
     let after = proc_threads_schedstat_ns(pid);
     let independent = (after - before) as f64 / 1e9;
     let reported = f(&v, "target_cpu_s");
@@ -575,19 +537,17 @@ fn target_cpu_agrees_with_an_independent_schedstat_reading() {
 fn rate_limited_rr_holds_the_rate() {
     let _g = heavy();
     let be = BackendChild::start("echo", None);
-    let v = bench_ok(&[
-        "--target",
-        &be.addr.to_string(),
-        "--workload",
-        "rr",
-        "--plain",
-        "--rate",
-        "200",
-        "--duration",
-        "3",
-        "--connections",
-        "8",
-    ]);
+    let v = Args::new(&be.addr.to_string(), "rr")
+        .opt(&[
+            "--plain",
+            "--rate",
+            "200",
+            "--duration",
+            "3",
+            "--connections",
+            "8",
+        ])
+        .ok();
     assert_sane(&v, "rate 200");
     let r = f(&v, "ops_per_s");
     assert!(
@@ -600,29 +560,28 @@ fn rate_limited_rr_holds_the_rate() {
 #[test]
 fn idle_connections_report_target_memory() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let pid = p.term.pid().to_string();
-    let mut args = vec![
-        "--target",
-        &target,
-        "--workload",
-        "idle",
-        "--connections",
-        "400",
-        "--duration",
-        "1",
-        "--target-pid",
-        &pid,
-    ];
-    args.extend(tls_args(&p.pki, &ca));
-    let v = bench_ok(&args);
+    let args = Args::new(&target, "idle")
+        .opt(&[
+            "--connections",
+            "400",
+            "--duration",
+            "1",
+            "--target-pid",
+            &pid,
+        ])
+        .tls(&ca);
+    let v = args.ok();
     assert_sane(&v, "idle");
     assert_eq!(f(&v, "established"), 400.0, "{v}");
     assert_eq!(f(&v, "full_handshakes"), 400.0, "{v}");
-    assert!(f(&v, "target_rss_bytes_per_conn") > 0.0, "{v}");
+    assert_positive(&v, &["target_rss_bytes_per_conn"]);
     assert!(
         f(&v, "target_rss_after_bytes") > f(&v, "target_rss_before_bytes"),
         "{v}"
@@ -647,39 +606,20 @@ fn bulk_down_and_echo_move_bytes() {
     let pid = p.term.pid().to_string();
     for (listener, dir) in [("down", "down"), ("echo", "echo"), ("up", "up")] {
         let target = p.addr(listener).to_string();
-        let mut args = vec![
-            "--target",
-            &target,
-            "--workload",
-            "bulk",
-            "--direction",
-            dir,
-            "--duration",
-            "1",
-            "--target-pid",
-            &pid,
-        ];
-        args.extend(tls_args(&p.pki, &ca));
-        let v = bench_ok(&args);
+        let args = Args::new(&target, "bulk")
+            .opt(&["--direction", dir, "--duration", "1", "--target-pid", &pid])
+            .tls(&ca);
+        let v = args.ok();
         assert_sane(&v, &format!("bulk {dir}"));
         assert!(f(&v, "bytes") > 1e6, "bulk {dir}: {v}");
-        assert!(f(&v, "gbit_per_s") > 0.0, "{v}");
-        assert!(f(&v, "target_cpu_ns_per_byte") > 0.0, "{v}");
+        assert_positive(&v, &["gbit_per_s", "target_cpu_ns_per_byte"]);
         assert_eq!(v["direction"], dir);
         assert_eq!(f(&v, "full_handshakes"), 1.0, "{v}");
     }
     // Plaintext straight from the source backend.
-    let v = bench_ok(&[
-        "--target",
-        &source.addr.to_string(),
-        "--workload",
-        "bulk",
-        "--direction",
-        "down",
-        "--plain",
-        "--duration",
-        "1",
-    ]);
+    let v = Args::new(&source.addr.to_string(), "bulk")
+        .opt(&["--direction", "down", "--plain", "--duration", "1"])
+        .ok();
     assert!(f(&v, "bytes") > 1e6, "{v}");
 }
 
@@ -728,45 +668,31 @@ fn fake_admin(pid: u32, stop: Arc<AtomicBool>) -> SocketAddr {
 #[test]
 fn target_cpu_from_the_admin_endpoint() {
     let _g = heavy();
-    let be = BackendChild::start("echo", None);
-    let p = Proxy::start(Some(1), &[ListenerConf::new("edge", &[be.addr])]);
+    let Edge {
+        be: _be,
+        p,
+        target,
+        ca,
+    } = Edge::start();
     let stop = Arc::new(AtomicBool::new(false));
     let admin = fake_admin(p.term.pid(), stop.clone());
-    let target = p.addr("edge").to_string();
-    let ca = p.pki.ca_pem().display().to_string();
     let admin_s = admin.to_string();
-    let mut args = vec![
-        "--target",
-        &target,
-        "--workload",
-        "handshake",
-        "--duration",
-        "2",
-        "--target-admin",
-        &admin_s,
-    ];
-    args.extend(tls_args(&p.pki, &ca));
-    let v = bench_ok(&args);
+    let args = Args::new(&target, "handshake")
+        .opt(&["--duration", "2", "--target-admin", &admin_s])
+        .tls(&ca);
+    let v = args.ok();
     assert_sane(&v, "admin");
     // Tick-granular (10 ms) CPU over 2 s of handshakes: clearly above zero.
-    assert!(f(&v, "target_cpu_us_per_op") > 0.0, "{v}");
+    assert_positive(&v, &["target_cpu_us_per_op"]);
     stop.store(true, Ordering::Relaxed);
 
     // An admin address that refuses: a runtime failure before any load, naming it.
     let gone = refused_addr().to_string();
-    let mut args = vec![
-        "--target",
-        &target,
-        "--workload",
-        "handshake",
-        "--duration",
-        "30",
-        "--target-admin",
-        &gone,
-    ];
-    args.extend(tls_args(&p.pki, &ca));
+    let args = Args::new(&target, "handshake")
+        .opt(&["--duration", "30", "--target-admin", &gone])
+        .tls(&ca);
     let t = std::time::Instant::now();
-    let (code, _, err) = bench(&args);
+    let (code, _, err) = args.run();
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&gone), "{err}");
     assert!(
@@ -859,33 +785,25 @@ fn backend_holds_ten_thousand_idle_connections() {
     let _g = heavy();
     raise_fd_limit();
     let be = BackendChild::start("echo", None);
-    let v = bench_ok(&[
-        "--target",
-        &be.addr.to_string(),
-        "--workload",
-        "idle",
-        "--plain",
-        "--connections",
-        "10000",
-        "--workers",
-        "2",
-        "--duration",
-        "1",
-        "--target-pid",
-        &be.pid().to_string(),
-    ]);
+    let v = Args::new(&be.addr.to_string(), "idle")
+        .opt(&[
+            "--plain",
+            "--connections",
+            "10000",
+            "--workers",
+            "2",
+            "--duration",
+            "1",
+            "--target-pid",
+            &be.pid().to_string(),
+        ])
+        .ok();
     assert_sane(&v, "10k idle");
     assert_eq!(f(&v, "established"), 10000.0, "{v}");
-    assert!(f(&v, "target_rss_bytes_per_conn") > 0.0, "{v}");
+    assert_positive(&v, &["target_rss_bytes_per_conn"]);
     // The backend still serves after holding them.
-    let v = bench_ok(&[
-        "--target",
-        &be.addr.to_string(),
-        "--workload",
-        "rr",
-        "--plain",
-        "--duration",
-        "1",
-    ]);
+    let v = Args::new(&be.addr.to_string(), "rr")
+        .opt(&["--plain", "--duration", "1"])
+        .ok();
     assert_sane(&v, "rr after 10k idle");
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{write_config, ListenerConf, Pki, Terminus, IO_TIMEOUT};
+use common::{edge_config, Pki, Terminus, IO_TIMEOUT};
 use std::process::Command;
 use terminus::tools::certs::{LeafSpec, TestCa};
 
@@ -32,11 +32,7 @@ fn run_warns_about_an_expired_certificate_and_serves() {
     let pem = pki.dir().join("server.pem");
     std::fs::write(&pem, &leaf.chain_pem).unwrap();
     std::fs::write(pki.dir().join("server.key"), &leaf.key_pem).unwrap();
-    let config = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[common::refused_addr()])],
-    );
+    let config = edge_config(&pki, Some(1), common::refused_addr());
     let why = format!(
         "{}: certificate expired: notAfter Jun 30 00:00:00 2021 +00:00 (clients will reject it)",
         pem.display()
@@ -61,11 +57,7 @@ fn run_warns_about_an_expired_certificate_and_serves() {
 #[test]
 fn check_next_to_the_running_instance_warns_and_passes() {
     let pki = Pki::generate();
-    let config = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[common::refused_addr()])],
-    );
+    let config = edge_config(&pki, Some(1), common::refused_addr());
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
@@ -148,11 +140,7 @@ fn sharing_a_port_with_another_program_is_refused() {
     let addr = other.local_addr().unwrap().as_socket().unwrap();
 
     let pki = Pki::generate();
-    let config = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[common::refused_addr()])],
-    );
+    let config = edge_config(&pki, Some(1), common::refused_addr());
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("127.0.0.1:0", &addr.to_string())).unwrap();
     let (code, out, err) = check(&config);

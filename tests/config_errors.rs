@@ -68,6 +68,13 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `check --config CONFIG` fails (exit 2) with exactly `want` on stderr.
+fn assert_check_error(config: &Path, want: impl AsRef<str>) {
+    let out = check(config);
+    assert_exit(&out, 2);
+    assert_eq!(stderr(&out), want.as_ref());
+}
+
 fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
@@ -229,14 +236,12 @@ fn unknown_key_names_file_line_and_key() {
 #[test]
 fn wrong_type_names_line_and_field() {
     let (_dir, config) = pki_dir("type", "handshake_timeout_ms = \"x\"\n");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: {}:8: listeners[0].handshake_timeout_ms: invalid type: string \"x\", expected u64\n",
             config.display()
-        )
+        ),
     );
 }
 
@@ -262,14 +267,12 @@ fn invalid_values_are_all_reported_with_lines() {
 fn missing_key_file_is_named() {
     let (dir, config) = pki_dir("nokey", "");
     std::fs::remove_file(dir.path("server.key")).unwrap();
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: cannot read private key file: No such file or directory (os error 2)\n",
             dir.path("server.key").display()
-        )
+        ),
     );
 }
 
@@ -289,14 +292,12 @@ fn garbage_pem_is_named() {
     assert!(stderr(&out).starts_with(&want), "{}", stderr(&out));
 
     dir.write("server.pem", "just some text\n");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: no PEM certificate found (expected a \"-----BEGIN CERTIFICATE-----\" section)\n",
             dir.path("server.pem").display()
-        )
+        ),
     );
 }
 
@@ -304,14 +305,12 @@ fn garbage_pem_is_named() {
 fn empty_cert_file_is_named() {
     let (dir, config) = pki_dir("empty", "");
     dir.write("server.pem", "");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: no PEM certificate found: the file is empty\n",
             dir.path("server.pem").display()
-        )
+        ),
     );
 }
 
@@ -320,16 +319,14 @@ fn key_not_matching_cert_names_both_files() {
     let (dir, config) = pki_dir("mismatch", "");
     let other: TestPki = test_pki(30, "example.org").unwrap();
     dir.write("server.key", &other.server_key_pem);
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: listener \"edge\": {}: private key does not match the certificate in {} \
              (its public key differs from the leaf's)\n",
             dir.path("server.key").display(),
             dir.path("server.pem").display()
-        )
+        ),
     );
 }
 
@@ -707,47 +704,51 @@ fn expired_cert_fails_check() {
     );
 }
 
+/// A certificate not valid yet, or valid 14 days at most: one stderr line naming the
+/// file and the date; an error (exit 2) for the first, a warning (exit 0) for the
+/// second. Each case names itself.
 #[test]
-fn not_yet_valid_cert_fails_check() {
-    let (dir, config) = pki_dir("future", "");
+fn cert_not_yet_valid_fails_and_expiring_soon_warns() {
     let now = OffsetDateTime::now_utc();
-    write_leaf(
-        &dir,
-        &server_spec(now + Duration::days(2), now + Duration::days(60)),
-    );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
-    assert!(
-        err.starts_with(&format!(
-            "terminus: listener \"edge\": {}: certificate not yet valid: notBefore ",
-            dir.path("server.pem").display()
-        )) && err.ends_with(" (clients will reject it)\n"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
-}
-
-#[test]
-fn cert_expiring_within_14_days_is_a_warning() {
-    let (dir, config) = pki_dir("expiring", "");
-    let now = OffsetDateTime::now_utc();
-    write_leaf(
-        &dir,
-        &server_spec(now - Duration::days(80), now + Duration::days(5)),
-    );
-    let out = check(&config);
-    assert_exit(&out, 0);
-    assert_eq!(stdout(&out), "config OK: 1 listener(s)\n");
-    let err = stderr(&out);
-    assert!(
-        err.starts_with(&format!(
-            "terminus: warning: listener \"edge\": {}: certificate expires in 5 days: notAfter ",
-            dir.path("server.pem").display()
-        )) && err.ends_with("; renew it\n"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let days = Duration::days;
+    // (case, notBefore, notAfter, exit code, before the path, after it, line end)
+    let cases = [
+        (
+            "future",
+            now + days(2),
+            now + days(60),
+            2,
+            "terminus: listener \"edge\": ",
+            ": certificate not yet valid: notBefore ",
+            " (clients will reject it)\n",
+        ),
+        (
+            "expiring",
+            now - days(80),
+            now + days(5),
+            0,
+            "terminus: warning: listener \"edge\": ",
+            ": certificate expires in 5 days: notAfter ",
+            "; renew it\n",
+        ),
+    ];
+    for (case, not_before, not_after, code, head, what, end) in cases {
+        let (dir, config) = pki_dir(case, "");
+        write_leaf(&dir, &server_spec(not_before, not_after));
+        let out = check(&config);
+        assert_exit(&out, code);
+        if code == 0 {
+            assert_eq!(stdout(&out), "config OK: 1 listener(s)\n", "{case}");
+        }
+        let err = stderr(&out);
+        let path = dir.path("server.pem");
+        let start = format!("{head}{}{what}", path.display());
+        assert!(
+            err.starts_with(&start) && err.ends_with(end),
+            "{case}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{case}: {err}");
+    }
 }
 
 #[test]
@@ -830,12 +831,7 @@ fn server_cert_without_server_auth_eku_is_refused() {
          for TLS servers (EKU serverAuth)",
         dir.path("server.pem").display()
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
-        format!("terminus: listener \"edge\": {want}\n")
-    );
+    assert_check_error(&config, format!("terminus: listener \"edge\": {want}\n"));
     // `run` refuses it too (before binding anything).
     let out = terminus(&["run", "--config", config.to_str().unwrap()]);
     assert_exit(&out, 2);
@@ -883,15 +879,13 @@ fn tls_policy_names_are_checked_and_the_valid_ones_listed() {
         "policy13",
         "min_version = \"1.3\"\ncipher_suites = [\"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\"]\n",
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: {}:9: listeners[0].cipher_suites: min_version = \"1.3\" but no TLS 1.3 \
              suite is listed (TLS13_...)\n",
             config.display()
-        )
+        ),
     );
     // Any case is accepted.
     let (_dir, config) = pki_dir(
@@ -905,14 +899,12 @@ fn tls_policy_names_are_checked_and_the_valid_ones_listed() {
 #[test]
 fn http_listener_settings_are_validated() {
     let (_dir, config) = pki_dir("http", "protocol = \"smtp\"\n");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(
-        stderr(&out),
+    assert_check_error(
+        &config,
         format!(
             "terminus: {}:8: listeners[0].protocol: must be \"tcp\" or \"http\", got \"smtp\"\n",
             config.display()
-        )
+        ),
     );
     let (_dir, config) = pki_dir(
         "http2",

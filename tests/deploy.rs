@@ -193,7 +193,7 @@ fn the_container_conditions_serve_on_epoll_as_an_unprivileged_user() {
 
     let pki = Pki::generate();
     let echo = Backend::echo();
-    let cfg = write_config(&pki, Some(1), &[ListenerConf::new("edge", &[echo.addr()])]);
+    let cfg = edge_config(&pki, Some(1), echo.addr());
     // The unprivileged user must read the config and the key, as in the image's volume.
     let mode = |p: &Path, m: u32| {
         use std::os::unix::fs::PermissionsExt;
@@ -216,7 +216,11 @@ fn the_container_conditions_serve_on_epoll_as_an_unprivileged_user() {
         "eperm",
         "--",
     ];
-    let t = Terminus::start_config_io_with_prefix(&prefix, &cfg);
+    let t = Terminus::builder()
+        .config(&cfg)
+        .prefix(&prefix)
+        .io_from_config()
+        .start();
     assert_eq!(t.io_backend().as_deref(), Some("epoll"), "{}", t.stderr());
     let status = read(Path::new(&format!("/proc/{}/status", t.pid())));
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

@@ -174,11 +174,7 @@ fn check_needs_config_or_host_and_config_still_works_alone() {
     assert_eq!(code, Some(2), "{err}");
 
     let pki = Pki::generate();
-    let cfg = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[refused_addr()])],
-    );
+    let cfg = edge_config(&pki, Some(1), refused_addr());
     let (code, out, err) = terminus(&[], &["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(

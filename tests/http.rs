@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 /// An HTTP/1.1 backend answering each request with its own head (as received) as
 /// the body; keeps connections alive unless asked to close; counts connections.
@@ -101,17 +100,6 @@ fn client_cert_sha256(pki: &Pki) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn mtls_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let dir = pki.dir();
-    ClientConfigBuilder::new(Trust::Roots(pki.roots()))
-        .client_cert(
-            terminus::tls::load_certs(&dir.join("client.pem")).unwrap(),
-            terminus::tls::load_key(&dir.join("client.key")).unwrap(),
-        )
-        .build()
-        .unwrap()
 }
 
 /// An http listener in front of `up`, client auth `mode`, extra `[listeners.http]`.
@@ -257,16 +245,12 @@ fn openssl_s_client_sends_three_keep_alive_requests() {
     let be = HeaderEcho::start();
     let p = http_proxy(be.addr, "require", "");
     let dir = p.pki.dir();
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-quiet", "-connect"])
-        .arg(p.addr("web").to_string())
-        .arg("-CAfile")
-        .arg(dir.join("ca.pem"))
+    let mut cmd = openssl_s_client(p.addr("web"), &dir.join("ca.pem"));
+    cmd.arg("-quiet")
         .arg("-cert")
         .arg(dir.join("client.pem"))
         .arg("-key")
-        .arg(dir.join("client.key"))
-        .args(["-servername", "localhost"]);
+        .arg(dir.join("client.key"));
     let mut sc = Spawned::new(cmd);
     let mut reqs = String::new();
     for n in 1..=3 {
@@ -275,11 +259,7 @@ fn openssl_s_client_sends_three_keep_alive_requests() {
             "GET /{n} HTTP/1.1\r\nHost: x\r\n{FORGED}{close}\r\n"
         ));
     }
-    sc.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(reqs.as_bytes())
-        .unwrap();
+    sc.send(reqs.as_bytes());
     assert!(
         sc.wait_stdout_contains("GET /3", Duration::from_secs(15)),
         "{}{}",

@@ -64,9 +64,12 @@ fn max_connections_closes_the_excess_and_frees_slots_on_close() {
 fn out_of_file_descriptors_backs_off_instead_of_spinning_and_recovers() {
     let echo = Backend::echo();
     let pki = Pki::generate();
-    let cfg_path = write_config(&pki, Some(1), &[ListenerConf::new("edge", &[echo.addr()])]);
+    let cfg_path = edge_config(&pki, Some(1), echo.addr());
     // A tiny descriptor limit so a handful of connections exhaust it.
-    let mut term = Terminus::start_with_prefix(&["prlimit", "--nofile=48:48", "--"], &cfg_path);
+    let mut term = Terminus::builder()
+        .config(&cfg_path)
+        .prefix(&["prlimit", "--nofile=48:48", "--"])
+        .start();
     let addr = term.addr("edge");
     // Silent TCP clients hold terminus descriptors until the handshake timeout (10 s).
     let hogs: Vec<TcpStream> = (0..80).map(|_| tcp_connect(addr)).collect();

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use terminus::tools::bench::target::metric;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -77,39 +77,22 @@ fn response(dir: &Path, cert: &str, status: char, out: &str) {
 
 /// `openssl s_client -status`: its output (handshake must succeed).
 fn status(pki: &Pki, addr: std::net::SocketAddr) -> String {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_client")
-        .arg("-connect")
-        .arg(addr.to_string())
-        .arg("-CAfile")
-        .arg(pki.ca_pem())
-        .args([
-            "-servername",
-            "localhost",
-            "-status",
-            "-verify_return_error",
-        ]);
+    let mut cmd = openssl_s_client(addr, &pki.ca_pem());
+    cmd.arg("-status");
     let (code, out, err) = run_command_to_exit(cmd, Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}{err}");
     out
 }
 
-fn scrape(t: &Terminus, series: &str) -> Option<f64> {
-    let (code, page) = http_get(t.admin(), "/metrics");
-    assert_eq!(code, 200);
-    metric(&page, series)
-}
-
 fn wait_reloads(t: &Terminus, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scrape(t, "terminus_config_reloads_total{result=\"ok\"}") != Some(n) {
-        assert!(
-            Instant::now() < deadline,
-            "reload {n} not seen: {}",
-            t.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ok = "terminus_config_reloads_total{result=\"ok\"}";
+    let page = wait_metric(t, ok, n);
+    assert_eq!(
+        metric(&page, ok),
+        Some(n),
+        "reload {n} not seen: {}",
+        t.stderr()
+    );
 }
 
 #[test]
@@ -167,9 +150,9 @@ fn stapled_when_good_and_for_the_certificate_refused_and_counted_otherwise() {
         "terminus_ocsp_next_update_timestamp_seconds{{listener=\"edge\",cert=\"{}\"}}",
         dir.join("server.pem").display()
     );
-    assert_eq!(scrape(&t, &series), Some(next as f64));
+    assert_eq!(scrape_metric(&t, &series), Some(next as f64));
     assert_eq!(
-        scrape(&t, "terminus_ocsp_responses_refused_total"),
+        scrape_metric(&t, "terminus_ocsp_responses_refused_total"),
         Some(0.0)
     );
 
@@ -190,10 +173,10 @@ fn stapled_when_good_and_for_the_certificate_refused_and_counted_otherwise() {
             "{file}: {out}"
         );
         assert_eq!(
-            scrape(&t, "terminus_ocsp_responses_refused_total"),
+            scrape_metric(&t, "terminus_ocsp_responses_refused_total"),
             Some(n as f64 + 1.0)
         );
-        assert_eq!(scrape(&t, &series), None, "no staple, no nextUpdate");
+        assert_eq!(scrape_metric(&t, &series), None, "no staple, no nextUpdate");
         let err = t.stderr();
         assert!(
             err.contains(&format!(

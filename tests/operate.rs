@@ -12,7 +12,7 @@ use rustls::ClientConfig;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -22,41 +22,6 @@ use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
 use terminus::tools::client::{ClientConfigBuilder, Trust};
 
 const SPIFFE: &str = "spiffe://example.org/client";
-
-/// Append top-level tables (`[admin]`, `[runtime]`) to a config written by
-/// `write_config*` (which writes `[runtime]` only when given workers).
-fn with_tables(config: &Path, tables: &str) -> PathBuf {
-    let mut text = std::fs::read_to_string(config).unwrap();
-    text.push('\n');
-    text.push_str(tables);
-    std::fs::write(config, text).unwrap();
-    config.to_path_buf()
-}
-
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n";
-
-fn scrape(t: &Terminus) -> String {
-    let (status, body) = http_get(t.admin(), "/metrics");
-    assert_eq!(status, 200, "/metrics: {body}");
-    body
-}
-
-/// Poll `/metrics` until `series` reaches `want` (snapshots are published every
-/// 50 ms here); returns the last page.
-fn wait_metric(t: &Terminus, series: &str, want: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let page = scrape(t);
-        if metric(&page, series) == Some(want) || Instant::now() > deadline {
-            return page;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn m(page: &str, series: &str) -> f64 {
-    metric(page, series).unwrap_or_else(|| panic!("no sample {series} in\n{page}"))
-}
 
 fn client_with_cert(pki: &Pki, leaf: Option<&TestLeaf>) -> Arc<ClientConfig> {
     let mut b = ClientConfigBuilder::new(Trust::Roots(pki.roots()));
@@ -115,7 +80,7 @@ fn metrics_count_connections_handshakes_errors_bytes_and_latency() {
             ListenerConf::new("deny", &[up]).raw(&require("spiffe://example.org/other")),
         ],
     );
-    let t = Terminus::start(&with_tables(&config, ADMIN));
+    let t = Terminus::start(&append_tables(&config, ADMIN));
     let (edge, mtls, deny) = (t.addr("edge"), t.addr("mtls"), t.addr("deny"));
     assert_eq!(http_get(t.admin(), "/healthz").0, 200);
     assert_eq!(http_get(t.admin(), "/readyz").0, 200);
@@ -150,45 +115,48 @@ fn metrics_count_connections_handshakes_errors_bytes_and_latency() {
         sizes.iter().sum::<usize>() as f64,
     );
     let ok = |l: &str, resumed: bool, auth: &str| {
-        m(
+        sample(
             &page,
             &format!("terminus_handshakes_total{{listener=\"{l}\",result=\"ok\",resumed=\"{resumed}\",client_auth=\"{auth}\"}}"),
         )
     };
-    assert_eq!(m(&page, &format!("terminus_connections_total{{{e}}}")), 6.0);
+    assert_eq!(
+        sample(&page, &format!("terminus_connections_total{{{e}}}")),
+        6.0
+    );
     assert_eq!(ok("edge", false, "none"), 1.0);
     assert_eq!(ok("edge", true, "none"), 3.0);
     assert_eq!(
         ok("mtls", false, "verified") + ok("mtls", true, "verified"),
         2.0
     );
-    let errors = m(
+    let errors = sample(
         &page,
         &format!("terminus_handshakes_total{{{e},result=\"error\",resumed=\"false\",client_auth=\"none\"}}"),
     );
     assert_eq!(errors, 2.0);
     assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_handshake_errors_total{{{e},reason=\"malformed\"}}")
         ),
         2.0
     );
     assert_eq!(
-        m(
+        sample(
             &page,
             "terminus_handshake_errors_total{listener=\"deny\",reason=\"policy_denied\"}"
         ),
         1.0
     );
     assert_eq!(
-        m(&page, "terminus_policy_denied_total{listener=\"deny\"}"),
+        sample(&page, "terminus_policy_denied_total{listener=\"deny\"}"),
         1.0
     );
     let total: usize = sizes.iter().sum();
     for dir in ["client_to_upstream", "upstream_to_client"] {
         assert_eq!(
-            m(
+            sample(
                 &page,
                 &format!("terminus_bytes_total{{{e},direction=\"{dir}\"}}")
             ),
@@ -198,44 +166,44 @@ fn metrics_count_connections_handshakes_errors_bytes_and_latency() {
     }
     // One handshake sample and one upstream connect per successful handshake.
     assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_handshake_duration_seconds_count{{{e}}}")
         ),
         4.0
     );
     assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_handshake_duration_seconds_bucket{{{e},le=\"+Inf\"}}")
         ),
         4.0
     );
     assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_upstream_connect_duration_seconds_count{{{e}}}")
         ),
         4.0
     );
     assert!(
-        m(
+        sample(
             &page,
             &format!("terminus_handshake_duration_seconds_sum{{{e}}}")
         ) > 0.0
     );
     assert_eq!(
-        m(&page, &format!("terminus_connections_active{{{e}}}")),
+        sample(&page, &format!("terminus_connections_active{{{e}}}")),
         0.0
     );
     assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_upstream_connect_errors_total{{{e},upstream=\"{up}\"}}")
         ),
         0.0
     );
-    let expiry = m(
+    let expiry = sample(
         &page,
         &format!(
             "terminus_cert_expiry_timestamp_seconds{{{e},cert=\"{}\"}}",
@@ -247,22 +215,17 @@ fn metrics_count_connections_handshakes_errors_bytes_and_latency() {
         .unwrap()
         .as_secs_f64();
     assert!(expiry > now + 300.0 * 86400.0, "365-day cert: {expiry}");
-    assert!(m(&page, "process_cpu_seconds_total") > 0.0);
-    assert!(m(&page, "process_resident_memory_bytes") > 1e6);
-    assert!(m(&page, "process_open_fds") > 5.0);
-    assert_eq!(m(&page, "terminus_workers"), 2.0);
+    assert!(sample(&page, "process_cpu_seconds_total") > 0.0);
+    assert!(sample(&page, "process_resident_memory_bytes") > 1e6);
+    assert!(sample(&page, "process_open_fds") > 5.0);
+    assert_eq!(sample(&page, "terminus_workers"), 2.0);
 }
 
 #[test]
 fn a_scrape_storm_does_not_stall_traffic() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
-    let t = Terminus::start(&with_tables(&config, ADMIN));
+    let (_backend, config) = echo_edge(&pki, Some(1));
+    let t = Terminus::start(&append_tables(&config, ADMIN));
     let (edge, admin) = (t.addr("edge"), t.admin());
     let stop = Arc::new(AtomicBool::new(false));
     let scrapes = Arc::new(AtomicU64::new(0));
@@ -307,7 +270,7 @@ fn a_scrape_storm_does_not_stall_traffic() {
     );
     let page = wait_metric(&t, "terminus_connections_total{listener=\"edge\"}", 31.0);
     assert_eq!(
-        m(&page, "terminus_connections_total{listener=\"edge\"}"),
+        sample(&page, "terminus_connections_total{listener=\"edge\"}"),
         31.0
     );
     eprintln!(
@@ -399,7 +362,7 @@ fn certificates_reload_by_rewrite_and_by_symlink_swap_during_a_long_transfer() {
         tail.replacen("cert = \"server.pem\"\n", "", 1)
             .replacen("key = \"server.key\"\n", "", 1);
     std::fs::write(&config, format!("{head}{tail}")).unwrap();
-    let t = Terminus::start(&with_tables(
+    let t = Terminus::start(&append_tables(
         &config,
         &format!("{ADMIN}[runtime]\nreload_interval_ms = 100\n"),
     ));
@@ -434,10 +397,10 @@ fn certificates_reload_by_rewrite_and_by_symlink_swap_during_a_long_transfer() {
     }
     let page = scrape(&t);
     assert!(
-        m(&page, "terminus_config_reloads_total{result=\"ok\"}") >= 2.0,
+        sample(&page, "terminus_config_reloads_total{result=\"ok\"}") >= 2.0,
         "{page}"
     );
-    let expiry = m(
+    let expiry = sample(
         &page,
         &format!(
             "terminus_cert_expiry_timestamp_seconds{{listener=\"k8s\",cert=\"{}\"}}",
@@ -447,20 +410,11 @@ fn certificates_reload_by_rewrite_and_by_symlink_swap_during_a_long_transfer() {
     assert!(expiry > 0.0);
 }
 
-/// Replace a file by rename(2), so a poll never reads it half-written (this test
-/// counts errors exactly; the rotation test above covers plain rewrites).
-fn replace(path: &Path, content: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[test]
 fn a_broken_replacement_keeps_the_old_certificate_and_counts_an_error() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
-    let t = Terminus::start(&with_tables(
+    let (_backend, config) = echo_edge(&pki, None);
+    let t = Terminus::start(&append_tables(
         &config,
         &format!("{ADMIN}[runtime]\nreload_interval_ms = 100\n"),
     ));
@@ -472,19 +426,18 @@ fn a_broken_replacement_keeps_the_old_certificate_and_counts_an_error() {
     // 1. A key that does not match the certificate.
     let (_, other) = new_server_cert();
     let good_key = std::fs::read(pki.dir().join("server.key")).unwrap();
-    replace(&pki.dir().join("server.key"), other.key_pem.as_bytes());
+    replace_file(&pki.dir().join("server.key"), other.key_pem.as_bytes());
     wait_metric(&t, errors, 1.0);
     // 2. Garbage in the certificate file (key restored).
-    replace(&pki.dir().join("server.key"), &good_key);
+    replace_file(&pki.dir().join("server.key"), &good_key);
     let good_cert = std::fs::read(pki.dir().join("server.pem")).unwrap();
     // The restore alone is a valid change: counts one ok reload.
     wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 1.0);
-    replace(&pki.dir().join("server.pem"), b"not a certificate\n");
+    replace_file(&pki.dir().join("server.pem"), b"not a certificate\n");
     wait_metric(&t, errors, 2.0);
     // 3. The certificate file deleted.
     std::fs::remove_file(pki.dir().join("server.pem")).unwrap();
-    let page = wait_metric(&t, errors, 3.0);
-    assert_eq!(m(&page, errors), 3.0, "{page}");
+    assert_metric(&t, errors, 3.0);
     // The old pair keeps serving throughout.
     assert_eq!(served_leaf(edge, &cfg), old);
     echo_once(edge, &cfg, 1000, 1);
@@ -494,7 +447,7 @@ fn a_broken_replacement_keeps_the_old_certificate_and_counts_an_error() {
         err.contains("does not match") && err.contains(&pem) && err.contains("keeping"),
         "stderr names the file and why: {err}"
     );
-    replace(&pki.dir().join("server.pem"), &good_cert);
+    replace_file(&pki.dir().join("server.pem"), &good_cert);
     wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 2.0);
 }
 
@@ -508,7 +461,7 @@ fn sighup_reloads_the_allow_list_and_reports_what_needs_a_restart() {
         Some(1),
         &[ListenerConf::new("mtls", &[backend.addr()]).raw(&require(SPIFFE))],
     );
-    let config = with_tables(&config, ADMIN);
+    let config = append_tables(&config, ADMIN);
     let t = Terminus::start(&config);
     let addr = t.addr("mtls");
     let cfg = client_with_cert(&pki, Some(&leaf));
@@ -581,9 +534,8 @@ fn two_instances_with_one_ticket_key_file_resume_each_others_sessions() {
 #[test]
 fn sigterm_drains_an_inflight_transfer_then_exits_0() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
-    let mut t = Terminus::start(&with_tables(
+    let (_backend, config) = echo_edge(&pki, None);
+    let mut t = Terminus::start(&append_tables(
         &config,
         &format!("{ADMIN}[runtime]\nworkers = 1\ndrain_timeout_ms = 20000\n"),
     ));
@@ -635,9 +587,8 @@ fn sigterm_drains_an_inflight_transfer_then_exits_0() {
 #[test]
 fn a_second_signal_stops_at_once() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
-    let mut t = Terminus::start(&with_tables(
+    let (_backend, config) = echo_edge(&pki, None);
+    let mut t = Terminus::start(&append_tables(
         &config,
         "[runtime]\nworkers = 1\ndrain_timeout_ms = 60000\n",
     ));
@@ -808,7 +759,7 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
         Some(1),
         &[ListenerConf::new("mtls", &[backend.addr()]).raw(&auth)],
     );
-    let config = with_tables(&config, ADMIN);
+    let config = append_tables(&config, ADMIN);
     // Reloads only on SIGHUP here, so the reload counter is exact.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
@@ -826,7 +777,11 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
     }
     full_handshake(addr, &pki, &other).expect("other allowed client");
     let page = scrape(&t);
-    assert_eq!((m(&page, hit), m(&page, miss)), (2.0, 2.0), "{page}");
+    assert_eq!(
+        (sample(&page, hit), sample(&page, miss)),
+        (2.0, 2.0),
+        "{page}"
+    );
 
     // Revoke the cached client: its very next handshake is refused.
     let serial: &[u8] = &leaf.serial;
@@ -840,7 +795,7 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
         1.0,
     );
     assert_eq!(
-        m(
+        sample(
             &page,
             "terminus_handshake_errors_total{listener=\"mtls\",reason=\"cert_revoked\"}"
         ),
@@ -851,7 +806,11 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
     full_handshake(addr, &pki, &other).expect("other still allowed");
     full_handshake(addr, &pki, &other).expect("other still allowed");
     let page = scrape(&t);
-    assert_eq!((m(&page, hit), m(&page, miss)), (3.0, 4.0), "{page}");
+    assert_eq!(
+        (sample(&page, hit), sample(&page, miss)),
+        (3.0, 4.0),
+        "{page}"
+    );
 
     // Stop allowing the other client: refused on its very next handshake too.
     let text = std::fs::read_to_string(&config).unwrap();
@@ -859,12 +818,7 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
     t.signal("HUP");
     wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 2.0);
     full_handshake(addr, &pki, &other).expect_err("no longer allowed");
-    let page = wait_metric(&t, "terminus_policy_denied_total{listener=\"mtls\"}", 1.0);
-    assert_eq!(
-        m(&page, "terminus_policy_denied_total{listener=\"mtls\"}"),
-        1.0,
-        "{page}"
-    );
+    assert_metric(&t, "terminus_policy_denied_total{listener=\"mtls\"}", 1.0);
 }
 
 /// The batching engine's batch sizes are on `/metrics`: completions and connections
@@ -872,13 +826,8 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
 #[test]
 fn loop_turn_histograms_count_the_work_of_each_turn() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
-    let config = with_tables(&config, ADMIN);
+    let (_backend, config) = echo_edge(&pki, Some(1));
+    let config = append_tables(&config, ADMIN);
     let t = Terminus::start(&config);
     let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
     for seed in 0..20 {
@@ -896,10 +845,10 @@ fn loop_turn_histograms_count_the_work_of_each_turn() {
         thread::sleep(Duration::from_millis(20));
     };
     for kind in ["completions", "connections"] {
-        let count = m(&page, &series(kind, "count"));
+        let count = sample(&page, &series(kind, "count"));
         let mut last = 0.0;
         for le in ["1", "2", "4", "8", "16", "32", "64", "128", "256", "+Inf"] {
-            let b = m(
+            let b = sample(
                 &page,
                 &format!("terminus_worker_loop_{kind}_bucket{{worker=\"0\",le=\"{le}\"}}"),
             );
@@ -911,8 +860,8 @@ fn loop_turn_histograms_count_the_work_of_each_turn() {
     }
     // One turn per wakeup: sequential connections show the per-connection cost.
     let (turns, handled) = (
-        m(&page, &series("completions", "count")),
-        m(&page, &series("completions", "sum")),
+        sample(&page, &series("completions", "count")),
+        sample(&page, &series("completions", "sum")),
     );
     assert!(
         handled >= 20.0 * 4.0,

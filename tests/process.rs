@@ -81,20 +81,6 @@ fn lines_of(p: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Poll (bounded by `timeout`) until `cond` holds; false on timeout.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn sigusr1_reopens_the_access_log_under_live_traffic() {
     let pki = Pki::generate();
@@ -160,29 +146,18 @@ fn sigusr1_reopens_the_access_log_under_live_traffic() {
     );
 }
 
-/// The next datagram on `sock` as text; panics after the socket's read timeout.
-fn recv_notify(sock: &std::os::unix::net::UnixDatagram, what: &str) -> String {
-    let mut buf = [0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no {what} datagram on NOTIFY_SOCKET: {e}"));
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 #[test]
 fn sd_notify_ready_after_ready_line_and_stopping_on_sigterm() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(2),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let (_backend, config) = echo_edge(&pki, Some(2));
     let path = pki.dir().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
-    // `start_with_env` returns once `ready` is on stdout: READY=1 comes after it.
-    let mut t = Terminus::start_with_env(&config, &[("NOTIFY_SOCKET", path.as_os_str())]);
+    // `start` returns once `ready` is on stdout: READY=1 comes after it.
+    let mut t = Terminus::builder()
+        .config(&config)
+        .env("NOTIFY_SOCKET", &path)
+        .start();
     let ready = recv_notify(&sock, "READY=1");
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     assert!(
@@ -212,12 +187,7 @@ fn sd_notify_ready_after_ready_line_and_stopping_on_sigterm() {
 fn drain_delay_keeps_accepting_with_readyz_503_then_refuses_and_drains() {
     const DELAY_MS: u64 = 3000;
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(
-        &pki,
-        Some(2),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let (_backend, config) = echo_edge(&pki, Some(2));
     append_tables(
         &config,
         &format!(
@@ -282,18 +252,10 @@ fn drain_delay_keeps_accepting_with_readyz_503_then_refuses_and_drains() {
     );
 }
 
-/// The value of `series` on a `/metrics` page (None: no such sample).
-fn scrape_metric(t: &Terminus, series: &str) -> Option<f64> {
-    let (status, page) = http_get(t.admin(), "/metrics");
-    assert_eq!(status, 200, "/metrics: {page}");
-    terminus::tools::bench::target::metric(&page, series)
-}
-
 #[test]
 fn reload_metrics_stay_0_while_a_bad_file_is_in_place_and_advance_when_fixed() {
     let pki = Pki::generate();
-    let backend = Backend::echo();
-    let config = write_config(&pki, None, &[ListenerConf::new("edge", &[backend.addr()])]);
+    let (_backend, config) = echo_edge(&pki, None);
     append_tables(
         &config,
         "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n\n\

@@ -148,19 +148,8 @@ fn curl_through_terminus_to_http_backend() {
 }
 
 fn s_client(p: &Proxy) -> Command {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_client")
-        .arg("-connect")
-        .arg(p.addr("edge").to_string())
-        .arg("-CAfile")
-        .arg(p.pki.ca_pem())
-        .args([
-            "-verify_return_error",
-            "-servername",
-            "localhost",
-            "-verify_hostname",
-            "localhost",
-        ]);
+    let mut cmd = openssl_s_client(p.addr("edge"), &p.pki.ca_pem());
+    cmd.args(["-verify_hostname", "localhost"]);
     cmd
 }
 
@@ -171,12 +160,7 @@ fn openssl_s_client_through_terminus_to_echo_backend() {
     let p = echo_proxy(Some(2), &echo);
     let mut sc = Spawned::new(s_client(&p));
     let line = "a line through terminus and back\n";
-    sc.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(line.as_bytes())
-        .unwrap();
-    sc.stdin.as_mut().unwrap().flush().unwrap();
+    sc.send(line.as_bytes());
     assert!(
         sc.wait_stdout_contains(line, Duration::from_secs(20)),
         "echoed line never arrived; s_client stdout:\n{}\nstderr:\n{}",
@@ -198,12 +182,7 @@ fn openssl_s_client_through_terminus_to_http_backend() {
     let http = Backend::http(HTTP_BODY);
     let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[http.addr()])]);
     let mut sc = Spawned::new(s_client(&p));
-    sc.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"GET /s_client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    sc.stdin.as_mut().unwrap().flush().unwrap();
+    sc.send(b"GET /s_client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let body = std::str::from_utf8(HTTP_BODY).unwrap();
     assert!(
         sc.wait_stdout_contains(body, Duration::from_secs(20)),
@@ -337,35 +316,42 @@ fn upload_64mib_sha256_then_close_notify_half_close() {
     );
 }
 
+/// Read `tls` to its end within [`BULK_DEADLINE`], hashing as it comes, at most `max`
+/// bytes: (bytes, their SHA-256 in hex, how the stream ended).
+fn read_to_end_digest(tls: &mut Tls, max: u64, what: &str) -> (u64, String, Ending) {
+    let start = Instant::now();
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    let ending = loop {
+        assert!(
+            start.elapsed() < BULK_DEADLINE,
+            "{what} too slow: {got} bytes"
+        );
+        match tls.read(&mut buf) {
+            Ok(0) => break Ending::Clean,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                got += n as u64;
+                assert!(got <= max, "{what}: more bytes than the upstream sent");
+            }
+            Err(e) => break Ending::Error(format!("{e} ({:?}) after {got} bytes", e.kind())),
+        }
+    };
+    (got, hex(&h.finalize()), ending)
+}
+
 #[test]
 fn download_64mib_sha256_then_close_notify() {
     let _g = heavy();
     let flood = Backend::flood(BULK as u64, 65);
     let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[flood.addr()])]);
     let mut tls = tls_connect(p.addr("edge"), &p.client());
-    let start = Instant::now();
-    let mut h = Sha256::new();
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 256 * 1024];
-    let ending = loop {
-        assert!(
-            start.elapsed() < BULK_DEADLINE,
-            "download too slow: {got} bytes"
-        );
-        match tls.read(&mut buf) {
-            Ok(0) => break Ending::Clean,
-            Ok(n) => {
-                h.update(&buf[..n]);
-                got += n;
-                assert!(got <= BULK, "more bytes than the upstream sent");
-            }
-            Err(e) => break Ending::Error(format!("{e} ({:?}) after {got} bytes", e.kind())),
-        }
-    };
+    let (got, digest, ending) = read_to_end_digest(&mut tls, BULK as u64, "download");
     assert_eq!(ending, Ending::Clean, "download must end with close_notify");
-    assert_eq!(got, BULK);
+    assert_eq!(got, BULK as u64);
     assert_eq!(
-        hex(&h.finalize()),
+        digest,
         hex(&Pattern::sha256(65, BULK as u64)),
         "download corrupted"
     );
@@ -505,53 +491,43 @@ fn concurrent_500_connections_each_echo_their_own_data() {
 // Half-close
 // ---------------------------------------------------------------------------------
 
+/// The client ends its direction, with a close_notify or with a bare TCP FIN: the
+/// upstream gets every byte then EOF, and its reply (a digest of them) still reaches
+/// the client, ended by a close_notify. One case a proxy; each names itself.
 #[test]
-fn client_close_notify_half_closes_upstream_and_reply_still_flows() {
-    let digest = Backend::digest();
-    let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[digest.addr()])]);
-    let mut tls = tls_connect(p.addr("edge"), &p.client());
-    let data = Pattern::bytes(7, 300_000);
-    tls.write_all(&data).unwrap();
-    close_notify(&mut tls);
-    let (reply, ending) = read_to_end_tls(&mut tls, 1024, "digest reply after close_notify");
-    let want = format!("{} {}\n", data.len(), hex(&Sha256::digest(&data)));
-    assert_eq!(
-        String::from_utf8_lossy(&reply),
-        want,
-        "backend: {:?}",
-        digest.reports()
-    );
-    assert_eq!(
-        ending,
-        Ending::Clean,
-        "upstream FIN must arrive as close_notify"
-    );
-}
-
-#[test]
-fn client_fin_without_close_notify_half_closes_upstream_and_reply_still_flows() {
-    let digest = Backend::digest();
-    let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[digest.addr()])]);
-    let mut tls = tls_connect(p.addr("edge"), &p.client());
-    let data = Pattern::bytes(8, 200_000);
-    tls.write_all(&data).unwrap();
-    tls.flush().unwrap();
-    tls.sock
-        .shutdown(Shutdown::Write)
-        .expect("TCP shutdown(Write)");
-    let (reply, ending) = read_to_end_tls(&mut tls, 1024, "digest reply after FIN");
-    let want = format!("{} {}\n", data.len(), hex(&Sha256::digest(&data)));
-    assert_eq!(
-        String::from_utf8_lossy(&reply),
-        want,
-        "backend: {:?}",
-        digest.reports()
-    );
-    assert_eq!(
-        ending,
-        Ending::Clean,
-        "upstream FIN must arrive as close_notify"
-    );
+fn client_half_close_reaches_upstream_and_reply_still_flows() {
+    type HalfClose = fn(&mut Tls);
+    let cases: [(&str, u64, usize, HalfClose); 2] = [
+        ("close_notify", 7, 300_000, |tls| close_notify(tls)),
+        ("FIN without close_notify", 8, 200_000, |tls| {
+            tls.flush().unwrap();
+            tls.sock
+                .shutdown(Shutdown::Write)
+                .expect("TCP shutdown(Write)");
+        }),
+    ];
+    for (case, seed, len, half_close) in cases {
+        let digest = Backend::digest();
+        let p = Proxy::start(Some(2), &[ListenerConf::new("edge", &[digest.addr()])]);
+        let mut tls = tls_connect(p.addr("edge"), &p.client());
+        let data = Pattern::bytes(seed, len);
+        tls.write_all(&data).unwrap();
+        half_close(&mut tls);
+        let what = format!("digest reply after {case}");
+        let (reply, ending) = read_to_end_tls(&mut tls, 1024, &what);
+        let want = format!("{} {}\n", data.len(), hex(&Sha256::digest(&data)));
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            want,
+            "{case}: backend: {:?}",
+            digest.reports()
+        );
+        assert_eq!(
+            ending,
+            Ending::Clean,
+            "{case}: upstream FIN must arrive as close_notify"
+        );
+    }
 }
 
 const GREETING: &[u8] = b"greetings, and goodbye from the upstream\n";
@@ -952,31 +928,10 @@ fn non_reading_client_with_flooding_upstream_keeps_memory_bounded() {
     );
 
     // Now read: everything must arrive intact, and the stalled upstream resumes.
-    let start = Instant::now();
-    let mut h = Sha256::new();
-    let mut got = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    let ending = loop {
-        assert!(
-            start.elapsed() < BULK_DEADLINE,
-            "drain too slow: {got} bytes"
-        );
-        match tls.read(&mut buf) {
-            Ok(0) => break Ending::Clean,
-            Ok(n) => {
-                h.update(&buf[..n]);
-                got += n as u64;
-            }
-            Err(e) => break Ending::Error(format!("{e} after {got} bytes")),
-        }
-    };
+    let (got, digest, ending) = read_to_end_digest(&mut tls, u64::MAX, "drain");
     assert_eq!(ending, Ending::Clean);
     assert_eq!(got, FLOOD, "bytes lost or added under backpressure");
-    assert_eq!(
-        hex(&h.finalize()),
-        hex(&Pattern::sha256(256, FLOOD)),
-        "data corrupted"
-    );
+    assert_eq!(digest, hex(&Pattern::sha256(256, FLOOD)), "data corrupted");
 }
 
 // ---------------------------------------------------------------------------------
@@ -1037,8 +992,11 @@ fn worker_threads_are_named_and_pinned() {
 fn taskset_start(cpu: usize, workers: Option<usize>, echo: &Backend) -> (Pki, Terminus) {
     require_tool("taskset");
     let pki = Pki::generate();
-    let config = write_config(&pki, workers, &[ListenerConf::new("edge", &[echo.addr()])]);
-    let term = Terminus::start_with_prefix(&["taskset", "-c", &cpu.to_string()], &config);
+    let config = edge_config(&pki, workers, echo.addr());
+    let term = Terminus::builder()
+        .config(&config)
+        .prefix(&["taskset", "-c", &cpu.to_string()])
+        .start();
     (pki, term)
 }
 
@@ -1108,14 +1066,8 @@ fn bad_config_exits_2_naming_file_and_key() {
 /// `openssl s_client` against `addr` with extra arguments, stdin closed: (exit
 /// status, stdout + stderr).
 fn s_client_brief(pki: &Pki, addr: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_client")
-        .arg("-connect")
-        .arg(addr.to_string())
-        .arg("-CAfile")
-        .arg(pki.ca_pem())
-        .args(["-servername", "localhost", "-verify_return_error", "-brief"])
-        .args(args);
+    let mut cmd = openssl_s_client(addr, &pki.ca_pem());
+    cmd.arg("-brief").args(args);
     let (code, out, err) = run_command_to_exit(cmd, Duration::from_secs(20));
     (code, format!("{out}{err}"))
 }

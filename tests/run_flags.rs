@@ -7,16 +7,22 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::time::Duration;
-use terminus::tools::client::{ClientConfigBuilder, Trust};
 
-fn mtls_client(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
-    let dir = pki.dir();
-    let chain = terminus::tls::load_certs(&dir.join("client.pem")).unwrap();
-    let key = terminus::tls::load_key(&dir.join("client.key")).unwrap();
-    ClientConfigBuilder::new(Trust::Roots(pki.roots()))
-        .client_cert(chain, key)
-        .build()
-        .unwrap()
+/// `--listen 127.0.0.1:0 --upstream UP --cert server.pem --key server.key` (the PKI's
+/// files, relative to the working directory), then `more`.
+fn flags<'a>(up: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        up,
+        "--cert",
+        "server.pem",
+        "--key",
+        "server.key",
+    ];
+    v.extend_from_slice(more);
+    v
 }
 
 #[test]
@@ -24,21 +30,10 @@ fn flags_terminate_with_relative_paths_from_the_working_directory() {
     let pki = Pki::generate();
     let backend = Backend::echo();
     let up = backend.addr().to_string();
-    let t = Terminus::start_args(
-        pki.dir(),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-            "--cert",
-            "server.pem",
-            "--key",
-            "server.key",
-            "--workers",
-            "1",
-        ],
-    );
+    let t = Terminus::builder()
+        .args(&flags(&up, &["--workers", "1"]))
+        .cwd(pki.dir())
+        .start();
     let addr = t.addr("main");
     let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
     let mut tls = tls_connect(addr, &cfg);
@@ -55,23 +50,10 @@ fn flags_require_client_certificates_and_apply_the_allow_list() {
     let pki = Pki::generate();
     let backend = Backend::echo();
     let up = backend.addr().to_string();
-    let base = [
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-        "--cert",
-        "server.pem",
-        "--key",
-        "server.key",
-        "--client-ca",
-        "ca.pem",
-        "--workers",
-        "1",
-    ];
-    let mut allowed = base.to_vec();
+    let base = flags(&up, &["--client-ca", "ca.pem", "--workers", "1"]);
+    let mut allowed = base.clone();
     allowed.extend(["--allow", "spiffe://example.org/client"]);
-    let t = Terminus::start_args(pki.dir(), &allowed);
+    let t = Terminus::builder().args(&allowed).cwd(pki.dir()).start();
     let addr = t.addr("main");
     let mut tls = tls_connect(addr, &mtls_client(&pki));
     echo_round_trip(&mut tls, &Pattern::bytes(2, 1000), "allowed client");
@@ -85,9 +67,9 @@ fn flags_require_client_certificates_and_apply_the_allow_list() {
     drop(t);
 
     // Someone else allowed: the same certificate is refused.
-    let mut other = base.to_vec();
+    let mut other = base;
     other.extend(["--allow", "spiffe://example.org/someone-else"]);
-    let t = Terminus::start_args(pki.dir(), &other);
+    let t = Terminus::builder().args(&other).cwd(pki.dir()).start();
     let refused =
         try_tls_connect(t.addr("main"), &mtls_client(&pki)).and_then(|mut s| s.read(&mut [0u8; 1]));
     assert!(refused.is_err(), "not on the allow list: {refused:?}");
@@ -102,27 +84,20 @@ fn terminus_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, St
 #[test]
 fn check_takes_the_same_flags_and_bad_ones_are_usage_or_config_errors() {
     let pki = Pki::generate();
-    let flags = [
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "127.0.0.1:9",
-        "--cert",
-        "server.pem",
-        "--key",
-        "server.key",
-        "--client-ca",
-        "ca.pem",
-    ];
+    let given = flags("127.0.0.1:9", &["--client-ca", "ca.pem"]);
     let mut args = vec!["check"];
-    args.extend(flags);
+    args.extend(&given);
     let (code, out, err) = terminus_in(pki.dir(), &args);
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(out, "config OK: 1 listener(s)\n");
 
     // A missing file is named as in a config file's check.
     let mut args = vec!["check"];
-    args.extend(flags.map(|a| if a == "server.key" { "nope.key" } else { a }));
+    args.extend(
+        given
+            .iter()
+            .map(|&a| if a == "server.key" { "nope.key" } else { a }),
+    );
     let (code, _, err) = terminus_in(pki.dir(), &args);
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -133,18 +108,10 @@ fn check_takes_the_same_flags_and_bad_ones_are_usage_or_config_errors() {
     let (code, _, err) = terminus_in(
         pki.dir(),
         &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:9",
-            "--cert",
-            "server.pem",
-            "--key",
-            "server.key",
-            "--client-auth",
-            "sometimes",
-        ],
+            &["run"][..],
+            &flags("127.0.0.1:9", &["--client-auth", "sometimes"]),
+        ]
+        .concat(),
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(

@@ -223,7 +223,11 @@ fn falls_back_to_epoll_and_serves(deny: Deny) {
     let _g = heavy();
     let s = Setup::new();
     let config = s.config("");
-    let t = Terminus::start_config_io_with_prefix(&deny.prefix(), &config);
+    let t = Terminus::builder()
+        .config(&config)
+        .prefix(&deny.prefix())
+        .io_from_config()
+        .start();
 
     // Where: the readiness line, one stderr line with cause and fix, the metric.
     assert_eq!(
@@ -239,17 +243,7 @@ fn falls_back_to_epoll_and_serves(deny: Deny) {
     assert_backend_metric(&t, "epoll");
 
     // curl through the `web` listener.
-    require_tool("curl");
-    let port = t.addr("web").port();
-    let mut cmd = Command::new("curl");
-    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
-        .arg("--cacert")
-        .arg(s.pki.ca_pem())
-        .arg("--resolve")
-        .arg(format!("localhost:{port}:127.0.0.1"))
-        .arg(format!("https://localhost:{port}/under-seccomp"));
-    let mut curl = Spawned::new(cmd);
-    let status = curl.wait(WAIT);
+    let (curl, status) = curl_web(&t, &s.pki, "/under-seccomp");
     assert!(
         status.success(),
         "{deny:?}: curl failed ({status}); stderr: {}; terminus stderr: {}",
@@ -401,7 +395,7 @@ const SIGSYS: i32 = 31;
 const NAMED: &str = "echo.seccomp.test";
 
 /// `env VARS... terminus-seccomp-exec --profile PROFILE [--strict] --`: `env` sets the
-/// variables outside the filter (the `start_config_io_with_prefix` child has no
+/// variables outside the filter (the `io_from_config` child has no
 /// `TERMINUS_IO` of its own, so `TERMINUS_IO=epoll` here is the only one it sees).
 fn profile_prefix(vars: &[String], profile: &str, strict: bool) -> Vec<String> {
     let mut p = vec!["env".to_string()];
@@ -418,6 +412,23 @@ fn as_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// `curl https://localhost:PORT/PATH` through the `web` listener, trusting the PKI's
+/// CA; the finished child and its exit status.
+fn curl_web(t: &Terminus, pki: &Pki, path: &str) -> (Spawned, std::process::ExitStatus) {
+    require_tool("curl");
+    let port = t.addr("web").port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(pki.ca_pem())
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}{path}"));
+    let mut curl = Spawned::new(cmd);
+    let status = curl.wait(WAIT);
+    (curl, status)
+}
+
 /// The exit status must not be SIGSYS: under `--strict` a syscall missing from the
 /// profile kills terminus with it.
 fn assert_not_sigsys(status: std::process::ExitStatus, what: &str, stderr: &str) {
@@ -427,27 +438,6 @@ fn assert_not_sigsys(status: std::process::ExitStatus, what: &str, stderr: &str)
         Some(SIGSYS),
         "{what}: killed by SIGSYS: a syscall missing from {PROFILE}; stderr:\n{stderr}"
     );
-}
-
-/// The next datagram on the `NOTIFY_SOCKET` socket.
-fn recv_notify(sock: &std::os::unix::net::UnixDatagram, what: &str) -> String {
-    let mut buf = [0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no {what} datagram on NOTIFY_SOCKET: {e}"));
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-/// Poll (bounded by [`WAIT`]) until `cond` holds; false on timeout.
-fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// Everything `terminus run` does in its life, under the shipped profile with
@@ -482,7 +472,11 @@ fn serves_under_the_profile(want: &str) {
         vars.push(format!("{IO_ENV}=epoll"));
     }
     let prefix = profile_prefix(&vars, PROFILE, true);
-    let mut t = Terminus::start_config_io_with_prefix(&as_strs(&prefix), &config);
+    let mut t = Terminus::builder()
+        .config(&config)
+        .prefix(&as_strs(&prefix))
+        .io_from_config()
+        .start();
     let what = format!("{want} under {PROFILE} --strict");
 
     assert_eq!(
@@ -501,17 +495,7 @@ fn serves_under_the_profile(want: &str) {
     assert_backend_metric(&t, want);
 
     // curl through `web`, an echo compared byte for byte, mTLS, the named upstream.
-    require_tool("curl");
-    let port = t.addr("web").port();
-    let mut cmd = Command::new("curl");
-    cmd.args(["--silent", "--show-error", "--fail", "--max-time", "20"])
-        .arg("--cacert")
-        .arg(s.pki.ca_pem())
-        .arg("--resolve")
-        .arg(format!("localhost:{port}:127.0.0.1"))
-        .arg(format!("https://localhost:{port}/profile"));
-    let mut curl = Spawned::new(cmd);
-    let status = curl.wait(WAIT);
+    let (curl, status) = curl_web(&t, &s.pki, "/profile");
     assert!(
         status.success(),
         "{what}: curl failed ({status}); stderr: {}; terminus stderr: {}",
@@ -543,7 +527,8 @@ fn serves_under_the_profile(want: &str) {
     std::fs::write(&config, changed).unwrap();
     t.signal("HUP");
     assert!(
-        wait_until(|| metric(&http_get(t.admin(), "/metrics").1, reloads) >= Some(1.0)),
+        wait_until(WAIT, || metric(&http_get(t.admin(), "/metrics").1, reloads)
+            >= Some(1.0)),
         "{what}: no `{reloads} 1` after SIGHUP; stderr:\n{}",
         t.stderr()
     );
@@ -555,13 +540,13 @@ fn serves_under_the_profile(want: &str) {
     // a fresh file.
     let log = dir.join("access.log");
     assert!(
-        wait_until(|| log.exists()),
+        wait_until(WAIT, || log.exists()),
         "{what}: no access.log; stderr:\n{}",
         t.stderr()
     );
     std::fs::rename(&log, dir.join("access.log.1")).unwrap();
     t.signal("USR1");
-    let fresh = wait_until(|| {
+    let fresh = wait_until(WAIT, || {
         let mut tls = tls_connect(t.addr("echo"), &s.client(None));
         echo_round_trip(&mut tls, b"after USR1", "echo after SIGUSR1");
         drop(tls);
@@ -625,7 +610,11 @@ fn a_profile_without_io_uring_setup_makes_auto_fall_back_to_epoll() {
     let config = s.config("");
     let (_dir, profile) = profile_without("io_uring_setup");
     let prefix = profile_prefix(&[], &profile, false);
-    let t = Terminus::start_config_io_with_prefix(&as_strs(&prefix), &config);
+    let t = Terminus::builder()
+        .config(&config)
+        .prefix(&as_strs(&prefix))
+        .io_from_config()
+        .start();
     assert_eq!(
         t.io_backend().as_deref(),
         Some("epoll"),

@@ -646,63 +646,56 @@ fn reason_no_client_cert() {
     assert!(line["peer_subject"].is_null(), "{line}");
 }
 
+/// A certificate refused for what it is: the reason and alert of each case, and the
+/// presented subject in the log. One fixture (and terminus) a case.
 #[test]
-fn reason_unknown_ca() {
-    let rogue = TestCa::root("rogue CA").unwrap();
-    let leaf = rogue
-        .leaf(&LeafSpec::client("client", Some(GOOD_SPIFFE)))
-        .unwrap();
-    let line = refused(Some(&leaf), "unknown_ca", AlertDescription::UnknownCA);
-    assert_subject(&line, "client");
-}
-
-#[test]
-fn reason_cert_expired() {
-    let f = Fixture::new();
-    let now = time::OffsetDateTime::now_utc();
-    let leaf = f.leaf(&LeafSpec {
-        not_before: now - time::Duration::days(3),
-        not_after: now - time::Duration::days(1),
-        ..LeafSpec::client("expired", Some(GOOD_SPIFFE))
-    });
-    let line = refused_by(
-        &f,
-        Some(&leaf),
-        "cert_expired",
-        AlertDescription::CertificateExpired,
-    );
-    assert_subject(&line, "expired");
-}
-
-#[test]
-fn reason_cert_not_yet_valid() {
-    let f = Fixture::new();
-    let now = time::OffsetDateTime::now_utc();
-    // A client whose clock runs a day ahead issued this.
-    let leaf = f.leaf(&LeafSpec {
-        not_before: now + time::Duration::days(1),
-        not_after: now + time::Duration::days(2),
-        ..LeafSpec::client("future", Some(GOOD_SPIFFE))
-    });
-    let line = refused_by(
-        &f,
-        Some(&leaf),
-        "cert_not_yet_valid",
-        AlertDescription::CertificateExpired,
-    );
-    assert_subject(&line, "future");
-}
-
-#[test]
-fn reason_cert_revoked() {
-    let f = Fixture::new();
-    let line = refused_by(
-        &f,
-        Some(&f.revoked),
-        "cert_revoked",
-        AlertDescription::CertificateRevoked,
-    );
-    assert_subject(&line, "client");
+fn reason_for_each_refused_certificate() {
+    /// The certificate to present; None: the fixture's revoked one.
+    type Make = fn(&Fixture) -> Option<TestLeaf>;
+    fn valid(f: &Fixture, cn: &str, from_days: i64, to_days: i64) -> Option<TestLeaf> {
+        let now = time::OffsetDateTime::now_utc();
+        Some(f.leaf(&LeafSpec {
+            not_before: now + time::Duration::days(from_days),
+            not_after: now + time::Duration::days(to_days),
+            ..LeafSpec::client(cn, Some(GOOD_SPIFFE))
+        }))
+    }
+    let cases: [(&str, AlertDescription, &str, Make); 4] = [
+        ("unknown_ca", AlertDescription::UnknownCA, "client", |_| {
+            let rogue = TestCa::root("rogue CA").unwrap();
+            Some(
+                rogue
+                    .leaf(&LeafSpec::client("client", Some(GOOD_SPIFFE)))
+                    .unwrap(),
+            )
+        }),
+        (
+            "cert_expired",
+            AlertDescription::CertificateExpired,
+            "expired",
+            |f| valid(f, "expired", -3, -1),
+        ),
+        // A client whose clock runs a day ahead issued this.
+        (
+            "cert_not_yet_valid",
+            AlertDescription::CertificateExpired,
+            "future",
+            |f| valid(f, "future", 1, 2),
+        ),
+        (
+            "cert_revoked",
+            AlertDescription::CertificateRevoked,
+            "client",
+            |_| None,
+        ),
+    ];
+    for (reason, alert, cn, make) in cases {
+        let f = Fixture::new();
+        let made = make(&f);
+        let leaf = made.as_ref().unwrap_or(&f.revoked);
+        let line = refused_by(&f, Some(leaf), reason, alert);
+        assert_subject(&line, cn);
+    }
 }
 
 #[test]
@@ -998,30 +991,14 @@ fn openssl_s_client_and_curl_with_client_certs() {
     let (cert, key) = f.write_leaf("good", &f.good());
 
     // openssl s_client
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_client")
-        .arg("-connect")
-        .arg(addr.to_string())
-        .arg("-CAfile")
-        .arg(f.pki.ca_pem())
-        .arg("-cert")
+    let mut cmd = openssl_s_client(addr, &f.pki.ca_pem());
+    cmd.arg("-cert")
         .arg(&cert)
         .arg("-key")
         .arg(&key)
-        .args([
-            "-verify_return_error",
-            "-servername",
-            "localhost",
-            "-verify_hostname",
-            "localhost",
-        ]);
+        .args(["-verify_hostname", "localhost"]);
     let mut sc = Spawned::new(cmd);
-    sc.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"GET /s_client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    sc.stdin.as_mut().unwrap().flush().unwrap();
+    sc.send(b"GET /s_client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let body = std::str::from_utf8(HTTP_BODY).unwrap();
     assert!(
         sc.wait_stdout_contains(body, WAIT),
@@ -1081,55 +1058,15 @@ fn openssl_s_client_and_curl_with_client_certs() {
 /// `cert` and requiring a client certificate from `client_ca`; waits for its ACCEPT
 /// line.
 fn s_server(f: &Fixture, cert: &str, key: &str, client_ca: &str) -> (Spawned, SocketAddr) {
-    let dir = f.pki.dir();
-    let mut cmd = Command::new("openssl");
-    cmd.arg("s_server")
-        .args(["-accept", "127.0.0.1:0", "-rev", "-naccept", "1"])
-        .arg("-cert")
-        .arg(dir.join(cert))
-        .arg("-key")
-        .arg(dir.join(key))
-        .arg("-CAfile")
-        .arg(dir.join(client_ca))
-        .args(["-Verify", "2", "-verify_return_error"]);
-    let s = Spawned::new(cmd);
-    assert!(
-        s.wait_stdout_contains("ACCEPT", WAIT),
-        "s_server did not start; stdout:\n{}\nstderr:\n{}",
-        s.stdout(),
-        s.stderr()
-    );
-    let out = s.stdout();
-    let addr = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ACCEPT "))
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in s_server's ACCEPT line: {out}"));
-    (s, addr)
-}
-
-/// Certificates for the re-encryption tests, written next to the config:
-/// `upstream-ca.pem` (what terminus trusts upstream), `backend.pem`/`.key` (its
-/// certificate for backend.internal), `rogue.pem`/`.key` (the same name from a CA
-/// terminus does not trust), `edge.pem`/`.key` (terminus' client certificate towards
-/// the upstream, CN terminus-edge, from the client CA).
-fn write_upstream_pki(f: &Fixture) {
-    let dir = f.pki.dir();
-    let write = |name: &str, data: &str| std::fs::write(dir.join(name), data).unwrap();
-    let upstream_ca = TestCa::root("upstream CA").unwrap();
-    let backend = upstream_ca
-        .leaf(&LeafSpec::server(&["backend.internal"]))
-        .unwrap();
-    write("upstream-ca.pem", &upstream_ca.pem);
-    write("backend.pem", &backend.chain_pem);
-    write("backend.key", &backend.key_pem);
-    let rogue_ca = TestCa::root("rogue upstream CA").unwrap();
-    let rogue = rogue_ca
-        .leaf(&LeafSpec::server(&["backend.internal"]))
-        .unwrap();
-    write("rogue.pem", &rogue.chain_pem);
-    write("rogue.key", &rogue.key_pem);
-    f.write_leaf("edge", &f.leaf(&LeafSpec::client("terminus-edge", None)));
+    let mode = [
+        "-rev",
+        "-naccept",
+        "1",
+        "-Verify",
+        "2",
+        "-verify_return_error",
+    ];
+    openssl_s_server(f.pki.dir(), cert, key, client_ca, &mode)
 }
 
 const UPSTREAM_TLS: &str = "[listeners.upstream_tls]\nca = [\"upstream-ca.pem\"]\n\
@@ -1165,7 +1102,7 @@ fn reversed_line(tls: &mut Tls, srv: &Spawned, f: &Fixture) {
 fn reencrypts_to_openssl_s_server_requiring_client_cert() {
     require_tool("openssl");
     let f = Fixture::new();
-    write_upstream_pki(&f);
+    write_upstream_pki(f.pki.dir(), Some(&f.client_ca));
     let (good_srv, good_addr) = s_server(&f, "backend.pem", "backend.key", "client-ca.pem");
     let (rogue_srv, rogue_addr) = s_server(&f, "rogue.pem", "rogue.key", "client-ca.pem");
     let term = f.start(
@@ -1245,7 +1182,7 @@ fn reencrypts_to_openssl_s_server_requiring_client_cert() {
 fn reencrypted_upstream_sees_client_fin_promptly() {
     require_tool("openssl");
     let f = Fixture::new();
-    write_upstream_pki(&f);
+    write_upstream_pki(f.pki.dir(), Some(&f.client_ca));
     let (srv, addr) = s_server(&f, "backend.pem", "backend.key", "client-ca.pem");
     let term = f.start(
         Some(1),

@@ -16,8 +16,11 @@
 //! by binding 127.0.0.1:0 and releasing it. Every wait is bounded; HAProxy is killed
 //! when the test ends.
 
+mod common;
 #[path = "common/proxy_v2.rs"]
 mod proxy_v2;
+
+use common::free_port;
 use proxy_v2::{Header, Ssl};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -46,15 +49,6 @@ fn haproxy_or_skip(test: &str) -> Option<PathBuf> {
         eprintln!("SKIPPED {test}: {msg}");
     }
     bin
-}
-
-/// A free port on 127.0.0.1 (bound and released; HAProxy binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running HAProxy, killed on drop.

@@ -265,56 +265,60 @@ fn untrusted_ca_is_unknown_ca() {
     assert_eq!(r.identity.unwrap().spiffe.as_deref(), Some(GOOD_ID));
 }
 
+/// A client certificate outside its validity window is refused with
+/// `certificate_expired`, before the window as after it; each case names itself.
 #[test]
-fn expired_client_cert() {
-    let c = Clients::new("expired");
-    let mut spec = LeafSpec::client("client", Some(GOOD_ID));
-    spec.not_before = OffsetDateTime::now_utc() - Duration::days(10);
-    spec.not_after = OffsetDateTime::now_utc() - Duration::days(1);
-    let leaf = c.ca.leaf(&spec).unwrap();
-    let o = handshake(c.server(REQUIRE), c.client(Some(&leaf)), "localhost");
-    let err = o.server.as_ref().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+fn client_cert_outside_its_validity_window() {
+    let now = OffsetDateTime::now_utc();
+    type Matches = fn(&Error) -> bool;
+    let cases: [(
+        &str,
+        OffsetDateTime,
+        OffsetDateTime,
+        Matches,
+        HandshakeFailure,
+    ); 2] = [
+        (
+            "expired",
+            now - Duration::days(10),
+            now - Duration::days(1),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+                )
+            },
+            HandshakeFailure::CertExpired,
         ),
-        "{err:?}"
-    );
-    assert_eq!(
-        HandshakeFailure::classify(err),
-        HandshakeFailure::CertExpired
-    );
-    assert_eq!(
-        o.client.unwrap_err(),
-        Error::AlertReceived(AlertDescription::CertificateExpired)
-    );
-}
-
-#[test]
-fn not_yet_valid_client_cert() {
-    let c = Clients::new("future");
-    let mut spec = LeafSpec::client("client", Some(GOOD_ID));
-    spec.not_before = OffsetDateTime::now_utc() + Duration::hours(2);
-    spec.not_after = OffsetDateTime::now_utc() + Duration::days(1);
-    let leaf = c.ca.leaf(&spec).unwrap();
-    let o = handshake(c.server(REQUIRE), c.client(Some(&leaf)), "localhost");
-    let err = o.server.as_ref().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })
+        (
+            "future",
+            now + Duration::hours(2),
+            now + Duration::days(1),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })
+                )
+            },
+            HandshakeFailure::CertNotYetValid,
         ),
-        "{err:?}"
-    );
-    assert_eq!(
-        HandshakeFailure::classify(err),
-        HandshakeFailure::CertNotYetValid
-    );
-    assert_eq!(
-        o.client.unwrap_err(),
-        Error::AlertReceived(AlertDescription::CertificateExpired)
-    );
+    ];
+    for (case, not_before, not_after, server_error, reason) in cases {
+        let c = Clients::new(case);
+        let mut spec = LeafSpec::client("client", Some(GOOD_ID));
+        spec.not_before = not_before;
+        spec.not_after = not_after;
+        let leaf = c.ca.leaf(&spec).unwrap();
+        let o = handshake(c.server(REQUIRE), c.client(Some(&leaf)), "localhost");
+        let err = o.server.as_ref().unwrap_err();
+        assert!(server_error(err), "{case}: {err:?}");
+        assert_eq!(HandshakeFailure::classify(err), reason, "{case}");
+        assert_eq!(
+            o.client.unwrap_err(),
+            Error::AlertReceived(AlertDescription::CertificateExpired),
+            "{case}: client side"
+        );
+    }
 }
 
 #[test]

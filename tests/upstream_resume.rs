@@ -17,36 +17,13 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 use terminus::tools::bench::target::metric;
-use terminus::tools::certs::{LeafSpec, TestCa};
 
 const WAIT: Duration = Duration::from_secs(10);
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n";
-
-/// Upstream and client certificates next to the PKI's configs.
-fn write_upstream_pki(pki: &Pki) {
-    let dir = pki.dir();
-    let write = |name: &str, data: &str| std::fs::write(dir.join(name), data).unwrap();
-    let upstream_ca = TestCa::root("upstream CA").unwrap();
-    let backend = upstream_ca
-        .leaf(&LeafSpec::server(&["backend.internal"]))
-        .unwrap();
-    write("upstream-ca.pem", &upstream_ca.pem);
-    write("backend.pem", &backend.chain_pem);
-    write("backend.key", &backend.key_pem);
-    let client_ca = TestCa::root("edge client CA").unwrap();
-    let edge = client_ca
-        .leaf(&LeafSpec::client("terminus-edge", None))
-        .unwrap();
-    write("client-ca.pem", &client_ca.pem);
-    write("edge.pem", &edge.chain_pem);
-    write("edge.key", &edge.key_pem);
-}
-
 fn upstream_tls(resume: bool) -> String {
     format!(
         "[listeners.upstream_tls]\nca = [\"upstream-ca.pem\"]\nserver_name = \"backend.internal\"\n\
@@ -55,44 +32,10 @@ fn upstream_tls(resume: bool) -> String {
 }
 
 fn start_terminus(pki: &Pki, listeners: &[ListenerConf]) -> Terminus {
-    let config = write_config(pki, Some(2), listeners);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push('\n');
-    text.push_str(ADMIN);
-    std::fs::write(&config, text).unwrap();
-    Terminus::start(&config)
-}
-
-fn scrape(t: &Terminus) -> String {
-    let (status, body) = http_get(t.admin(), "/metrics");
-    assert_eq!(status, 200, "/metrics: {body}");
-    body
-}
-
-/// Poll `/metrics` until `done` holds for the page (snapshots every 50 ms); the last
-/// page either way.
-fn wait_page(t: &Terminus, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let page = scrape(t);
-        if done(&page) || Instant::now() > deadline {
-            return page;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn m(page: &str, series: &str) -> f64 {
-    metric(page, series).unwrap_or_else(|| panic!("no sample {series} in\n{page}"))
-}
-
-/// A port on 127.0.0.1 free a moment ago (for tools that cannot take port 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    Terminus::start(&append_tables(
+        &write_config(pki, Some(2), listeners),
+        ADMIN,
+    ))
 }
 
 /// Whether something accepts TCP connections on `addr` (socat forks a child for the
@@ -137,19 +80,6 @@ fn socat_echo(dir: &Path) -> (Spawned, SocketAddr) {
     panic!("socat did not start on any of 5 ports");
 }
 
-/// Deterministic, position-dependent bytes (a lost or repeated chunk shows).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 const ECHO_BYTES: usize = 200 * 1024;
 const CHUNK: usize = 20 * 1024;
 
@@ -163,7 +93,7 @@ fn echo_client(
     seed: u64,
 ) -> Result<(), String> {
     let mut tls = try_tls_connect(addr, cfg).map_err(|e| format!("handshake: {e}"))?;
-    let data = pattern(seed, ECHO_BYTES);
+    let data = Pattern::bytes(seed, ECHO_BYTES);
     for (i, chunk) in data.chunks(CHUNK).enumerate() {
         tls.write_all(chunk)
             .and_then(|_| tls.flush())
@@ -215,7 +145,7 @@ fn echo_rounds(addr: SocketAddr, pki: &Pki, rounds: usize, conns: usize) -> Vec<
 fn upstream_refusing_resumption_never_fails_a_client() {
     let _g = heavy();
     let pki = Pki::generate();
-    write_upstream_pki(&pki);
+    write_upstream_pki(pki.dir(), None);
     let (socat, up) = socat_echo(pki.dir());
     let term = start_terminus(
         &pki,
@@ -237,7 +167,7 @@ fn upstream_refusing_resumption_never_fails_a_client() {
     );
 
     let l = "listener=\"reenc\"";
-    let page = wait_page(&term, |p| {
+    let page = wait_page(&term, WAIT, |p| {
         metric(p, &format!("terminus_connections_total{{{l}}}")) == Some(100.0)
             && metric(
                 p,
@@ -251,19 +181,19 @@ fn upstream_refusing_resumption_never_fails_a_client() {
                 .unwrap_or(0.0)
                 == 100.0
     });
-    let refused = m(
+    let refused = sample(
         &page,
         &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}"),
     );
     // Round 2 offers the tickets round 1 brought, and the upstream refuses them.
     assert!(refused >= 1.0, "no refusal counted:\n{page}");
     assert_eq!(
-        m(&page, &format!("terminus_upstream_tls_errors_total{{{l}}}")),
+        sample(&page, &format!("terminus_upstream_tls_errors_total{{{l}}}")),
         0.0,
         "{page}"
     );
     assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}")
         ),
@@ -292,58 +222,16 @@ fn upstream_refusing_resumption_never_fails_a_client() {
     let failures = echo_rounds(term.addr("noresume"), &pki, 2, 5);
     assert!(failures.is_empty(), "{failures:?}");
     let l = "listener=\"noresume\"";
-    let page = wait_page(&term, |p| {
-        metric(
-            p,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}"),
-        ) == Some(10.0)
-    });
+    let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}");
+    let page = assert_metric(&term, &handshakes, 10.0);
     assert_eq!(
-        m(
-            &page,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}")
-        ),
-        10.0,
-        "{page}"
-    );
-    assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}")
         ),
         0.0,
         "{page}"
     );
-}
-
-/// `openssl s_server -www -Verify 1` on 127.0.0.1:0 (it sets a session id context,
-/// so it resumes), requiring a client certificate from `client-ca.pem`.
-fn s_server_www(dir: &Path) -> (Spawned, SocketAddr) {
-    require_tool("openssl");
-    let mut cmd = Command::new("openssl");
-    let p = |f: &str| -> PathBuf { dir.join(f) };
-    cmd.arg("s_server")
-        .args(["-accept", "127.0.0.1:0", "-www", "-Verify", "1"])
-        .arg("-cert")
-        .arg(p("backend.pem"))
-        .arg("-key")
-        .arg(p("backend.key"))
-        .arg("-CAfile")
-        .arg(p("client-ca.pem"));
-    let s = Spawned::new(cmd);
-    assert!(
-        s.wait_stdout_contains("ACCEPT", WAIT),
-        "s_server did not start; stdout:\n{}\nstderr:\n{}",
-        s.stdout(),
-        s.stderr()
-    );
-    let out = s.stdout();
-    let addr = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ACCEPT "))
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in s_server's ACCEPT line: {out}"));
-    (s, addr)
 }
 
 /// GET / through terminus; s_server's status page.
@@ -358,8 +246,14 @@ fn www_page(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> Str
 #[test]
 fn upstream_supporting_resumption_resumes() {
     let pki = Pki::generate();
-    write_upstream_pki(&pki);
-    let (srv, up) = s_server_www(pki.dir());
+    write_upstream_pki(pki.dir(), None);
+    let (srv, up) = openssl_s_server(
+        pki.dir(),
+        "backend.pem",
+        "backend.key",
+        "client-ca.pem",
+        &["-www", "-Verify", "1"],
+    );
     let term = start_terminus(
         &pki,
         &[ListenerConf::new("reenc", &[up]).raw(&upstream_tls(true))],
@@ -387,22 +281,10 @@ fn upstream_supporting_resumption_resumes() {
     let reused = kinds.iter().filter(|k| **k == "reused").count();
     assert!(reused >= 4, "the upstream saw {kinds:?}");
     let l = "listener=\"reenc\"";
-    let page = wait_page(&term, |p| {
-        metric(
-            p,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}"),
-        ) == Some(reused as f64)
-    });
+    let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}");
+    let page = assert_metric(&term, &handshakes, reused as f64);
     assert_eq!(
-        m(
-            &page,
-            &format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}")
-        ),
-        reused as f64,
-        "{page}"
-    );
-    assert_eq!(
-        m(
+        sample(
             &page,
             &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}")
         ),
@@ -457,8 +339,14 @@ fn upstream_handshake_cpu() {
     use terminus::tools::bench::target::TargetProbe;
     let _g = heavy();
     let pki = Pki::generate();
-    write_upstream_pki(&pki);
-    let (srv, up) = s_server_www(pki.dir());
+    write_upstream_pki(pki.dir(), None);
+    let (srv, up) = openssl_s_server(
+        pki.dir(),
+        "backend.pem",
+        "backend.key",
+        "client-ca.pem",
+        &["-www", "-Verify", "1"],
+    );
     // s_server's status page is a few KB (it lists the ciphers): proxying it costs a
     // few µs, noise next to the handshakes.
     let plain = plain_www(4096);
@@ -471,7 +359,10 @@ fn upstream_handshake_cpu() {
             ListenerConf::new("plain", &[plain]),
         ],
     );
-    let term = Terminus::start_with_prefix(&["taskset", "-c", "0"], &config);
+    let term = Terminus::builder()
+        .config(&config)
+        .prefix(&["taskset", "-c", "0"])
+        .start();
     // Every thread: the worker, and io_uring's io-wq helpers it hands work to.
     let probe = TargetProbe::Pid(term.pid());
     let mut cfg = (*client_config(&pki, rustls::ALL_VERSIONS, &[])).clone();

@@ -21,11 +21,8 @@ mod common;
 use common::*;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 use terminus::tools::bench::target::metric;
-
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n";
 
 /// How long any condition below may take to become true.
 const WAIT: Duration = Duration::from_secs(15);
@@ -63,21 +60,6 @@ fn hosts(pki: &Pki, content: &str) {
     replace_file(&pki.dir().join("hosts"), content.as_bytes());
 }
 
-fn scrape(t: &Terminus) -> String {
-    let (status, body) = http_get(t.admin(), "/metrics");
-    assert_eq!(status, 200, "/metrics: {body}");
-    body
-}
-
-/// Poll until `cond` holds (bounded by [`WAIT`]); panics with `what` otherwise.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// One connection: handshake, echo `n` bytes, close cleanly.
 fn echo_once(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>, seed: u64) {
     let mut tls = tls_connect(addr, cfg);
@@ -108,11 +90,14 @@ fn a_renamed_address_reaches_new_connections_while_a_live_one_keeps_its_upstream
 
     hosts(&pki, "# moved\n127.0.0.3 svc.test\n");
     let mut seed = 10;
-    wait_until("a new connection reaches B", || {
-        seed += 1;
-        echo_once(addr, &cfg, seed);
-        b.accepted() > 0
-    });
+    assert!(
+        wait_until(WAIT, || {
+            seed += 1;
+            echo_once(addr, &cfg, seed);
+            b.accepted() > 0
+        }),
+        "not within {WAIT:?}: a new connection reaches B"
+    );
     // From now on every new connection goes to B...
     let a_before = a.accepted();
     for i in 0..4 {
@@ -157,17 +142,23 @@ fn a_failed_re_resolution_keeps_the_last_good_set_counts_and_logs_once_per_strea
     );
     assert_eq!(metric(&scrape(&t), &errors), Some(0.0));
     hosts(&pki, "127.0.0.3 svc.test\nthis line is not an address\n");
-    wait_until("resolve errors counted", || {
-        metric(&scrape(&t), &errors).unwrap_or(0.0) >= 3.0
-    });
+    assert!(
+        wait_until(WAIT, || {
+            metric(&scrape(&t), &errors).unwrap_or(0.0) >= 3.0
+        }),
+        "not within {WAIT:?}: resolve errors counted"
+    );
     echo_once(addr, &cfg, 2);
     assert_eq!(b.accepted(), 2, "the last good set stays in use");
     // The name removed: the system resolver does not know it either; same streak.
     hosts(&pki, "127.0.0.9 other.test\n");
     let n = metric(&scrape(&t), &errors).unwrap();
-    wait_until("more resolve errors", || {
-        metric(&scrape(&t), &errors).unwrap_or(0.0) >= n + 3.0
-    });
+    assert!(
+        wait_until(WAIT, || {
+            metric(&scrape(&t), &errors).unwrap_or(0.0) >= n + 3.0
+        }),
+        "not within {WAIT:?}: more resolve errors"
+    );
     echo_once(addr, &cfg, 3);
     assert_eq!(b.accepted(), 3, "the last good set stays in use");
     let err = t.stderr();
@@ -266,10 +257,13 @@ fn listen_by_name_and_a_reload_resolves_new_upstream_names() {
     );
     // The resolver follows the new entry.
     hosts(&pki, "127.0.0.2 next.test\n");
-    wait_until("the new entry is re-resolved", || {
-        echo_once(addr, &cfg, 4);
-        a.accepted() > 2
-    });
+    assert!(
+        wait_until(WAIT, || {
+            echo_once(addr, &cfg, 4);
+            a.accepted() > 2
+        }),
+        "not within {WAIT:?}: the new entry is re-resolved"
+    );
 }
 
 fn series(name: &str, upstream: SocketAddr) -> String {
@@ -320,7 +314,10 @@ fn a_refused_upstream_is_skipped_by_every_worker_until_its_backoff_ends() {
     assert_eq!(metric(&page, &up_live), Some(1.0), "{page}");
     // Once the backoff is over (the gauge says so), the count is still the first
     // failure alone: no connection of the window tried it.
-    wait_until("the backoff ends", || metric(&scrape(&t), &up) == Some(1.0));
+    assert!(
+        wait_until(WAIT, || metric(&scrape(&t), &up) == Some(1.0)),
+        "not within {WAIT:?}: the backoff ends"
+    );
     assert!(Instant::now() >= failed_at + backoff - Duration::from_millis(50));
     assert_eq!(
         metric(&scrape(&t), &errors),
@@ -337,9 +334,10 @@ fn a_refused_upstream_is_skipped_by_every_worker_until_its_backoff_ends() {
         );
         echo_once(addr, &cfg, 200 + tries);
     }
-    wait_until("the second failure is counted", || {
-        metric(&scrape(&t), &errors) == Some(2.0)
-    });
+    assert!(
+        wait_until(WAIT, || { metric(&scrape(&t), &errors) == Some(2.0) }),
+        "not within {WAIT:?}: the second failure is counted"
+    );
 }
 
 /// The hosts file path relative to the config is made absolute like other paths.

@@ -64,11 +64,7 @@ fn run_io(io: Option<&str>, args: &[&std::ffi::OsStr]) -> (Option<i32>, String, 
 #[test]
 fn forced_io_uring_exits_1_with_cause_and_fix_when_io_uring_is_disabled() {
     let pki = Pki::generate();
-    let cfg = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[refused_addr()])],
-    );
+    let cfg = edge_config(&pki, Some(1), refused_addr());
     let Some(_disabled) = disable_io_uring() else {
         return;
     };
@@ -88,15 +84,11 @@ fn forced_io_uring_exits_1_with_cause_and_fix_when_io_uring_is_disabled() {
 fn auto_runs_on_epoll_and_serves_when_io_uring_is_disabled() {
     let pki = Pki::generate();
     let backend = Backend::echo();
-    let cfg = write_config(
-        &pki,
-        Some(1),
-        &[ListenerConf::new("edge", &[backend.addr()])],
-    );
+    let cfg = edge_config(&pki, Some(1), backend.addr());
     let Some(_disabled) = disable_io_uring() else {
         return;
     };
-    let t = Terminus::start_config_io_with_prefix(&[], &cfg);
+    let t = Terminus::builder().config(&cfg).io_from_config().start();
     assert_eq!(t.io_backend().as_deref(), Some("epoll"));
     let mut tls = tls_connect(
         t.addr("edge"),

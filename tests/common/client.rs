@@ -117,10 +117,20 @@ pub enum Ending {
 /// Read until the peer ends the connection; returns everything read and how it ended.
 /// A read timeout panics: the peer never closed.
 pub fn read_to_end_tls(tls: &mut Tls, limit: usize, what: &str) -> (Vec<u8>, Ending) {
+    read_to_end_within(tls, limit, what)
+}
+
+/// Raw TCP: read until FIN/RST; a timeout panics.
+pub fn read_to_end_raw(s: &mut TcpStream, what: &str) -> (Vec<u8>, Ending) {
+    read_to_end_within(s, MIB, what)
+}
+
+/// Read to the end, at most `limit` bytes (more panics), classifying how it ended.
+fn read_to_end_within(r: &mut impl Read, limit: usize, what: &str) -> (Vec<u8>, Ending) {
     let mut data = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match tls.read(&mut buf) {
+        match r.read(&mut buf) {
             Ok(0) => return (data, Ending::Clean),
             Ok(n) => {
                 data.extend_from_slice(&buf[..n]);
@@ -128,22 +138,6 @@ pub fn read_to_end_tls(tls: &mut Tls, limit: usize, what: &str) -> (Vec<u8>, End
                     data.len() <= limit,
                     "{what}: more than {limit} bytes received"
                 );
-            }
-            Err(e) => return (data, classify(e, what)),
-        }
-    }
-}
-
-/// Raw TCP: read until FIN/RST; a timeout panics.
-pub fn read_to_end_raw(s: &mut TcpStream, what: &str) -> (Vec<u8>, Ending) {
-    let mut data = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (data, Ending::Clean),
-            Ok(n) => {
-                data.extend_from_slice(&buf[..n]);
-                assert!(data.len() <= MIB, "{what}: more than 1 MiB received");
             }
             Err(e) => return (data, classify(e, what)),
         }
@@ -256,4 +250,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map_or("", |(_, b)| b)
         .to_string();
     (status, body)
+}
+
+/// A client trusting the PKI's CA and presenting its client certificate
+/// (`client.pem`/`client.key` of `terminus certs`).
+pub fn mtls_client(pki: &Pki) -> Arc<ClientConfig> {
+    let dir = pki.dir();
+    ClientConfigBuilder::new(Trust::Roots(pki.roots()))
+        .client_cert(
+            terminus::tls::load_certs(&dir.join("client.pem")).unwrap(),
+            terminus::tls::load_key(&dir.join("client.key")).unwrap(),
+        )
+        .build()
+        .unwrap()
 }

@@ -110,11 +110,12 @@ pub fn set_upstream_entries(config: &Path, entries: &[&str]) {
 
 /// Append top-level tables (`[admin]`, `[resolver]`) to a config written by
 /// `write_config*`.
-pub fn append_tables(config: &Path, tables: &str) {
+pub fn append_tables(config: &Path, tables: &str) -> PathBuf {
     let mut text = std::fs::read_to_string(config).unwrap();
     text.push('\n');
     text.push_str(tables);
     std::fs::write(config, text).unwrap();
+    config.to_path_buf()
 }
 
 /// Replace a file's content at once (write a sibling, rename over it), so a reader
@@ -123,4 +124,17 @@ pub fn replace_file(path: &Path, content: &[u8]) {
     let tmp = path.with_extension("tmp-replace");
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A config (in the PKI's folder) with one listener `edge` in front of `upstream`.
+pub fn edge_config(pki: &Pki, workers: Option<usize>, upstream: SocketAddr) -> PathBuf {
+    write_config(pki, workers, &[ListenerConf::new("edge", &[upstream])])
+}
+
+/// The most common set-up: an echo backend and [`edge_config`] in front of it. Keep
+/// the backend alive for the test.
+pub fn echo_edge(pki: &Pki, workers: Option<usize>) -> (super::Backend, PathBuf) {
+    let backend = super::Backend::echo();
+    let config = edge_config(pki, workers, backend.addr());
+    (backend, config)
 }

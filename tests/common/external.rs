@@ -1,7 +1,11 @@
-//! External programs (curl, openssl) as children whose output is collected.
+//! External programs (curl, openssl, socat, HAProxy) as children whose output is
+//! collected; `openssl s_server` as a TLS upstream; free ports for the tools that
+//! cannot listen on port 0.
 
 use super::wait_with_deadline;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -36,16 +40,7 @@ impl Spawned {
                 err.clone(),
             ),
         ] {
-            let mut pipe = pipe;
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
+            collect_into(pipe, sink);
         }
         let stdin = child.stdin.take();
         Spawned {
@@ -54,6 +49,13 @@ impl Spawned {
             out,
             err,
         }
+    }
+
+    /// Write `bytes` to the child's stdin and flush.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
     }
 
     pub fn stdout(&self) -> String {
@@ -98,6 +100,20 @@ impl Spawned {
     }
 }
 
+/// A thread that appends what `pipe` yields to `sink` until EOF, so the child never
+/// blocks on a full pipe and the test reads its output at any time.
+pub fn collect_into(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<Vec<u8>>>) {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+}
+
 impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -115,4 +131,66 @@ pub fn require_tool(name: &str) {
         found,
         "`{name}` is not on PATH; install it (`.ci/run` does: apt-get install {name})"
     );
+}
+
+/// A port on 127.0.0.1 free a moment ago (bound and released), for the tools that
+/// cannot listen on port 0 and report it (HAProxy, socat).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `openssl s_server` on 127.0.0.1:0 serving `cert`/`key` (files in `dir`) and
+/// verifying client certificates against `client_ca`, with `mode`'s options (`-www
+/// -Verify 1`, `-rev -naccept 1 -Verify 2 -verify_return_error`...); waits (bounded)
+/// for its ACCEPT line and returns the address it names.
+pub fn openssl_s_server(
+    dir: &Path,
+    cert: &str,
+    key: &str,
+    client_ca: &str,
+    mode: &[&str],
+) -> (Spawned, SocketAddr) {
+    require_tool("openssl");
+    let mut cmd = Command::new("openssl");
+    cmd.arg("s_server")
+        .args(["-accept", "127.0.0.1:0"])
+        .args(mode)
+        .arg("-cert")
+        .arg(dir.join(cert))
+        .arg("-key")
+        .arg(dir.join(key))
+        .arg("-CAfile")
+        .arg(dir.join(client_ca));
+    let s = Spawned::new(cmd);
+    assert!(
+        s.wait_stdout_contains("ACCEPT", Duration::from_secs(10)),
+        "s_server did not start; stdout:\n{}\nstderr:\n{}",
+        s.stdout(),
+        s.stderr()
+    );
+    let out = s.stdout();
+    let addr = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ACCEPT "))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in s_server's ACCEPT line: {out}"));
+    (s, addr)
+}
+
+/// `openssl s_client -connect ADDR -CAfile CA -servername localhost
+/// -verify_return_error` (the test PKI's name), more arguments still to add.
+pub fn openssl_s_client(addr: SocketAddr, ca: &Path) -> Command {
+    require_tool("openssl");
+    let mut cmd = Command::new("openssl");
+    cmd.arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-servername", "localhost", "-verify_return_error"]);
+    cmd
 }

@@ -2,14 +2,16 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `pki` | temp folders; the test PKI of `terminus::tools::certs`, written to files |
+//! | `pki` | temp folders; the test PKI of `terminus::tools::certs`, written to files; the upstream PKI |
 //! | `config` | the `terminus run` config writer |
-//! | `server` | the `terminus run` child: spawn, `ready`, addresses, signals, exit |
+//! | `server` | the `terminus run` child (built with `Terminus::builder`): spawn, `ready`, addresses, signals, exit, sd_notify |
 //! | `backend` | backends in the test process (std threads) |
-//! | `client` | TLS clients (`terminus::tools::client`), raw TCP, HTTP, ClientHellos |
-//! | `external` | curl/openssl children with collected output |
+//! | `client` | TLS clients (`terminus::tools::client`, the PKI's mTLS client), raw TCP, HTTP, ClientHellos |
+//! | `external` | curl/openssl/socat children with collected output, `openssl s_server`, free ports |
+//! | `metrics` | `/metrics` scrapes and the poll that waits for a sample |
 //! | `procfs` | /proc readers (memory and CPU through `terminus::tools::bench::target`) |
 //! | `data` | reproducible byte streams |
+//! | `report` | the checks every `terminus report` HTML page passes |
 //!
 //! Everything talks to a real `terminus run` child process over real sockets on
 //! 127.0.0.1. Every wait is bounded: sockets carry read/write timeouts and every poll
@@ -22,16 +24,22 @@ mod client;
 mod config;
 mod data;
 mod external;
+mod metrics;
 mod pki;
 mod procfs;
+mod report;
 mod server;
 
 // Test files `use common::*`; each binary uses a different subset.
 #[allow(unused_imports)]
-pub use {backend::*, client::*, config::*, data::*, external::*, pki::*, procfs::*, server::*};
+pub use {
+    backend::*, client::*, config::*, data::*, external::*, metrics::*, pki::*, procfs::*,
+    report::*, server::*,
+};
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// Read/write timeout of every test socket: a proxy that stops moving bytes fails the
 /// test after this long instead of hanging it.
@@ -57,4 +65,19 @@ pub fn bin() -> &'static str {
     BIN.get_or_init(|| {
         std::env::var("TERMINUS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_terminus").into())
     })
+}
+
+/// Poll `cond` every 10 ms until it holds or `timeout` passes; whether it held. The
+/// one poll of the suite: callers that must not time out `assert!` on it.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }

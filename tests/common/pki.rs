@@ -1,10 +1,12 @@
-//! Temporary folders and the test PKI (`terminus::tools::certs`, written to files).
+//! Temporary folders, the test PKI (`terminus::tools::certs`, written to files) and
+//! the upstream PKI of the re-encryption tests.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use terminus::tools::certs::{LeafSpec, TestCa};
 
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir {
@@ -73,4 +75,38 @@ impl Pki {
         assert!(!roots.is_empty(), "ca.pem holds no certificate");
         roots
     }
+}
+
+/// Certificates for re-encryption to a TLS upstream, written into `dir` (next to the
+/// configs): `upstream-ca.pem` (what terminus trusts upstream), `backend.pem`/`.key`
+/// (the upstream's certificate for backend.internal), `rogue.pem`/`.key` (the same
+/// name from a CA terminus does not trust), `edge.pem`/`.key` (terminus' client
+/// certificate towards the upstream, CN terminus-edge, from `client_ca`; None: from a
+/// new CA written as `client-ca.pem`, the file the upstream verifies it with).
+pub fn write_upstream_pki(dir: &Path, client_ca: Option<&TestCa>) {
+    let write = |name: &str, data: &str| std::fs::write(dir.join(name), data).unwrap();
+    let own_ca;
+    let client_ca = match client_ca {
+        Some(ca) => ca,
+        None => {
+            own_ca = TestCa::root("edge client CA").unwrap();
+            write("client-ca.pem", &own_ca.pem);
+            &own_ca
+        }
+    };
+    // The same name from the trusted CA and from one terminus does not trust.
+    for (ca_name, leaf_name) in [("upstream CA", "backend"), ("rogue upstream CA", "rogue")] {
+        let ca = TestCa::root(ca_name).unwrap();
+        let leaf = ca.leaf(&LeafSpec::server(&["backend.internal"])).unwrap();
+        if leaf_name == "backend" {
+            write("upstream-ca.pem", &ca.pem);
+        }
+        write(&format!("{leaf_name}.pem"), &leaf.chain_pem);
+        write(&format!("{leaf_name}.key"), &leaf.key_pem);
+    }
+    let edge = client_ca
+        .leaf(&LeafSpec::client("terminus-edge", None))
+        .unwrap();
+    write("edge.pem", &edge.chain_pem);
+    write("edge.key", &edge.key_pem);
 }

@@ -4,20 +4,20 @@
 //!
 //! One switch for whole suites: when the test process has `TERMINUS_IO=io_uring` or
 //! `TERMINUS_IO=epoll` in its environment (inherited by every child, where it overrides
-//! `[runtime] io`), every `Terminus::start*` asserts that the child's `io backend=` line
+//! `[runtime] io`), every `Terminus` start asserts that the child's `io backend=` line
 //! names that backend, so a suite run that claims epoll really ran on epoll (`.ci/run`
 //! runs the integration suites a second time so). `auto` or unset: no check.
 //!
 //! Another: `TERMINUS_TEST_PREFIX` puts a wrapper in front of every server child
 //! ([`command_with_prefix`]).
 
-use super::{bin, client_config, write_config, ListenerConf, Pki, READY_TIMEOUT};
+use super::{bin, client_config, collect_into, write_config, ListenerConf, Pki, READY_TIMEOUT};
 use rustls::ClientConfig;
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -67,47 +67,17 @@ pub fn forced_io_backend() -> Option<String> {
 }
 
 impl Terminus {
-    /// Spawn and wait for `ready`; panics (with the child's stderr) if it does not come.
+    /// `terminus run --config FILE`: spawn and wait for `ready`; panics (with the
+    /// child's stderr) if it does not come. Shorthand for
+    /// `Terminus::builder().config(config).start()`.
     pub fn start(config: &Path) -> Terminus {
-        Terminus::start_with_prefix(&[], config)
+        Terminus::builder().config(config).start()
     }
 
-    /// Same, with a command prefix such as `["taskset", "-c", "0"]`.
-    pub fn start_with_prefix(prefix: &[&str], config: &Path) -> Terminus {
-        let mut cmd = command_with_prefix(prefix);
-        cmd.arg("run").arg("--config").arg(config);
-        Terminus::spawn(cmd, forced_io_backend())
-    }
-
-    /// `terminus run ARGS...` (the one-command mode's flags, say), in `cwd`.
-    pub fn start_args(cwd: &Path, args: &[&str]) -> Terminus {
-        let mut cmd = command_with_prefix(&[]);
-        cmd.arg("run").args(args).current_dir(cwd);
-        Terminus::spawn(cmd, forced_io_backend())
-    }
-
-    /// [`Terminus::start`] with extra environment variables for the child
-    /// (`NOTIFY_SOCKET`, say).
-    pub fn start_with_env(config: &Path, env: &[(&str, &OsStr)]) -> Terminus {
-        let mut cmd = command_with_prefix(&[]);
-        cmd.arg("run").arg("--config").arg(config);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Terminus::spawn(cmd, forced_io_backend())
-    }
-
-    /// Under a command prefix, with `TERMINUS_IO` removed from the child's environment,
-    /// so that the config alone picks the backend (the `auto` tests of tests/seccomp.rs
-    /// must test `auto` even in a suite run under `TERMINUS_IO=epoll`). No backend check:
-    /// the test asserts [`Terminus::io_backend`] itself.
-    pub fn start_config_io_with_prefix(prefix: &[&str], config: &Path) -> Terminus {
-        let mut cmd = command_with_prefix(prefix);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(config)
-            .env_remove(IO_ENV);
-        Terminus::spawn(cmd, None)
+    /// A `terminus run` child to configure (config or flags, prefix, environment,
+    /// backend check) and [`TerminusBuilder::start`].
+    pub fn builder() -> TerminusBuilder {
+        TerminusBuilder::default()
     }
 
     /// Spawn `cmd` (a `terminus run`, perhaps under a prefix) and wait for `ready`; when
@@ -120,17 +90,7 @@ impl Terminus {
         let mut child = cmd.spawn().expect("spawn `terminus run`");
 
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut err_pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        collect_into(child.stderr.take().unwrap(), stderr.clone());
 
         // Stdout is drained for the child's whole life (so it never blocks on a full
         // pipe); lines up to `ready` are handed over through a channel.
@@ -366,6 +326,76 @@ pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> std::process:
     }
 }
 
+/// How to start a `terminus run` child ([`Terminus::builder`]). By default: no
+/// arguments after `run`, no prefix, the test process' environment, and the
+/// `TERMINUS_IO` backend check.
+#[derive(Default)]
+pub struct TerminusBuilder {
+    prefix: Vec<String>,
+    args: Vec<OsString>,
+    cwd: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    io_from_config: bool,
+}
+
+impl TerminusBuilder {
+    /// `run --config FILE`.
+    pub fn config(mut self, config: &Path) -> Self {
+        self.args.extend(["--config".into(), config.into()]);
+        self
+    }
+
+    /// `run ARGS...` (the one-command mode's flags, say).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(OsString::from));
+        self
+    }
+
+    /// The child's working directory (relative paths in flags resolve from it).
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
+    /// A command prefix such as `["taskset", "-c", "0"]` ([`command_with_prefix`]).
+    pub fn prefix(mut self, prefix: &[&str]) -> Self {
+        self.prefix.extend(prefix.iter().map(|w| w.to_string()));
+        self
+    }
+
+    /// An extra environment variable for the child (`NOTIFY_SOCKET`, say).
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.into(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// `TERMINUS_IO` removed from the child's environment, so that the config alone
+    /// picks the backend (the `auto` tests of tests/seccomp.rs must test `auto` even
+    /// in a suite run under `TERMINUS_IO=epoll`). No backend check: the test asserts
+    /// [`Terminus::io_backend`] itself.
+    pub fn io_from_config(mut self) -> Self {
+        self.io_from_config = true;
+        self
+    }
+
+    /// Spawn and wait for `ready`; panics (with the child's stderr) if it does not
+    /// come, or if the `io backend=` line is not the one `TERMINUS_IO` forces.
+    pub fn start(self) -> Terminus {
+        let prefix: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        let mut cmd = command_with_prefix(&prefix);
+        cmd.arg("run").args(&self.args).envs(self.env);
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
+        if self.io_from_config {
+            cmd.env_remove(IO_ENV);
+            Terminus::spawn(cmd, None)
+        } else {
+            Terminus::spawn(cmd, forced_io_backend())
+        }
+    }
+}
+
 /// A whole set-up: a PKI, a config with the given listeners, and a running terminus.
 pub struct Proxy {
     pub term: Terminus,
@@ -406,4 +436,14 @@ impl Terminus {
             thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The next datagram on a `NOTIFY_SOCKET` socket as text; panics after the socket's
+/// read timeout.
+pub fn recv_notify(sock: &std::os::unix::net::UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no {what} datagram on NOTIFY_SOCKET: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }

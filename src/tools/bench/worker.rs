@@ -474,36 +474,16 @@ impl Worker<'_> {
     /// Count a failure (keeping the first message of each kind) and close the slot.
     fn fail(&mut self, i: usize, why: Fail, detail: &dyn std::fmt::Display) {
         let e = &mut self.errors;
-        let kind = match why {
-            Fail::Connect => {
-                e.connect += 1;
-                "connect"
-            }
-            Fail::Handshake => {
-                e.handshake += 1;
-                "handshake"
-            }
-            Fail::Verify => {
-                e.verify += 1;
-                "verify"
-            }
-            Fail::Refused => {
-                e.refused += 1;
-                "refused"
-            }
-            Fail::Io => {
-                e.io += 1;
-                "io"
-            }
-            Fail::Timeout => {
-                e.timeout += 1;
-                "timeout"
-            }
-            Fail::Closed => {
-                e.closed += 1;
-                "closed"
-            }
+        let (count, kind) = match why {
+            Fail::Connect => (&mut e.connect, "connect"),
+            Fail::Handshake => (&mut e.handshake, "handshake"),
+            Fail::Verify => (&mut e.verify, "verify"),
+            Fail::Refused => (&mut e.refused, "refused"),
+            Fail::Io => (&mut e.io, "io"),
+            Fail::Timeout => (&mut e.timeout, "timeout"),
+            Fail::Closed => (&mut e.closed, "closed"),
         };
+        *count += 1;
         self.samples
             .entry(kind)
             .or_insert_with(|| detail.to_string());

@@ -1,0 +1,151 @@
+# Shared set-up of the measurement scripts, sourced (`. "$(dirname "$0")/lib.sh"`), not
+# run: a temp dir and the processes killed on exit, free ports, waits with deadlines,
+# the packages a script needs, and the configs of terminus and its peers (nginx stream,
+# HAProxy mode tcp), each with one worker pinned to CPU 0 and TLS 1.3.
+#
+# lib_init NAME [MKTEMP_TEMPLATE] first: NAME prefixes every message; it sets `work`
+# (the temp dir) and `pids` (append each background process; all are killed on exit).
+
+lib_init() { # NAME [MKTEMP_TEMPLATE]
+    me=$1
+    if [ -n "${2:-}" ]; then work=$(mktemp -d "$2"); else work=$(mktemp -d); fi
+    pids=()
+    trap lib_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# SIGTERM to every process in `pids`, up to 2 s to exit, then SIGKILL; the temp dir goes.
+lib_cleanup() {
+    local p alive
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 20); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+
+die() {
+    echo "$me: $*" >&2
+    exit 1
+}
+
+# Install the Debian packages named in the array `need` (if any), as root or with sudo.
+install_needed() {
+    ((${#need[@]})) || return 0
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    echo "installing: ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+# N distinct free ports on 127.0.0.1, all bound at once so they differ.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+wait_port() { # PORT PID NAME: until PORT accepts, or PID died / 10 s passed
+    for _ in $(seq 100); do
+        kill -0 "$2" 2>/dev/null || die "$3 exited during start-up: $(tail -5 "$work/$3.err" 2>/dev/null)"
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "$3 did not listen on 127.0.0.1:$1 within 10 s"
+}
+
+wait_ready() { # NAME PID: until terminus' stdout ($work/NAME.out) says `ready` (10 s)
+    for _ in $(seq 100); do
+        grep -q '^ready' "$work/$1.out" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || die "$1 exited during start-up: $(tail -5 "$work/$1.err")"
+        sleep 0.1
+    done
+    die "$1 not ready within 10 s: $(tail -3 "$work/$1.err")"
+}
+
+# Sum of on-CPU nanoseconds of every thread of PID (field 1 of schedstat).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; } # %.0f: mawk's %d clamps at 2^31 ns
+
+# terminus config: one worker pinned to CPU 0, no access log; then terminus_listener
+# for each listener.
+terminus_runtime() {
+    printf '[runtime]\nworkers = 1\ncpus = [0]\ndrain_timeout_ms = 1000\n\n[log]\naccess = "off"\n\n'
+}
+terminus_listener() { # NAME PORT UPSTREAM_PORT MTLS(0|1) [PKI_DIR]: PKI_DIR/server.pem...
+    local pki=${5:+$5/}
+    printf '[[listeners]]\nname = "%s"\nlisten = "127.0.0.1:%s"\ncert = "%sserver.pem"\nkey = "%sserver.key"\nupstreams = ["127.0.0.1:%s"]\n' \
+        "$1" "$2" "$pki" "$pki" "$3"
+    if [ "$4" = 1 ]; then printf '[listeners.client_auth]\nmode = "require"\nca = ["%sca.pem"]\n' "$pki"; fi
+    echo
+}
+
+# nginx (stream + ssl): one worker pinned to CPU 0, TLS 1.3 only, tickets on (TLS 1.3
+# resumption is by ticket), the PKI in $work; each server "PORT UPSTREAM_PORT MTLS(0|1)",
+# mTLS servers verify against the CA and require a certificate.
+nginx_stream_conf() { # SERVER...
+    local s
+    cat <<EOF
+worker_processes 1;
+worker_cpu_affinity 01;
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid $work/nginx.pid;
+error_log $work/nginx.err notice;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events { worker_connections 16384; }
+stream {
+  ssl_certificate $work/server.pem;
+  ssl_certificate_key $work/server.key;
+  ssl_protocols TLSv1.3;
+  ssl_session_tickets on;
+  ssl_session_cache shared:TLS:10m;
+  ssl_session_timeout 1h;
+EOF
+    for s in "$@"; do
+        set -- $s
+        if [ "$3" = 1 ]; then
+            printf '  server { listen 127.0.0.1:%s ssl; proxy_pass 127.0.0.1:%s;\n           ssl_client_certificate %s/ca.pem; ssl_verify_client on; }\n' "$1" "$2" "$work"
+        else
+            printf '  server { listen 127.0.0.1:%s ssl; proxy_pass 127.0.0.1:%s; }\n' "$1" "$2"
+        fi
+    done
+    echo "}"
+}
+
+# HAProxy (mode tcp): one thread pinned to CPU 0 (2.6 with nbthread 1 applies
+# `cpu-map 1/all`, not `1/1`), TLS 1.3 only (tickets are on by default), the chain and
+# key in $work/haproxy.pem; each frontend "NAME PORT UPSTREAM_PORT MTLS(0|1)", mTLS
+# frontends verify against the CA and require a certificate.
+haproxy_tcp_conf() { # FRONTEND...
+    local f
+    cat <<EOF
+global
+  nbthread 1
+  cpu-map 1/all 0
+  maxconn 8192
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  tune.ssl.cachesize 100000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+EOF
+    for f in "$@"; do
+        set -- $f
+        printf 'frontend %s\n  bind 127.0.0.1:%s ssl crt %s/haproxy.pem' "$1" "$2" "$work"
+        if [ "$4" = 1 ]; then printf ' ca-file %s/ca.pem verify required' "$work"; fi
+        printf '\n  default_backend up_%s\nbackend up_%s\n  server up 127.0.0.1:%s\n' "$1" "$1" "$3"
+    done
+}
