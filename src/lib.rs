@@ -13,8 +13,10 @@
 //! | [`tools`] | `bench`, `backend`, `demo`, `certs`: programs that drive the proxy | anything a test tool needs |
 
 pub mod config;
+pub mod host;
 pub mod ops;
 pub mod proxy;
 pub mod runtime;
+pub mod telemetry;
 pub mod tls;
 pub mod tools;

@@ -4,7 +4,7 @@
 //! file's folder, and validation errors that name the file, line and field.
 //! Opens no sockets; reads the config file itself (certificate files are the
 //! `tls` module's business), and resolves the host names in `listen` and
-//! `upstreams` once loaded (`runtime::resolver::Lookup`: the `[resolver]
+//! `upstreams` once loaded (`host::lookup::Lookup`: the `[resolver]
 //! hosts_file`, then getaddrinfo), so that a name that does not resolve is a
 //! problem placed like any other (`file:line: listeners[0].upstreams[1]: cannot
 //! resolve ...`).
@@ -19,15 +19,13 @@
 //! When no line can be found the `:LINE` part is left out.
 #![forbid(unsafe_code)]
 
-mod endpoint;
 mod error;
 pub mod flags;
 mod location;
 mod schema;
-pub mod tls_policy;
 mod validate;
 
-pub use endpoint::{Endpoint, EndpointError};
+pub use crate::host::endpoint::{Endpoint, EndpointError};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
     AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpTable, IoSetting, Listener, Log,
@@ -128,7 +126,7 @@ impl Config {
 /// listen addresses and the admin address, as validation does for literal ones.
 fn resolve_names(cfg: &mut Config, at: &Locator<'_>) -> Vec<(usize, ConfigError)> {
     use location::Seg::{Index as I, Key as K};
-    let lookup = crate::runtime::resolver::Lookup {
+    let lookup = crate::host::lookup::Lookup {
         hosts_file: cfg.resolver.hosts_file.clone(),
     };
     let invalid =

@@ -6,7 +6,8 @@
 //! ([`Config::finish`]), after validation.
 #![forbid(unsafe_code)]
 
-use super::endpoint::Endpoint;
+use crate::host::endpoint::Endpoint;
+pub use crate::tls::{ClientAuth, ClientAuthMode, Sni, UpstreamTls};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -252,7 +253,7 @@ pub struct Listener {
     #[serde(default)]
     pub alpn: Vec<String>,
     /// `"1.2"` (default: TLS 1.2 and 1.3) or `"1.3"`; text, validated (see
-    /// [`super::tls_policy`]).
+    /// [`crate::tls::suites`]).
     pub min_version: Option<String>,
     /// Suites in server preference order (empty: the built-in order).
     #[serde(default)]
@@ -309,6 +310,29 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// What the TLS layer needs of this listener.
+    pub fn tls(&self) -> crate::tls::ListenerTls {
+        crate::tls::ListenerTls {
+            name: self.name.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ocsp: self.ocsp.clone(),
+            sni: self.sni.clone(),
+            alpn: self.alpn.clone(),
+            http: self.protocol.as_deref() == Some("http"),
+            min_version: self.min_version.clone(),
+            cipher_suites: self.cipher_suites.clone(),
+            groups: self.groups.clone(),
+            session_cache: self.session_cache,
+            tls13_tickets: self.tls13_tickets,
+            ticket_key_file: self.ticket_key_file.clone(),
+            ticket_lifetime_s: self.ticket_lifetime_s,
+            client_auth: self.client_auth.clone(),
+            upstream_tls: self.upstream_tls.clone(),
+            upstreams: self.upstreams.clone(),
+        }
+    }
+
     /// `upstreams` from `upstream_addrs`: every entry's addresses, deduplicated.
     pub(super) fn set_upstreams_from_entries(&mut self) {
         self.upstreams.clear();
@@ -345,18 +369,6 @@ impl ProxyProtocol {
 #[derive(Debug, thiserror::Error)]
 #[error("must be \"v2\" (the only supported version), got {0:?}")]
 pub struct UnsupportedProxyProtocol(pub String);
-
-/// `[[listeners.sni]]`: a certificate served to clients asking for one of
-/// `server_names` (ASCII case-insensitive; `*.example.org` matches one label).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sni {
-    pub server_names: Vec<String>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// A DER OCSP response to staple with `cert`.
-    pub ocsp: Option<PathBuf>,
-}
 
 /// `[listeners.http]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -396,88 +408,6 @@ fn default_max_header_bytes() -> usize {
 
 fn default_head_timeout_ms() -> u64 {
     10_000
-}
-
-/// `[listeners.client_auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientAuth {
-    #[serde(default)]
-    pub mode: ClientAuthMode,
-    /// PEM CA bundles whose certificates are trust anchors for client chains.
-    #[serde(default)]
-    pub ca: Vec<PathBuf>,
-    /// CRLs (PEM `X509 CRL` or DER); a revoked certificate anywhere in a client's
-    /// chain is refused.
-    #[serde(default)]
-    pub crl: Vec<PathBuf>,
-    /// Allowed identities (see `policy`); empty = any verified client.
-    #[serde(default)]
-    pub allow: Vec<String>,
-    /// Client chains remembered as verified and allowed (0: off), so a returning
-    /// client skips chain and CRL work; its CertificateVerify is still checked.
-    #[serde(default = "default_verify_cache_size")]
-    pub verify_cache_size: usize,
-}
-
-fn default_verify_cache_size() -> usize {
-    4096
-}
-
-/// Whether clients are asked for a certificate, and whether they must send one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ClientAuthMode {
-    /// No certificate requested.
-    #[default]
-    None,
-    /// Requested; clients without one are let through (`client_auth=none`), a
-    /// certificate that fails verification or policy is refused.
-    Optional,
-    /// Required and verified.
-    Require,
-}
-
-impl ClientAuthMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientAuthMode::None => "none",
-            ClientAuthMode::Optional => "optional",
-            ClientAuthMode::Require => "require",
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for ClientAuthMode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
-            "none" => Ok(ClientAuthMode::None),
-            "optional" => Ok(ClientAuthMode::Optional),
-            "require" => Ok(ClientAuthMode::Require),
-            _ => Err(serde::de::Error::custom(format!(
-                "must be one of \"none\", \"optional\", \"require\", got {s:?}"
-            ))),
-        }
-    }
-}
-
-/// `[listeners.upstream_tls]`: TLS towards the upstream.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
-    /// PEM CA bundles the upstream's certificate must chain to.
-    pub ca: Vec<PathBuf>,
-    /// Name (DNS name or IP address) the upstream's certificate must be valid for;
-    /// also sent as SNI when it is a DNS name.
-    pub server_name: String,
-    /// Client certificate chain for mTLS towards the upstream (with `key`).
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// Offer the upstream TLS sessions to resume (default). An upstream that refuses
-    /// them (its handshake fails) is retried with a full handshake and left alone for
-    /// a while anyway; `false` never offers any.
-    #[serde(default = "yes")]
-    pub resume: bool,
 }
 
 fn yes() -> bool {

@@ -252,7 +252,7 @@ fn validate_http(l: &Listener, i: usize, bad: &mut Bad<'_>) {
 /// `min_version`, `cipher_suites`, `groups`: known names, and a TLS 1.3 suite when
 /// only TLS 1.3 is offered.
 fn validate_tls_policy(l: &Listener, i: usize, bad: &mut Bad<'_>) {
-    use super::tls_policy::{group, group_names, suite, suite_names, MinVersion};
+    use crate::tls::suites::{group, group_names, suite, suite_names, MinVersion};
     let field = |key: &'static str| [K("listeners"), I(i), K(key)];
     let min = match l.min_version.as_deref().map(MinVersion::parse) {
         Some(Err(e)) => {

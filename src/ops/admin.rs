@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Admin as AdminConfig;
-use crate::ops::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
+use crate::telemetry::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
 use crate::runtime::listener::ListenerShared;
 use crate::runtime::run_state::{RunState, RunStateCell};
 use std::io::{Read, Write};

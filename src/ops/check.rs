@@ -30,8 +30,9 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{AccessLog, Checked, Config};
+use crate::host::listens::{describe, holders, holders_of, listening_inodes, unknown_holder, Holder};
 use crate::tls;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,7 +83,7 @@ fn check_loaded(checked: crate::config::Checked) -> Report {
     check_cpus(
         &checked,
         cfg,
-        &crate::runtime::server::allowed_cpus(),
+        &crate::host::cpus::allowed_cpus(),
         &mut report,
     );
     check_access_log(&checked, &cfg.log.access, &mut report);
@@ -106,11 +107,11 @@ fn check_loaded(checked: crate::config::Checked) -> Report {
         // A listener whose config has problems gets its files checked one by one;
         // building it whole would only repeat those problems.
         let problems = if checked.listeners_with_problems.contains(&i) {
-            tls::listener_file_problems(l)
+            tls::listener_file_problems(&l.tls())
         } else {
-            tls::listener_problems(l)
+            tls::listener_problems(&l.tls())
         };
-        let dates = tls::cert_dates(l);
+        let dates = tls::cert_dates(&l.tls());
         let at = |e: String| format!("listener \"{}\": {e}", l.name);
         report.problems.extend(
             problems
@@ -149,10 +150,10 @@ fn check_cpus(at: &Checked, cfg: &Config, allowed: &[usize], report: &mut Report
     if allowed.is_empty() || list.is_empty() {
         return;
     }
-    let (workers, _) = crate::runtime::cgroup::worker_count(
+    let (workers, _) = crate::host::cpus::worker_count(
         rt.workers,
         allowed.len(),
-        crate::runtime::cgroup::quota_cpus(),
+        crate::host::cpus::quota_cpus(),
     );
     let mask = cpu_list(allowed);
     for (j, cpu) in list.iter().enumerate() {
@@ -240,7 +241,7 @@ fn check_access_log(at: &Checked, access: &AccessLog, report: &mut Report) {
 /// IPV6_V6ONLY for IPv6.
 fn try_bind(addr: SocketAddr) -> std::io::Result<()> {
     // Bound, never listened on: closed on drop.
-    crate::runtime::server::bind_only(addr, false).map(drop)
+    crate::runtime::sock::bind_only(addr, false).map(drop)
 }
 
 /// Bind `addr` as `run` would; say why it fails, or who it would be shared with.
@@ -355,160 +356,6 @@ fn unprivileged_port_start() -> u16 {
         .unwrap_or(1024)
 }
 
-/// Who listens on `addr` ("pid 12 (terminus)"), for `run`'s overlap refusal.
-pub fn who_listens(addr: SocketAddr) -> String {
-    let h = holders(addr, false);
-    if h.is_empty() {
-        unknown_holder()
-    } else {
-        describe(&h)
-    }
-}
-
-fn unknown_holder() -> String {
-    if is_root() {
-        "a socket no process was found for".to_owned()
-    } else {
-        "another user's process (run check as root to see which)".to_owned()
-    }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// A process holding a socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Holder {
-    pid: u32,
-    comm: String,
-}
-
-impl Holder {
-    fn is_terminus(&self) -> bool {
-        self.comm == "terminus"
-    }
-}
-
-fn describe(holders: &[Holder]) -> String {
-    holders
-        .iter()
-        .map(|h| format!("pid {} ({})", h.pid, h.comm))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Processes owning a LISTEN socket that overlaps `addr`.
-fn holders(addr: SocketAddr, cross_family: bool) -> Vec<Holder> {
-    holders_of(&listening_inodes(addr, cross_family))
-}
-
-/// Inodes of the LISTEN sockets on `addr`'s port whose address is `addr`'s or a
-/// wildcard overlapping it (`cross_family`: also an IPv6 wildcard or IPv4-mapped
-/// socket for an IPv4 address, and the reverse).
-fn listening_inodes(addr: SocketAddr, cross_family: bool) -> Vec<u64> {
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for (ip, port, inode) in parse_listeners(&text) {
-            if port == addr.port() && overlaps(ip, addr.ip(), cross_family) && inode != 0 {
-                out.push(inode);
-            }
-        }
-    }
-    out
-}
-
-/// The LISTEN rows (state 0A) of a /proc/net/tcp or tcp6 table: (address, port, inode).
-fn parse_listeners(text: &str) -> Vec<(IpAddr, u16, u64)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                return None;
-            }
-            let (ip, port) = f[1].split_once(':')?;
-            Some((
-                parse_proc_ip(ip)?,
-                u16::from_str_radix(port, 16).ok()?,
-                f[9].parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// The kernel prints each 32-bit word of the address as a native-endian number.
-fn parse_proc_ip(hex: &str) -> Option<IpAddr> {
-    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
-    match hex.len() {
-        8 => Some(IpAddr::from(word(hex)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(&hex[i * 8..i * 8 + 8])?);
-            }
-            Some(IpAddr::from(b))
-        }
-        _ => None,
-    }
-}
-
-fn overlaps(held: IpAddr, want: IpAddr, cross_family: bool) -> bool {
-    let canon = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    let (held, want) = (canon(held), canon(want));
-    if held.is_ipv4() != want.is_ipv4() {
-        return cross_family && (held.is_unspecified() || want.is_unspecified());
-    }
-    held == want || held.is_unspecified() || want.is_unspecified()
-}
-
-/// Processes with a descriptor on one of `inodes` (sockets), in pid order.
-fn holders_of(inodes: &[u64]) -> Vec<Holder> {
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    let me = std::process::id();
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
-        });
-        if holds {
-            let comm = std::fs::read_to_string(entry.path().join("comm"))
-                .map(|s| s.trim_end().to_owned())
-                .unwrap_or_else(|_| "?".into());
-            out.push(Holder { pid, comm });
-        }
-    }
-    out.sort_by_key(|h| h.pid);
-    out
-}
-
 /// `terminus check [--config FILE] [--host]`. Exit 2 if the config is invalid, else 1
 /// if the host can't run terminus, else 0. With a valid config the host is checked
 /// against its runtime settings and connection limits.
@@ -563,7 +410,6 @@ fn config_cli(report: &Report) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn permission_message_says_how_to_grant_the_capability() {
@@ -579,38 +425,6 @@ mod tests {
         assert!(e.contains("port 443 is not privileged"), "{e}");
         assert!(permission_denied("[::]:80".parse().unwrap(), 1024, None)
             .contains("setcap cap_net_bind_service=+ep /path/to/terminus`"));
-    }
-
-    #[test]
-    fn proc_net_tcp_rows() {
-        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-                  \x20  0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n\
-                  \x20  1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0 100 0 0 10 0\n";
-        let rows = parse_listeners(v4);
-        let lo = if cfg!(target_endian = "little") {
-            Ipv4Addr::LOCALHOST
-        } else {
-            Ipv4Addr::new(1, 0, 0, 127)
-        };
-        assert_eq!(rows, [(IpAddr::V4(lo), 8080, 4242)]);
-        let v6 = "header\n   0: 00000000000000000000000000000000:01BB 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0 100 0 0 10 0\n";
-        assert_eq!(
-            parse_listeners(v6),
-            [(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 443, 77)]
-        );
-    }
-
-    #[test]
-    fn address_overlap() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(overlaps(ip("127.0.0.1"), ip("127.0.0.1"), false));
-        assert!(overlaps(ip("0.0.0.0"), ip("127.0.0.1"), false));
-        assert!(overlaps(ip("127.0.0.1"), ip("0.0.0.0"), false));
-        assert!(!overlaps(ip("127.0.0.2"), ip("127.0.0.1"), false));
-        assert!(!overlaps(ip("::"), ip("127.0.0.1"), false));
-        assert!(overlaps(ip("::"), ip("127.0.0.1"), true));
-        assert!(overlaps(ip("::ffff:127.0.0.1"), ip("127.0.0.1"), false));
-        assert!(!overlaps(ip("::1"), ip("127.0.0.1"), true));
     }
 
     #[test]

@@ -734,14 +734,14 @@ fn parse_cpu_list(s: &str) -> Vec<usize> {
 }
 
 fn cpus_item(p: &HostParams) -> Item {
-    let allowed = crate::runtime::server::allowed_cpus();
+    let allowed = crate::host::cpus::allowed_cpus();
     let online = read_trim("/sys/devices/system/cpu/online")
         .map(|s| parse_cpu_list(&s))
         .unwrap_or_default();
-    let (workers, why) = crate::runtime::cgroup::worker_count(
+    let (workers, why) = crate::host::cpus::worker_count(
         p.workers,
         allowed.len(),
-        crate::runtime::cgroup::quota_cpus(),
+        crate::host::cpus::quota_cpus(),
     );
     let list = self_status("Cpus_allowed_list").unwrap_or_else(|| format!("{allowed:?}"));
     let detail = format!(

@@ -10,11 +10,8 @@
 //! non-blocking hand-off of log lines and plain metric counters.
 #![forbid(unsafe_code)]
 
-pub mod access_log;
 pub mod admin;
 pub mod check;
 pub mod hostcheck;
-pub mod log;
-pub mod metrics;
 pub mod notify;
 pub mod reload;

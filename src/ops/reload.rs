@@ -78,7 +78,7 @@ pub struct Reloader {
 /// so the poll is skipped rather than counted as a broken reload.
 fn fingerprint(l: &Listener) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for path in crate::tls::listener_files(l) {
+    for path in crate::tls::listener_files(&l.tls()) {
         path.hash(&mut h);
         match std::fs::read(&path) {
             Ok(bytes) => bytes.hash(&mut h),
@@ -147,7 +147,7 @@ impl Reloader {
                 return;
             }
         };
-        crate::ops::log::set_format(new.log.format);
+        crate::telemetry::log::set_format(new.log.format);
         for msg in restart_needed(&self.cfg, &new) {
             crate::op_warn!("reload: {msg} needs a restart; still running with the old value");
         }

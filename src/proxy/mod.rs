@@ -6,7 +6,7 @@
 //! ([`timer`]).
 //!
 //! I/O contract: none. Inputs are `handle_*` calls with bytes and `now`; outputs are
-//! `poll_*` calls. The [`crate::runtime`] layer turns them into syscalls.
+//! `poll_*` calls. The runtime layer turns them into syscalls.
 #![forbid(unsafe_code)]
 
 pub mod conn;

@@ -4,9 +4,7 @@
 //! Owns: [`UpstreamSet`] (the entries as written, each with its last good addresses,
 //! and the current [`Resolved`] set behind an `ArcSwap`), [`Dial`] (one connection's
 //! failover walk over the snapshot it loaded when it began), [`AddrHealth`] (per
-//! address: down until when, after how many failures in a row) and
-//! [`ResumeBackoff`] (per upstream address, whether terminus may offer it a TLS
-//! session to resume, and for how long it stops after the upstream refused one).
+//! address: down until when, after how many failures in a row).
 //!
 //! Round robin per worker (no shared counter, so no cross-core traffic); a refused
 //! or timed-out connect moves on to the next address, each tried at most once. An
@@ -19,7 +17,7 @@
 //! lookup function ([`UpstreamSet::refresh`], run by `runtime::resolver`).
 #![forbid(unsafe_code)]
 
-use crate::config::Endpoint;
+use crate::host::endpoint::Endpoint;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -477,50 +475,6 @@ impl Dial {
     }
 }
 
-/// How long resumption towards an upstream stays off after its first refusal; each
-/// further refusal (once resumption was offered again) doubles it, up to
-/// [`RESUME_OFF_MAX`]. A resumed handshake resets it.
-pub const RESUME_OFF_FIRST: Duration = Duration::from_secs(10);
-pub const RESUME_OFF_MAX: Duration = Duration::from_secs(3600);
-
-/// Resumption towards one upstream address: on, or off until a time after it was
-/// refused (a handshake offering a session failed). Exponential backoff, like a
-/// circuit breaker: after the off period one connection offers a session again.
-#[derive(Debug, Clone, Default)]
-pub struct ResumeBackoff {
-    off_until: Option<Instant>,
-    /// Refusals since the last resumed handshake.
-    strikes: u32,
-}
-
-impl ResumeBackoff {
-    /// Whether a session may be offered (and new ones kept) now.
-    pub fn allows(&self, now: Instant) -> bool {
-        !matches!(self.off_until, Some(t) if now < t)
-    }
-
-    /// The upstream refused a session. Returns how long resumption is now off when
-    /// this refusal turned it off, `None` when it was off already (other connections
-    /// that took a session before the first refusal was seen): one report per off
-    /// period, not one per connection.
-    pub fn refused(&mut self, now: Instant) -> Option<Duration> {
-        if !self.allows(now) {
-            return None;
-        }
-        let off = RESUME_OFF_FIRST
-            .saturating_mul(1u32 << self.strikes.min(16))
-            .min(RESUME_OFF_MAX);
-        self.strikes = self.strikes.saturating_add(1);
-        self.off_until = Some(now + off);
-        Some(off)
-    }
-
-    /// A handshake resumed: the upstream supports resumption (again).
-    pub fn resumed(&mut self) {
-        self.strikes = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,31 +675,5 @@ mod tests {
         new.adopt(&set, true);
         assert_eq!(new.addrs(), [addr(3)]);
         assert_eq!(new.resolve_errors(), [("svc.test:80".to_string(), 4)]);
-    }
-
-    #[test]
-    fn resumption_backs_off_exponentially_and_resets_on_success() {
-        let t0 = Instant::now();
-        let mut b = ResumeBackoff::default();
-        assert!(b.allows(t0));
-        assert_eq!(b.refused(t0), Some(RESUME_OFF_FIRST));
-        assert!(!b.allows(t0));
-        // Connections that took a session before the refusal: no new period.
-        assert_eq!(b.refused(t0 + Duration::from_secs(1)), None);
-        let t1 = t0 + RESUME_OFF_FIRST;
-        assert!(b.allows(t1));
-        assert_eq!(b.refused(t1), Some(RESUME_OFF_FIRST * 2));
-        let t2 = t1 + RESUME_OFF_FIRST * 2;
-        assert_eq!(b.refused(t2), Some(RESUME_OFF_FIRST * 4));
-        let mut t = t2 + RESUME_OFF_FIRST * 4;
-        for _ in 0..20 {
-            let off = b.refused(t).unwrap();
-            assert!(off <= RESUME_OFF_MAX);
-            t += off;
-        }
-        assert_eq!(b.refused(t), Some(RESUME_OFF_MAX));
-        b.resumed();
-        let t = t + RESUME_OFF_MAX;
-        assert_eq!(b.refused(t), Some(RESUME_OFF_FIRST));
     }
 }

@@ -46,7 +46,7 @@ pub struct ListenerLive {
     /// by the resolver thread); passive health per address.
     pub upstreams: UpstreamSet,
     /// How the resolver thread looks names up (`[resolver]`).
-    pub resolver: crate::runtime::resolver::Lookup,
+    pub resolver: crate::host::lookup::Lookup,
     pub limits: ConnLimits,
     /// `protocol = "http"`: the request filter's settings.
     pub http: Option<crate::proxy::http::HttpSettings>,
@@ -64,8 +64,8 @@ impl ListenerLive {
         l: &Listener,
         resolver: &crate::config::Resolver,
     ) -> Result<ListenerLive, crate::tls::TlsError> {
-        let tls = crate::tls::server_tls(l)?;
-        let upstream_tls = crate::tls::upstream_clients(l)?;
+        let tls = crate::tls::server_tls(&l.tls())?;
+        let upstream_tls = crate::tls::upstream_clients(&l.tls())?;
         let cert_expiry = tls
             .certs
             .served()
@@ -108,7 +108,7 @@ impl ListenerLive {
                 Duration::from_millis(l.resolve_interval_ms),
                 health_epoch(),
             ),
-            resolver: crate::runtime::resolver::Lookup {
+            resolver: crate::host::lookup::Lookup {
                 hosts_file: resolver.hosts_file.clone(),
             },
             limits: ConnLimits {

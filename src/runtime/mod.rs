@@ -10,7 +10,6 @@
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 
-pub mod cgroup;
 pub mod driver;
 #[cfg(test)]
 mod driver_tests;

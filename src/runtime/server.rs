@@ -11,12 +11,13 @@
 
 use crate::config::IoSetting;
 use crate::config::{Config, ConfigError, ConfigErrorKind};
-use crate::ops::log::LogSink;
-use crate::ops::metrics::WorkerSnapshot;
+use crate::telemetry::log::LogSink;
+use crate::telemetry::metrics::WorkerSnapshot;
 use crate::ops::reload::ReloadStats;
 use crate::runtime::driver::{Backend, Driver};
 use crate::runtime::listener::{ListenerLive, ListenerShared};
 use crate::runtime::run_state::{RunState, RunStateCell};
+use crate::runtime::sock;
 use crate::runtime::uring::{Uring, UringConfig, UringError};
 use crate::runtime::worker::{self, MetricsOut, WorkerSetup, WorkerSetupError};
 use crate::tls::TlsError;
@@ -150,88 +151,21 @@ impl Running {
     }
 }
 
-/// CPUs this process may run on (its affinity mask: taskset, cpusets, systemd).
-pub fn allowed_cpus() -> Vec<usize> {
-    core_affinity::get_core_ids()
-        .map(|v| v.into_iter().map(|c| c.id).collect())
-        .unwrap_or_default()
-}
-
-fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<socket2::Socket> {
-    bind_with(addr, backlog, true)
-}
-
-/// A listening socket with SO_REUSEPORT (the admin socket too, so that a handover's
-/// new instance can bind it while the old one drains).
-fn bind_with(
-    addr: SocketAddr,
-    backlog: u32,
-    nonblocking: bool,
-) -> std::io::Result<socket2::Socket> {
-    let s = bind_only(addr, nonblocking)?;
-    s.listen(backlog.min(i32::MAX as u32) as i32)?;
-    Ok(s)
-}
-
-/// Bound, not yet listening: not in the SO_REUSEPORT group yet, so it takes none of
-/// another process's connections.
-pub(crate) fn bind_only(addr: SocketAddr, nonblocking: bool) -> std::io::Result<socket2::Socket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let ty = if nonblocking {
-        Type::STREAM.nonblocking()
-    } else {
-        Type::STREAM
-    };
-    let s = Socket::new(Domain::for_address(addr), ty.cloexec(), Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
-    s.set_nodelay(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.bind(&addr.into())?;
-    Ok(s)
-}
-
-/// Whether another socket already listens on `addr`: a bind without SO_REUSEPORT
-/// fails then (SO_REUSEADDR keeps TIME_WAIT sockets out of it). Port 0 never
-/// overlaps. Asked before terminus binds its own sockets there.
-fn someone_listens(addr: SocketAddr) -> bool {
-    use socket2::{Domain, Protocol, Socket, Type};
-    if addr.port() == 0 {
-        return false;
-    }
-    let probe = || -> std::io::Result<()> {
-        let s = Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM.cloexec(),
-            Some(Protocol::TCP),
-        )?;
-        s.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.bind(&addr.into())
-    };
-    probe().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRINUSE))
-}
-
 /// Refuse to join another process's SO_REUSEPORT group on `addr` unless the config
 /// allows a handover. Decided before our socket listens, so a refused start never
 /// holds (and resets) any of the other process's connections. When our bind would
 /// fail anyway (a holder without SO_REUSEPORT), that bind error is the message.
 fn refuse_overlap(cfg: &Config, what: &str, addr: SocketAddr) -> Result<(), RunError> {
     if cfg.runtime.reuse_port_with_other_instances
-        || !someone_listens(addr)
-        || bind_only(addr, true).is_err()
+        || !sock::someone_listens(addr)
+        || sock::bind_only(addr, true).is_err()
     {
         return Ok(());
     }
     Err(RunError::Overlap {
         what: what.to_owned(),
         addr,
-        holder: crate::ops::check::who_listens(addr),
+        holder: crate::host::listens::who_listens(addr),
     })
 }
 
@@ -307,7 +241,7 @@ fn plan(cfg: &Config) -> Result<Plan, RunError> {
              this notice)"
         );
     }
-    let (cpus, workers_why) = worker_cpus(cfg, &allowed_cpus())?;
+    let (cpus, workers_why) = worker_cpus(cfg, &crate::host::cpus::allowed_cpus())?;
     Ok(Plan {
         io,
         ring: UringConfig {
@@ -377,10 +311,10 @@ fn worker_cpus(
     allowed: &[usize],
 ) -> Result<(Vec<Option<usize>>, String), ConfigError> {
     let rt = &cfg.runtime;
-    let (workers, why) = crate::runtime::cgroup::worker_count(
+    let (workers, why) = crate::host::cpus::worker_count(
         rt.workers,
         allowed.len(),
-        crate::runtime::cgroup::quota_cpus(),
+        crate::host::cpus::quota_cpus(),
     );
     let cpus = (0..workers)
         .map(|i| match &rt.cpus {
@@ -434,7 +368,7 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
         };
         // Bind the first socket to learn the real port (listen = ":0"), the rest join it.
         refuse_overlap(cfg, &format!("listener \"{}\"", l.name), l.listen)?;
-        let first = bind(l.listen, l.backlog).map_err(|e| listen_err(l.listen, e))?;
+        let first = sock::bind(l.listen, l.backlog).map_err(|e| listen_err(l.listen, e))?;
         let addr = first
             .local_addr()
             .ok()
@@ -442,7 +376,7 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
             .unwrap_or(l.listen);
         sockets[0].push(first.into());
         for socks in sockets.iter_mut().skip(1) {
-            let s = bind(addr, l.backlog).map_err(|e| listen_err(addr, e))?;
+            let s = sock::bind(addr, l.backlog).map_err(|e| listen_err(addr, e))?;
             socks.push(s.into());
         }
         shared.push(Arc::new(ListenerShared {
@@ -482,7 +416,7 @@ fn start_admin(cfg: &Config, common: &Common, plan: &Plan) -> Result<AdminStarte
         return Ok(AdminStarted::default());
     };
     refuse_overlap(cfg, "admin", a.listen)?;
-    let sock: std::net::TcpListener = bind_with(a.listen, 128, false)
+    let sock: std::net::TcpListener = sock::bind_with(a.listen, 128, false)
         .map_err(|source| RunError::AdminListen {
             addr: a.listen,
             source,
@@ -584,9 +518,9 @@ fn await_ready(
 
 /// `terminus run`: serve until SIGTERM/SIGINT (drain), a second signal stops at once.
 pub fn run(cfg: Config) -> Result<(), RunError> {
-    crate::ops::log::set_format(cfg.log.format);
+    crate::telemetry::log::set_format(cfg.log.format);
     for l in &cfg.listeners {
-        for w in crate::tls::cert_warnings(l) {
+        for w in crate::tls::cert_warnings(&l.tls()) {
             crate::op_warn!("{w}");
         }
     }
@@ -643,8 +577,8 @@ fn startup_line(running: &Running) {
         "admin": admin,
         "pid": std::process::id(),
     });
-    crate::ops::log::emit(
-        crate::ops::log::Level::Info,
+    crate::telemetry::log::emit(
+        crate::telemetry::log::Level::Info,
         format_args!(
             "terminus {version} started: {} worker(s) ({}), CPUs {}, io {}, listeners {}, \
              admin {}, pid {}",

@@ -1,4 +1,5 @@
-//! sock: the few plain socket calls the worker makes beside the ring.
+//! sock: the plain socket calls beside the ring: binding listeners (start-up and
+//! `check`) and the few calls the worker makes.
 //!
 //! Owns nothing. Together with [`crate::runtime::uring`] this is the worker's whole
 //! I/O boundary: creating an upstream socket, reading a socket's addresses, turning
@@ -53,4 +54,65 @@ pub fn discard_unread(fd: impl AsFd) {
             _ => return,
         }
     }
+}
+
+/// A non-blocking listening socket for a worker (see [`bind_with`]).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<socket2::Socket> {
+    bind_with(addr, backlog, true)
+}
+
+/// A listening socket with SO_REUSEPORT (the admin socket too, so that a handover's
+/// new instance can bind it while the old one drains).
+pub fn bind_with(
+    addr: SocketAddr,
+    backlog: u32,
+    nonblocking: bool,
+) -> std::io::Result<socket2::Socket> {
+    let s = bind_only(addr, nonblocking)?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s)
+}
+
+/// Bound, not yet listening: not in the SO_REUSEPORT group yet, so it takes none of
+/// another process's connections.
+pub fn bind_only(addr: SocketAddr, nonblocking: bool) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let ty = if nonblocking {
+        Type::STREAM.nonblocking()
+    } else {
+        Type::STREAM
+    };
+    let s = Socket::new(Domain::for_address(addr), ty.cloexec(), Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
+    s.set_nodelay(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Whether another socket already listens on `addr`: a bind without SO_REUSEPORT
+/// fails then (SO_REUSEADDR keeps TIME_WAIT sockets out of it). Port 0 never
+/// overlaps. Asked before terminus binds its own sockets there.
+pub fn someone_listens(addr: SocketAddr) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return false;
+    }
+    let probe = || -> std::io::Result<()> {
+        let s = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&addr.into())
+    };
+    probe().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRINUSE))
 }

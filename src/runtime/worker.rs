@@ -16,7 +16,7 @@
 //! [`crate::runtime::sock`].
 #![forbid(unsafe_code)]
 
-use crate::ops::metrics::{ListenerMetrics, WorkerSnapshot};
+use crate::telemetry::metrics::{ListenerMetrics, WorkerSnapshot};
 use crate::proxy::conn::{CloseReason, Conn, Expired};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
@@ -53,7 +53,7 @@ pub struct WorkerSetup {
     pub ring: UringConfig,
     pub listeners: Vec<(Arc<ListenerShared>, OwnedFd)>,
     pub state: Arc<RunStateCell>,
-    pub log: crate::ops::log::LogSink,
+    pub log: crate::telemetry::log::LogSink,
     pub metrics: Option<MetricsOut>,
     /// `runtime.max_buffered_bytes_per_worker`.
     pub max_buffered_per_worker: usize,
@@ -70,12 +70,12 @@ pub struct Worker<D> {
     wheel: Wheel<SlotId>,
     state: Arc<RunStateCell>,
     live: usize,
-    log: crate::ops::log::LogSink,
+    log: crate::telemetry::log::LogSink,
     /// Per listener, this worker's counters and histograms.
     metrics: Vec<ListenerMetrics>,
     publish: Option<Publisher>,
     /// What each loop turn carried (published with the counters).
-    turns: crate::ops::metrics::TurnStats,
+    turns: crate::telemetry::metrics::TurnStats,
     /// Connections flushed in the current turn.
     flushed: u64,
     cap: BufferCap,
@@ -735,7 +735,7 @@ impl<D: Driver<Token>> Worker<D> {
             CloseReason::HandshakeFailed(r) => m.handshake_error(r),
             CloseReason::UpstreamTlsFailed(_) => m.upstream_tls_errors += 1,
             CloseReason::HttpRejected(status) => {
-                if let Some(i) = crate::ops::metrics::HTTP_STATUSES
+                if let Some(i) = crate::telemetry::metrics::HTTP_STATUSES
                     .iter()
                     .position(|s| *s == status)
                 {
@@ -781,7 +781,7 @@ impl<D: Driver<Token>> Worker<D> {
             }
         }
         if self.log.enabled() {
-            let at = crate::ops::access_log::Endpoints {
+            let at = crate::telemetry::access_log::Endpoints {
                 listener: &l.name,
                 worker: self.index,
                 client: s.client_addr,
@@ -791,7 +791,7 @@ impl<D: Driver<Token>> Worker<D> {
                     .filter(|_| s.legs[Side::Upstream as usize].open),
             };
             self.log
-                .send_line(crate::ops::access_log::line(at, s.closing, &conn));
+                .send_line(crate::telemetry::access_log::line(at, s.closing, &conn));
         }
         s.live = None;
         self.close_sockets(idx);

@@ -3,7 +3,8 @@
 //! Owns [`upstream_client_config`] and [`UpstreamClients`] (one client config per
 //! upstream address, each with its own [`UpstreamSessions`] store, so sessions are
 //! never offered to another upstream and a refusal turns resumption off for that
-//! address alone, [`ResumeBackoff`]).
+//! address alone, [`ResumeBackoff`]: per upstream address, whether terminus may
+//! offer it a session to resume, and for how long it stops after a refusal).
 //!
 //! I/O contract: building reads the upstream CA bundles and the optional client
 //! certificate and key; connecting is pure.
@@ -11,8 +12,7 @@
 use super::pem::{certified_key, load_roots};
 use super::server::server_provider;
 use super::{TlsError, UpstreamTlsProblem};
-use crate::config::{Listener, UpstreamTls};
-use crate::proxy::upstream::ResumeBackoff;
+use super::settings::{ListenerTls, UpstreamTls};
 use rustls::sign::SingleCertAndKey;
 use rustls_pki_types::ServerName;
 use std::cell::Cell;
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 /// (shared by every connection using the returned Arc). `None` when the listener
 /// forwards plaintext.
 pub fn upstream_client_config(
-    l: &Listener,
+    l: &ListenerTls,
 ) -> Result<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>, TlsError> {
     let Some(up) = &l.upstream_tls else {
         return Ok(None);
@@ -91,7 +91,7 @@ pub struct UpstreamClients {
 }
 
 /// [`UpstreamClients`] for the listener's upstreams, `None` when it forwards plaintext.
-pub fn upstream_clients(l: &Listener) -> Result<Option<UpstreamClients>, TlsError> {
+pub fn upstream_clients(l: &ListenerTls) -> Result<Option<UpstreamClients>, TlsError> {
     let Some(up) = &l.upstream_tls else {
         return Ok(None);
     };
@@ -282,5 +282,80 @@ impl rustls::client::ClientSessionStore for UpstreamSessions {
             return None;
         }
         offered(st.tls13.pop_back())
+    }
+}
+
+/// How long resumption towards an upstream stays off after its first refusal; each
+/// further refusal (once resumption was offered again) doubles it, up to
+/// [`RESUME_OFF_MAX`]. A resumed handshake resets it.
+pub const RESUME_OFF_FIRST: Duration = Duration::from_secs(10);
+pub const RESUME_OFF_MAX: Duration = Duration::from_secs(3600);
+
+/// Resumption towards one upstream address: on, or off until a time after it was
+/// refused (a handshake offering a session failed). Exponential backoff, like a
+/// circuit breaker: after the off period one connection offers a session again.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeBackoff {
+    off_until: Option<Instant>,
+    /// Refusals since the last resumed handshake.
+    strikes: u32,
+}
+
+impl ResumeBackoff {
+    /// Whether a session may be offered (and new ones kept) now.
+    pub fn allows(&self, now: Instant) -> bool {
+        !matches!(self.off_until, Some(t) if now < t)
+    }
+
+    /// The upstream refused a session. Returns how long resumption is now off when
+    /// this refusal turned it off, `None` when it was off already (other connections
+    /// that took a session before the first refusal was seen): one report per off
+    /// period, not one per connection.
+    pub fn refused(&mut self, now: Instant) -> Option<Duration> {
+        if !self.allows(now) {
+            return None;
+        }
+        let off = RESUME_OFF_FIRST
+            .saturating_mul(1u32 << self.strikes.min(16))
+            .min(RESUME_OFF_MAX);
+        self.strikes = self.strikes.saturating_add(1);
+        self.off_until = Some(now + off);
+        Some(off)
+    }
+
+    /// A handshake resumed: the upstream supports resumption (again).
+    pub fn resumed(&mut self) {
+        self.strikes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resumption_backs_off_exponentially_and_resets_on_success() {
+        let t0 = Instant::now();
+        let mut b = ResumeBackoff::default();
+        assert!(b.allows(t0));
+        assert_eq!(b.refused(t0), Some(RESUME_OFF_FIRST));
+        assert!(!b.allows(t0));
+        // Connections that took a session before the refusal: no new period.
+        assert_eq!(b.refused(t0 + Duration::from_secs(1)), None);
+        let t1 = t0 + RESUME_OFF_FIRST;
+        assert!(b.allows(t1));
+        assert_eq!(b.refused(t1), Some(RESUME_OFF_FIRST * 2));
+        let t2 = t1 + RESUME_OFF_FIRST * 2;
+        assert_eq!(b.refused(t2), Some(RESUME_OFF_FIRST * 4));
+        let mut t = t2 + RESUME_OFF_FIRST * 4;
+        for _ in 0..20 {
+            let off = b.refused(t).unwrap();
+            assert!(off <= RESUME_OFF_MAX);
+            t += off;
+        }
+        assert_eq!(b.refused(t), Some(RESUME_OFF_MAX));
+        b.resumed();
+        let t = t + RESUME_OFF_MAX;
+        assert_eq!(b.refused(t), Some(RESUME_OFF_FIRST));
     }
 }

@@ -3,12 +3,12 @@
 //! client-certificate verifier with its allow-list policy, and the client config for
 //! re-encryption to the upstream.
 //!
-//! I/O contract: reads the certificate, key, CA and CRL files named by a [`crate::config::Listener`]
+//! I/O contract: reads the certificate, key, CA and CRL files named by a [`ListenerTls`]
 //! when asked to (startup, `check`, reload); never touches sockets. Every error names
 //! the file and why, on one line, e.g. `/etc/t/server.key: private key does not match
 //! the certificate in /etc/t/server.pem`.
 //!
-//! Client authentication ([`crate::config::ClientAuthMode`]): `none` asks for no certificate;
+//! Client authentication ([`ClientAuthMode`]): `none` asks for no certificate;
 //! `optional` asks, lets clients without one through, and refuses a certificate that
 //! fails; `require` refuses clients without one. A presented chain is verified by
 //! webpki against the `ca` bundles (intermediates the client sends are used to build
@@ -40,7 +40,9 @@ mod pem;
 pub mod policy;
 mod problems;
 mod server;
+mod settings;
 mod sni;
+pub mod suites;
 #[cfg(test)]
 mod tests;
 pub mod tickets;
@@ -55,6 +57,7 @@ pub use error::{
 pub use pem::{certified_key, load_certs, load_crls, load_key, load_roots};
 pub use problems::{listener_file_problems, listener_problems};
 pub use server::{listener_files, server_config, server_provider, server_tls, ServerTls};
+pub use settings::{ClientAuth, ClientAuthMode, ListenerTls, Sni, UpstreamTls};
 pub use sni::{take_seen_server_name, ServedCert, SniResolver};
 pub use validity::{cert_dates, cert_warnings, leaf_not_after, DateFindings, EXPIRY_WARNING_DAYS};
 pub use verifier::{client_verifier, PolicyVerifier, RejectSink, RejectedClient};

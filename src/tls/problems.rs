@@ -13,7 +13,7 @@ use super::server::{server_provider, server_tls};
 use super::validity::Role;
 use super::verifier::load_crl_file;
 use super::TlsError;
-use crate::config::{ClientAuth, ClientAuthMode, Listener};
+use super::settings::{ClientAuth, ClientAuthMode, ListenerTls};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use std::sync::Arc;
 /// same for each `[[listeners.sni]]` entry; every unusable CA bundle and CRL of
 /// `client_auth` (unless its mode is `none`); every problem of `upstream_tls`.
 /// Empty means [`super::server_config`] and [`super::upstream_client_config`] will succeed.
-pub fn listener_problems(l: &Listener) -> Vec<TlsError> {
+pub fn listener_problems(l: &ListenerTls) -> Vec<TlsError> {
     let mut out = listener_file_problems(l);
     if out.is_empty() {
         if let Err(e) = server_tls(l) {
@@ -40,7 +40,7 @@ pub fn listener_problems(l: &Listener) -> Vec<TlsError> {
 /// [`listener_problems`] file by file, without the final build of the whole
 /// configuration: what `check` runs on a listener whose config has problems of its
 /// own (the build would only repeat them).
-pub fn listener_file_problems(l: &Listener) -> Vec<TlsError> {
+pub fn listener_file_problems(l: &ListenerTls) -> Vec<TlsError> {
     let provider = server_provider();
     let mut out = cert_and_key_problems(&l.cert, &l.key, Role::Server, &provider);
     for sni in &l.sni {

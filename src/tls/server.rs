@@ -14,7 +14,7 @@ use super::sni::SniResolver;
 use super::validity::{unix_now, validity_findings, Role};
 use super::verifier::{policy_verifier, PolicyVerifier, RejectSink};
 use super::TlsError;
-use crate::config::Listener;
+use super::settings::ListenerTls;
 use ::aws_lc_rs::digest as aws_lc_rs_digest;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::danger::ClientCertVerifier;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 /// Build the listener's server config: default cert chain + key and the
 /// `[[listeners.sni]]` certificates, client authentication, TLS 1.2 and 1.3, ALPN,
 /// tickets and a server-side session cache shared by every worker (the Arc is shared).
-pub fn server_config(l: &Listener) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(l: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     server_tls(l).map(|t| t.config)
 }
 
@@ -100,10 +100,10 @@ fn copy_settings(from: &rustls::ServerConfig, to: &mut rustls::ServerConfig) {
 }
 
 /// [`server_config`], keeping the certificate resolver at hand.
-pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
+pub fn server_tls(l: &ListenerTls) -> Result<ServerTls, TlsError> {
     let provider = listener_provider(l);
     let versions =
-        crate::config::tls_policy::MinVersion::parse(l.min_version.as_deref().unwrap_or("1.2"))
+        super::suites::MinVersion::parse(l.min_version.as_deref().unwrap_or("1.2"))
             .unwrap_or_default()
             .versions();
     let certs = Arc::new(SniResolver::load(l, &provider)?);
@@ -132,8 +132,8 @@ pub fn server_tls(l: &Listener) -> Result<ServerTls, TlsError> {
 /// [`server_provider`] narrowed to the listener's `cipher_suites` and `groups`, in
 /// the order written (the server's order decides: `ignore_client_order`). Names
 /// were validated with the config; an empty list keeps the default.
-fn listener_provider(l: &Listener) -> Arc<CryptoProvider> {
-    use crate::config::tls_policy::{group, suite};
+fn listener_provider(l: &ListenerTls) -> Arc<CryptoProvider> {
+    use super::suites::{group, suite};
     if l.cipher_suites.is_empty() && l.groups.is_empty() {
         return server_provider();
     }
@@ -167,7 +167,7 @@ pub fn server_provider() -> Arc<CryptoProvider> {
 }
 
 fn build_server_config(
-    l: &Listener,
+    l: &ListenerTls,
     provider: Arc<CryptoProvider>,
     versions: &[&'static rustls::SupportedProtocolVersion],
     certs: Arc<SniResolver>,
@@ -181,7 +181,7 @@ fn build_server_config(
     cfg.ignore_client_order = true;
     cfg.alpn_protocols = l.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // An http listener speaks HTTP/1.1 only, and says so (h2 clients then use it).
-    if l.protocol.as_deref() == Some("http") && cfg.alpn_protocols.is_empty() {
+    if l.http && cfg.alpn_protocols.is_empty() {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     }
     cfg.session_storage = if l.session_cache == 0 {
@@ -207,7 +207,7 @@ fn build_server_config(
 /// What a resumed session must not outlive: the client-auth mode, the CA and CRL
 /// contents and the allow-list (see `tickets`: rustls skips verification on
 /// resumption, so a change here must make old tickets undecryptable).
-fn policy_digest(l: &Listener) -> Vec<u8> {
+fn policy_digest(l: &ListenerTls) -> Vec<u8> {
     let mut ctx = aws_lc_rs_digest::Context::new(&aws_lc_rs_digest::SHA256);
     if let Some(ca) = &l.client_auth {
         ctx.update(ca.mode.as_str().as_bytes());
@@ -228,7 +228,7 @@ fn policy_digest(l: &Listener) -> Vec<u8> {
 
 /// Every file whose content the listener's live TLS state is built from: what the
 /// reloader polls.
-pub fn listener_files(l: &Listener) -> Vec<PathBuf> {
+pub fn listener_files(l: &ListenerTls) -> Vec<PathBuf> {
     let mut v = vec![l.cert.clone(), l.key.clone()];
     v.extend(l.ocsp.iter().cloned());
     for sni in &l.sni {

@@ -11,7 +11,7 @@ use super::identity::CertAlgorithms;
 use super::pem::certified_key;
 use super::problems::server_auth_problem;
 use super::TlsError;
-use crate::config::Listener;
+use super::settings::ListenerTls;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -99,7 +99,7 @@ pub struct SniResolver {
 
 impl SniResolver {
     /// Load the listener's default certificate and every `[[listeners.sni]]` entry.
-    pub fn load(l: &Listener, provider: &CryptoProvider) -> Result<SniResolver, TlsError> {
+    pub fn load(l: &ListenerTls, provider: &CryptoProvider) -> Result<SniResolver, TlsError> {
         let default = ServedCert::load(&l.cert, &l.key, l.ocsp.as_deref(), provider)?;
         let mut r = SniResolver {
             default,

@@ -1,8 +1,7 @@
 use super::pem::certified_key_from;
 use super::validity::{crl_warning, unix_now, validity_findings, Role};
 use super::*;
-use crate::config::Config;
-use crate::config::{Listener, UpstreamTls};
+use super::settings::{ListenerTls, UpstreamTls};
 use crate::tools::certs::test_pki;
 use rustls::crypto::aws_lc_rs;
 use rustls_pki_types::CertificateRevocationListDer;
@@ -14,25 +13,24 @@ use std::sync::Arc;
 /// A folder with a fresh test PKI and a listener pointing at its server files.
 struct Fixture {
     dir: PathBuf,
-    listener: Listener,
+    listener: ListenerTls,
 }
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
         let dir = std::env::temp_dir().join(format!("terminus-tls-{tag}-{}", std::process::id()));
         test_pki(30, "example.org").unwrap().write(&dir).unwrap();
-        let text = r#"
-[[listeners]]
-name = "edge"
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:8080"]
-alpn = ["h2", "http/1.1"]
-tls13_tickets = 2
-"#;
-        let cfg = Config::parse(text, &dir.join("config.toml")).unwrap();
-        let listener = cfg.listeners.into_iter().next().unwrap();
+        let listener = ListenerTls {
+            name: "edge".into(),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            session_cache: 16 * 1024,
+            tls13_tickets: 2,
+            ticket_lifetime_s: 6 * 3600,
+            upstreams: vec!["127.0.0.1:8080".parse().unwrap()],
+            ..ListenerTls::default()
+        };
         Fixture { dir, listener }
     }
 }
@@ -160,7 +158,7 @@ fn upstream_sessions_are_per_address_and_dropped_when_refused() {
     assert!(up.sessions(a) > 0);
     assert_eq!(
         up.refused(a),
-        Some(crate::proxy::upstream::RESUME_OFF_FIRST)
+        Some(super::client::RESUME_OFF_FIRST)
     );
     assert_eq!(up.sessions(a), 0);
     assert_eq!(up.refused(a), None);
@@ -404,8 +402,8 @@ fn chain_findings_name_the_certificate() {
 fn worker_config_records_the_refused_client_and_refuses_it_alike() {
     use rustls::{CertificateError, Error};
     let mut fx = Fixture::new("sink");
-    fx.listener.client_auth = Some(crate::config::ClientAuth {
-        mode: crate::config::ClientAuthMode::Require,
+    fx.listener.client_auth = Some(super::settings::ClientAuth {
+        mode: super::settings::ClientAuthMode::Require,
         ca: vec![fx.dir.join("ca.pem")],
         crl: Vec::new(),
         allow: vec!["spiffe://example.org/someone-else".into()],
@@ -475,8 +473,8 @@ fn worker_config_records_the_refused_client_and_refuses_it_alike() {
 #[test]
 fn worker_config_differs_from_the_shared_one_only_in_its_verifier() {
     let mut fx = Fixture::new("copy");
-    fx.listener.client_auth = Some(crate::config::ClientAuth {
-        mode: crate::config::ClientAuthMode::Optional,
+    fx.listener.client_auth = Some(super::settings::ClientAuth {
+        mode: super::settings::ClientAuthMode::Optional,
         ca: vec![fx.dir.join("ca.pem")],
         crl: Vec::new(),
         allow: Vec::new(),
@@ -556,8 +554,8 @@ fn drive(
 fn a_cached_chain_with_the_wrong_key_is_still_refused() {
     let fx = Fixture::new("impostor");
     let mut listener = fx.listener.clone();
-    listener.client_auth = Some(crate::config::ClientAuth {
-        mode: crate::config::ClientAuthMode::Require,
+    listener.client_auth = Some(super::settings::ClientAuth {
+        mode: super::settings::ClientAuthMode::Require,
         ca: vec![fx.dir.join("ca.pem")],
         crl: Vec::new(),
         allow: Vec::new(),

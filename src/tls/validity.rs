@@ -8,7 +8,7 @@
 //! rest works on bytes already loaded and a `now` given by the caller.
 
 use super::pem::{describe, load_certs, load_crls};
-use crate::config::{ClientAuthMode, Listener};
+use super::settings::{ClientAuthMode, ListenerTls};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use std::path::Path;
 
@@ -36,7 +36,7 @@ pub struct DateFindings {
     pub warnings: Vec<String>,
 }
 
-pub fn cert_dates(l: &Listener) -> DateFindings {
+pub fn cert_dates(l: &ListenerTls) -> DateFindings {
     let now = unix_now();
     let mut out = DateFindings::default();
     let mut chains: Vec<(&Path, Role)> = std::iter::once(&l.cert)
@@ -75,7 +75,7 @@ pub fn cert_dates(l: &Listener) -> DateFindings {
 /// Warnings that do not stop the listener from starting (what `run` prints): every
 /// finding of [`cert_dates`]. An expired or not yet valid certificate is served
 /// anyway, so that a late renewal picked up by hot reload fixes a running instance.
-pub fn cert_warnings(l: &Listener) -> Vec<String> {
+pub fn cert_warnings(l: &ListenerTls) -> Vec<String> {
     let d = cert_dates(l);
     d.problems.into_iter().chain(d.warnings).collect()
 }

@@ -13,7 +13,7 @@ use super::identity::PeerIdentity;
 use super::pem::{load_crls, load_roots};
 use super::policy::AllowList;
 use super::TlsError;
-use crate::config::{ClientAuthMode, Listener};
+use super::settings::{ClientAuthMode, ListenerTls};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 /// The client verifier for the listener's `client_auth`: none, or webpki (CAs, CRLs,
 /// optional/require) followed by the allow-list policy.
 pub fn client_verifier(
-    l: &Listener,
+    l: &ListenerTls,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     Ok(match policy_verifier(l, provider)? {
@@ -37,7 +37,7 @@ pub fn client_verifier(
 
 /// [`client_verifier`] when `client_auth` asks for certificates (`None`: mode `none`).
 pub(super) fn policy_verifier(
-    l: &Listener,
+    l: &ListenerTls,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Option<PolicyVerifier>, TlsError> {
     let Some(ca) = l

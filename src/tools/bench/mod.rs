@@ -541,7 +541,7 @@ fn run_pids(opts: &BenchOpts) -> Vec<u32> {
 
 /// The CPU of each worker: `--cpus` in turn, else the allowed CPUs from the last.
 fn worker_cpus(opts: &BenchOpts, workers: usize) -> Vec<Option<usize>> {
-    let allowed = crate::runtime::server::allowed_cpus();
+    let allowed = crate::host::cpus::allowed_cpus();
     (0..workers)
         .map(|i| match &opts.cpus {
             Some(list) if !list.is_empty() => Some(list[i % list.len()]),
@@ -900,7 +900,7 @@ impl BenchArgs {
             return Err("--timeout-ms must be at least 1".into());
         }
         if let Some(cpus) = &self.cpus {
-            let allowed = crate::runtime::server::allowed_cpus();
+            let allowed = crate::host::cpus::allowed_cpus();
             if let Some(c) = cpus
                 .iter()
                 .find(|c| !allowed.is_empty() && !allowed.contains(c))

@@ -74,7 +74,7 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
     let d = |f: &str| dir.0.join(f);
     let (echo, tls_echo) = backends(&dir)?;
 
-    let cpus = crate::runtime::server::allowed_cpus();
+    let cpus = crate::host::cpus::allowed_cpus();
     let cfg_path = write_config(&dir, cpus.first(), echo.addr, tls_echo.addr)?;
     let cfg = crate::config::Config::load(&cfg_path).map_err(|e| anyhow!("{e}"))?;
     let server = crate::runtime::server::start(&cfg).map_err(|e| anyhow!("{e}"))?;

@@ -13,7 +13,7 @@ const CARGO_LOCK: &str = include_str!("../../../Cargo.lock");
 pub fn collect() -> Vec<(&'static str, String)> {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let online = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let allowed = crate::runtime::server::allowed_cpus().len();
+    let allowed = crate::host::cpus::allowed_cpus().len();
     vec![
         ("version", format!("terminus {}", env!("CARGO_PKG_VERSION"))),
         ("git commit", commit()),

@@ -4,7 +4,7 @@
 //! it ended (`connection`, `handshake_error`, `upstream_tls_error`); failures also
 //! carry `reason` and what the refused client presented.
 //!
-//! I/O contract: none; the worker hands the line to [`crate::ops::log`].
+//! I/O contract: none; the worker hands the line to [`crate::telemetry::log`].
 
 use crate::proxy::conn::{CloseReason, Conn};
 use crate::proxy::proxy_v2::version_name;
@@ -75,7 +75,7 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
         .as_ref()
         .or_else(|| rejected.and_then(|r| r.identity.as_ref()));
     let line = AccessLine {
-        ts: crate::ops::log::now_rfc3339(),
+        ts: crate::telemetry::log::now_rfc3339(),
         event,
         listener: at.listener,
         worker: at.worker,

@@ -229,7 +229,7 @@ pub fn emit(level: Level, msg: std::fmt::Arguments<'_>, fields: serde_json::Valu
 #[macro_export]
 macro_rules! op_info {
     ($($arg:tt)*) => {
-        $crate::ops::log::emit($crate::ops::log::Level::Info, format_args!($($arg)*), serde_json::Value::Null)
+        $crate::telemetry::log::emit($crate::telemetry::log::Level::Info, format_args!($($arg)*), serde_json::Value::Null)
     };
 }
 
@@ -237,7 +237,7 @@ macro_rules! op_info {
 #[macro_export]
 macro_rules! op_warn {
     ($($arg:tt)*) => {
-        $crate::ops::log::emit($crate::ops::log::Level::Warn, format_args!($($arg)*), serde_json::Value::Null)
+        $crate::telemetry::log::emit($crate::telemetry::log::Level::Warn, format_args!($($arg)*), serde_json::Value::Null)
     };
 }
 
@@ -245,7 +245,7 @@ macro_rules! op_warn {
 #[macro_export]
 macro_rules! op_error {
     ($($arg:tt)*) => {
-        $crate::ops::log::emit($crate::ops::log::Level::Error, format_args!($($arg)*), serde_json::Value::Null)
+        $crate::telemetry::log::emit($crate::telemetry::log::Level::Error, format_args!($($arg)*), serde_json::Value::Null)
     };
 }
 

@@ -1,4 +1,5 @@
-//! cgroup: the CPU quota a cgroup v2 container or systemd unit gives this process.
+//! cpus: the CPUs this process may use — its affinity mask ([`allowed_cpus`]) and the
+//! CPU quota a cgroup v2 container or systemd unit gives it ([`quota_cpus`]).
 //!
 //! Owns: parsing `/proc/self/cgroup` (the `0::/path` line) and `cpu.max`
 //! (`QUOTA PERIOD` or `max PERIOD`) into a whole number of CPUs, ceil(quota/period).
@@ -6,6 +7,13 @@
 //! from the cgroup up to the root once at startup (and for `check`); the parsers are
 //! pure.
 #![forbid(unsafe_code)]
+
+/// CPUs this process may run on (its affinity mask: taskset, cpusets, systemd).
+pub fn allowed_cpus() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .map(|v| v.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default()
+}
 
 /// The cgroup v2 path of this process from `/proc/self/cgroup` text (the `0::` line);
 /// None on a v1-only host.
