@@ -12,6 +12,7 @@
 //! | [`ops`] | admin endpoint, metrics, logs, reload, `check`, host checks | admin socket, log files, /proc and /sys |
 //! | [`tools`] | `bench`, `backend`, `demo`, `certs`: programs that drive the proxy | anything a test tool needs |
 
+pub mod app;
 pub mod config;
 pub mod host;
 pub mod ops;

@@ -189,7 +189,7 @@ fn self_status(field: &str) -> Option<String> {
 /// Which backend `run` would use here, and why.
 fn backend_item(p: &HostParams) -> Item {
     let name = "io backend";
-    match crate::runtime::server::choose_backend(p.io) {
+    match crate::runtime::backend::choose_backend(p.io) {
         Ok(c) => match (c.backend, c.fallback) {
             (Backend::IoUring, _) => item(
                 Status::Ok,

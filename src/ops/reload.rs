@@ -22,7 +22,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{Config, Listener};
-use crate::runtime::worker::{ListenerLive, ListenerShared};
+use crate::runtime::listener::{ListenerLive, ListenerShared};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 
+pub mod backend;
 pub mod driver;
 #[cfg(test)]
 mod driver_tests;
@@ -17,7 +18,6 @@ pub mod epoll;
 pub mod listener;
 pub mod resolver;
 pub mod run_state;
-pub mod server;
 mod slot;
 pub mod sock;
 pub mod uring;

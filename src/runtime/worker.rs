@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 // Where they lived before the split; `ops::reload` and `ops::admin` import them
 // from here.
-pub use crate::runtime::listener::{ListenerLive, ListenerShared};
+use crate::runtime::listener::ListenerShared;
 
 /// Where a worker publishes its metrics (only when the admin endpoint is on).
 pub struct MetricsOut {

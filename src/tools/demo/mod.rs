@@ -77,7 +77,7 @@ pub fn run(o: &DemoOpts) -> Result<bool> {
     let cpus = crate::host::cpus::allowed_cpus();
     let cfg_path = write_config(&dir, cpus.first(), echo.addr, tls_echo.addr)?;
     let cfg = crate::config::Config::load(&cfg_path).map_err(|e| anyhow!("{e}"))?;
-    let server = crate::runtime::server::start(&cfg).map_err(|e| anyhow!("{e}"))?;
+    let server = crate::app::start(&cfg).map_err(|e| anyhow!("{e}"))?;
     let addr = |n: &str| server.addr(n).with_context(|| format!("listener {n}"));
 
     let tls = |client_auth: bool| tls_opts(&pki, client_auth.then_some(&dir));

@@ -1,4 +1,5 @@
-//! server: `terminus run` — builds TLS configs, binds one SO_REUSEPORT socket per
+//! app: `terminus run`, the composition root: the one place that wires the layers
+//! together (config, tls, runtime, telemetry, ops). Builds TLS configs, binds one SO_REUSEPORT socket per
 //! listener per worker, starts pinned workers, reports readiness, and turns
 //! signals into drain/stop (TERM/INT), reload (HUP) and access log reopen (USR1).
 //!
@@ -14,11 +15,11 @@ use crate::config::{Config, ConfigError, ConfigErrorKind};
 use crate::telemetry::log::LogSink;
 use crate::telemetry::metrics::WorkerSnapshot;
 use crate::ops::reload::ReloadStats;
-use crate::runtime::driver::{Backend, Driver};
 use crate::runtime::listener::{ListenerLive, ListenerShared};
 use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::sock;
-use crate::runtime::uring::{Uring, UringConfig, UringError};
+use crate::runtime::backend::{choose_backend, IoChoice};
+use crate::runtime::uring::{UringConfig, UringError};
 use crate::runtime::worker::{self, MetricsOut, WorkerSetup, WorkerSetupError};
 use crate::tls::TlsError;
 use arc_swap::ArcSwap;
@@ -262,44 +263,6 @@ pub fn io_setting(cfg: &Config) -> Result<IoSetting, RunError> {
         Ok(v) if !v.is_empty() => IoSetting::parse(&v).map_err(RunError::IoEnv),
         _ => Ok(cfg.runtime.io),
     }
-}
-
-/// The backend a run uses, and why `auto` did not pick io_uring.
-#[derive(Debug)]
-pub struct IoChoice {
-    pub backend: Backend,
-    /// `auto` fell back to epoll: what stopped io_uring (its cause and fix).
-    pub fallback: Option<UringError>,
-}
-
-/// Resolve the setting against this host. `auto` and `io_uring` probe io_uring
-/// the way a worker uses it: a ring with the worker's setup flags, every data-path
-/// opcode, a registered buffer ring and one `io_uring_enter` — so a filter that
-/// allows `io_uring_setup` but blocks `io_uring_enter` or `io_uring_register` is
-/// caught here too, not in the workers.
-pub fn choose_backend(setting: IoSetting) -> Result<IoChoice, UringError> {
-    let probe = || -> Result<(), UringError> {
-        let mut ring = Uring::<()>::new(UringConfig {
-            entries: 8,
-            sqpoll: false,
-            recv_buffers: 1,
-            recv_buffer_size: 4096,
-        })?;
-        ring.submit_and_wait(Duration::ZERO)
-            .map_err(UringError::Enter)
-    };
-    let (backend, fallback) = match setting {
-        IoSetting::Epoll => (Backend::Epoll, None),
-        IoSetting::IoUring => {
-            probe()?;
-            (Backend::IoUring, None)
-        }
-        IoSetting::Auto => match probe() {
-            Ok(()) => (Backend::IoUring, None),
-            Err(e) => (Backend::Epoll, Some(e)),
-        },
-    };
-    Ok(IoChoice { backend, fallback })
 }
 
 /// Workers: `runtime.workers`, else min(affinity mask, cgroup v2 CPU quota). Worker
