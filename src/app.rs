@@ -12,15 +12,15 @@
 
 use crate::config::IoSetting;
 use crate::config::{Config, ConfigError, ConfigErrorKind};
-use crate::telemetry::log::LogSink;
-use crate::telemetry::metrics::WorkerSnapshot;
 use crate::ops::reload::ReloadStats;
+use crate::runtime::backend::{choose_backend, IoChoice};
 use crate::runtime::listener::{ListenerLive, ListenerShared};
 use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::sock;
-use crate::runtime::backend::{choose_backend, IoChoice};
 use crate::runtime::uring::{UringConfig, UringError};
 use crate::runtime::worker::{self, MetricsOut, WorkerSetup, WorkerSetupError};
+use crate::telemetry::log::LogSink;
+use crate::telemetry::metrics::WorkerSnapshot;
 use crate::tls::TlsError;
 use arc_swap::ArcSwap;
 use std::io::Write;
@@ -274,11 +274,8 @@ fn worker_cpus(
     allowed: &[usize],
 ) -> Result<(Vec<Option<usize>>, String), ConfigError> {
     let rt = &cfg.runtime;
-    let (workers, why) = crate::host::cpus::worker_count(
-        rt.workers,
-        allowed.len(),
-        crate::host::cpus::quota_cpus(),
-    );
+    let (workers, why) =
+        crate::host::cpus::worker_count(rt.workers, allowed.len(), crate::host::cpus::quota_cpus());
     let cpus = (0..workers)
         .map(|i| match &rt.cpus {
             _ if !rt.pin_cpus => Ok(None),

@@ -208,9 +208,7 @@ fn run(config: Option<&Path>, flags: &terminus::config::flags::ListenerFlags) ->
             }
         },
     };
-    let result = loaded
-        .map_err(RunError::from)
-        .and_then(terminus::app::run);
+    let result = loaded.map_err(RunError::from).and_then(terminus::app::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

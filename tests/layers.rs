@@ -80,7 +80,12 @@ fn violations(src: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for f in files {
         let rel = f.strip_prefix(src).unwrap();
-        let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let layer = top.trim_end_matches(".rs");
         let Some(own) = rank(layer) else { continue };
         let text = std::fs::read_to_string(&f).unwrap();

@@ -546,7 +546,9 @@ fn ca_and_crl_problems_name_the_file() {
             &c.dir,
             &format!("[listeners.client_auth]\nmode = \"require\"\n{keys}\n"),
         );
-        let e = terminus::tls::server_config(&l.tls()).unwrap_err().to_string();
+        let e = terminus::tls::server_config(&l.tls())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with(&want), "{keys}:\n got {e}\nwant {want}");
         let problems = terminus::tls::listener_problems(&l.tls());
         assert_eq!(problems.len(), 1, "{problems:?}");
@@ -634,7 +636,9 @@ fn sni_cert_problems_name_the_file() {
     let dir = Dir::new("sni-bad");
     let extra = "[[listeners.sni]]\nserver_names = [\"api.internal\"]\ncert = \"missing.pem\"\nkey = \"server.key\"\n";
     let l = listener(&dir, extra);
-    let e = terminus::tls::server_config(&l.tls()).unwrap_err().to_string();
+    let e = terminus::tls::server_config(&l.tls())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&format!(
             "{}: cannot read certificate file",
@@ -695,7 +699,9 @@ fn upstream_mtls_is_verified_both_ways() {
         "ca = [\"up-ca.pem\"]\nserver_name = \"backend.internal\"\ncert = \"me.pem\"\nkey = \"me.key\"",
     );
     assert!(terminus::tls::listener_problems(&l.tls()).is_empty());
-    let (cfg, name) = terminus::tls::upstream_client_config(&l.tls()).unwrap().unwrap();
+    let (cfg, name) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     assert_eq!(name, ServerName::try_from("backend.internal").unwrap());
     let o = handshake(server.clone(), cfg.clone(), "backend.internal");
     assert!(
@@ -718,7 +724,9 @@ fn upstream_mtls_is_verified_both_ways() {
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"other.internal\"\ncert = \"me.pem\"\nkey = \"me.key\"",
     );
-    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls()).unwrap().unwrap();
+    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     let o = handshake(server.clone(), cfg, "other.internal");
     assert!(
         matches!(
@@ -737,7 +745,9 @@ fn upstream_mtls_is_verified_both_ways() {
         &dir,
         "ca = [\"other-ca.pem\"]\nserver_name = \"backend.internal\"\ncert = \"me.pem\"\nkey = \"me.key\"",
     );
-    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls()).unwrap().unwrap();
+    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     let o = handshake(server.clone(), cfg, "backend.internal");
     assert_eq!(
         o.client.unwrap_err(),
@@ -749,7 +759,9 @@ fn upstream_mtls_is_verified_both_ways() {
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"backend.internal\"",
     );
-    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls()).unwrap().unwrap();
+    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     let o = handshake(server, cfg, "backend.internal");
     assert_eq!(o.server.unwrap_err(), Error::NoCertificatesPresented);
 }
@@ -758,7 +770,9 @@ fn upstream_mtls_is_verified_both_ways() {
 fn upstream_tls_absent_and_file_errors() {
     let dir = Dir::new("upstream-bad");
     let l = listener(&dir, "");
-    assert!(terminus::tls::upstream_client_config(&l.tls()).unwrap().is_none());
+    assert!(terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .is_none());
     let ca = TestCa::root("x").unwrap();
     dir.write("up-ca.pem", &ca.pem);
     let l = upstream_listener(
@@ -776,7 +790,9 @@ fn upstream_tls_absent_and_file_errors() {
         "{e}"
     );
     let l = upstream_listener(&dir, "ca = [\"up-ca.pem\"]\nserver_name = \"127.0.0.1\"");
-    let (_, name) = terminus::tls::upstream_client_config(&l.tls()).unwrap().unwrap();
+    let (_, name) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     assert!(matches!(name, ServerName::IpAddress(_)));
 }
 

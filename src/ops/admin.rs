@@ -10,9 +10,9 @@
 #![forbid(unsafe_code)]
 
 use crate::config::Admin as AdminConfig;
-use crate::telemetry::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
 use crate::runtime::listener::ListenerShared;
 use crate::runtime::run_state::{RunState, RunStateCell};
+use crate::telemetry::metrics::{self, GlobalView, ListenerView, WorkerSnapshot};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -30,7 +30,9 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{AccessLog, Checked, Config};
-use crate::host::listens::{describe, holders, holders_of, listening_inodes, unknown_holder, Holder};
+use crate::host::listens::{
+    describe, holders, holders_of, listening_inodes, unknown_holder, Holder,
+};
 use crate::tls;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -150,11 +152,8 @@ fn check_cpus(at: &Checked, cfg: &Config, allowed: &[usize], report: &mut Report
     if allowed.is_empty() || list.is_empty() {
         return;
     }
-    let (workers, _) = crate::host::cpus::worker_count(
-        rt.workers,
-        allowed.len(),
-        crate::host::cpus::quota_cpus(),
-    );
+    let (workers, _) =
+        crate::host::cpus::worker_count(rt.workers, allowed.len(), crate::host::cpus::quota_cpus());
     let mask = cpu_list(allowed);
     for (j, cpu) in list.iter().enumerate() {
         if allowed.contains(cpu) {

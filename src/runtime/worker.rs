@@ -16,7 +16,6 @@
 //! [`crate::runtime::sock`].
 #![forbid(unsafe_code)]
 
-use crate::telemetry::metrics::{ListenerMetrics, WorkerSnapshot};
 use crate::proxy::conn::{CloseReason, Conn, Expired};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
@@ -27,6 +26,7 @@ use crate::runtime::run_state::{RunState, RunStateCell};
 use crate::runtime::slot::{BufferCap, Side, Slot, SlotId, Token};
 use crate::runtime::sock;
 use crate::runtime::uring::{Uring, UringConfig, UringError};
+use crate::telemetry::metrics::{ListenerMetrics, WorkerSnapshot};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -11,8 +11,8 @@
 
 use super::pem::{certified_key, load_roots};
 use super::server::server_provider;
-use super::{TlsError, UpstreamTlsProblem};
 use super::settings::{ListenerTls, UpstreamTls};
+use super::{TlsError, UpstreamTlsProblem};
 use rustls::sign::SingleCertAndKey;
 use rustls_pki_types::ServerName;
 use std::cell::Cell;

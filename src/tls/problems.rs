@@ -10,10 +10,10 @@
 use super::client::upstream_client_config;
 use super::pem::{certified_key_from, describe, load_certs, load_key, load_roots_file};
 use super::server::{server_provider, server_tls};
+use super::settings::{ClientAuth, ClientAuthMode, ListenerTls};
 use super::validity::Role;
 use super::verifier::load_crl_file;
 use super::TlsError;
-use super::settings::{ClientAuth, ClientAuthMode, ListenerTls};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
 use std::path::{Path, PathBuf};

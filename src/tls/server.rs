@@ -10,11 +10,11 @@
 //! (through [`super::pem`], [`super::verifier`], [`super::tickets`]) when a config is
 //! built; `policy_digest` reads the CA and CRL files again.
 
+use super::settings::ListenerTls;
 use super::sni::SniResolver;
 use super::validity::{unix_now, validity_findings, Role};
 use super::verifier::{policy_verifier, PolicyVerifier, RejectSink};
 use super::TlsError;
-use super::settings::ListenerTls;
 use ::aws_lc_rs::digest as aws_lc_rs_digest;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::danger::ClientCertVerifier;
@@ -102,10 +102,9 @@ fn copy_settings(from: &rustls::ServerConfig, to: &mut rustls::ServerConfig) {
 /// [`server_config`], keeping the certificate resolver at hand.
 pub fn server_tls(l: &ListenerTls) -> Result<ServerTls, TlsError> {
     let provider = listener_provider(l);
-    let versions =
-        super::suites::MinVersion::parse(l.min_version.as_deref().unwrap_or("1.2"))
-            .unwrap_or_default()
-            .versions();
+    let versions = super::suites::MinVersion::parse(l.min_version.as_deref().unwrap_or("1.2"))
+        .unwrap_or_default()
+        .versions();
     let certs = Arc::new(SniResolver::load(l, &provider)?);
     let policy = policy_verifier(l, &provider)?.map(Arc::new);
     let verifier: Arc<dyn ClientCertVerifier> = match &policy {

@@ -10,8 +10,8 @@
 use super::identity::CertAlgorithms;
 use super::pem::certified_key;
 use super::problems::server_auth_problem;
-use super::TlsError;
 use super::settings::ListenerTls;
+use super::TlsError;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;

@@ -1,7 +1,7 @@
 use super::pem::certified_key_from;
+use super::settings::{ListenerTls, UpstreamTls};
 use super::validity::{crl_warning, unix_now, validity_findings, Role};
 use super::*;
-use super::settings::{ListenerTls, UpstreamTls};
 use crate::tools::certs::test_pki;
 use rustls::crypto::aws_lc_rs;
 use rustls_pki_types::CertificateRevocationListDer;
@@ -156,10 +156,7 @@ fn upstream_sessions_are_per_address_and_dropped_when_refused() {
     // Refused: every session of that address goes, and none is kept or offered
     // during the off period; one report per period.
     assert!(up.sessions(a) > 0);
-    assert_eq!(
-        up.refused(a),
-        Some(super::client::RESUME_OFF_FIRST)
-    );
+    assert_eq!(up.refused(a), Some(super::client::RESUME_OFF_FIRST));
     assert_eq!(up.sessions(a), 0);
     assert_eq!(up.refused(a), None);
     let (mut c, offered) = up.connect(a, false).unwrap();
