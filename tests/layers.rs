@@ -15,15 +15,12 @@ const ORDER: &[&str] = &[
     "runtime",   // drivers, workers, listeners, resolver thread, sockets
     "ops",       // admin endpoint, reload, check, host checks, systemd notify
     "app",       // `terminus run`: the composition root
-    "tools",     // bench, backend, demo, report, certs: drive the proxy from outside
 ];
+// Above them all, in crates of their own: terminus-tools (bench, backend, demo,
+// report, certs) and the binary. terminus-testkit depends on none of them.
 
 /// Known exceptions, each with the reason it is allowed; empty is the goal.
-const ALLOWED: &[(&str, &str)] = &[
-    // Unit tests' test PKI (tools::certs) until it moves to the test kit crate.
-    ("tls", "tools"),
-    ("proxy", "tools"),
-];
+const ALLOWED: &[(&str, &str)] = &[];
 
 fn rank(layer: &str) -> Option<usize> {
     ORDER.iter().position(|l| *l == layer)
@@ -144,4 +141,37 @@ fn the_scan_sees_grouped_and_plain_paths() {
     );
     assert_eq!(named_layers("/// see [`crate::runtime`]"), ["runtime"]);
     assert!(named_layers("$crate::telemetry::log::emit(").is_empty());
+}
+
+/// The core crate ships: the tools and the test kit are never among its
+/// dependencies (the test kit may be a dev-dependency, for unit tests).
+#[test]
+fn the_core_crate_depends_on_no_tool_or_test_crate() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/terminus-core/Cargo.toml"),
+    )
+    .unwrap();
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .expect("a [dependencies] table")
+        .split("\n[")
+        .next()
+        .unwrap();
+    for name in [
+        "terminus-tools",
+        "terminus-testkit",
+        "criterion",
+        "proptest",
+    ] {
+        assert!(!deps.contains(name), "terminus-core depends on {name}");
+    }
+    let testkit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/terminus-testkit/Cargo.toml"),
+    )
+    .unwrap();
+    assert!(
+        !testkit.lines().any(|l| l.starts_with("terminus-")),
+        "the test kit must depend on no terminus crate"
+    );
 }

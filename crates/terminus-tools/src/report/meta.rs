@@ -7,13 +7,13 @@
 #![forbid(unsafe_code)]
 
 /// The resolved dependency versions of this build.
-const CARGO_LOCK: &str = include_str!("../../../Cargo.lock");
+const CARGO_LOCK: &str = include_str!("../../../../Cargo.lock");
 
 /// (label, value) lines for the report header, in order.
 pub fn collect() -> Vec<(&'static str, String)> {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let online = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let allowed = crate::host::cpus::allowed_cpus().len();
+    let allowed = terminus_core::host::cpus::allowed_cpus().len();
     vec![
         ("version", format!("terminus {}", env!("CARGO_PKG_VERSION"))),
         ("git commit", commit()),

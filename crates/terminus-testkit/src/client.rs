@@ -146,8 +146,7 @@ impl ClientConfigBuilder {
         };
         let mut cfg = match self.cert {
             Some(ClientCert::Files { cert, key }) => {
-                let ck =
-                    crate::tls::certified_key(&cert, &key, &provider).map_err(|e| e.to_string())?;
+                let ck = certified_key(&cert, &key, &provider)?;
                 builder
                     .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
             }
@@ -212,4 +211,18 @@ impl ServerCertVerifier for DangerousNoVerify {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A certificate chain and key from PEM files, for the client's own certificate.
+fn certified_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    provider: &CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    rustls::sign::CertifiedKey::from_der(chain, key, provider).map_err(|e| e.to_string())
 }

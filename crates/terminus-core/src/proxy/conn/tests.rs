@@ -13,7 +13,7 @@ struct Pki {
 /// test PKI. Each call makes a new CA with its own name, so another call's
 /// certificate is an unknown issuer, not a same-named issuer with a bad signature.
 fn pki() -> Pki {
-    use crate::tools::certs::{LeafSpec, TestCa};
+    use terminus_testkit::certs::{LeafSpec, TestCa};
     crate::tls::install_provider();
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

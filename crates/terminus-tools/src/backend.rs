@@ -5,7 +5,7 @@
 //! thousands of idle connections: a connection costs its socket and a small struct.
 #![forbid(unsafe_code)]
 
-use crate::tools::bench::stream::Stream;
+use crate::bench::stream::Stream;
 use anyhow::{Context, Result};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -57,8 +57,9 @@ impl Drop for Handle {
 
 /// TLS for the backend from a PEM certificate chain and key.
 pub fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
-    let provider = crate::tls::server_provider();
-    let ck = crate::tls::certified_key(cert, key, &provider).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let provider = terminus_core::tls::server_provider();
+    let ck = terminus_core::tls::certified_key(cert, key, &provider)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS versions")?
@@ -73,7 +74,7 @@ pub fn spawn(
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Handle> {
-    crate::tools::bench::raise_nofile();
+    crate::bench::raise_nofile();
     let mut listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     let poll = Poll::new().context("cannot create a poller")?;

@@ -27,7 +27,7 @@ use sysctl::sysctl_items;
 pub use sysctl::{recommended_sysctls, sysctl_meets, Recommended};
 
 /// The recommendations, from the one file operators install (tuning/sysctl.conf).
-const SYSCTL_CONF: &str = include_str!("../../../tuning/sysctl.conf");
+const SYSCTL_CONF: &str = include_str!("../../../../../tuning/sysctl.conf");
 
 /// Connections the RLIMIT_NOFILE check sizes for when no config is given: one
 /// listener at its default `max_connections`.

@@ -205,7 +205,7 @@ fn the_page_is_pinned() {
     let page = fixture_page();
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/src/ops/testdata/metrics_page.txt"
+        "/src/telemetry/metrics/testdata/metrics_page.txt"
     );
     if std::env::var_os("TERMINUS_BLESS").is_some() {
         std::fs::write(path, &page).unwrap();

@@ -12,7 +12,7 @@
 //! the host's metadata ([`meta`]) and writes the HTML file.
 #![forbid(unsafe_code)]
 
-use crate::tools::bench::spread::{Spread, NOISY_LEGEND};
+use crate::bench::spread::{Spread, NOISY_LEGEND};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;

@@ -2,13 +2,13 @@ use super::pem::certified_key_from;
 use super::settings::{ListenerTls, UpstreamTls};
 use super::validity::{crl_warning, unix_now, validity_findings, Role};
 use super::*;
-use crate::tools::certs::test_pki;
 use rustls::crypto::aws_lc_rs;
 use rustls_pki_types::CertificateRevocationListDer;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use terminus_testkit::certs::test_pki;
 
 /// A folder with a fresh test PKI and a listener pointing at its server files.
 struct Fixture {
@@ -314,7 +314,7 @@ fn encrypted_keys_and_misordered_chains_say_so() {
 
 #[test]
 fn stale_crl_is_a_warning() {
-    let ca = crate::tools::certs::TestCa::root("crl CA").unwrap();
+    let ca = terminus_testkit::certs::TestCa::root("crl CA").unwrap();
     let (_, der) = ca.crl(&[&[1]]).unwrap();
     let crl = CertificateRevocationListDer::from(der);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -373,9 +373,9 @@ fn validity_findings_for_expired_future_and_expiring_certs() {
 
 #[test]
 fn chain_findings_name_the_certificate() {
-    let ca = crate::tools::certs::TestCa::root("dates CA").unwrap();
+    let ca = terminus_testkit::certs::TestCa::root("dates CA").unwrap();
     let leaf = ca
-        .leaf(&crate::tools::certs::LeafSpec::server(&["a.internal"]))
+        .leaf(&terminus_testkit::certs::LeafSpec::server(&["a.internal"]))
         .unwrap();
     let chain = [leaf.der().clone(), ca.der.clone()];
     // Both are valid for a day (minus the seconds since): within the window.

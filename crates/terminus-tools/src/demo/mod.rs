@@ -14,14 +14,14 @@
 //! in-process load generator and backends are not counted.
 #![forbid(unsafe_code)]
 
-use crate::tools::backend;
-use crate::tools::bench::spread::Spread;
-use crate::tools::bench::{
+use crate::backend;
+use crate::bench::spread::Spread;
+use crate::bench::{
     self, BenchOpts, BenchReport, Direction, Progress, TargetProbe, TlsOpts, Workload,
 };
-use crate::tools::certs::TestPki;
-use crate::tools::client::{ClientConfigBuilder, Trust};
-use crate::tools::report::{self, Cdf, CdfRun, Column, Comparison, Section};
+use crate::certs::TestPki;
+use crate::client::{ClientConfigBuilder, Trust};
+use crate::report::{self, Cdf, CdfRun, Column, Comparison, Section};
 use anyhow::{anyhow, Context, Result};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -65,19 +65,19 @@ pub struct DemoOpts {
 
 /// Run the demo. `Ok(false)` when interrupted (Ctrl-C) before the end.
 pub fn run(o: &DemoOpts) -> Result<bool> {
-    crate::tls::install_provider();
+    terminus_core::tls::install_provider();
     let stop = stop_on_signals()?;
 
     let dir = TempDir::new()?;
-    let pki = crate::tools::certs::test_pki(1, "example.org")?;
+    let pki = crate::certs::test_pki(1, "example.org")?;
     pki.write(&dir.0)?;
     let d = |f: &str| dir.0.join(f);
     let (echo, tls_echo) = backends(&dir)?;
 
-    let cpus = crate::host::cpus::allowed_cpus();
+    let cpus = terminus_core::host::cpus::allowed_cpus();
     let cfg_path = write_config(&dir, cpus.first(), echo.addr, tls_echo.addr)?;
-    let cfg = crate::config::Config::load(&cfg_path).map_err(|e| anyhow!("{e}"))?;
-    let server = crate::app::start(&cfg).map_err(|e| anyhow!("{e}"))?;
+    let cfg = terminus_core::config::Config::load(&cfg_path).map_err(|e| anyhow!("{e}"))?;
+    let server = terminus_core::app::start(&cfg).map_err(|e| anyhow!("{e}"))?;
     let addr = |n: &str| server.addr(n).with_context(|| format!("listener {n}"));
 
     let tls = |client_auth: bool| tls_opts(&pki, client_auth.then_some(&dir));

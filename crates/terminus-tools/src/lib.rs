@@ -1,4 +1,4 @@
-//! tools: programs that drive the proxy from outside, shipped in the same binary.
+//! terminus-tools: programs that drive the proxy from outside, shipped in the same binary.
 //!
 //! Owns: `terminus bench` (the load generator, [`bench`]), `terminus backend` (echo,
 //! source and sink backends, [`backend`]), `terminus demo` ([`demo`]), `terminus report` (the
@@ -12,6 +12,6 @@
 pub mod backend;
 pub mod bench;
 pub mod certs;
-pub mod client;
+pub use terminus_testkit::client;
 pub mod demo;
 pub mod report;

@@ -154,7 +154,7 @@ impl fmt::Display for SpiffeId {
 
 /// Whether `td` is a valid SPIFFE trust domain (lowercase letters, digits, `.`, `-`,
 /// `_`; not empty).
-pub(crate) fn check_trust_domain(td: &str) -> Result<(), TrustDomainError> {
+pub fn check_trust_domain(td: &str) -> Result<(), TrustDomainError> {
     if td.is_empty() {
         return Err(TrustDomainError::Empty);
     }

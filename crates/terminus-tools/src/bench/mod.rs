@@ -20,7 +20,7 @@ pub mod stream;
 pub mod target;
 mod worker;
 
-use crate::tools::client::{ClientConfigBuilder, Trust};
+use crate::client::{ClientConfigBuilder, Trust};
 use anyhow::{anyhow, Context, Result};
 use hdrhistogram::Histogram;
 use rustls::pki_types::ServerName;
@@ -541,7 +541,7 @@ fn run_pids(opts: &BenchOpts) -> Vec<u32> {
 
 /// The CPU of each worker: `--cpus` in turn, else the allowed CPUs from the last.
 fn worker_cpus(opts: &BenchOpts, workers: usize) -> Vec<Option<usize>> {
-    let allowed = crate::host::cpus::allowed_cpus();
+    let allowed = terminus_core::host::cpus::allowed_cpus();
     (0..workers)
         .map(|i| match &opts.cpus {
             Some(list) if !list.is_empty() => Some(list[i % list.len()]),
@@ -900,7 +900,7 @@ impl BenchArgs {
             return Err("--timeout-ms must be at least 1".into());
         }
         if let Some(cpus) = &self.cpus {
-            let allowed = crate::host::cpus::allowed_cpus();
+            let allowed = terminus_core::host::cpus::allowed_cpus();
             if let Some(c) = cpus
                 .iter()
                 .find(|c| !allowed.is_empty() && !allowed.contains(c))
@@ -942,7 +942,8 @@ impl BenchArgs {
         }
         let trust = match (&self.ca, self.dangerous_skip_verify) {
             (Some(ca), _) => Trust::Roots(
-                crate::tls::load_roots(std::slice::from_ref(ca)).map_err(|e| e.to_string())?,
+                terminus_core::tls::load_roots(std::slice::from_ref(ca))
+                    .map_err(|e| e.to_string())?,
             ),
             (None, true) => Trust::DangerousSkipVerify,
             (None, false) => {

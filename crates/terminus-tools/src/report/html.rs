@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 use super::{pooled_cdf, Comparison, Section};
-use crate::tools::bench::spread::{Spread, NOISY_LEGEND};
+use crate::bench::spread::{Spread, NOISY_LEGEND};
 use std::fmt::Write as _;
 
 /// One colour per series, in order (cycled beyond eight).
