@@ -1,13 +1,12 @@
 //! ops: what an operator sees and touches while terminus runs.
 //!
-//! Owns: the admin endpoint ([`admin`]), metrics and their Prometheus text
-//! ([`metrics`]), the access and event logs ([`log`]) and the access line's schema
-//! ([`access_log`]), hot reload ([`reload`]), systemd notifications ([`notify`]),
-//! `terminus check` ([`check`]) and its host checks ([`hostcheck`]).
+//! Owns: the admin endpoint ([`admin`]: `/metrics`, `/healthz`, `/readyz`), hot
+//! reload ([`reload`]), systemd notifications ([`notify`]), `terminus check`
+//! ([`check`]) and its host checks ([`hostcheck`]). What the workers record
+//! (metrics, logs) is `crate::telemetry`'s.
 //!
-//! I/O contract: the admin socket, log files, reading config/cert files on reload,
-//! /proc and /sys for host checks. Never on a worker's hot path, except the
-//! non-blocking hand-off of log lines and plain metric counters.
+//! I/O contract: the admin socket, reading config/cert files on reload, /proc and
+//! /sys for host checks; never on a worker's thread.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,12 +1,13 @@
 //! runtime: the threads, sockets and kernel queues that drive [`crate::proxy`].
 //!
-//! Owns: the io_uring driver ([`uring`], the only place with `unsafe`) and the
-//! plain socket calls beside it ([`sock`]) — together the worker's I/O boundary;
+//! Owns: the two I/O drivers behind one trait ([`driver`]): io_uring ([`uring`])
+//! and epoll ([`epoll`]), the only modules with `unsafe`; which one a run uses
+//! ([`backend`]); the plain socket calls beside them, binding included ([`sock`]);
 //! the thread-per-core worker loop ([`worker`]) with its per-connection state
 //! (`slot`: two legs per connection, tokens, the worker's buffer cap); listener
-//! state ([`listener`]); the run state ([`run_state`]); the cgroup CPU quota
-//! ([`cgroup`]); and `terminus run`'s
-//! start-up, signals and drain ([`server`]).
+//! state ([`listener`]); the resolver thread ([`resolver`]); and the run state
+//! ([`run_state`]). Start-up and signals are `crate::app`'s, which wires this
+//! layer to the others.
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 

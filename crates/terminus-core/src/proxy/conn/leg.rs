@@ -5,7 +5,7 @@
 //! [`super::session`]), the plaintext
 //! it received and has not handed over yet, the send queue for its socket and the
 //! send in flight, and its EOF, close_notify and shutdown state. Every rule about a
-//! side is a method here, written once for both: receiving through [`feed_tls`],
+//! side is a method here, written once for both: receiving (through [`super::session::Session::receive`]),
 //! sealing the other side's plaintext, sending, shutting down, and how many bytes
 //! wait for it (what backpressure and receive budgets count).
 //!

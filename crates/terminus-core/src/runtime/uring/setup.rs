@@ -13,7 +13,7 @@ pub enum UringError {
     DisabledBySysctl(String),
     #[error("io_uring_setup is not permitted ({0}): a seccomp profile (e.g. a container runtime's default) blocks it; run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register, such as deploy/seccomp-io_uring.json")]
     NotPermitted(io::Error),
-    #[error("io_uring is not supported by this kernel ({0}); terminus needs Linux >= 6.0 (multishot recv, provided buffer rings)")]
+    #[error("io_uring is not supported by this kernel ({0}); terminus needs Linux >= 6.0 (multishot accept, provided buffer rings)")]
     NotSupported(io::Error),
     /// ENOSYS from a kernel that has io_uring: a seccomp filter answers for it.
     #[error("io_uring_setup is filtered ({source}): Linux {release} has io_uring, so a seccomp filter (e.g. a container runtime's default profile) answers ENOSYS for it; run with a profile that allows io_uring_setup/io_uring_enter/io_uring_register, such as deploy/seccomp-io_uring.json")]
