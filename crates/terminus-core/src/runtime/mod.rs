@@ -6,7 +6,7 @@
 //! the thread-per-core worker loop ([`worker`]) with its per-connection state
 //! (`slot`: two legs per connection, tokens, the worker's buffer cap); listener
 //! state ([`listener`]); the resolver thread ([`resolver`]); and the run state
-//! ([`run_state`]). Start-up and signals are `crate::app`'s, which wires this
+//! ([`run_state`]). Start-up and signals belong to the app layer, which wires this
 //! layer to the others.
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
