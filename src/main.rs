@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use terminus::runtime::server::RunError;
+use terminus::app::RunError;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -208,9 +208,7 @@ fn run(config: Option<&Path>, flags: &terminus::config::flags::ListenerFlags) ->
             }
         },
     };
-    let result = loaded
-        .map_err(RunError::from)
-        .and_then(terminus::runtime::server::run);
+    let result = loaded.map_err(RunError::from).and_then(terminus::app::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -537,7 +537,7 @@ fn every_problem_run_would_refuse_is_found_in_one_pass() {
 
 #[test]
 fn cpus_outside_the_affinity_mask_are_refused() {
-    let cpu = terminus::runtime::server::allowed_cpus()[0].to_string();
+    let cpu = terminus::host::cpus::allowed_cpus()[0].to_string();
     let (_dir, config) = pki_dir(
         "cpus",
         &format!("\n[runtime]\nworkers = 1\ncpus = [{cpu}, 9999]\n"),

@@ -179,7 +179,7 @@ impl Clients {
     /// The listener's server config as a worker has it (with a sink).
     fn server(&self, client_auth: &str) -> Server {
         let l = listener(&self.dir, client_auth);
-        let tls = terminus::tls::server_tls(&l).unwrap();
+        let tls = terminus::tls::server_tls(&l.tls()).unwrap();
         let rejects = terminus::tls::RejectSink::default();
         Server {
             config: tls.config_for(&rejects),
@@ -550,9 +550,11 @@ fn ca_and_crl_problems_name_the_file() {
             &c.dir,
             &format!("[listeners.client_auth]\nmode = \"require\"\n{keys}\n"),
         );
-        let e = terminus::tls::server_config(&l).unwrap_err().to_string();
+        let e = terminus::tls::server_config(&l.tls())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with(&want), "{keys}:\n got {e}\nwant {want}");
-        let problems = terminus::tls::listener_problems(&l);
+        let problems = terminus::tls::listener_problems(&l.tls());
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].to_string().starts_with(&want),
@@ -566,7 +568,7 @@ fn ca_and_crl_problems_name_the_file() {
         "[listeners.client_auth]\nmode = \"optional\"\nca = [\"nope.pem\", \"empty.pem\"]\ncrl = [\"garbage.crl\"]\n\
          [listeners.upstream_tls]\nca = [\"nope2.pem\"]\nserver_name = \"backend\"\ncert = \"c.pem\"\nkey = \"c.key\"\n",
     );
-    let problems: Vec<String> = terminus::tls::listener_problems(&l)
+    let problems: Vec<String> = terminus::tls::listener_problems(&l.tls())
         .into_iter()
         .map(|e| e.to_string())
         .collect();
@@ -595,7 +597,7 @@ fn sni_chooses_the_certificate_by_name() {
                  [[listeners.sni]]\nserver_names = [\"*.example.org\"]\ncert = \"wild.pem\"\nkey = \"wild.key\"\n\
                  [[listeners.sni]]\nserver_names = [\"www.example.org\"]\ncert = \"exact.pem\"\nkey = \"exact.key\"\n";
     let l = listener(&dir, extra);
-    let tls = terminus::tls::server_tls(&l).unwrap();
+    let tls = terminus::tls::server_tls(&l.tls()).unwrap();
     let cn = |name: Option<&str>| {
         let der = &tls.certs.choose(name).key.cert[0];
         PeerIdentity::from_der(der).unwrap().cn.unwrap()
@@ -638,7 +640,9 @@ fn sni_cert_problems_name_the_file() {
     let dir = Dir::new("sni-bad");
     let extra = "[[listeners.sni]]\nserver_names = [\"api.internal\"]\ncert = \"missing.pem\"\nkey = \"server.key\"\n";
     let l = listener(&dir, extra);
-    let e = terminus::tls::server_config(&l).unwrap_err().to_string();
+    let e = terminus::tls::server_config(&l.tls())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&format!(
             "{}: cannot read certificate file",
@@ -646,7 +650,7 @@ fn sni_cert_problems_name_the_file() {
         )),
         "{e}"
     );
-    assert_eq!(terminus::tls::listener_problems(&l).len(), 1);
+    assert_eq!(terminus::tls::listener_problems(&l.tls()).len(), 1);
 }
 
 // ---------------------------------------------------------------------------------
@@ -698,8 +702,10 @@ fn upstream_mtls_is_verified_both_ways() {
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"backend.internal\"\ncert = \"me.pem\"\nkey = \"me.key\"",
     );
-    assert!(terminus::tls::listener_problems(&l).is_empty());
-    let (cfg, name) = terminus::tls::upstream_client_config(&l).unwrap().unwrap();
+    assert!(terminus::tls::listener_problems(&l.tls()).is_empty());
+    let (cfg, name) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     assert_eq!(name, ServerName::try_from("backend.internal").unwrap());
     let o = handshake(server.clone(), cfg.clone(), "backend.internal");
     assert!(
@@ -722,7 +728,9 @@ fn upstream_mtls_is_verified_both_ways() {
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"other.internal\"\ncert = \"me.pem\"\nkey = \"me.key\"",
     );
-    let (cfg, _) = terminus::tls::upstream_client_config(&l).unwrap().unwrap();
+    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     let o = handshake(server.clone(), cfg, "other.internal");
     assert!(
         matches!(
@@ -741,7 +749,9 @@ fn upstream_mtls_is_verified_both_ways() {
         &dir,
         "ca = [\"other-ca.pem\"]\nserver_name = \"backend.internal\"\ncert = \"me.pem\"\nkey = \"me.key\"",
     );
-    let (cfg, _) = terminus::tls::upstream_client_config(&l).unwrap().unwrap();
+    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     let o = handshake(server.clone(), cfg, "backend.internal");
     assert_eq!(
         o.client.unwrap_err(),
@@ -753,7 +763,9 @@ fn upstream_mtls_is_verified_both_ways() {
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"backend.internal\"",
     );
-    let (cfg, _) = terminus::tls::upstream_client_config(&l).unwrap().unwrap();
+    let (cfg, _) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     let o = handshake(server, cfg, "backend.internal");
     assert_eq!(o.server.unwrap_err(), Error::NoCertificatesPresented);
 }
@@ -762,14 +774,16 @@ fn upstream_mtls_is_verified_both_ways() {
 fn upstream_tls_absent_and_file_errors() {
     let dir = Dir::new("upstream-bad");
     let l = listener(&dir, "");
-    assert!(terminus::tls::upstream_client_config(&l).unwrap().is_none());
+    assert!(terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .is_none());
     let ca = TestCa::root("x").unwrap();
     dir.write("up-ca.pem", &ca.pem);
     let l = upstream_listener(
         &dir,
         "ca = [\"up-ca.pem\"]\nserver_name = \"127.0.0.1\"\ncert = \"server.pem\"\nkey = \"nope.key\"",
     );
-    let e = terminus::tls::upstream_client_config(&l)
+    let e = terminus::tls::upstream_client_config(&l.tls())
         .unwrap_err()
         .to_string();
     assert!(
@@ -780,7 +794,9 @@ fn upstream_tls_absent_and_file_errors() {
         "{e}"
     );
     let l = upstream_listener(&dir, "ca = [\"up-ca.pem\"]\nserver_name = \"127.0.0.1\"");
-    let (_, name) = terminus::tls::upstream_client_config(&l).unwrap().unwrap();
+    let (_, name) = terminus::tls::upstream_client_config(&l.tls())
+        .unwrap()
+        .unwrap();
     assert!(matches!(name, ServerName::IpAddress(_)));
 }
 
@@ -794,7 +810,7 @@ fn proxy_v2_ssl_describes_the_connection() {
     let c = Clients::new("ppssl");
     let leaf = c.leaf(GOOD_ID);
     let l = listener(&c.dir, REQUIRE);
-    let tls = terminus::tls::server_tls(&l).unwrap();
+    let tls = terminus::tls::server_tls(&l.tls()).unwrap();
     let client = c.client(Some(&leaf));
     let o = handshake(tls.config.clone(), client.clone(), "localhost");
     assert!(o.server.is_ok(), "{:?}", o.server);
@@ -826,7 +842,7 @@ fn proxy_v2_ssl_describes_the_connection() {
 
     // No certificate (optional): not verified, no CN.
     let l = listener(&c.dir, OPTIONAL);
-    let tls = terminus::tls::server_tls(&l).unwrap();
+    let tls = terminus::tls::server_tls(&l.tls()).unwrap();
     let o = handshake(tls.config.clone(), c.client(None), "localhost");
     let ssl = Ssl::from_tls(&o.server_conn, None, None);
     assert!(!ssl.client_cert_presented && !ssl.verified && ssl.cn.is_none());
@@ -860,7 +876,7 @@ fn client_with(
 }
 
 fn tls_server(dir: &Dir, extra: &str) -> Arc<ServerConfig> {
-    terminus::tls::server_tls(&listener(dir, extra))
+    terminus::tls::server_tls(&listener(dir, extra).tls())
         .unwrap()
         .config
 }

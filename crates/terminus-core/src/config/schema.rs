@@ -1,0 +1,550 @@
+//! schema: the config file's types (serde), their defaults, and the enums that
+//! string settings become.
+//!
+//! Owns what a config *is*; whether its values are usable is `validate`'s business.
+//! No I/O. Relative paths are made absolute against the config file's folder here
+//! ([`Config::finish`]), after validation.
+#![forbid(unsafe_code)]
+
+use crate::host::endpoint::Endpoint;
+pub use crate::tls::{ClientAuth, ClientAuthMode, Sni, UpstreamTls};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub log: Log,
+    /// `[resolver]`: how `listen` and `upstreams` host names are looked up.
+    #[serde(default)]
+    pub resolver: Resolver,
+    pub listeners: Vec<Listener>,
+    /// The file this config was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Default: one per CPU in the process's affinity mask.
+    pub workers: Option<usize>,
+    #[serde(default = "yes")]
+    pub pin_cpus: bool,
+    /// Explicit CPU list; worker i is pinned to cpus[i % len].
+    pub cpus: Option<Vec<usize>>,
+    #[serde(default = "default_ring_entries")]
+    pub ring_entries: u32,
+    #[serde(default)]
+    pub sqpoll: bool,
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// SIGTERM: `/readyz` turns 503 at once, but listeners keep accepting this long
+    /// (load balancers and Kubernetes endpoints stop sending) before the drain.
+    #[serde(default)]
+    pub drain_delay_ms: u64,
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+    /// Provided-buffer ring: number of receive buffers per worker (power of two).
+    #[serde(default = "default_recv_buffers")]
+    pub recv_buffers: u16,
+    /// Size of each receive buffer in bytes.
+    #[serde(default = "default_recv_buffer_size")]
+    pub recv_buffer_size: u32,
+    /// Bytes all of one worker's connections may buffer together; past it, a
+    /// direction that already holds bytes stops receiving until they drain.
+    #[serde(default = "default_max_buffered_bytes_per_worker")]
+    pub max_buffered_bytes_per_worker: usize,
+    /// The I/O backend (`TERMINUS_IO` in the environment overrides it).
+    #[serde(default)]
+    pub io: IoSetting,
+    /// Start even when another process already listens on a listen or admin
+    /// address, joining it through SO_REUSEPORT: the handover of a zero-downtime
+    /// restart. Off, such a start is refused, so two configs never split traffic
+    /// by accident.
+    #[serde(default)]
+    pub reuse_port_with_other_instances: bool,
+}
+
+/// `[runtime] io`: which I/O backend drives the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoSetting {
+    /// io_uring when a ring can be built and has every opcode the data path
+    /// uses; else epoll, with one line saying why.
+    #[default]
+    Auto,
+    /// io_uring or exit 1 naming the cause and the fix.
+    IoUring,
+    Epoll,
+}
+
+impl IoSetting {
+    pub fn parse(s: &str) -> Result<IoSetting, String> {
+        match s {
+            "auto" => Ok(IoSetting::Auto),
+            "io_uring" => Ok(IoSetting::IoUring),
+            "epoll" => Ok(IoSetting::Epoll),
+            _ => Err(format!(
+                "must be one of \"auto\", \"io_uring\", \"epoll\", got {s:?}"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoSetting::Auto => "auto",
+            IoSetting::IoUring => "io_uring",
+            IoSetting::Epoll => "epoll",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IoSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IoSetting::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            workers: None,
+            pin_cpus: true,
+            cpus: None,
+            ring_entries: default_ring_entries(),
+            sqpoll: false,
+            drain_timeout_ms: default_drain_timeout_ms(),
+            drain_delay_ms: 0,
+            reload_interval_ms: default_reload_interval_ms(),
+            recv_buffers: default_recv_buffers(),
+            recv_buffer_size: default_recv_buffer_size(),
+            max_buffered_bytes_per_worker: default_max_buffered_bytes_per_worker(),
+            io: IoSetting::Auto,
+            reuse_port_with_other_instances: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Admin connections served at once; more are closed at accept (a scrape storm
+    /// cannot pile up threads).
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// Read/write timeout of one admin request (slow or silent scrapers).
+    #[serde(default = "default_admin_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How often workers publish their counters and histograms (only when changed):
+    /// the staleness bound of a scrape.
+    #[serde(default = "default_snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolver {
+    /// An /etc/hosts-style file consulted before the system resolver, read again at
+    /// every resolution (pins names, like Kubernetes `hostAliases`); relative to the
+    /// config file's folder.
+    pub hosts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `access = "stderr" | "off" | "FILE"`.
+    #[serde(default)]
+    pub access: AccessLog,
+    /// `format = "text" | "json"`: the operational lines on stderr (the access log
+    /// is JSON either way).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`: how operational stderr lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `TS LEVEL terminus: message`, for people and journald.
+    #[default]
+    Text,
+    /// One JSON object per line (`ts`, `level`, `msg`, fields), for log pipelines.
+    Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            s => Err(serde::de::Error::custom(format!(
+                "must be one of \"text\", \"json\", got {s:?}"
+            ))),
+        }
+    }
+}
+
+/// Where access lines go (`log.access`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// `"off"`: no log thread, no line formatted.
+    Off,
+    /// `"stderr"` (the default).
+    #[default]
+    Stderr,
+    /// Any other string: a file, appended to (relative to the config file's folder).
+    /// An empty path is a validation problem.
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "off" => AccessLog::Off,
+            "stderr" => AccessLog::Stderr,
+            path => AccessLog::File(PathBuf::from(path)),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    /// `listen` as written: `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`.
+    #[serde(rename = "listen")]
+    pub listen_setting: Endpoint,
+    /// The address bound: `listen_setting` itself, or the first address its name
+    /// resolves to (set when the config is loaded).
+    #[serde(skip, default = "unspecified_addr")]
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A DER OCSP response for `cert`, stapled while it is valid and for `cert`
+    /// (re-read with the certificate on reload).
+    pub ocsp: Option<PathBuf>,
+    /// `upstreams` as written: literal socket addresses and `NAME:PORT` entries.
+    #[serde(rename = "upstreams")]
+    pub upstream_entries: Vec<Endpoint>,
+    /// What each entry resolved to when the config was loaded (same order).
+    #[serde(skip)]
+    pub upstream_addrs: Vec<Vec<SocketAddr>>,
+    /// Every entry's addresses at load time, deduplicated in entry order.
+    #[serde(skip)]
+    pub upstreams: Vec<SocketAddr>,
+    /// How often the names in `upstreams` are resolved again (off the data path).
+    #[serde(default = "default_resolve_interval_ms")]
+    pub resolve_interval_ms: u64,
+    /// Passive health: an upstream address whose connect was refused or timed out is
+    /// skipped this long, doubling per further failure in a row up to
+    /// `upstream_backoff_max_ms` (0: never skipped).
+    #[serde(default = "default_upstream_backoff_ms")]
+    pub upstream_backoff_ms: u64,
+    #[serde(default = "default_upstream_backoff_max_ms")]
+    pub upstream_backoff_max_ms: u64,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// `"1.2"` (default: TLS 1.2 and 1.3) or `"1.3"`; text, validated (see
+    /// [`crate::tls::suites`]).
+    pub min_version: Option<String>,
+    /// Suites in server preference order (empty: the built-in order).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// Key exchange groups in preference order (empty: the provider's defaults).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// listen(2) backlog of each worker's socket (the kernel caps it at somaxconn).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// Per direction: stop reading from one side once this many bytes wait for the other.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Server-side resumption cache entries (shared by all workers).
+    #[serde(default = "default_session_cache")]
+    pub session_cache: usize,
+    /// TLS 1.3 tickets sent after a full handshake (0 disables tickets).
+    #[serde(default = "default_tls13_tickets")]
+    pub tls13_tickets: usize,
+    /// `proxy_protocol` as written; validation refuses anything but `"v2"`, then
+    /// [`Config::finish`] sets [`Listener::proxy_protocol`] from it. (Kept as
+    /// text so that a bad value is one validation problem among all the others,
+    /// rather than a serde error that stops the parse.)
+    #[serde(rename = "proxy_protocol", default)]
+    pub(super) proxy_protocol_setting: Option<String>,
+    /// Header sent to the upstream ahead of the client's bytes.
+    #[serde(skip)]
+    pub proxy_protocol: ProxyProtocol,
+    pub ticket_key_file: Option<PathBuf>,
+    /// Lifetime hint of session tickets, in seconds (RFC 8446 caps it at 7 days).
+    #[serde(default = "default_ticket_lifetime_s")]
+    pub ticket_lifetime_s: u32,
+    /// Extra certificates chosen by SNI (`[[listeners.sni]]`); `cert`/`key` above
+    /// remain the default for unknown or absent server names.
+    #[serde(default)]
+    pub sni: Vec<Sni>,
+    /// `"tcp"` (default: bytes pass as they are) or `"http"` (HTTP/1.1 request heads
+    /// rewritten with identity headers; `[listeners.http]`).
+    pub protocol: Option<String>,
+    /// `[listeners.http]`: settings of an `http` listener.
+    pub http: Option<HttpTable>,
+    /// Client certificate authentication (`[listeners.client_auth]`); absent = none.
+    pub client_auth: Option<ClientAuth>,
+    /// Re-encryption to the upstream (`[listeners.upstream_tls]`); absent = plaintext.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+impl Listener {
+    /// What the TLS layer needs of this listener.
+    pub fn tls(&self) -> crate::tls::ListenerTls {
+        crate::tls::ListenerTls {
+            name: self.name.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ocsp: self.ocsp.clone(),
+            sni: self.sni.clone(),
+            alpn: self.alpn.clone(),
+            http: self.protocol.as_deref() == Some("http"),
+            min_version: self.min_version.clone(),
+            cipher_suites: self.cipher_suites.clone(),
+            groups: self.groups.clone(),
+            session_cache: self.session_cache,
+            tls13_tickets: self.tls13_tickets,
+            ticket_key_file: self.ticket_key_file.clone(),
+            ticket_lifetime_s: self.ticket_lifetime_s,
+            client_auth: self.client_auth.clone(),
+            upstream_tls: self.upstream_tls.clone(),
+            upstreams: self.upstreams.clone(),
+        }
+    }
+
+    /// `upstreams` from `upstream_addrs`: every entry's addresses, deduplicated.
+    pub(super) fn set_upstreams_from_entries(&mut self) {
+        self.upstreams.clear();
+        for a in self.upstream_addrs.iter().flatten() {
+            if !self.upstreams.contains(a) {
+                self.upstreams.push(*a);
+            }
+        }
+    }
+}
+
+/// `proxy_protocol`: what precedes the client's bytes towards the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// Key absent: the upstream gets the client's bytes only.
+    #[default]
+    Off,
+    /// `"v2"`: a PROXY protocol v2 header with identity TLVs.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The setting as written (`None`: key absent).
+    pub(super) fn from_setting(s: Option<&str>) -> Result<ProxyProtocol, UnsupportedProxyProtocol> {
+        match s {
+            None => Ok(ProxyProtocol::Off),
+            Some("v2") => Ok(ProxyProtocol::V2),
+            Some(p) => Err(UnsupportedProxyProtocol(p.to_owned())),
+        }
+    }
+}
+
+/// A `proxy_protocol` value other than `"v2"`.
+#[derive(Debug, thiserror::Error)]
+#[error("must be \"v2\" (the only supported version), got {0:?}")]
+pub struct UnsupportedProxyProtocol(pub String);
+
+/// `[listeners.http]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTable {
+    /// `"xfcc"` (default), `"rfc9440"` or `"both"`.
+    #[serde(default = "default_identity_headers")]
+    pub identity_headers: String,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A request head must arrive whole within this long (slowloris: 408).
+    #[serde(default = "default_head_timeout_ms")]
+    pub head_timeout_ms: u64,
+    /// Accept request heads whose lines end in a bare LF (refused by default).
+    #[serde(default)]
+    pub allow_bare_lf: bool,
+}
+
+impl Default for HttpTable {
+    fn default() -> Self {
+        HttpTable {
+            identity_headers: default_identity_headers(),
+            max_header_bytes: default_max_header_bytes(),
+            head_timeout_ms: default_head_timeout_ms(),
+            allow_bare_lf: false,
+        }
+    }
+}
+
+fn default_identity_headers() -> String {
+    "xfcc".into()
+}
+
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_head_timeout_ms() -> u64 {
+    10_000
+}
+
+fn yes() -> bool {
+    true
+}
+fn unspecified_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+fn default_resolve_interval_ms() -> u64 {
+    5_000
+}
+fn default_upstream_backoff_ms() -> u64 {
+    1_000
+}
+fn default_upstream_backoff_max_ms() -> u64 {
+    30_000
+}
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_timeout_ms() -> u64 {
+    5000
+}
+fn default_snapshot_interval_ms() -> u64 {
+    250
+}
+fn default_ticket_lifetime_s() -> u32 {
+    6 * 3600
+}
+fn default_ring_entries() -> u32 {
+    4096
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_reload_interval_ms() -> u64 {
+    5_000
+}
+fn default_recv_buffers() -> u16 {
+    1024
+}
+fn default_recv_buffer_size() -> u32 {
+    16 * 1024
+}
+fn default_max_buffered_bytes_per_worker() -> usize {
+    512 * 1024 * 1024
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_backlog() -> u32 {
+    4096
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_max_buffered_bytes() -> usize {
+    256 * 1024
+}
+fn default_session_cache() -> usize {
+    16 * 1024
+}
+fn default_tls13_tickets() -> usize {
+    1
+}
+
+impl Config {
+    /// After validation: remember `source`, turn settings kept as text into their
+    /// enums, and resolve relative paths.
+    pub(super) fn finish(&mut self, source: &Path) {
+        self.source = source.to_path_buf();
+        for l in &mut self.listeners {
+            // A bad value was reported by validation; such a config only serves `check`.
+            l.proxy_protocol = ProxyProtocol::from_setting(l.proxy_protocol_setting.as_deref())
+                .unwrap_or_default();
+            // Names are filled in by `resolve_names`; literal addresses are final.
+            if let Some(a) = l.listen_setting.addr() {
+                l.listen = a;
+            }
+            l.upstream_addrs = l
+                .upstream_entries
+                .iter()
+                .map(|e| e.addr().into_iter().collect())
+                .collect();
+            l.set_upstreams_from_entries();
+        }
+        self.resolve_paths(source);
+    }
+
+    /// Make `cert`, `key`, `ticket_key_file`, the `sni`, `client_auth` and
+    /// `upstream_tls` files and a file `log.access` relative to the config file's
+    /// folder (made absolute, so the result does not depend on the current directory
+    /// later).
+    fn resolve_paths(&mut self, source: &Path) {
+        let base = std::path::absolute(source)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            resolve(&mut l.cert);
+            resolve(&mut l.key);
+            l.ocsp.iter_mut().for_each(resolve);
+            if let Some(t) = &mut l.ticket_key_file {
+                resolve(t);
+            }
+            for sni in &mut l.sni {
+                resolve(&mut sni.cert);
+                resolve(&mut sni.key);
+                sni.ocsp.iter_mut().for_each(resolve);
+            }
+            if let Some(ca) = &mut l.client_auth {
+                ca.ca.iter_mut().chain(ca.crl.iter_mut()).for_each(resolve);
+            }
+            if let Some(up) = &mut l.upstream_tls {
+                up.ca.iter_mut().for_each(resolve);
+                up.cert
+                    .iter_mut()
+                    .chain(up.key.iter_mut())
+                    .for_each(resolve);
+            }
+        }
+        if let AccessLog::File(path) = &mut self.log.access {
+            resolve(path);
+        }
+        if let Some(path) = &mut self.resolver.hosts_file {
+            resolve(path);
+        }
+    }
+}

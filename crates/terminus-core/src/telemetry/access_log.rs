@@ -1,0 +1,107 @@
+//! access_log: the schema of the access log line, one JSON object per connection.
+//!
+//! Owns: `AccessLine` and how a finished connection fills it. `event` says how
+//! it ended (`connection`, `handshake_error`, `upstream_tls_error`); failures also
+//! carry `reason` and what the refused client presented.
+//!
+//! I/O contract: none; the worker hands the line to [`crate::telemetry::log`].
+
+use crate::proxy::conn::{CloseReason, Conn};
+use crate::proxy::proxy_v2::version_name;
+use crate::tls::identity::PeerIdentity;
+use std::net::SocketAddr;
+
+/// Serialized straight from borrowed fields (no intermediate JSON map): it runs on
+/// the worker.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    /// RFC 3339 UTC with microseconds.
+    ts: String,
+    event: &'static str,
+    listener: &'a str,
+    worker: usize,
+    client: Option<SocketAddr>,
+    upstream: Option<SocketAddr>,
+    sni: Option<&'a str>,
+    alpn: Option<std::borrow::Cow<'a, str>>,
+    tls_version: Option<&'static str>,
+    cipher: Option<&'static str>,
+    resumed: bool,
+    client_auth: &'static str,
+    peer_spiffe: Option<&'a str>,
+    peer_dns: &'a [String],
+    peer_cn: Option<&'a str>,
+    peer_serial: Option<&'a str>,
+    handshake_us: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    close_reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Where a finished connection ran, as the worker knows it.
+pub struct Endpoints<'a> {
+    pub listener: &'a str,
+    pub worker: usize,
+    /// Only known when the log is on (one getpeername at accept).
+    pub client: Option<SocketAddr>,
+    /// The upstream it was connected to, if it got that far.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// The access log line of a connection that closed for `closing`.
+pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> String {
+    let tls = conn.tls();
+    let closing = closing.unwrap_or(CloseReason::Done);
+    let (event, reason) = match closing {
+        CloseReason::HandshakeFailed(r) => ("handshake_error", Some(r.as_str())),
+        CloseReason::UpstreamTlsFailed(r) => ("upstream_tls_error", Some(r.as_str())),
+        _ => ("connection", None),
+    };
+    let handshake = conn.handshake_duration();
+    // The verified peer, or (for a refused one) what it presented.
+    let peer = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| PeerIdentity::from_der(der).ok());
+    let rejected = conn.rejected_client();
+    let id = peer
+        .as_ref()
+        .or_else(|| rejected.and_then(|r| r.identity.as_ref()));
+    let line = AccessLine {
+        ts: crate::telemetry::log::now_rfc3339(),
+        event,
+        listener: at.listener,
+        worker: at.worker,
+        client: at.client,
+        upstream: at.upstream,
+        sni: conn.server_name(),
+        alpn: tls.alpn_protocol().map(String::from_utf8_lossy),
+        tls_version: handshake.and(tls.protocol_version()).map(version_name),
+        cipher: handshake
+            .and(tls.negotiated_cipher_suite())
+            .and_then(|c| c.suite().as_str()),
+        resumed: tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        client_auth: if peer.is_some() { "verified" } else { "none" },
+        peer_spiffe: id.and_then(|i| i.spiffe.as_deref()),
+        peer_dns: id.map_or(&[], |i| &i.dns[..]),
+        peer_cn: id.and_then(|i| i.cn.as_deref()),
+        peer_serial: id.map(|i| i.serial.as_str()),
+        handshake_us: handshake.map(|d| d.as_micros() as u64),
+        bytes_in: conn.bytes_client_to_upstream,
+        bytes_out: conn.bytes_upstream_to_client,
+        // Whole microseconds: `3006.251`, not `3006.2514290000004`.
+        duration_ms: conn.started().elapsed().as_micros() as f64 / 1e3,
+        close_reason: closing.as_str(),
+        reason,
+        peer_subject: reason.and(id.map(|i| i.subject.as_str())),
+        error: reason.and(rejected.map(|r| r.error.to_string())),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}

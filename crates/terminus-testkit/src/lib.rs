@@ -1,0 +1,9 @@
+//! terminus-testkit: what tests and tools need to talk to terminus, and nothing the
+//! proxy ships: a test PKI ([`certs`]) and one TLS client builder ([`client`]),
+//! including the skip-verify modes a load generator and tests use.
+//!
+//! Depends on no terminus crate, so terminus-core's own unit tests can use it.
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod client;
