@@ -302,7 +302,9 @@ impl BenchArgs {
             return Ok(None);
         }
         let trust = match (&self.ca, self.dangerous_skip_verify) {
-            (Some(ca), _) => Trust::Roots(terminus_core::tls::load_roots(std::slice::from_ref(ca))?),
+            (Some(ca), _) => {
+                Trust::Roots(terminus_core::tls::load_roots(std::slice::from_ref(ca))?)
+            }
             (None, true) => Trust::DangerousSkipVerify,
             (None, false) => return Err(ArgsError::NoTrust),
         };
