@@ -30,8 +30,9 @@ mod validate;
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
-    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpTable, IoSetting, Listener, Log,
-    LogFormat, ProxyProtocol, Resolver, Runtime, Sni, UnsupportedProxyProtocol, UpstreamTls,
+    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpTable, InvalidCertificate, IoSetting,
+    Listener, Log, LogFormat, ProxyProtocol, Resolver, Runtime, Sni, UnsupportedProxyProtocol,
+    UpstreamTls,
 };
 
 use error::first_with_count;

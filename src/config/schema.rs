@@ -145,6 +145,13 @@ pub struct Admin {
     /// the staleness bound of a scrape.
     #[serde(default = "default_snapshot_interval_ms")]
     pub snapshot_interval_ms: u64,
+    /// Callers remembered per listener for `GET /callers` (least recently seen evicted).
+    #[serde(default = "default_callers_max")]
+    pub callers_max: usize,
+}
+
+fn default_callers_max() -> usize {
+    4096
 }
 
 /// `[resolver]`.
@@ -418,6 +425,44 @@ pub struct ClientAuth {
     /// client skips chain and CRL work; its CertificateVerify is still checked.
     #[serde(default = "default_verify_cache_size")]
     pub verify_cache_size: usize,
+    /// `optional` mode: what a presented certificate that fails verification gets.
+    #[serde(default)]
+    pub invalid_certificate: InvalidCertificate,
+    /// `[listeners.client_auth.candidate]`: a report-only policy, evaluated on every
+    /// handshake and enforced on none (see `tls::candidate`).
+    #[serde(default)]
+    pub candidate: Option<Box<ClientAuth>>,
+}
+
+/// `invalid_certificate`: in `optional` mode, refuse a certificate that fails
+/// verification (`refuse`, the default) or treat it as no certificate (`anonymous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InvalidCertificate {
+    #[default]
+    Refuse,
+    Anonymous,
+}
+
+impl InvalidCertificate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidCertificate::Refuse => "refuse",
+            InvalidCertificate::Anonymous => "anonymous",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InvalidCertificate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "refuse" => Ok(InvalidCertificate::Refuse),
+            "anonymous" => Ok(InvalidCertificate::Anonymous),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be one of \"refuse\", \"anonymous\", got {s:?}"
+            ))),
+        }
+    }
 }
 
 fn default_verify_cache_size() -> usize {
@@ -601,6 +646,9 @@ impl Config {
             }
             if let Some(ca) = &mut l.client_auth {
                 ca.ca.iter_mut().chain(ca.crl.iter_mut()).for_each(resolve);
+                if let Some(c) = &mut ca.candidate {
+                    c.ca.iter_mut().chain(c.crl.iter_mut()).for_each(resolve);
+                }
             }
             if let Some(up) = &mut l.upstream_tls {
                 up.ca.iter_mut().for_each(resolve);

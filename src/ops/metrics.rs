@@ -107,7 +107,24 @@ pub struct ListenerMetrics {
     pub bytes_upstream_to_client: u64,
     pub handshake: Latency,
     pub upstream_connect: Latency,
+    /// The candidate client-auth policy's verdicts, by [`CANDIDATE_VERDICTS`].
+    pub candidate_verdicts: [u64; CANDIDATE_VERDICTS.len()],
+    /// Certificates the enforced `optional` policy admitted as anonymous, by reason.
+    pub anonymous: [u64; HandshakeFailure::ALL.len()],
 }
+
+/// `allow`, then the reasons a client-auth policy refuses for; anything else is
+/// counted as `bad_certificate`.
+pub const CANDIDATE_VERDICTS: [&str; 8] = [
+    "allow",
+    "no_client_cert",
+    "unknown_ca",
+    "cert_expired",
+    "cert_not_yet_valid",
+    "cert_revoked",
+    "bad_certificate",
+    "policy_denied",
+];
 
 impl ListenerMetrics {
     pub fn handshake_ok(&mut self, resumed: bool, verified: bool, took: Option<Duration>) {
@@ -115,6 +132,16 @@ impl ListenerMetrics {
         if let Some(d) = took {
             self.handshake.record(d);
         }
+    }
+
+    /// Count a candidate verdict: `allow` or a refusal reason.
+    pub fn candidate_verdict(&mut self, v: &str) {
+        let i = CANDIDATE_VERDICTS.iter().position(|x| *x == v).unwrap_or(6);
+        self.candidate_verdicts[i] += 1;
+    }
+
+    pub fn anonymous(&mut self, r: HandshakeFailure) {
+        self.anonymous[reason_index(r)] += 1;
     }
 
     pub fn handshake_error(&mut self, r: HandshakeFailure) {
@@ -163,6 +190,12 @@ impl ListenerMetrics {
         self.bytes_upstream_to_client += o.bytes_upstream_to_client;
         self.handshake.merge(&o.handshake);
         self.upstream_connect.merge(&o.upstream_connect);
+        for (a, b) in self.candidate_verdicts.iter_mut().zip(o.candidate_verdicts) {
+            *a += b;
+        }
+        for (a, b) in self.anonymous.iter_mut().zip(o.anonymous) {
+            *a += b;
+        }
     }
 }
 
@@ -260,6 +293,8 @@ pub struct ListenerView {
     pub chain_cache: Option<(u64, u64)>,
     /// (certificate file, stapled OCSP response's nextUpdate, Unix seconds).
     pub ocsp: Vec<(String, i64)>,
+    /// Callers dropped from its inventory (None: no inventory).
+    pub callers_evicted: Option<u64>,
 }
 
 /// Process-wide counters outside the workers.
@@ -443,6 +478,53 @@ static FAMILIES: &[Family] = &[
         "counter",
         "Verified client certificates refused by the allow-list.",
         Samples::Summed(|m| m.errors(HandshakeFailure::PolicyDenied)),
+    ),
+    family(
+        "terminus_candidate_verdicts_total",
+        "counter",
+        "Verdicts of the candidate client-auth policy (report-only): allow, or refuse \
+         and the reason the handshake would fail for.",
+        Samples::SummedLabeled(|m| {
+            CANDIDATE_VERDICTS
+                .iter()
+                .zip(m.candidate_verdicts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(v, n)| {
+                    let labels = match *v {
+                        "allow" => "verdict=\"allow\",reason=\"none\"".to_owned(),
+                        r => format!("verdict=\"refuse\",reason=\"{r}\""),
+                    };
+                    (labels, Num::U(n))
+                })
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_client_cert_anonymous_total",
+        "counter",
+        "Client certificates that failed verification and were admitted as no \
+         certificate (invalid_certificate = \"anonymous\"), by reason.",
+        Samples::SummedLabeled(|m| {
+            HandshakeFailure::ALL
+                .iter()
+                .filter(|r| m.anonymous[reason_index(**r)] > 0)
+                .map(|r| {
+                    let n = m.anonymous[reason_index(*r)];
+                    (format!("reason=\"{}\"", r.as_str()), Num::U(n))
+                })
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_callers_evicted_total",
+        "counter",
+        "Callers dropped from the listener's inventory (GET /callers) to stay within \
+         [admin] callers_max, least recently seen first.",
+        Samples::Current(|l| {
+            l.callers_evicted
+                .map(|n| vec![(String::new(), Num::U(n))])
+                .unwrap_or_default()
+        }),
     ),
     family(
         "terminus_client_chain_cache_total",
@@ -964,6 +1046,7 @@ mod tests {
             certs: vec![("/c/server.pem".into(), 1_900_000_000)],
             chain_cache: Some((7, 2)),
             ocsp: vec![("/c/server.pem".into(), 1_800_000_000)],
+            callers_evicted: None,
         };
         let g = GlobalView {
             reloads_ok: 1,
@@ -1047,6 +1130,10 @@ mod tests {
         a.upstream_connect_error("127.0.0.1:9".parse().unwrap());
         a.upstream_connect_error("[::1]:7".parse().unwrap());
         a.upstream_resumption_failure("127.0.0.1:8".parse().unwrap());
+        a.candidate_verdict("allow");
+        a.candidate_verdict("policy_denied");
+        a.candidate_verdict("policy_denied");
+        a.anonymous(HandshakeFailure::CertExpired);
         let b = ListenerMetrics::default();
         let views = [
             ListenerView {
@@ -1067,6 +1154,7 @@ mod tests {
                 ],
                 chain_cache: Some((40, 3)),
                 ocsp: vec![("/c/server.pem".into(), 1_800_000_000)],
+                callers_evicted: Some(2),
             },
             ListenerView {
                 name: "in\nternal".into(),
@@ -1077,6 +1165,7 @@ mod tests {
                 certs: vec![],
                 chain_cache: None,
                 ocsp: vec![],
+                callers_evicted: None,
             },
         ];
         let g = GlobalView {
@@ -1136,6 +1225,9 @@ mod tests {
                 "terminus_handshakes_total counter",
                 "terminus_handshake_errors_total counter",
                 "terminus_policy_denied_total counter",
+                "terminus_candidate_verdicts_total counter",
+                "terminus_client_cert_anonymous_total counter",
+                "terminus_callers_evicted_total counter",
                 "terminus_client_chain_cache_total counter",
                 "terminus_handshake_duration_seconds histogram",
                 "terminus_upstream_connect_duration_seconds histogram",

@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod callers;
 pub mod check;
 pub mod hostcheck;
 pub mod log;

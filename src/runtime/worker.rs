@@ -17,7 +17,7 @@
 #![forbid(unsafe_code)]
 
 use crate::ops::metrics::{ListenerMetrics, WorkerSnapshot};
-use crate::proxy::conn::{CloseReason, Conn, Expired};
+use crate::proxy::conn::{CloseReason, Conn, Expired, HandshakeFailure};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
 use crate::runtime::driver::{Backend, Completion, Driver, Event, OpError};
@@ -81,6 +81,8 @@ pub struct Worker<D> {
     cap: BufferCap,
     /// Where this worker's verifiers leave the client certificates they refuse.
     rejects: crate::tls::RejectSink,
+    /// What the client leaves seen here say, for the callers inventory.
+    leaves: crate::ops::callers::LeafCache,
 }
 
 struct Publisher {
@@ -176,6 +178,7 @@ impl<D: Driver<Token>> Worker<D> {
             }),
             cap: BufferCap::new(s.max_buffered_per_worker, s.ring.recv_buffer_size as usize),
             rejects: crate::tls::RejectSink::default(),
+            leaves: crate::ops::callers::LeafCache::default(),
             turns: Default::default(),
             flushed: 0,
         };
@@ -426,7 +429,8 @@ impl<D: Driver<Token>> Worker<D> {
             let dst = client.and_then(sock::local_addr).unwrap_or(l.addr);
             let sni = conn.server_name();
             let served = &live.tls.certs.choose(sni).algorithms;
-            proxy_v2::Header::for_client(conn.tls(), sni, served, src, dst).to_bytes()
+            let peer = conn.verified_peer_certificates();
+            proxy_v2::Header::for_client(conn.tls(), peer, sni, served, src, dst).to_bytes()
         } else {
             Vec::new()
         };
@@ -617,14 +621,74 @@ impl<D: Driver<Token>> Worker<D> {
         let l = &mut self.listeners[s.listener];
         let live = s.live.as_ref().expect("a live conn has its material");
         s.dial.begin(&live.upstreams, &mut l.rr_cursor);
-        let conn = s.conn.as_ref().expect("flushed slots have a conn");
+        let conn = s.conn.as_mut().expect("flushed slots have a conn");
+        if live.tls.has_dual_policy() {
+            let record = conn.take_auth_record();
+            let chain = conn.tls().peer_certificates();
+            if let Some(outcome) = live.tls.completed_outcome(chain, record) {
+                conn.set_auth(outcome);
+            }
+        }
         let tls = conn.tls();
         self.metrics[s.listener].handshake_ok(
             tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-            tls.peer_certificates().is_some(),
+            conn.verified_peer_certificates().is_some(),
             conn.handshake_duration(),
         );
+        self.client_auth_seen(idx, None);
         self.start_connect(idx, now);
+    }
+
+    /// Count a handshake's client-auth verdicts (`failed`: why it failed, if it did)
+    /// and record its caller.
+    fn client_auth_seen(&mut self, idx: u32, failed: Option<HandshakeFailure>) {
+        let s = &mut self.slots[idx as usize];
+        let conn = s.conn.as_ref().expect("a handshaking slot has its conn");
+        let m = &mut self.metrics[s.listener];
+        let auth = conn.auth();
+        let candidate = auth.and_then(|a| a.candidate.as_ref()).map(|v| match v {
+            Ok(()) => "allow",
+            Err(e) => HandshakeFailure::classify(e).as_str(),
+        });
+        if let Some(v) = candidate {
+            m.candidate_verdict(v);
+        }
+        if let Some(e) = auth.and_then(|a| a.anonymous.as_ref()) {
+            m.anonymous(HandshakeFailure::classify(e));
+        }
+        let Some(table) = self.listeners[s.listener].shared.callers.clone() else {
+            return;
+        };
+        // The leaf: kept by rustls when admitted, else by the verifier's record.
+        let chain = conn.tls().peer_certificates();
+        let leaf = chain
+            .and_then(|c| c.first())
+            .map(|d| d.as_ref())
+            .or_else(|| {
+                auth.and_then(|a| a.refused_leaf.as_ref())
+                    .map(|d| d.as_ref())
+            });
+        let leaf = leaf.and_then(|d| self.leaves.facts(d));
+        // Verified by the enforced policy, or the candidate's chain checks passed
+        // (it allowed, or refused on the allow-list only).
+        let verified = conn.verified_peer_certificates().is_some()
+            || matches!(candidate, Some("allow" | "policy_denied")) && leaf.is_some()
+            || failed == Some(HandshakeFailure::PolicyDenied);
+        let addr = match s.client_addr {
+            Some(a) => Some(a.ip()),
+            None => s.legs[Side::Client as usize]
+                .fd
+                .as_ref()
+                .and_then(sock::peer_addr)
+                .map(|a| a.ip()),
+        };
+        table.record(&crate::ops::callers::Sighting {
+            leaf,
+            verified,
+            addr,
+            enforced: failed.map_or("allow", |f| f.as_str()),
+            candidate,
+        });
     }
 
     /// Sends only move bytes between counted places: one account per flush.
@@ -728,6 +792,9 @@ impl<D: Driver<Token>> Worker<D> {
     }
 
     fn begin_close(&mut self, idx: u32, reason: CloseReason) {
+        if let CloseReason::HandshakeFailed(r) = reason {
+            self.handshake_failed(idx, r);
+        }
         let s = &mut self.slots[idx as usize];
         s.closing = Some(reason);
         let m = &mut self.metrics[s.listener];
@@ -760,6 +827,22 @@ impl<D: Driver<Token>> Worker<D> {
         if s.may_free() {
             self.finalize(idx);
         }
+    }
+
+    /// The client handshake failed for `r`: the candidate's verdict, and its caller.
+    fn handshake_failed(&mut self, idx: u32, r: HandshakeFailure) {
+        let s = &mut self.slots[idx as usize];
+        let (Some(conn), Some(live)) = (s.conn.as_mut(), s.live.as_ref()) else {
+            return;
+        };
+        if live.tls.has_dual_policy() {
+            let record = conn.take_auth_record();
+            let no_cert = r == HandshakeFailure::NoClientCert;
+            if let Some(outcome) = live.tls.failed_outcome(record, no_cert) {
+                conn.set_auth(outcome);
+            }
+        }
+        self.client_auth_seen(idx, Some(r));
     }
 
     /// Every op of the slot has completed: close the sockets, free the slot.

@@ -31,6 +31,7 @@
 //! clients of another. A CRL's nextUpdate is not enforced (an old CRL still revokes).
 #![forbid(unsafe_code)]
 
+pub mod candidate;
 mod chain_cache;
 mod client;
 mod error;

@@ -13,7 +13,7 @@ use super::identity::PeerIdentity;
 use super::pem::{load_crls, load_roots};
 use super::policy::AllowList;
 use super::TlsError;
-use crate::config::{ClientAuthMode, Listener};
+use crate::config::{ClientAuth, ClientAuthMode, Listener};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -40,11 +40,17 @@ pub(super) fn policy_verifier(
     l: &Listener,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Option<PolicyVerifier>, TlsError> {
-    let Some(ca) = l
-        .client_auth
-        .as_ref()
-        .filter(|c| c.mode != ClientAuthMode::None)
-    else {
+    table_verifier(l, l.client_auth.as_ref(), provider)
+}
+
+/// [`policy_verifier`] for one client-auth table of `l` (its `client_auth`, or the
+/// candidate in it).
+pub(super) fn table_verifier(
+    l: &Listener,
+    table: Option<&ClientAuth>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<PolicyVerifier>, TlsError> {
+    let Some(ca) = table.filter(|c| c.mode != ClientAuthMode::None) else {
         return Ok(None);
     };
     let roots = Arc::new(load_roots(&ca.ca)?);
@@ -103,6 +109,21 @@ impl PolicyVerifier {
     /// Its chain cache (hit/miss counts for the metrics, adopted across reloads).
     pub fn cache(&self) -> &ChainCache {
         &self.cache
+    }
+
+    /// The same verifier, leaving refused clients nowhere.
+    pub(super) fn without_sink(&self) -> PolicyVerifier {
+        PolicyVerifier {
+            inner: self.inner.clone(),
+            allow: self.allow.clone(),
+            sink: None,
+            cache: self.cache.clone(),
+        }
+    }
+
+    /// Where this copy leaves refused clients, if anywhere.
+    pub(super) fn sink(&self) -> Option<&RejectSink> {
+        self.sink.as_ref()
     }
 
     /// The same verifier, leaving refused clients in `sink`.
