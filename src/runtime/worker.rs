@@ -667,7 +667,8 @@ impl<D: Driver<Token>> Worker<D> {
             .or_else(|| {
                 auth.and_then(|a| a.refused_leaf.as_ref())
                     .map(|d| d.as_ref())
-            });
+            })
+            .or_else(|| conn.rejected_client().map(|r| r.leaf.as_ref()));
         let leaf = leaf.and_then(|d| self.leaves.facts(d));
         // Verified by the enforced policy, or the candidate's chain checks passed
         // (it allowed, or refused on the allow-list only).

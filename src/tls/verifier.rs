@@ -189,6 +189,7 @@ impl ClientCertVerifier for PolicyVerifier {
                 identity,
                 identity_error,
                 error: error.clone(),
+                leaf: end_entity.clone().into_owned(),
             });
         }
         verdict
@@ -227,6 +228,8 @@ pub struct RejectedClient {
     /// What the handshake failed with (also returned by `process_tls_records`):
     /// `InvalidCertificate(ApplicationVerificationFailure)` for a policy refusal.
     pub error: rustls::Error,
+    /// The presented leaf (for the callers inventory: its subject, issuer, notAfter).
+    pub leaf: CertificateDer<'static>,
 }
 
 /// Where a verifier leaves the client certificate it refused, for the connection

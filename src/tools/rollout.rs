@@ -392,8 +392,11 @@ fn fetch_callers(addr: &str, listener: Option<&str>) -> Result<String, RolloutEr
         Some(l) => format!("/callers?listener={l}"),
         None => "/callers".into(),
     };
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| err(format!("cannot send: {e}")))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| err(format!("cannot send: {e}")))?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)
         .map_err(|e| err(format!("cannot read: {e}")))?;
@@ -408,7 +411,11 @@ fn fetch_callers(addr: &str, listener: Option<&str>) -> Result<String, RolloutEr
 }
 
 /// Fold one `/callers` body into the fleet; `now`: the end of its window.
-fn merge_callers(fleet: &mut BTreeMap<String, Listener>, body: &str, now: i64) -> Result<(), String> {
+fn merge_callers(
+    fleet: &mut BTreeMap<String, Listener>,
+    body: &str,
+    now: i64,
+) -> Result<(), String> {
     let v: Value = serde_json::from_str(body).map_err(|e| format!("not /callers JSON: {e}"))?;
     let listeners = v["listeners"]
         .as_object()
@@ -629,6 +636,9 @@ mod tests {
         ]));
         merge_callers(&mut fleet, &a, now).unwrap();
         let v = listener_report(&fleet["edge"], now);
-        assert_eq!(v["verdict"], "READY (no caller refused in 2h 0m, 3 connections)");
+        assert_eq!(
+            v["verdict"],
+            "READY (no caller refused in 2h 0m, 3 connections)"
+        );
     }
 }
