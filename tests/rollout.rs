@@ -528,3 +528,148 @@ fn a_fleet_reads_as_one_listener_and_ready_means_nobody_refused() {
     let (code, _, err) = rollout(&["--admin".into(), refused_addr().to_string()]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// An upstream that answers like [`upstream`] and keeps each request head (to see
+/// which identity headers an `http` listener added).
+fn heads_upstream() -> Backend {
+    use std::io::Read;
+    Backend::spawn(std::sync::Arc::new(
+        |mut s: std::net::TcpStream, st: &BackendStats| {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            st.reports
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            http_ok_then_drain(&mut s, BODY);
+        },
+    ))
+}
+
+/// A rustls client presenting `name`'s certificate, resuming sessions.
+fn rustls_client(f: &Fixture, name: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    let d = f.pki.dir();
+    terminus::tools::client::ClientConfigBuilder::new(terminus::tools::client::Trust::Roots(
+        f.pki.roots(),
+    ))
+    .client_cert_files(d.join(format!("{name}.pem")), d.join(format!("{name}.key")))
+    .build()
+    .unwrap()
+}
+
+/// One GET over `cfg`; whether the handshake resumed a session.
+fn get(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> bool {
+    use std::io::{Read, Write};
+    let mut tls = tls_connect(addr, cfg);
+    let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    assert!(resp.ends_with(BODY), "{}", String::from_utf8_lossy(&resp));
+    resumed
+}
+
+/// A resumed session presents no certificate; both verdicts are derived again from
+/// the chain rustls kept for the session: the candidate's is the full handshake's,
+/// and a certificate verified only for the candidate is still no identity upstream.
+#[test]
+fn resumed_sessions_keep_both_verdicts() {
+    let f = Fixture::new();
+    let up = heads_upstream();
+    let l = ListenerConf::new("edge", &[up.addr()])
+        .opt("protocol", "\"http\"")
+        .raw(&with_candidate("none"));
+    let config = write_config_with_log(&f.pki, Some(1), &[l], "off");
+    append_tables(&config, "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let t = Terminus::start(&config);
+    let addr = t.addr("edge");
+    for name in ["billing", "batch"] {
+        let cfg = rustls_client(&f, name);
+        assert!(!get(addr, &cfg), "{name}: first handshake is full");
+        assert!(get(addr, &cfg), "{name}: second handshake resumes");
+    }
+    let v = wait_connections(&t, 4);
+    let got = counts(&v, "candidate");
+    assert_eq!(got["billing"], [("allow".to_owned(), 2)].into(), "{v:#}");
+    assert_eq!(
+        got["batch"],
+        [("policy_denied".to_owned(), 2)].into(),
+        "{v:#}"
+    );
+    for head in up.stats.reports.lock().unwrap().iter() {
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("x-forwarded-client-cert"),
+            "no identity upstream under the enforced `none`: {head}"
+        );
+    }
+    wait_metric(
+        &t,
+        "terminus_handshakes_total{listener=\"edge\",result=\"ok\",resumed=\"true\",client_auth=\"none\"} 2",
+    );
+}
+
+/// Wait until `/metrics` has the line `sample` (workers publish every
+/// `snapshot_interval_ms`).
+fn wait_metric(t: &Terminus, sample: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, page) = http_get(t.admin(), "/metrics");
+        if page.lines().any(|l| l == sample) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {sample} in:\n{page}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `invalid_certificate = "anonymous"`: in `optional` mode a failing certificate is
+/// no certificate: admitted, no identity upstream, the reason counted.
+#[test]
+fn anonymous_admits_a_failing_certificate_as_none() {
+    require_tool("curl");
+    let f = Fixture::new();
+    let up = heads_upstream();
+    let l = ListenerConf::new("edge", &[up.addr()])
+        .opt("protocol", "\"http\"")
+        .raw(
+            "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\
+             crl = [\"client-ca.crl\"]\ninvalid_certificate = \"anonymous\"\n",
+        );
+    let config = write_config_with_log(&f.pki, Some(1), &[l], "off");
+    append_tables(&config, "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let t = Terminus::start(&config);
+    let addr = t.addr("edge");
+    for client in ["expired", "stranger", "revoked", "billing", "none"] {
+        f.curl(addr, client)
+            .unwrap_or_else(|e| panic!("{client} admitted: {e}"));
+    }
+    let heads = up.stats.reports.lock().unwrap().clone();
+    assert_eq!(heads.len(), 5);
+    let with_identity: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.to_ascii_lowercase().contains("x-forwarded-client-cert"))
+        .collect();
+    assert_eq!(
+        with_identity.len(),
+        1,
+        "only billing is verified: {heads:#?}"
+    );
+    assert!(with_identity[0].starts_with("GET /billing"), "{heads:#?}");
+    for reason in ["cert_expired", "unknown_ca", "cert_revoked"] {
+        wait_metric(
+            &t,
+            &format!(
+                "terminus_client_cert_anonymous_total{{listener=\"edge\",reason=\"{reason}\"}} 1"
+            ),
+        );
+    }
+}
