@@ -421,25 +421,88 @@ mod tests {
     }
 
     /// The memory of a full table at the default bound, and what one sighting costs
-    /// (printed; the figures in README and BENCHMARKING come from here).
+    /// (printed; the figures in README and BENCHMARKING come from here:
+    /// `cargo test --release --lib callers -- --nocapture`).
     #[test]
     fn a_full_table_stays_bounded() {
-        let t = CallerTable::new(4096);
-        let l = leaf("spiffe://example.org/ns/prod/sa/billing", "CN=billing");
-        let start = std::time::Instant::now();
-        for i in 0..8192u32 {
-            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            t.record(&Sighting {
-                leaf: Some(l.clone()),
-                verified: false,
-                addr: Some(ip),
-                enforced: "allow",
-                candidate: Some("policy_denied"),
-            });
+        fn rss() -> u64 {
+            let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+            let pages: u64 = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            pages * 4096
         }
-        let per = start.elapsed() / 8192;
-        assert_eq!(t.len(), 4096);
-        assert_eq!(t.evicted(), 4096);
-        eprintln!("callers: {per:?} per sighting (new caller, with eviction)");
+        // Distinct callers as a fleet has them: a SPIFFE ID, a subject and an issuer
+        // each, the enforced and the candidate counts.
+        let leaves: Vec<Arc<LeafFacts>> = (0..8192u32)
+            .map(|i| {
+                Arc::new(LeafFacts {
+                    identity: Some(
+                        format!("spiffe://example.org/ns/prod/sa/workload-{i:05}").into(),
+                    ),
+                    subject: format!("CN=workload-{i:05}, O=Example").into(),
+                    issuer: "CN=Example Issuing CA 2026, O=Example".into(),
+                    not_after: 2_000_000_000,
+                })
+            })
+            .collect();
+        const TABLES: usize = 8;
+        let before = rss();
+        let tables: Vec<CallerTable> = (0..TABLES).map(|_| CallerTable::new(4096)).collect();
+        let start = std::time::Instant::now();
+        for t in &tables {
+            for (i, l) in leaves.iter().enumerate().take(4096) {
+                let candidate = if i % 3 == 0 { "policy_denied" } else { "allow" };
+                t.record(&Sighting {
+                    leaf: Some(l.clone()),
+                    verified: true,
+                    addr: Some(IpAddr::from([10, 0, (i >> 8) as u8, i as u8])),
+                    enforced: "allow",
+                    candidate: Some(candidate),
+                });
+            }
+        }
+        let new_caller = start.elapsed() / (TABLES as u32 * 4096);
+        let after = rss();
+        // Full: every new caller evicts the least recently seen.
+        for t in &tables {
+            for l in &leaves[4096..] {
+                t.record(&Sighting {
+                    leaf: Some(l.clone()),
+                    verified: true,
+                    addr: None,
+                    enforced: "allow",
+                    candidate: Some("allow"),
+                });
+            }
+        }
+        // A returning caller: the common case.
+        let start = std::time::Instant::now();
+        for _ in 0..4 {
+            for l in &leaves[4096..] {
+                tables[0].record(&Sighting {
+                    leaf: Some(l.clone()),
+                    verified: true,
+                    addr: None,
+                    enforced: "allow",
+                    candidate: Some("allow"),
+                });
+            }
+        }
+        let returning = start.elapsed() / (4 * 4096);
+        for t in &tables {
+            assert_eq!(t.len(), 4096);
+            assert_eq!(t.evicted(), 4096);
+        }
+        let per_table = after.saturating_sub(before) / TABLES as u64;
+        eprintln!(
+            "callers: a full table (4096 callers) holds about {} KiB ({} bytes per caller, RSS \
+             delta over {TABLES} tables); a sighting costs {returning:?} (returning caller), \
+             {new_caller:?} (new caller)",
+            per_table / 1024,
+            per_table / 4096
+        );
     }
 }

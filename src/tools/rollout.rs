@@ -260,12 +260,13 @@ fn table(name: &str, v: &Value, days: u64) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     let mut o = String::new();
     o.push_str(&format!(
-        "listener {name}: evidence {} .. {} ({}), {} connections, {} callers{}\n",
+        "listener {name}: evidence {} .. {} ({}), {} connections, {} caller{}{}\n",
         s(&v["since"]),
         s(&v["until"]),
         duration(v["window_s"].as_i64().unwrap_or(0)),
         v["connections"],
         v["callers"],
+        if v["callers"] == 1 { "" } else { "s" },
         match v["evicted"].as_u64() {
             Some(n) if n > 0 => format!(" ({n} evicted: raise [admin] callers_max)"),
             _ => String::new(),
