@@ -524,6 +524,25 @@ fn a_fleet_reads_as_one_listener_and_ready_means_nobody_refused() {
         from_log.contains("READY (no caller refused in"),
         "{from_log}"
     );
+    // This candidate reads the same CA and CRL files as the enforced policy: its
+    // verdict is the enforced chain verdict plus its own allow list (one chain
+    // verification per handshake). The refusals keep their reasons.
+    for client in ["batch", "revoked", "stranger", "none"] {
+        assert!(f.curl(c.addr("edge"), client).is_err(), "{client} refused");
+    }
+    let v = wait_connections(&c, 7);
+    let got = verdicts(&v);
+    let want: BTreeMap<String, String> = [
+        ("billing", "allow"),
+        ("batch", "policy_denied"),
+        ("revoked", "cert_revoked"),
+        ("stranger", "unknown_ca"),
+        ("none", "no_client_cert"),
+    ]
+    .into_iter()
+    .map(|(c, r)| (c.to_owned(), r.to_owned()))
+    .collect();
+    assert_eq!(got, want, "{v:#}");
     // Unreachable admin: exit 2.
     let (code, _, err) = rollout(&["--admin".into(), refused_addr().to_string()]);
     assert_eq!(code, Some(2), "{err}");

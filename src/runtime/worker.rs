@@ -675,8 +675,11 @@ impl<D: Driver<Token>> Worker<D> {
         let verified = conn.verified_peer_certificates().is_some()
             || matches!(candidate, Some("allow" | "policy_denied")) && leaf.is_some()
             || failed == Some(HandshakeFailure::PolicyDenied);
+        // The address names only a caller without a verified identity.
+        let named = verified && leaf.as_ref().is_some_and(|l| l.identity.is_some());
         let addr = match s.client_addr {
             Some(a) => Some(a.ip()),
+            None if named => None,
             None => s.legs[Side::Client as usize]
                 .fd
                 .as_ref()

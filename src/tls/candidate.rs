@@ -52,6 +52,11 @@ pub struct Candidate {
     pub anonymous: bool,
     /// None for mode `none`.
     pub verifier: Option<Arc<PolicyVerifier>>,
+    /// Its `ca` and `crl` files hold what the enforced policy's hold (and both ask
+    /// for certificates): the enforced chain verdict is the candidate's too, and only
+    /// its allow list and mode are applied on top (one webpki verification per
+    /// handshake, not two).
+    pub shares_chain: bool,
 }
 
 impl Candidate {
@@ -77,6 +82,35 @@ impl Candidate {
             Ok(_) => Ok(()),
             Err(_) if self.anonymous => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+impl Candidate {
+    /// The verdict on a presented chain the enforced verifier judged `enforced`
+    /// (see [`Candidate::shares_chain`]): a chain error is the candidate's too; a
+    /// chain the enforced policy verified (allowed, or refused by its allow list
+    /// only) goes through the candidate's allow list.
+    fn check_after(
+        &self,
+        enforced: &Result<(), rustls::Error>,
+        end_entity: &CertificateDer<'_>,
+    ) -> Result<(), rustls::Error> {
+        use rustls::CertificateError::ApplicationVerificationFailure as PolicyDenied;
+        let Some(v) = &self.verifier else {
+            return Ok(());
+        };
+        let chain = match enforced {
+            Ok(()) | Err(rustls::Error::InvalidCertificate(PolicyDenied)) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        let verdict = chain.and_then(|()| match v.allows_leaf(end_entity) {
+            true => Ok(()),
+            false => Err(rustls::Error::InvalidCertificate(PolicyDenied)),
+        });
+        match verdict {
+            Err(_) if self.anonymous => Ok(()),
+            v => v,
         }
     }
 }
@@ -263,11 +297,10 @@ impl ClientCertVerifier for DualVerifier {
                 s.take();
             }
         }
-        let candidate = self
-            .policy
-            .candidate
-            .as_ref()
-            .map(|c| c.check(end_entity, intermediates, now));
+        let candidate = self.policy.candidate.as_ref().map(|c| match &enforced {
+            Some(e) if c.shares_chain => c.check_after(e, end_entity),
+            _ => c.check(end_entity, intermediates, now),
+        });
         let refused = matches!(enforced, Some(Err(_))) || matches!(candidate, Some(Err(_)));
         let result = match &enforced {
             Some(Err(e)) if !self.policy.anonymous => Err(e.clone()),

@@ -141,12 +141,23 @@ fn dual_policy(
     };
     let anonymous = ca.mode == ClientAuthMode::Optional
         && ca.invalid_certificate == InvalidCertificate::Anonymous;
+    // File contents, as the verifiers read them (unreadable ones failed above).
+    let contents = |files: &[PathBuf]| -> Vec<Vec<u8>> {
+        files
+            .iter()
+            .map(|f| std::fs::read(f).unwrap_or_default())
+            .collect()
+    };
     let candidate = match ca.candidate.as_deref() {
         Some(c) => Some(Candidate {
             mode: c.mode,
             anonymous: c.mode == ClientAuthMode::Optional
                 && c.invalid_certificate == InvalidCertificate::Anonymous,
             verifier: table_verifier(l, Some(c), provider)?.map(Arc::new),
+            shares_chain: ca.mode != ClientAuthMode::None
+                && c.mode != ClientAuthMode::None
+                && contents(&ca.ca) == contents(&c.ca)
+                && contents(&ca.crl) == contents(&c.crl),
         }),
         None => None,
     };

@@ -121,6 +121,12 @@ impl PolicyVerifier {
         }
     }
 
+    /// Whether the allow list admits `end_entity` (whose chain is already verified):
+    /// the second half of [`ClientCertVerifier::verify_client_cert`].
+    pub(super) fn allows_leaf(&self, end_entity: &CertificateDer<'_>) -> bool {
+        PeerIdentity::from_der(end_entity).is_ok_and(|id| self.allow.allows(&id))
+    }
+
     /// Where this copy leaves refused clients, if anywhere.
     pub(super) fn sink(&self) -> Option<&RejectSink> {
         self.sink.as_ref()
