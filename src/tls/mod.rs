@@ -20,8 +20,12 @@
 //! worker has its own sink and its own copy of the server config whose verifier
 //! writes to it ([`ServerTls::config_for`]); the connection is given the sink.
 //!
+//! A listener may also carry a report-only candidate policy, and `optional` mode may
+//! admit a failing certificate as anonymous: [`candidate`] gives each handshake both
+//! verdicts; the enforced one is unchanged.
+//!
 //! Files by concern: `server` (the server config), `sni` (certificate choice),
-//! `verifier` (client authentication), `client` (re-encryption to the upstream),
+//! `verifier` (client authentication), [`candidate`] (the candidate policy), `client` (re-encryption to the upstream),
 //! `pem` (loading files), `validity` (dates), `problems` (`check`), `error`
 //! (what can be wrong), [`identity`], [`policy`], [`tickets`].
 //!
