@@ -85,6 +85,10 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Readiness of each listener's candidate client-auth policy: every caller it
+    /// would refuse, read from instances' GET /callers (--admin) or access logs
+    /// (--from); exit 0 READY, 1 NOT READY, 2 error.
+    Rollout(terminus::tools::rollout::RolloutArgs),
     /// Load generator: handshakes, bulk, request/response, idle connections.
     Bench(Box<terminus::tools::bench::BenchArgs>),
     /// Built-in backend for benchmarks: echo, source or sink, optionally over TLS.
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
             trust_domain,
         } => certs(&out, days, &trust_domain),
         Cmd::Bench(args) => terminus::tools::bench::run_cli(*args),
+        Cmd::Rollout(args) => terminus::tools::rollout::run_cli(&args),
         Cmd::Report { from, out } => terminus::tools::report::run_cli(&from, &out),
         Cmd::Backend {
             listen,

@@ -344,6 +344,10 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
             addr,
             live: ArcSwap::from_pointee(live),
             active: AtomicUsize::new(0),
+            callers: cfg
+                .admin
+                .as_ref()
+                .map(|a| Arc::new(crate::telemetry::callers::CallerTable::new(a.callers_max))),
         }));
     }
     Ok(Bound {

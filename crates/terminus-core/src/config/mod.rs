@@ -28,8 +28,9 @@ mod validate;
 pub use crate::host::endpoint::{Endpoint, EndpointError};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
-    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpTable, IoSetting, Listener, Log,
-    LogFormat, ProxyProtocol, Resolver, Runtime, Sni, UnsupportedProxyProtocol, UpstreamTls,
+    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpTable, InvalidCertificate, IoSetting,
+    Listener, Log, LogFormat, ProxyProtocol, Resolver, Runtime, Sni, UnsupportedProxyProtocol,
+    UpstreamTls,
 };
 
 use error::first_with_count;
@@ -378,6 +379,43 @@ upstreams = ["127.0.0.1:8080"]
             format!("{f}:21: listeners[1].name: duplicate listener name \"edge\" (already used by listeners[0])"),
         ];
         assert_eq!(errors, expect);
+    }
+
+    #[test]
+    fn a_candidate_is_checked_like_client_auth_and_its_files_resolved() {
+        let text = format!(
+            "{LISTENER}[listeners.client_auth]\nmode = \"require\"\ninvalid_certificate = \"anonymous\"\n\
+             ca = [\"ca.pem\"]\n\
+             [listeners.client_auth.candidate]\nmode = \"require\"\nallow = [\"spiffe://*\"]\n"
+        );
+        let f = "/etc/terminus/config.toml";
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            [
+                format!("{f}:10: listeners[0].client_auth.invalid_certificate: \"anonymous\" applies to mode \"optional\" only (mode is \"require\"): set mode = \"optional\" or remove `invalid_certificate`"),
+                format!("{f}:12: listeners[0].client_auth.candidate.ca: mode \"require\" needs at least one CA bundle to verify client certificates against (ca = [\"clients-ca.pem\"])"),
+                format!("{f}:14: listeners[0].client_auth.candidate.allow[0]: \"spiffe://*\": a wildcard cannot stand for a trust domain or part of one; name the trust domain exactly (e.g. \"spiffe://example.org/ns/*\")"),
+            ]
+        );
+        let ok = format!(
+            "{LISTENER}[listeners.client_auth]\nmode = \"optional\"\nca = [\"ca.pem\"]\n\
+             invalid_certificate = \"anonymous\"\n\
+             [listeners.client_auth.candidate]\nmode = \"require\"\nca = [\"c.pem\"]\ncrl = [\"c.crl\"]\n"
+        );
+        let cfg = parse(&ok).unwrap();
+        let ca = cfg.listeners[0].client_auth.as_ref().unwrap();
+        assert_eq!(ca.invalid_certificate, InvalidCertificate::Anonymous);
+        let c = ca.candidate.as_deref().unwrap();
+        let e = Path::new("/etc/terminus");
+        assert_eq!(
+            (c.ca.as_slice(), c.crl.as_slice()),
+            (&[e.join("c.pem")][..], &[e.join("c.crl")][..])
+        );
+        assert!(
+            one_error(&ok.replace("\"anonymous\"", "\"maybe\"")).contains(
+                "listeners[0].client_auth.invalid_certificate: must be one of \"refuse\", \"anonymous\""
+            ),
+        );
     }
 
     #[test]

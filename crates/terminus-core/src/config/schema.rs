@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use crate::host::endpoint::Endpoint;
-pub use crate::tls::{ClientAuth, ClientAuthMode, Sni, UpstreamTls};
+pub use crate::tls::{ClientAuth, ClientAuthMode, InvalidCertificate, Sni, UpstreamTls};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,6 +146,13 @@ pub struct Admin {
     /// the staleness bound of a scrape.
     #[serde(default = "default_snapshot_interval_ms")]
     pub snapshot_interval_ms: u64,
+    /// Callers remembered per listener for `GET /callers` (least recently seen evicted).
+    #[serde(default = "default_callers_max")]
+    pub callers_max: usize,
+}
+
+fn default_callers_max() -> usize {
+    4096
 }
 
 /// `[resolver]`.
@@ -531,6 +538,9 @@ impl Config {
             }
             if let Some(ca) = &mut l.client_auth {
                 ca.ca.iter_mut().chain(ca.crl.iter_mut()).for_each(resolve);
+                if let Some(c) = &mut ca.candidate {
+                    c.ca.iter_mut().chain(c.crl.iter_mut()).for_each(resolve);
+                }
             }
             if let Some(up) = &mut l.upstream_tls {
                 up.ca.iter_mut().for_each(resolve);

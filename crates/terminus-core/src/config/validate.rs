@@ -9,8 +9,8 @@ use super::error::{ConfigError, ConfigErrorKind};
 use super::location::Seg::{Index as I, Key as K};
 use super::location::{Locator, Seg};
 use super::schema::{
-    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, Listener, ProxyProtocol, Runtime, Sni,
-    UpstreamTls,
+    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, InvalidCertificate, Listener,
+    ProxyProtocol, Runtime, Sni, UpstreamTls,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -108,6 +108,7 @@ fn validate_admin(a: &Admin, bad: &mut Bad<'_>) {
         ("max_connections", a.max_connections as u64),
         ("timeout_ms", a.timeout_ms),
         ("snapshot_interval_ms", a.snapshot_interval_ms),
+        ("callers_max", a.callers_max as u64),
     ] {
         if v == 0 {
             bad(&[K("admin"), K(key)], "must be greater than 0".into());
@@ -398,7 +399,32 @@ fn sni_name_problem(name: &str) -> Option<String> {
 }
 
 fn validate_client_auth(ca: &ClientAuth, i: usize, bad: &mut Bad<'_>) {
-    let at = |key| [K("listeners"), I(i), K("client_auth"), K(key)];
+    check_client_auth(ca, &[K("listeners"), I(i), K("client_auth")], bad);
+    if let Some(c) = &ca.candidate {
+        let base = [K("listeners"), I(i), K("client_auth"), K("candidate")];
+        check_client_auth(c, &base, bad);
+        if c.candidate.is_some() {
+            bad(
+                &[
+                    K("listeners"),
+                    I(i),
+                    K("client_auth"),
+                    K("candidate"),
+                    K("candidate"),
+                ],
+                "a candidate policy has no candidate of its own: promote this one first".into(),
+            );
+        }
+    }
+}
+
+/// The rules of one client-auth table (`client_auth` or its `candidate`) at `base`.
+fn check_client_auth(ca: &ClientAuth, base: &[Seg<'_>], bad: &mut Bad<'_>) {
+    let at = |key| {
+        let mut p = base.to_vec();
+        p.push(K(key));
+        p
+    };
     if ca.mode != ClientAuthMode::None && ca.ca.is_empty() {
         bad(
             &at("ca"),
@@ -418,12 +444,23 @@ fn validate_client_auth(ca: &ClientAuth, i: usize, bad: &mut Bad<'_>) {
                 .into(),
         );
     }
+    if ca.invalid_certificate == InvalidCertificate::Anonymous
+        && ca.mode != ClientAuthMode::Optional
+    {
+        bad(
+            &at("invalid_certificate"),
+            format!(
+                "\"anonymous\" applies to mode \"optional\" only (mode is \"{}\"): \
+                 set mode = \"optional\" or remove `invalid_certificate`",
+                ca.mode.as_str()
+            ),
+        );
+    }
     for (k, entry) in ca.allow.iter().enumerate() {
         if let Err(why) = crate::tls::policy::AllowRule::parse(entry) {
-            bad(
-                &[K("listeners"), I(i), K("client_auth"), K("allow"), I(k)],
-                why.to_string(),
-            );
+            let mut p = at("allow");
+            p.push(I(k));
+            bad(&p, why.to_string());
         }
     }
 }

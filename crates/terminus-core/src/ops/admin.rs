@@ -1,5 +1,6 @@
 //! admin: the operator's HTTP endpoint (`[admin] listen`): `/metrics` (Prometheus
-//! text), `/healthz`, `/readyz`. Runs on its own threads, never on a worker.
+//! text), `/healthz`, `/readyz`, `/callers` (JSON, see `callers`). Runs on its own
+//! threads, never on a worker.
 //!
 //! Workers publish cumulative snapshots into a channel; a collector thread keeps the
 //! latest per worker. A scrape renders from those and from atomics (active
@@ -69,6 +70,7 @@ impl AdminState {
                     certs: live.cert_expiry.clone(),
                     chain_cache: live.tls.chain_cache_counts(),
                     ocsp: live.ocsp_next_update.clone(),
+                    callers_evicted: l.callers.as_ref().map(|c| c.evicted()),
                 }
             })
             .collect();
@@ -175,7 +177,61 @@ fn serve(mut s: TcpStream, st: &AdminState, timeout: Duration) -> std::io::Resul
             head,
         );
     }
-    route(&mut s, st, path.split('?').next().unwrap_or(""), head)
+    let (path, query) = path.split_once('?').unwrap_or((&path, ""));
+    if path == "/callers" {
+        return callers(&mut s, st, query, head);
+    }
+    route(&mut s, st, path, head)
+}
+
+/// `GET /callers[?listener=NAME]`: every listener's callers inventory as JSON.
+fn callers(s: &mut TcpStream, st: &AdminState, query: &str, head: bool) -> std::io::Result<()> {
+    let want = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("listener="))
+        .map(percent_decode);
+    let mut out = serde_json::Map::new();
+    for l in &st.listeners {
+        if want.as_deref().is_some_and(|w| w != l.name) {
+            continue;
+        }
+        if let Some(t) = &l.callers {
+            out.insert(l.name.clone(), t.to_json(l.live.load().tls.has_candidate()));
+        }
+    }
+    if let Some(w) = want.filter(|_| out.is_empty()) {
+        let body = format!("no listener named {w:?}\n");
+        return respond(s, "404 Not Found", "text/plain", body.as_bytes(), head);
+    }
+    let body = serde_json::json!({ "listeners": out }).to_string();
+    respond(s, "200 OK", "application/json", body.as_bytes(), head)
+}
+
+/// `%XX` escapes of a query value (listener names are plain, but a client may escape).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(c)) => {
+                out.push(c);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What a connection's request head came to.
@@ -250,7 +306,7 @@ fn route(s: &mut TcpStream, st: &AdminState, path: &str, head: bool) -> std::io:
             s,
             "404 Not Found",
             "text/plain",
-            b"try /metrics, /healthz or /readyz\n",
+            b"try /metrics, /healthz, /readyz or /callers\n",
             head,
         ),
     }

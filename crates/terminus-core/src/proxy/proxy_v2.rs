@@ -91,17 +91,19 @@ impl Header {
     /// The header terminus sends for an established client connection: its
     /// addresses (`src` the client, `dst` the address it connected to), ALPN, SNI,
     /// the client-side TLS facts, the certificate terminus served (`served`) and the
-    /// verified identity.
+    /// verified identity (`peer`: the chain the enforced policy verified; a
+    /// certificate asked for only by a candidate policy, or admitted as anonymous,
+    /// is not one, and the header reads as if none was presented).
     pub fn for_client(
         tls: &rustls::CommonState,
+        peer: Option<&[rustls_pki_types::CertificateDer<'_>]>,
         server_name: Option<&str>,
         served: &CertAlgorithms,
         src: SocketAddr,
         dst: SocketAddr,
     ) -> Header {
         // Parsed here, not after every handshake: only PROXY v2 needs it (for now).
-        let identity = tls
-            .peer_certificates()
+        let identity = peer
             .and_then(|c| c.first())
             .and_then(|der| PeerIdentity::from_der(der).ok());
         let identity = identity.as_ref();
@@ -110,7 +112,11 @@ impl Header {
             dst,
             alpn: tls.alpn_protocol().map(|p| p.to_vec()),
             authority: server_name.map(str::to_owned),
-            ssl: Some(Ssl::from_tls(tls, Some(served), identity)),
+            ssl: Some(Ssl {
+                client_cert_presented: peer.is_some_and(|c| !c.is_empty()),
+                verified: peer.is_some_and(|c| !c.is_empty()),
+                ..Ssl::from_tls(tls, Some(served), identity)
+            }),
             spiffe: identity.and_then(|i| i.spiffe.clone()),
             unique_id: None,
         }

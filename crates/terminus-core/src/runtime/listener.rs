@@ -30,6 +30,8 @@ pub struct ListenerShared {
     pub live: ArcSwap<ListenerLive>,
     /// Open connections over all workers (max_connections is per listener).
     pub active: AtomicUsize,
+    /// Who calls it (`GET /callers`); None without an admin endpoint to read it.
+    pub callers: Option<Arc<crate::telemetry::callers::CallerTable>>,
 }
 
 /// A listener's reloadable material: TLS, upstreams, limits. New connections take

@@ -16,7 +16,7 @@
 //! [`crate::runtime::sock`].
 #![forbid(unsafe_code)]
 
-use crate::proxy::conn::{CloseReason, Conn, Expired};
+use crate::proxy::conn::{CloseReason, Conn, Expired, HandshakeFailure};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
 use crate::runtime::driver::{Backend, Completion, Driver, Event, OpError};
@@ -82,6 +82,8 @@ pub struct Worker<D> {
     cap: BufferCap,
     /// Where this worker's verifiers leave the client certificates they refuse.
     rejects: crate::tls::RejectSink,
+    /// What the client leaves seen here say, for the callers inventory.
+    leaves: crate::telemetry::callers::LeafCache,
 }
 
 struct Publisher {
@@ -175,6 +177,7 @@ impl<D: Driver<Token>> Worker<D> {
             }),
             cap: BufferCap::new(s.max_buffered_per_worker, s.ring.recv_buffer_size as usize),
             rejects: crate::tls::RejectSink::default(),
+            leaves: crate::telemetry::callers::LeafCache::default(),
             turns: Default::default(),
             flushed: 0,
         };
@@ -412,7 +415,8 @@ impl<D: Driver<Token>> Worker<D> {
             let dst = client.and_then(sock::local_addr).unwrap_or(l.addr);
             let sni = conn.server_name();
             let served = &live.tls.certs.choose(sni).algorithms;
-            proxy_v2::Header::for_client(conn.tls(), sni, served, src, dst).to_bytes()
+            let peer = conn.verified_peer_certificates();
+            proxy_v2::Header::for_client(conn.tls(), peer, sni, served, src, dst).to_bytes()
         } else {
             Vec::new()
         };
@@ -590,13 +594,79 @@ impl<D: Driver<Token>> Worker<D> {
         };
         let l = &mut self.listeners[s.listener];
         s.dial.begin(&s.live.upstreams, &mut l.rr_cursor);
+        if s.live.tls.has_dual_policy() {
+            let record = s.conn.take_auth_record();
+            let chain = s.conn.tls().peer_certificates();
+            if let Some(outcome) = s.live.tls.completed_outcome(chain, record) {
+                s.conn.set_auth(outcome);
+            }
+        }
         let tls = s.conn.tls();
         self.metrics[s.listener].handshake_ok(
             tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-            tls.peer_certificates().is_some(),
+            s.conn.verified_peer_certificates().is_some(),
             s.conn.handshake_duration(),
         );
+        self.client_auth_seen(id, None);
         self.start_connect(id, now);
+    }
+
+    /// Count a handshake's client-auth verdicts (`failed`: why it failed, if it did)
+    /// and record its caller.
+    fn client_auth_seen(&mut self, id: SlotId, failed: Option<HandshakeFailure>) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        let conn = &s.conn;
+        let m = &mut self.metrics[s.listener];
+        let auth = conn.auth();
+        let candidate = auth.and_then(|a| a.candidate.as_ref()).map(|v| match v {
+            Ok(()) => "allow",
+            Err(e) => HandshakeFailure::classify(e).as_str(),
+        });
+        if let Some(v) = candidate {
+            m.candidate_verdict(v);
+        }
+        if let Some(e) = auth.and_then(|a| a.anonymous.as_ref()) {
+            m.anonymous(HandshakeFailure::classify(e));
+        }
+        let Some(table) = self.listeners[s.listener].shared.callers.clone() else {
+            return;
+        };
+        // The leaf: kept by rustls when admitted, else by the verifier's record.
+        let chain = conn.tls().peer_certificates();
+        let leaf = chain
+            .and_then(|c| c.first())
+            .map(|d| d.as_ref())
+            .or_else(|| {
+                auth.and_then(|a| a.refused_leaf.as_ref())
+                    .map(|d| d.as_ref())
+            })
+            .or_else(|| conn.rejected_client().map(|r| r.leaf.as_ref()));
+        let leaf = leaf.and_then(|d| self.leaves.facts(d));
+        // Verified by the enforced policy, or the candidate's chain checks passed
+        // (it allowed, or refused on the allow-list only).
+        let verified = conn.verified_peer_certificates().is_some()
+            || matches!(candidate, Some("allow" | "policy_denied")) && leaf.is_some()
+            || failed == Some(HandshakeFailure::PolicyDenied);
+        // The address names only a caller without a verified identity.
+        let named = verified && leaf.as_ref().is_some_and(|l| l.identity.is_some());
+        let addr = match s.client_addr {
+            Some(a) => Some(a.ip()),
+            None if named => None,
+            None => s.legs[Side::Client as usize]
+                .fd
+                .as_ref()
+                .and_then(sock::peer_addr)
+                .map(|a| a.ip()),
+        };
+        table.record(&crate::telemetry::callers::Sighting {
+            leaf,
+            verified,
+            addr,
+            enforced: failed.map_or("allow", |f| f.as_str()),
+            candidate,
+        });
     }
 
     /// At most one send per side in flight: queue what the connection has sealed.
@@ -671,6 +741,9 @@ impl<D: Driver<Token>> Worker<D> {
     }
 
     fn begin_close(&mut self, id: SlotId, reason: CloseReason) {
+        if let CloseReason::HandshakeFailed(r) = reason {
+            self.handshake_failed(id, r);
+        }
         let Some(s) = self.slots.get_mut(id) else {
             return;
         };
@@ -702,6 +775,21 @@ impl<D: Driver<Token>> Worker<D> {
         if s.may_free() {
             self.finalize(id);
         }
+    }
+
+    /// The client handshake failed for `r`: the candidate's verdict, and its caller.
+    fn handshake_failed(&mut self, id: SlotId, r: HandshakeFailure) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        if s.live.tls.has_dual_policy() {
+            let record = s.conn.take_auth_record();
+            let no_cert = r == HandshakeFailure::NoClientCert;
+            if let Some(outcome) = s.live.tls.failed_outcome(record, no_cert) {
+                s.conn.set_auth(outcome);
+            }
+        }
+        self.client_auth_seen(id, Some(r));
     }
 
     /// Every op of the slot has completed: close the sockets, free the slot.

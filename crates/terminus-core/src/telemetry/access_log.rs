@@ -43,6 +43,14 @@ struct AccessLine<'a> {
     peer_subject: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// With a candidate policy: its verdict, `allow` or `refuse`, and why it refuses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate_reason: Option<&'static str>,
+    /// `invalid_certificate = "anonymous"` admitted a failing certificate: why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invalid_certificate: Option<&'static str>,
 }
 
 /// Where a finished connection ran, as the worker knows it.
@@ -65,15 +73,28 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
         _ => ("connection", None),
     };
     let handshake = conn.handshake_duration();
-    // The verified peer, or (for a refused one) what it presented.
-    let peer = tls
-        .peer_certificates()
+    // The verified peer, or (for a refused one, or one a candidate policy asked for)
+    // what it presented.
+    let peer = conn
+        .verified_peer_certificates()
         .and_then(|c| c.first())
         .and_then(|der| PeerIdentity::from_der(der).ok());
     let rejected = conn.rejected_client();
+    let auth = conn.auth();
+    let presented = match (&peer, auth) {
+        (None, Some(a)) => tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .or(a.refused_leaf.as_ref())
+            .and_then(|der| PeerIdentity::from_der(der).ok()),
+        _ => None,
+    };
     let id = peer
         .as_ref()
-        .or_else(|| rejected.and_then(|r| r.identity.as_ref()));
+        .or_else(|| rejected.and_then(|r| r.identity.as_ref()))
+        .or(presented.as_ref());
+    let candidate = auth.and_then(|a| a.candidate.as_ref());
+    let classify = |e: &rustls::Error| crate::proxy::conn::HandshakeFailure::classify(e).as_str();
     let line = AccessLine {
         ts: crate::telemetry::log::now_rfc3339(),
         event,
@@ -102,6 +123,9 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
         reason,
         peer_subject: reason.and(id.map(|i| i.subject.as_str())),
         error: reason.and(rejected.map(|r| r.error.to_string())),
+        candidate: candidate.map(|c| if c.is_ok() { "allow" } else { "refuse" }),
+        candidate_reason: candidate.and_then(|c| c.as_ref().err()).map(classify),
+        invalid_certificate: auth.and_then(|a| a.anonymous.as_ref()).map(classify),
     };
     serde_json::to_string(&line).unwrap_or_default()
 }

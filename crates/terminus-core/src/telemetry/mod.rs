@@ -8,5 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod callers;
 pub mod log;
 pub mod metrics;

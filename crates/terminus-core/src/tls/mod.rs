@@ -20,8 +20,12 @@
 //! worker has its own sink and its own copy of the server config whose verifier
 //! writes to it ([`ServerTls::config_for`]); the connection is given the sink.
 //!
+//! A listener may also carry a report-only candidate policy, and `optional` mode may
+//! admit a failing certificate as anonymous: [`candidate`] gives each handshake both
+//! verdicts; the enforced one is unchanged.
+//!
 //! Files by concern: `server` (the server config), `sni` (certificate choice),
-//! `verifier` (client authentication), `client` (re-encryption to the upstream),
+//! `verifier` (client authentication), [`candidate`] (the candidate policy), `client` (re-encryption to the upstream),
 //! `pem` (loading files), `validity` (dates), `problems` (`check`), `error`
 //! (what can be wrong), [`identity`], [`policy`], [`tickets`].
 //!
@@ -31,6 +35,7 @@
 //! clients of another. A CRL's nextUpdate is not enforced (an old CRL still revokes).
 #![forbid(unsafe_code)]
 
+pub mod candidate;
 mod chain_cache;
 mod client;
 mod error;
@@ -57,7 +62,7 @@ pub use error::{
 pub use pem::{certified_key, load_certs, load_crls, load_key, load_roots};
 pub use problems::{listener_file_problems, listener_problems};
 pub use server::{listener_files, server_config, server_provider, server_tls, ServerTls};
-pub use settings::{ClientAuth, ClientAuthMode, ListenerTls, Sni, UpstreamTls};
+pub use settings::{ClientAuth, ClientAuthMode, InvalidCertificate, ListenerTls, Sni, UpstreamTls};
 pub use sni::{take_seen_server_name, ServedCert, SniResolver};
 pub use validity::{cert_dates, cert_warnings, leaf_not_after, DateFindings, EXPIRY_WARNING_DAYS};
 pub use verifier::{client_verifier, PolicyVerifier, RejectSink, RejectedClient};

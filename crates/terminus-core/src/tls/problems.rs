@@ -58,6 +58,14 @@ pub fn listener_file_problems(l: &ListenerTls) -> Vec<TlsError> {
     {
         client_auth_problems(ca, &provider, &mut out);
     }
+    if let Some(c) = l
+        .client_auth
+        .as_ref()
+        .and_then(|ca| ca.candidate.as_deref())
+        .filter(|c| c.mode != ClientAuthMode::None)
+    {
+        client_auth_problems(c, &provider, &mut out);
+    }
     if let Some(up) = &l.upstream_tls {
         collect_problems(&up.ca, load_roots_file, &mut out);
         if let (Some(cert), Some(key)) = (&up.cert, &up.key) {

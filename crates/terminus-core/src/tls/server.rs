@@ -11,9 +11,10 @@
 //! built; `policy_digest` reads the CA and CRL files again.
 
 use super::settings::ListenerTls;
+use super::candidate::{AuthOutcome, AuthRecord, Candidate, DualPolicy, DualVerifier};
 use super::sni::SniResolver;
 use super::validity::{unix_now, validity_findings, Role};
-use super::verifier::{policy_verifier, PolicyVerifier, RejectSink};
+use super::verifier::{policy_verifier, table_verifier, PolicyVerifier, RejectSink};
 use super::TlsError;
 use ::aws_lc_rs::digest as aws_lc_rs_digest;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -43,6 +44,8 @@ pub struct ServerTls {
     /// The allow-list verifier (client_auth other than `none`), kept to build the
     /// per-worker configs of [`ServerTls::config_for`].
     policy: Option<Arc<PolicyVerifier>>,
+    /// A candidate policy or `invalid_certificate = "anonymous"` (see `candidate`).
+    dual: Option<Arc<DualPolicy>>,
     /// The protocol versions offered (`min_version`), for those copies too.
     versions: &'static [&'static rustls::SupportedProtocolVersion],
 }
@@ -68,10 +71,14 @@ impl ServerTls {
     /// across copies. Without client authentication there is nothing to record:
     /// `config` itself.
     pub fn config_for(&self, sink: &RejectSink) -> Arc<rustls::ServerConfig> {
-        let Some(policy) = &self.policy else {
-            return self.config.clone();
+        let verifier: Arc<dyn ClientCertVerifier> = match (&self.dual, &self.policy) {
+            (Some(dual), policy) => Arc::new(DualVerifier::new(
+                policy.as_ref().map(|p| p.with_sink(sink.clone())),
+                dual.clone(),
+            )),
+            (None, Some(policy)) => Arc::new(policy.with_sink(sink.clone())),
+            (None, None) => return self.config.clone(),
         };
-        let verifier = Arc::new(policy.with_sink(sink.clone()));
         let base = &self.config;
         let built = rustls::ServerConfig::builder_with_provider(base.crypto_provider().clone())
             .with_protocol_versions(self.versions)
@@ -86,6 +93,78 @@ impl ServerTls {
         copy_settings(base, &mut cfg);
         Arc::new(cfg)
     }
+}
+
+impl ServerTls {
+    /// Whether handshakes of this listener have an [`AuthOutcome`] (a candidate
+    /// policy or `invalid_certificate = "anonymous"`); without, a presented
+    /// certificate is always a verified one.
+    pub fn has_dual_policy(&self) -> bool {
+        self.dual.is_some()
+    }
+
+    /// Whether the listener has a candidate policy.
+    pub fn has_candidate(&self) -> bool {
+        self.dual.as_ref().is_some_and(|d| d.candidate.is_some())
+    }
+
+    /// Both verdicts of a completed handshake (see [`DualPolicy::completed`]); None
+    /// without a dual policy.
+    pub fn completed_outcome(
+        &self,
+        chain: Option<&[rustls_pki_types::CertificateDer<'_>]>,
+        record: Option<AuthRecord>,
+    ) -> Option<AuthOutcome> {
+        let now = rustls_pki_types::UnixTime::now();
+        let d = self.dual.as_ref()?;
+        Some(d.completed(self.policy.as_deref(), chain, record, now))
+    }
+
+    /// Both verdicts of a failed handshake (see [`DualPolicy::failed`]).
+    pub fn failed_outcome(
+        &self,
+        record: Option<AuthRecord>,
+        no_client_cert: bool,
+    ) -> Option<AuthOutcome> {
+        Some(self.dual.as_ref()?.failed(record, no_client_cert))
+    }
+}
+
+/// The candidate policy and the anonymous setting of `l`, when it has either.
+fn dual_policy(
+    l: &ListenerTls,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<DualPolicy>, TlsError> {
+    use super::settings::{ClientAuthMode, InvalidCertificate};
+    let Some(ca) = &l.client_auth else {
+        return Ok(None);
+    };
+    let anonymous = ca.mode == ClientAuthMode::Optional
+        && ca.invalid_certificate == InvalidCertificate::Anonymous;
+    // File contents, as the verifiers read them (unreadable ones failed above).
+    let contents = |files: &[PathBuf]| -> Vec<Vec<u8>> {
+        files
+            .iter()
+            .map(|f| std::fs::read(f).unwrap_or_default())
+            .collect()
+    };
+    let candidate = match ca.candidate.as_deref() {
+        Some(c) => Some(Candidate {
+            mode: c.mode,
+            anonymous: c.mode == ClientAuthMode::Optional
+                && c.invalid_certificate == InvalidCertificate::Anonymous,
+            verifier: table_verifier(l, Some(c), provider)?.map(Arc::new),
+            shares_chain: ca.mode != ClientAuthMode::None
+                && c.mode != ClientAuthMode::None
+                && contents(&ca.ca) == contents(&c.ca)
+                && contents(&ca.crl) == contents(&c.crl),
+        }),
+        None => None,
+    };
+    Ok((anonymous || candidate.is_some()).then_some(DualPolicy {
+        anonymous,
+        candidate,
+    }))
 }
 
 /// The settings [`build_server_config`] makes, from one config to another (the
@@ -107,9 +186,14 @@ pub fn server_tls(l: &ListenerTls) -> Result<ServerTls, TlsError> {
         .versions();
     let certs = Arc::new(SniResolver::load(l, &provider)?);
     let policy = policy_verifier(l, &provider)?.map(Arc::new);
-    let verifier: Arc<dyn ClientCertVerifier> = match &policy {
-        Some(p) => p.clone(),
-        None => WebPkiClientVerifier::no_client_auth(),
+    let dual = dual_policy(l, &provider)?.map(Arc::new);
+    let verifier: Arc<dyn ClientCertVerifier> = match (&dual, &policy) {
+        (Some(d), p) => Arc::new(DualVerifier::new(
+            p.as_ref().map(|p| p.without_sink()),
+            d.clone(),
+        )),
+        (None, Some(p)) => p.clone(),
+        (None, None) => WebPkiClientVerifier::no_client_auth(),
     };
     let config = build_server_config(l, provider, versions, certs.clone(), verifier)?;
     let now = unix_now();
@@ -124,6 +208,7 @@ pub fn server_tls(l: &ListenerTls) -> Result<ServerTls, TlsError> {
         certs,
         warnings,
         policy,
+        dual,
         versions,
     })
 }
@@ -205,24 +290,39 @@ fn build_server_config(
 
 /// What a resumed session must not outlive: the client-auth mode, the CA and CRL
 /// contents and the allow-list (see `tickets`: rustls skips verification on
-/// resumption, so a change here must make old tickets undecryptable).
+/// resumption, so a change here must make old tickets undecryptable); and so the
+/// anonymous setting and the candidate policy (a session resumed under a candidate
+/// was established under it, with its CertificateRequest). Without those two the
+/// digest is what it was before they existed (fleets mixing versions still resume).
 fn policy_digest(l: &ListenerTls) -> Vec<u8> {
     let mut ctx = aws_lc_rs_digest::Context::new(&aws_lc_rs_digest::SHA256);
     if let Some(ca) = &l.client_auth {
-        ctx.update(ca.mode.as_str().as_bytes());
-        for (tag, files) in [(&b"ca\0"[..], &ca.ca), (&b"crl\0"[..], &ca.crl)] {
-            for f in files {
-                ctx.update(tag);
-                // Unreadable files already failed the verifier build above.
-                ctx.update(&std::fs::read(f).unwrap_or_default());
-            }
-        }
-        for a in &ca.allow {
-            ctx.update(b"allow\0");
-            ctx.update(a.as_bytes());
-        }
+        digest_client_auth(&mut ctx, ca);
     }
     ctx.finish().as_ref().to_vec()
+}
+
+fn digest_client_auth(ctx: &mut aws_lc_rs_digest::Context, ca: &super::settings::ClientAuth) {
+    ctx.update(ca.mode.as_str().as_bytes());
+    for (tag, files) in [(&b"ca\0"[..], &ca.ca), (&b"crl\0"[..], &ca.crl)] {
+        for f in files {
+            ctx.update(tag);
+            // Unreadable files already failed the verifier build above.
+            ctx.update(&std::fs::read(f).unwrap_or_default());
+        }
+    }
+    for a in &ca.allow {
+        ctx.update(b"allow\0");
+        ctx.update(a.as_bytes());
+    }
+    if ca.invalid_certificate != super::settings::InvalidCertificate::Refuse {
+        ctx.update(b"invalid_certificate\0");
+        ctx.update(ca.invalid_certificate.as_str().as_bytes());
+    }
+    if let Some(c) = &ca.candidate {
+        ctx.update(b"candidate\0");
+        digest_client_auth(ctx, c);
+    }
 }
 
 /// Every file whose content the listener's live TLS state is built from: what the
@@ -238,6 +338,10 @@ pub fn listener_files(l: &ListenerTls) -> Vec<PathBuf> {
     if let Some(ca) = &l.client_auth {
         v.extend(ca.ca.iter().cloned());
         v.extend(ca.crl.iter().cloned());
+        if let Some(c) = &ca.candidate {
+            v.extend(c.ca.iter().cloned());
+            v.extend(c.crl.iter().cloned());
+        }
     }
     if let Some(up) = &l.upstream_tls {
         v.extend(up.ca.iter().cloned());

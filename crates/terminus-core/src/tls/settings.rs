@@ -68,6 +68,44 @@ pub struct ClientAuth {
     /// client skips chain and CRL work; its CertificateVerify is still checked.
     #[serde(default = "default_verify_cache_size")]
     pub verify_cache_size: usize,
+    /// `optional` mode: what a presented certificate that fails verification gets.
+    #[serde(default)]
+    pub invalid_certificate: InvalidCertificate,
+    /// `[listeners.client_auth.candidate]`: a report-only policy, evaluated on every
+    /// handshake and enforced on none (see `tls::candidate`).
+    #[serde(default)]
+    pub candidate: Option<Box<ClientAuth>>,
+}
+
+/// `invalid_certificate`: in `optional` mode, refuse a certificate that fails
+/// verification (`refuse`, the default) or treat it as no certificate (`anonymous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InvalidCertificate {
+    #[default]
+    Refuse,
+    Anonymous,
+}
+
+impl InvalidCertificate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidCertificate::Refuse => "refuse",
+            InvalidCertificate::Anonymous => "anonymous",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InvalidCertificate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "refuse" => Ok(InvalidCertificate::Refuse),
+            "anonymous" => Ok(InvalidCertificate::Anonymous),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be one of \"refuse\", \"anonymous\", got {s:?}"
+            ))),
+        }
+    }
 }
 
 fn default_verify_cache_size() -> usize {

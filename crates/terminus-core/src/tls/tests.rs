@@ -405,6 +405,7 @@ fn worker_config_records_the_refused_client_and_refuses_it_alike() {
         crl: Vec::new(),
         allow: vec!["spiffe://example.org/someone-else".into()],
         verify_cache_size: 4096,
+        ..Default::default()
     });
     let tls = server_tls(&fx.listener).unwrap();
     let sink = RejectSink::default();
@@ -476,6 +477,7 @@ fn worker_config_differs_from_the_shared_one_only_in_its_verifier() {
         crl: Vec::new(),
         allow: Vec::new(),
         verify_cache_size: 4096,
+        ..Default::default()
     });
     fx.listener.alpn = vec!["h2".into(), "http/1.1".into()];
     fx.listener.tls13_tickets = 1;
@@ -557,6 +559,7 @@ fn a_cached_chain_with_the_wrong_key_is_still_refused() {
         crl: Vec::new(),
         allow: Vec::new(),
         verify_cache_size: 16,
+        ..Default::default()
     });
     let tls = server_tls(&listener).unwrap();
     let worker = tls.config_for(&RejectSink::default());

@@ -40,11 +40,17 @@ pub(super) fn policy_verifier(
     l: &ListenerTls,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Option<PolicyVerifier>, TlsError> {
-    let Some(ca) = l
-        .client_auth
-        .as_ref()
-        .filter(|c| c.mode != ClientAuthMode::None)
-    else {
+    table_verifier(l, l.client_auth.as_ref(), provider)
+}
+
+/// [`policy_verifier`] for one client-auth table of `l` (its `client_auth`, or the
+/// candidate in it).
+pub(super) fn table_verifier(
+    l: &ListenerTls,
+    table: Option<&ClientAuth>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<PolicyVerifier>, TlsError> {
+    let Some(ca) = table.filter(|c| c.mode != ClientAuthMode::None) else {
         return Ok(None);
     };
     let roots = Arc::new(load_roots(&ca.ca)?);
@@ -103,6 +109,27 @@ impl PolicyVerifier {
     /// Its chain cache (hit/miss counts for the metrics, adopted across reloads).
     pub fn cache(&self) -> &ChainCache {
         &self.cache
+    }
+
+    /// The same verifier, leaving refused clients nowhere.
+    pub(super) fn without_sink(&self) -> PolicyVerifier {
+        PolicyVerifier {
+            inner: self.inner.clone(),
+            allow: self.allow.clone(),
+            sink: None,
+            cache: self.cache.clone(),
+        }
+    }
+
+    /// Whether the allow list admits `end_entity` (whose chain is already verified):
+    /// the second half of [`ClientCertVerifier::verify_client_cert`].
+    pub(super) fn allows_leaf(&self, end_entity: &CertificateDer<'_>) -> bool {
+        PeerIdentity::from_der(end_entity).is_ok_and(|id| self.allow.allows(&id))
+    }
+
+    /// Where this copy leaves refused clients, if anywhere.
+    pub(super) fn sink(&self) -> Option<&RejectSink> {
+        self.sink.as_ref()
     }
 
     /// The same verifier, leaving refused clients in `sink`.
@@ -168,6 +195,7 @@ impl ClientCertVerifier for PolicyVerifier {
                 identity,
                 identity_error,
                 error: error.clone(),
+                leaf: end_entity.clone().into_owned(),
             });
         }
         verdict
@@ -206,6 +234,8 @@ pub struct RejectedClient {
     /// What the handshake failed with (also returned by `process_tls_records`):
     /// `InvalidCertificate(ApplicationVerificationFailure)` for a policy refusal.
     pub error: rustls::Error,
+    /// The presented leaf (for the callers inventory: its subject, issuer, notAfter).
+    pub leaf: CertificateDer<'static>,
 }
 
 /// Where a verifier leaves the client certificate it refused, for the connection

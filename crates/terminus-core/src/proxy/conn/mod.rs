@@ -89,6 +89,11 @@ pub struct Conn {
     http: Option<Box<HttpConn>>,
     /// The server name the client asked for (SNI), once its hello was read.
     server_name: Option<Box<str>>,
+    /// What a candidate-aware verifier recorded during this handshake
+    /// (`tls::candidate`), until the driver turns it into `auth`.
+    auth_record: Option<Box<crate::tls::candidate::AuthRecord>>,
+    /// Both client-auth verdicts, on a listener with a candidate or anonymous policy.
+    auth: Option<Box<crate::tls::candidate::AuthOutcome>>,
 }
 
 /// The HTTP side of a connection on an `http` listener.
@@ -135,6 +140,8 @@ impl Conn {
             up_retry: UpRetry::default(),
             http: None,
             server_name: None,
+            auth_record: None,
+            auth: None,
         }
     }
 
@@ -156,10 +163,38 @@ impl Conn {
             Some(s) => s.common(),
             None => return,
         };
+        let verified = self.auth.as_ref().map_or(true, |a| a.verified);
         if let Some(h) = self.http.as_deref_mut() {
+            let chain = tls.peer_certificates().filter(|_| verified);
             h.filter
-                .set_connection(client, self.server_name.as_deref(), tls.peer_certificates());
+                .set_connection(client, self.server_name.as_deref(), chain);
         }
+    }
+
+    /// What the client-auth verifier recorded during the handshake (taken once).
+    pub fn take_auth_record(&mut self) -> Option<crate::tls::candidate::AuthRecord> {
+        self.auth_record.take().map(|b| *b)
+    }
+
+    /// Both client-auth verdicts, as the driver derived them at the handshake's end.
+    pub fn set_auth(&mut self, outcome: crate::tls::candidate::AuthOutcome) {
+        self.auth = Some(Box::new(outcome));
+    }
+
+    /// Both client-auth verdicts (None: a listener without a candidate or anonymous
+    /// policy, or before the handshake ended).
+    pub fn auth(&self) -> Option<&crate::tls::candidate::AuthOutcome> {
+        self.auth.as_deref()
+    }
+
+    /// The client's chain if the enforced policy verified it: what may be forwarded
+    /// as its identity. Without a candidate or anonymous policy, any chain rustls
+    /// kept (it keeps only verified ones).
+    pub fn verified_peer_certificates(
+        &self,
+    ) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        let verified = self.auth.as_ref().map_or(true, |a| a.verified);
+        self.tls().peer_certificates().filter(|_| verified)
     }
 
     /// Move the client's plaintext through the request filter (an input step, so that
@@ -265,9 +300,14 @@ impl Conn {
         // Spare capacity counts against the direction's bound like the bytes do.
         let limit = self.staging_limit().saturating_sub(self.upstream.queued());
         let hello = self.phase == Phase::Handshaking && self.server_name.is_none();
+        let handshaking = self.phase == Phase::Handshaking;
         if hello {
             // Only what this connection's hello leaves counts (see below).
             crate::tls::take_seen_server_name();
+        }
+        if handshaking {
+            // Likewise the client-auth record (`tls::candidate`): only this call's.
+            crate::tls::candidate::take_auth_record();
         }
         let fed = self
             .client
@@ -276,6 +316,11 @@ impl Conn {
             // rustls' unbuffered server session does not expose the SNI; the
             // certificate resolver saw it while this receive ran, on this thread.
             self.server_name = crate::tls::take_seen_server_name();
+        }
+        if handshaking {
+            if let Some(r) = crate::tls::candidate::take_auth_record() {
+                self.auth_record = Some(Box::new(r));
+            }
         }
         if let Err(e) = fed {
             self.fail_tls(&e);

@@ -108,7 +108,24 @@ pub struct ListenerMetrics {
     pub bytes_upstream_to_client: u64,
     pub handshake: Latency,
     pub upstream_connect: Latency,
+    /// The candidate client-auth policy's verdicts, by [`CANDIDATE_VERDICTS`].
+    pub candidate_verdicts: [u64; CANDIDATE_VERDICTS.len()],
+    /// Certificates the enforced `optional` policy admitted as anonymous, by reason.
+    pub anonymous: [u64; HandshakeFailure::ALL.len()],
 }
+
+/// `allow`, then the reasons a client-auth policy refuses for; anything else is
+/// counted as `bad_certificate`.
+pub const CANDIDATE_VERDICTS: [&str; 8] = [
+    "allow",
+    "no_client_cert",
+    "unknown_ca",
+    "cert_expired",
+    "cert_not_yet_valid",
+    "cert_revoked",
+    "bad_certificate",
+    "policy_denied",
+];
 
 impl ListenerMetrics {
     pub fn handshake_ok(&mut self, resumed: bool, verified: bool, took: Option<Duration>) {
@@ -116,6 +133,16 @@ impl ListenerMetrics {
         if let Some(d) = took {
             self.handshake.record(d);
         }
+    }
+
+    /// Count a candidate verdict: `allow` or a refusal reason.
+    pub fn candidate_verdict(&mut self, v: &str) {
+        let i = CANDIDATE_VERDICTS.iter().position(|x| *x == v).unwrap_or(6);
+        self.candidate_verdicts[i] += 1;
+    }
+
+    pub fn anonymous(&mut self, r: HandshakeFailure) {
+        self.anonymous[reason_index(r)] += 1;
     }
 
     pub fn handshake_error(&mut self, r: HandshakeFailure) {
@@ -164,6 +191,12 @@ impl ListenerMetrics {
         self.bytes_upstream_to_client += o.bytes_upstream_to_client;
         self.handshake.merge(&o.handshake);
         self.upstream_connect.merge(&o.upstream_connect);
+        for (a, b) in self.candidate_verdicts.iter_mut().zip(o.candidate_verdicts) {
+            *a += b;
+        }
+        for (a, b) in self.anonymous.iter_mut().zip(o.anonymous) {
+            *a += b;
+        }
     }
 }
 
@@ -261,6 +294,8 @@ pub struct ListenerView {
     pub chain_cache: Option<(u64, u64)>,
     /// (certificate file, stapled OCSP response's nextUpdate, Unix seconds).
     pub ocsp: Vec<(String, i64)>,
+    /// Callers dropped from its inventory (None: no inventory).
+    pub callers_evicted: Option<u64>,
 }
 
 /// Process-wide counters outside the workers.

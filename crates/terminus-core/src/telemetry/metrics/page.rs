@@ -163,6 +163,53 @@ static FAMILIES: &[Family] = &[
         Samples::Summed(|m| m.errors(HandshakeFailure::PolicyDenied)),
     ),
     family(
+        "terminus_candidate_verdicts_total",
+        Kind::Counter,
+        "Verdicts of the candidate client-auth policy (report-only): allow, or refuse \
+         and the reason the handshake would fail for.",
+        Samples::SummedLabeled(|m| {
+            CANDIDATE_VERDICTS
+                .iter()
+                .zip(m.candidate_verdicts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(v, n)| {
+                    let labels = match *v {
+                        "allow" => "verdict=\"allow\",reason=\"none\"".to_owned(),
+                        r => format!("verdict=\"refuse\",reason=\"{r}\""),
+                    };
+                    (labels, Num::U(n))
+                })
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_client_cert_anonymous_total",
+        Kind::Counter,
+        "Client certificates that failed verification and were admitted as no \
+         certificate (invalid_certificate = \"anonymous\"), by reason.",
+        Samples::SummedLabeled(|m| {
+            HandshakeFailure::ALL
+                .iter()
+                .filter(|r| m.anonymous[reason_index(**r)] > 0)
+                .map(|r| {
+                    let n = m.anonymous[reason_index(*r)];
+                    (format!("reason=\"{}\"", r.as_str()), Num::U(n))
+                })
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_callers_evicted_total",
+        Kind::Counter,
+        "Callers dropped from the listener's inventory (GET /callers) to stay within \
+         [admin] callers_max, least recently seen first.",
+        Samples::Current(|l| {
+            l.callers_evicted
+                .map(|n| vec![(String::new(), Num::U(n))])
+                .unwrap_or_default()
+        }),
+    ),
+    family(
         "terminus_client_chain_cache_total",
         Kind::Counter,
         "Client certificate chains found already verified and allowed (hit) or verified \

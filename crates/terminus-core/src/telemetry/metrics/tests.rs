@@ -59,6 +59,7 @@ fn workers_add_up_and_the_page_names_every_reason() {
         certs: vec![("/c/server.pem".into(), 1_900_000_000)],
         chain_cache: Some((7, 2)),
         ocsp: vec![("/c/server.pem".into(), 1_800_000_000)],
+        callers_evicted: None,
     };
     let g = GlobalView {
         reloads_ok: 1,
@@ -142,6 +143,10 @@ fn fixture_page() -> String {
     a.upstream_connect_error("127.0.0.1:9".parse().unwrap());
     a.upstream_connect_error("[::1]:7".parse().unwrap());
     a.upstream_resumption_failure("127.0.0.1:8".parse().unwrap());
+    a.candidate_verdict("allow");
+    a.candidate_verdict("policy_denied");
+    a.candidate_verdict("policy_denied");
+    a.anonymous(HandshakeFailure::CertExpired);
     let b = ListenerMetrics::default();
     let views = [
         ListenerView {
@@ -162,6 +167,7 @@ fn fixture_page() -> String {
             ],
             chain_cache: Some((40, 3)),
             ocsp: vec![("/c/server.pem".into(), 1_800_000_000)],
+            callers_evicted: Some(2),
         },
         ListenerView {
             name: "in\nternal".into(),
@@ -172,6 +178,7 @@ fn fixture_page() -> String {
             certs: vec![],
             chain_cache: None,
             ocsp: vec![],
+            callers_evicted: None,
         },
     ];
     let g = GlobalView {
@@ -231,6 +238,9 @@ fn the_family_list_is_pinned() {
             "terminus_handshakes_total counter",
             "terminus_handshake_errors_total counter",
             "terminus_policy_denied_total counter",
+                "terminus_candidate_verdicts_total counter",
+                "terminus_client_cert_anonymous_total counter",
+                "terminus_callers_evicted_total counter",
             "terminus_client_chain_cache_total counter",
             "terminus_handshake_duration_seconds histogram",
             "terminus_upstream_connect_duration_seconds histogram",
