@@ -19,6 +19,7 @@
 //! When no line can be found the `:LINE` part is left out.
 #![forbid(unsafe_code)]
 
+mod authz;
 mod endpoint;
 mod error;
 pub mod flags;
@@ -27,11 +28,12 @@ mod schema;
 pub mod tls_policy;
 mod validate;
 
+pub use authz::RulesProblem;
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
-    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpTable, IoSetting, Listener, Log,
-    LogFormat, ProxyProtocol, Resolver, Runtime, Sni, UnsupportedProxyProtocol, UpstreamTls,
+    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpRule, HttpTable, IoSetting, Listener,
+    Log, LogFormat, ProxyProtocol, Resolver, Runtime, Sni, UnsupportedProxyProtocol, UpstreamTls,
 };
 
 use error::first_with_count;
