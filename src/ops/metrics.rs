@@ -103,6 +103,11 @@ pub struct ListenerMetrics {
     /// Completed upstream (re-encryption) handshakes: [full, resumed].
     pub upstream_handshakes: [u64; 2],
     pub rejected_max_connections: u64,
+    /// Requests decided by an http listener's rules, per rule name: [allow, deny]
+    /// (the decision taken, or in report mode the one that would have been).
+    pub http_requests: Vec<(Box<str>, [u64; 2])>,
+    /// Requests and connections over a per-caller limit, by [`LIMITS`].
+    pub limited: [u64; 3],
     pub bytes_client_to_upstream: u64,
     pub bytes_upstream_to_client: u64,
     pub handshake: Latency,
@@ -123,6 +128,30 @@ impl ListenerMetrics {
 
     pub fn errors(&self, r: HandshakeFailure) -> u64 {
         self.handshake_errors[reason_index(r)]
+    }
+
+    /// One request `rule` decided (`deny`: the deny decision, carried out or not).
+    pub fn http_request(&mut self, rule: &str, deny: bool) {
+        self.http_request_n(rule, deny as usize, 1);
+    }
+
+    /// (A short list, bounded by the config: linear search.)
+    fn http_request_n(&mut self, rule: &str, decision: usize, n: u64) {
+        match self.http_requests.iter_mut().find(|(r, _)| &**r == rule) {
+            Some((_, c)) => c[decision] += n,
+            None => {
+                let mut c = [0; 2];
+                c[decision] = n;
+                self.http_requests.push((rule.into(), c));
+            }
+        }
+    }
+
+    /// A request or connection over `limit` (refused, or reported).
+    pub fn limited(&mut self, limit: crate::proxy::authz::limits::Limit) {
+        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
+            self.limited[i] += 1;
+        }
     }
 
     pub fn upstream_connect_error(&mut self, addr: SocketAddr) {
@@ -159,6 +188,14 @@ impl ListenerMetrics {
             *a += b;
         }
         self.rejected_max_connections += o.rejected_max_connections;
+        for (rule, counts) in &o.http_requests {
+            for (d, n) in counts.iter().enumerate() {
+                self.http_request_n(rule, d, *n);
+            }
+        }
+        for (a, b) in self.limited.iter_mut().zip(o.limited) {
+            *a += b;
+        }
         self.bytes_client_to_upstream += o.bytes_client_to_upstream;
         self.bytes_upstream_to_client += o.bytes_upstream_to_client;
         self.handshake.merge(&o.handshake);
@@ -346,6 +383,13 @@ impl std::fmt::Display for Num {
     }
 }
 
+/// The limits of `limited`, in its order.
+pub const LIMITS: [crate::proxy::authz::limits::Limit; 3] = [
+    crate::proxy::authz::limits::Limit::Connections,
+    crate::proxy::authz::limits::Limit::Requests,
+    crate::proxy::authz::limits::Limit::Handshakes,
+];
+
 /// The statuses of `http_rejected`, in its order.
 pub const HTTP_STATUSES: [u16; 3] = [400, 408, 431];
 
@@ -512,6 +556,38 @@ static FAMILIES: &[Family] = &[
                 .iter()
                 .zip(m.http_rejected)
                 .map(|(s, n)| (format!("status=\"{s}\""), Num::U(n)))
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_http_requests_total",
+        "counter",
+        "Requests an http listener's rules decided, by rule name (`default`: no rule \
+         matched) and decision (`allow`/`deny`; in report mode the decision that would \
+         have been taken).",
+        Samples::SummedLabeled(|m| {
+            m.http_requests
+                .iter()
+                .flat_map(|(rule, [allow, deny])| {
+                    [("allow", *allow), ("deny", *deny)]
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(move |(d, n)| (format!("rule=\"{}\",decision=\"{d}\"", esc(rule)), Num::U(n)))
+                })
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_limited_total",
+        "counter",
+        "Requests over a per-caller limit (refused, or in report mode counted only), by \
+         limit.",
+        Samples::SummedLabeled(|m| {
+            LIMITS
+                .iter()
+                .zip(m.limited)
+                .filter(|(_, n)| *n > 0)
+                .map(|(l, n)| (format!("limit=\"{}\"", l.as_str()), Num::U(n)))
                 .collect()
         }),
     ),
@@ -1034,6 +1110,8 @@ mod tests {
             rejected_max_connections: 1,
             upstream_tls_errors: 2,
             http_rejected: [3, 1, 0],
+            http_requests: vec![("no-admin".into(), [0, 2]), ("default".into(), [5, 0])],
+            limited: [0, 4, 0],
             bytes_client_to_upstream: 1234,
             bytes_upstream_to_client: 56789,
             upstream_handshakes: [4, 5],
@@ -1143,6 +1221,8 @@ mod tests {
                 "terminus_upstream_up gauge",
                 "terminus_upstream_resolve_errors_total counter",
                 "terminus_http_rejected_total counter",
+                "terminus_http_requests_total counter",
+                "terminus_limited_total counter",
                 "terminus_upstream_tls_errors_total counter",
                 "terminus_upstream_handshakes_total counter",
                 "terminus_upstream_resumption_failures_total counter",

@@ -20,6 +20,7 @@
 //! ([`RequestFilter::in_head`]).
 #![forbid(unsafe_code)]
 
+use crate::proxy::authz::gate::{Admit, RequestGate};
 use base64::Engine as _;
 
 /// Header names terminus sets, lowercase: a client's copy never passes.
@@ -126,6 +127,10 @@ pub struct RequestFilter {
     /// `X-Forwarded-Host` from SNI, else each request's `Host`.
     sni: Option<String>,
     pub requests: u64,
+    /// Rules and limits (listeners that have them): each checked head is decided.
+    gate: Option<Box<RequestGate>>,
+    /// The request being read was answered by terminus: its body is dropped.
+    dropping: bool,
 }
 
 impl RequestFilter {
@@ -137,7 +142,22 @@ impl RequestFilter {
             added: b"X-Forwarded-Proto: https\r\n".to_vec(),
             sni: None,
             requests: 0,
+            gate: None,
+            dropping: false,
         }
+    }
+
+    /// Decide every request with `gate` from now on.
+    pub fn set_gate(&mut self, gate: RequestGate) {
+        self.gate = Some(Box::new(gate));
+    }
+
+    pub fn gate_mut(&mut self) -> Option<&mut RequestGate> {
+        self.gate.as_deref_mut()
+    }
+
+    pub fn gate(&self) -> Option<&RequestGate> {
+        self.gate.as_deref()
     }
 
     pub fn settings(&self) -> &HttpSettings {
@@ -211,13 +231,14 @@ impl RequestFilter {
                     *data = &[];
                 }
                 State::Head => {
+                    self.dropping = false;
                     if !self.take_head(data, out)? {
                         return Ok(());
                     }
                 }
                 State::Body(n) => {
                     let k = (n.min(data.len() as u64)) as usize;
-                    out.extend_from_slice(&data[..k]);
+                    self.emit(out, &data[..k]);
                     *data = &data[k..];
                     self.state = if n - k as u64 == 0 {
                         State::Head
@@ -230,7 +251,7 @@ impl RequestFilter {
                         return Ok(());
                     };
                     let size = chunk_size(&line)?;
-                    out.extend_from_slice(&line);
+                    self.emit(out, &line);
                     self.state = if size == 0 {
                         State::Trailers
                     } else {
@@ -239,7 +260,7 @@ impl RequestFilter {
                 }
                 State::ChunkData(n) => {
                     let k = (n.min(data.len() as u64)) as usize;
-                    out.extend_from_slice(&data[..k]);
+                    self.emit(out, &data[..k]);
                     *data = &data[k..];
                     self.state = if n - k as u64 == 0 {
                         State::ChunkDataEnd
@@ -254,14 +275,14 @@ impl RequestFilter {
                     if line != b"\r\n" {
                         return Err(Refusal::bad("chunk data not followed by CRLF"));
                     }
-                    out.extend_from_slice(&line);
+                    self.emit(out, &line);
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
                     let Some(line) = self.take_line(data)? else {
                         return Ok(());
                     };
-                    out.extend_from_slice(&line);
+                    self.emit(out, &line);
                     if line == b"\r\n" {
                         self.state = State::Head;
                     }
@@ -269,6 +290,13 @@ impl RequestFilter {
             }
         }
         Ok(())
+    }
+
+    /// Body bytes go to the upstream, unless their request was answered here.
+    fn emit(&self, out: &mut Vec<u8>, bytes: &[u8]) {
+        if !self.dropping {
+            out.extend_from_slice(bytes);
+        }
     }
 
     /// One line (through its LF) of a chunked body, gathered across calls; None:
@@ -340,7 +368,7 @@ impl RequestFilter {
 
     /// Parse and check `head` (through its blank line), write it without owned
     /// headers and with ours, and return the body's state.
-    fn rewrite(&self, head: &[u8], out: &mut Vec<u8>) -> Result<State, Refusal> {
+    fn rewrite(&mut self, head: &[u8], out: &mut Vec<u8>) -> Result<State, Refusal> {
         if !self.settings.allow_bare_lf && has_bare_lf(head) {
             return Err(Refusal::bad("bare LF in the request head"));
         }
@@ -357,6 +385,17 @@ impl RequestFilter {
             _ => return Err(Refusal::bad("malformed request head")),
         }
         let checked = Checked::validate(&req)?;
+        if let Some(g) = self.gate.as_deref_mut() {
+            // Decided on the canonical path; an ambiguous one is refused (400).
+            match g.check(checked.method, checked.path) {
+                Err(e) => return Err(Refusal::bad(e.as_str())),
+                Ok(Admit::Answered) => {
+                    self.dropping = true;
+                    return Ok(checked.body);
+                }
+                Ok(Admit::Forward) => {}
+            }
+        }
         out.reserve(head.len() + self.added.len() + 64);
         self.write_head(&checked, req.headers, out);
         Ok(checked.body)

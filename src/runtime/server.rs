@@ -450,6 +450,9 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
             addr,
             live: ArcSwap::from_pointee(live),
             active: AtomicUsize::new(0),
+            caller_limits: Arc::new(crate::proxy::authz::limits::CallerLimits::new(
+                crate::proxy::authz::limits::DEFAULT_MAX_CALLERS,
+            )),
         }));
     }
     Ok(Bound {
