@@ -63,6 +63,10 @@ pub enum Admit {
     Answered,
 }
 
+/// The `rule` of an `http_denied` line for a path with no canonical form (`%2F`,
+/// `%5C`, a bad escape...): enforce answers it with 400, report lets it through.
+pub const INVALID_PATH: &str = "invalid_path";
+
 /// Largest upstream response head the sequencer follows.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -126,9 +130,24 @@ impl RequestGate {
     /// Decide one request whose head passed the filter's checks.
     pub fn check(&mut self, method: &str, target: &str) -> Result<Admit, PathError> {
         let p = &*self.policy;
-        let path = path::normalize(target)?;
-        let d = p.rules.decide(self.caller.as_ref(), method, &path);
         let report = p.rules.mode() == Mode::Report;
+        let path = match path::normalize(target) {
+            Ok(path) => path,
+            Err(e) if !report => return Err(e),
+            Err(_) => {
+                // Report mode refuses nothing: logged as what enforce would refuse.
+                self.events.push(GateEvent::Denied(Box::new(Denied {
+                    rule: INVALID_PATH.into(),
+                    method: method.to_owned(),
+                    path: target.to_owned(),
+                    identity: self.identity.clone(),
+                    enforced: false,
+                })));
+                self.seq.forwarded(method == "HEAD");
+                return Ok(Admit::Forward);
+            }
+        };
+        let d = p.rules.decide(self.caller.as_ref(), method, &path);
         self.events.push(GateEvent::Decided {
             matched: d.matched,
             action: d.action,
