@@ -244,6 +244,7 @@ impl Fixture {
             "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\n[listeners.http]\n{http}"
         ));
         let config = write_config_with_log(&self.pki, Some(2), &[l], "access.log");
+        append_tables(&config, "[admin]\nlisten = \"127.0.0.1:0\"\n");
         Terminus::start(&config)
     }
 
@@ -266,6 +267,16 @@ impl Fixture {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// The rule that allows an allowed case.
+fn matched_allow(c: &(Caller, &str, &str, Option<&str>)) -> &'static str {
+    let payments = c.2.contains("payments") || c.2.contains("%70ayments");
+    if c.0 == Caller::Checkout && payments {
+        "checkout-payments"
+    } else {
+        "default"
     }
 }
 
@@ -384,6 +395,40 @@ fn enforce_denies_exactly_the_table_and_report_passes_everything_logging_the_sam
                     && l["enforced"] == (mode == "enforce")),
                 "{caller:?} {method} {rule:?}: {lines:#?}"
             );
+        }
+        // Counted per rule and decision (in report mode: the decision not taken).
+        let mut want: Vec<String> = Vec::new();
+        for rule in [
+            "checkout-payments",
+            "no-payments",
+            "no-admin",
+            "no-anonymous-writes",
+            "default",
+        ] {
+            let n = CASES
+                .iter()
+                .filter(|c| match c.3 {
+                    Some(r) => r == rule,
+                    None => rule == matched_allow(c),
+                })
+                .count();
+            let decision = if rule == "checkout-payments" || rule == "default" {
+                "allow"
+            } else {
+                "deny"
+            };
+            want.push(format!(
+                "terminus_http_requests_total{{listener=\"web\",rule=\"{rule}\",decision=\"{decision}\"}} {n}"
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, page) = http_get(t.admin(), "/metrics");
+            if want.iter().all(|w| page.lines().any(|l| l == w)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{want:#?}\n{page}");
+            thread::sleep(Duration::from_millis(50));
         }
         // Logged on the canonical path, never with the certificate.
         assert!(lines
