@@ -502,6 +502,20 @@ fn pipelined_a_denied_request_is_answered_in_its_place_and_the_connection_stays_
             .all(|s| !s.contains("SECRET") && !s.contains("admin")),
         "{seen:#?}"
     );
+    // A denied request waiting for 100 Continue: whether its body follows is
+    // unknowable, so the 403 closes the connection instead of guessing.
+    let mut tls = tls_connect(t.addr("web"), &f.batch);
+    tls.write_all(
+        b"POST /admin/x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 6\r\n\r\n",
+    )
+    .unwrap();
+    let (status, head, _) = read_response(&mut tls).unwrap();
+    assert_eq!(status, 403);
+    assert!(head.contains("Connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert_eq!(be.seen().len(), 3);
 }
 
 #[test]

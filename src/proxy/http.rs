@@ -89,7 +89,9 @@ impl Refusal {
 pub fn status_response(status: u16) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         408 => "Request Timeout",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         _ => "Error",
@@ -389,7 +391,18 @@ impl RequestFilter {
             // Decided on the canonical path; an ambiguous one is refused (400).
             match g.check(checked.method, checked.path) {
                 Err(e) => return Err(Refusal::bad(e.as_str())),
-                Ok(Admit::Answered) => {
+                // A client waiting for 100 Continue may send the body or not: which
+                // one is unknowable, so the answer closes the connection (RFC 9110
+                // 10.1.1) rather than guess where the next request starts.
+                Ok(Admit::Answered(status))
+                    if checked.expect_continue && checked.body != State::Head =>
+                {
+                    return Err(Refusal {
+                        status,
+                        why: "answered before a 100-continue body",
+                    });
+                }
+                Ok(Admit::Answered(_)) => {
                     self.dropping = true;
                     return Ok(checked.body);
                 }
@@ -440,6 +453,8 @@ struct Checked<'b> {
     version: u8,
     body: State,
     host: Option<&'b str>,
+    /// `Expect: 100-continue`.
+    expect_continue: bool,
 }
 
 impl<'b> Checked<'b> {
@@ -457,6 +472,7 @@ impl<'b> Checked<'b> {
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut host = None;
+        let mut expect_continue = false;
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
@@ -476,6 +492,8 @@ impl<'b> Checked<'b> {
                     return Err(Refusal::bad("Transfer-Encoding other than one chunked"));
                 }
                 chunked = true;
+            } else if name.eq_ignore_ascii_case("expect") {
+                expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             } else if name.eq_ignore_ascii_case("host") {
                 host = std::str::from_utf8(h.value).ok().map(str::trim);
             } else if name.eq_ignore_ascii_case("upgrade") {
@@ -502,6 +520,7 @@ impl<'b> Checked<'b> {
             version,
             body,
             host,
+            expect_continue,
         })
     }
 }

@@ -59,8 +59,9 @@ pub struct Denied {
 pub enum Admit {
     /// Its head and body go to the upstream.
     Forward,
-    /// Terminus answered it: its head is not written, its body is dropped.
-    Answered,
+    /// Terminus answered it with `status`: its head is not written, its body is
+    /// dropped.
+    Answered(u16),
 }
 
 /// The `rule` of an `http_denied` line for a path with no canonical form (`%2F`,
@@ -164,7 +165,7 @@ impl RequestGate {
             if !report {
                 let body = format!("denied by rule \"{rule}\"\n");
                 self.answer(403, "Forbidden", "", &body);
-                return Ok(Admit::Answered);
+                return Ok(Admit::Answered(403));
             }
         }
         match self.limits.request(&p.limits, &self.key, self.now) {
@@ -182,7 +183,7 @@ impl RequestGate {
                 let extra = format!("Retry-After: {}\r\n", secs.max(1));
                 let body = format!("rate limited: {}\n", limit.as_str());
                 self.answer(429, "Too Many Requests", &extra, &body);
-                return Ok(Admit::Answered);
+                return Ok(Admit::Answered(429));
             }
         }
         self.seq.forwarded(method == "HEAD");
@@ -279,7 +280,7 @@ mod tests {
     fn a_denied_request_is_answered_in_its_place() {
         let mut g = gate(Mode::Enforce, 0);
         assert_eq!(g.check("GET", "/a"), Ok(Admit::Forward));
-        assert_eq!(g.check("GET", "/%61dmin/x"), Ok(Admit::Answered));
+        assert_eq!(g.check("GET", "/%61dmin/x"), Ok(Admit::Answered(403)));
         assert_eq!(g.check("GET", "/b"), Ok(Admit::Forward));
         assert!(
             g.to_client.is_empty(),
@@ -322,7 +323,7 @@ mod tests {
     fn over_the_rate_is_429_with_retry_after() {
         let mut g = gate(Mode::Enforce, 1);
         assert_eq!(g.check("GET", "/a"), Ok(Admit::Forward));
-        assert_eq!(g.check("GET", "/a"), Ok(Admit::Answered));
+        assert_eq!(g.check("GET", "/a"), Ok(Admit::Answered(429)));
         g.upstream(&mut OK.to_vec()).unwrap();
         let text = String::from_utf8(g.to_client.clone()).unwrap();
         assert!(text.ends_with("HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nRetry-After: 1\r\nContent-Length: 45\r\n\r\nrate limited: requests_per_second_per_caller\n"), "{text}");
