@@ -696,6 +696,55 @@ mod tests {
     }
 
     #[test]
+    fn a_denied_request_is_not_written_and_its_body_is_dropped_at_any_split() {
+        use crate::proxy::authz::gate::{Policy, RequestGate};
+        use crate::proxy::authz::limits::CallerLimits;
+        use crate::proxy::authz::{Action, Mode, Rule, RuleSpec, Rules};
+        let (ids, paths) = (vec!["any".to_string()], vec!["/admin/*".to_string()]);
+        let rule = Rule::parse(&RuleSpec {
+            name: "no-admin",
+            identities: &ids,
+            methods: None,
+            paths: Some(&paths),
+            action: "deny",
+        })
+        .unwrap();
+        let policy = Policy {
+            rules: Rules::new(vec![rule], Action::Allow, Mode::Enforce).unwrap(),
+            ..Policy::default()
+        };
+        let policy = std::sync::Arc::new(policy);
+        let limits = std::sync::Arc::new(CallerLimits::new(16));
+        let input = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /%61dmin/x HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nSECRET\
+            POST /admin/y HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nSECRET\r\n0\r\nT: 1\r\n\r\n\
+            GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let want = format!(
+            "GET /a HTTP/1.1\r\nHost: x\r\n{ADDED}\r\nGET /b HTTP/1.1\r\nHost: x\r\n{ADDED}\r\n"
+        );
+        for step in [1, 2, 3, 7, 64, 4096] {
+            let mut f = filter();
+            f.set_gate(RequestGate::new(
+                policy.clone(),
+                limits.clone(),
+                None,
+                None,
+                std::time::Instant::now(),
+            ));
+            assert_eq!(run(&mut f, input, step).unwrap(), want, "step {step}");
+            assert_eq!(f.requests, 4);
+            let g = f.gate_mut().unwrap();
+            // Nothing answered yet: the 403s wait for the response to GET /a.
+            assert!(g.to_client.is_empty());
+            let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+            g.upstream(&mut resp).unwrap();
+            let text = String::from_utf8(std::mem::take(&mut g.to_client)).unwrap();
+            assert_eq!(text.matches("403 Forbidden").count(), 2, "{text}");
+            assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        }
+    }
+
+    #[test]
     fn the_head_timer_runs_only_inside_a_head() {
         let mut f = filter();
         let mut out = Vec::new();
