@@ -248,6 +248,18 @@ impl Fixture {
         Terminus::start(&config)
     }
 
+    /// The config file the last [`Fixture::start`] wrote.
+    fn last_config(&self) -> std::path::PathBuf {
+        let mut configs: Vec<_> = std::fs::read_dir(self.pki.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        configs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+        configs.pop().unwrap()
+    }
+
     fn access_log(&self) -> String {
         std::fs::read_to_string(self.pki.dir().join("access.log")).unwrap_or_default()
     }
@@ -591,4 +603,42 @@ fn over_the_request_rate_is_429_with_retry_after_and_other_callers_pass() {
             .unwrap();
         assert_eq!(read_response(&mut tls).unwrap().0, 200);
     }
+}
+
+#[test]
+fn sighup_takes_rules_from_report_to_enforce_for_new_connections() {
+    let f = Fixture::new();
+    let be = Backend::start();
+    let t = f.start(&be, "", &format!("rules_mode = \"report\"\n{RULES}"));
+    let addr = t.addr("web");
+    let mut before = tls_connect(addr, &f.batch);
+    before
+        .write_all(request("GET", "/admin/x").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut before).unwrap().0, 200);
+    let config = f.last_config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("rules_mode = \"report\""));
+    std::fs::write(
+        &config,
+        text.replace("rules_mode = \"report\"", "rules_mode = \"enforce\""),
+    )
+    .unwrap();
+    t.signal("HUP");
+    t.wait_stderr("reload: configuration", Duration::from_secs(10));
+    // A new connection gets the new rules; one open before keeps the rules it
+    // started with.
+    let mut after = tls_connect(addr, &f.batch);
+    after
+        .write_all(request("GET", "/admin/x").as_bytes())
+        .unwrap();
+    let (status, _, body) = read_response(&mut after).unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "denied by rule \"no-admin\"\n")
+    );
+    before
+        .write_all(request("GET", "/admin/x").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut before).unwrap().0, 200);
 }
