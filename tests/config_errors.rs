@@ -933,3 +933,77 @@ fn http_listener_settings_are_validated() {
         "{err}"
     );
 }
+
+/// `[[listeners.http.rules]]` problems name the rule's field and line; an
+/// unreachable rule names the rule before it that covers it.
+#[test]
+fn http_rule_problems_name_the_rule_and_field() {
+    const HTTP: &str = "protocol = \"http\"\n[listeners.http]\n";
+    let rule = |name: &str, body: &str| {
+        format!("[[listeners.http.rules]]\nname = \"{name}\"\n{body}action = \"deny\"\n")
+    };
+    for (tag, rules, want) in [
+        (
+            "method",
+            rule("m", "identities = [\"any\"]\nmethods = [\"FETCH\"]\n"),
+            "13: listeners[0].http.rules[0].methods: unknown method \"FETCH\": expected one of \
+             GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH (upper case)",
+        ),
+        (
+            "empty-ids",
+            rule("e", "identities = []\n"),
+            "12: listeners[0].http.rules[0].identities: a rule needs `identities` (allow-list \
+             entries, \"anonymous\" or \"any\")",
+        ),
+        (
+            "duplicate",
+            rule("d", "identities = [\"anonymous\"]\n") + &rule("d", "identities = [\"dns:a.b\"]\n"),
+            "15: listeners[0].http.rules[1].name: two rules are named \"d\"; names are unique \
+             per listener",
+        ),
+        (
+            "unreachable",
+            rule("all-admin", "identities = [\"any\"]\npaths = [\"/admin/*\"]\n")
+                + &rule(
+                    "ops-admin",
+                    "identities = [\"spiffe://example.org/ops\"]\nmethods = [\"GET\"]\npaths = [\"/admin/x\"]\n",
+                ),
+            "16: listeners[0].http.rules[1].name: rule \"ops-admin\" can never match: rule \
+             \"all-admin\" before it matches every request it would",
+        ),
+    ] {
+        let (_dir, config) = pki_dir(tag, &format!("{HTTP}{rules}"));
+        let out = check(&config);
+        assert_exit(&out, 2);
+        assert_eq!(
+            stderr(&out),
+            format!("terminus: {}:{want}\n", config.display()),
+            "{tag}"
+        );
+    }
+    // Limit keys: a rate on a tcp listener, a burst without a rate, an unknown mode.
+    let (_dir, config) = pki_dir(
+        "limits",
+        "requests_per_second_per_caller = 5\nburst = 3\nlimits_mode = \"watch\"\n",
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    for want in [
+        ":8: listeners[0].requests_per_second_per_caller: counts HTTP requests: needs protocol = \"http\"",
+        ":10: listeners[0].limits_mode: mode \"watch\": expected \"enforce\" or \"report\"",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    // A valid rule set passes.
+    let (_dir, config) =
+        pki_dir(
+            "rules-ok",
+            &format!(
+            "requests_per_second_per_caller = 5\nburst = 10\n{HTTP}rules_mode = \"report\"\n{}{}",
+            rule("no-admin", "identities = [\"any\"]\npaths = [\"/admin/*\"]\n"),
+            rule("no-anon-writes", "identities = [\"anonymous\"]\nmethods = [\"POST\", \"PUT\"]\n"),
+        ),
+        );
+    assert_exit(&check(&config), 0);
+}

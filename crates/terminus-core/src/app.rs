@@ -348,6 +348,9 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
                 .admin
                 .as_ref()
                 .map(|a| Arc::new(crate::telemetry::callers::CallerTable::new(a.callers_max))),
+            caller_limits: Arc::new(crate::proxy::authz::limits::CallerLimits::new(
+                crate::proxy::authz::limits::DEFAULT_MAX_CALLERS,
+            )),
         }));
     }
     Ok(Bound {

@@ -19,6 +19,7 @@
 //! When no line can be found the `:LINE` part is left out.
 #![forbid(unsafe_code)]
 
+mod authz;
 mod error;
 pub mod flags;
 mod location;
@@ -26,11 +27,12 @@ mod schema;
 mod validate;
 
 pub use crate::host::endpoint::{Endpoint, EndpointError};
+pub use authz::RulesProblem;
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
-    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpTable, InvalidCertificate, IoSetting,
-    Listener, Log, LogFormat, ProxyProtocol, Resolver, Runtime, Sni, UnsupportedProxyProtocol,
-    UpstreamTls,
+    AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpRule, HttpTable, InvalidCertificate,
+    IoSetting, Listener, Log, LogFormat, ProxyProtocol, Resolver, Runtime, Sni,
+    UnsupportedProxyProtocol, UpstreamTls,
 };
 
 use error::first_with_count;

@@ -276,6 +276,16 @@ pub struct Listener {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// HTTP listeners: requests per second per caller (a token bucket; 0: off).
+    #[serde(default)]
+    pub requests_per_second_per_caller: u32,
+    /// The bucket size of `requests_per_second_per_caller` (0: one second's worth).
+    #[serde(default)]
+    pub burst: u32,
+    /// `"enforce"` (default) or `"report"`: per-caller limits refuse, or only count
+    /// and log.
+    #[serde(default = "default_mode")]
+    pub limits_mode: String,
     /// listen(2) backlog of each worker's socket (the kernel caps it at somaxconn).
     #[serde(default = "default_backlog")]
     pub backlog: u32,
@@ -392,6 +402,49 @@ pub struct HttpTable {
     /// Accept request heads whose lines end in a bare LF (refused by default).
     #[serde(default)]
     pub allow_bare_lf: bool,
+    /// `"enforce"` (default) or `"report"`: rules decide, or only count and log.
+    #[serde(default = "default_mode")]
+    pub rules_mode: String,
+    /// `"allow"` (default) or `"deny"`: requests no rule matches.
+    #[serde(default = "default_action")]
+    pub default_action: String,
+    /// `[[listeners.http.rules]]`, in order; first match wins.
+    #[serde(default)]
+    pub rules: Vec<HttpRule>,
+}
+
+/// `[[listeners.http.rules]]` as written (checked by [`crate::proxy::authz::Rule::parse`]).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRule {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub identities: Vec<String>,
+    pub methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub action: String,
+}
+
+impl HttpRule {
+    pub fn spec(&self) -> crate::proxy::authz::RuleSpec<'_> {
+        crate::proxy::authz::RuleSpec {
+            name: &self.name,
+            identities: &self.identities,
+            methods: self.methods.as_deref(),
+            paths: self.paths.as_deref(),
+            action: &self.action,
+        }
+    }
+}
+
+fn default_mode() -> String {
+    "enforce".into()
+}
+
+fn default_action() -> String {
+    "allow".into()
 }
 
 impl Default for HttpTable {
@@ -401,6 +454,9 @@ impl Default for HttpTable {
             max_header_bytes: default_max_header_bytes(),
             head_timeout_ms: default_head_timeout_ms(),
             allow_bare_lf: false,
+            rules_mode: default_mode(),
+            default_action: default_action(),
+            rules: Vec::new(),
         }
     }
 }

@@ -248,6 +248,22 @@ fn validate_http(l: &Listener, i: usize, bad: &mut Bad<'_>) {
     if t.head_timeout_ms == 0 {
         bad(&at("head_timeout_ms"), "must be at least 1".into());
     }
+    if let Err(p) = l.http_rules() {
+        match p.rule {
+            Some(j) => bad(
+                &[
+                    K("listeners"),
+                    I(i),
+                    K("http"),
+                    K("rules"),
+                    I(j),
+                    K(p.field),
+                ],
+                p.error.to_string(),
+            ),
+            None => bad(&at(p.field), p.error.to_string()),
+        }
+    }
 }
 
 /// `min_version`, `cipher_suites`, `groups`: known names, and a TLS 1.3 suite when
@@ -335,6 +351,21 @@ fn validate_limits(l: &Listener, i: usize, bad: &mut Bad<'_>) {
     }
     if l.max_connections == 0 {
         bad(&field("max_connections"), "must be at least 1".into());
+    }
+    if let Err(e) = crate::proxy::authz::Mode::parse(&l.limits_mode) {
+        bad(&field("limits_mode"), e.to_string());
+    }
+    if l.requests_per_second_per_caller > 0 && l.protocol.as_deref() != Some("http") {
+        bad(
+            &field("requests_per_second_per_caller"),
+            "counts HTTP requests: needs protocol = \"http\"".into(),
+        );
+    }
+    if l.burst > 0 && l.requests_per_second_per_caller == 0 {
+        bad(
+            &field("burst"),
+            "is the bucket size of requests_per_second_per_caller, which is not set".into(),
+        );
     }
     if l.max_buffered_bytes < 16384 {
         bad(

@@ -20,6 +20,7 @@
 //! ([`RequestFilter::in_head`]).
 #![forbid(unsafe_code)]
 
+use crate::proxy::authz::gate::{Admit, RequestGate};
 use base64::Engine as _;
 
 /// Header names terminus sets, lowercase: a client's copy never passes.
@@ -88,7 +89,9 @@ impl Refusal {
 pub fn status_response(status: u16) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         408 => "Request Timeout",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         _ => "Error",
@@ -126,6 +129,10 @@ pub struct RequestFilter {
     /// `X-Forwarded-Host` from SNI, else each request's `Host`.
     sni: Option<String>,
     pub requests: u64,
+    /// Rules and limits (listeners that have them): each checked head is decided.
+    gate: Option<Box<RequestGate>>,
+    /// The request being read was answered by terminus: its body is dropped.
+    dropping: bool,
 }
 
 impl RequestFilter {
@@ -137,7 +144,22 @@ impl RequestFilter {
             added: b"X-Forwarded-Proto: https\r\n".to_vec(),
             sni: None,
             requests: 0,
+            gate: None,
+            dropping: false,
         }
+    }
+
+    /// Decide every request with `gate` from now on.
+    pub fn set_gate(&mut self, gate: RequestGate) {
+        self.gate = Some(Box::new(gate));
+    }
+
+    pub fn gate_mut(&mut self) -> Option<&mut RequestGate> {
+        self.gate.as_deref_mut()
+    }
+
+    pub fn gate(&self) -> Option<&RequestGate> {
+        self.gate.as_deref()
     }
 
     pub fn settings(&self) -> &HttpSettings {
@@ -211,13 +233,14 @@ impl RequestFilter {
                     *data = &[];
                 }
                 State::Head => {
+                    self.dropping = false;
                     if !self.take_head(data, out)? {
                         return Ok(());
                     }
                 }
                 State::Body(n) => {
                     let k = (n.min(data.len() as u64)) as usize;
-                    out.extend_from_slice(&data[..k]);
+                    self.emit(out, &data[..k]);
                     *data = &data[k..];
                     self.state = if n - k as u64 == 0 {
                         State::Head
@@ -230,7 +253,7 @@ impl RequestFilter {
                         return Ok(());
                     };
                     let size = chunk_size(&line)?;
-                    out.extend_from_slice(&line);
+                    self.emit(out, &line);
                     self.state = if size == 0 {
                         State::Trailers
                     } else {
@@ -239,7 +262,7 @@ impl RequestFilter {
                 }
                 State::ChunkData(n) => {
                     let k = (n.min(data.len() as u64)) as usize;
-                    out.extend_from_slice(&data[..k]);
+                    self.emit(out, &data[..k]);
                     *data = &data[k..];
                     self.state = if n - k as u64 == 0 {
                         State::ChunkDataEnd
@@ -254,14 +277,14 @@ impl RequestFilter {
                     if line != b"\r\n" {
                         return Err(Refusal::bad("chunk data not followed by CRLF"));
                     }
-                    out.extend_from_slice(&line);
+                    self.emit(out, &line);
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
                     let Some(line) = self.take_line(data)? else {
                         return Ok(());
                     };
-                    out.extend_from_slice(&line);
+                    self.emit(out, &line);
                     if line == b"\r\n" {
                         self.state = State::Head;
                     }
@@ -269,6 +292,13 @@ impl RequestFilter {
             }
         }
         Ok(())
+    }
+
+    /// Body bytes go to the upstream, unless their request was answered here.
+    fn emit(&self, out: &mut Vec<u8>, bytes: &[u8]) {
+        if !self.dropping {
+            out.extend_from_slice(bytes);
+        }
     }
 
     /// One line (through its LF) of a chunked body, gathered across calls; None:
@@ -340,7 +370,7 @@ impl RequestFilter {
 
     /// Parse and check `head` (through its blank line), write it without owned
     /// headers and with ours, and return the body's state.
-    fn rewrite(&self, head: &[u8], out: &mut Vec<u8>) -> Result<State, Refusal> {
+    fn rewrite(&mut self, head: &[u8], out: &mut Vec<u8>) -> Result<State, Refusal> {
         if !self.settings.allow_bare_lf && has_bare_lf(head) {
             return Err(Refusal::bad("bare LF in the request head"));
         }
@@ -357,6 +387,28 @@ impl RequestFilter {
             _ => return Err(Refusal::bad("malformed request head")),
         }
         let checked = Checked::validate(&req)?;
+        if let Some(g) = self.gate.as_deref_mut() {
+            // Decided on the canonical path; an ambiguous one is refused (400).
+            match g.check(checked.method, checked.path) {
+                Err(e) => return Err(Refusal::bad(e.as_str())),
+                // A client waiting for 100 Continue may send the body or not: which
+                // one is unknowable, so the answer closes the connection (RFC 9110
+                // 10.1.1) rather than guess where the next request starts.
+                Ok(Admit::Answered(status))
+                    if checked.expect_continue && checked.body != State::Head =>
+                {
+                    return Err(Refusal {
+                        status,
+                        why: "answered before a 100-continue body",
+                    });
+                }
+                Ok(Admit::Answered(_)) => {
+                    self.dropping = true;
+                    return Ok(checked.body);
+                }
+                Ok(Admit::Forward) => {}
+            }
+        }
         out.reserve(head.len() + self.added.len() + 64);
         self.write_head(&checked, req.headers, out);
         Ok(checked.body)
@@ -401,6 +453,8 @@ struct Checked<'b> {
     version: u8,
     body: State,
     host: Option<&'b str>,
+    /// `Expect: 100-continue`.
+    expect_continue: bool,
 }
 
 impl<'b> Checked<'b> {
@@ -418,6 +472,7 @@ impl<'b> Checked<'b> {
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut host = None;
+        let mut expect_continue = false;
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
@@ -437,6 +492,8 @@ impl<'b> Checked<'b> {
                     return Err(Refusal::bad("Transfer-Encoding other than one chunked"));
                 }
                 chunked = true;
+            } else if name.eq_ignore_ascii_case("expect") {
+                expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             } else if name.eq_ignore_ascii_case("host") {
                 host = std::str::from_utf8(h.value).ok().map(str::trim);
             } else if name.eq_ignore_ascii_case("upgrade") {
@@ -463,6 +520,7 @@ impl<'b> Checked<'b> {
             version,
             body,
             host,
+            expect_continue,
         })
     }
 }
@@ -635,6 +693,55 @@ mod tests {
             String::from_utf8(status_response(502)).unwrap(),
             "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_denied_request_is_not_written_and_its_body_is_dropped_at_any_split() {
+        use crate::proxy::authz::gate::{Policy, RequestGate};
+        use crate::proxy::authz::limits::CallerLimits;
+        use crate::proxy::authz::{Action, Mode, Rule, RuleSpec, Rules};
+        let (ids, paths) = (vec!["any".to_string()], vec!["/admin/*".to_string()]);
+        let rule = Rule::parse(&RuleSpec {
+            name: "no-admin",
+            identities: &ids,
+            methods: None,
+            paths: Some(&paths),
+            action: "deny",
+        })
+        .unwrap();
+        let policy = Policy {
+            rules: Rules::new(vec![rule], Action::Allow, Mode::Enforce).unwrap(),
+            ..Policy::default()
+        };
+        let policy = std::sync::Arc::new(policy);
+        let limits = std::sync::Arc::new(CallerLimits::new(16));
+        let input = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /%61dmin/x HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nSECRET\
+            POST /admin/y HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nSECRET\r\n0\r\nT: 1\r\n\r\n\
+            GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let want = format!(
+            "GET /a HTTP/1.1\r\nHost: x\r\n{ADDED}\r\nGET /b HTTP/1.1\r\nHost: x\r\n{ADDED}\r\n"
+        );
+        for step in [1, 2, 3, 7, 64, 4096] {
+            let mut f = filter();
+            f.set_gate(RequestGate::new(
+                policy.clone(),
+                limits.clone(),
+                None,
+                None,
+                std::time::Instant::now(),
+            ));
+            assert_eq!(run(&mut f, input, step).unwrap(), want, "step {step}");
+            assert_eq!(f.requests, 4);
+            let g = f.gate_mut().unwrap();
+            // Nothing answered yet: the 403s wait for the response to GET /a.
+            assert!(g.to_client.is_empty());
+            let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+            g.upstream(&mut resp).unwrap();
+            let text = String::from_utf8(std::mem::take(&mut g.to_client)).unwrap();
+            assert_eq!(text.matches("403 Forbidden").count(), 2, "{text}");
+            assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct ListenerShared {
     pub active: AtomicUsize,
     /// Who calls it (`GET /callers`); None without an admin endpoint to read it.
     pub callers: Option<Arc<crate::telemetry::callers::CallerTable>>,
+    /// Per-caller limit state, shared by the workers and kept across reloads.
+    pub caller_limits: Arc<crate::proxy::authz::limits::CallerLimits>,
 }
 
 /// A listener's reloadable material: TLS, upstreams, limits. New connections take
@@ -52,6 +54,8 @@ pub struct ListenerLive {
     pub limits: ConnLimits,
     /// `protocol = "http"`: the request filter's settings.
     pub http: Option<crate::proxy::http::HttpSettings>,
+    /// HTTP listeners with rules or a request rate: decided per request.
+    pub http_policy: Option<Arc<crate::proxy::authz::gate::Policy>>,
     pub max_connections: usize,
     /// (certificate file, notAfter Unix seconds) of every served certificate.
     pub cert_expiry: Vec<(String, i64)>,
@@ -91,8 +95,15 @@ impl ListenerLive {
                 head_timeout: Duration::from_millis(t.head_timeout_ms),
             }
         });
+        // `validate` refused invalid rules before any listener is built.
+        let policy = crate::proxy::authz::gate::Policy {
+            rules: l.http_rules().unwrap_or_default(),
+            limits: l.limit_settings(),
+        };
+        let http_policy = (http.is_some() && policy.active()).then(|| Arc::new(policy));
         Ok(ListenerLive {
             http,
+            http_policy,
             ocsp_next_update,
             tls,
             upstream_tls,

@@ -16,6 +16,8 @@
 //! [`crate::runtime::sock`].
 #![forbid(unsafe_code)]
 
+use crate::proxy::authz::gate::GateEvent;
+use crate::proxy::authz::Action;
 use crate::proxy::conn::{CloseReason, Conn, Expired, HandshakeFailure};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
@@ -471,6 +473,9 @@ impl<D: Driver<Token>> Worker<D> {
         let mut conn = Conn::new(tls, live.limits, now).with_reject_sink(self.rejects.clone());
         if let Some(h) = live.http {
             conn = conn.with_http(h);
+            if let Some(p) = &live.http_policy {
+                conn = conn.with_http_policy((p.clone(), shared.caller_limits.clone()));
+            }
         }
         let client_addr = if self.log.enabled() {
             sock::peer_addr(&fd)
@@ -557,8 +562,43 @@ impl<D: Driver<Token>> Worker<D> {
         self.touched();
     }
 
+    /// Count and log what an http listener's rules and limits decided.
+    fn http_events(&mut self, id: SlotId) {
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        let Some(events) = s.conn.drain_http_events() else {
+            return;
+        };
+        let m = &mut self.metrics[s.listener];
+        let rules = s.live.http_policy.as_deref().map(|p| &p.rules);
+        for e in events {
+            match e {
+                GateEvent::Decided { matched, action } => {
+                    if let Some(r) = rules {
+                        m.http_request(r.name(matched), action == Action::Deny);
+                    }
+                }
+                GateEvent::Limited { limit, .. } => m.limited(limit),
+                GateEvent::Denied(d) if self.log.enabled() => {
+                    let at = crate::telemetry::access_log::Endpoints {
+                        listener: &self.listeners[s.listener].shared.name,
+                        worker: self.index,
+                        client: s.client_addr,
+                        upstream: None,
+                    };
+                    self.log
+                        .send_line(crate::telemetry::access_log::http_denied(at, &d));
+                }
+                GateEvent::Denied(_) => {}
+            }
+        }
+        self.touched();
+    }
+
     /// Turn one connection's wants into ops.
     fn flush(&mut self, id: SlotId, now: Instant) {
+        self.http_events(id);
         let Some(s) = self.slots.get_mut(id) else {
             return;
         };
@@ -794,6 +834,7 @@ impl<D: Driver<Token>> Worker<D> {
 
     /// Every op of the slot has completed: close the sockets, free the slot.
     fn finalize(&mut self, id: SlotId) {
+        self.http_events(id);
         let Some(mut s) = self.slots.remove(id) else {
             return;
         };

@@ -129,3 +129,35 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
     };
     serde_json::to_string(&line).unwrap_or_default()
 }
+
+/// The `http_denied` line of a request an http listener's rules denied (or, in
+/// report mode, would have): which rule, the request line's method, the canonical
+/// path, and the caller's identity (never its certificate).
+pub fn http_denied(at: Endpoints<'_>, d: &crate::proxy::authz::gate::Denied) -> String {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        ts: String,
+        event: &'static str,
+        listener: &'a str,
+        worker: usize,
+        client: Option<SocketAddr>,
+        rule: &'a str,
+        method: &'a str,
+        path: &'a str,
+        identity: &'a str,
+        enforced: bool,
+    }
+    serde_json::to_string(&Line {
+        ts: crate::ops::log::now_rfc3339(),
+        event: "http_denied",
+        listener: at.listener,
+        worker: at.worker,
+        client: at.client,
+        rule: &d.rule,
+        method: &d.method,
+        path: &d.path,
+        identity: &d.identity,
+        enforced: d.enforced,
+    })
+    .unwrap_or_default()
+}

@@ -14,6 +14,7 @@
 //! I/O contract: pure.
 #![forbid(unsafe_code)]
 
+pub mod gate;
 pub mod limits;
 pub mod path;
 

@@ -32,15 +32,21 @@ pub enum PathError {
     Control,
 }
 
-impl fmt::Display for PathError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl PathError {
+    pub fn as_str(self) -> &'static str {
+        match self {
             PathError::NotAPath => "the request target is not a path",
             PathError::BadEscape => "a '%' is not followed by two hex digits",
             PathError::EncodedSeparator => "the path has an encoded '/' or '\\' (%2F, %5C)",
             PathError::Backslash => "the path has a '\\'",
             PathError::Control => "the path has a control character",
-        })
+        }
+    }
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -103,7 +103,16 @@ struct HttpConn {
     out: Vec<u8>,
     /// When the request head now being read began (the head timer).
     head_since: Option<Instant>,
+    /// Rules and limits, until the caller is known ([`Conn::set_http_client`]
+    /// then gives the filter its gate).
+    policy: Option<HttpPolicy>,
 }
+
+/// A listener's per-request policy and its callers' shared limit state.
+pub type HttpPolicy = (
+    std::sync::Arc<crate::proxy::authz::gate::Policy>,
+    std::sync::Arc<crate::proxy::authz::limits::CallerLimits>,
+);
 
 /// The one retry of an upstream TLS handshake that offered a session to resume
 /// ([`Conn::allow_upstream_tls_retry`]). Whether client bytes (or its close_notify)
@@ -152,8 +161,31 @@ impl Conn {
             filter: crate::proxy::http::RequestFilter::new(settings),
             out: Vec::new(),
             head_since: None,
+            policy: None,
         }));
         self
+    }
+
+    /// Decide each request by the listener's rules and limits (after
+    /// [`Conn::with_http`]): denied and limited requests are answered here, in their
+    /// place among the upstream's responses.
+    pub fn with_http_policy(mut self, policy: HttpPolicy) -> Self {
+        if let Some(h) = self.http.as_deref_mut() {
+            h.policy = Some(policy);
+        }
+        self
+    }
+
+    /// What the rules and limits decided since the last call (none without them).
+    pub fn drain_http_events(
+        &mut self,
+    ) -> Option<std::vec::Drain<'_, crate::proxy::authz::gate::GateEvent>> {
+        let g = self.http.as_deref_mut()?.filter.gate_mut()?;
+        g.has_events().then(|| g.drain_events())
+    }
+
+    fn gate_mut(&mut self) -> Option<&mut crate::proxy::authz::gate::RequestGate> {
+        self.http.as_deref_mut()?.filter.gate_mut()
     }
 
     /// Once the handshake is done: the client's address for `X-Forwarded-For`; the
@@ -168,6 +200,20 @@ impl Conn {
             let chain = tls.peer_certificates().filter(|_| verified);
             h.filter
                 .set_connection(client, self.server_name.as_deref(), chain);
+            if let Some((policy, limits)) = h.policy.take() {
+                // A certificate is here only when the enforced policy verified it.
+                let caller = chain
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| crate::tls::identity::PeerIdentity::from_der(leaf).ok());
+                h.filter
+                    .set_gate(crate::proxy::authz::gate::RequestGate::new(
+                        policy,
+                        limits,
+                        caller,
+                        client.map(|c| c.ip()),
+                        self.last_activity,
+                    ));
+            }
         }
     }
 
@@ -207,6 +253,9 @@ impl Conn {
         let Some(h) = self.http.as_deref_mut() else {
             return;
         };
+        if let Some(g) = h.filter.gate_mut() {
+            g.set_now(now);
+        }
         if let Err(refused) = h.filter.feed(&mut self.client.plain_in, &mut h.out) {
             self.respond_and_close(refused.status, CloseReason::HttpRejected(refused.status));
             return;
@@ -223,6 +272,9 @@ impl Conn {
     /// our response).
     fn respond_and_close(&mut self, status: u16, reason: CloseReason) {
         self.upstream.plain_in = Vec::new();
+        if let Some(g) = self.gate_mut() {
+            g.to_client = Vec::new();
+        }
         let mut resp = crate::proxy::http::status_response(status);
         self.client.seal(&mut resp, false);
         self.client.send_close_notify();
@@ -425,6 +477,15 @@ impl Conn {
             if !self.retry_upstream_tls(reason) {
                 self.fail_upstream_tls(reason);
             }
+            return;
+        }
+        // Rules or limits: the responses are followed so that local answers go in
+        // their places. A stream that cannot be followed cannot be answered into.
+        let plain = &mut self.upstream.plain_in;
+        if let Some(g) = self.http.as_deref_mut().and_then(|h| h.filter.gate_mut()) {
+            if g.upstream(plain).is_err() {
+                self.close.get_or_insert(CloseReason::UpstreamReset);
+            }
         }
     }
 
@@ -599,8 +660,15 @@ impl Conn {
         if self.close.is_some() {
             return None;
         }
-        self.client
-            .seal(&mut self.upstream.plain_in, self.upstream.read_closed);
+        let done = self.upstream.read_closed;
+        if let Some(g) = self.http.as_deref_mut().and_then(|h| h.filter.gate_mut()) {
+            if done {
+                g.upstream_closed();
+            }
+            self.client.seal(&mut g.to_client, done);
+            return self.client.poll_send();
+        }
+        self.client.seal(&mut self.upstream.plain_in, done);
         self.client.poll_send()
     }
 
@@ -624,6 +692,7 @@ impl Conn {
     pub fn buffered_to(&self, side: Side) -> usize {
         let http = match (side, self.http.as_deref()) {
             (Side::Upstream, Some(h)) => h.out.len() + h.filter.held(),
+            (Side::Client, Some(h)) => h.filter.gate().map_or(0, |g| g.held()),
             _ => 0,
         };
         self.leg(side.other()).plain_in.len() + self.leg(side).queued() + http

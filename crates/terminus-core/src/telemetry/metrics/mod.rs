@@ -104,6 +104,11 @@ pub struct ListenerMetrics {
     /// Completed upstream (re-encryption) handshakes: [full, resumed].
     pub upstream_handshakes: [u64; 2],
     pub rejected_max_connections: u64,
+    /// Requests decided by an http listener's rules, per rule name: [allow, deny]
+    /// (the decision taken, or in report mode the one that would have been).
+    pub http_requests: Vec<(Box<str>, [u64; 2])>,
+    /// Requests and connections over a per-caller limit, by [`LIMITS`].
+    pub limited: [u64; 3],
     pub bytes_client_to_upstream: u64,
     pub bytes_upstream_to_client: u64,
     pub handshake: Latency,
@@ -143,6 +148,30 @@ impl ListenerMetrics {
 
     pub fn anonymous(&mut self, r: HandshakeFailure) {
         self.anonymous[reason_index(r)] += 1;
+    }
+
+    /// One request `rule` decided (`deny`: the deny decision, carried out or not).
+    pub fn http_request(&mut self, rule: &str, deny: bool) {
+        self.http_request_n(rule, deny as usize, 1);
+    }
+
+    /// (A short list, bounded by the config: linear search.)
+    fn http_request_n(&mut self, rule: &str, decision: usize, n: u64) {
+        match self.http_requests.iter_mut().find(|(r, _)| &**r == rule) {
+            Some((_, c)) => c[decision] += n,
+            None => {
+                let mut c = [0; 2];
+                c[decision] = n;
+                self.http_requests.push((rule.into(), c));
+            }
+        }
+    }
+
+    /// A request or connection over `limit` (refused, or reported).
+    pub fn limited(&mut self, limit: crate::proxy::authz::limits::Limit) {
+        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
+            self.limited[i] += 1;
+        }
     }
 
     pub fn handshake_error(&mut self, r: HandshakeFailure) {
@@ -187,6 +216,14 @@ impl ListenerMetrics {
             *a += b;
         }
         self.rejected_max_connections += o.rejected_max_connections;
+        for (rule, counts) in &o.http_requests {
+            for (d, n) in counts.iter().enumerate() {
+                self.http_request_n(rule, d, *n);
+            }
+        }
+        for (a, b) in self.limited.iter_mut().zip(o.limited) {
+            *a += b;
+        }
         self.bytes_client_to_upstream += o.bytes_client_to_upstream;
         self.bytes_upstream_to_client += o.bytes_upstream_to_client;
         self.handshake.merge(&o.handshake);
@@ -332,6 +369,13 @@ pub fn aggregate(n_listeners: usize, snaps: &[Option<WorkerSnapshot>]) -> Vec<Li
 
 /// The statuses of `http_rejected`, in its order.
 pub const HTTP_STATUSES: [u16; 3] = [400, 408, 431];
+
+/// The limits of `limited`, in its order.
+pub const LIMITS: [crate::proxy::authz::limits::Limit; 3] = [
+    crate::proxy::authz::limits::Limit::Connections,
+    crate::proxy::authz::limits::Limit::Requests,
+    crate::proxy::authz::limits::Limit::Handshakes,
+];
 
 mod page;
 pub use page::render;

@@ -281,6 +281,40 @@ static FAMILIES: &[Family] = &[
         }),
     ),
     family(
+        "terminus_http_requests_total",
+        Kind::Counter,
+        "Requests an http listener's rules decided, by rule name (`default`: no rule \
+         matched) and decision (`allow`/`deny`; in report mode the decision that would \
+         have been taken).",
+        Samples::SummedLabeled(|m| {
+            m.http_requests
+                .iter()
+                .flat_map(|(rule, [allow, deny])| {
+                    [("allow", *allow), ("deny", *deny)]
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(move |(d, n)| {
+                            (format!("rule=\"{}\",decision=\"{d}\"", esc(rule)), Num::U(n))
+                        })
+                })
+                .collect()
+        }),
+    ),
+    family(
+        "terminus_limited_total",
+        Kind::Counter,
+        "Requests over a per-caller limit (refused, or in report mode counted only), by \
+         limit.",
+        Samples::SummedLabeled(|m| {
+            LIMITS
+                .iter()
+                .zip(m.limited)
+                .filter(|(_, n)| *n > 0)
+                .map(|(l, n)| (format!("limit=\"{}\"", l.as_str()), Num::U(n)))
+                .collect()
+        }),
+    ),
+    family(
         "terminus_upstream_tls_errors_total",
         Kind::Counter,
         "Re-encryption handshakes to the upstream that failed.",
