@@ -12,7 +12,7 @@ use super::chain_cache::{chain_not_after, ChainCache};
 use super::identity::PeerIdentity;
 use super::pem::{load_crls, load_roots};
 use super::policy::AllowList;
-use super::settings::{ClientAuthMode, ListenerTls};
+use super::settings::{ClientAuth, ClientAuthMode, ListenerTls};
 use super::TlsError;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
