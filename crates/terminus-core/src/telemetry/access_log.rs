@@ -148,7 +148,7 @@ pub fn http_denied(at: Endpoints<'_>, d: &crate::proxy::authz::gate::Denied) -> 
         enforced: bool,
     }
     serde_json::to_string(&Line {
-        ts: crate::ops::log::now_rfc3339(),
+        ts: crate::telemetry::log::now_rfc3339(),
         event: "http_denied",
         listener: at.listener,
         worker: at.worker,

@@ -26,8 +26,8 @@
 //! the call (as `sni` does for the server name).
 #![forbid(unsafe_code)]
 
-use super::verifier::PolicyVerifier;
 use super::settings::ClientAuthMode;
+use super::verifier::PolicyVerifier;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};

@@ -10,8 +10,8 @@
 //! (through [`super::pem`], [`super::verifier`], [`super::tickets`]) when a config is
 //! built; `policy_digest` reads the CA and CRL files again.
 
-use super::settings::ListenerTls;
 use super::candidate::{AuthOutcome, AuthRecord, Candidate, DualPolicy, DualVerifier};
+use super::settings::ListenerTls;
 use super::sni::SniResolver;
 use super::validity::{unix_now, validity_findings, Role};
 use super::verifier::{policy_verifier, table_verifier, PolicyVerifier, RejectSink};
