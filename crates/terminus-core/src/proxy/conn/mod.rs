@@ -714,9 +714,18 @@ impl Conn {
         if !open || self.closing() || self.leg(side).read_closed {
             return 0;
         }
-        self.limits
-            .max_buffered
-            .saturating_sub(self.buffered_to(side.other()))
+        let mut held = self.buffered_to(side.other());
+        // With rules or limits terminus answers requests itself (403/429): a client
+        // that pipelines such requests and never reads the answers would grow them
+        // without bound, so its requests wait while what is owed to it is full.
+        let gated = self
+            .http
+            .as_deref()
+            .is_some_and(|h| h.filter.gate().is_some());
+        if side == Side::Client && gated {
+            held = held.max(self.buffered_to(Side::Client));
+        }
+        self.limits.max_buffered.saturating_sub(held)
     }
 
     /// Shut down `side`'s write side (true once).

@@ -687,3 +687,59 @@ fn a_record_split_between_receives_waits_then_the_leg_holds_nothing() {
     p.run();
     assert_eq!(p.upstream_got, b"byte by byte");
 }
+
+/// A client that pipelines requests the rules deny and never reads the 403s: its
+/// receive budget closes once the answers owed to it reach `max_buffered`, so it
+/// cannot make terminus hold more than that.
+#[test]
+fn unread_local_answers_stop_the_client_reads_at_max_buffered() {
+    use crate::proxy::authz::{gate::Policy, limits::CallerLimits, Action, Mode, Rules};
+    let pki = pki();
+    let mut p = Pair::new(&pki);
+    p.conn = fresh_conn(&pki, p.now)
+        .with_http(crate::proxy::http::HttpSettings {
+            identity: crate::proxy::http::IdentityHeaders::Xfcc,
+            max_header_bytes: 8192,
+            allow_bare_lf: false,
+            head_timeout: Duration::from_secs(10),
+        })
+        .with_http_policy((
+            Arc::new(Policy {
+                rules: Rules::new(vec![], Action::Deny, Mode::Enforce).unwrap(),
+                limits: Default::default(),
+            }),
+            Arc::new(CallerLimits::new(16)),
+        ));
+    p.handshake_only();
+    assert!(p.conn.poll_connect());
+    p.conn.handle_upstream_connected(p.now, Vec::new(), None);
+    p.conn.set_http_client(None);
+    let max = limits().max_buffered;
+    let request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut closed = false;
+    for _ in 0..20_000 {
+        if p.conn.recv_budget(Side::Client) == 0 {
+            closed = true;
+            break;
+        }
+        p.client.writer().write_all(request).unwrap();
+        let mut buf = Vec::new();
+        while p.client.wants_write() {
+            p.client.write_tls(&mut buf).unwrap();
+        }
+        p.conn.handle_data(Side::Client, &mut buf, p.now);
+        // The 403s are sealed for the client, which never takes them.
+        let _ = p.conn.poll_send(Side::Upstream);
+    }
+    assert!(
+        closed,
+        "the client was still read with {} B owed to it",
+        p.conn.buffered_to(Side::Client)
+    );
+    let owed = p.conn.buffered_to(Side::Client);
+    assert!(owed >= max && owed < max + 4096, "{owed}");
+    assert!(
+        p.upstream_got.is_empty(),
+        "nothing denied reaches the upstream"
+    );
+}
