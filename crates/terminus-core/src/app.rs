@@ -349,7 +349,7 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
                 .as_ref()
                 .map(|a| Arc::new(crate::telemetry::callers::CallerTable::new(a.callers_max))),
             caller_limits: Arc::new(crate::proxy::authz::limits::CallerLimits::new(
-                crate::proxy::authz::limits::DEFAULT_MAX_CALLERS,
+                l.limits_max_callers,
             )),
         }));
     }

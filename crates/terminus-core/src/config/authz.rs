@@ -55,10 +55,12 @@ impl Listener {
     /// `validate` refuses it).
     pub fn limit_settings(&self) -> LimitSettings {
         LimitSettings {
+            max_connections_per_caller: self.max_connections_per_caller,
             requests_per_second_per_caller: self.requests_per_second_per_caller,
             burst: self.burst,
+            handshakes_per_second_per_source: self.handshakes_per_second_per_source,
             mode: Mode::parse(&self.limits_mode).unwrap_or_default(),
-            ..LimitSettings::default()
+            max_callers: self.limits_max_callers,
         }
     }
 }

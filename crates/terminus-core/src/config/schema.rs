@@ -276,6 +276,23 @@ pub struct Listener {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections per caller (verified identity, else source /32 or /64) over
+    /// all workers; over it, refused after the handshake (0: off).
+    #[serde(default)]
+    pub max_connections_per_caller: u32,
+    /// Full handshakes per second per source address (a token bucket of one
+    /// second's worth); the excess is closed before the private-key signature (0: off).
+    #[serde(default)]
+    pub handshakes_per_second_per_source: u32,
+    /// Callers (and, apart, source addresses) the limits track per listener; the
+    /// least recently seen idle one makes room. Read at start (a reload keeps the
+    /// table and its counts).
+    #[serde(default = "default_limits_max_callers")]
+    pub limits_max_callers: usize,
+    /// PROXY v2: the verified client's leaf certificate (DER) in
+    /// `PP2_SUBTYPE_SSL_CLIENT_CERT` (0x28).
+    #[serde(default)]
+    pub proxy_protocol_client_cert: bool,
     /// HTTP listeners: requests per second per caller (a token bucket; 0: off).
     #[serde(default)]
     pub requests_per_second_per_caller: u32,
@@ -441,6 +458,10 @@ impl HttpRule {
 
 fn default_mode() -> String {
     "enforce".into()
+}
+
+fn default_limits_max_callers() -> usize {
+    crate::proxy::authz::limits::DEFAULT_MAX_CALLERS
 }
 
 fn default_action() -> String {

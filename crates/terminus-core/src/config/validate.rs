@@ -361,6 +361,24 @@ fn validate_limits(l: &Listener, i: usize, bad: &mut Bad<'_>) {
             "counts HTTP requests: needs protocol = \"http\"".into(),
         );
     }
+    if l.limits_max_callers == 0 {
+        bad(&field("limits_max_callers"), "must be at least 1".into());
+    }
+    if l.proxy_protocol_client_cert
+        && ProxyProtocol::from_setting(l.proxy_protocol_setting.as_deref()).ok()
+            != Some(ProxyProtocol::V2)
+    {
+        bad(
+            &field("proxy_protocol_client_cert"),
+            "goes in the PROXY v2 header: needs proxy_protocol = \"v2\"".into(),
+        );
+    }
+    if l.proxy_protocol_client_cert && l.protocol.as_deref() == Some("http") {
+        bad(
+            &field("proxy_protocol_client_cert"),
+            "is for TCP listeners: an http listener passes the certificate in its identity headers (identity_headers)".into(),
+        );
+    }
     if l.burst > 0 && l.requests_per_second_per_caller == 0 {
         bad(
             &field("burst"),

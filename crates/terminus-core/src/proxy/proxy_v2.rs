@@ -16,6 +16,7 @@
 //! | `PP2_SUBTYPE_SSL_CIPHER` | `0x23` | OpenSSL name, e.g. `TLS_AES_128_GCM_SHA256`, `ECDHE-ECDSA-AES128-GCM-SHA256` |
 //! | `PP2_SUBTYPE_SSL_SIG_ALG` | `0x24` | signature algorithm of terminus' certificate, e.g. `ecdsa-with-SHA256` |
 //! | `PP2_SUBTYPE_SSL_KEY_ALG` | `0x25` | key algorithm of terminus' certificate, e.g. `EC256`, `RSA2048` |
+//! | `PP2_SUBTYPE_SSL_CLIENT_CERT` | `0x28` | the verified client's leaf certificate, DER (`proxy_protocol_client_cert = true`) |
 //! | **`PP2_TYPE_TERMINUS_SPIFFE_ID`** | **`0xE0`** | the verified client's SPIFFE ID (UTF-8), e.g. `spiffe://example.org/ns/prod/sa/billing` |
 //!
 //! `0xE0` is the first type of the range the specification reserves for custom,
@@ -55,6 +56,8 @@ pub const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
 pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
 pub const PP2_SUBTYPE_SSL_SIG_ALG: u8 = 0x24;
 pub const PP2_SUBTYPE_SSL_KEY_ALG: u8 = 0x25;
+/// The client's leaf certificate, DER (HAProxy's `PP2_SUBTYPE_SSL_CLIENT_CERT`).
+pub const PP2_SUBTYPE_SSL_CLIENT_CERT: u8 = 0x28;
 /// terminus' custom TLV (`PP2_TYPE_MIN_CUSTOM`): the client's SPIFFE ID.
 pub const PP2_TYPE_TERMINUS_SPIFFE_ID: u8 = 0xE0;
 
@@ -93,7 +96,8 @@ impl Header {
     /// the client-side TLS facts, the certificate terminus served (`served`) and the
     /// verified identity (`peer`: the chain the enforced policy verified; a
     /// certificate asked for only by a candidate policy, or admitted as anonymous,
-    /// is not one, and the header reads as if none was presented).
+    /// is not one, and the header reads as if none was presented). Add the leaf
+    /// certificate itself with [`Header::with_client_cert`].
     pub fn for_client(
         tls: &rustls::CommonState,
         peer: Option<&[rustls_pki_types::CertificateDer<'_>]>,
@@ -121,6 +125,18 @@ impl Header {
             unique_id: None,
         }
     }
+
+    /// Carry the verified client's leaf (`peer`'s first certificate) in
+    /// `PP2_SUBTYPE_SSL_CLIENT_CERT`.
+    pub fn with_client_cert(
+        mut self,
+        peer: Option<&[rustls_pki_types::CertificateDer<'_>]>,
+    ) -> Self {
+        if let (Some(ssl), Some(leaf)) = (self.ssl.as_mut(), peer.and_then(|c| c.first())) {
+            ssl.client_cert = Some(leaf.as_ref().to_vec());
+        }
+        self
+    }
 }
 
 /// The `PP2_TYPE_SSL` TLV: what the client-facing TLS connection was like.
@@ -143,6 +159,8 @@ pub struct Ssl {
     pub sig_alg: Option<String>,
     /// Key algorithm of the certificate terminus served.
     pub key_alg: Option<String>,
+    /// The verified client's leaf certificate, DER (last of the sub-TLVs).
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl Ssl {
@@ -167,6 +185,7 @@ impl Ssl {
                 .map(|s| cipher_name(s.suite())),
             sig_alg: served.map(|a| a.sig_alg.clone()),
             key_alg: served.map(|a| a.key_alg.clone()),
+            client_cert: None,
         }
     }
 
@@ -268,6 +287,13 @@ impl Header {
                     push_tlv(&mut value, kind, v.as_bytes());
                 }
             }
+            if let Some(cert) = &ssl.client_cert {
+                // Only if the whole SSL TLV still fits (see `Header::encode_checked`).
+                let room = w.room().saturating_sub(3 + value.len());
+                if cert.len() + 3 <= room {
+                    push_tlv(&mut value, PP2_SUBTYPE_SSL_CLIENT_CERT, cert);
+                }
+            }
             w.tlv(PP2_TYPE_SSL, &value);
         }
         if let Some(spiffe) = &self.spiffe {
@@ -284,6 +310,44 @@ impl Header {
         self.encode(&mut out);
         out
     }
+
+    /// The encoded header, or why the client certificate it should carry does not
+    /// fit within the 16-bit length of a v2 header (the caller must not send a
+    /// header without it: the upstream would take the client for one without a
+    /// certificate).
+    pub fn encode_checked(&self) -> Result<Vec<u8>, CertTooLarge> {
+        let mut out = Vec::with_capacity(
+            128 + self
+                .ssl
+                .as_ref()
+                .and_then(|s| s.client_cert.as_ref())
+                .map_or(0, Vec::len),
+        );
+        self.encode(&mut out);
+        let Some(cert) = self.ssl.as_ref().and_then(|s| s.client_cert.as_ref()) else {
+            return Ok(out);
+        };
+        let mut without = self.clone();
+        if let Some(ssl) = without.ssl.as_mut() {
+            ssl.client_cert = None;
+        }
+        let rest = without.to_bytes().len() - FIXED_LEN;
+        if out.len() - FIXED_LEN >= rest + 3 + cert.len() {
+            return Ok(out);
+        }
+        Err(CertTooLarge {
+            cert: cert.len(),
+            room: usize::from(u16::MAX).saturating_sub(rest + 3),
+        })
+    }
+}
+
+/// A client certificate too large for a PROXY v2 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client certificate ({cert} bytes) does not fit in a PROXY v2 header (room for {room} bytes): proxy_protocol_client_cert")]
+pub struct CertTooLarge {
+    pub cert: usize,
+    pub room: usize,
 }
 
 /// Appends TLVs while the header stays within the 16-bit length field.
@@ -293,6 +357,11 @@ struct TlvWriter<'a> {
 }
 
 impl TlvWriter<'_> {
+    /// Bytes left before the header's length field overflows.
+    fn room(&self) -> usize {
+        usize::from(u16::MAX).saturating_sub(self.out.len() - self.start - FIXED_LEN)
+    }
+
     fn tlv(&mut self, kind: u8, value: &[u8]) {
         let after = self.out.len() - self.start - FIXED_LEN + 3 + value.len();
         if after <= usize::from(u16::MAX) {

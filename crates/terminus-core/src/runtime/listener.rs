@@ -46,6 +46,11 @@ pub struct ListenerLive {
     pub upstream_tls: Option<crate::tls::UpstreamClients>,
     /// Send a PROXY v2 header with identity TLVs ahead of the upstream bytes.
     pub proxy_v2: bool,
+    /// ... with the verified client's leaf certificate (`PP2_SUBTYPE_SSL_CLIENT_CERT`).
+    pub proxy_v2_client_cert: bool,
+    /// Per-caller limits (connections, handshakes per source; the request rate is
+    /// decided in `http_policy`). Their shared state is `ListenerShared::caller_limits`.
+    pub caller_limits: crate::proxy::authz::limits::LimitSettings,
     /// The entries as written and the resolved set new connections load (refreshed
     /// by the resolver thread); passive health per address.
     pub upstreams: UpstreamSet,
@@ -96,9 +101,10 @@ impl ListenerLive {
             }
         });
         // `validate` refused invalid rules before any listener is built.
+        let caller_limits = l.limit_settings();
         let policy = crate::proxy::authz::gate::Policy {
             rules: l.http_rules().unwrap_or_default(),
-            limits: l.limit_settings(),
+            limits: caller_limits.clone(),
         };
         let http_policy = (http.is_some() && policy.active()).then(|| Arc::new(policy));
         Ok(ListenerLive {
@@ -108,6 +114,8 @@ impl ListenerLive {
             tls,
             upstream_tls,
             proxy_v2: l.proxy_protocol == ProxyProtocol::V2,
+            proxy_v2_client_cert: l.proxy_protocol_client_cert,
+            caller_limits,
             upstreams: UpstreamSet::new(
                 l.upstream_entries
                     .iter()

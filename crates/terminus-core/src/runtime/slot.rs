@@ -153,8 +153,12 @@ pub struct Slot {
     pub listener: usize,
     /// Client and upstream, indexed by [`Side`].
     pub legs: [Leg; 2],
-    /// Only filled when the access log is on (one getpeername per connection).
+    /// Only filled when the access log or a per-caller limit is on (one
+    /// getpeername per connection).
     pub client_addr: Option<SocketAddr>,
+    /// The caller this connection counts for (`max_connections_per_caller`), until
+    /// the slot is freed.
+    pub caller: Option<Box<crate::proxy::authz::limits::CallerKey>>,
     /// The upstream walk, and the address being connected to or connected.
     pub dial: Dial,
     connect: Option<OpId>,
@@ -226,6 +230,7 @@ impl Slot {
             listener,
             legs,
             client_addr,
+            caller: None,
             dial: Dial::default(),
             connect: None,
             reconnect: false,

@@ -16,8 +16,6 @@
 //! [`crate::runtime::sock`].
 #![forbid(unsafe_code)]
 
-use crate::proxy::authz::gate::GateEvent;
-use crate::proxy::authz::Action;
 use crate::proxy::conn::{CloseReason, Conn, Expired, HandshakeFailure};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
@@ -34,6 +32,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod limits;
 
 // Where they lived before the split; `ops::reload` and `ops::admin` import them
 // from here.
@@ -349,6 +349,7 @@ impl<D: Driver<Token>> Worker<D> {
         match event {
             // The connection decrypts in place and copies out what it keeps;
             // dropping `buf` then gives the buffer straight back to the ring.
+            Event::Received(mut buf) if side == Side::Client => self.client_data(id, &mut buf, now),
             Event::Received(mut buf) => s.conn.handle_data(side, &mut buf, now),
             Event::Eof => s.conn.handle_eof(side, now),
             // Ring ran dry or we cancelled: re-armed in flush if wanted.
@@ -418,7 +419,21 @@ impl<D: Driver<Token>> Worker<D> {
             let sni = conn.server_name();
             let served = &live.tls.certs.choose(sni).algorithms;
             let peer = conn.verified_peer_certificates();
-            proxy_v2::Header::for_client(conn.tls(), peer, sni, served, src, dst).to_bytes()
+            let h = proxy_v2::Header::for_client(conn.tls(), peer, sni, served, src, dst);
+            if live.proxy_v2_client_cert {
+                match h.with_client_cert(peer).encode_checked() {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        // Fail closed: without the certificate the upstream would
+                        // take the client for one that presented none.
+                        crate::op_warn!("listener \"{}\": {e}", l.name);
+                        conn.refuse(CloseReason::ProxyHeaderTooLarge);
+                        return;
+                    }
+                }
+            } else {
+                h.to_bytes()
+            }
         } else {
             Vec::new()
         };
@@ -477,7 +492,8 @@ impl<D: Driver<Token>> Worker<D> {
                 conn = conn.with_http_policy((p.clone(), shared.caller_limits.clone()));
             }
         }
-        let client_addr = if self.log.enabled() {
+        // Limits key anonymous callers by address.
+        let client_addr = if self.log.enabled() || live.caller_limits.any() {
             sock::peer_addr(&fd)
         } else {
             None
@@ -562,40 +578,6 @@ impl<D: Driver<Token>> Worker<D> {
         self.touched();
     }
 
-    /// Count and log what an http listener's rules and limits decided.
-    fn http_events(&mut self, id: SlotId) {
-        let Some(s) = self.slots.get_mut(id) else {
-            return;
-        };
-        let Some(events) = s.conn.drain_http_events() else {
-            return;
-        };
-        let m = &mut self.metrics[s.listener];
-        let rules = s.live.http_policy.as_deref().map(|p| &p.rules);
-        for e in events {
-            match e {
-                GateEvent::Decided { matched, action } => {
-                    if let Some(r) = rules {
-                        m.http_request(r.name(matched), action == Action::Deny);
-                    }
-                }
-                GateEvent::Limited { limit, .. } => m.limited(limit),
-                GateEvent::Denied(d) if self.log.enabled() => {
-                    let at = crate::telemetry::access_log::Endpoints {
-                        listener: &self.listeners[s.listener].shared.name,
-                        worker: self.index,
-                        client: s.client_addr,
-                        upstream: None,
-                    };
-                    self.log
-                        .send_line(crate::telemetry::access_log::http_denied(at, &d));
-                }
-                GateEvent::Denied(_) => {}
-            }
-        }
-        self.touched();
-    }
-
     /// Turn one connection's wants into ops.
     fn flush(&mut self, id: SlotId, now: Instant) {
         self.http_events(id);
@@ -648,7 +630,9 @@ impl<D: Driver<Token>> Worker<D> {
             s.conn.handshake_duration(),
         );
         self.client_auth_seen(id, None);
-        self.start_connect(id, now);
+        if self.admit_caller(id, now) {
+            self.start_connect(id, now);
+        }
     }
 
     /// Count a handshake's client-auth verdicts (`failed`: why it failed, if it did)
@@ -845,6 +829,9 @@ impl<D: Driver<Token>> Worker<D> {
         m.bytes_client_to_upstream += c2u;
         m.bytes_upstream_to_client += u2c;
         l.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(caller) = s.caller.take() {
+            l.caller_limits.close(&caller, Instant::now());
+        }
         if let Some(kind) = s.conn.upstream_handshake_kind() {
             let resumed = kind == rustls::HandshakeKind::Resumed;
             m.upstream_handshakes[resumed as usize] += 1;
@@ -878,6 +865,8 @@ impl<D: Driver<Token>> Worker<D> {
                 CloseReason::HandshakeFailed(_)
                     | CloseReason::ClientProtocolError
                     | CloseReason::HttpRejected(_)
+                    | CloseReason::Limited
+                    | CloseReason::ProxyHeaderTooLarge
                     | CloseReason::UpstreamUnavailable
                     | CloseReason::UpstreamTlsFailed(_)
             )

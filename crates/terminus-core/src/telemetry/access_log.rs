@@ -54,6 +54,7 @@ struct AccessLine<'a> {
 }
 
 /// Where a finished connection ran, as the worker knows it.
+#[derive(Clone, Copy)]
 pub struct Endpoints<'a> {
     pub listener: &'a str,
     pub worker: usize,
@@ -158,6 +159,39 @@ pub fn http_denied(at: Endpoints<'_>, d: &crate::proxy::authz::gate::Denied) -> 
         path: &d.path,
         identity: &d.identity,
         enforced: d.enforced,
+    })
+    .unwrap_or_default()
+}
+
+/// The line of a connection, handshake or request over a per-caller limit:
+/// `event = "limited"`, refused (`enforced`) or only reported (`limits_mode =
+/// "report"`).
+pub fn limited(
+    at: Endpoints<'_>,
+    limit: crate::proxy::authz::limits::Limit,
+    enforced: bool,
+    caller: &str,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        ts: String,
+        event: &'static str,
+        listener: &'a str,
+        worker: usize,
+        client: Option<SocketAddr>,
+        limit: &'static str,
+        caller: &'a str,
+        enforced: bool,
+    }
+    serde_json::to_string(&Line {
+        ts: crate::telemetry::log::now_rfc3339(),
+        event: "limited",
+        listener: at.listener,
+        worker: at.worker,
+        client: at.client,
+        limit: limit.as_str(),
+        caller,
+        enforced,
     })
     .unwrap_or_default()
 }

@@ -46,6 +46,7 @@ pub mod policy;
 mod problems;
 mod server;
 mod settings;
+pub mod sign_gate;
 mod sni;
 pub mod suites;
 #[cfg(test)]

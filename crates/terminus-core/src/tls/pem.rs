@@ -121,6 +121,8 @@ pub(super) fn certified_key_from(
         return Err(e);
     }
     let public_key = signer.public_key().map(|k| k.as_ref().to_vec());
+    // Every served key signs through the handshake-rate gate (`sign_gate`).
+    let signer = std::sync::Arc::new(super::sign_gate::GatedKey(signer));
     let ck = CertifiedKey::new(certs, signer);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(ck),

@@ -39,8 +39,13 @@ pub enum GateEvent {
     Decided { matched: Matched, action: Action },
     /// A denied (enforce) or would-be denied (report) request.
     Denied(Box<Denied>),
-    /// Over a limit: refused (`enforced`) or only reported.
-    Limited { limit: Limit, enforced: bool },
+    /// Over a limit: refused (`enforced`) or only reported; `caller` as
+    /// `GET /callers` names it.
+    Limited {
+        limit: Limit,
+        enforced: bool,
+        caller: Box<str>,
+    },
 }
 
 /// The access-log fields of a denied request (never the certificate).
@@ -173,11 +178,13 @@ impl RequestGate {
             Verdict::WouldLimit { limit } => self.events.push(GateEvent::Limited {
                 limit,
                 enforced: false,
+                caller: self.key.to_string().into(),
             }),
             Verdict::Limited { limit, retry_after } => {
                 self.events.push(GateEvent::Limited {
                     limit,
                     enforced: true,
+                    caller: self.key.to_string().into(),
                 });
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 let extra = format!("Retry-After: {}\r\n", secs.max(1));
@@ -230,7 +237,7 @@ impl RequestGate {
 
 /// A verified caller's name: its SPIFFE ID, else `dns:` its first DNS name, else
 /// `cn:` its common name.
-fn identity_of(p: &PeerIdentity) -> Option<String> {
+pub fn identity_of(p: &PeerIdentity) -> Option<String> {
     if let Some(s) = &p.spiffe {
         return Some(s.clone());
     }
@@ -315,7 +322,8 @@ mod tests {
         assert!(matches!(&ev[1], GateEvent::Denied(d) if !d.enforced));
         assert!(ev.contains(&GateEvent::Limited {
             limit: Limit::Requests,
-            enforced: false
+            enforced: false,
+            caller: "addr:10.0.0.1".into(),
         }));
     }
 

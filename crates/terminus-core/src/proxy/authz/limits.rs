@@ -104,6 +104,32 @@ impl CallerKey {
     pub fn addr(ip: IpAddr) -> CallerKey {
         CallerKey::Addr(source_prefix(ip))
     }
+
+    /// The caller of a connection: its verified leaf's identity (`spiffe://…`,
+    /// `dns:…`, `cn:…`), else its address.
+    pub fn of(
+        verified_leaf: Option<&rustls_pki_types::CertificateDer<'_>>,
+        addr: Option<IpAddr>,
+    ) -> CallerKey {
+        let named = verified_leaf
+            .and_then(|der| crate::tls::identity::PeerIdentity::from_der(der).ok())
+            .and_then(|p| super::gate::identity_of(&p));
+        match (named, addr) {
+            (Some(id), _) => CallerKey::Identity(id.into()),
+            (None, Some(ip)) => CallerKey::addr(ip),
+            (None, None) => CallerKey::addr(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for CallerKey {
+    /// As `GET /callers` names callers: the identity, or `addr:` the address.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallerKey::Identity(id) => f.write_str(id),
+            CallerKey::Addr(ip) => write!(f, "addr:{ip}"),
+        }
+    }
 }
 
 /// IPv4 as is; IPv6 masked to its /64 (an IPv4-mapped address counts as IPv4).

@@ -22,11 +22,13 @@ pub enum HandshakeFailure {
     Timeout,
     PeerClosed,
     PeerAlert,
+    /// `handshakes_per_second_per_source` refused a full handshake.
+    RateLimited,
     Other,
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 14] = [
+    pub const ALL: [HandshakeFailure; 15] = [
         Self::NoClientCert,
         Self::UnknownCa,
         Self::CertExpired,
@@ -40,6 +42,7 @@ impl HandshakeFailure {
         Self::Timeout,
         Self::PeerClosed,
         Self::PeerAlert,
+        Self::RateLimited,
         Self::Other,
     ];
 
@@ -58,6 +61,7 @@ impl HandshakeFailure {
             Self::Timeout => "timeout",
             Self::PeerClosed => "peer_closed",
             Self::PeerAlert => "peer_alert",
+            Self::RateLimited => "rate_limited",
             Self::Other => "other",
         }
     }
@@ -93,6 +97,7 @@ impl HandshakeFailure {
             },
             E::AlertReceived(_) => Self::PeerAlert,
             E::PeerMisbehaved(_) => Self::Malformed,
+            e if crate::tls::sign_gate::HandshakeRefused::is(e) => Self::RateLimited,
             _ => Self::Other,
         }
     }
@@ -119,6 +124,10 @@ pub enum CloseReason {
     UpstreamTlsFailed(HandshakeFailure),
     /// An `http` listener refused a request with this status (400, 408, 431).
     HttpRejected(u16),
+    /// Refused after the handshake by a per-caller limit (`max_connections_per_caller`).
+    Limited,
+    /// The PROXY v2 header could not carry what it must (the client certificate).
+    ProxyHeaderTooLarge,
 }
 
 impl CloseReason {
@@ -134,6 +143,8 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::UpstreamTlsFailed(_) => "upstream_tls_failed",
             Self::HttpRejected(_) => "http_rejected",
+            Self::Limited => "limited",
+            Self::ProxyHeaderTooLarge => "proxy_header_too_large",
         }
     }
 }

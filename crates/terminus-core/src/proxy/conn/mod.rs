@@ -281,6 +281,25 @@ impl Conn {
         self.close_after_flush.get_or_insert(reason);
     }
 
+    /// Refuse the connection after its handshake, before any client byte reaches
+    /// an upstream: an HTTP listener answers (`429` for a per-caller limit, else
+    /// `502`) then closes, a TCP listener sends close_notify and closes (rustls can
+    /// send no other alert once the handshake is done).
+    pub fn refuse(&mut self, reason: CloseReason) {
+        self.want_connect = false;
+        if self.http.is_some() {
+            let status = if reason == CloseReason::Limited {
+                429
+            } else {
+                502
+            };
+            self.respond_and_close(status, reason);
+            return;
+        }
+        self.client.send_close_notify();
+        self.close_after_flush.get_or_insert(reason);
+    }
+
     /// Where the verifier of the config `tls` was made from leaves a client it
     /// refuses ([`crate::tls::ServerTls::config_for`]): read when the handshake
     /// fails, for [`Conn::rejected_client`].
