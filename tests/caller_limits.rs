@@ -9,6 +9,8 @@
 //! HAProxy.
 
 mod common;
+#[path = "common/proxy_v2.rs"]
+mod proxy_v2;
 
 use common::*;
 use std::io::{Read, Write};
@@ -330,4 +332,99 @@ fn handshakes_per_source_refuse_full_handshakes_but_not_resumptions_then_report_
         0.0,
         "report mode fails no handshake"
     );
+}
+
+/// A backend that parses the PROXY v2 header, sends it down `tx`, then echoes.
+fn proxied_echo() -> (Backend, std::sync::mpsc::Receiver<proxy_v2::ParsedHeader>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let b = Backend::spawn(Arc::new(move |mut s: TcpStream, _: &BackendStats| {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (h, used) = loop {
+            match proxy_v2::parse(&buf) {
+                Ok(parsed) => break parsed,
+                Err(proxy_v2::ParseError::Incomplete { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let _ = tx.lock().unwrap().send(h);
+        s.write_all(&buf[used..]).unwrap();
+        echo_until_eof(&mut s);
+    }));
+    (b, rx)
+}
+
+#[test]
+fn proxy_protocol_client_cert_carries_the_verified_leaf_and_nothing_for_others() {
+    let f = Fixture::new();
+    let (up, headers) = proxied_echo();
+    let t = f.start(
+        up.addr(),
+        "optional",
+        "proxy_protocol = \"v2\"\nproxy_protocol_client_cert = true\n",
+    );
+    let addr = t.addr("l");
+    let mut c = tls_connect(addr, &f.checkout);
+    echo_round_trip(&mut c, b"with a certificate", "checkout");
+    let h = headers.recv_timeout(WAIT).expect("a PROXY v2 header");
+    let ssl = h.ssl.expect("SSL TLV");
+    assert_eq!(ssl.verify, 0, "verified");
+    assert_eq!(
+        ssl.client_cert.as_deref(),
+        Some(&f.checkout_leaf[..]),
+        "PP2_SUBTYPE_SSL_CLIENT_CERT is the client's leaf, DER"
+    );
+    assert_eq!(h.spiffe.as_deref(), Some(CHECKOUT));
+    // No certificate presented: no 0x28.
+    let anon = ClientConfigBuilder::new(Trust::Roots(f.pki.roots()))
+        .build()
+        .unwrap();
+    let mut a = tls_connect(addr, &anon);
+    echo_round_trip(&mut a, b"without", "anonymous");
+    let h = headers.recv_timeout(WAIT).expect("a PROXY v2 header");
+    assert_eq!(h.ssl.expect("SSL TLV").client_cert, None);
+}
+
+#[test]
+fn check_refuses_proxy_protocol_client_cert_without_proxy_v2_or_on_http() {
+    let f = Fixture::new();
+    let up = Backend::echo();
+    for (keys, want) in [
+        (
+            "proxy_protocol_client_cert = true\n",
+            "needs proxy_protocol = \\\"v2\\\"",
+        ),
+        (
+            "protocol = \"http\"\nproxy_protocol = \"v2\"\nproxy_protocol_client_cert = true\n",
+            "is for TCP listeners",
+        ),
+    ] {
+        let mut l = ListenerConf::new("l", &[up.addr()]);
+        for line in keys.lines() {
+            let (k, v) = line.split_once(" = ").unwrap();
+            l = l.opt(k, v);
+        }
+        let config = write_config(&f.pki, Some(1), &[l]);
+        let out = std::process::Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let want = want.replace("\\\"", "\"");
+        assert!(
+            err.contains("proxy_protocol_client_cert") && err.contains(&want),
+            "{err}"
+        );
+        assert!(
+            err.contains(&config.display().to_string()),
+            "names the file: {err}"
+        );
+    }
 }

@@ -83,6 +83,7 @@ fn ssl() -> impl Strategy<Value = Ssl> {
         opt_string(40),
         opt_string(24),
         opt_string(12),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..600)),
     )
         .prop_map(
             |(
@@ -92,6 +93,7 @@ fn ssl() -> impl Strategy<Value = Ssl> {
                 cipher,
                 sig_alg,
                 key_alg,
+                client_cert,
             )| {
                 Ssl {
                     client_cert_presented,
@@ -102,6 +104,7 @@ fn ssl() -> impl Strategy<Value = Ssl> {
                     cipher,
                     sig_alg,
                     key_alg,
+                    client_cert,
                 }
             },
         )
@@ -1090,6 +1093,7 @@ mod proxy_v2_cases {
                 cipher: Some("TLS_AES_128_GCM_SHA256".into()),
                 sig_alg: Some("ecdsa-with-SHA256".into()),
                 key_alg: Some("EC256".into()),
+                client_cert: None,
             }),
             spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
             unique_id: Some(b"conn-42".to_vec()),

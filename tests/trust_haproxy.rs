@@ -2,8 +2,12 @@
 //! `accept-proxy`.
 //!
 //! * `mode http`: HAProxy reads our header (addresses, AUTHORITY, UNIQUE_ID, and the
-//!   SSL and custom SPIFFE TLVs it must skip), and forwards what it understood as
-//!   request headers to an in-test HTTP backend, which checks them.
+//!   SSL TLV with a real client leaf in `PP2_SUBTYPE_SSL_CLIENT_CERT` and the custom
+//!   SPIFFE TLV, which it must skip), and forwards what it understood as request
+//!   headers to an in-test HTTP backend, which checks them. HAProxy 2.6 has no
+//!   sample fetch for SSL sub-TLVs (`fc_pp_tlv` arrived in 2.9 and reads top-level
+//!   TLVs only), so what it proves about 0x28 is that a header carrying it is framed
+//!   as HAProxy's parser expects; its content is checked by `tests/caller_limits.rs`.
 //! * `mode tcp` with `send-proxy-v2`: HAProxy re-emits a v2 header of its own to an
 //!   in-test TCP backend, which parses it with the tests' `proxy_v2::parse`
 //!   (`tests/common/proxy_v2.rs`) — our parser against HAProxy's encoder.
@@ -184,6 +188,14 @@ fn header_value<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
     })
 }
 
+/// A real client leaf (DER), for `PP2_SUBTYPE_SSL_CLIENT_CERT`.
+fn client_leaf() -> Vec<u8> {
+    use terminus::tools::certs::{LeafSpec, TestCa};
+    let ca = TestCa::root("terminus haproxy client CA").unwrap();
+    let spec = LeafSpec::client("billing", Some("spiffe://example.org/ns/prod/sa/billing"));
+    ca.leaf(&spec).unwrap().chain[0].as_ref().to_vec()
+}
+
 /// What terminus would send for a verified mTLS client.
 fn terminus_header() -> Header {
     Header {
@@ -200,6 +212,7 @@ fn terminus_header() -> Header {
             cipher: Some("TLS_AES_128_GCM_SHA256".into()),
             sig_alg: Some("ecdsa-with-SHA256".into()),
             key_alg: Some("EC256".into()),
+            client_cert: Some(client_leaf()),
         }),
         spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
         unique_id: Some(b"terminus-conn-42".to_vec()),

@@ -829,6 +829,7 @@ fn proxy_v2_ssl_describes_the_connection() {
             cipher: Some("TLS_AES_128_GCM_SHA256".into()),
             sig_alg: Some("ecdsa-with-SHA256".into()),
             key_alg: Some("EC256".into()),
+            client_cert: None,
         }
     );
     // Resumed: the certificate belongs to the session, not this connection.

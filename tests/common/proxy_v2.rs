@@ -47,6 +47,8 @@ pub struct ParsedSsl {
     pub cipher: Option<String>,
     pub sig_alg: Option<String>,
     pub key_alg: Option<String>,
+    /// `PP2_SUBTYPE_SSL_CLIENT_CERT`: the client's leaf, DER.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl ParsedSsl {
@@ -63,6 +65,7 @@ impl ParsedSsl {
             cipher: self.cipher.clone(),
             sig_alg: self.sig_alg.clone(),
             key_alg: self.key_alg.clone(),
+            client_cert: self.client_cert.clone(),
         }
     }
 }
@@ -199,6 +202,10 @@ fn parse_ssl(value: &[u8]) -> Result<ParsedSsl, ParseError> {
     };
     for tlv in Tlvs(&value[5..]) {
         let (kind, v) = tlv?;
+        if kind == PP2_SUBTYPE_SSL_CLIENT_CERT {
+            ssl.client_cert = Some(v.to_vec());
+            continue;
+        }
         let slot = match kind {
             PP2_SUBTYPE_SSL_VERSION => &mut ssl.version,
             PP2_SUBTYPE_SSL_CN => &mut ssl.cn,

@@ -475,4 +475,44 @@ mod tests {
             "ECDHE-ECDSA-AES128-GCM-SHA256"
         );
     }
+
+    #[test]
+    fn the_client_cert_is_the_last_ssl_sub_tlv_or_a_clear_error_when_it_cannot_fit() {
+        let with = |n: usize| Header {
+            ssl: Some(Ssl {
+                client_cert_presented: true,
+                verified: true,
+                version: Some("TLSv1.3".into()),
+                client_cert: Some(vec![0xAB; n]),
+                ..Ssl::default()
+            }),
+            ..minimal()
+        };
+        let bytes = with(3).encode_checked().unwrap();
+        // SSL TLV: client bits, verify, VERSION, then CLIENT_CERT.
+        let ssl = &bytes[16 + 36..];
+        assert_eq!(&ssl[..3], &[0x20, 0, 5 + 3 + 7 + 3 + 3]);
+        assert_eq!(&ssl[3 + 5 + 3 + 7..], &[0x28, 0, 3, 0xAB, 0xAB, 0xAB]);
+        // The largest certificate that fits: the header's length field is full.
+        let fixed = 36 + 3 + 5 + 3 + 7 + 3;
+        let max = usize::from(u16::MAX) - fixed;
+        let bytes = with(max).encode_checked().unwrap();
+        assert_eq!(&bytes[14..16], &[0xff, 0xff]);
+        assert_eq!(bytes.len(), 16 + usize::from(u16::MAX));
+        let err = with(max + 1).encode_checked().unwrap_err();
+        assert_eq!(
+            err,
+            CertTooLarge {
+                cert: max + 1,
+                room: max
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("does not fit in a PROXY v2 header"),
+            "{err}"
+        );
+        // Without a certificate to carry there is nothing to check.
+        assert!(minimal().encode_checked().is_ok());
+    }
 }

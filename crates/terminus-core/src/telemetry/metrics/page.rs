@@ -303,8 +303,8 @@ static FAMILIES: &[Family] = &[
     family(
         "terminus_limited_total",
         Kind::Counter,
-        "Requests over a per-caller limit (refused, or in report mode counted only), by \
-         limit.",
+        "Connections, full handshakes and requests over a per-caller limit (refused, or \
+         in report mode counted only), by limit.",
         Samples::SummedLabeled(|m| {
             LIMITS
                 .iter()
