@@ -153,6 +153,16 @@ fn connections_per_caller_on_a_tcp_listener_over_all_workers_then_report_mode() 
         f.access_log()
     );
 
+    // The counts survive a reload: after SIGHUP checkout is still at its limit.
+    t.signal("HUP");
+    t.wait_stderr("reload: configuration", WAIT);
+    let mut a4 = tls_connect(addr, &f.checkout);
+    assert_refused_after_handshake(&mut a4, "checkout's third connection after SIGHUP");
+    assert_eq!(
+        at_least(&t, &limited_series("max_connections_per_caller"), 2.0),
+        2.0
+    );
+
     // A closed connection frees its place (the count is released when the slot is).
     drop(a1);
     assert!(
