@@ -21,7 +21,6 @@
 
 use rustls_pki_types::CertificateDer;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,15 +60,16 @@ impl LeafFacts {
 /// leaf, not a certificate parse. Emptied when full (callers are few; certificates
 /// rotate).
 #[derive(Debug, Default)]
-pub struct LeafCache(HashMap<u64, Arc<LeafFacts>>);
+pub struct LeafCache(HashMap<[u8; 32], Arc<LeafFacts>>);
 
 const LEAF_CACHE_MAX: usize = 1024;
 
 impl LeafCache {
     pub fn facts(&mut self, der: &[u8]) -> Option<Arc<LeafFacts>> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        der.hash(&mut h);
-        let k = h.finish();
+        // Keyed by SHA-256: a client must not be able to present a certificate
+        // whose key collides with another caller's leaf and be named after it.
+        let mut k = [0u8; 32];
+        k.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         if let Some(f) = self.0.get(&k) {
             return Some(f.clone());
         }
