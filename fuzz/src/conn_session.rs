@@ -133,7 +133,7 @@ pub fn session(data: &[u8]) -> Session {
     while !b.is_empty() && steps < 64 {
         steps += 1;
         match b.u8() % 12 {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let d = b.short();
                 s.write(d);
             }

@@ -21,8 +21,11 @@ pub mod proxy_v2;
 pub mod sim;
 pub mod world;
 
+/// A target's harness: panics on a finding.
+pub type Harness = fn(&[u8]);
+
 /// Every target by name (fuzz/fuzz_targets/NAME.rs, fuzz/seeds/NAME/).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("conn_client", conn_client::run),
     ("conn_session", conn_session::run),
     ("conn_upstream", conn_upstream::run),

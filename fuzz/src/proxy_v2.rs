@@ -9,7 +9,6 @@
 //! at most 128, no TLV value over 1024 bytes (`HA_PP2_MAX_ALLOC`: the connection is
 //! dropped), the whole header within its 16 KiB buffer).
 
-#[allow(dead_code)]
 #[path = "../../tests/common/proxy_v2.rs"]
 pub mod parser;
 
