@@ -67,14 +67,22 @@ pub const PP2_CLIENT_CERT_SESS: u8 = 0x04;
 
 /// The longest `PP2_TYPE_UNIQUE_ID` the specification allows.
 pub const MAX_UNIQUE_ID: usize = 128;
+/// The longest `PP2_TYPE_AUTHORITY` HAProxy accepts (`HA_PP2_AUTHORITY_MAX`; a
+/// longer one fails the header).
+pub const MAX_AUTHORITY: usize = 255;
+/// The longest TLV value HAProxy accepts (`HA_PP2_MAX_ALLOC`, HAProxy 2.9+: a longer
+/// one drops the connection); the `PP2_TYPE_SSL` value with its sub-TLVs counts whole.
+pub const MAX_TLV_VALUE: usize = 1024;
 
 /// Fixed part: signature, version/command, family, length.
 const FIXED_LEN: usize = 16;
 
 /// A PROXY v2 header for one proxied TCP connection (command PROXY).
 ///
-/// A TLV whose value cannot be represented (a unique ID over 128 bytes, a value that
-/// would make the header longer than 65535 bytes) is left out, never truncated.
+/// A TLV that HAProxy would refuse (a unique ID over 128 bytes, an authority over
+/// 255, any value over 1024 — a SPIFFE ID may be 2048 — or an SSL sub-TLV that
+/// would make the SSL TLV so long, such as a huge CN) is left out, never truncated
+/// (found by the `proxy_v2` fuzz target).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// The client's address.
@@ -257,7 +265,7 @@ impl Header {
         if let Some(alpn) = &self.alpn {
             w.tlv(PP2_TYPE_ALPN, alpn);
         }
-        if let Some(authority) = &self.authority {
+        if let Some(authority) = self.authority.as_ref().filter(|a| a.len() <= MAX_AUTHORITY) {
             w.tlv(PP2_TYPE_AUTHORITY, authority.as_bytes());
         }
         if let Some(id) = self
@@ -283,7 +291,10 @@ impl Header {
                 (PP2_SUBTYPE_SSL_SIG_ALG, &ssl.sig_alg),
                 (PP2_SUBTYPE_SSL_KEY_ALG, &ssl.key_alg),
             ] {
-                if let Some(v) = v.as_ref().filter(|v| v.len() <= usize::from(u16::MAX)) {
+                if let Some(v) = v
+                    .as_ref()
+                    .filter(|v| value.len() + 3 + v.len() <= MAX_TLV_VALUE)
+                {
                     push_tlv(&mut value, kind, v.as_bytes());
                 }
             }
@@ -364,7 +375,7 @@ impl TlvWriter<'_> {
 
     fn tlv(&mut self, kind: u8, value: &[u8]) {
         let after = self.out.len() - self.start - FIXED_LEN + 3 + value.len();
-        if after <= usize::from(u16::MAX) {
+        if value.len() <= MAX_TLV_VALUE && after <= usize::from(u16::MAX) {
             push_tlv(self.out, kind, value);
         }
     }

@@ -1,0 +1,178 @@
+//! world: what the Conn targets run against, made once per process — a test PKI
+//! written to a temporary folder, a real config parsed by `Config::parse` and
+//! built into each listener's `ListenerLive` the way `terminus run` builds them,
+//! rustls clients (no certificate, the PKI's client, a client of an unknown CA) and
+//! a rustls server for the TLS upstream.
+
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use terminus::runtime::listener::ListenerLive;
+use terminus::tools::certs::{LeafSpec, TestCa};
+
+/// Listener indexes in [`World::listeners`].
+pub const PLAIN: usize = 0;
+pub const MTLS: usize = 1;
+pub const HTTP: usize = 2;
+pub const REENCRYPT: usize = 3;
+pub const HTTP_REENCRYPT: usize = 4;
+
+/// The config: a plain tcp listener; mutual TLS `optional` with an allow-list and a
+/// stricter candidate (`require`, another allow-list); an http listener (optional
+/// client auth, both identity headers, rules and a per-caller rate); a
+/// re-encrypting tcp listener with PROXY v2; a re-encrypting http listener.
+const CONFIG: &str = r#"
+[[listeners]]
+name = "plain"
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+upstreams = ["127.0.0.1:9"]
+alpn = ["h2", "http/1.1"]
+
+[[listeners]]
+name = "mtls"
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+upstreams = ["127.0.0.1:9"]
+proxy_protocol = "v2"
+[listeners.client_auth]
+mode = "optional"
+ca = ["ca.pem"]
+allow = ["spiffe://example.org/*", "cn:other"]
+[listeners.client_auth.candidate]
+mode = "require"
+ca = ["ca.pem"]
+allow = ["spiffe://example.org/billing"]
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+upstreams = ["127.0.0.1:9"]
+protocol = "http"
+requests_per_second_per_caller = 20
+burst = 4
+[listeners.client_auth]
+mode = "optional"
+ca = ["ca.pem"]
+[listeners.http]
+identity_headers = "both"
+max_header_bytes = 4096
+[[listeners.http.rules]]
+name = "no-admin"
+identities = ["any"]
+paths = ["/admin/*"]
+action = "deny"
+[[listeners.http.rules]]
+name = "client-writes"
+identities = ["spiffe://example.org/client"]
+methods = ["POST", "PUT"]
+action = "allow"
+[[listeners.http.rules]]
+name = "no-anonymous-writes"
+identities = ["anonymous"]
+methods = ["POST", "PUT", "DELETE"]
+action = "deny"
+
+[[listeners]]
+name = "reencrypt"
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+upstreams = ["127.0.0.1:9"]
+proxy_protocol = "v2"
+[listeners.upstream_tls]
+ca = ["ca.pem"]
+server_name = "localhost"
+
+[[listeners]]
+name = "http-reencrypt"
+listen = "127.0.0.1:0"
+cert = "server.pem"
+key = "server.key"
+upstreams = ["127.0.0.1:9"]
+protocol = "http"
+[listeners.upstream_tls]
+ca = ["ca.pem"]
+server_name = "localhost"
+resume = false
+"#;
+
+pub struct World {
+    pub dir: PathBuf,
+    pub listeners: Vec<Arc<ListenerLive>>,
+    /// [no certificate, the PKI's client (spiffe://example.org/client), a client
+    /// certificate of an unknown CA]; each offering TLS 1.3 and 1.2.
+    pub clients: [Arc<ClientConfig>; 3],
+    /// The same three, TLS 1.2 only.
+    pub clients12: [Arc<ClientConfig>; 3],
+    /// The TLS upstream: "localhost", from the same CA.
+    pub upstream: Arc<ServerConfig>,
+}
+
+pub fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(build)
+}
+
+fn build() -> World {
+    terminus::tls::install_provider();
+    let dir = std::env::temp_dir().join(format!("terminus-fuzz-{}", std::process::id()));
+    let pki = terminus::tools::certs::test_pki(2, "example.org").expect("test PKI");
+    pki.write(&dir).expect("write the test PKI");
+    let path = dir.join("terminus.toml");
+    std::fs::write(&path, CONFIG).expect("write the config");
+    let cfg = terminus::config::Config::parse(CONFIG, &path).expect("the fuzz config is valid");
+    let listeners = cfg
+        .listeners
+        .iter()
+        .map(|l| Arc::new(ListenerLive::build(l, &cfg.resolver).expect("listener builds")))
+        .collect();
+    // Everything is read: certificates, keys and CAs live in the built listeners.
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).expect("CA");
+    let other = TestCa::root("fuzz unknown CA").expect("CA");
+    let stranger = other
+        .leaf(&LeafSpec::client(
+            "other",
+            Some("spiffe://example.org/other"),
+        ))
+        .expect("leaf");
+    let client = |cert: Option<(Vec<_>, rustls_pki_types::PrivateKeyDer<'static>)>,
+                  versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let b = ClientConfig::builder_with_protocol_versions(versions)
+            .with_root_certificates(roots.clone());
+        let mut c = match cert {
+            Some((chain, key)) => b.with_client_auth_cert(chain, key).expect("client cert"),
+            None => b.with_no_client_auth(),
+        };
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c.enable_early_data = true;
+        Arc::new(c)
+    };
+    let all = rustls::ALL_VERSIONS;
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let set = |v: &[&'static rustls::SupportedProtocolVersion]| {
+        [
+            client(None, v),
+            client(Some((vec![pki.client_der.clone()], pki.client_key())), v),
+            client(Some((stranger.chain.clone(), stranger.key())), v),
+        ]
+    };
+    let upstream = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.server_der.clone()], pki.server_key())
+        .expect("upstream server config");
+    World {
+        dir,
+        listeners,
+        clients: set(all),
+        clients12: set(tls12),
+        upstream: Arc::new(upstream),
+    }
+}
