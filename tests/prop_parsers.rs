@@ -30,7 +30,9 @@ mod proxy_v2;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
-use proxy_v2::{Command, Header, ParseError, ParsedSsl, Ssl};
+use proxy_v2::{
+    Command, Header, ParseError, ParsedSsl, Ssl, MAX_AUTHORITY, MAX_TLV_VALUE, MAX_UNIQUE_ID,
+};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair, SanType};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
@@ -417,25 +419,20 @@ proptest! {
         prop_assert!(p.authority.is_none() || p.authority == h.authority);
         prop_assert!(p.spiffe.is_none() || p.spiffe == h.spiffe);
         prop_assert!(p.unique_id.is_none() || p.unique_id == h.unique_id);
+        // Each value is carried whole exactly when HAProxy would take it (authority
+        // <= 255, unique ID <= 128, any value <= 1024, the SSL TLV with its
+        // sub-TLVs counted whole); within those the header always fits 16 bits.
+        let kept = |v: usize, max: usize| v <= max.min(MAX_TLV_VALUE);
         let ssl_in = h.ssl.as_ref().map(|s| {
             let mut s = expected_ssl(s);
-            s.cn = s.cn.filter(|cn| cn.len() <= 65535);
+            s.cn = s.cn.filter(|cn| 5 + 3 + 7 + 3 + cn.len() <= MAX_TLV_VALUE);
             s
         });
-        prop_assert!(p.ssl.is_none() || p.ssl.as_ref().map(ParsedSsl::to_ssl) == ssl_in);
-        // Everything fits: nothing may be left out.
-        let addr = if as_v4(src).is_some() && as_v4(dst).is_some() { 12 } else { 36 };
-        let ssl_len = ssl_in.as_ref().map_or(0, |s| {
-            3 + 5 + 3 + 7 + s.cn.as_ref().map_or(0, |cn| 3 + cn.len())
-        });
-        let unique = h.unique_id.as_ref().filter(|u| u.len() <= 128).map_or(0, |u| 3 + u.len());
-        let all = addr + 3 + sizes[0] + 3 + sizes[1] + 3 + sizes[2] + unique + ssl_len;
-        if all <= 65535 {
-            prop_assert_eq!(p.alpn, h.alpn);
-            prop_assert_eq!(p.authority, h.authority);
-            prop_assert_eq!(p.spiffe, h.spiffe);
-            prop_assert_eq!(p.ssl.as_ref().map(ParsedSsl::to_ssl), ssl_in);
-        }
+        prop_assert_eq!(p.alpn.is_some(), kept(sizes[0], usize::MAX));
+        prop_assert_eq!(p.authority.is_some(), kept(sizes[1], MAX_AUTHORITY));
+        prop_assert_eq!(p.spiffe.is_some(), kept(sizes[2], usize::MAX));
+        prop_assert_eq!(p.unique_id.is_some(), kept(sizes[3] % 200, MAX_UNIQUE_ID));
+        prop_assert_eq!(p.ssl.as_ref().map(ParsedSsl::to_ssl), ssl_in);
     }
 }
 
@@ -1251,13 +1248,14 @@ mod proxy_v2_cases {
         assert_eq!(p.unique_id, None);
         assert_eq!(p.spiffe, None);
         assert_eq!(p.authority.as_deref(), Some("a"));
-        // The largest value that still fits is kept.
-        let fits = usize::from(u16::MAX) - 36 - 3;
-        let h = Header {
-            spiffe: Some("y".repeat(fits)),
-            ..minimal()
-        };
-        let (p, _) = parse(&h.to_bytes()).unwrap();
-        assert_eq!(p.spiffe.map(|s| s.len()), Some(fits));
+        // The largest value HAProxy takes is kept, one byte more is left out.
+        for (n, kept) in [(MAX_TLV_VALUE, true), (MAX_TLV_VALUE + 1, false)] {
+            let h = Header {
+                spiffe: Some("y".repeat(n)),
+                ..minimal()
+            };
+            let (p, _) = parse(&h.to_bytes()).unwrap();
+            assert_eq!(p.spiffe.is_some(), kept, "{n}");
+        }
     }
 }

@@ -67,6 +67,9 @@ pub fn run(data: &[u8]) {
             cipher: (f & 32 != 0).then(|| text(&mut b, false)),
             sig_alg: (f & 128 != 0).then(|| text(&mut b, false)),
             key_alg: (has & (1 << 5) != 0).then(|| text(&mut b, false)),
+            // Opt-in and bound by the 16-bit length only, not HAProxy's limits
+            // checked here: covered by the unit tests of `encode_checked`.
+            client_cert: None,
         }
     });
     let h = Header {

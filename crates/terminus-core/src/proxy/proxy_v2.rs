@@ -298,14 +298,19 @@ impl Header {
                     push_tlv(&mut value, kind, v.as_bytes());
                 }
             }
-            if let Some(cert) = &ssl.client_cert {
-                // Only if the whole SSL TLV still fits (see `Header::encode_checked`).
-                let room = w.room().saturating_sub(3 + value.len());
-                if cert.len() + 3 <= room {
+            // The certificate is asked for explicitly (`proxy_protocol_client_cert`),
+            // for a consumer that reads it: it is bound by the header's 16-bit
+            // length only, not by HAProxy's 1024-byte cap (HAProxy ≥ 2.9 refuses
+            // such a header, and no HAProxy reads 0x28). Only if the whole SSL TLV
+            // still fits (see `Header::encode_checked`).
+            let room = w.room().saturating_sub(3 + value.len());
+            match &ssl.client_cert {
+                Some(cert) if cert.len() + 3 <= room => {
                     push_tlv(&mut value, PP2_SUBTYPE_SSL_CLIENT_CERT, cert);
+                    push_tlv(w.out, PP2_TYPE_SSL, &value);
                 }
+                _ => w.tlv(PP2_TYPE_SSL, &value),
             }
-            w.tlv(PP2_TYPE_SSL, &value);
         }
         if let Some(spiffe) = &self.spiffe {
             w.tlv(PP2_TYPE_TERMINUS_SPIFFE_ID, spiffe.as_bytes());
@@ -523,6 +528,9 @@ mod tests {
                 .contains("does not fit in a PROXY v2 header"),
             "{err}"
         );
+        // Past HAProxy's 1024-byte TLV cap: asked for, so sent.
+        let bytes = with(4000).encode_checked().unwrap();
+        assert_eq!(bytes.len(), 16 + 36 + 3 + 5 + 3 + 7 + 3 + 4000);
         // Without a certificate to carry there is nothing to check.
         assert!(minimal().encode_checked().is_ok());
     }
