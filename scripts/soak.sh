@@ -257,9 +257,9 @@ bench_loop() { # NAME ARGS...: one bench run of up to 50 s after another, JSON l
     ) &
     pids+=($!)
 }
-bench_loop full --target "127.0.0.1:$edge_p" --workload handshake --connections 4
-bench_loop resumed --target "127.0.0.1:$edge_p" --workload handshake --connections 2 --resume
-bench_loop mtls --target "127.0.0.1:$mtls_p" --workload handshake --connections 2 \
+bench_loop full --target "127.0.0.1:$edge_p" --workload handshake --connections 2
+bench_loop resumed --target "127.0.0.1:$edge_p" --workload handshake --connections 1 --resume
+bench_loop mtls --target "127.0.0.1:$mtls_p" --workload handshake --connections 1 \
     --client-cert "$pki/client.pem" --client-key "$pki/client.key"
 bench_loop named --target "127.0.0.1:$named_p" --workload rr --connections 2 --rate 200
 bench_loop flappy --target "127.0.0.1:$flappy_p" --workload rr --connections 2 --rate 50
@@ -270,7 +270,7 @@ gen() { # ROLE PORT ARGS...
 }
 gen bulk "$edge_p" --threads 2
 gen http "$web_p" --threads 2
-gen slowloris "$web_p" --threads 4
+gen slowloris "$web_p" --threads 8
 gen stall-read "$src_l" --threads 2
 gen stall-write "$sink_l" --threads 2
 gen resets "$edge_p"
