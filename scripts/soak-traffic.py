@@ -499,6 +499,9 @@ def verdict():
     up = by_label(fin, "terminus_upstream_connect_errors_total", "upstream")
     check(all(k == A.flap for k, v in up.items() if v),
           "upstream connect errors only at the flapping upstream %s: %s" % (A.flap, up))
+    if A.named:
+        seen = [a for a in up if a.endswith(":" + A.named)]
+        check(len(seen) >= 2, "the upstream name followed its address changes: %s" % seen)
     rel = by_label(fin, "terminus_config_reloads_total", "result")
     invalid = int(open(os.path.join(d, "invalid-reloads")).read() or 0)
     check(rel.get("error", 0) == invalid, "reload errors %d = invalid configs sent %d (ok: %d)"
@@ -508,7 +511,6 @@ def verdict():
           "admin /healthz every 200 ms: %d answers, p99 %.1f ms (bound 100), slowest %.1f ms, "
           "%d over 100 ms (the prober shares the loaded CPUs)"
           % (adm.get("ok", 0), adm.get("p99_ms", -1), adm.get("worst_ms", -1), adm.get("over_100ms", 0)))
-    print("soak: %s" % ("PASS" if all(checks) else "FAIL"))
     raise SystemExit(0 if all(checks) else 1)
 
 
@@ -529,6 +531,7 @@ def main():
     p.add_argument("--baseline", type=int, nargs=2, help="idle RSS bytes and fds")
     p.add_argument("--dir")
     p.add_argument("--flap", default="")
+    p.add_argument("--named", default="", help="the port of the name's two addresses")
     p.add_argument("--rss-slope", type=float, default=2.0)
     p.add_argument("--fd-slope", type=float, default=2.0)
     p.add_argument("--no-recovery-check", dest="recovery", action="store_false")

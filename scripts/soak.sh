@@ -293,9 +293,10 @@ alive=1
 panics=$(grep -c "panicked" "$work/terminus.err" || true)
 echo
 status=0
-"${py[@]}" verdict --dir "$out" --flap "127.0.0.1:$flap_p" "${recovery[@]}" --port 0 || status=1
+"${py[@]}" verdict --dir "$out" --flap "127.0.0.1:$flap_p" --named "$echo_p" "${recovery[@]}" --port 0 || status=1
 if ((panics)); then echo "FAIL panics in terminus' log: $panics"; status=1; else echo "ok   no panic in terminus' log; still alive ($alive)"; fi
 for f in "$out"/*.err; do
     [ -s "$f" ] && { echo "--- $(basename "$f") (last lines)"; tail -3 "$f"; }
 done
+if ((status)); then echo "soak: FAIL"; else echo "soak: PASS"; fi
 exit $status
