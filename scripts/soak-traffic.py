@@ -250,6 +250,8 @@ def refused():
     clients = [("none", ctx())]
     if A.cert:
         clients.append(("unknown", ctx(A.cert, A.key)))
+    if A.revoked_cert:
+        clients.append(("revoked", ctx(A.revoked_cert, A.revoked_key)))
     while left() > 2:
         for name, c in clients:
             try:
@@ -263,6 +265,26 @@ def refused():
             except (ssl.SSLError, ConnectionError, OSError):
                 count(name + ":refused")
         time.sleep(0.2)
+
+
+def echo_loop():
+    # A short echo on a new connection every 100 ms (the flapping upstream's clients:
+    # served while it is up, refused while it is down).
+    while left() > 2:
+        try:
+            s = tls(A.port, timeout=5)
+            s.sendall(b"x" * 1024)
+            got = b""
+            while len(got) < 1024:
+                b = s.recv(1024 - len(got))
+                if not b:
+                    break
+                got += b
+            s.close()
+            count("ok" if got == b"x" * 1024 else "cut")
+        except Exception as e:  # noqa: BLE001
+            count("error:" + type(e).__name__)
+        time.sleep(0.1)
 
 
 def admin():
@@ -468,6 +490,7 @@ def verdict():
              bulk.get("short", 0), bulk.get("stalled", 0)))
     # Well-behaved clients of listeners with steady upstreams: no error at all.
     good = {"bulk": bulk, "http": load("http")}
+    refused = load("refused")
     for f in sorted(glob.glob(os.path.join(d, "bench-*.jsonl"))):
         name = os.path.basename(f)[:-6]
         if name == "bench-flappy":
@@ -484,7 +507,24 @@ def verdict():
     check(not bad, "errors of well-behaved clients (steady upstreams): %s" % (bad or "none"))
     refused = load("refused")
     check(not any(k.endswith(":served") for k in refused),
-          "mTLS without a certificate / with an unknown CA's: %s" % refused)
+          "mTLS clients without a certificate, with an unknown CA's, revoked: %s" % refused)
+    revoked = by_label(mon["final"], "terminus_handshake_errors_total", "reason").get("cert_revoked", 0)
+    check(refused.get("revoked:refused", 0) > 0 and revoked > 0,
+          "the revoked client: refused %d times, cert_revoked counted %d"
+          % (refused.get("revoked:refused", 0), revoked))
+    stall = load("stall-write")
+    check(stall.get("never-blocked", 0) == 0 and stall.get("blocked", 0) > 0,
+          "a client writing to an upstream that never reads is stopped (backpressure): %s" % stall)
+    held = load("stall-read")
+    check(held.get("held", 0) > 0 and not any(k.startswith("error") for k in held),
+          "clients that never read a source upstream: %s" % held)
+    flap = load("flappy")
+    flap_errs = int(by_label(mon["final"], "terminus_upstream_connect_errors_total", "upstream")
+                    .get(A.flap, 0))
+    flap_bad = sum(v for k, v in flap.items() if k != "ok")
+    check(flap.get("ok", 0) > 0 and flap_bad <= flap_errs,
+          "the flapping upstream's clients: %s; each failure matched by a connect error "
+          "terminus counted there (%d)" % (flap, flap_errs))
     slow = load("slowloris")
     check(slow.get("never-ended", 0) == 0 and not any(k.startswith("error") for k in slow),
           "slowloris heads, each cut by the head timeout: %s" % slow)
@@ -524,6 +564,8 @@ def main():
     p.add_argument("--ca")
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument("--revoked-cert")
+    p.add_argument("--revoked-key")
     p.add_argument("--body", default="soak body\n")
     p.add_argument("--out", default=os.devnull)
     p.add_argument("--threads", type=int, default=1)
@@ -542,7 +584,7 @@ def main():
         "bulk": bulk, "http": http_client, "slowloris": slowloris,
         "stall-read": stall_read, "stall-write": stall_write, "resets": resets,
         "garbage": garbage, "refused": refused, "admin": admin,
-        "http-peer": http_peer, "sink-peer": sink_peer,
+        "http-peer": http_peer, "sink-peer": sink_peer, "echo-loop": echo_loop,
     }[A.role]
     ts = [threading.Thread(target=fn) for _ in range(A.threads)]
     for t in ts:

@@ -5,7 +5,7 @@
 #   bash scripts/soak.sh --minutes N [--io io_uring|epoll] [--bin FILE] [--no-recovery-check]
 #
 # At once, for the whole run: full and resumed handshakes, mTLS clients (and clients
-# without a certificate or with an unknown CA's, refused), kept-alive requests on an
+# without a certificate, with an unknown CA's or a revoked one, refused), kept-alive requests on an
 # http listener, echo streams of 1-8 MiB compared byte for byte, slowloris heads,
 # clients that never read and an upstream that never reads, reset storms, garbage,
 # a config reload every 10 s (two valid configs and one invalid, in turn), the
@@ -56,6 +56,17 @@ printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/san.ext"
 openssl x509 -req -in "$work/b.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 2 -extfile "$work/san.ext" -out "$work/server-b.pem" 2>/dev/null
 cp "$pki/server.pem" "$work/server-a.pem"
+# A client certificate of the same CA, revoked in the CA's CRL.
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/revoked.key" \
+    -subj /CN=revoked -out "$work/revoked.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\nsubjectAltName=URI:spiffe://example.org/revoked\n' >"$work/revoked.ext"
+openssl x509 -req -in "$work/revoked.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 2 -extfile "$work/revoked.ext" -out "$work/revoked.pem" 2>/dev/null
+mkdir -p "$work/ca" && : >"$work/ca/index.txt" && echo 1000 >"$work/ca/crlnumber"
+printf '[ca]\ndefault_ca = d\n[d]\ndatabase = %s/ca/index.txt\ncrlnumber = %s/ca/crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n' \
+    "$work" "$work" >"$work/ca.cnf"
+openssl ca -config "$work/ca.cnf" -cert "$pki/ca.pem" -keyfile "$pki/ca.key" -revoke "$work/revoked.pem" 2>/dev/null
+openssl ca -config "$work/ca.cnf" -cert "$pki/ca.pem" -keyfile "$pki/ca.key" -gencrl -out "$pki/ca.crl" 2>/dev/null
 
 # --- Upstreams.
 # Ports below the ephemeral range (32768+): a busy host's outgoing connections cannot
@@ -129,6 +140,7 @@ upstreams = ["127.0.0.1:$echo_p"]
 [listeners.client_auth]
 mode = "require"
 ca = ["pki/ca.pem"]
+crl = ["pki/ca.crl"]
 
 [[listeners]]
 name = "web"
@@ -262,10 +274,9 @@ bench_loop resumed --target "127.0.0.1:$edge_p" --workload handshake --connectio
 bench_loop mtls --target "127.0.0.1:$mtls_p" --workload handshake --connections 1 \
     --client-cert "$pki/client.pem" --client-key "$pki/client.key"
 bench_loop named --target "127.0.0.1:$named_p" --workload rr --connections 2 --rate 200
-bench_loop flappy --target "127.0.0.1:$flappy_p" --workload rr --connections 2 --rate 50
-gen() { # ROLE PORT ARGS...
-    local role=$1 port=$2; shift 2
-    "${py[@]}" "$role" --port "$port" "${common[@]}" --out "$out/$role.json" "$@" 2>>"$out/$role.err" &
+gen() { # [NAME=]ROLE PORT ARGS...: counters in $out/NAME.json (NAME: the role's by default)
+    local name=${1%%=*} role=${1#*=} port=$2; shift 2
+    "${py[@]}" "$role" --port "$port" "${common[@]}" --out "$out/$name.json" "$@" 2>>"$out/$name.err" &
     pids+=($!)
 }
 gen bulk "$edge_p" --threads 2
@@ -275,7 +286,9 @@ gen stall-read "$src_l" --threads 2
 gen stall-write "$sink_l" --threads 2
 gen resets "$edge_p"
 gen garbage "$edge_p"
-gen refused "$mtls_p" --cert "$work/other/client.pem" --key "$work/other/client.key"
+gen refused "$mtls_p" --cert "$work/other/client.pem" --key "$work/other/client.key" \
+    --revoked-cert "$work/revoked.pem" --revoked-key "$work/revoked.key"
+gen flappy=echo-loop "$flappy_p" --threads 2
 gen admin "$admin_p"
 
 # --- The table, then recovery (30 s), then the checks.
@@ -284,8 +297,8 @@ gen admin "$admin_p"
 # 10 s before it).
 for _ in $(seq 60); do
     n=0
-    for f in bulk http slowloris stall-read stall-write resets garbage refused admin; do [ -e "$out/$f.json" ] && n=$((n + 1)); done
-    ((n == 9)) && break
+    for f in bulk http slowloris stall-read stall-write resets garbage refused admin flappy; do [ -e "$out/$f.json" ] && n=$((n + 1)); done
+    ((n == 10)) && break
     sleep 1
 done
 kill -0 "$tpid" 2>/dev/null || die "terminus died: $(tail -5 "$work/terminus.err")"
