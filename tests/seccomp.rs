@@ -20,6 +20,11 @@
 //! upstream by name, /metrics, SIGHUP, SIGUSR1, SIGTERM drain to exit 0; and the profile
 //! is enforced: without `io_uring_setup` in it, `auto` falls back to epoll.
 //!
+//! terminus's own filter, `[runtime] seccomp = "builtin"` (the same list less
+//! `execve`, installed after start-up): the same whole life on io_uring and on epoll,
+//! `Seccomp: 2` in /proc/PID/status; and a syscall outside it (a test hook's getppid
+//! on SIGHUP) kills the process with SIGSYS after one `FATAL` line naming it.
+//!
 //! `TERMINUS_IO` is removed from every child's environment here, so these tests test
 //! `auto` and the config's `io` even in a suite run under `TERMINUS_IO=epoll`.
 
@@ -436,7 +441,7 @@ fn assert_not_sigsys(status: std::process::ExitStatus, what: &str, stderr: &str)
     assert_ne!(
         status.signal(),
         Some(SIGSYS),
-        "{what}: killed by SIGSYS: a syscall missing from {PROFILE}; stderr:\n{stderr}"
+        "{what}: killed by SIGSYS: a syscall missing from the filter; stderr:\n{stderr}"
     );
 }
 
@@ -447,11 +452,31 @@ fn assert_not_sigsys(status: std::process::ExitStatus, what: &str, stderr: &str)
 /// again every 100 ms), /metrics, the reload poll, SIGHUP, SIGUSR1 with a renamed
 /// access log, and a SIGTERM drain (after a drain delay) that exits 0.
 fn serves_under_the_profile(want: &str) {
+    serves_under(want, Filter::Profile)
+}
+
+/// Whose filter [`serves_under`] runs terminus under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    /// `terminus-seccomp-exec --profile deploy/seccomp-io_uring.json --strict`.
+    Profile,
+    /// `[runtime] seccomp = "builtin"`: terminus's own, installed after start-up.
+    Builtin,
+}
+
+fn serves_under(want: &str, filter: Filter) {
     let _g = heavy();
     let s = Setup::new();
     let dir = s.pki.dir().to_path_buf();
     std::fs::write(dir.join("hosts"), format!("127.0.0.1 {NAMED}\n")).unwrap();
-    let config = s.config("reload_interval_ms = 100\ndrain_delay_ms = 200\n");
+    let builtin = if filter == Filter::Builtin {
+        "seccomp = \"builtin\"\n"
+    } else {
+        ""
+    };
+    let config = s.config(&format!(
+        "reload_interval_ms = 100\ndrain_delay_ms = 200\n{builtin}"
+    ));
     let echo_port = s.echo.addr().port();
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("access = \"off\""), "{text}");
@@ -471,13 +496,24 @@ fn serves_under_the_profile(want: &str) {
     if want == "epoll" {
         vars.push(format!("{IO_ENV}=epoll"));
     }
-    let prefix = profile_prefix(&vars, PROFILE, true);
+    let (prefix, what) = match filter {
+        Filter::Profile => (
+            profile_prefix(&vars, PROFILE, true),
+            format!("{want} under {PROFILE} --strict"),
+        ),
+        Filter::Builtin => (
+            std::iter::once("env".to_string()).chain(vars).collect(),
+            format!("{want} under [runtime] seccomp = \"builtin\""),
+        ),
+    };
     let mut t = Terminus::builder()
         .config(&config)
         .prefix(&as_strs(&prefix))
         .io_from_config()
         .start();
-    let what = format!("{want} under {PROFILE} --strict");
+    if filter == Filter::Builtin {
+        assert_builtin_filter_on(&t, &what);
+    }
 
     assert_eq!(
         t.io_backend().as_deref(),
@@ -585,6 +621,88 @@ fn serves_reloads_reopens_and_drains_on_io_uring_under_the_shipped_profile() {
 #[test]
 fn serves_reloads_reopens_and_drains_on_epoll_under_the_shipped_profile() {
     serves_under_the_profile("epoll");
+}
+
+/// The builtin filter is in force: its start-up line, and the kernel's word for it
+/// (`Seccomp: 2`, filter mode, in /proc/PID/status; `env` exec'ed terminus, so the
+/// pid is terminus's).
+fn assert_builtin_filter_on(t: &Terminus, what: &str) {
+    let err = t.wait_stderr("seccomp: builtin filter installed", WAIT);
+    assert!(
+        err.contains("any other kills the process (SIGSYS)"),
+        "{what}: {err}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "{what}: not in seccomp filter mode:\n{status}"
+    );
+}
+
+/// `[runtime] seccomp = "builtin"`, everything `run` does (as under the profile
+/// above, with no filter from outside): io_uring.
+#[test]
+fn serves_reloads_reopens_and_drains_on_io_uring_under_the_builtin_filter() {
+    serves_under("io_uring", Filter::Builtin);
+}
+
+#[test]
+fn serves_reloads_reopens_and_drains_on_epoll_under_the_builtin_filter() {
+    serves_under("epoll", Filter::Builtin);
+}
+
+/// A syscall outside the builtin filter kills terminus with SIGSYS, after one line on
+/// stderr naming it. The syscall comes from the test hook (getppid, made by the reload
+/// thread on SIGHUP when `TERMINUS_TEST_SECCOMP_VIOLATION=1`): a thread that is not
+/// the one that installed the filter, and the whole process dies.
+fn builtin_filter_kills_with_a_message(want: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let _g = heavy();
+    let s = Setup::new();
+    let config = s.config("seccomp = \"builtin\"\n");
+    let mut b = Terminus::builder()
+        .config(&config)
+        .io_from_config()
+        .env("TERMINUS_TEST_SECCOMP_VIOLATION", "1");
+    if want == "epoll" {
+        // Through `env`: `io_from_config` removes TERMINUS_IO from the child's own.
+        b = b.prefix(&["env", "TERMINUS_IO=epoll"]);
+    }
+    let mut t = b.start();
+    let what = format!("{want}, builtin filter, test hook on");
+    assert_eq!(t.io_backend().as_deref(), Some(want), "{what}");
+    assert_builtin_filter_on(&t, &what);
+    // Serving until the violation: the hook does nothing before it.
+    let mut tls = tls_connect(t.addr("echo"), &s.client(None));
+    echo_round_trip(&mut tls, b"before the violation", "echo");
+    t.signal("HUP");
+    let status = t.wait_exit_status(WAIT);
+    assert_eq!(
+        status.signal(),
+        Some(SIGSYS),
+        "{what}: {status}; stderr:\n{}",
+        t.stderr()
+    );
+    let line = format!(
+        "FATAL terminus: seccomp: syscall {} is not allowed by the builtin filter \
+         ([runtime] seccomp = \"builtin\"): terminus is killed (SIGSYS)",
+        libc::SYS_getppid
+    );
+    assert!(
+        t.stderr().lines().any(|l| l == line),
+        "{what}: no `{line}` line:\n{}",
+        t.stderr()
+    );
+}
+
+#[test]
+fn a_syscall_outside_the_builtin_filter_kills_with_a_message_on_io_uring() {
+    builtin_filter_kills_with_a_message("io_uring");
+}
+
+#[test]
+fn a_syscall_outside_the_builtin_filter_kills_with_a_message_on_epoll() {
+    builtin_filter_kills_with_a_message("epoll");
 }
 
 /// The profile with `name` removed from its allow list, in a temp file.

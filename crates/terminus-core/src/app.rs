@@ -2,6 +2,9 @@
 //! together (config, tls, runtime, telemetry, ops). Builds TLS configs, binds one SO_REUSEPORT socket per
 //! listener per worker, starts pinned workers, reports readiness, and turns
 //! signals into drain/stop (TERM/INT), reload (HUP) and access log reopen (USR1).
+//! Once every listener and the admin socket are bound, and before any worker
+//! starts, it applies `[runtime] user`/`group` and then `seccomp` (runtime::confine);
+//! the access log is opened in between, as the user it will be reopened as.
 //!
 //! Readiness contract (tests and scripts rely on it): once every worker is up, stdout
 //! carries `io backend=<io_uring|epoll>`, one `listening name=<name> addr=<ip:port>`
@@ -10,8 +13,8 @@
 //! drain starts.
 #![forbid(unsafe_code)]
 
-use crate::config::IoSetting;
 use crate::config::{Config, ConfigError, ConfigErrorKind};
+use crate::config::{IoSetting, SeccompSetting};
 use crate::ops::reload::ReloadStats;
 use crate::runtime::backend::{choose_backend, IoChoice};
 use crate::runtime::listener::{ListenerLive, ListenerShared};
@@ -93,6 +96,9 @@ pub enum RunError {
     },
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
+    /// `[runtime] user`/`group` or `seccomp` could not be applied.
+    #[error("{0}")]
+    Confine(String),
 }
 
 impl RunError {
@@ -177,6 +183,9 @@ fn refuse_overlap(cfg: &Config, what: &str, addr: SocketAddr) -> Result<(), RunE
 pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let plan = plan(cfg)?;
     let Bound { listeners, sockets } = bind_listeners(cfg, plan.cpus.len())?;
+    let admin_sock = bind_admin(cfg)?;
+    // Every socket is bound: from here on nothing needs root, and no worker runs yet.
+    drop_privileges(cfg)?;
     let common = Common {
         log: LogSink::start(&cfg.log.access).map_err(|e| {
             ConfigError::new(
@@ -190,7 +199,15 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         state: Arc::new(RunStateCell::new(RunState::Running)),
         reloads: Arc::new(ReloadStats::started_now()),
     };
-    let admin = start_admin(cfg, &common, &plan)?;
+    if cfg.runtime.seccomp == SeccompSetting::Builtin {
+        crate::runtime::confine::install_builtin_filter().map_err(RunError::Confine)?;
+        crate::op_info!(
+            "seccomp: builtin filter installed on every thread: {} syscalls allowed, any \
+             other kills the process (SIGSYS)",
+            crate::runtime::confine::ALLOWED.len()
+        );
+    }
+    let admin = start_admin(cfg, &common, &plan, admin_sock)?;
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(plan.cpus.len());
     let workers = spawn_workers(cfg, &plan, sockets, &common, &admin, ready_tx)?;
     let reload = crate::ops::reload::spawn(
@@ -375,20 +392,59 @@ struct AdminStarted {
     metrics: Option<crossbeam_channel::Sender<WorkerSnapshot>>,
 }
 
-/// The admin port is bound before any worker runs: a busy port fails startup,
-/// and `/readyz` answers 503 until every worker accepts.
-fn start_admin(cfg: &Config, common: &Common, plan: &Plan) -> Result<AdminStarted, RunError> {
-    let workers = plan.cpus.len();
+/// The admin port is bound before any worker runs (and before the privilege drop):
+/// a busy port fails startup.
+fn bind_admin(cfg: &Config) -> Result<Option<std::net::TcpListener>, RunError> {
     let Some(a) = &cfg.admin else {
-        return Ok(AdminStarted::default());
+        return Ok(None);
     };
     refuse_overlap(cfg, "admin", a.listen)?;
-    let sock: std::net::TcpListener = sock::bind_with(a.listen, 128, false)
-        .map_err(|source| RunError::AdminListen {
-            addr: a.listen,
-            source,
-        })?
-        .into();
+    let sock = sock::bind_with(a.listen, 128, false).map_err(|source| RunError::AdminListen {
+        addr: a.listen,
+        source,
+    })?;
+    Ok(Some(sock.into()))
+}
+
+/// `[runtime] user`/`group`: switch now (runtime::confine), then say which of the
+/// files a reload reads this user cannot open (a reload of them would fail).
+fn drop_privileges(cfg: &Config) -> Result<(), RunError> {
+    let Some(who) = &cfg.runtime.run_as else {
+        return Ok(());
+    };
+    crate::runtime::confine::drop_privileges(who).map_err(RunError::Confine)?;
+    crate::op_info!(
+        "running as user {} (uid {}), group {} (gid {}), no capabilities",
+        who.user,
+        who.uid,
+        who.group,
+        who.gid
+    );
+    let files = crate::ops::check::reloaded_files(cfg);
+    if let Ok(bad) = crate::host::users::open_as(&who.user, (who.uid, who.gid), &files) {
+        for (path, e) in bad {
+            crate::op_warn!(
+                "user {} cannot open {}: {e}; a reload that reads it will fail",
+                who.user,
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The admin endpoint on the socket [`bind_admin`] bound; `/readyz` answers 503
+/// until every worker accepts.
+fn start_admin(
+    cfg: &Config,
+    common: &Common,
+    plan: &Plan,
+    sock: Option<std::net::TcpListener>,
+) -> Result<AdminStarted, RunError> {
+    let workers = plan.cpus.len();
+    let (Some(a), Some(sock)) = (&cfg.admin, sock) else {
+        return Ok(AdminStarted::default());
+    };
     let st = Arc::new(crate::ops::admin::AdminState {
         listeners: common.listeners.clone(),
         state: common.state.clone(),

@@ -31,8 +31,8 @@ pub use authz::RulesProblem;
 pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
     AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpRule, HttpTable, InvalidCertificate,
-    IoSetting, Listener, Log, LogFormat, ProxyProtocol, Resolver, Runtime, Sni,
-    UnsupportedProxyProtocol, UpstreamTls,
+    IoSetting, Listener, Log, LogFormat, ProxyProtocol, Resolver, RunAs, Runtime, SeccompSetting,
+    Sni, UnsupportedProxyProtocol, UpstreamTls,
 };
 
 use error::first_with_count;
@@ -115,6 +115,9 @@ impl Config {
             listeners.push(i);
             checked.problems.push(e);
         }
+        checked
+            .problems
+            .extend(resolve_run_as(&mut cfg.runtime, &locator));
         listeners.sort_unstable();
         listeners.dedup();
         checked.listeners_with_problems = listeners;
@@ -195,6 +198,34 @@ fn resolve_names(cfg: &mut Config, at: &Locator<'_>) -> Vec<(usize, ConfigError)
                 ),
             ));
         }
+    }
+    out
+}
+
+/// `[runtime] user`/`group` → ids (NSS), each name that does not resolve a problem
+/// at its line. Without `group`, the user's primary group.
+fn resolve_run_as(rt: &mut Runtime, at: &Locator<'_>) -> Vec<ConfigError> {
+    use location::Seg::Key as K;
+    let Some(user) = rt.user.clone().filter(|u| !u.is_empty()) else {
+        return Vec::new();
+    };
+    let invalid = |key, msg| at.error(&[K("runtime"), K(key)], ConfigErrorKind::Invalid(msg));
+    let mut out = Vec::new();
+    let ids = crate::host::users::lookup_user(&user).map_err(|e| out.push(invalid("user", e)));
+    let gid = match rt.group.as_deref() {
+        Some("") => return out, // validation said so
+        Some(g) => crate::host::users::lookup_group(g)
+            .map(|gid| (g.to_owned(), gid))
+            .map_err(|e| out.push(invalid("group", e))),
+        None => ids.map(|(_, gid)| (crate::host::users::group_name(gid), gid)),
+    };
+    if let (Ok((uid, _)), Ok((group, gid))) = (ids, gid) {
+        rt.run_as = Some(RunAs {
+            user,
+            uid,
+            group,
+            gid,
+        });
     }
     out
 }

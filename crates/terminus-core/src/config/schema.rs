@@ -70,6 +70,57 @@ pub struct Runtime {
     /// by accident.
     #[serde(default)]
     pub reuse_port_with_other_instances: bool,
+    /// Started as root: once every socket is bound, switch to this user (and to
+    /// `group`, else the user's primary group) and keep no capabilities.
+    pub user: Option<String>,
+    /// The group to switch to; only with `user` (alone it would keep root).
+    pub group: Option<String>,
+    /// `[runtime] seccomp`: whether terminus installs its own syscall filter.
+    #[serde(default)]
+    pub seccomp: SeccompSetting,
+    /// `user`/`group` looked up when the config was loaded (not a TOML key).
+    #[serde(skip)]
+    pub run_as: Option<RunAs>,
+}
+
+/// `[runtime] user`/`group` as looked up: the ids the process switches to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub group: String,
+    pub gid: u32,
+}
+
+/// `[runtime] seccomp`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SeccompSetting {
+    /// No filter of terminus's own (a container runtime's may still apply).
+    #[default]
+    Off,
+    /// terminus's own allow-list, installed after start-up (runtime::confine).
+    Builtin,
+}
+
+impl SeccompSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeccompSetting::Off => "off",
+            SeccompSetting::Builtin => "builtin",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SeccompSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "off" => Ok(SeccompSetting::Off),
+            "builtin" => Ok(SeccompSetting::Builtin),
+            s => Err(serde::de::Error::custom(format!(
+                "must be \"off\" or \"builtin\", got {s:?}"
+            ))),
+        }
+    }
 }
 
 /// `[runtime] io`: which I/O backend drives the workers.
@@ -127,6 +178,10 @@ impl Default for Runtime {
             max_buffered_bytes_per_worker: default_max_buffered_bytes_per_worker(),
             io: IoSetting::Auto,
             reuse_port_with_other_instances: false,
+            user: None,
+            group: None,
+            seccomp: SeccompSetting::Off,
+            run_as: None,
         }
     }
 }

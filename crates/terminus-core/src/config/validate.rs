@@ -101,6 +101,22 @@ fn validate_runtime(rt: &Runtime, bad: &mut Bad<'_>) {
             bad(&at(key), "must be greater than 0".into());
         }
     }
+    for (key, v) in [("user", &rt.user), ("group", &rt.group)] {
+        if v.as_deref() == Some("") {
+            bad(
+                &at(key),
+                "must name a user or group, got an empty string".into(),
+            );
+        }
+    }
+    if rt.group.is_some() && rt.user.is_none() {
+        bad(
+            &at("group"),
+            "needs `user` too: switching only the group would keep root and every \
+             capability"
+                .into(),
+        );
+    }
 }
 
 fn validate_admin(a: &Admin, bad: &mut Bad<'_>) {

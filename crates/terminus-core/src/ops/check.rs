@@ -6,7 +6,8 @@
 //! loading), the files of
 //! every listener (also of a listener whose config has problems), `runtime.cpus`
 //! against the affinity mask, `log.access`, and whether each listen address and the
-//! admin address can be bound. Certificates that peers refuse now (expired, not yet
+//! admin address can be bound, and with `[runtime] user`, whether that user can open
+//! every file `run` reads again after switching to it. Certificates that peers refuse now (expired, not yet
 //! valid) are problems here, though `run` only warns about them (it serves them, so
 //! that a renewal picked up by hot reload fixes a running instance).
 //!
@@ -33,6 +34,7 @@ use crate::config::{AccessLog, Checked, Config};
 use crate::host::listens::{
     describe, holders, holders_of, listening_inodes, unknown_holder, Holder,
 };
+use crate::host::users::{open_as, Access};
 use crate::tls;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -89,6 +91,7 @@ fn check_loaded(checked: crate::config::Checked) -> Report {
         &mut report,
     );
     check_access_log(&checked, &cfg.log.access, &mut report);
+    check_run_as(&checked, cfg, &mut report);
     if let Some(admin) = &cfg.admin {
         let mut out = Findings::default();
         check_bind(
@@ -234,6 +237,67 @@ fn check_access_log(at: &Checked, access: &AccessLog, report: &mut Report) {
     report
         .problems
         .push(at.error("log.access", &why).to_string());
+}
+
+/// Every file `run` opens again after start-up, so after `[runtime] user` has taken
+/// effect: the config file (SIGHUP), each listener's files (polled, SIGHUP), the
+/// `[resolver]` hosts file, and the access log (opened after the switch, and
+/// reopened for appending on SIGUSR1; a new one is created in its folder).
+pub fn reloaded_files(cfg: &Config) -> Vec<(std::path::PathBuf, Access)> {
+    let mut out = vec![(cfg.source.clone(), Access::Read)];
+    for l in &cfg.listeners {
+        out.extend(
+            tls::listener_files(&l.tls())
+                .into_iter()
+                .map(|p| (p, Access::Read)),
+        );
+    }
+    out.extend(
+        cfg.resolver
+            .hosts_file
+            .iter()
+            .map(|p| (p.clone(), Access::Read)),
+    );
+    if let AccessLog::File(p) = &cfg.log.access {
+        let how = if p.exists() {
+            Access::Append
+        } else {
+            Access::Create
+        };
+        out.push((p.clone(), how));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `[runtime] user`: every file `run` reopens after switching to the user must open
+/// as that user, or the reload that reads it fails. A problem per file, at
+/// `runtime.user`; a warning when this process cannot tell (neither root nor the user).
+fn check_run_as(at: &Checked, cfg: &Config, report: &mut Report) {
+    let Some(who) = &cfg.runtime.run_as else {
+        return;
+    };
+    match open_as(&who.user, (who.uid, who.gid), &reloaded_files(cfg)) {
+        Ok(bad) => report.problems.extend(bad.into_iter().map(|(path, e)| {
+            let log = matches!(&cfg.log.access, AccessLog::File(p) if *p == path);
+            at.error(
+                if log { "log.access" } else { "runtime.user" },
+                &format!(
+                    "user {} (group {}) cannot open {}: {e}; terminus opens it again after \
+                     switching to that user (reloads, the access log), so give the user or \
+                     the group access",
+                    who.user,
+                    who.group,
+                    path.display()
+                ),
+            )
+            .to_string()
+        })),
+        Err(why) => report
+            .warnings
+            .push(at.error("runtime.user", &why).to_string()),
+    }
 }
 
 /// Bind as `run` does, listeners and admin alike: SO_REUSEADDR + SO_REUSEPORT,

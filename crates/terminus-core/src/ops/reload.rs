@@ -139,6 +139,7 @@ impl Reloader {
 
     /// SIGHUP: re-read the config file and every file it names.
     pub fn reload_config(&mut self) {
+        crate::runtime::confine::test_violation();
         let new = match Config::load(&self.cfg.source) {
             Ok(c) => c,
             Err(e) => {

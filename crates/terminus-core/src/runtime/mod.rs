@@ -1,7 +1,8 @@
 //! runtime: the threads, sockets and kernel queues that drive [`crate::proxy`].
 //!
 //! Owns: the two I/O drivers behind one trait ([`driver`]): io_uring ([`uring`])
-//! and epoll ([`epoll`]), the only modules with `unsafe`; which one a run uses
+//! and epoll ([`epoll`]), the only modules with `unsafe` besides the SIGSYS handler
+//! of [`confine`] (privilege drop and the builtin seccomp filter); which one a run uses
 //! ([`backend`]); the plain socket calls beside them, binding included ([`sock`]);
 //! the thread-per-core worker loop ([`worker`]) with its per-connection state
 //! (`slot`: two legs per connection, tokens, the worker's buffer cap); listener
@@ -12,6 +13,7 @@
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
 
 pub mod backend;
+pub mod confine;
 pub mod driver;
 #[cfg(test)]
 mod driver_tests;

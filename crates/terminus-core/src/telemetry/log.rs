@@ -185,6 +185,12 @@ impl Level {
 /// from every thread (signals, reload, resolver, workers) and are rare.
 static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether operational lines are JSON (`[log] format = "json"`); an atomic load, so
+/// a signal handler may ask (runtime::confine's SIGSYS line).
+pub fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Set the operational line format (`[log] format`); called by `run` before its
 /// first line.
 pub fn set_format(format: crate::config::LogFormat) {
