@@ -37,7 +37,7 @@ for t in "${targets[@]}"; do
     log="fuzz/artifacts/$t.log"
     rc=0
     cargo +nightly fuzz run "${flags[@]}" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-        -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 ${FUZZ_ARGS:-} \
+        -max_total_time="$secs" -timeout=60 -rss_limit_mb=2048 -print_final_stats=1 ${FUZZ_ARGS:-} \
         >"$log" 2>&1 || rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)

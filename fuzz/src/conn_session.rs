@@ -77,7 +77,13 @@ impl Session {
                 if let Some(c) = self.client.as_mut() {
                     let mut ok = true;
                     while ok && !b.is_empty() {
-                        ok = c.read_tls(&mut b).is_ok() && c.process_new_packets().is_ok();
+                        // Ok(0) with bytes left: the client takes no more (it has
+                        // the peer's close_notify); looping would spin forever.
+                        ok = match c.read_tls(&mut b) {
+                            Ok(0) => break,
+                            Ok(_) => c.process_new_packets().is_ok(),
+                            Err(_) => false,
+                        };
                         let mut buf = Vec::new();
                         let _ = c.reader().read_to_end(&mut buf);
                         self.client_got.extend_from_slice(&buf);
