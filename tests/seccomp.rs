@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use terminus::tools::bench::target::metric;
 use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
 use terminus::tools::client::{ClientConfigBuilder, Trust};
+use terminus_testkit::seccomp::Deny;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_terminus-seccomp-exec");
 const SPIFFE: &str = "spiffe://example.org/client";
@@ -43,33 +44,14 @@ const ECHO_LEN: usize = 8 * MIB;
 /// How long a log line, a metric or a process' exit may take.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The errno the filter answers the io_uring syscalls with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Deny {
-    Eperm,
-    Enosys,
+/// How `std::io::Error` shows the errno the filter answers the io_uring syscalls with.
+fn os_error(deny: Deny) -> String {
+    format!("os error {})", deny.errno())
 }
 
-impl Deny {
-    fn arg(self) -> &'static str {
-        match self {
-            Deny::Eperm => "eperm",
-            Deny::Enosys => "enosys",
-        }
-    }
-
-    /// How `std::io::Error` shows this errno.
-    fn os_error(self) -> &'static str {
-        match self {
-            Deny::Eperm => "os error 1)",
-            Deny::Enosys => "os error 38)",
-        }
-    }
-
-    /// `terminus-seccomp-exec --deny-io-uring ERRNO --`, the prefix for `terminus`.
-    fn prefix(self) -> [&'static str; 4] {
-        [HELPER, "--deny-io-uring", self.arg(), "--"]
-    }
+/// `terminus-seccomp-exec --deny-io-uring ERRNO --`, the prefix for `terminus`.
+fn deny_prefix(deny: Deny) -> [&'static str; 4] {
+    [HELPER, "--deny-io-uring", deny.name(), "--"]
 }
 
 /// The text that says why io_uring is unavailable must blame the filter: EPERM names
@@ -103,7 +85,7 @@ fn helper_installs_a_filter_that_survives_exec() {
         let mut cmd = Command::new(HELPER);
         cmd.args([
             "--deny-io-uring",
-            deny.arg(),
+            deny.name(),
             "--",
             "cat",
             "/proc/self/status",
@@ -126,14 +108,14 @@ fn helper_installs_a_filter_that_survives_exec() {
 #[test]
 fn helper_denies_io_uring_with_the_chosen_errno() {
     for deny in [Deny::Eperm, Deny::Enosys] {
-        let mut cmd = command_with_prefix(&deny.prefix());
+        let mut cmd = command_with_prefix(&deny_prefix(deny));
         cmd.args(["check", "--host"]).env_remove(IO_ENV);
         let (_code, out, err) = run_command_to_exit(cmd, WAIT);
         assert!(
             out.lines()
-                .any(|l| l.contains("io_uring") && l.contains(deny.os_error())),
+                .any(|l| l.contains("io_uring") && l.contains(&os_error(deny))),
             "{deny:?}: no io_uring line with {:?}; stdout:\n{out}\nstderr: {err}",
-            deny.os_error()
+            os_error(deny)
         );
     }
 }
@@ -225,7 +207,7 @@ fn falls_back_to_epoll_and_serves(deny: Deny) {
     let config = s.config("");
     let t = Terminus::builder()
         .config(&config)
-        .prefix(&deny.prefix())
+        .prefix(&deny_prefix(deny))
         .io_from_config()
         .start();
 
@@ -366,7 +348,7 @@ fn forced_io_uring_exits_1(deny: Deny) {
 
 /// `terminus run --config CONFIG` under the filter, `TERMINUS_IO` removed, to its exit.
 fn run_under(deny: Deny, config: &Path) -> (Option<i32>, String, String) {
-    let mut cmd = command_with_prefix(&deny.prefix());
+    let mut cmd = command_with_prefix(&deny_prefix(deny));
     cmd.arg("run")
         .arg("--config")
         .arg(config)
