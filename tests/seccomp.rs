@@ -498,15 +498,38 @@ fn serves_under_the_profile(want: &str) {
     echo_round_trip(&mut tls, b"upstream by name", "named upstream echo");
     drop(tls);
 
-    // SIGHUP: a reloadable change (one more allowed identity) counts an ok reload.
+    reload_allows_another_identity(&t, &s, &config, &what);
+    reopen_access_log(&t, &s, &what);
+
+    // SIGTERM: STOPPING=1, the drain delay, then exit 0 (not SIGSYS).
+    t.assert_alive();
+    t.signal("TERM");
+    let stopping = recv_notify(&sock, "STOPPING=1");
+    assert!(
+        stopping.lines().any(|l| l == "STOPPING=1"),
+        "{what}: {stopping:?}"
+    );
+    let status = t.wait_exit_status(WAIT);
+    assert_not_sigsys(status, &what, &t.stderr());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{what}: {status}; stderr:\n{}",
+        t.stderr()
+    );
+}
+
+/// SIGHUP: a reloadable change (one more allowed identity) counts an ok reload, and
+/// mTLS still serves.
+fn reload_allows_another_identity(t: &Terminus, s: &Setup, config: &Path, what: &str) {
     let reloads = "terminus_config_reloads_total{result=\"ok\"}";
-    let text = std::fs::read_to_string(&config).unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
     let changed = text.replace(
         &format!("allow = [\"{SPIFFE}\"]"),
         &format!("allow = [\"{SPIFFE}\", \"spiffe://example.org/other\"]"),
     );
     assert_ne!(changed, text);
-    std::fs::write(&config, changed).unwrap();
+    std::fs::write(config, changed).unwrap();
     t.signal("HUP");
     assert!(
         wait_until(WAIT, || metric(&http_get(t.admin(), "/metrics").1, reloads)
@@ -517,9 +540,12 @@ fn serves_under_the_profile(want: &str) {
     let mut tls = tls_connect(t.addr("mtls"), &s.client(Some(&s.client)));
     echo_round_trip(&mut tls, b"mTLS after the reload", "mTLS after SIGHUP");
     drop(tls);
+}
 
-    // SIGUSR1: rename the access log, signal, and the next connection's line lands in
-    // a fresh file.
+/// SIGUSR1: rename the access log, signal, and the next connection's line lands in a
+/// fresh file.
+fn reopen_access_log(t: &Terminus, s: &Setup, what: &str) {
+    let dir = s.pki.dir();
     let log = dir.join("access.log");
     assert!(
         wait_until(WAIT, || log.exists()),
@@ -538,23 +564,6 @@ fn serves_under_the_profile(want: &str) {
     assert!(
         fresh,
         "{what}: no fresh access.log after SIGUSR1; stderr:\n{}",
-        t.stderr()
-    );
-
-    // SIGTERM: STOPPING=1, the drain delay, then exit 0 (not SIGSYS).
-    t.assert_alive();
-    t.signal("TERM");
-    let stopping = recv_notify(&sock, "STOPPING=1");
-    assert!(
-        stopping.lines().any(|l| l == "STOPPING=1"),
-        "{what}: {stopping:?}"
-    );
-    let status = t.wait_exit_status(WAIT);
-    assert_not_sigsys(status, &what, &t.stderr());
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{what}: {status}; stderr:\n{}",
         t.stderr()
     );
 }
