@@ -98,8 +98,8 @@ fn blank_literals(text: &str) -> String {
             i += 1;
             while i < c.len() && c[i] != '"' {
                 let step = if c[i] == '\\' { 2 } else { 1 };
-                for k in i..(i + step).min(c.len()) {
-                    blank(&mut out, c[k]);
+                for &ch in &c[i..(i + step).min(c.len())] {
+                    blank(&mut out, ch);
                 }
                 i += step;
             }
