@@ -3,37 +3,20 @@
 //! lines. A function's length runs from its `fn` line to its closing brace; the scan
 //! blanks strings, characters and comments first, so braces inside them do not count.
 
-use std::path::{Path, PathBuf};
+mod tree;
+
+use std::path::PathBuf;
+use tree::{crate_sources, rust_files};
 
 const MAX_FILE_LINES: usize = 900;
 const MAX_FN_LINES: usize = 120;
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
 /// The crates' source folders (the file limit) and, with tests and benches, every
 /// folder of Rust code (the function limit).
 fn folders() -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = vec![root.join("src")];
-    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
-        for c in crates.flatten() {
-            sources.push(c.path().join("src"));
-        }
-    }
+    let sources = crate_sources();
     let mut all = sources.clone();
-    all.extend([root.join("tests"), root.join("benches")]);
+    all.extend([tree::root().join("tests"), tree::root().join("benches")]);
     (sources, all)
 }
 
