@@ -243,8 +243,9 @@ fn www_page(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> Str
     String::from_utf8_lossy(&page).into_owned()
 }
 
-#[test]
-fn upstream_supporting_resumption_resumes() {
+/// A test PKI with the upstream's, and `openssl s_server -www` (asking for a client
+/// certificate) serving the upstream's certificate.
+fn www_upstream() -> (Pki, Spawned, SocketAddr) {
     let pki = Pki::generate();
     write_upstream_pki(pki.dir(), None);
     let (srv, up) = openssl_s_server(
@@ -254,6 +255,12 @@ fn upstream_supporting_resumption_resumes() {
         "client-ca.pem",
         &["-www", "-Verify", "1"],
     );
+    (pki, srv, up)
+}
+
+#[test]
+fn upstream_supporting_resumption_resumes() {
+    let (pki, srv, up) = www_upstream();
     let term = start_terminus(
         &pki,
         &[ListenerConf::new("reenc", &[up]).raw(&upstream_tls(true))],
@@ -338,15 +345,7 @@ fn plain_www(page_len: usize) -> SocketAddr {
 fn upstream_handshake_cpu() {
     use terminus::tools::bench::target::TargetProbe;
     let _g = heavy();
-    let pki = Pki::generate();
-    write_upstream_pki(pki.dir(), None);
-    let (srv, up) = openssl_s_server(
-        pki.dir(),
-        "backend.pem",
-        "backend.key",
-        "client-ca.pem",
-        &["-www", "-Verify", "1"],
-    );
+    let (pki, srv, up) = www_upstream();
     // s_server's status page is a few KB (it lists the ciphers): proxying it costs a
     // few µs, noise next to the handshakes.
     let plain = plain_www(4096);
