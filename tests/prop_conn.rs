@@ -1047,21 +1047,26 @@ fn returns_within_10s(what: &str, f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// A Conn after a finished handshake with a client, upstream connected (plain).
-fn streaming_conn() -> (Conn, ClientConnection, Instant) {
-    let pki = pki();
-    let now = Instant::now();
+/// A new Conn (64 KiB buffers, hour-long timeouts) waiting for a ClientHello.
+fn fresh_conn(pki: &Pki, now: Instant) -> Conn {
     let limits = ConnLimits {
         max_buffered: 64 * 1024,
         handshake_timeout: LONG,
         idle_timeout: LONG,
         connect_timeout: LONG,
     };
-    let mut conn = Conn::new(
+    Conn::new(
         UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
         limits,
         now,
-    );
+    )
+}
+
+/// A Conn after a finished handshake with a client, upstream connected (plain).
+fn streaming_conn() -> (Conn, ClientConnection, Instant) {
+    let pki = pki();
+    let now = Instant::now();
+    let mut conn = fresh_conn(pki, now);
     let mut client =
         ClientConnection::new(pki.clients[0].clone(), "localhost".try_into().unwrap()).unwrap();
     while client.is_handshaking() {
@@ -1155,17 +1160,7 @@ fn check_valid_session(plan: &Plan) -> Result<(), TestCaseError> {
 fn client_close_before_upstream_tls_handshake_loses_nothing() {
     let pki = pki();
     let now = Instant::now();
-    let limits = ConnLimits {
-        max_buffered: 64 * 1024,
-        handshake_timeout: LONG,
-        idle_timeout: LONG,
-        connect_timeout: LONG,
-    };
-    let mut conn = Conn::new(
-        UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
-        limits,
-        now,
-    );
+    let mut conn = fresh_conn(pki, now);
     let name = || "localhost".try_into().unwrap();
     let mut client = ClientConnection::new(pki.clients[0].clone(), name()).unwrap();
     let to_conn = |client: &mut ClientConnection, conn: &mut Conn| {
