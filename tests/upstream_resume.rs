@@ -181,10 +181,7 @@ fn upstream_refusing_resumption_never_fails_a_client() {
                 .unwrap_or(0.0)
                 == 100.0
     });
-    let refused = sample(
-        &page,
-        &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}"),
-    );
+    let refused = resumption_failures(&page, l, up);
     // Round 2 offers the tickets round 1 brought, and the upstream refuses them.
     assert!(refused >= 1.0, "no refusal counted:\n{page}");
     assert_eq!(
@@ -224,14 +221,7 @@ fn upstream_refusing_resumption_never_fails_a_client() {
     let l = "listener=\"noresume\"";
     let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}");
     let page = assert_metric(&term, &handshakes, 10.0);
-    assert_eq!(
-        sample(
-            &page,
-            &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}")
-        ),
-        0.0,
-        "{page}"
-    );
+    assert_eq!(resumption_failures(&page, l, up), 0.0, "{page}");
 }
 
 /// GET / through terminus; s_server's status page.
@@ -241,6 +231,14 @@ fn www_page(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> Str
     tls.flush().unwrap();
     let (page, _) = read_to_end_tls(&mut tls, 1 << 20, "s_server status page");
     String::from_utf8_lossy(&page).into_owned()
+}
+
+/// `terminus_upstream_resumption_failures_total` of listener label `l` and upstream `up`.
+fn resumption_failures(page: &str, l: &str, up: SocketAddr) -> f64 {
+    sample(
+        page,
+        &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}"),
+    )
 }
 
 /// A test PKI with the upstream's, and `openssl s_server -www` (asking for a client
@@ -290,14 +288,7 @@ fn upstream_supporting_resumption_resumes() {
     let l = "listener=\"reenc\"";
     let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}");
     let page = assert_metric(&term, &handshakes, reused as f64);
-    assert_eq!(
-        sample(
-            &page,
-            &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}")
-        ),
-        0.0,
-        "{page}"
-    );
+    assert_eq!(resumption_failures(&page, l, up), 0.0, "{page}");
     assert!(
         !term.stderr().contains("refused TLS session resumption"),
         "{}",
