@@ -2,7 +2,7 @@
 //! of Docker ≥ 25, containerd ≥ 1.7 and Kubernetes' `RuntimeDefault` do.
 //!
 //! Every terminus here runs under `terminus-seccomp-exec --deny-io-uring eperm|enosys`
-//! (src/bin/terminus-seccomp-exec.rs: `io_uring_setup`, `io_uring_enter` and
+//! (filters in `terminus_testkit::seccomp`: `io_uring_setup`, `io_uring_enter` and
 //! `io_uring_register` fail with that errno, everything else is allowed; the filter is
 //! inherited across exec). Under each errno:
 //! - with `[runtime] io` unset (`auto`), terminus falls back to epoll: one stderr line
