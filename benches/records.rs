@@ -27,9 +27,12 @@ use criterion::{
 };
 use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
 use rustls::server::UnbufferedServerConnection;
-use rustls::{ClientConnection, ServerConnection, SupportedCipherSuite};
+use rustls::{
+    ClientConfig, ClientConnection, ServerConfig, ServerConnection, SupportedCipherSuite,
+};
 use std::hint::black_box;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use terminus::proxy::conn::{Conn, ConnLimits, Phase, Side};
 
@@ -45,18 +48,25 @@ const SUITES: [(&str, SupportedCipherSuite); 3] = [
 /// How many writes are sealed ahead and then opened under one timer.
 const OPEN_BATCH: u64 = 64;
 
-fn established(suite: SupportedCipherSuite) -> (ClientConnection, ServerConnection) {
+/// The ECDSA server config and a TLS 1.3 X25519 client config trusting it, with
+/// `suite` only (None: the default suites).
+fn configs(suite: Option<SupportedCipherSuite>) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let p = pki();
     let server_cfg = common::server_config(&p.ecdsa, None);
     let client_cfg = client_config(
         &p.roots,
         ClientOpts {
             kx: kx_group::X25519,
-            suite: Some(suite),
+            suite,
             resume: false,
             cert: None,
         },
     );
+    (server_cfg, client_cfg)
+}
+
+fn established(suite: SupportedCipherSuite) -> (ClientConnection, ServerConnection) {
+    let (server_cfg, client_cfg) = configs(Some(suite));
     let mut cl = client(&client_cfg);
     let (server, _) = handshake(&mut cl, &server_cfg);
     assert_eq!(
@@ -130,17 +140,7 @@ fn records(cr: &mut Criterion) {
 
 /// A `Conn` past its handshake with the upstream "connected", and its client.
 fn streaming_conn(now: Instant) -> (ClientConnection, Conn) {
-    let p = pki();
-    let server_cfg = common::server_config(&p.ecdsa, None);
-    let client_cfg = client_config(
-        &p.roots,
-        ClientOpts {
-            kx: kx_group::X25519,
-            suite: None,
-            resume: false,
-            cert: None,
-        },
-    );
+    let (server_cfg, client_cfg) = configs(None);
     let limits = ConnLimits {
         max_buffered: 256 * 1024,
         handshake_timeout: Duration::from_secs(10),

@@ -74,25 +74,10 @@ measure() { # SIDE WORKLOAD -> "SIDE WORKLOAD VALUE" (µs/op, or ns/byte for bul
     taskset -c 1 "$A" bench --target "127.0.0.1:$port" --server-name localhost --ca "$work/pki/ca.pem" \
         --duration "$secs" --cpus 1 --target-pid "$pid" --json --quiet "${args[@]}" >"$work/r.json" ||
         die "bench $side $w failed"
-    python3 - "$side" "$w" "$work/r.json" <<'EOF'
-import json, sys
-side, w, path = sys.argv[1:]
-r = json.load(open(path))
-def find(d, key):
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if k == key and isinstance(v, (int, float)):
-                return v
-            got = find(v, key)
-            if got is not None:
-                return got
-    return None
-key = "target_cpu_ns_per_byte" if w == "bulk" else "target_cpu_us_per_op"
-v = find(r, key)
-if v is None:
-    sys.exit(f"no {key} in the bench report")
-print(side, w, v)
-EOF
+    local key=target_cpu_us_per_op v
+    [ "$w" != bulk ] || key=target_cpu_ns_per_byte
+    v=$(bench_figure "$work/r.json" "$key") || exit 1
+    echo "$side $w $v"
 }
 
 for round in $(seq "$rounds"); do

@@ -13,45 +13,29 @@
 #
 # Environment: ROUNDS (default 6), SECONDS_PER_RUN (3).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in -h | --help) usage && exit 0 ;; esac
-T=$(realpath "${1:-target/release/terminus}")
-[ -x "$T" ] || { echo "candidate-ab.sh: $T is not executable (see --help)" >&2; exit 2; }
+T=$(terminus_binary "${1:-}") || exit 2
 rounds=${ROUNDS:-6}
 secs=${SECONDS_PER_RUN:-3}
-command -v taskset >/dev/null || { echo "candidate-ab.sh: needs taskset (util-linux)" >&2; exit 2; }
+needs taskset python3
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-die() { echo "candidate-ab.sh: $*" >&2; exit 1; }
+lib_init candidate-ab.sh
 
-read -r be a b a0 b0 < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(5):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
+read -r be a b a0 b0 < <(free_ports 5)
 
 "$T" certs --out "$work/pki" >/dev/null
 taskset -c 1 "$T" backend --listen "127.0.0.1:$be" --mode echo >"$work/be.out" 2>&1 &
 pids+=($!)
 
 {
-    printf '[runtime]\nworkers = 1\ncpus = [0]\ndrain_timeout_ms = 1000\n\n[log]\naccess = "off"\n\n'
+    terminus_runtime
     printf '[admin]\nlisten = "127.0.0.1:0"\n\n'
     for l in "a $a 4096 0" "b $b 4096 1" "a0 $a0 0 0" "b0 $b0 0 1"; do
         set -- $l
-        printf '[[listeners]]\nname = "%s"\nlisten = "127.0.0.1:%s"\ncert = "%s/pki/server.pem"\nkey = "%s/pki/server.key"\nupstreams = ["127.0.0.1:%s"]\n' \
-            "$1" "$2" "$work" "$work" "$be"
+        terminus_listener "$1" "$2" "$be" 0 "$work/pki"
         printf '[listeners.client_auth]\nmode = "require"\nca = ["%s/pki/ca.pem"]\nallow = ["spiffe://example.org/client"]\nverify_cache_size = %s\n' "$work" "$3"
         if [ "$4" = 1 ]; then
             printf '[listeners.client_auth.candidate]\nmode = "require"\nca = ["%s/pki/ca.pem"]\nallow = ["spiffe://example.org/ns/prod/*", "spiffe://example.org/client"]\nverify_cache_size = %s\n' "$work" "$3"
@@ -62,32 +46,16 @@ pids+=($!)
 "$T" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 100); do grep -q '^ready' "$work/t.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^ready' "$work/t.out" || die "terminus not ready: $(tail -3 "$work/t.err")"
+wait_ready t "$pid"
 
 measure() { # SIDE PORT -> "SIDE VALUE" (server µs per handshake)
     taskset -c 1 "$T" bench --target "127.0.0.1:$2" --server-name localhost --ca "$work/pki/ca.pem" \
         --workload handshake --connections 16 --client-cert "$work/pki/client.pem" \
         --client-key "$work/pki/client.key" --duration "$secs" --cpus 1 --target-pid "$pid" \
         --json --quiet >"$work/r.json" || die "bench $1 failed"
-    python3 - "$1" "$work/r.json" <<'EOF'
-import json, sys
-side, path = sys.argv[1:]
-r = json.load(open(path))
-def find(d, key):
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if k == key and isinstance(v, (int, float)):
-                return v
-            got = find(v, key)
-            if got is not None:
-                return got
-    return None
-v = find(r, "target_cpu_us_per_op")
-if v is None or find(r, "errors"):
-    sys.exit(f"bench {side}: no target_cpu_us_per_op, or errors: {r}")
-print(side, v)
-EOF
+    local v
+    v=$(bench_figure "$work/r.json" target_cpu_us_per_op clean) || exit 1
+    echo "$1 $v"
 }
 
 for round in $(seq "$rounds"); do

@@ -29,6 +29,21 @@ lib_cleanup() {
     rm -rf "$work"
 }
 
+# Exit 2 naming the first of these commands that is not on PATH.
+needs() { # COMMAND...
+    local t
+    for t; do command -v "$t" >/dev/null || { echo "${me:-${0##*/}}: needs $t" >&2; exit 2; }; done
+}
+
+# The terminus binary a script measures: PATH (default target/release/terminus) as an
+# absolute path on stdout, or exit 2.
+terminus_binary() { # [PATH]
+    local b
+    b=$(realpath "${1:-target/release/terminus}")
+    [ -x "$b" ] || { echo "${0##*/}: no terminus binary at $b (cargo build --release)" >&2; exit 2; }
+    echo "$b"
+}
+
 die() {
     echo "$me: $*" >&2
     exit 1
@@ -148,4 +163,90 @@ EOF
         if [ "$4" = 1 ]; then printf ' ca-file %s/ca.pem verify required' "$work"; fi
         printf '\n  default_backend up_%s\nbackend up_%s\n  server up 127.0.0.1:%s\n' "$1" "$1" "$3"
     done
+}
+
+# The first number named KEY anywhere in the JSON report FILE of `terminus bench --json`;
+# fails when there is none, and with a third argument `clean` also when the report
+# counts errors.
+bench_figure() { # FILE KEY [clean]
+    python3 - "$1" "$2" "${3:-}" <<'EOF'
+import json, sys
+path, key, clean = sys.argv[1:]
+r = json.load(open(path))
+def find(d, key):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k == key and isinstance(v, (int, float)):
+                return v
+            got = find(v, key)
+            if got is not None:
+                return got
+    return None
+v = find(r, key)
+if v is None or (clean and find(r, "errors")):
+    sys.exit(f"no {key} in the bench report, or errors: {r}")
+print(v)
+EOF
+}
+
+# nginx as an HTTP backend on CPU 1 answering every request with 200 "ok" on kept
+# connections (config in $work/nginx.conf); its pid goes into `pids`.
+nginx_http_ok() { # PORT
+    cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$1;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+    taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" 2>"$work/nginx.start" &
+    pids+=($!)
+}
+
+# Server CPU per request of two https listeners of one terminus (PID), A against B:
+# `wrk` on CPU 1 with ROUNDS x SECONDS_PER_RUN runs of CONNECTIONS kept connections,
+# alternating A,B / B,A; CPU is the process's utime+stime from /proc around each run.
+# Prints each run to stderr, then the table of medians and the ratio B / A.
+wrk_cpu_ab() { # PID A_NAME A_PORT B_NAME B_PORT
+    python3 - "$@" "${ROUNDS:-5}" "${SECONDS_PER_RUN:-4}" "${CONNECTIONS:-8}" <<'EOF'
+import os, re, statistics, subprocess, sys
+pid, a, a_port, b, b_port = sys.argv[1:6]
+rounds, secs, conns = int(sys.argv[6]), sys.argv[7], sys.argv[8]
+ports = {a: a_port, b: b_port}
+tick = os.sysconf("SC_CLK_TCK")
+def cpu():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
+def run(port):
+    before = cpu()
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{secs}s",
+                          f"https://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    used = cpu() - before
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    if "Non-2xx" in out or "Socket errors" in out:
+        sys.exit(f"wrk saw errors on port {port}:\n{out}")
+    return used / n * 1e6, n / float(secs)
+res = {a: [], b: []}
+for r in range(rounds):
+    order = [a, b] if r % 2 == 0 else [b, a]
+    for m in order:
+        us, rps = run(ports[m])
+        res[m].append(us)
+        print(f"round {r + 1} {m}: {us:.2f} µs/request, {rps:.0f} requests/s", file=sys.stderr)
+print(f"\n{rounds} rounds x {secs} s, {conns} kept connections (wrk), server CPU per request\n")
+print("| listener | median µs/request (range) |")
+print("|---|---:|")
+for m in (a, b):
+    v = res[m]
+    print(f"| {m} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) |")
+print(f"\n{b} / {a}: {statistics.median(res[b]) / statistics.median(res[a]):.3f}")
+EOF
 }

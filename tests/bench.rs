@@ -84,6 +84,13 @@ impl Args {
         (code, v, err)
     }
 
+    /// [`Args::ok`], and the report passes [`assert_sane`] (`what` names the run).
+    fn sane(&self, what: &str) -> Value {
+        let v = self.ok();
+        assert_sane(&v, what);
+        v
+    }
+
     /// Run it; the JSON report of a run that must succeed.
     fn ok(&self) -> Value {
         let (code, v, err) = self.run();
@@ -197,8 +204,7 @@ fn terminate_handshakes_and_requests() {
             .opt(&["--duration", "1", "--target-pid", &pid])
             .tls(&ca)
             .opt(&extra);
-        let v = args.ok();
-        assert_sane(&v, &format!("{wl} {extra:?}"));
+        let v = args.sane(&format!("{wl} {extra:?}"));
         assert_eq!(v["mode"], "tls");
         assert_positive(&v, &["target_cpu_us_per_op"]);
         if wl == "handshake" {
@@ -273,8 +279,7 @@ fn mtls_with_a_client_certificate() {
                 &pid,
             ])
             .tls(&ca);
-        let v = args.ok();
-        assert_sane(&v, &format!("mTLS {wl}"));
+        let v = args.sane(&format!("mTLS {wl}"));
         assert_positive(&v, &["target_cpu_us_per_op", "full_handshakes"]);
         if wl == "rr" {
             assert_eq!(f(&v, "full_handshakes"), f(&v, "connections"), "{v}");
@@ -362,8 +367,7 @@ fn reencrypt_to_a_tls_backend() {
         let args = Args::new(&target, wl)
             .opt(&["--duration", "1", "--size", "64", "--target-pid", &pid])
             .tls(&ca);
-        let v = args.ok();
-        assert_sane(&v, &format!("reencrypt {wl}"));
+        let v = args.sane(&format!("reencrypt {wl}"));
         assert_positive(&v, &["target_cpu_us_per_op", "bytes"]);
     }
     // The backend itself speaks TLS (bench straight at it).
@@ -387,8 +391,7 @@ fn resume_reports_resumed_handshakes() {
     let args = Args::new(&target, "handshake")
         .opt(&["--resume", "--duration", "1"])
         .tls(&ca);
-    let v = args.ok();
-    assert_sane(&v, "resume");
+    let v = args.sane("resume");
     assert!(f(&v, "resumed") > 0.0, "no resumed handshakes: {v}");
     assert!(
         f(&v, "resumed") > f(&v, "full_handshakes"),
@@ -418,8 +421,7 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
                 &backend_pid,
             ])
             .tls(&ca);
-        let v = args.ok();
-        assert_sane(&v, wl);
+        let v = args.sane(wl);
         assert_eq!(v["rounds"], 2, "{v}");
         let rounds = v["per_round"].as_array().expect("per_round");
         assert_eq!(rounds.len(), 2, "{v}");
@@ -577,8 +579,7 @@ fn idle_connections_report_target_memory() {
             &pid,
         ])
         .tls(&ca);
-    let v = args.ok();
-    assert_sane(&v, "idle");
+    let v = args.sane("idle");
     assert_eq!(f(&v, "established"), 400.0, "{v}");
     assert_eq!(f(&v, "full_handshakes"), 400.0, "{v}");
     assert_positive(&v, &["target_rss_bytes_per_conn"]);
@@ -609,8 +610,7 @@ fn bulk_down_and_echo_move_bytes() {
         let args = Args::new(&target, "bulk")
             .opt(&["--direction", dir, "--duration", "1", "--target-pid", &pid])
             .tls(&ca);
-        let v = args.ok();
-        assert_sane(&v, &format!("bulk {dir}"));
+        let v = args.sane(&format!("bulk {dir}"));
         assert!(f(&v, "bytes") > 1e6, "bulk {dir}: {v}");
         assert_positive(&v, &["gbit_per_s", "target_cpu_ns_per_byte"]);
         assert_eq!(v["direction"], dir);
@@ -680,8 +680,7 @@ fn target_cpu_from_the_admin_endpoint() {
     let args = Args::new(&target, "handshake")
         .opt(&["--duration", "2", "--target-admin", &admin_s])
         .tls(&ca);
-    let v = args.ok();
-    assert_sane(&v, "admin");
+    let v = args.sane("admin");
     // Tick-granular (10 ms) CPU over 2 s of handshakes: clearly above zero.
     assert_positive(&v, &["target_cpu_us_per_op"]);
     stop.store(true, Ordering::Relaxed);

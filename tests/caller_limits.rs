@@ -9,9 +9,8 @@
 //! HAProxy.
 
 mod common;
-#[path = "common/proxy_v2.rs"]
-mod proxy_v2;
 
+use common::proxy_v2;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,43 +41,18 @@ fn serve(s: TcpStream) {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
+    while let Some((mut head, body)) = read_http_request(&mut r) {
         let lower = head.to_ascii_lowercase();
-        if let Some(n) = lower
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-        {
-            let mut body = vec![0u8; n];
-            r.read_exact(&mut body).unwrap();
-        } else if lower.contains("transfer-encoding: chunked") {
-            let mut last = String::new();
-            while last != "\r\n" || !head.ends_with("0\r\n") {
-                last.clear();
-                if r.read_line(&mut last).unwrap_or(0) == 0 {
-                    return;
-                }
-                if last == "0\r\n" {
-                    head.push_str("0\r\n");
-                }
-            }
+        // A chunked body read through its last chunk is noted after the head.
+        if lower.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n") {
+            head.push_str("0\r\n");
         }
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
             head.len()
         );
-        if w.write_all(resp.as_bytes()).is_err() || lower.contains("connection: close") {
+        let close = lower.contains("connection: close");
+        if w.write_all(resp.as_bytes()).is_err() || close {
             return;
         }
     }

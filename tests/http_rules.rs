@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -52,39 +52,8 @@ fn serve(s: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
-    loop {
-        let mut req = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            req.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let lower = req.to_ascii_lowercase();
-        if let Some(n) = lower
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-        {
-            let mut body = vec![0u8; n];
-            r.read_exact(&mut body).unwrap();
-            req.push_str(&String::from_utf8_lossy(&body));
-        } else if lower.contains("transfer-encoding: chunked") {
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                req.push_str(&line);
-                if req.ends_with("0\r\n\r\n") {
-                    break;
-                }
-            }
-        }
+    while let Some((head, body)) = read_http_request(&mut r) {
+        let req = head + &body;
         seen.lock().unwrap().push(req.clone());
         // A response to HEAD has the length of the GET one, and no body.
         let body = if req.starts_with("HEAD ") {

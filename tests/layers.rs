@@ -3,7 +3,10 @@
 //! of the library for `crate::<layer>` paths (in `use` lines, paths and doc links
 //! alike) and fails on each one that runs upwards, naming file and line.
 
-use std::path::{Path, PathBuf};
+mod tree;
+
+use std::path::Path;
+use tree::{crate_sources, rust_files};
 
 /// Bottom to top. A layer is a folder (or file) directly under the crate's src/.
 const ORDER: &[&str] = &[
@@ -24,20 +27,6 @@ const ALLOWED: &[(&str, &str)] = &[];
 
 fn rank(layer: &str) -> Option<usize> {
     ORDER.iter().position(|l| *l == layer)
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
 }
 
 /// Every layer a line names through `crate::`, including `crate::{a::.., b::..}`.
@@ -99,23 +88,11 @@ fn violations(src: &Path) -> Vec<String> {
     out
 }
 
-/// The library's source folders: src/ and every member crate's src/.
-fn sources() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut out = vec![root.join("src")];
-    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
-        for c in crates.flatten() {
-            out.push(c.path().join("src"));
-        }
-    }
-    out
-}
-
 #[test]
 fn layers_import_only_downwards() {
     let mut found = Vec::new();
     let mut layers_seen = 0;
-    for src in sources() {
+    for src in crate_sources() {
         for l in ORDER {
             if src.join(l).is_dir() || src.join(format!("{l}.rs")).is_file() {
                 layers_seen += 1;
@@ -147,10 +124,8 @@ fn the_scan_sees_grouped_and_plain_paths() {
 /// dependencies (the test kit may be a dev-dependency, for unit tests).
 #[test]
 fn the_core_crate_depends_on_no_tool_or_test_crate() {
-    let manifest = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/terminus-core/Cargo.toml"),
-    )
-    .unwrap();
+    let manifest =
+        std::fs::read_to_string(tree::root().join("crates/terminus-core/Cargo.toml")).unwrap();
     let deps = manifest
         .split("[dependencies]")
         .nth(1)
@@ -166,10 +141,8 @@ fn the_core_crate_depends_on_no_tool_or_test_crate() {
     ] {
         assert!(!deps.contains(name), "terminus-core depends on {name}");
     }
-    let testkit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/terminus-testkit/Cargo.toml"),
-    )
-    .unwrap();
+    let testkit =
+        std::fs::read_to_string(tree::root().join("crates/terminus-testkit/Cargo.toml")).unwrap();
     assert!(
         !testkit.lines().any(|l| l.starts_with("terminus-")),
         "the test kit must depend on no terminus crate"

@@ -558,69 +558,15 @@ impl<'p> World<'p> {
                 }
                 true
             }
-            Act::InjectGarbage => {
-                self.garbage_done = true;
-                match self.plan.garbage.as_ref().unwrap() {
-                    Garbage::Replace { at, bytes } => {
-                        let cut = (*at).clamp(self.c2s_fed, self.c2s.len());
-                        self.c2s.truncate(cut);
-                        self.c2s.extend_from_slice(bytes);
-                        self.client_silent = true;
-                        self.garbage_applied = true;
-                    }
-                    Garbage::Flip { at, xor } => {
-                        let at = (*at).max(self.c2s_fed);
-                        if at < self.c2s.len() {
-                            self.c2s[at] ^= xor;
-                            self.garbage_applied = true;
-                        }
-                    }
-                }
-                true
-            }
-            Act::FeedConnFromClient => {
-                let n = self.next_chunk().min(self.c2s.len() - self.c2s_fed);
-                let at = self.c2s_fed;
-                self.c2s_fed += n;
-                self.conn
-                    .handle_data(Side::Client, &mut self.c2s[at..at + n].to_vec(), now);
-                true
-            }
+            Act::InjectGarbage => self.inject_garbage(),
+            Act::FeedConnFromClient => self.feed(Side::Client),
             Act::ClientEof => {
                 self.client_eof_sent = true;
                 self.conn.handle_eof(Side::Client, now);
                 true
             }
-            Act::PollClientSend => match self.conn.poll_send(Side::Client) {
-                Some(b) => {
-                    if b.is_empty() {
-                        return Err(fail("poll_client_send handed out an empty buffer"));
-                    }
-                    if self.client_saw_fin {
-                        if self.valid() {
-                            return Err(fail("bytes for the client after its FIN"));
-                        }
-                        // The worker's send fails (EPIPE).
-                        self.conn.handle_error(Side::Client);
-                        return Ok(true);
-                    }
-                    self.to_client = Some((b, 0));
-                    true
-                }
-                None => false,
-            },
-            Act::DeliverToClient => {
-                let n = self.next_chunk();
-                let (buf, done) = self.to_client.take().unwrap();
-                let end = (done + n).min(buf.len());
-                self.client_receives(&buf[done..end])?;
-                if end == buf.len() {
-                    self.conn.handle_sent(Side::Client, buf, now);
-                } else {
-                    self.to_client = Some((buf, end));
-                }
-                true
-            }
+            Act::PollClientSend => self.poll_send(Side::Client)?,
+            Act::DeliverToClient => self.deliver(Side::Client)?,
             Act::PollConnect => {
                 if self.conn.poll_connect() {
                     self.connect_pending = true;
@@ -629,88 +575,11 @@ impl<'p> World<'p> {
                     false
                 }
             }
-            Act::ConnectDone => {
-                self.connect_pending = false;
-                if self
-                    .plan
-                    .fault
-                    .is_some_and(|(_, f)| f == Fault::UpstreamUnavailable)
-                {
-                    self.fault_applied = Some((Fault::UpstreamUnavailable, self.conn.phase()));
-                    self.conn.handle_upstream_unavailable();
-                    return Ok(true);
-                }
-                let tls = self.plan.upstream_tls.map(|tls12| {
-                    self.up = Some(ServerConnection::new(pki().server.clone()).unwrap());
-                    let cfg = pki().clients[usize::from(tls12)].clone();
-                    UnbufferedClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap()
-                });
-                self.connected = true;
-                self.conn
-                    .handle_upstream_connected(now, self.plan.preamble.clone(), tls);
-                true
-            }
-            Act::PollUpstreamSend => match self.conn.poll_send(Side::Upstream) {
-                Some(b) => {
-                    if b.is_empty() {
-                        return Err(fail("poll_upstream_send handed out an empty buffer"));
-                    }
-                    if self.upstream_saw_fin {
-                        if self.valid() {
-                            return Err(fail("bytes for the upstream after its FIN"));
-                        }
-                        // The worker's send fails (EPIPE).
-                        self.conn.handle_error(Side::Upstream);
-                        return Ok(true);
-                    }
-                    self.to_upstream = Some((b, 0));
-                    true
-                }
-                None => false,
-            },
-            Act::DeliverToUpstream => {
-                let n = self.next_chunk();
-                let (buf, done) = self.to_upstream.take().unwrap();
-                let end = (done + n).min(buf.len());
-                self.upstream_receives(&buf[done..end])?;
-                if end == buf.len() {
-                    self.conn.handle_sent(Side::Upstream, buf, now);
-                } else {
-                    self.to_upstream = Some((buf, end));
-                }
-                true
-            }
-            Act::PollUpstreamShutdown => {
-                if !self.conn.poll_shutdown(Side::Upstream) {
-                    return Ok(false);
-                }
-                if self.to_upstream.is_some() {
-                    return Err(fail("upstream shut down with a send in flight"));
-                }
-                self.upstream_saw_fin = true;
-                if self.valid() {
-                    // Everything the client sent is there before the FIN.
-                    prop_assert_eq!(self.upstream_got.len(), self.client_data.len());
-                    if self.up.is_some() {
-                        prop_assert!(self.upstream_saw_close_notify, "FIN before close_notify");
-                    }
-                }
-                true
-            }
-            Act::PollClientShutdown => {
-                if !self.conn.poll_shutdown(Side::Client) {
-                    return Ok(false);
-                }
-                if self.to_client.is_some() {
-                    return Err(fail("client shut down with a send in flight"));
-                }
-                self.client_saw_fin = true;
-                if self.valid() {
-                    prop_assert!(self.client_saw_close_notify, "FIN before close_notify");
-                    prop_assert_eq!(self.client_got.len(), self.upstream_data.len());
-                }
-                true
-            }
+            Act::ConnectDone => self.connect_done(),
+            Act::PollUpstreamSend => self.poll_send(Side::Upstream)?,
+            Act::DeliverToUpstream => self.deliver(Side::Upstream)?,
+            Act::PollUpstreamShutdown => self.poll_upstream_shutdown()?,
+            Act::PollClientShutdown => self.poll_client_shutdown()?,
             Act::UpstreamWrite => {
                 let n = self.next_chunk();
                 let end = (self.upstream_written + n).min(self.upstream_data.len());
@@ -734,14 +603,7 @@ impl<'p> World<'p> {
                 }
                 true
             }
-            Act::FeedConnFromUpstream => {
-                let n = self.next_chunk().min(self.s2c.len() - self.s2c_fed);
-                let at = self.s2c_fed;
-                self.s2c_fed += n;
-                self.conn
-                    .handle_data(Side::Upstream, &mut self.s2c[at..at + n].to_vec(), now);
-                true
-            }
+            Act::FeedConnFromUpstream => self.feed(Side::Upstream),
             Act::UpstreamEof => {
                 self.upstream_eof_sent = true;
                 self.conn.handle_eof(Side::Upstream, now);
@@ -756,6 +618,152 @@ impl<'p> World<'p> {
                 false
             }
         })
+    }
+
+    /// `InjectGarbage`: the plan's garbage replaces or corrupts client bytes not yet fed.
+    fn inject_garbage(&mut self) -> bool {
+        self.garbage_done = true;
+        match self.plan.garbage.as_ref().unwrap() {
+            Garbage::Replace { at, bytes } => {
+                let cut = (*at).clamp(self.c2s_fed, self.c2s.len());
+                self.c2s.truncate(cut);
+                self.c2s.extend_from_slice(bytes);
+                self.client_silent = true;
+                self.garbage_applied = true;
+            }
+            Garbage::Flip { at, xor } => {
+                let at = (*at).max(self.c2s_fed);
+                if at < self.c2s.len() {
+                    self.c2s[at] ^= xor;
+                    self.garbage_applied = true;
+                }
+            }
+        }
+        true
+    }
+
+    /// `ConnectDone`: the upstream connect completes (or fails, by the plan's fault).
+    fn connect_done(&mut self) -> bool {
+        let now = self.now;
+        self.connect_pending = false;
+        if self
+            .plan
+            .fault
+            .is_some_and(|(_, f)| f == Fault::UpstreamUnavailable)
+        {
+            self.fault_applied = Some((Fault::UpstreamUnavailable, self.conn.phase()));
+            self.conn.handle_upstream_unavailable();
+            return true;
+        }
+        let tls = self.plan.upstream_tls.map(|tls12| {
+            self.up = Some(ServerConnection::new(pki().server.clone()).unwrap());
+            let cfg = pki().clients[usize::from(tls12)].clone();
+            UnbufferedClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap()
+        });
+        self.connected = true;
+        self.conn
+            .handle_upstream_connected(now, self.plan.preamble.clone(), tls);
+        true
+    }
+
+    /// `PollUpstreamShutdown`: the Conn shuts the upstream down (FIN).
+    fn poll_upstream_shutdown(&mut self) -> Result<bool, TestCaseError> {
+        if !self.conn.poll_shutdown(Side::Upstream) {
+            return Ok(false);
+        }
+        if self.to_upstream.is_some() {
+            return Err(fail("upstream shut down with a send in flight"));
+        }
+        self.upstream_saw_fin = true;
+        if self.valid() {
+            // Everything the client sent is there before the FIN.
+            prop_assert_eq!(self.upstream_got.len(), self.client_data.len());
+            if self.up.is_some() {
+                prop_assert!(self.upstream_saw_close_notify, "FIN before close_notify");
+            }
+        }
+        Ok(true)
+    }
+
+    /// `PollClientShutdown`: the Conn shuts the client down (FIN).
+    fn poll_client_shutdown(&mut self) -> Result<bool, TestCaseError> {
+        if !self.conn.poll_shutdown(Side::Client) {
+            return Ok(false);
+        }
+        if self.to_client.is_some() {
+            return Err(fail("client shut down with a send in flight"));
+        }
+        self.client_saw_fin = true;
+        if self.valid() {
+            prop_assert!(self.client_saw_close_notify, "FIN before close_notify");
+            prop_assert_eq!(self.client_got.len(), self.upstream_data.len());
+        }
+        Ok(true)
+    }
+
+    /// The send the Conn handed out for `side` that is still arriving there.
+    fn outbox(&mut self, side: Side) -> &mut Option<(Vec<u8>, usize)> {
+        match side {
+            Side::Client => &mut self.to_client,
+            Side::Upstream => &mut self.to_upstream,
+        }
+    }
+
+    /// `PollClientSend` / `PollUpstreamSend`: take what the Conn has for `side`.
+    fn poll_send(&mut self, side: Side) -> Result<bool, TestCaseError> {
+        let Some(b) = self.conn.poll_send(side) else {
+            return Ok(false);
+        };
+        let (name, saw_fin) = match side {
+            Side::Client => ("client", self.client_saw_fin),
+            Side::Upstream => ("upstream", self.upstream_saw_fin),
+        };
+        if b.is_empty() {
+            return Err(fail(format!("poll_{name}_send handed out an empty buffer")));
+        }
+        if saw_fin {
+            if self.valid() {
+                return Err(fail(format!("bytes for the {name} after its FIN")));
+            }
+            // The worker's send fails (EPIPE).
+            self.conn.handle_error(side);
+            return Ok(true);
+        }
+        *self.outbox(side) = Some((b, 0));
+        Ok(true)
+    }
+
+    /// `DeliverToClient` / `DeliverToUpstream`: the next chunk of the send arrives.
+    fn deliver(&mut self, side: Side) -> Result<bool, TestCaseError> {
+        let n = self.next_chunk();
+        let (buf, done) = self.outbox(side).take().unwrap();
+        let end = (done + n).min(buf.len());
+        match side {
+            Side::Client => self.client_receives(&buf[done..end])?,
+            Side::Upstream => self.upstream_receives(&buf[done..end])?,
+        }
+        if end == buf.len() {
+            self.conn.handle_sent(side, buf, self.now);
+        } else {
+            *self.outbox(side) = Some((buf, end));
+        }
+        Ok(true)
+    }
+
+    /// `FeedConnFromClient` / `FeedConnFromUpstream`: the next chunk of what `side`
+    /// wrote reaches the Conn.
+    fn feed(&mut self, side: Side) -> bool {
+        let chunk = self.next_chunk();
+        let (wire, fed) = match side {
+            Side::Client => (&mut self.c2s, &mut self.c2s_fed),
+            Side::Upstream => (&mut self.s2c, &mut self.s2c_fed),
+        };
+        let n = chunk.min(wire.len() - *fed);
+        let at = *fed;
+        *fed += n;
+        self.conn
+            .handle_data(side, &mut wire[at..at + n].to_vec(), self.now);
+        true
     }
 
     /// TLS bytes from the Conn reach the client.
@@ -1039,21 +1047,26 @@ fn returns_within_10s(what: &str, f: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// A Conn after a finished handshake with a client, upstream connected (plain).
-fn streaming_conn() -> (Conn, ClientConnection, Instant) {
-    let pki = pki();
-    let now = Instant::now();
+/// A new Conn (64 KiB buffers, hour-long timeouts) waiting for a ClientHello.
+fn fresh_conn(pki: &Pki, now: Instant) -> Conn {
     let limits = ConnLimits {
         max_buffered: 64 * 1024,
         handshake_timeout: LONG,
         idle_timeout: LONG,
         connect_timeout: LONG,
     };
-    let mut conn = Conn::new(
+    Conn::new(
         UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
         limits,
         now,
-    );
+    )
+}
+
+/// A Conn after a finished handshake with a client, upstream connected (plain).
+fn streaming_conn() -> (Conn, ClientConnection, Instant) {
+    let pki = pki();
+    let now = Instant::now();
+    let mut conn = fresh_conn(pki, now);
     let mut client =
         ClientConnection::new(pki.clients[0].clone(), "localhost".try_into().unwrap()).unwrap();
     while client.is_handshaking() {
@@ -1147,17 +1160,7 @@ fn check_valid_session(plan: &Plan) -> Result<(), TestCaseError> {
 fn client_close_before_upstream_tls_handshake_loses_nothing() {
     let pki = pki();
     let now = Instant::now();
-    let limits = ConnLimits {
-        max_buffered: 64 * 1024,
-        handshake_timeout: LONG,
-        idle_timeout: LONG,
-        connect_timeout: LONG,
-    };
-    let mut conn = Conn::new(
-        UnbufferedServerConnection::new(pki.server.clone()).unwrap(),
-        limits,
-        now,
-    );
+    let mut conn = fresh_conn(pki, now);
     let name = || "localhost".try_into().unwrap();
     let mut client = ClientConnection::new(pki.clients[0].clone(), name()).unwrap();
     let to_conn = |client: &mut ClientConnection, conn: &mut Conn| {

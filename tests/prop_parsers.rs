@@ -24,15 +24,13 @@
 //! files (`failure_persistence: None`): a failure prints its minimal input.
 //! The whole file runs in about a second in `cargo test --release`.
 
-#[path = "common/proxy_v2.rs"]
-mod proxy_v2;
+mod common;
 
+use common::proxy_v2::{self, to_ssl, Command, Header, ParseError, Ssl};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config as ProptestConfig;
-use proxy_v2::{
-    Command, Header, ParseError, ParsedSsl, Ssl, MAX_AUTHORITY, MAX_TLV_VALUE, MAX_UNIQUE_ID,
-};
+use proxy_v2::{MAX_AUTHORITY, MAX_TLV_VALUE, MAX_UNIQUE_ID};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair, SanType};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
@@ -362,7 +360,7 @@ proptest! {
         prop_assert_eq!(p.addresses, Some(expected_addresses(h.src, h.dst)));
         prop_assert_eq!(&p.alpn, &h.alpn);
         prop_assert_eq!(&p.authority, &h.authority);
-        prop_assert_eq!(p.ssl.as_ref().map(ParsedSsl::to_ssl), h.ssl.as_ref().map(expected_ssl));
+        prop_assert_eq!(p.ssl.as_ref().map(to_ssl), h.ssl.as_ref().map(expected_ssl));
         prop_assert_eq!(&p.spiffe, &h.spiffe);
         prop_assert_eq!(&p.unique_id, &h.unique_id.clone().filter(|u| u.len() <= 128));
         prop_assert_eq!(&p.other, &extra);
@@ -432,7 +430,7 @@ proptest! {
         prop_assert_eq!(p.authority.is_some(), kept(sizes[1], MAX_AUTHORITY));
         prop_assert_eq!(p.spiffe.is_some(), kept(sizes[2], usize::MAX));
         prop_assert_eq!(p.unique_id.is_some(), kept(sizes[3] % 200, MAX_UNIQUE_ID));
-        prop_assert_eq!(p.ssl.as_ref().map(ParsedSsl::to_ssl), ssl_in);
+        prop_assert_eq!(p.ssl.as_ref().map(to_ssl), ssl_in);
     }
 }
 
@@ -1076,25 +1074,7 @@ mod proxy_v2_cases {
     use super::proxy_v2::*;
 
     fn full() -> Header {
-        Header {
-            src: "192.0.2.10:51234".parse().unwrap(),
-            dst: "198.51.100.1:443".parse().unwrap(),
-            alpn: Some(b"h2".to_vec()),
-            authority: Some("api.example.org".into()),
-            ssl: Some(Ssl {
-                client_cert_presented: true,
-                resumed: false,
-                verified: true,
-                version: Some("TLSv1.3".into()),
-                cn: Some("billing".into()),
-                cipher: Some("TLS_AES_128_GCM_SHA256".into()),
-                sig_alg: Some("ecdsa-with-SHA256".into()),
-                key_alg: Some("EC256".into()),
-                client_cert: None,
-            }),
-            spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
-            unique_id: Some(b"conn-42".to_vec()),
-        }
+        verified_client_header(b"h2", b"conn-42")
     }
 
     fn minimal() -> Header {
@@ -1121,7 +1101,7 @@ mod proxy_v2_cases {
             assert_eq!(p.addresses, Some((h.src, h.dst)));
             assert_eq!(p.alpn, h.alpn);
             assert_eq!(p.authority, h.authority);
-            assert_eq!(p.ssl.as_ref().map(ParsedSsl::to_ssl), h.ssl);
+            assert_eq!(p.ssl.as_ref().map(to_ssl), h.ssl);
             assert_eq!(p.spiffe, h.spiffe);
             assert_eq!(p.unique_id, h.unique_id);
             assert!(p.other.is_empty());

@@ -2,7 +2,7 @@
 //! of Docker ≥ 25, containerd ≥ 1.7 and Kubernetes' `RuntimeDefault` do.
 //!
 //! Every terminus here runs under `terminus-seccomp-exec --deny-io-uring eperm|enosys`
-//! (src/bin/terminus-seccomp-exec.rs: `io_uring_setup`, `io_uring_enter` and
+//! (filters in `terminus_testkit::seccomp`: `io_uring_setup`, `io_uring_enter` and
 //! `io_uring_register` fail with that errno, everything else is allowed; the filter is
 //! inherited across exec). Under each errno:
 //! - with `[runtime] io` unset (`auto`), terminus falls back to epoll: one stderr line
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use terminus::tools::bench::target::metric;
 use terminus::tools::certs::{LeafSpec, TestCa, TestLeaf};
 use terminus::tools::client::{ClientConfigBuilder, Trust};
+use terminus_testkit::seccomp::Deny;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_terminus-seccomp-exec");
 const SPIFFE: &str = "spiffe://example.org/client";
@@ -48,33 +49,14 @@ const ECHO_LEN: usize = 8 * MIB;
 /// How long a log line, a metric or a process' exit may take.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The errno the filter answers the io_uring syscalls with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Deny {
-    Eperm,
-    Enosys,
+/// How `std::io::Error` shows the errno the filter answers the io_uring syscalls with.
+fn os_error(deny: Deny) -> String {
+    format!("os error {})", deny.errno())
 }
 
-impl Deny {
-    fn arg(self) -> &'static str {
-        match self {
-            Deny::Eperm => "eperm",
-            Deny::Enosys => "enosys",
-        }
-    }
-
-    /// How `std::io::Error` shows this errno.
-    fn os_error(self) -> &'static str {
-        match self {
-            Deny::Eperm => "os error 1)",
-            Deny::Enosys => "os error 38)",
-        }
-    }
-
-    /// `terminus-seccomp-exec --deny-io-uring ERRNO --`, the prefix for `terminus`.
-    fn prefix(self) -> [&'static str; 4] {
-        [HELPER, "--deny-io-uring", self.arg(), "--"]
-    }
+/// `terminus-seccomp-exec --deny-io-uring ERRNO --`, the prefix for `terminus`.
+fn deny_prefix(deny: Deny) -> [&'static str; 4] {
+    [HELPER, "--deny-io-uring", deny.name(), "--"]
 }
 
 /// The text that says why io_uring is unavailable must blame the filter: EPERM names
@@ -108,7 +90,7 @@ fn helper_installs_a_filter_that_survives_exec() {
         let mut cmd = Command::new(HELPER);
         cmd.args([
             "--deny-io-uring",
-            deny.arg(),
+            deny.name(),
             "--",
             "cat",
             "/proc/self/status",
@@ -131,14 +113,14 @@ fn helper_installs_a_filter_that_survives_exec() {
 #[test]
 fn helper_denies_io_uring_with_the_chosen_errno() {
     for deny in [Deny::Eperm, Deny::Enosys] {
-        let mut cmd = command_with_prefix(&deny.prefix());
+        let mut cmd = command_with_prefix(&deny_prefix(deny));
         cmd.args(["check", "--host"]).env_remove(IO_ENV);
         let (_code, out, err) = run_command_to_exit(cmd, WAIT);
         assert!(
             out.lines()
-                .any(|l| l.contains("io_uring") && l.contains(deny.os_error())),
+                .any(|l| l.contains("io_uring") && l.contains(&os_error(deny))),
             "{deny:?}: no io_uring line with {:?}; stdout:\n{out}\nstderr: {err}",
-            deny.os_error()
+            os_error(deny)
         );
     }
 }
@@ -230,7 +212,7 @@ fn falls_back_to_epoll_and_serves(deny: Deny) {
     let config = s.config("");
     let t = Terminus::builder()
         .config(&config)
-        .prefix(&deny.prefix())
+        .prefix(&deny_prefix(deny))
         .io_from_config()
         .start();
 
@@ -371,7 +353,7 @@ fn forced_io_uring_exits_1(deny: Deny) {
 
 /// `terminus run --config CONFIG` under the filter, `TERMINUS_IO` removed, to its exit.
 fn run_under(deny: Deny, config: &Path) -> (Option<i32>, String, String) {
-    let mut cmd = command_with_prefix(&deny.prefix());
+    let mut cmd = command_with_prefix(&deny_prefix(deny));
     cmd.arg("run")
         .arg("--config")
         .arg(config)
@@ -552,15 +534,38 @@ fn serves_under(want: &str, filter: Filter) {
     echo_round_trip(&mut tls, b"upstream by name", "named upstream echo");
     drop(tls);
 
-    // SIGHUP: a reloadable change (one more allowed identity) counts an ok reload.
+    reload_allows_another_identity(&t, &s, &config, &what);
+    reopen_access_log(&t, &s, &what);
+
+    // SIGTERM: STOPPING=1, the drain delay, then exit 0 (not SIGSYS).
+    t.assert_alive();
+    t.signal("TERM");
+    let stopping = recv_notify(&sock, "STOPPING=1");
+    assert!(
+        stopping.lines().any(|l| l == "STOPPING=1"),
+        "{what}: {stopping:?}"
+    );
+    let status = t.wait_exit_status(WAIT);
+    assert_not_sigsys(status, &what, &t.stderr());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{what}: {status}; stderr:\n{}",
+        t.stderr()
+    );
+}
+
+/// SIGHUP: a reloadable change (one more allowed identity) counts an ok reload, and
+/// mTLS still serves.
+fn reload_allows_another_identity(t: &Terminus, s: &Setup, config: &Path, what: &str) {
     let reloads = "terminus_config_reloads_total{result=\"ok\"}";
-    let text = std::fs::read_to_string(&config).unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
     let changed = text.replace(
         &format!("allow = [\"{SPIFFE}\"]"),
         &format!("allow = [\"{SPIFFE}\", \"spiffe://example.org/other\"]"),
     );
     assert_ne!(changed, text);
-    std::fs::write(&config, changed).unwrap();
+    std::fs::write(config, changed).unwrap();
     t.signal("HUP");
     assert!(
         wait_until(WAIT, || metric(&http_get(t.admin(), "/metrics").1, reloads)
@@ -571,9 +576,12 @@ fn serves_under(want: &str, filter: Filter) {
     let mut tls = tls_connect(t.addr("mtls"), &s.client(Some(&s.client)));
     echo_round_trip(&mut tls, b"mTLS after the reload", "mTLS after SIGHUP");
     drop(tls);
+}
 
-    // SIGUSR1: rename the access log, signal, and the next connection's line lands in
-    // a fresh file.
+/// SIGUSR1: rename the access log, signal, and the next connection's line lands in a
+/// fresh file.
+fn reopen_access_log(t: &Terminus, s: &Setup, what: &str) {
+    let dir = s.pki.dir();
     let log = dir.join("access.log");
     assert!(
         wait_until(WAIT, || log.exists()),
@@ -592,23 +600,6 @@ fn serves_under(want: &str, filter: Filter) {
     assert!(
         fresh,
         "{what}: no fresh access.log after SIGUSR1; stderr:\n{}",
-        t.stderr()
-    );
-
-    // SIGTERM: STOPPING=1, the drain delay, then exit 0 (not SIGSYS).
-    t.assert_alive();
-    t.signal("TERM");
-    let stopping = recv_notify(&sock, "STOPPING=1");
-    assert!(
-        stopping.lines().any(|l| l == "STOPPING=1"),
-        "{what}: {stopping:?}"
-    );
-    let status = t.wait_exit_status(WAIT);
-    assert_not_sigsys(status, &what, &t.stderr());
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{what}: {status}; stderr:\n{}",
         t.stderr()
     );
 }

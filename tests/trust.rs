@@ -12,10 +12,8 @@
 
 mod common;
 
-#[path = "common/proxy_v2.rs"]
-mod proxy_v2;
+use common::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
 use common::*;
-use proxy_v2::{Command as PpCommand, ParseError, ParsedHeader};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -544,7 +542,7 @@ fn verified_client_identity_reaches_upstream_in_proxy_v2() {
         Some("localhost"),
         "AUTHORITY = SNI, resumed"
     );
-    assert!(h.ssl.as_ref().is_some_and(|s| s.to_ssl().resumed), "{h:?}");
+    assert!(h.ssl.as_ref().is_some_and(|s| s.resumed()), "{h:?}");
     drop(tls);
 
     // Every other kind of allow rule lets its client in, and says who it is.

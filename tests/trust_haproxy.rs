@@ -9,8 +9,8 @@
 //!   TLVs only), so what it proves about 0x28 is that a header carrying it is framed
 //!   as HAProxy's parser expects; its content is checked by `tests/caller_limits.rs`.
 //! * `mode tcp` with `send-proxy-v2`: HAProxy re-emits a v2 header of its own to an
-//!   in-test TCP backend, which parses it with the tests' `proxy_v2::parse`
-//!   (`tests/common/proxy_v2.rs`) — our parser against HAProxy's encoder.
+//!   in-test TCP backend, which parses it with the test kit's `proxy_v2::parse`
+//!   (`terminus_testkit::proxy_v2`) — our parser against HAProxy's encoder.
 //! * A header with a broken TLV is refused: HAProxy really checks what we send.
 //!
 //! Needs `haproxy` (`apt-get install haproxy`). Without it the tests say so and
@@ -21,11 +21,9 @@
 //! when the test ends.
 
 mod common;
-#[path = "common/proxy_v2.rs"]
-mod proxy_v2;
 
 use common::free_port;
-use proxy_v2::{Header, Ssl};
+use common::proxy_v2::{self, Header, Ssl};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -198,25 +196,11 @@ fn client_leaf() -> Vec<u8> {
 
 /// What terminus would send for a verified mTLS client.
 fn terminus_header() -> Header {
-    Header {
-        src: "192.0.2.10:51234".parse().unwrap(),
-        dst: "198.51.100.1:443".parse().unwrap(),
-        alpn: Some(b"http/1.1".to_vec()),
-        authority: Some("api.example.org".into()),
-        ssl: Some(Ssl {
-            client_cert_presented: true,
-            resumed: false,
-            verified: true,
-            version: Some("TLSv1.3".into()),
-            cn: Some("billing".into()),
-            cipher: Some("TLS_AES_128_GCM_SHA256".into()),
-            sig_alg: Some("ecdsa-with-SHA256".into()),
-            key_alg: Some("EC256".into()),
-            client_cert: Some(client_leaf()),
-        }),
-        spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
-        unique_id: Some(b"terminus-conn-42".to_vec()),
+    let mut h = proxy_v2::verified_client_header(b"http/1.1", b"terminus-conn-42");
+    if let Some(ssl) = h.ssl.as_mut() {
+        ssl.client_cert = Some(client_leaf());
     }
+    h
 }
 
 fn send(port: u16, header: &[u8], request: &[u8]) -> Vec<u8> {

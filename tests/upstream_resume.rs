@@ -181,10 +181,7 @@ fn upstream_refusing_resumption_never_fails_a_client() {
                 .unwrap_or(0.0)
                 == 100.0
     });
-    let refused = sample(
-        &page,
-        &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}"),
-    );
+    let refused = resumption_failures(&page, l, up);
     // Round 2 offers the tickets round 1 brought, and the upstream refuses them.
     assert!(refused >= 1.0, "no refusal counted:\n{page}");
     assert_eq!(
@@ -224,14 +221,7 @@ fn upstream_refusing_resumption_never_fails_a_client() {
     let l = "listener=\"noresume\"";
     let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"false\"}}");
     let page = assert_metric(&term, &handshakes, 10.0);
-    assert_eq!(
-        sample(
-            &page,
-            &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}")
-        ),
-        0.0,
-        "{page}"
-    );
+    assert_eq!(resumption_failures(&page, l, up), 0.0, "{page}");
 }
 
 /// GET / through terminus; s_server's status page.
@@ -243,8 +233,17 @@ fn www_page(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> Str
     String::from_utf8_lossy(&page).into_owned()
 }
 
-#[test]
-fn upstream_supporting_resumption_resumes() {
+/// `terminus_upstream_resumption_failures_total` of listener label `l` and upstream `up`.
+fn resumption_failures(page: &str, l: &str, up: SocketAddr) -> f64 {
+    sample(
+        page,
+        &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}"),
+    )
+}
+
+/// A test PKI with the upstream's, and `openssl s_server -www` (asking for a client
+/// certificate) serving the upstream's certificate.
+fn www_upstream() -> (Pki, Spawned, SocketAddr) {
     let pki = Pki::generate();
     write_upstream_pki(pki.dir(), None);
     let (srv, up) = openssl_s_server(
@@ -254,6 +253,12 @@ fn upstream_supporting_resumption_resumes() {
         "client-ca.pem",
         &["-www", "-Verify", "1"],
     );
+    (pki, srv, up)
+}
+
+#[test]
+fn upstream_supporting_resumption_resumes() {
+    let (pki, srv, up) = www_upstream();
     let term = start_terminus(
         &pki,
         &[ListenerConf::new("reenc", &[up]).raw(&upstream_tls(true))],
@@ -283,14 +288,7 @@ fn upstream_supporting_resumption_resumes() {
     let l = "listener=\"reenc\"";
     let handshakes = format!("terminus_upstream_handshakes_total{{{l},resumed=\"true\"}}");
     let page = assert_metric(&term, &handshakes, reused as f64);
-    assert_eq!(
-        sample(
-            &page,
-            &format!("terminus_upstream_resumption_failures_total{{{l},upstream=\"{up}\"}}")
-        ),
-        0.0,
-        "{page}"
-    );
+    assert_eq!(resumption_failures(&page, l, up), 0.0, "{page}");
     assert!(
         !term.stderr().contains("refused TLS session resumption"),
         "{}",
@@ -338,15 +336,7 @@ fn plain_www(page_len: usize) -> SocketAddr {
 fn upstream_handshake_cpu() {
     use terminus::tools::bench::target::TargetProbe;
     let _g = heavy();
-    let pki = Pki::generate();
-    write_upstream_pki(pki.dir(), None);
-    let (srv, up) = openssl_s_server(
-        pki.dir(),
-        "backend.pem",
-        "backend.key",
-        "client-ca.pem",
-        &["-www", "-Verify", "1"],
-    );
+    let (pki, srv, up) = www_upstream();
     // s_server's status page is a few KB (it lists the ciphers): proxying it costs a
     // few µs, noise next to the handshakes.
     let plain = plain_www(4096);

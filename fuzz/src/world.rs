@@ -129,7 +129,10 @@ fn build() -> World {
     let listeners = cfg
         .listeners
         .iter()
-        .map(|l| Arc::new(ListenerLive::build(l, &cfg.resolver).expect("listener builds")))
+        .map(|l| {
+            let s = terminus::runtime::settings::ListenerSettings::from_config(l, &cfg.resolver);
+            Arc::new(ListenerLive::build(s).expect("listener builds"))
+        })
         .collect();
     // Everything is read: certificates, keys and CAs live in the built listeners.
     let _ = std::fs::remove_dir_all(&dir);

@@ -3,7 +3,7 @@
 
 use super::{hex, Pattern};
 use sha2::{Digest, Sha256};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -326,4 +326,41 @@ pub fn http_ok_then_drain(s: &mut TcpStream, body: &[u8]) {
             break;
         }
     }
+}
+
+/// One HTTP/1.1 request off `r`: its head (through the blank line) and its body as
+/// sent (the Content-Length bytes, or the chunked framing through the last chunk);
+/// None at EOF or on a read error.
+pub fn read_http_request(r: &mut impl BufRead) -> Option<(String, String)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let lower = head.to_ascii_lowercase();
+    let mut body = String::new();
+    if let Some(n) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        let mut b = vec![0u8; n];
+        r.read_exact(&mut b).ok()?;
+        body = String::from_utf8_lossy(&b).into_owned();
+    } else if lower.contains("transfer-encoding: chunked") {
+        while !body.ends_with("0\r\n\r\n") {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return None;
+            }
+            body.push_str(&line);
+        }
+    }
+    Some((head, body))
 }

@@ -9,6 +9,7 @@
 //! | `client` | TLS clients (`terminus::tools::client`, the PKI's mTLS client), raw TCP, HTTP, ClientHellos |
 //! | `external` | curl/openssl/socat children with collected output, `openssl s_server`, free ports |
 //! | `metrics` | `/metrics` scrapes and the poll that waits for a sample |
+//! | `proxy_v2` | PROXY v2: the writer's types, the test kit's parser, a sample header (not glob-exported) |
 //! | `procfs` | /proc readers (memory and CPU through `terminus::tools::bench::target`) |
 //! | `data` | reproducible byte streams |
 //! | `report` | the checks every `terminus report` HTML page passes |
@@ -27,6 +28,7 @@ mod external;
 mod metrics;
 mod pki;
 mod procfs;
+pub mod proxy_v2;
 mod report;
 mod server;
 

@@ -19,6 +19,7 @@ use crate::ops::reload::ReloadStats;
 use crate::runtime::backend::{choose_backend, IoChoice};
 use crate::runtime::listener::{ListenerLive, ListenerShared};
 use crate::runtime::run_state::{RunState, RunStateCell};
+use crate::runtime::settings::ListenerSettings;
 use crate::runtime::sock;
 use crate::runtime::uring::{UringConfig, UringError};
 use crate::runtime::worker::{self, MetricsOut, WorkerSetup, WorkerSetupError};
@@ -329,7 +330,7 @@ fn bind_listeners(cfg: &Config, workers: usize) -> Result<Bound, RunError> {
     let mut shared = Vec::new();
     let mut sockets: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        let live = ListenerLive::build(l, &cfg.resolver)?;
+        let live = ListenerLive::build(ListenerSettings::from_config(l, &cfg.resolver))?;
         for why in live
             .tls
             .certs

@@ -23,6 +23,7 @@
 
 use crate::config::{Config, Listener};
 use crate::runtime::listener::{ListenerLive, ListenerShared};
+use crate::runtime::settings::ListenerSettings;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -115,7 +116,10 @@ impl Reloader {
             }
             self.prints[i] = fp;
             let name = &self.listeners[i].name;
-            match ListenerLive::build(&self.cfg.listeners[i], &self.cfg.resolver) {
+            match ListenerLive::build(ListenerSettings::from_config(
+                &self.cfg.listeners[i],
+                &self.cfg.resolver,
+            )) {
                 Ok(live) => {
                     // The config was resolved earlier: keep what the resolver found since.
                     live.upstreams
@@ -160,7 +164,7 @@ impl Reloader {
                 .iter()
                 .find(|l| l.name == shared.name)
                 .unwrap_or(&self.cfg.listeners[i]);
-            match ListenerLive::build(l, &new.resolver) {
+            match ListenerLive::build(ListenerSettings::from_config(l, &new.resolver)) {
                 Ok(live) => built.push((l.clone(), live)),
                 Err(e) => {
                     self.stats.record_error();

@@ -1,7 +1,7 @@
 //! PROXY protocol version 2 (haproxy.org `proxy-protocol.txt`, section 2.2): the
 //! binary header terminus sends to an upstream before the client's bytes when a
 //! listener has `proxy_protocol = "v2"` (the tests' parser for it is
-//! `tests/common/proxy_v2.rs`).
+//! `terminus_testkit::proxy_v2`).
 //!
 //! What the header carries:
 //!

@@ -4,23 +4,23 @@
 //! address, open-connection count, and the reloadable [`ListenerLive`] behind an
 //! `ArcSwap`) and [`ListenerLocal`] (one per listener per worker: its
 //! SO_REUSEPORT socket, the accept op, the round-robin cursor).
-//! I/O contract: [`ListenerLive::build`] reads the listener's certificate and key
-//! files (startup and reload threads, never a worker). Names in `upstreams` were
+//! I/O contract: [`ListenerLive::build`] (from the listener's
+//! [`ListenerSettings`]) reads its certificate and key files (startup and reload threads, never a worker). Names in `upstreams` were
 //! resolved when the config was loaded; the resolver thread (`runtime::resolver`)
 //! refreshes `ListenerLive::upstreams` in place, and a worker only loads its current
 //! set, once per connection.
 #![forbid(unsafe_code)]
 
-use crate::config::{Listener, ProxyProtocol};
+use super::settings::ListenerSettings;
 use crate::proxy::conn::ConnLimits;
-use crate::proxy::upstream::{HealthPolicy, UpstreamSet};
+use crate::proxy::upstream::UpstreamSet;
 use crate::runtime::uring::OpId;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What every worker shares about one listener.
 pub struct ListenerShared {
@@ -70,13 +70,9 @@ pub struct ListenerLive {
 
 impl ListenerLive {
     /// Read and check everything the listener serves with; errors name the file.
-    /// `resolver`: the config's `[resolver]`, for the names in `upstreams`.
-    pub fn build(
-        l: &Listener,
-        resolver: &crate::config::Resolver,
-    ) -> Result<ListenerLive, crate::tls::TlsError> {
-        let tls = crate::tls::server_tls(&l.tls())?;
-        let upstream_tls = crate::tls::upstream_clients(&l.tls())?;
+    pub fn build(s: ListenerSettings) -> Result<ListenerLive, crate::tls::TlsError> {
+        let tls = crate::tls::server_tls(&s.tls)?;
+        let upstream_tls = crate::tls::upstream_clients(&s.tls)?;
         let cert_expiry = tls
             .certs
             .served()
@@ -90,55 +86,21 @@ impl ListenerLive {
             .served()
             .filter_map(|c| Some((c.path.display().to_string(), c.ocsp_next_update?)))
             .collect();
-        let http = (l.protocol.as_deref() == Some("http")).then(|| {
-            let t = l.http.clone().unwrap_or_default();
-            crate::proxy::http::HttpSettings {
-                identity: crate::proxy::http::IdentityHeaders::parse(&t.identity_headers)
-                    .unwrap_or_default(),
-                max_header_bytes: t.max_header_bytes,
-                allow_bare_lf: t.allow_bare_lf,
-                head_timeout: Duration::from_millis(t.head_timeout_ms),
-            }
-        });
-        // `validate` refused invalid rules before any listener is built.
-        let caller_limits = l.limit_settings();
-        let policy = crate::proxy::authz::gate::Policy {
-            rules: l.http_rules().unwrap_or_default(),
-            limits: caller_limits.clone(),
-        };
-        let http_policy = (http.is_some() && policy.active()).then(|| Arc::new(policy));
+        let caller_limits = s.policy.limits.clone();
+        let http_policy = (s.http.is_some() && s.policy.active()).then(|| Arc::new(s.policy));
         Ok(ListenerLive {
-            http,
+            http: s.http,
             http_policy,
             ocsp_next_update,
             tls,
             upstream_tls,
-            proxy_v2: l.proxy_protocol == ProxyProtocol::V2,
-            proxy_v2_client_cert: l.proxy_protocol_client_cert,
+            proxy_v2: s.proxy_v2,
+            proxy_v2_client_cert: s.proxy_v2_client_cert,
             caller_limits,
-            upstreams: UpstreamSet::new(
-                l.upstream_entries
-                    .iter()
-                    .cloned()
-                    .zip(l.upstream_addrs.iter().cloned())
-                    .collect(),
-                HealthPolicy {
-                    first: Duration::from_millis(l.upstream_backoff_ms),
-                    max: Duration::from_millis(l.upstream_backoff_max_ms),
-                },
-                Duration::from_millis(l.resolve_interval_ms),
-                health_epoch(),
-            ),
-            resolver: crate::host::lookup::Lookup {
-                hosts_file: resolver.hosts_file.clone(),
-            },
-            limits: ConnLimits {
-                max_buffered: l.max_buffered_bytes,
-                handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
-                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
-                connect_timeout: Duration::from_millis(l.connect_timeout_ms),
-            },
-            max_connections: l.max_connections,
+            upstreams: UpstreamSet::new(s.upstreams, s.health, s.resolve_interval, health_epoch()),
+            resolver: s.lookup,
+            limits: s.limits,
+            max_connections: s.max_connections,
             cert_expiry,
         })
     }

@@ -6,8 +6,8 @@
 //! ([`backend`]); the plain socket calls beside them, binding included ([`sock`]);
 //! the thread-per-core worker loop ([`worker`]) with its per-connection state
 //! (`slot`: two legs per connection, tokens, the worker's buffer cap); listener
-//! state ([`listener`]); the resolver thread ([`resolver`]); and the run state
-//! ([`run_state`]). Start-up and signals belong to the app layer, which wires this
+//! state ([`listener`]), built from the listener's settings ([`settings`]); the
+//! resolver thread ([`resolver`]); and the run state ([`run_state`]). Start-up and signals belong to the app layer, which wires this
 //! layer to the others.
 //!
 //! I/O contract: all socket and kernel-queue I/O of the proxy happens here.
@@ -21,6 +21,7 @@ pub mod epoll;
 pub mod listener;
 pub mod resolver;
 pub mod run_state;
+pub mod settings;
 pub mod slab;
 mod slot;
 pub mod sock;

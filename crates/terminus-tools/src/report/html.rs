@@ -196,6 +196,23 @@ fn axis_titles(
     );
 }
 
+/// A horizontal grid line at `y` across the plot of `dims`, labelled on the left.
+fn y_gridline(
+    s: &mut String,
+    (w, _, l, r, _, _): (f64, f64, f64, f64, f64, f64),
+    y: f64,
+    label: &str,
+) {
+    let _ = writeln!(
+        s,
+        "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
+        w - r,
+        l - 5.0,
+        y + 4.0,
+    );
+}
+
 /// Latency CDFs on shared axes: x = percentile on a log scale of 1 − p (0, 90, 99,
 /// 99.9 ... 99.999 %), y = latency (log µs).
 fn cdf_svg(title: &str, series: &[Series]) -> String {
@@ -231,15 +248,11 @@ fn cdf_svg(title: &str, series: &[Series]) -> String {
     }
     let mut d = ylo;
     while d <= yhi {
-        let y = py(10f64.powf(d));
-        let _ = writeln!(
-            s,
-            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            w - r,
-            l - 5.0,
-            y + 4.0,
-            duration_label(10f64.powf(d))
+        y_gridline(
+            &mut s,
+            dims,
+            py(10f64.powf(d)),
+            &duration_label(10f64.powf(d)),
         );
         d += 1.0;
     }
@@ -319,16 +332,7 @@ fn bar_svg(
     let mut s = svg_open(w, h, title, l);
     let mut tick = 0.0;
     while tick <= ymax + step / 2.0 {
-        let y = py(tick);
-        let _ = writeln!(
-            s,
-            "<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            w - r,
-            l - 5.0,
-            y + 4.0,
-            short_number(tick)
-        );
+        y_gridline(&mut s, dims, py(tick), &short_number(tick));
         tick += step;
     }
     axis_titles(&mut s, dims, x_title, y_title);

@@ -342,6 +342,16 @@ mod tests {
         }
     }
 
+    /// A comparison of one section.
+    fn comparison(s: Section) -> Comparison {
+        Comparison {
+            title: "t".into(),
+            meta: vec![],
+            intro: String::new(),
+            sections: vec![s],
+        }
+    }
+
     #[test]
     fn cells_pair_ratios_by_round() {
         let s = section();
@@ -352,13 +362,7 @@ mod tests {
         let (b, _) = s.cells(&s.columns[0], 1);
         assert_eq!(b[0], ("200".into(), "200–200".into()));
         assert_eq!(b[1].0, "2.00x", "round 2 of b measured nothing");
-        let text = Comparison {
-            title: "t".into(),
-            meta: vec![],
-            intro: String::new(),
-            sections: vec![s],
-        }
-        .text();
+        let text = comparison(s).text();
         assert!(text.starts_with("peer "), "{text}");
         assert!(text.contains("a note"), "{text}");
     }
@@ -377,24 +381,13 @@ mod tests {
         assert!(!b[0].0.ends_with('*'), "the figure is steady: {b:?}");
         assert!(b[1].0.ends_with('*'), "the ratio moved by a third: {b:?}");
         assert!(noisy);
-        let text = Comparison {
-            title: "t".into(),
-            meta: vec![],
-            intro: String::new(),
-            sections: vec![s],
-        }
-        .text();
+        let text = comparison(s).text();
         assert!(text.contains("* noisy: "), "{text}");
     }
 
     #[test]
     fn validation_names_what_is_wrong() {
-        let mut c = Comparison {
-            title: "t".into(),
-            meta: vec![],
-            intro: String::new(),
-            sections: vec![section()],
-        };
+        let mut c = comparison(section());
         c.validate().unwrap();
         c.sections[0].baseline = "z".into();
         let e = c.validate().unwrap_err().to_string();

@@ -83,6 +83,19 @@ impl Pair {
         }
     }
 
+    /// A pair with the handshake done and the upstream connected.
+    fn established() -> Self {
+        let mut p = Pair::new(&pki());
+        p.run();
+        p
+    }
+
+    /// The upstream's plaintext reaches the Conn.
+    fn upstream_sends(&mut self, bytes: &[u8]) {
+        self.conn
+            .handle_data(Side::Upstream, &mut bytes.to_vec(), self.now);
+    }
+
     /// Feed TLS bytes from the Conn to the client, collecting plaintext.
     fn deliver(&mut self, b: &[u8]) {
         let mut s = b;
@@ -98,6 +111,12 @@ impl Pair {
         }
     }
 
+    /// A send the Conn handed out for the client arrives there whole.
+    fn client_receives(&mut self, b: Vec<u8>) {
+        self.deliver(&b);
+        self.conn.handle_sent(Side::Client, b, self.now);
+    }
+
     /// Run the client handshake without connecting the upstream.
     fn handshake_only(&mut self) {
         for _ in 0..4 {
@@ -108,8 +127,7 @@ impl Pair {
             self.conn
                 .handle_data(Side::Client, &mut buf.to_vec(), self.now);
             if let Some(b) = self.conn.poll_send(Side::Client) {
-                self.deliver(&b);
-                self.conn.handle_sent(Side::Client, b, self.now);
+                self.client_receives(b);
             }
         }
     }
@@ -134,8 +152,7 @@ impl Pair {
             }
             if let Some(b) = self.conn.poll_send(Side::Client) {
                 moved = true;
-                self.deliver(&b);
-                self.conn.handle_sent(Side::Client, b, self.now);
+                self.client_receives(b);
             }
             if let Some(b) = self.conn.poll_send(Side::Upstream) {
                 moved = true;
@@ -152,16 +169,13 @@ impl Pair {
 
 #[test]
 fn handshake_then_bytes_flow_unchanged_both_ways() {
-    let pki = pki();
-    let mut p = Pair::new(&pki);
-    p.run();
+    let mut p = Pair::established();
     assert!(!p.client.is_handshaking());
     assert_eq!(p.conn.phase(), Phase::Streaming);
     p.client.writer().write_all(b"hello upstream").unwrap();
     p.run();
     assert_eq!(p.upstream_got, b"hello upstream");
-    p.conn
-        .handle_data(Side::Upstream, &mut b"hello client".to_vec(), p.now);
+    p.upstream_sends(b"hello client");
     p.run();
     assert_eq!(p.client_got, b"hello client");
     assert_eq!(p.conn.bytes_client_to_upstream, 14);
@@ -188,9 +202,7 @@ fn tls12_client_works() {
 
 #[test]
 fn client_close_notify_half_closes_upstream_while_upstream_keeps_talking() {
-    let pki = pki();
-    let mut p = Pair::new(&pki);
-    p.run();
+    let mut p = Pair::established();
     p.client.writer().write_all(b"request").unwrap();
     p.client.send_close_notify();
     p.run();
@@ -202,8 +214,7 @@ fn client_close_notify_half_closes_upstream_while_upstream_keeps_talking() {
     assert!(!p.conn.wants_recv(Side::Client));
     // The other direction still flows.
     assert!(p.conn.wants_recv(Side::Upstream));
-    p.conn
-        .handle_data(Side::Upstream, &mut b"response".to_vec(), p.now);
+    p.upstream_sends(b"response");
     p.run();
     assert_eq!(p.client_got, b"response");
     assert!(p.conn.poll_close().is_none());
@@ -217,11 +228,8 @@ fn client_close_notify_half_closes_upstream_while_upstream_keeps_talking() {
 
 #[test]
 fn upstream_eof_sends_close_notify_but_client_may_keep_sending() {
-    let pki = pki();
-    let mut p = Pair::new(&pki);
-    p.run();
-    p.conn
-        .handle_data(Side::Upstream, &mut b"bye".to_vec(), p.now);
+    let mut p = Pair::established();
+    p.upstream_sends(b"bye");
     p.conn.handle_eof(Side::Upstream, p.now);
     p.run();
     assert_eq!(p.client_got, b"bye");
@@ -238,15 +246,12 @@ fn upstream_eof_sends_close_notify_but_client_may_keep_sending() {
 
 #[test]
 fn slow_client_stops_upstream_reads_at_high_water_mark() {
-    let pki = pki();
-    let mut p = Pair::new(&pki);
-    p.run();
+    let mut p = Pair::established();
     let chunk = vec![7u8; 16 * 1024];
     let mut fed = 0;
     let mut stuck = None;
     while p.conn.wants_recv(Side::Upstream) {
-        p.conn
-            .handle_data(Side::Upstream, &mut chunk.to_vec(), p.now);
+        p.upstream_sends(&chunk);
         fed += chunk.len();
         // The client never reads: the first send stays in flight.
         if let Some(b) = p.conn.poll_send(Side::Client) {
@@ -258,8 +263,7 @@ fn slow_client_stops_upstream_reads_at_high_water_mark() {
     assert!(fed <= limits().max_buffered + chunk.len());
     // The client reads again: the stuck send completes and reading resumes.
     let b = stuck.unwrap();
-    p.deliver(&b);
-    p.conn.handle_sent(Side::Client, b, p.now);
+    p.client_receives(b);
     p.run();
     assert!(p.conn.wants_recv(Side::Upstream));
     assert_eq!(p.client_got.len(), fed);
@@ -319,9 +323,7 @@ fn alert_survives_eof_and_more_bytes_in_the_same_read() {
 
 #[test]
 fn receive_budgets_never_exceed_max_buffered() {
-    let pki = pki();
-    let mut p = Pair::new(&pki);
-    p.run();
+    let mut p = Pair::established();
     let max = limits().max_buffered;
     assert_eq!(p.conn.recv_budget(Side::Upstream), max);
     // The client never reads: feed exactly what the budget allows each time.
@@ -343,8 +345,7 @@ fn receive_budgets_never_exceed_max_buffered() {
     // Upload side: independent budget.
     assert_eq!(p.conn.recv_budget(Side::Client), max);
     let b = stuck.unwrap();
-    p.deliver(&b);
-    p.conn.handle_sent(Side::Client, b, p.now);
+    p.client_receives(b);
     p.run();
     assert!(
         p.conn.recv_budget(Side::Upstream) > 0,
@@ -430,7 +431,7 @@ fn settle_upstream(p: &mut Pair, up: &mut rustls::ServerConnection, up_got: &mut
         }
         if !out.is_empty() {
             moved = true;
-            p.conn.handle_data(Side::Upstream, &mut out.to_vec(), p.now);
+            p.upstream_sends(&out);
         }
         if !moved {
             return;
@@ -522,8 +523,7 @@ fn refused_session_is_retried_once_and_the_client_bytes_wait_for_it() {
         !p.upstream_got.windows(11).any(|w| w == b"early bytes"),
         "no client byte before the upstream handshake is done"
     );
-    p.conn
-        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
+    p.upstream_sends(ALERT);
     assert_eq!(
         p.conn.poll_upstream_tls_retry(),
         Some(HandshakeFailure::PeerAlert)
@@ -538,8 +538,7 @@ fn refused_session_is_retried_once_and_the_client_bytes_wait_for_it() {
         "nothing for the old socket"
     );
     // Leftovers of the old socket change nothing.
-    p.conn
-        .handle_data(Side::Upstream, &mut b"stale".to_vec(), p.now);
+    p.upstream_sends(b"stale");
     p.conn.handle_eof(Side::Upstream, p.now);
     p.conn.handle_error(Side::Upstream);
     p.client.writer().write_all(b", more").unwrap();
@@ -570,16 +569,14 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     let mut p = connected_pair(&pki, b"", Some(pki.client.clone()));
     p.conn.allow_upstream_tls_retry();
     p.run();
-    p.conn
-        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
+    p.upstream_sends(ALERT);
     assert!(p.conn.poll_upstream_tls_retry().is_some());
     let tls = UnbufferedClientConnection::new(pki.client.clone(), "localhost".try_into().unwrap());
     p.conn
         .handle_upstream_connected(p.now, Vec::new(), Some(tls.unwrap()));
     p.conn.allow_upstream_tls_retry();
     p.run();
-    p.conn
-        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
+    p.upstream_sends(ALERT);
     assert_eq!(p.conn.poll_upstream_tls_retry(), None);
     p.run();
     assert_eq!(
@@ -606,8 +603,7 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
     p.client.writer().write_all(b"sent").unwrap();
     settle_upstream(&mut p, &mut up, &mut up_got);
     assert_eq!(up_got, b"sent");
-    p.conn
-        .handle_data(Side::Upstream, &mut ALERT.to_vec(), p.now);
+    p.upstream_sends(ALERT);
     assert_eq!(p.conn.poll_upstream_tls_retry(), None);
     assert!(matches!(
         p.conn.poll_close(),
@@ -622,9 +618,7 @@ fn upstream_failure_is_not_retried_twice_or_after_client_bytes_went_up() {
 
 #[test]
 fn upstream_reset_closes_at_once() {
-    let pki = pki();
-    let mut p = Pair::new(&pki);
-    p.run();
+    let mut p = Pair::established();
     p.conn.handle_error(Side::Upstream);
     assert_eq!(p.conn.poll_close(), Some(CloseReason::UpstreamReset));
     assert!(!p.conn.wants_recv(Side::Client));
@@ -636,9 +630,7 @@ fn upstream_reset_closes_at_once() {
 /// whole are decrypted where they were received (`Conn::handle_data`).
 #[test]
 fn a_record_split_between_receives_waits_then_the_leg_holds_nothing() {
-    let pki = pki();
-    let mut p = Pair::new(&pki);
-    p.run();
+    let mut p = Pair::established();
     assert_eq!(p.conn.phase(), Phase::Streaming);
     let held = |p: &Pair| p.conn.client.tls.as_ref().unwrap().held();
     assert_eq!(held(&p), 0, "idle after the handshake");

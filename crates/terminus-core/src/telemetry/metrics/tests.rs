@@ -61,19 +61,7 @@ fn workers_add_up_and_the_page_names_every_reason() {
         ocsp: vec![("/c/server.pem".into(), 1_800_000_000)],
         callers_evicted: None,
     };
-    let g = GlobalView {
-        reloads_ok: 1,
-        reloads_error: 2,
-        reload_last_ok: false,
-        reload_last_success_unix_ms: 1_764_000_000_500,
-        access_log_dropped: 0,
-        ocsp_refused: 1,
-        workers: 3,
-        io_backend: "io_uring",
-        draining: false,
-        buffers: vec![(2, 4096, 3)],
-        turns: vec![(2, turns())],
-    };
+    let g = global();
     let page = render(&[view], &totals, &g, &Process::read());
     let l = "listener=\"e\\\\dge\\\"\"";
     for want in [
@@ -111,6 +99,23 @@ fn workers_add_up_and_the_page_names_every_reason() {
     let p = Process::read();
     assert!(p.resident_bytes > 0 && p.open_fds > 0 && p.max_fds > 0);
     assert!(p.start_time_seconds > 1.0e9);
+}
+
+/// The process-wide figures of a three-worker io_uring run with one failed reload.
+fn global() -> GlobalView {
+    GlobalView {
+        reloads_ok: 1,
+        reloads_error: 2,
+        reload_last_ok: false,
+        reload_last_success_unix_ms: 1_764_000_000_500,
+        access_log_dropped: 0,
+        ocsp_refused: 1,
+        workers: 3,
+        io_backend: "io_uring",
+        draining: false,
+        buffers: vec![(2, 4096, 3)],
+        turns: vec![(2, turns())],
+    }
 }
 
 /// Three turns: 1, 3 and 1000 completions (the last over every bound).
@@ -184,17 +189,12 @@ fn fixture_page() -> String {
         },
     ];
     let g = GlobalView {
-        reloads_ok: 1,
-        reloads_error: 2,
-        reload_last_ok: false,
-        reload_last_success_unix_ms: 1_764_000_000_500,
         access_log_dropped: 3,
-        ocsp_refused: 1,
         workers: 2,
-        io_backend: "io_uring",
         draining: true,
         buffers: vec![(0, 4096, 3), (1, 0, 0)],
         turns: vec![(0, turns())],
+        ..global()
     };
     let p = Process {
         cpu_seconds: 1.25,
