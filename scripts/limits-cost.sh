@@ -47,21 +47,8 @@ for round in $(seq "$rounds"); do
             --client-cert "$work/pki/client.pem" --client-key "$work/pki/client.key" \
             --duration "$secs" --cpus 1 --target-pid "$pid" --json --quiet >"$work/r.json" ||
             die "bench $side failed"
-        python3 -c '
-import json, sys
-r = json.load(open(sys.argv[2]))
-def find(d, key):
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if k == key and isinstance(v, (int, float)):
-                return v
-            got = find(v, key)
-            if got is not None:
-                return got
-v = find(r, "target_cpu_us_per_op")
-if v is None or find(r, "errors"):
-    sys.exit(f"bench {sys.argv[1]}: no target_cpu_us_per_op, or errors: {r}")
-print(sys.argv[1], v)' "$side" "$work/r.json"
+        v=$(bench_figure "$work/r.json" target_cpu_us_per_op clean) || die "bench $side: no figure"
+        echo "$side $v"
     done
 done | tee "$work/runs.txt" >&2
 
