@@ -75,6 +75,75 @@ fn thread_lines(pid: u32, key: &str) -> Vec<String> {
     out
 }
 
+/// Every thread of `pid`: real, effective, saved and fs ids; the one group; no
+/// capability; no new privileges; the seccomp filter.
+fn assert_every_thread_is(pid: u32, uid: u32, gid: u32) {
+    let threads = thread_lines(pid, "Uid");
+    assert!(threads.len() >= 3, "workers and helpers: {threads:?}");
+    for (key, want) in [
+        ("Uid", format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}")),
+        ("Gid", format!("Gid:\t{gid}\t{gid}\t{gid}\t{gid}")),
+        ("Groups", format!("Groups:\t{gid} ")),
+        ("CapPrm", "CapPrm:\t0000000000000000".into()),
+        ("CapEff", "CapEff:\t0000000000000000".into()),
+        ("CapAmb", "CapAmb:\t0000000000000000".into()),
+        ("NoNewPrivs", "NoNewPrivs:\t1".into()),
+        ("Seccomp", "Seccomp:\t2".into()),
+    ] {
+        for line in thread_lines(pid, key) {
+            assert_eq!(
+                line.trim_end(),
+                want.trim_end(),
+                "{key} of a thread of {pid}"
+            );
+        }
+    }
+}
+
+/// The key becomes unreadable by the user: the poll's reload and SIGHUP are
+/// refused naming it, the material in use keeps serving, and `check` names the file,
+/// the user and the field.
+fn unreadable_key_is_refused_and_serving_continues(
+    t: &Terminus,
+    config: &std::path::Path,
+    key: &std::path::Path,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+) {
+    chmod(key, 0o600);
+    let err = t.wait_stderr("keeping the material in use", WAIT);
+    let refused: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("keeping the material in use"))
+        .collect();
+    assert!(
+        refused[0].contains("reload: listener edge")
+            && refused[0].contains(&key.display().to_string())
+            && refused[0].contains("ermission denied"),
+        "{refused:?}"
+    );
+    let mut tls = tls_connect(t.addr("edge"), client);
+    echo_round_trip(&mut tls, b"still served", "echo after the refused reload");
+    drop(tls);
+    // SIGHUP reads every file again: refused the same way.
+    t.signal("HUP");
+    let err = t.wait_stderr("keeping the running configuration", WAIT);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("keeping the running configuration")
+                && l.contains(&key.display().to_string())),
+        "{err}"
+    );
+    // `check` names the file, the user and the field.
+    let (code, out, err) = check(config);
+    assert_eq!(code, Some(2), "check: {out}{err}");
+    let line = format!(
+        "runtime.user: user nobody (group nogroup) cannot open {}: Permission denied",
+        key.display()
+    );
+    assert!(err.contains(&line), "check: no `{line}`:\n{err}");
+    assert!(err.contains(&config.display().to_string()), "{err}");
+}
+
 #[test]
 fn binds_as_root_then_serves_as_the_user_with_no_capabilities_and_refuses_unreadable_reloads() {
     if !is_root() {
@@ -125,28 +194,7 @@ fn binds_as_root_then_serves_as_the_user_with_no_capabilities_and_refuses_unread
         )),
         "{err}"
     );
-    // Every thread: real, effective, saved and fs ids; the one group; no capability.
-    let pid = t.pid();
-    let threads = thread_lines(pid, "Uid");
-    assert!(threads.len() >= 3, "workers and helpers: {threads:?}");
-    for (key, want) in [
-        ("Uid", format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}")),
-        ("Gid", format!("Gid:\t{gid}\t{gid}\t{gid}\t{gid}")),
-        ("Groups", format!("Groups:\t{gid} ")),
-        ("CapPrm", "CapPrm:\t0000000000000000".into()),
-        ("CapEff", "CapEff:\t0000000000000000".into()),
-        ("CapAmb", "CapAmb:\t0000000000000000".into()),
-        ("NoNewPrivs", "NoNewPrivs:\t1".into()),
-        ("Seccomp", "Seccomp:\t2".into()),
-    ] {
-        for line in thread_lines(pid, key) {
-            assert_eq!(
-                line.trim_end(),
-                want.trim_end(),
-                "{key} of a thread of {pid}"
-            );
-        }
-    }
+    assert_every_thread_is(t.pid(), uid, gid);
 
     // Traffic: TLS on the port below 1024, the admin endpoint.
     let client = client_config(&pki, &[&rustls::version::TLS13], &[]);
@@ -156,41 +204,7 @@ fn binds_as_root_then_serves_as_the_user_with_no_capabilities_and_refuses_unread
     let (status, _) = http_get(t.admin(), "/readyz");
     assert_eq!(status, 200);
 
-    // The key becomes unreadable by the user: the poll's reload is refused, naming
-    // the file, and the material in use keeps serving.
-    chmod(&key, 0o600);
-    let err = t.wait_stderr("keeping the material in use", WAIT);
-    let refused: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("keeping the material in use"))
-        .collect();
-    assert!(
-        refused[0].contains("reload: listener edge")
-            && refused[0].contains(&key.display().to_string())
-            && refused[0].contains("ermission denied"),
-        "{refused:?}"
-    );
-    let mut tls = tls_connect(t.addr("edge"), &client);
-    echo_round_trip(&mut tls, b"still served", "echo after the refused reload");
-    drop(tls);
-    // SIGHUP reads every file again: refused the same way.
-    t.signal("HUP");
-    let err = t.wait_stderr("keeping the running configuration", WAIT);
-    assert!(
-        err.lines()
-            .any(|l| l.contains("keeping the running configuration")
-                && l.contains(&key.display().to_string())),
-        "{err}"
-    );
-    // `check` names the file, the user and the field.
-    let (code, out, err) = check(&config);
-    assert_eq!(code, Some(2), "check: {out}{err}");
-    let line = format!(
-        "runtime.user: user nobody (group nogroup) cannot open {}: Permission denied",
-        key.display()
-    );
-    assert!(err.contains(&line), "check: no `{line}`:\n{err}");
-    assert!(err.contains(&config.display().to_string()), "{err}");
+    unreadable_key_is_refused_and_serving_continues(&t, &config, &key, &client);
 
     // Readable again: the poll picks it up.
     chmod(&key, 0o640);

@@ -30,7 +30,10 @@
 //! seen by seccomp (the opcodes terminus submits are the socket ones it makes
 //! anyway).
 //!
-//! The only `unsafe` here installs the SIGSYS handler and is the handler.
+//! The only `unsafe` here installs the SIGSYS handler and is the handler (the one
+//! module with `unsafe` besides the I/O drivers: a signal handler cannot be written
+//! without it); each block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use crate::config::RunAs;
 use nix::unistd::{Gid, Uid};
