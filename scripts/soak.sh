@@ -235,10 +235,13 @@ pids+=($!)
 ) &
 pids+=($!)
 ( # the flapping upstream: 20 s down, 20 s up
-    fp=$flap_pid
+    # Each kill may cut the one echo in flight (the loop is sequential): counted for
+    # the verdict, which allows one failure per kill beyond the connect errors.
+    fp=$flap_pid kills=0
     while (($(date +%s) < until - 5)); do
         sleep 20
         kill "$fp" 2>/dev/null; wait "$fp" 2>/dev/null || true
+        kills=$((kills + 1)); echo "$kills" >"$out/flap-kills"
         sleep 20
         "$bin" backend --listen "127.0.0.1:$flap_p" --mode echo >/dev/null 2>&1 &
         fp=$!
