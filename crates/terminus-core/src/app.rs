@@ -493,6 +493,8 @@ fn spawn_workers(
                 interval: snapshot_interval,
             }),
             max_buffered_per_worker: cfg.runtime.max_buffered_bytes_per_worker,
+            idle_trim: (cfg.runtime.idle_memory_trim_ms > 0)
+                .then(|| Duration::from_millis(cfg.runtime.idle_memory_trim_ms)),
         };
         let tx = ready.clone();
         let h = std::thread::Builder::new()

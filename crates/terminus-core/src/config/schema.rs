@@ -61,6 +61,10 @@ pub struct Runtime {
     /// direction that already holds bytes stops receiving until they drain.
     #[serde(default = "default_max_buffered_bytes_per_worker")]
     pub max_buffered_bytes_per_worker: usize,
+    /// A worker with no I/O for this long gives the memory it freed back to the OS
+    /// (once per idle spell); 0: never.
+    #[serde(default = "default_idle_memory_trim_ms")]
+    pub idle_memory_trim_ms: u64,
     /// The I/O backend (`TERMINUS_IO` in the environment overrides it).
     #[serde(default)]
     pub io: IoSetting,
@@ -176,6 +180,7 @@ impl Default for Runtime {
             recv_buffers: default_recv_buffers(),
             recv_buffer_size: default_recv_buffer_size(),
             max_buffered_bytes_per_worker: default_max_buffered_bytes_per_worker(),
+            idle_memory_trim_ms: default_idle_memory_trim_ms(),
             io: IoSetting::Auto,
             reuse_port_with_other_instances: false,
             user: None,
@@ -593,6 +598,9 @@ fn default_recv_buffer_size() -> u32 {
 }
 fn default_max_buffered_bytes_per_worker() -> usize {
     512 * 1024 * 1024
+}
+fn default_idle_memory_trim_ms() -> u64 {
+    1_000
 }
 fn default_handshake_timeout_ms() -> u64 {
     10_000

@@ -2,7 +2,8 @@
 //!
 //! Owns: the two I/O drivers behind one trait ([`driver`]): io_uring ([`uring`])
 //! and epoll ([`epoll`]), the only modules with `unsafe` besides the SIGSYS handler
-//! of [`confine`] (privilege drop and the builtin seccomp filter); which one a run uses
+//! of [`confine`] (privilege drop and the builtin seccomp filter) and the allocator
+//! call of [`memory`] (idle workers give freed memory back); which one a run uses
 //! ([`backend`]); the plain socket calls beside them, binding included ([`sock`]);
 //! the thread-per-core worker loop ([`worker`]) with its per-connection state
 //! (`slot`: two legs per connection, tokens, the worker's buffer cap); listener
@@ -19,6 +20,7 @@ pub mod driver;
 mod driver_tests;
 pub mod epoll;
 pub mod listener;
+pub mod memory;
 pub mod resolver;
 pub mod run_state;
 pub mod settings;

@@ -60,6 +60,8 @@ pub struct WorkerSetup {
     pub metrics: Option<MetricsOut>,
     /// `runtime.max_buffered_bytes_per_worker`.
     pub max_buffered_per_worker: usize,
+    /// `runtime.idle_memory_trim_ms` (None: 0, never).
+    pub idle_trim: Option<Duration>,
 }
 
 pub struct Worker<D> {
@@ -86,6 +88,7 @@ pub struct Worker<D> {
     rejects: crate::tls::RejectSink,
     /// What the client leaves seen here say, for the callers inventory.
     leaves: crate::telemetry::callers::LeafCache,
+    idle: crate::runtime::memory::IdleTrim,
 }
 
 struct Publisher {
@@ -182,6 +185,7 @@ impl<D: Driver<Token>> Worker<D> {
             leaves: crate::telemetry::callers::LeafCache::default(),
             turns: Default::default(),
             flushed: 0,
+            idle: crate::runtime::memory::IdleTrim::new(s.idle_trim, now),
         };
         for i in 0..w.listeners.len() {
             w.arm_accept(i);
@@ -222,6 +226,7 @@ impl<D: Driver<Token>> Worker<D> {
             self.flush_dirty(now);
             self.wake_paused(now);
             self.record_turn(handled);
+            self.idle.turn(handled, now);
             self.maybe_publish(now, false);
             if self.state.load() == RunState::Running {
                 self.rearm_accepts(now);

@@ -38,6 +38,18 @@ impl BufPool {
         if data.is_null() {
             return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
+        // Touch every page now: the kernel takes ring buffers in FIFO order, so the
+        // whole pool is resident after the first `count` receives of any traffic
+        // anyway. Committed up front, an idle process's RSS is what it will hold
+        // (recv_buffers x recv_buffer_size per worker), not a figure that later
+        // grows by 16 MiB per worker and looks like a leak.
+        // Volatile, one byte per page: LLVM turns alloc + memset(0) into a zeroed
+        // allocation, which fresh OS memory satisfies without touching a page.
+        for off in (0..layout.size()).step_by(4096) {
+            // SAFETY: `off` < `layout.size()`, the bytes `data` was just allocated
+            // with; nobody else sees them yet (the ring is registered after `new`).
+            unsafe { std::ptr::write_volatile(data.add(off), 0) };
+        }
         Ok(BufPool {
             data,
             layout,
