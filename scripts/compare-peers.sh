@@ -21,6 +21,17 @@
 # the text tables on stdout and one self-contained HTML file (median and min-max over
 # the rounds, ratios to terminus per round, noisy flags, bar charts, latency CDFs).
 #
+# Each handshake (full, low, resumed) carries 64 B echoed through the backend before the
+# close, so every peer does the whole job: accept, handshake, connect the upstream,
+# relay, close.
+#
+# The floor (issue 28), in the same run, for the handshake workloads: rustls' own server
+# work in memory (`terminus bench --in-memory` with the server config terminus builds
+# for the same listener, the server's share, on CPU 0: full, resumed, mTLS) plus what a plain TCP proxy pays per connection (HAProxy `mode tcp`
+# without TLS in front of the same backend, its own process on CPU 0, loaded by `bench
+# --plain` with the same connections and bytes). Its row, `floor`, shows how far each
+# peer is from the work the job requires; FLOOR=0 leaves it out.
+#
 # Environment: ROUNDS (default 3); SECONDS_PER_RUN (default 3) per measurement; TERMINUS
 # (binary; default: cargo build --release and ./target/release/terminus); HS_CONNECTIONS
 # (16), LOW_CONNECTIONS (4), BULK_CONNECTIONS (4), RR_CONNECTIONS (8); PEERS (default
@@ -84,7 +95,10 @@ if wants nginx; then
     [ -x /usr/sbin/nginx ] || need+=(nginx-light)
     [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 fi
-wants haproxy && { [ -x /usr/sbin/haproxy ] || need+=(haproxy); }
+floor=${FLOOR:-1}
+[[ $floor == 0 || $floor == 1 ]] || { echo "compare-peers.sh: FLOOR must be 0 or 1, got '$floor'" >&2; exit 2; }
+[ "$mode" = check ] && floor=0
+{ wants haproxy || ((floor)); } && { [ -x /usr/sbin/haproxy ] || need+=(haproxy); }
 wants hitch && { [ -x /usr/sbin/hitch ] || need+=(hitch); }
 install_needed
 
@@ -112,7 +126,7 @@ read -r be_echo be_src \
     t_term t_mtls t_term_src t_mtls_src \
     n_term n_mtls n_term_src n_mtls_src \
     h_term h_mtls h_term_src h_mtls_src \
-    x_term x_mtls x_term_src x_mtls_src < <(free_ports 18)
+    x_term x_mtls x_term_src x_mtls_src f_plain < <(free_ports 19)
 
 # ---- backends (CPU 1, with the load generator) --------------------------------------
 if has_sub backend; then
@@ -232,13 +246,24 @@ if [ "$mode" = bench ]; then
 fi
 fi
 
+fpid=""
+if ((floor)); then # the plain TCP proxy of the floor: its own HAProxy, so its CPU is its own
+    haproxy_tcp_conf "plain $f_plain $be_echo plain" >"$work/floor.cfg"
+    /usr/sbin/haproxy -c -q -f "$work/floor.cfg" >"$work/floor.err" 2>&1 || die "floor haproxy config invalid: $(cat "$work/floor.err")"
+    /usr/sbin/haproxy -db -f "$work/floor.cfg" >>"$work/floor.err" 2>&1 &
+    fpid=$!
+    pids+=($fpid)
+    wait_port "$f_plain" $fpid floor-haproxy
+fi
+
 declare -A pid_of=([terminus]=$tpid [nginx]=$npid [haproxy]=$hpid [hitch]=$xpid
-    [hitch.term_src]=$xpid_src [hitch.mtls_src]=$xpid_src)
+    [hitch.term_src]=$xpid_src [hitch.mtls_src]=$xpid_src [floor]=$fpid)
 declare -A port_of=(
     [terminus.term]=$t_term [terminus.mtls]=$t_mtls [terminus.term_src]=$t_term_src [terminus.mtls_src]=$t_mtls_src
     [nginx.term]=$n_term [nginx.mtls]=$n_mtls [nginx.term_src]=$n_term_src [nginx.mtls_src]=$n_mtls_src
     [haproxy.term]=$h_term [haproxy.mtls]=$h_mtls [haproxy.term_src]=$h_term_src [haproxy.mtls_src]=$h_mtls_src
     [hitch.term]=$x_term [hitch.mtls]=$x_mtls [hitch.term_src]=$x_term_src [hitch.mtls_src]=$x_mtls_src
+    [floor.term]=$f_plain [floor.mtls]=$f_plain
 )
 client_cert=(-cert "$work/client.pem" -key "$work/client.key")
 
@@ -320,12 +345,22 @@ bench() { # ROUND PEER MODE NAME LISTENER ARGS...
     local r=$1 p=$2 m=$3 name=$4 l=$5
     shift 5
     local extra=() run=() b
+    local tls=(--tls --ca "$work/ca.pem" --server-name localhost)
     [ "$m" = mtls ] && extra=(--client-cert "$work/client.pem" --client-key "$work/client.key")
+    if [ "$p" = floor ]; then # the plain TCP proxy: same connections and bytes, no TLS
+        tls=(--plain)
+        extra=()
+        local a rest=()
+        for a in "$@"; do # a plain connection has nothing to resume
+            [ "$a" = --resume ] || rest+=("$a")
+        done
+        set -- "${rest[@]}"
+    fi
     for b in "${backend_pids[@]}"; do run+=(--run-pid "$b"); done
     local f="$res/$r.$p.$m.$name" pid=${pid_of[$p.$l]:-${pid_of[$p]}}
     printf '  %s/%s %-8s %-5s %-8s ' "$r" "$rounds" "$p" "$m" "$name"
     if ! taskset -c 1 "$T" bench --target "127.0.0.1:${port_of[$p.$l]}" --duration "$secs" --workers 1 \
-        --tls --ca "$work/ca.pem" --server-name localhost "${extra[@]}" --target-pid "$pid" "${run[@]}" \
+        "${tls[@]}" "${extra[@]}" --target-pid "$pid" "${run[@]}" \
         --json --latency-cdf "$@" >"$f.json" 2>"$f.err"; then
         echo "bench failed: $(tail -1 "$f.err")"
         rm -f "$f.json"
@@ -340,17 +375,36 @@ print("%.0f ops/s, %.2f Gbit/s, %s µs peer CPU/op" % (j.get("ops_per_s") or 0, 
 for p in "${peers[@]}"; do pinned_to_0 "${pid_of[$p]}" || die "$p (PID ${pid_of[$p]}) is not pinned to CPU 0"; done
 if wants hitch; then pinned_to_0 "$xpid_src" || die "hitch-src (PID $xpid_src) is not pinned to CPU 0"; fi
 echo "ROUNDS=$rounds SECONDS_PER_RUN=$secs; peers (${peers[*]}) pinned to CPU 0; bench and backends on CPU 1"
+if ((floor)); then
+    pinned_to_0 "$fpid" || die "the floor's HAProxy (PID $fpid) is not pinned to CPU 0"
+    # rustls' own server work per handshake, in memory, on the peers' CPU, with the
+    # server config terminus builds for its term and mtls listeners; once per run.
+    echo "floor: rustls in memory (terminus bench --in-memory, server share, CPU 0)"
+    for c in full resumed mtls_full; do
+        args=(--listener term)
+        [ "$c" = resumed ] && args+=(--resume)
+        [ "$c" = mtls_full ] && args=(--listener mtls --client-cert "$work/client.pem" --client-key "$work/client.key")
+        taskset -c 0 "$T" bench --in-memory --workload handshake --config "$work/terminus.toml" "${args[@]}" \
+            --ca "$work/ca.pem" --server-name localhost --duration "$secs" --json >"$res/rustls_mem.$c.json" 2>"$work/mem.err" ||
+            die "bench --in-memory ($c) failed: $(tail -1 "$work/mem.err")"
+        python3 -c 'import json, sys; print("%.2f" % json.load(open(sys.argv[1]))["server_us_per_op"])' \
+            "$res/rustls_mem.$c.json" >"$res/rustls_mem.$c"
+        echo "  $c: $(cat "$res/rustls_mem.$c") µs"
+    done
+fi
 for r in $(seq "$rounds"); do
     for m in "${modes[@]}"; do
         src=${m}_src
         for w in "${workloads[@]}"; do
-            for p in "${peers[@]}"; do
+            runners=("${peers[@]}")
+            if ((floor)) && [[ $w == full || $w == low || $w == resumed ]]; then runners+=(floor); fi
+            for p in "${runners[@]}"; do
                 case $w in
-                full) bench "$r" "$p" "$m" full "$m" --workload handshake --connections "${HS_CONNECTIONS:-16}" ;;
+                full) bench "$r" "$p" "$m" full "$m" --workload handshake --connections "${HS_CONNECTIONS:-16}" --size 64 ;;
                 # Few closed-loop clients: the server is far from saturated, so what shows
                 # is its per-connection overhead (accept, wake-ups, syscalls), not its peak.
-                low) bench "$r" "$p" "$m" low "$m" --workload handshake --connections "${LOW_CONNECTIONS:-4}" ;;
-                resumed) bench "$r" "$p" "$m" resumed "$m" --workload handshake --resume --connections "${HS_CONNECTIONS:-16}" ;;
+                low) bench "$r" "$p" "$m" low "$m" --workload handshake --connections "${LOW_CONNECTIONS:-4}" --size 64 ;;
+                resumed) bench "$r" "$p" "$m" resumed "$m" --workload handshake --resume --connections "${HS_CONNECTIONS:-16}" --size 64 ;;
                 bulk) bench "$r" "$p" "$m" bulk "$src" --workload bulk --direction down --connections "${BULK_CONNECTIONS:-4}" ;;
                 rr) bench "$r" "$p" "$m" rr "$m" --workload rr --size 1024 --connections "${RR_CONNECTIONS:-8}" ;;
                 esac
@@ -370,7 +424,7 @@ versions=$(
     printf '%s (the peers link it)' "$(openssl version | awk '{print "OpenSSL " $2}')"
 )
 load="bash scripts/compare-peers.sh, ROUNDS=$rounds x SECONDS_PER_RUN=$secs s per measurement, interleaved (round, mode, workload, then peer); \
-terminus bench, 1 worker on CPU 1: full handshakes on ${HS_CONNECTIONS:-16} connections and on ${LOW_CONNECTIONS:-4} (low concurrency), \
+terminus bench, 1 worker on CPU 1: full handshakes (64 B echoed, then close) on ${HS_CONNECTIONS:-16} connections and on ${LOW_CONNECTIONS:-4} (low concurrency), \
 resumed handshakes on ${HS_CONNECTIONS:-16}, bulk download on ${BULK_CONNECTIONS:-4}, 1 KiB rr on ${RR_CONNECTIONS:-8} kept connections (closed loop); \
 each peer one worker pinned to CPU 0; backend: $backend_desc on CPU 1"
 RES=$res ROUNDS_=$rounds PEERS_="${peers[*]}" MODES_="${modes[*]}" WORKLOADS_="${workloads[*]}" \
@@ -403,6 +457,24 @@ def median(v):
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 # (workload, header, decimals, bar chart y title or None, figure of a bench report)
+# The floor: rustls' server work in memory plus the plain TCP proxy's CPU per connection
+# (that proxy's own runs, same round), for the CPU-per-handshake columns only.
+def rustls_mem(kind):
+    try:
+        return float(open(f"{res}/rustls_mem.{kind}").read())
+    except (OSError, ValueError):
+        return None
+
+FLOOR_KIND = {("term", "full"): "full", ("term", "low"): "full", ("mtls", "full"): "mtls_full",
+              ("mtls", "low"): "mtls_full", ("term", "resumed"): "resumed", ("mtls", "resumed"): "resumed"}
+
+def floor_rounds(m, n):
+    mem = rustls_mem(FLOOR_KIND.get((m, n), ""))
+    plain = per_round("floor", m, n, lambda j: j.get("target_cpu_us_per_op"))
+    return [None if (mem is None or v is None) else v + mem for v in plain]
+
+floor = rustls_mem("full") is not None
+
 COLUMNS = [
     ("full", "full hs/s", 0, f"full handshakes/s ({env['HS']} connections)", lambda j: j.get("ops_per_s")),
     ("full", "CPU µs/hs", 1, "CPU µs per full handshake", lambda j: j.get("target_cpu_us_per_op")),
@@ -435,6 +507,20 @@ def section(m, heading):
              "errors over all runs: " + ", ".join(f"{p} {errors[p]}" for p in peers)
              + ("; failed runs: " + ", ".join(f"{p} {failed[p]}" for p in peers if failed[p])
                 if any(failed.values()) else "")]
+    if floor:
+        mems = {k: rustls_mem(k) for k in ("full", "resumed", "mtls_full")}
+        parts = []
+        for n in ("full", "low", "resumed"):
+            if n not in workloads:
+                continue
+            f = median(floor_rounds(m, n))
+            t = median(per_round("terminus", m, n, lambda j: j.get("target_cpu_us_per_op")))
+            if f and t:
+                parts.append(f"{n} {t / f:.2f}x")
+        notes.append("floor = rustls' own server work in memory (terminus bench --in-memory, server share: "
+                     + ", ".join(f"{k} {v:.1f} µs" for k, v in mems.items() if v is not None)
+                     + ") + a plain TCP proxy's CPU per connection (HAProxy mode tcp, no TLS, same backend, "
+                     "connections and bytes); terminus / floor: " + (", ".join(parts) or "-"))
     if "full" in workloads:
         client = [median(per_round(p, m, "full", lambda j: j.get("client_cpu_us_per_op"))) for p in peers]
         notes.append("client CPU per full handshake (the bench's own worker, median): "
@@ -442,13 +528,16 @@ def section(m, heading):
     return {
         "heading": heading,
         "series_kind": "peer",
-        "series": peers,
+        "series": peers + (["floor"] if floor else []),
         "baseline": "terminus",
         "ratio_header": "vs terminus",
-        "columns": [{"name": h, "decimals": d, "chart": c, "values": [per_round(p, m, n, get) for p in peers]}
+        "columns": [{"name": h, "decimals": d, "chart": c,
+                     "values": [per_round(p, m, n, get) for p in peers]
+                     + ([floor_rounds(m, n) if "CPU" in h else [None] * rounds] if floor else [])}
                     for (n, h, d, c, get) in COLUMNS if n in workloads],
         "cdfs": [{"title": t, "runs": [[j["latency_cdf"] for j in (run(r, p, m, n) for r in range(1, rounds + 1))
-                                        if j is not None and "latency_cdf" in j] for p in peers]}
+                                        if j is not None and "latency_cdf" in j] for p in peers]
+                           + ([[]] if floor else [])}
                  for (n, t) in CDFS if n in workloads],
         "notes": notes,
     }

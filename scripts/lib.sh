@@ -140,8 +140,8 @@ EOF
 
 # HAProxy (mode tcp): one thread pinned to CPU 0 (2.6 with nbthread 1 applies
 # `cpu-map 1/all`, not `1/1`), TLS 1.3 only (tickets are on by default), the chain and
-# key in $work/haproxy.pem; each frontend "NAME PORT UPSTREAM_PORT MTLS(0|1)", mTLS
-# frontends verify against the CA and require a certificate.
+# key in $work/haproxy.pem; each frontend "NAME PORT UPSTREAM_PORT MTLS(0|1|plain)", mTLS
+# frontends verify against the CA and require a certificate; plain ones have no TLS.
 haproxy_tcp_conf() { # FRONTEND...
     local f
     cat <<EOF
@@ -159,7 +159,11 @@ defaults
 EOF
     for f in "$@"; do
         set -- $f
-        printf 'frontend %s\n  bind 127.0.0.1:%s ssl crt %s/haproxy.pem' "$1" "$2" "$work"
+        if [ "$4" = plain ]; then # no TLS: the plain TCP proxy (the floor's proxy share)
+            printf 'frontend %s\n  bind 127.0.0.1:%s' "$1" "$2"
+        else
+            printf 'frontend %s\n  bind 127.0.0.1:%s ssl crt %s/haproxy.pem' "$1" "$2" "$work"
+        fi
         if [ "$4" = 1 ]; then printf ' ca-file %s/ca.pem verify required' "$work"; fi
         printf '\n  default_backend up_%s\nbackend up_%s\n  server up 127.0.0.1:%s\n' "$1" "$1" "$3"
     done

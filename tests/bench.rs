@@ -399,6 +399,77 @@ fn resume_reports_resumed_handshakes() {
     );
 }
 
+/// Issue 28: `--in-memory` measures rustls' own handshake work with the server config
+/// terminus builds for a listener (the floor), full, resumed and mTLS; a client the
+/// listener refuses is an error, not a figure.
+#[test]
+fn in_memory_handshakes_measure_the_listeners_own_server_config() {
+    let pki = Pki::generate();
+    let ca = pki.ca_pem().display().to_string();
+    let (cert, key) = (pki.dir().join("client.pem"), pki.dir().join("client.key"));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let cfg = write_config(
+        &pki,
+        Some(1),
+        &[
+            ListenerConf::new("term", &[refused_addr()]),
+            ListenerConf::new("mtls", &[refused_addr()])
+                .raw("[listeners.client_auth]\nmode = \"require\"\nca = [\"ca.pem\"]\n"),
+        ],
+    );
+    let cfg = cfg.display().to_string();
+    let mem = |more: &[&str]| {
+        Args(vec![])
+            .opt(&["--in-memory", "--workload", "handshake", "--config", &cfg])
+            .opt(&["--duration", "0.3"])
+            .tls(&ca)
+            .opt(more)
+    };
+    let full = mem(&["--listener", "term"]).ok();
+    let resumed = mem(&["--listener", "term", "--resume"]).ok();
+    let mtls = mem(&[
+        "--listener",
+        "mtls",
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+    ])
+    .ok();
+    for (v, listener) in [(&full, "term"), (&resumed, "term"), (&mtls, "mtls")] {
+        assert_eq!(v["listener"], listener, "{v}");
+        assert!(f(v, "handshakes") >= 10.0, "{v}");
+        assert_positive(v, &["server_us_per_op", "client_us_per_op"]);
+    }
+    assert_eq!(f(&full, "resumed"), 0.0, "{full}");
+    assert_eq!(f(&mtls, "resumed"), 0.0, "{mtls}");
+    // Every handshake but the first spends the ticket the one before was given.
+    assert_eq!(
+        f(&resumed, "resumed"),
+        f(&resumed, "handshakes") - 1.0,
+        "{resumed}"
+    );
+    // The mTLS listener verifies the client's chain: no certificate, no handshake.
+    let (code, _, err) = mem(&["--listener", "mtls"]).run();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("handshake 1:"), "{err}");
+    // Another workload is a usage error (2); a config of several listeners needs one
+    // named (1, like any config error).
+    let line = |w: &str| {
+        Args(vec![])
+            .opt(&["--in-memory", "--workload", w, "--config", &cfg])
+            .tls(&ca)
+    };
+    for (a, want, needle) in [
+        (line("rr"), 2, "--in-memory needs --workload handshake"),
+        (line("handshake"), 1, "name one with --listener"),
+    ] {
+        let (code, _, err) = a.run();
+        assert_eq!(code, Some(want), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
 /// Issue 15: `--rounds 2` reports medians over the rounds with each figure's
 /// per-round values, min and max and a noisy flag; each round's foreign CPU (the
 /// backend, named with `--run-pid`, is part of the run) and the client's own CPU per

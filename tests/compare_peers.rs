@@ -104,13 +104,18 @@ fn compare_peers_writes_the_demo_report() {
     )
     .expect("JSON");
     let section = &json["sections"][0];
-    assert_eq!(section["series"], serde_json::json!(["terminus", "nginx"]));
+    // The floor (issue 28): rustls in memory plus a plain TCP proxy, CPU columns only.
+    assert_eq!(
+        section["series"],
+        serde_json::json!(["terminus", "nginx", "floor"])
+    );
     let columns = section["columns"].as_array().unwrap();
     let names: Vec<&str> = columns
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["full hs/s", "CPU µs/hs", "rr req/s", "rr p99 µs"]);
+    assert_floor(section);
     for c in columns {
         for (peer, rounds) in ["terminus", "nginx"]
             .iter()
@@ -158,9 +163,10 @@ fn compare_peers_writes_the_demo_report() {
     }
     let svgs: Vec<&str> = html.split("<svg").skip(1).collect();
     assert_eq!(svgs.len(), 4, "2 bar charts and 2 latency CDFs");
-    for svg in &svgs[..2] {
-        assert_eq!(svg.matches("class=\"bar\"").count(), 2, "{svg}");
-        assert_eq!(svg.matches("class=\"spread\"").count(), 2, "{svg}");
+    // Handshakes/s: the two peers; CPU per handshake: the floor's bar beside them.
+    for (svg, bars) in svgs[..2].iter().zip([2, 3]) {
+        assert_eq!(svg.matches("class=\"bar\"").count(), bars, "{svg}");
+        assert_eq!(svg.matches("class=\"spread\"").count(), bars, "{svg}");
     }
     for svg in &svgs[2..] {
         assert_eq!(svg.matches("<polyline").count(), 2, "both peers: {svg}");
@@ -224,4 +230,29 @@ fn run_for_at_most(cmd: &mut Command, deadline: Duration) -> (ExitStatus, String
     let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
     let status = wait_with_deadline(&mut child, deadline);
     (status, out.join().unwrap(), err.join().unwrap())
+}
+
+/// The floor row (issue 28): rustls in memory plus a plain TCP proxy, in the CPU
+/// columns only, with its note.
+fn assert_floor(section: &serde_json::Value) {
+    for c in section["columns"].as_array().unwrap() {
+        let floor = &c["values"][2];
+        if c["name"] == "CPU µs/hs" {
+            let v: Vec<f64> = floor
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            // rustls' full handshake alone is tens of µs; the floor is more.
+            assert!(v.len() == 2 && v.iter().all(|x| *x > 20.0), "floor {v:?}");
+        } else {
+            assert_eq!(floor, &serde_json::json!([null, null]), "{}", c["name"]);
+        }
+    }
+    let notes = section["notes"].to_string();
+    assert!(
+        notes.contains("terminus bench --in-memory") && notes.contains("terminus / floor: full "),
+        "{notes}"
+    );
 }

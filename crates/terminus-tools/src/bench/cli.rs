@@ -71,8 +71,19 @@ pub enum ArgsError {
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// HOST:PORT of the server to load.
+    #[arg(long, required_unless_present = "in_memory")]
+    pub target: Option<String>,
+    /// No sockets: handshakes between an in-process client and the server config
+    /// terminus builds for a listener of `--config` (rustls' own work, the floor of a
+    /// connection); needs --workload handshake.
+    #[arg(long, requires = "config", conflicts_with_all = ["target", "plain", "target_pid", "target_admin"])]
+    pub in_memory: bool,
+    /// With --in-memory: the terminus config whose listener serves.
     #[arg(long)]
-    pub target: String,
+    pub config: Option<PathBuf>,
+    /// With --in-memory: the listener's name (needed when the config has several).
+    #[arg(long, requires = "in_memory")]
+    pub listener: Option<String>,
     #[arg(long, value_enum)]
     pub workload: Workload,
     /// Measured window in seconds (after setup) [default: 10].
@@ -183,7 +194,7 @@ fn workload_name(w: Workload) -> &'static str {
 impl BenchArgs {
     /// Validate and build the options; `Err` is a one-line usage error (exit 2).
     pub fn into_opts(self) -> Result<BenchOpts, ArgsError> {
-        let target = resolve("--target", &self.target)?;
+        let target = resolve("--target", self.target.as_deref().unwrap_or_default())?;
         self.check_combinations()?;
         let (duration, connections, size) = self.check_numbers()?;
         let tls = self.tls_opts()?;
@@ -312,6 +323,8 @@ impl BenchArgs {
             Some(n) => n.clone(),
             None => self
                 .target
+                .as_deref()
+                .unwrap_or("localhost:0")
                 .rsplit_once(':')
                 .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
                 .unwrap_or_default(),
@@ -359,6 +372,9 @@ pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
     let with_cdf = args.latency_cdf;
     let quiet = args.quiet || json;
     let n = args.rounds as usize;
+    if args.in_memory {
+        return in_memory_cli(args);
+    }
     let opts = match args.into_opts() {
         Ok(o) => o,
         Err(e) => {
@@ -418,4 +434,61 @@ pub fn run_cli(args: BenchArgs) -> std::process::ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// `--in-memory`: rustls' own handshake work with a listener's server config.
+fn in_memory_cli(args: BenchArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let usage = |e: String| {
+        eprintln!("terminus: bench: {e}");
+        ExitCode::from(2)
+    };
+    if args.workload != Workload::Handshake {
+        return usage("--in-memory needs --workload handshake".into());
+    }
+    let duration = args.duration.unwrap_or(10.0);
+    if !(duration.is_finite() && duration > 0.0 && duration <= 86_400.0) {
+        return usage(ArgsError::Duration(duration).to_string());
+    }
+    let tls = match args.tls_opts() {
+        Ok(Some(t)) => t,
+        Ok(None) => return usage("--in-memory is TLS only".into()),
+        Err(e) => return usage(e.to_string()),
+    };
+    let path = args
+        .config
+        .as_deref()
+        .expect("clap: --in-memory requires --config");
+    let run = super::memory::listener_server_config(path, args.listener.as_deref()).and_then(
+        |(name, server)| {
+            super::memory::run(
+                name,
+                server,
+                tls.config,
+                tls.server_name,
+                args.resume,
+                Duration::from_secs_f64(duration),
+            )
+        },
+    );
+    match run {
+        Ok(r) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string(&r).expect("a report serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!(
+                "in memory, listener {}: {} handshakes ({} resumed) in {:.1} s; server {:.1} µs, client {:.1} µs per handshake",
+                r.listener, r.handshakes, r.resumed, r.duration_s, r.server_us_per_op, r.client_us_per_op
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("terminus: bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

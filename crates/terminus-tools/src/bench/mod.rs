@@ -11,11 +11,13 @@
 //! close), `bulk` (long streams up/down/echo), `rr` (request/response on persistent
 //! connections, closed loop or open loop at `--rate`, latency from the intended send
 //! time), `idle` (hold many handshaken connections, report the target's memory per
-//! connection).
+//! connection); and with `--in-memory` (`memory.rs`), handshakes with no sockets
+//! against a listener's own server config: rustls' share, the floor.
 #![forbid(unsafe_code)]
 
 mod cli;
 pub mod host;
+pub mod memory;
 mod proof;
 mod report;
 pub mod rounds;
