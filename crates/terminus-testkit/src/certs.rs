@@ -275,6 +275,11 @@ impl TestLeaf {
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivatePkcs8KeyDer::from(self.key_der.clone()).into()
     }
+
+    /// The key's PKCS#8 DER (what the Workload API sends).
+    pub fn key_pkcs8(&self) -> &[u8] {
+        &self.key_der
+    }
 }
 
 impl TestCa {

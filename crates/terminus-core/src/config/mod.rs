@@ -32,7 +32,7 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
     AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpRule, HttpTable, InvalidCertificate,
     IoSetting, Listener, Log, LogFormat, ProxyProtocol, Resolver, RunAs, Runtime, SeccompSetting,
-    Sni, UnsupportedProxyProtocol, UpstreamTls,
+    Sni, Spiffe, UnsupportedProxyProtocol, UpstreamTls,
 };
 
 use error::first_with_count;

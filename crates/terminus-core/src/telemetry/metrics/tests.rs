@@ -109,6 +109,7 @@ fn global() -> GlobalView {
         reload_last_ok: false,
         reload_last_success_unix_ms: 1_764_000_000_500,
         access_log_dropped: 0,
+        spiffe: None,
         ocsp_refused: 1,
         workers: 3,
         io_backend: "io_uring",
