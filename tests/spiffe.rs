@@ -90,7 +90,7 @@ fn probe(
                 }
                 drop(seen);
                 p.handshakes.fetch_add(1, Ordering::Relaxed);
-                let _ = tls.conn.send_close_notify();
+                tls.conn.send_close_notify();
                 let _ = tls.flush();
             }
             Err(e) => p.failures.lock().unwrap().push(e.to_string()),
