@@ -430,6 +430,13 @@ fn stream_loss_keeps_serving_then_reconnects() {
     let mut api = api(dir.path(), Duration::from_secs(6));
     api.start().unwrap();
     let config = spiffe_config(dir.path(), &api.endpoint(), 10_000, "127.0.0.1:9", "");
+    // Under the builtin seccomp filter: the reconnect's syscalls must be allowed.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("[runtime]\nseccomp = \"builtin\"\n\n{text}"),
+    )
+    .unwrap();
     let term = Terminus::start(&config);
     let addr = term.addr("edge");
     let first = api.pushes()[0].0.clone();
@@ -455,4 +462,5 @@ fn stream_loss_keeps_serving_then_reconnects() {
         term.stderr()
     );
     assert_metric(&term, "terminus_spiffe_svid_expired", 0.0);
+    assert!(term.stderr().contains("seccomp: builtin filter installed"));
 }
