@@ -464,3 +464,49 @@ fn stream_loss_keeps_serving_then_reconnects() {
     assert_metric(&term, "terminus_spiffe_svid_expired", 0.0);
     assert!(term.stderr().contains("seccomp: builtin filter installed"));
 }
+
+/// Re-encryption to a SPIFFE upstream with no files: terminus presents its SVID as
+/// the client certificate and verifies the upstream with the Workload API's bundle
+/// (`openssl s_server -Verify 1 -verify_return_error` refuses anything else).
+#[test]
+fn upstream_mtls_from_the_workload_api() {
+    let dir = TempDir::new("spiffe-upstream");
+    let mut api = api(dir.path(), Duration::from_secs(3600));
+    api.start().unwrap();
+    let up = api
+        .issue(&LeafSpec {
+            spiffe: Some("spiffe://example.org/billing".into()),
+            ..LeafSpec::server(&["localhost"])
+        })
+        .unwrap();
+    std::fs::write(dir.path().join("up.pem"), &up.chain_pem).unwrap();
+    std::fs::write(dir.path().join("up.key"), &up.key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), api.ca_pem()).unwrap();
+    let (_server, up_addr) = openssl_s_server(
+        dir.path(),
+        "up.pem",
+        "up.key",
+        "ca.pem",
+        &["-www", "-Verify", "1", "-verify_return_error"],
+    );
+    let extra = "[listeners.upstream_tls]\nserver_name = \"localhost\"\nsvid = \"workload_api\"\n\
+                 trust = \"workload_api\"\n";
+    let config = spiffe_config(
+        dir.path(),
+        &api.endpoint(),
+        10_000,
+        &up_addr.to_string(),
+        extra,
+    );
+    let term = Terminus::start(&config);
+    let mut tls = tls_connect(term.addr("edge"), &fresh_client(&api));
+    tls.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = Vec::new();
+    let _ = tls.read_to_end(&mut page);
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.starts_with("HTTP/1.0 200 ok"),
+        "{page}\nstderr:\n{}",
+        term.stderr()
+    );
+}

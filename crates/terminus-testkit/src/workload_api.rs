@@ -216,6 +216,11 @@ impl WorkloadApi {
         st.ca.leaf(&LeafSpec::client(path, Some(&id)))
     }
 
+    /// Any leaf of this trust domain's CA (an upstream's server certificate, say).
+    pub fn issue(&self, spec: &LeafSpec) -> anyhow::Result<TestLeaf> {
+        self.shared.lock().ca.leaf(spec)
+    }
+
     /// Issue a new SVID and push it to every open stream; returns its leaf DER.
     pub fn rotate(&self) -> anyhow::Result<Vec<u8>> {
         {
@@ -227,6 +232,7 @@ impl WorkloadApi {
                 // A second of slack against clock rounding; the lifetime is what is asked.
                 not_before: now - time::Duration::seconds(1),
                 not_after: now + st.lifetime,
+                both_usages: true,
                 ..LeafSpec::server(&["localhost"])
             };
             let leaf = st.ca.leaf(&spec)?;
