@@ -288,6 +288,12 @@ fn federated_bundle_allows_then_refuses_including_resumption() {
         "partner.org refused with its bundle pushed; stderr:\n{}",
         term.stderr()
     );
+    // A partner.org CA vouches for partner.org IDs only, not for the own domain's.
+    let impostor = federated_client(&api, &partner_ca, "example.org");
+    assert!(
+        mtls_echo(addr, &impostor).is_err(),
+        "partner.org's CA vouched for example.org"
+    );
     // Its tickets resume while the bundle stays.
     let resumed = mtls_echo(addr, &partner).expect("partner.org with its bundle");
     assert!(resumed, "a ticket from the same bundles did not resume");
