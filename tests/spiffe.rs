@@ -380,6 +380,13 @@ fn start_waits_then_names_the_socket_and_its_answer() {
     let tls = tls_connect(term.addr("edge"), &fresh_client(&api));
     assert!(served_leaf(&tls) == api.pushes()[0].0);
     assert_eq!(api.missing_header_calls(), 0);
+    // `check` fetches the SVID too and builds the listener from it.
+    let (code, out, err) = run_to_exit(
+        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("config OK"), "{out}");
 }
 
 /// `InvalidArgument` is a configuration error: exit 1 at once, not after the wait.
