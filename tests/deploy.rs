@@ -100,6 +100,8 @@ fn kubernetes_manifests_validate_strictly() {
         "configmap/terminus",
         "poddisruptionbudget/terminus",
         "secret/terminus-tickets",
+        "deployment/terminus-spiffe",
+        "configmap/terminus-spiffe",
     ] {
         assert!(
             out.contains(&format!("passed for resource {kind}")),

@@ -110,7 +110,7 @@ fn listening_addr(stdout: &str, name: Option<&str>) -> SocketAddr {
     stdout
         .lines()
         .filter(|l| l.starts_with("listening "))
-        .filter(|l| name.map_or(true, |n| l.contains(&format!("name={n} "))))
+        .filter(|l| name.is_none_or(|n| l.contains(&format!("name={n} "))))
         .find_map(|l| l.split("addr=").nth(1))
         .and_then(|a| a.split_whitespace().next())
         .and_then(|a| a.parse().ok())

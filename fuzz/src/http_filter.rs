@@ -165,7 +165,7 @@ pub fn check_requests(out: &[u8], e: &Expect<'_>) -> usize {
                         panic!("invalid Content-Length forwarded: {:?}", show(head))
                     });
                 assert!(
-                    length.map_or(true, |l| l == v),
+                    length.is_none_or(|l| l == v),
                     "two Content-Lengths forwarded"
                 );
                 length = Some(v);

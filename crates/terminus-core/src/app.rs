@@ -97,6 +97,9 @@ pub enum RunError {
     },
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
+    /// `[spiffe]`: no Workload API material in time, or a configuration error it reported.
+    #[error("{0}")]
+    Spiffe(#[from] crate::ops::spiffe::SpiffeError),
     /// `[runtime] user`/`group` or `seccomp` could not be applied.
     #[error("{0}")]
     Confine(String),
@@ -119,7 +122,7 @@ pub struct Running {
     /// Where `/metrics`, `/healthz`, `/readyz` are served (`[admin]`).
     pub admin: Option<SocketAddr>,
     /// Reload the config file and every file it names now (what SIGHUP does).
-    pub reload: crossbeam_channel::Sender<()>,
+    pub reload: crossbeam_channel::Sender<crate::ops::reload::Trigger>,
     /// The I/O backend the workers run on.
     pub io: IoChoice,
     /// Each worker's CPU (None: not pinned), and why there are that many workers.
@@ -183,6 +186,12 @@ fn refuse_overlap(cfg: &Config, what: &str, addr: SocketAddr) -> Result<(), RunE
 /// reloader), ready (every worker set up).
 pub fn start(cfg: &Config) -> Result<Running, RunError> {
     let plan = plan(cfg)?;
+    // Workload API material must be there before the listeners are built from it;
+    // listeners with files only start without waiting.
+    let spiffe = match cfg.uses_workload_api() {
+        true => Some(crate::ops::spiffe::start(&cfg.spiffe)?),
+        false => None,
+    };
     let Bound { listeners, sockets } = bind_listeners(cfg, plan.cpus.len())?;
     let admin_sock = bind_admin(cfg)?;
     // Every socket is bound: from here on nothing needs root, and no worker runs yet.
@@ -219,6 +228,9 @@ pub fn start(cfg: &Config) -> Result<Running, RunError> {
         thread: "the reload thread".into(),
         source,
     })?;
+    if let Some(client) = &spiffe {
+        client.announce_to(reload.clone());
+    }
     crate::runtime::resolver::spawn(common.listeners.clone()).map_err(|source| {
         RunError::Spawn {
             thread: "the resolver thread".into(),
@@ -652,7 +664,7 @@ fn spawn_signal_thread(
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == signal_hook::consts::SIGHUP {
-                    let _ = reload.send(());
+                    let _ = reload.send(crate::ops::reload::Trigger::Config);
                     continue;
                 }
                 if sig == signal_hook::consts::SIGUSR1 {

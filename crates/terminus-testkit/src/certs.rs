@@ -201,6 +201,8 @@ pub struct LeafSpec {
     pub not_after: OffsetDateTime,
     /// Extended key usage: server auth (true) or client auth (false).
     pub server: bool,
+    /// Both usages, whatever `server` says (an X.509-SVID, as SPIRE issues them).
+    pub both_usages: bool,
     pub key: LeafKey,
 }
 
@@ -224,6 +226,7 @@ impl LeafSpec {
             not_before: OffsetDateTime::now_utc() - Duration::minutes(5),
             not_after: OffsetDateTime::now_utc() + Duration::days(1),
             server: false,
+            both_usages: false,
             key: LeafKey::EcdsaP256,
         }
     }
@@ -274,6 +277,11 @@ impl TestLeaf {
 
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivatePkcs8KeyDer::from(self.key_der.clone()).into()
+    }
+
+    /// The key's PKCS#8 DER (what the Workload API sends).
+    pub fn key_pkcs8(&self) -> &[u8] {
+        &self.key_der
     }
 }
 
@@ -353,11 +361,18 @@ impl TestCa {
         }
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![if spec.server {
-            ExtendedKeyUsagePurpose::ServerAuth
+        p.extended_key_usages = if spec.both_usages {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
         } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
+            vec![if spec.server {
+                ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                ExtendedKeyUsagePurpose::ClientAuth
+            }]
+        };
         p.use_authority_key_identifier_extension = true;
         p.not_before = spec.not_before;
         p.not_after = spec.not_after;

@@ -11,3 +11,4 @@ pub mod certs;
 pub mod client;
 pub mod proxy_v2;
 pub mod seccomp;
+pub mod workload_api;

@@ -32,7 +32,7 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use schema::{
     AccessLog, Admin, ClientAuth, ClientAuthMode, Config, HttpRule, HttpTable, InvalidCertificate,
     IoSetting, Listener, Log, LogFormat, ProxyProtocol, Resolver, RunAs, Runtime, SeccompSetting,
-    Sni, UnsupportedProxyProtocol, UpstreamTls,
+    Sni, Spiffe, UnsupportedProxyProtocol, UpstreamTls,
 };
 
 use error::first_with_count;
@@ -621,6 +621,43 @@ upstreams = ["127.0.0.1:8080"]
             format!("{f}:26: listeners[0].upstream_tls.key: a private key needs its client certificate: set `cert` too (or neither)"),
         ];
         assert_eq!(errors, expect);
+    }
+
+    #[test]
+    fn workload_api_sources_are_validated() {
+        let ok = "[spiffe]\nendpoint = \"unix:///run/agent.sock\"\n\
+                  [[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nsvid = \"workload_api\"\n\
+                  svid_hint = \"external\"\nupstreams = [\"127.0.0.1:8080\"]\n\
+                  [listeners.client_auth]\nmode = \"require\"\ntrust = \"workload_api\"\n\
+                  trust_domains = [\"example.org\"]\n\
+                  [listeners.upstream_tls]\nserver_name = \"b.internal\"\nsvid = \"workload_api\"\n\
+                  trust = \"workload_api\"\n";
+        let cfg = parse(ok).unwrap();
+        assert!(cfg.uses_workload_api());
+        assert_eq!(cfg.spiffe.startup_timeout_ms, 30_000);
+        let tls = cfg.listeners[0].tls();
+        assert_eq!(tls.svid.unwrap().hint.as_deref(), Some("external"));
+
+        let bad = "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nsvid = \"spire\"\n\
+                   cert = \"a.pem\"\nupstreams = [\"127.0.0.1:8080\"]\n\
+                   [listeners.client_auth]\nmode = \"require\"\ntrust_domains = [\"x.org\"]\n\
+                   [[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nkey = \"b.key\"\n\
+                   svid_hint = \"h\"\nupstreams = [\"127.0.0.1:8080\"]\n";
+        let errors = parse(bad).unwrap_err().join("\n");
+        for want in [
+            "listeners[0].svid: must be \"workload_api\", got \"spire\"",
+            "listeners[0].svid: the certificate and key come from the Workload API",
+            "listeners[0].client_auth.trust_domains: restricts the Workload API's bundles",
+            "listeners[0].client_auth.ca: mode \"require\" needs at least one CA bundle",
+            "listeners[1].svid_hint: picks a Workload API SVID",
+        ] {
+            assert!(errors.contains(want), "{want:?} in:\n{errors}");
+        }
+        let missing = parse(&LISTENER.replace("cert = \"server.pem\"\n", "")).unwrap_err();
+        assert_eq!(
+            missing,
+            ["/etc/terminus/config.toml:2: listeners[0]: missing field `cert`"]
+        );
     }
 
     #[test]

@@ -25,9 +25,53 @@ pub struct Config {
     #[serde(default)]
     pub resolver: Resolver,
     pub listeners: Vec<Listener>,
+    /// `[spiffe]`: the Workload API that `svid`/`trust = "workload_api"` read.
+    #[serde(default)]
+    pub spiffe: Spiffe,
     /// The file this config was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[spiffe]`: where the SPIFFE Workload API listens and how long `run` waits for it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spiffe {
+    /// `unix:///path` (or `unix:/path`); default: `$SPIFFE_ENDPOINT_SOCKET`.
+    pub endpoint: Option<String>,
+    /// How long `run` and `check` wait for a first X.509-SVID and bundle.
+    #[serde(default = "default_spiffe_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+}
+
+impl Default for Spiffe {
+    fn default() -> Self {
+        Spiffe {
+            endpoint: None,
+            startup_timeout_ms: default_spiffe_startup_timeout_ms(),
+        }
+    }
+}
+
+fn default_spiffe_startup_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Spiffe {
+    /// The endpoint to dial: `endpoint`, else `$SPIFFE_ENDPOINT_SOCKET`.
+    pub fn endpoint(&self) -> Option<String> {
+        self.endpoint
+            .clone()
+            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok())
+            .filter(|e| !e.is_empty())
+    }
+}
+
+impl Config {
+    /// Whether any listener takes a certificate or trust from the Workload API.
+    pub fn uses_workload_api(&self) -> bool {
+        self.listeners.iter().any(|l| l.tls().uses_workload_api())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -293,8 +337,15 @@ pub struct Listener {
     /// resolves to (set when the config is loaded).
     #[serde(skip, default = "unspecified_addr")]
     pub listen: SocketAddr,
+    /// Required unless `svid = "workload_api"` (validated, not by serde).
+    #[serde(default)]
     pub cert: PathBuf,
+    #[serde(default)]
     pub key: PathBuf,
+    /// `"workload_api"`: serve the SPIFFE Workload API's X.509-SVID instead of `cert`/`key`.
+    pub svid: Option<String>,
+    /// With `svid`: the SVID whose hint this is (none: the default SVID).
+    pub svid_hint: Option<String>,
     /// A DER OCSP response for `cert`, stapled while it is valid and for `cert`
     /// (re-read with the certificate on reload).
     pub ocsp: Option<PathBuf>,
@@ -410,6 +461,9 @@ impl Listener {
             name: self.name.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            svid: self.svid.as_ref().map(|_| crate::tls::WorkloadSvid {
+                hint: self.svid_hint.clone(),
+            }),
             ocsp: self.ocsp.clone(),
             sni: self.sni.clone(),
             alpn: self.alpn.clone(),
@@ -665,8 +719,10 @@ impl Config {
             }
         };
         for l in &mut self.listeners {
-            resolve(&mut l.cert);
-            resolve(&mut l.key);
+            if l.svid.is_none() {
+                resolve(&mut l.cert);
+                resolve(&mut l.key);
+            }
             l.ocsp.iter_mut().for_each(resolve);
             if let Some(t) = &mut l.ticket_key_file {
                 resolve(t);

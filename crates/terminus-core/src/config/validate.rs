@@ -187,6 +187,7 @@ fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
         );
     }
     validate_limits(l, i, bad);
+    validate_svid(l, i, bad);
     if let Err(e) = ProxyProtocol::from_setting(l.proxy_protocol_setting.as_deref()) {
         bad(&field("proxy_protocol"), e.to_string());
     }
@@ -490,7 +491,14 @@ fn check_client_auth(ca: &ClientAuth, base: &[Seg<'_>], bad: &mut Bad<'_>) {
         p.push(K(key));
         p
     };
-    if ca.mode != ClientAuthMode::None && ca.ca.is_empty() {
+    check_workload_value(ca.trust.as_deref(), &at("trust"), bad);
+    if !ca.trust_domains.is_empty() && !ca.workload_trust() {
+        bad(
+            &at("trust_domains"),
+            "restricts the Workload API's bundles: set trust = \"workload_api\" too".into(),
+        );
+    }
+    if ca.mode != ClientAuthMode::None && ca.ca.is_empty() && !ca.workload_trust() {
         bad(
             &at("ca"),
             format!(
@@ -532,7 +540,15 @@ fn check_client_auth(ca: &ClientAuth, base: &[Seg<'_>], bad: &mut Bad<'_>) {
 
 fn validate_upstream_tls(up: &UpstreamTls, i: usize, bad: &mut Bad<'_>) {
     let at = |key| [K("listeners"), I(i), K("upstream_tls"), K(key)];
-    if up.ca.is_empty() {
+    check_workload_value(up.trust.as_deref(), &at("trust"), bad);
+    check_workload_value(up.svid.as_deref(), &at("svid"), bad);
+    if up.workload_svid() && (up.cert.is_some() || up.key.is_some()) {
+        bad(
+            &at("svid"),
+            "the client certificate comes from the Workload API: remove `cert` and `key`".into(),
+        );
+    }
+    if up.ca.is_empty() && !up.workload_trust() {
         bad(
             &at("ca"),
             "must list at least one CA bundle to verify the upstream's certificate against".into(),
@@ -554,5 +570,41 @@ fn validate_upstream_tls(up: &UpstreamTls, i: usize, bad: &mut Bad<'_>) {
             "a private key needs its client certificate: set `cert` too (or neither)".into(),
         ),
         _ => {}
+    }
+}
+
+/// `svid`, `trust`: the one source they can name.
+fn check_workload_value(v: Option<&str>, at: &[Seg<'_>], bad: &mut Bad<'_>) {
+    if let Some(v) = v.filter(|v| *v != crate::tls::WORKLOAD_API) {
+        bad(
+            at,
+            format!("must be \"{}\", got {v:?}", crate::tls::WORKLOAD_API),
+        );
+    }
+}
+
+/// `cert`/`key`, or `svid = "workload_api"` (with an optional `svid_hint`).
+fn validate_svid(l: &Listener, i: usize, bad: &mut Bad<'_>) {
+    let field = |key: &'static str| [K("listeners"), I(i), K(key)];
+    check_workload_value(l.svid.as_deref(), &field("svid"), bad);
+    let empty = |p: &std::path::Path| p.as_os_str().is_empty();
+    match &l.svid {
+        Some(_) if !empty(&l.cert) || !empty(&l.key) || l.ocsp.is_some() => bad(
+            &field("svid"),
+            "the certificate and key come from the Workload API: remove `cert`, `key` and `ocsp`"
+                .into(),
+        ),
+        Some(_) => {}
+        None if l.svid_hint.is_some() => bad(
+            &field("svid_hint"),
+            "picks a Workload API SVID: set svid = \"workload_api\" too".into(),
+        ),
+        None => {
+            for (key, p) in [("cert", &l.cert), ("key", &l.key)] {
+                if empty(p) {
+                    bad(&[K("listeners"), I(i)], format!("missing field `{key}`"));
+                }
+            }
+        }
     }
 }

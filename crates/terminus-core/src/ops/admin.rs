@@ -81,6 +81,17 @@ impl AdminState {
             reload_last_success_unix_ms: self.reloads.last_success_unix_ms.load(Ordering::Relaxed),
             access_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             ocsp_refused: crate::tls::ocsp::REFUSED.load(Ordering::Relaxed),
+            spiffe: {
+                use crate::tls::workload as w;
+                w::IN_USE.load(Ordering::Relaxed).then(|| {
+                    (
+                        w::UPDATES_SVID.load(Ordering::Relaxed),
+                        w::UPDATES_BUNDLE.load(Ordering::Relaxed),
+                        w::STREAM_UP.load(Ordering::Relaxed),
+                        w::SVID_EXPIRED.load(Ordering::Relaxed),
+                    )
+                })
+            },
             workers: self.workers,
             io_backend: self.io_backend.as_str(),
             draining: self.state.load() != RunState::Running

@@ -101,6 +101,15 @@ fn check_loaded(checked: crate::config::Checked) -> Report {
         );
         report.add(&checked, "admin.listen", out);
     }
+    // As `run` would: wait for the Workload API (each attempt logged), and report its
+    // answer when nothing came; the listeners that need it are then not built.
+    let mut workload_ok = true;
+    if cfg.uses_workload_api() && checked.problems.is_empty() {
+        if let Err(e) = crate::ops::spiffe::start(&cfg.spiffe) {
+            report.problems.push(e.to_string());
+            workload_ok = false;
+        }
+    }
     for (i, l) in cfg.listeners.iter().enumerate() {
         let mut out = Findings::default();
         check_bind(
@@ -111,7 +120,9 @@ fn check_loaded(checked: crate::config::Checked) -> Report {
         report.add(&checked, &format!("listeners[{i}].listen"), out);
         // A listener whose config has problems gets its files checked one by one;
         // building it whole would only repeat those problems.
-        let problems = if checked.listeners_with_problems.contains(&i) {
+        let problems = if !workload_ok && l.tls().uses_workload_api() {
+            Vec::new()
+        } else if checked.listeners_with_problems.contains(&i) {
             tls::listener_file_problems(&l.tls())
         } else {
             tls::listener_problems(&l.tls())

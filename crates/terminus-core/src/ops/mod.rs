@@ -1,7 +1,7 @@
 //! ops: what an operator sees and touches while terminus runs.
 //!
 //! Owns: the admin endpoint ([`admin`]: `/metrics`, `/healthz`, `/readyz`), hot
-//! reload ([`reload`]), systemd notifications ([`notify`]), `terminus check`
+//! reload ([`reload`]) and its Workload API source ([`spiffe`]), systemd notifications ([`notify`]), `terminus check`
 //! ([`check`]) and its host checks ([`hostcheck`]). What the workers record
 //! (metrics, logs) is `crate::telemetry`'s.
 //!
@@ -14,3 +14,4 @@ pub mod check;
 pub mod hostcheck;
 pub mod notify;
 pub mod reload;
+pub mod spiffe;

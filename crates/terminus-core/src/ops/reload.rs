@@ -79,7 +79,12 @@ pub struct Reloader {
 /// so the poll is skipped rather than counted as a broken reload.
 fn fingerprint(l: &Listener) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for path in crate::tls::listener_files(&l.tls()) {
+    let tls = l.tls();
+    // Workload API material counts as one more file, changed at each update.
+    if tls.uses_workload_api() {
+        crate::tls::workload::generation().hash(&mut h);
+    }
+    for path in crate::tls::listener_files(&tls) {
         path.hash(&mut h);
         match std::fs::read(&path) {
             Ok(bytes) => bytes.hash(&mut h),
@@ -237,18 +242,29 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// Run the reloader on its own thread: poll every `interval`, reload the config on
-/// each message (SIGHUP). Returns the trigger.
+/// What the reloader is asked to do besides its periodic poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP: re-read the config file.
+    Config,
+    /// New Workload API material (`ops::spiffe`): poll now, so the listeners built
+    /// from it are rebuilt at once, the way a changed file is.
+    Poll,
+}
+
+/// Run the reloader on its own thread: poll every `interval`, and on each message.
+/// Returns the trigger.
 pub fn spawn(
     mut r: Reloader,
     interval: Duration,
-) -> std::io::Result<crossbeam_channel::Sender<()>> {
-    let (tx, rx) = crossbeam_channel::unbounded::<()>();
+) -> std::io::Result<crossbeam_channel::Sender<Trigger>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Trigger>();
     std::thread::Builder::new()
         .name("terminus-reload".into())
         .spawn(move || loop {
             match rx.recv_timeout(interval) {
-                Ok(()) => r.reload_config(),
+                Ok(Trigger::Config) => r.reload_config(),
+                Ok(Trigger::Poll) => r.poll(),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => r.poll(),
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }

@@ -50,7 +50,12 @@ fn upstream_config(
         })
     })?;
     let provider = server_provider();
-    let roots = load_roots(&up.ca)?;
+    let mut roots = load_roots(&up.ca)?;
+    // `trust = "workload_api"`: every bundle pushed (the upstream's certificate must
+    // still be valid for `server_name`: a DNS SAN on its SVID).
+    if up.workload_trust() {
+        roots.roots.extend(super::workload::trust_anchors(&[])?);
+    }
     if roots.is_empty() {
         return Err(at(UpstreamTlsProblem::NoCa));
     }
@@ -59,6 +64,12 @@ fn upstream_config(
         .map_err(|e| at(UpstreamTlsProblem::Versions(e)))?
         .with_root_certificates(roots);
     let cfg = match (&up.cert, &up.key) {
+        _ if up.workload_svid() => {
+            let (svid, key) = super::workload::svid(None)?;
+            let label = super::workload::svid_label(&svid);
+            let ck = super::pem::certified_key_from(&label, &label, svid.chain, key, &provider)?;
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ck)))
+        }
         (Some(cert), Some(key)) => {
             let ck = certified_key(cert, key, &provider)?;
             builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ck)))

@@ -168,6 +168,9 @@ pub enum TlsError {
     Ticketer(rustls::Error),
     #[error(transparent)]
     TicketKey(#[from] TicketKeyError),
+    /// `svid`/`trust = "workload_api"`: what the last Workload API update lacks.
+    #[error("workload_api: {0}")]
+    Workload(String),
     #[error("listener \"{listener}\": client_auth: {source}")]
     ClientAuth {
         listener: String,
@@ -376,6 +379,7 @@ impl TlsError {
             KeyForLaterCert { cert, .. } => Some(cert),
             KeyMismatch { key, .. } => Some(key),
             TicketKey(_)
+            | Workload(_)
             | Versions(_)
             | Ticketer(_)
             | ClientAuth { .. }

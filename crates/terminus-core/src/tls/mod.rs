@@ -54,6 +54,7 @@ mod tests;
 pub mod tickets;
 mod validity;
 mod verifier;
+pub mod workload;
 
 pub use client::{upstream_client_config, upstream_clients, UpstreamClients, UpstreamSessions};
 pub use error::{
@@ -63,7 +64,10 @@ pub use error::{
 pub use pem::{certified_key, load_certs, load_crls, load_key, load_roots};
 pub use problems::{listener_file_problems, listener_problems};
 pub use server::{listener_files, server_config, server_provider, server_tls, ServerTls};
-pub use settings::{ClientAuth, ClientAuthMode, InvalidCertificate, ListenerTls, Sni, UpstreamTls};
+pub use settings::{
+    ClientAuth, ClientAuthMode, InvalidCertificate, ListenerTls, Sni, UpstreamTls, WorkloadSvid,
+    WORKLOAD_API,
+};
 pub use sni::{take_seen_server_name, ServedCert, SniResolver};
 pub use validity::{cert_dates, cert_warnings, leaf_not_after, DateFindings, EXPIRY_WARNING_DAYS};
 pub use verifier::{client_verifier, PolicyVerifier, RejectSink, RejectedClient};

@@ -42,7 +42,11 @@ pub fn listener_problems(l: &ListenerTls) -> Vec<TlsError> {
 /// own (the build would only repeat them).
 pub fn listener_file_problems(l: &ListenerTls) -> Vec<TlsError> {
     let provider = server_provider();
-    let mut out = cert_and_key_problems(&l.cert, &l.key, Role::Server, &provider);
+    // `svid = "workload_api"`: no files (`check` fetches the SVID and builds the listener).
+    let mut out = match l.svid {
+        Some(_) => Vec::new(),
+        None => cert_and_key_problems(&l.cert, &l.key, Role::Server, &provider),
+    };
     for sni in &l.sni {
         out.extend(cert_and_key_problems(
             &sni.cert,

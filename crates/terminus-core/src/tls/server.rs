@@ -311,6 +311,17 @@ fn digest_client_auth(ctx: &mut aws_lc_rs_digest::Context, ca: &super::settings:
             ctx.update(&std::fs::read(f).unwrap_or_default());
         }
     }
+    // Workload API bundles: a ticket must not outlive the bundle that verified its
+    // client (a dropped federated bundle), as it must not outlive a CA file.
+    if ca.workload_trust() {
+        for b in super::workload::bundles(&ca.trust_domains) {
+            ctx.update(b"bundle\0");
+            ctx.update(b.trust_domain.as_bytes());
+            for a in &b.authorities {
+                ctx.update(a.as_ref());
+            }
+        }
+    }
     for a in &ca.allow {
         ctx.update(b"allow\0");
         ctx.update(a.as_bytes());
@@ -328,7 +339,11 @@ fn digest_client_auth(ctx: &mut aws_lc_rs_digest::Context, ca: &super::settings:
 /// Every file whose content the listener's live TLS state is built from: what the
 /// reloader polls.
 pub fn listener_files(l: &ListenerTls) -> Vec<PathBuf> {
-    let mut v = vec![l.cert.clone(), l.key.clone()];
+    // `svid = "workload_api"`: no files; the reloader watches the material instead.
+    let mut v = match l.svid {
+        Some(_) => Vec::new(),
+        None => vec![l.cert.clone(), l.key.clone()],
+    };
     v.extend(l.ocsp.iter().cloned());
     for sni in &l.sni {
         v.push(sni.cert.clone());

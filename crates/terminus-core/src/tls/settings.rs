@@ -16,6 +16,8 @@ pub struct ListenerTls {
     pub name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `svid = "workload_api"`: serve the Workload API's X.509-SVID, not `cert`/`key`.
+    pub svid: Option<WorkloadSvid>,
     pub ocsp: Option<PathBuf>,
     pub sni: Vec<Sni>,
     pub alpn: Vec<String>,
@@ -34,6 +36,15 @@ pub struct ListenerTls {
     pub upstream_tls: Option<UpstreamTls>,
     /// The upstream addresses at load time (one client config each).
     pub upstreams: Vec<SocketAddr>,
+}
+
+/// The value of `svid` and `trust` that names the SPIFFE Workload API as the source.
+pub const WORKLOAD_API: &str = "workload_api";
+
+/// `svid = "workload_api"`, with `svid_hint` (none: the default SVID, the first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadSvid {
+    pub hint: Option<String>,
 }
 
 /// `[[listeners.sni]]`: a certificate served to clients asking for one of
@@ -57,6 +68,13 @@ pub struct ClientAuth {
     /// PEM CA bundles whose certificates are trust anchors for client chains.
     #[serde(default)]
     pub ca: Vec<PathBuf>,
+    /// `"workload_api"`: the Workload API's bundles are trust anchors too (beside `ca`).
+    #[serde(default)]
+    pub trust: Option<String>,
+    /// With `trust = "workload_api"`: the trust domains whose bundles count (empty: all
+    /// pushed, the own trust domain's and the federated ones).
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
     /// CRLs (PEM `X509 CRL` or DER); a revoked certificate anywhere in a client's
     /// chain is refused.
     #[serde(default)]
@@ -108,6 +126,38 @@ impl<'de> Deserialize<'de> for InvalidCertificate {
     }
 }
 
+impl ClientAuth {
+    /// `trust = "workload_api"`.
+    pub fn workload_trust(&self) -> bool {
+        self.trust.as_deref() == Some(WORKLOAD_API)
+    }
+}
+
+impl UpstreamTls {
+    pub fn workload_trust(&self) -> bool {
+        self.trust.as_deref() == Some(WORKLOAD_API)
+    }
+    pub fn workload_svid(&self) -> bool {
+        self.svid.as_deref() == Some(WORKLOAD_API)
+    }
+}
+
+impl ListenerTls {
+    /// Whether anything of this listener comes from the Workload API.
+    pub fn uses_workload_api(&self) -> bool {
+        let table = |c: &ClientAuth| c.workload_trust();
+        self.svid.is_some()
+            || self
+                .client_auth
+                .as_ref()
+                .is_some_and(|c| table(c) || c.candidate.as_deref().is_some_and(table))
+            || self
+                .upstream_tls
+                .as_ref()
+                .is_some_and(|u| u.workload_trust() || u.workload_svid())
+    }
+}
+
 fn default_verify_cache_size() -> usize {
     4096
 }
@@ -154,7 +204,14 @@ impl<'de> Deserialize<'de> for ClientAuthMode {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM CA bundles the upstream's certificate must chain to.
+    #[serde(default)]
     pub ca: Vec<PathBuf>,
+    /// `"workload_api"`: the Workload API's bundles are trust anchors too (beside `ca`).
+    #[serde(default)]
+    pub trust: Option<String>,
+    /// `"workload_api"`: present the Workload API's default X.509-SVID (not `cert`/`key`).
+    #[serde(default)]
+    pub svid: Option<String>,
     /// Name (DNS name or IP address) the upstream's certificate must be valid for;
     /// also sent as SNI when it is a DNS name.
     pub server_name: String,

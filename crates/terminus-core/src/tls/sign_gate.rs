@@ -39,7 +39,7 @@ pub fn with_gate<R>(gate: Gate, f: impl FnOnce() -> R) -> R {
 }
 
 fn allowed() -> bool {
-    GATE.with(|g| g.borrow_mut().as_mut().map_or(true, |gate| gate()))
+    GATE.with(|g| g.borrow_mut().as_mut().is_none_or(|gate| gate()))
 }
 
 /// The error a refused signature fails the handshake with.

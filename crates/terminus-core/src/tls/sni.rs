@@ -39,7 +39,26 @@ impl ServedCert {
         ocsp: Option<&Path>,
         provider: &CryptoProvider,
     ) -> Result<ServedCert, TlsError> {
-        let mut ck = certified_key(cert, key, provider)?;
+        let ck = certified_key(cert, key, provider)?;
+        Self::from_key(ck, cert, ocsp)
+    }
+
+    /// The listener's default certificate from the Workload API (`svid = "workload_api"`).
+    fn from_workload(
+        hint: Option<&str>,
+        provider: &CryptoProvider,
+    ) -> Result<ServedCert, TlsError> {
+        let (svid, key) = super::workload::svid(hint)?;
+        let label = super::workload::svid_label(&svid);
+        let ck = super::pem::certified_key_from(&label, &label, svid.chain, key, provider)?;
+        Self::from_key(ck, &label, None)
+    }
+
+    fn from_key(
+        mut ck: rustls::sign::CertifiedKey,
+        cert: &Path,
+        ocsp: Option<&Path>,
+    ) -> Result<ServedCert, TlsError> {
         if let Some(e) = server_auth_problem(cert, &ck.cert[0]) {
             return Err(e);
         }
@@ -100,7 +119,10 @@ pub struct SniResolver {
 impl SniResolver {
     /// Load the listener's default certificate and every `[[listeners.sni]]` entry.
     pub fn load(l: &ListenerTls, provider: &CryptoProvider) -> Result<SniResolver, TlsError> {
-        let default = ServedCert::load(&l.cert, &l.key, l.ocsp.as_deref(), provider)?;
+        let default = match &l.svid {
+            Some(w) => ServedCert::from_workload(w.hint.as_deref(), provider)?,
+            None => ServedCert::load(&l.cert, &l.key, l.ocsp.as_deref(), provider)?,
+        };
         let mut r = SniResolver {
             default,
             certs: Vec::with_capacity(l.sni.len()),

@@ -133,6 +133,8 @@ fn upstream_sessions_are_per_address_and_dropped_when_refused() {
         server_name: "localhost".into(),
         cert: None,
         key: None,
+        svid: None,
+        trust: None,
         resume: true,
     });
     let server = server_config(&fx.listener).unwrap();

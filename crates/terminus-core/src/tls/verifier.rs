@@ -53,21 +53,43 @@ pub(super) fn table_verifier(
     let Some(ca) = table.filter(|c| c.mode != ClientAuthMode::None) else {
         return Ok(None);
     };
-    let roots = Arc::new(load_roots(&ca.ca)?);
+    let file_roots = load_roots(&ca.ca)?;
+    let mut roots = file_roots.clone();
+    if ca.workload_trust() {
+        roots
+            .roots
+            .extend(super::workload::trust_anchors(&ca.trust_domains)?);
+    }
+    let roots = Arc::new(roots);
     let mut crls = Vec::new();
     for path in &ca.crl {
         crls.extend(load_crl_file(path, &roots, provider)?);
     }
-    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .with_crls(crls)
-        .allow_unknown_revocation_status();
-    if ca.mode == ClientAuthMode::Optional {
-        builder = builder.allow_unauthenticated();
+    let build = |roots: rustls::RootCertStore| {
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls(crls.clone())
+                .allow_unknown_revocation_status();
+        if ca.mode == ClientAuthMode::Optional {
+            builder = builder.allow_unauthenticated();
+        }
+        let v: Arc<dyn ClientCertVerifier> =
+            builder.build().map_err(|source| TlsError::ClientAuth {
+                listener: l.name.clone(),
+                source,
+            })?;
+        Ok(v)
+    };
+    let mut inner = build((*roots).clone())?;
+    // Workload API bundles: each SPIFFE ID is verified against its own domain's bundle.
+    if ca.workload_trust() {
+        inner = Arc::new(super::workload::DomainVerifier::new(
+            inner,
+            file_roots,
+            &ca.trust_domains,
+            build,
+        )?);
     }
-    let inner = builder.build().map_err(|source| TlsError::ClientAuth {
-        listener: l.name.clone(),
-        source,
-    })?;
     let allow = AllowList::parse(&ca.allow).map_err(|source| TlsError::AllowList {
         listener: l.name.clone(),
         source,

@@ -62,11 +62,11 @@ pub(super) fn nofile_item(p: &HostParams) -> Item {
         show(hard),
         p.connections
     );
-    if soft.map_or(true, |s| s >= need) {
+    if soft.is_none_or(|s| s >= need) {
         return item(Status::Ok, "RLIMIT_NOFILE", detail);
     }
     // terminus does not raise its own soft limit (tuning/limits.conf says why).
-    let fix = if hard.map_or(true, |h| h >= need) {
+    let fix = if hard.is_none_or(|h| h >= need) {
         format!(
             "raise the soft limit: `ulimit -n {}` or LimitNOFILE=1048576 (tuning/limits.conf)",
             show(hard)

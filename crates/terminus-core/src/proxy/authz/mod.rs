@@ -271,14 +271,11 @@ impl Rule {
 
     fn matches(&self, caller: Option<&PeerIdentity>, method: &str, path: &str) -> bool {
         self.identities.iter().any(|i| i.matches(caller))
-            && self
-                .methods
-                .as_ref()
-                .map_or(true, |ms| ms.contains(&method))
+            && self.methods.as_ref().is_none_or(|ms| ms.contains(&method))
             && self
                 .paths
                 .as_ref()
-                .map_or(true, |ps| ps.iter().any(|p| p.matches(path)))
+                .is_none_or(|ps| ps.iter().any(|p| p.matches(path)))
     }
 
     /// Every request `later` matches, `self` matches too: `later` can never be reached.

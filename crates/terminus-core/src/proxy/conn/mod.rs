@@ -195,7 +195,7 @@ impl Conn {
             Some(s) => s.common(),
             None => return,
         };
-        let verified = self.auth.as_ref().map_or(true, |a| a.verified);
+        let verified = self.auth.as_ref().is_none_or(|a| a.verified);
         if let Some(h) = self.http.as_deref_mut() {
             let chain = tls.peer_certificates().filter(|_| verified);
             h.filter
@@ -239,7 +239,7 @@ impl Conn {
     pub fn verified_peer_certificates(
         &self,
     ) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
-        let verified = self.auth.as_ref().map_or(true, |a| a.verified);
+        let verified = self.auth.as_ref().is_none_or(|a| a.verified);
         self.tls().peer_certificates().filter(|_| verified)
     }
 
@@ -762,7 +762,7 @@ impl Conn {
         let ready = self.phase == Phase::Streaming
             && self.client.read_closed
             && self.client.plain_in.is_empty()
-            && self.http.as_ref().map_or(true, |h| h.out.is_empty())
+            && self.http.as_ref().is_none_or(|h| h.out.is_empty())
             && !self.closing();
         self.upstream.poll_shutdown(ready)
     }

@@ -346,6 +346,8 @@ pub struct GlobalView {
     pub access_log_dropped: u64,
     /// OCSP responses refused for stapling since start.
     pub ocsp_refused: u64,
+    /// `[spiffe]` in use: (SVID updates, bundle updates, stream up, SVID expired).
+    pub spiffe: Option<(u64, u64, bool, bool)>,
     pub workers: usize,
     /// `io_uring` or `epoll`.
     pub io_backend: &'static str,

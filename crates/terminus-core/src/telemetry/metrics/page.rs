@@ -386,6 +386,36 @@ static FAMILIES: &[Family] = &[
         Samples::Global(|g| vec![(String::new(), Num::U(g.ocsp_refused))]),
     ),
     family(
+        "terminus_spiffe_updates_total",
+        Kind::Counter,
+        "Workload API updates that changed the X.509-SVIDs (kind=\"svid\") or the trust bundles (kind=\"bundle\").",
+        Samples::Global(|g| match g.spiffe {
+            Some((svid, bundle, _, _)) => vec![
+                ("kind=\"svid\"".into(), Num::U(svid)),
+                ("kind=\"bundle\"".into(), Num::U(bundle)),
+            ],
+            None => Vec::new(),
+        }),
+    ),
+    family(
+        "terminus_spiffe_stream_up",
+        Kind::Gauge,
+        "1 while the Workload API update stream is connected.",
+        Samples::Global(|g| match g.spiffe {
+            Some((_, _, up, _)) => vec![(String::new(), Num::U(up as u64))],
+            None => Vec::new(),
+        }),
+    ),
+    family(
+        "terminus_spiffe_svid_expired",
+        Kind::Gauge,
+        "1 while the X.509-SVID served is past its notAfter (no new one arrived).",
+        Samples::Global(|g| match g.spiffe {
+            Some((_, _, _, expired)) => vec![(String::new(), Num::U(expired as u64))],
+            None => Vec::new(),
+        }),
+    ),
+    family(
         "terminus_config_reloads_total",
         Kind::Counter,
         "Certificate, key, CA, CRL and config reloads by result.",
