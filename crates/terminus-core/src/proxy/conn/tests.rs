@@ -694,6 +694,7 @@ fn unread_local_answers_stop_the_client_reads_at_max_buffered() {
             max_header_bytes: 8192,
             allow_bare_lf: false,
             head_timeout: Duration::from_secs(10),
+            h2: None,
         })
         .with_http_policy((
             Arc::new(Policy {
