@@ -134,6 +134,7 @@ fn upstream_sessions_are_per_address_and_dropped_when_refused() {
         cert: None,
         key: None,
         resume: true,
+        alpn: Vec::new(),
     });
     let server = server_config(&fx.listener).unwrap();
     let up = upstream_clients(&fx.listener).unwrap().unwrap();

@@ -29,8 +29,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use stream::{Pump, PumpError, Treated};
 
-/// HTTP/2 limits of a listener (`[listeners.http]`), each the codec's setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// HTTP/2 limits of a listener (`[listeners.http.h2]`), each the codec's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct H2Settings {
     /// SETTINGS_MAX_CONCURRENT_STREAMS offered to the client.
     pub max_concurrent_streams: u32,
@@ -254,6 +255,10 @@ impl H2Proxy {
             if Pin::new(&mut **conn).poll(cx).is_ready() {
                 self.upstream = Upstream::Done;
             }
+        }
+        if matches!(self.upstream, Upstream::Done) {
+            // No more streams can be served: the client should go elsewhere.
+            self.drain();
         }
     }
 

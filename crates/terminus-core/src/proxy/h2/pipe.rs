@@ -48,6 +48,11 @@ impl PipeBufs {
         }
     }
 
+    /// Whether the codec's writes wait for room.
+    pub fn tx_full(&self) -> bool {
+        self.tx.len() >= self.limit
+    }
+
     /// Bytes not read by the codec yet.
     pub fn unread(&self) -> usize {
         self.rx.len() - self.rx_at
