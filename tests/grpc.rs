@@ -9,14 +9,11 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use terminus::tools::certs::{LeafSpec, TestCa};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
 const BATCH: &str = "spiffe://example.org/ns/prod/sa/batch";
 
@@ -34,62 +31,9 @@ paths = ["/echo.Admin/*"]
 action = "deny"
 "#;
 
-/// The Python of `.ci/run`'s venv (grpcio), or `TERMINUS_GRPC_PYTHON`.
-fn python() -> PathBuf {
-    let path = std::env::var_os("TERMINUS_GRPC_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target/ci-venv/bin/python"));
-    let ok = Command::new(&path)
-        .args(["-c", "import grpc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{} cannot import grpc: `.ci/run` installs it (target/ci-venv/bin/pip install grpcio)",
-        path.display()
-    );
-    path
-}
-
-/// upstream.py, killed on drop.
-struct Upstream {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let mut child = Command::new(python())
-            .arg(Path::new(ROOT).join("tests/grpc/upstream.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn upstream.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("port: {line:?}"));
-        Upstream {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Fixture {
     pki: Pki,
-    upstream: Upstream,
+    upstream: GrpcUpstream,
 }
 
 impl Fixture {
@@ -104,7 +48,7 @@ impl Fixture {
         }
         Fixture {
             pki,
-            upstream: Upstream::start(),
+            upstream: GrpcUpstream::start(),
         }
     }
 
@@ -127,8 +71,8 @@ impl Fixture {
     /// client.py as `who` (checkout, batch): its JSON.
     fn client(&self, t: &Terminus, who: &str, mode: &[&str]) -> serde_json::Value {
         let dir = self.pki.dir();
-        let out = Command::new(python())
-            .arg(Path::new(ROOT).join("tests/grpc/client.py"))
+        let out = Command::new(grpc_python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/client.py"))
             .arg(t.addr("grpc").to_string())
             .arg(dir.join("ca.pem"))
             .arg(dir.join(format!("{who}.pem")))

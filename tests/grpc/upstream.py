@@ -5,6 +5,7 @@ echo.Echo/Unary   the request back; initial metadata x-echo-meta (the caller's
                   x-meta), trailing x-trailer and x-xfcc (the XFCC header it saw)
 echo.Echo/Stream  each request message back with "!" appended (bidi streaming)
 echo.Echo/Fail    aborts with NOT_FOUND "no such thing"
+echo.Echo/Big     the request's length in MiB of "x" (at most 8)
 echo.Admin/Reset  "admin:" + the request
 """
 import sys
@@ -31,12 +32,16 @@ def fail(req, ctx):
     ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
+def big(req, ctx):
+    return b"x" * (min(len(req), 8) << 20)
+
+
 def admin(req, ctx):
     return b"admin:" + req
 
 
 def main():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=256))
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -45,6 +50,7 @@ def main():
                     "Unary": grpc.unary_unary_rpc_method_handler(unary),
                     "Stream": grpc.stream_stream_rpc_method_handler(stream),
                     "Fail": grpc.unary_unary_rpc_method_handler(fail),
+                    "Big": grpc.unary_unary_rpc_method_handler(big),
                 },
             ),
             grpc.method_handlers_generic_handler(

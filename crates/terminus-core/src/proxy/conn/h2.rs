@@ -57,6 +57,11 @@ impl Conn {
             };
             let mut bufs = pipe.lock();
             let full = bufs.tx_full();
+            if leg.queued() >= self.limits.max_buffered {
+                // The peer is not reading: the pipe fills, the codec stops reading
+                // that peer (what it owes it stays bounded).
+                break;
+            }
             leg.seal(&mut bufs.tx, finished);
             if side == Side::Client && finished && bufs.tx.is_empty() {
                 self.close_after_flush.get_or_insert(CloseReason::Done);

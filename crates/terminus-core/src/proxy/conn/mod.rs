@@ -202,7 +202,8 @@ impl Conn {
         let verified = self.auth.as_ref().map_or(true, |a| a.verified);
         if let Some(h) = self.http.as_deref_mut() {
             if let Some(s) = h.filter.settings().h2 {
-                let p = crate::proxy::h2::H2Proxy::new(&s, self.limits.max_buffered);
+                let pipe = self.limits.max_buffered.min(crate::proxy::h2::PIPE_LIMIT);
+                let p = crate::proxy::h2::H2Proxy::new(&s, pipe);
                 h.h2 = Some(Box::new(p));
             }
             let chain = tls.peer_certificates().filter(|_| verified);
@@ -772,8 +773,10 @@ impl Conn {
             .http
             .as_deref()
             .is_some_and(|h| h.filter.gate().is_some());
-        if side == Side::Client && gated {
-            held = held.max(self.buffered_to(Side::Client));
+        // HTTP/2 answers each side's frames to that side itself (SETTINGS acks,
+        // pongs, resets, refusals): likewise, in both directions.
+        if (side == Side::Client && gated) || self.http.as_deref().is_some_and(|h| h.h2.is_some()) {
+            held = held.max(self.buffered_to(side));
         }
         self.limits.max_buffered.saturating_sub(held)
     }

@@ -29,6 +29,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use stream::{Pump, PumpError, Treated};
 
+/// Bytes a codec may write ahead of the `Conn` sealing them, per side: frames are
+/// at most 16 KiB, so this keeps a few in flight without holding a window's worth.
+pub const PIPE_LIMIT: usize = 64 * 1024;
+
 /// HTTP/2 limits of a listener (`[listeners.http.h2]`), each the codec's setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
