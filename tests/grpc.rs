@@ -1,6 +1,7 @@
 //! gRPC through an http listener with `upstream_protocol = "h2"`, end to end: Python
 //! grpcio on both sides (tests/grpc/*.py, raw-bytes methods, no generated code), the
-//! client over mTLS with SPIFFE certificates, the upstream in cleartext h2. Unary and
+//! client over mTLS with SPIFFE certificates, the upstream in cleartext h2 (and once
+//! over mTLS with ALPN h2, `upstream_tls`). Unary and
 //! bidi-streaming calls, metadata both ways, trailers and status codes arrive intact;
 //! the upstream sees the caller's XFCC and not a forged one; a rule denies one method
 //! to one identity (PERMISSION_DENIED, logged as `http_denied`) and allows it to
@@ -37,24 +38,36 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    /// Callers' certificates from `client-ca.pem`; the upstream in cleartext, or
+    /// (`tls`) over TLS requiring terminus' certificate (`edge.pem`, same CA).
+    fn new(tls: bool) -> Fixture {
         let pki = Pki::generate();
         let ca = TestCa::root("terminus grpc client CA").unwrap();
-        std::fs::write(pki.dir().join("client-ca.pem"), &ca.pem).unwrap();
+        let dir = pki.dir();
+        std::fs::write(dir.join("client-ca.pem"), &ca.pem).unwrap();
         for (name, id) in [("checkout", CHECKOUT), ("batch", BATCH)] {
             let leaf = ca.leaf(&LeafSpec::client(name, Some(id))).unwrap();
-            std::fs::write(pki.dir().join(format!("{name}.pem")), &leaf.chain_pem).unwrap();
-            std::fs::write(pki.dir().join(format!("{name}.key")), &leaf.key_pem).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), &leaf.chain_pem).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
         }
-        Fixture {
-            pki,
-            upstream: GrpcUpstream::start(),
-        }
+        let upstream = if tls {
+            write_upstream_pki(dir, Some(&ca));
+            let at = |f: &str| dir.join(f);
+            GrpcUpstream::start_tls(&at("backend.pem"), &at("backend.key"), &at("client-ca.pem"))
+        } else {
+            GrpcUpstream::start()
+        };
+        Fixture { pki, upstream }
     }
 
     /// An http listener "grpc" speaking h2 to the upstream; `keys` at listener
     /// level, `http` under `[listeners.http]`.
     fn start(&self, keys: &[(&str, &str)], http: &str) -> Terminus {
+        self.start_with(keys, http, "")
+    }
+
+    /// [`Fixture::start`] with `tables` after `[listeners.http]`.
+    fn start_with(&self, keys: &[(&str, &str)], http: &str, tables: &str) -> Terminus {
         let mut l = ListenerConf::new("grpc", &[self.upstream.addr])
             .opt("protocol", "\"http\"")
             .opt("upstream_protocol", "\"h2\"");
@@ -62,7 +75,7 @@ impl Fixture {
             l = l.opt(k, v);
         }
         let l = l.raw(&format!(
-            "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\n[listeners.http]\n{http}"
+            "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\n[listeners.http]\n{http}\n{tables}"
         ));
         let config = write_config_with_log(&self.pki, Some(2), &[l], "access.log");
         Terminus::start(&config)
@@ -109,7 +122,7 @@ impl Fixture {
 
 #[test]
 fn grpc_calls_cross_intact_with_the_callers_identity_and_its_rules() {
-    let fx = Fixture::new();
+    let fx = Fixture::new(false);
     let mut t = fx.start(&[], RULES);
 
     let c = fx.client(&t, "checkout", &["calls"]);
@@ -154,7 +167,7 @@ fn grpc_calls_cross_intact_with_the_callers_identity_and_its_rules() {
 
 #[test]
 fn a_callers_rate_limit_answers_resource_exhausted() {
-    let fx = Fixture::new();
+    let fx = Fixture::new(false);
     let t = fx.start(
         &[("requests_per_second_per_caller", "1"), ("burst", "3")],
         "",
@@ -174,4 +187,22 @@ fn a_callers_rate_limit_answers_resource_exhausted() {
             .all(|c| *c == "OK" || *c == "RESOURCE_EXHAUSTED"),
         "{codes:?}"
     );
+}
+
+#[test]
+fn grpc_is_reencrypted_to_an_h2_upstream_over_mtls() {
+    let fx = Fixture::new(true);
+    let t = fx.start_with(
+        &[],
+        "",
+        "[listeners.upstream_tls]\nca = [\"upstream-ca.pem\"]\nserver_name = \"backend.internal\"\n\
+         cert = \"edge.pem\"\nkey = \"edge.key\"\n",
+    );
+    let c = fx.client(&t, "checkout", &["calls"]);
+    assert_eq!(c["unary"]["code"], "OK", "{c}");
+    assert_eq!(c["unary"]["trailing"]["x-trailer"], "t1");
+    let xfcc = c["unary"]["trailing"]["x-xfcc"].as_str().unwrap();
+    assert!(xfcc.contains(&format!("URI={CHECKOUT}")), "{xfcc}");
+    assert_eq!(c["stream"], serde_json::json!(["a!", "b!", "c!"]), "{c}");
+    assert_eq!(c["fail"]["code"], "NOT_FOUND", "{c}");
 }

@@ -32,9 +32,20 @@ pub struct GrpcUpstream {
 }
 
 impl GrpcUpstream {
+    /// In cleartext (h2 prior knowledge).
     pub fn start() -> GrpcUpstream {
+        GrpcUpstream::spawn(&[])
+    }
+
+    /// Over TLS (ALPN h2) with `cert`/`key`, requiring a client certificate from `ca`.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> GrpcUpstream {
+        GrpcUpstream::spawn(&[cert, key, ca])
+    }
+
+    fn spawn(args: &[&Path]) -> GrpcUpstream {
         let mut child = Command::new(grpc_python())
             .arg(Path::new(ROOT).join("tests/grpc/upstream.py"))
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

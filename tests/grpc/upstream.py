@@ -1,5 +1,7 @@
-"""A cleartext (h2c) gRPC server for tests/grpc.rs, with no generated code: methods
-take and return raw bytes. Prints its port, then serves until stdin closes.
+"""A gRPC server for tests/grpc.rs, with no generated code: methods take and return
+raw bytes. Cleartext (h2c), or `upstream.py CERT KEY CLIENT_CA`: TLS (ALPN h2)
+requiring a client certificate from CLIENT_CA. Prints its port, then serves until
+stdin closes.
 
 echo.Echo/Unary   the request back; initial metadata x-echo-meta (the caller's
                   x-meta), trailing x-trailer and x-xfcc (the XFCC header it saw)
@@ -58,7 +60,14 @@ def main():
             ),
         )
     )
-    port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) == 4:
+        cert, key, ca = (open(p, "rb").read() for p in sys.argv[1:4])
+        creds = grpc.ssl_server_credentials(
+            ((key, cert),), root_certificates=ca, require_client_auth=True
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
     sys.stdin.read()
