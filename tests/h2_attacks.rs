@@ -6,7 +6,7 @@
 //! concurrent streams. Each is cut off (GOAWAY, REFUSED_STREAM, or terminus stops
 //! reading), the memory each attacking connection holds is measured (terminus'
 //! RssAnon, as tests/hostile.rs does) and bounded, and a well-behaved call still
-//! succeeds afterwards.
+//! succeeds afterwards. And the polite ending: a drain (SIGTERM) sends GOAWAY.
 
 mod common;
 
@@ -414,4 +414,27 @@ fn streams_over_max_concurrent_streams_are_refused() {
     assert_eq!(lowest, Some(201), "the first 100 streams were accepted");
     drop(t);
     fx.assert_serves();
+}
+
+#[test]
+fn a_drain_sends_goaway_and_closes_once_streams_are_done() {
+    let mut fx = Fixture::new(&[]);
+    let mut t = fx.open(&[]);
+    t.write_all(&frame(SETTINGS, 1, 0, &[])).unwrap();
+    let (frames, _) = read_frames(&mut t, Duration::from_secs(5), |f| {
+        f.iter().any(|f| f.kind == SETTINGS && f.flags & 1 != 0)
+    });
+    assert!(!frames.is_empty(), "no SETTINGS from terminus");
+    fx.t.signal("TERM");
+    // GOAWAY NO_ERROR, and a PING to time the last stream id by (RFC 9113 6.8).
+    let ping = |f: &[Frame]| f.iter().any(|f| f.kind == PING && f.flags & 1 == 0);
+    let (frames, _) = read_frames(&mut t, Duration::from_secs(10), |f| {
+        goaway(f).is_some() && ping(f)
+    });
+    assert_eq!(goaway(&frames), Some(0), "GOAWAY NO_ERROR: {frames:?}");
+    let p = frames.iter().find(|f| f.kind == PING).unwrap();
+    t.write_all(&frame(PING, 1, 0, &p.payload)).unwrap();
+    let (_, closed) = read_frames(&mut t, Duration::from_secs(10), |_| false);
+    assert!(closed, "the connection closes once it has no streams");
+    assert_eq!(fx.t.wait_exit(Duration::from_secs(10)), Some(0));
 }

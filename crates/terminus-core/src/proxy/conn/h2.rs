@@ -73,6 +73,16 @@ impl Conn {
         true
     }
 
+    /// The process is draining: an HTTP/2 connection sends GOAWAY (its streams
+    /// finish, then it closes). True: there is something to send.
+    pub fn handle_drain(&mut self) -> bool {
+        let Some(p) = self.http.as_deref_mut().and_then(|h| h.h2.as_deref_mut()) else {
+            return false;
+        };
+        p.drain();
+        true
+    }
+
     /// Bytes the codecs hold towards `side`: written for it and not sealed, and the
     /// other side's not read yet.
     pub(super) fn h2_held(&self, side: Side) -> usize {
