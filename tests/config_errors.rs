@@ -917,7 +917,11 @@ fn http_listener_settings_are_validated() {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
     assert!(
-        lines[0].ends_with("listeners[0].alpn: an http listener speaks HTTP/1.1 only, got \"h2\""),
+        lines[0].ends_with(
+            "listeners[0].alpn: an http listener with upstream_protocol = \"http1\" offers \
+             \"http/1.1\" only (HTTP/2 (gRPC) needs upstream_protocol = \"h2\"; requests are \
+             not translated between HTTP/1.1 and HTTP/2), got \"h2\""
+        ),
         "{err}"
     );
     assert!(
@@ -929,6 +933,42 @@ fn http_listener_settings_are_validated() {
     assert!(
         lines[2].ends_with(
             "listeners[0].http.max_header_bytes: must be between 256 and 1048576, got 10"
+        ),
+        "{err}"
+    );
+    let (_dir, config) = pki_dir(
+        "http3",
+        "protocol = \"http\"\nupstream_protocol = \"h3\"\n\n[listeners.http.h2]\n\
+         max_concurrent_streams = 0\nstream_window = 10\n",
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0]
+            .ends_with("listeners[0].upstream_protocol: must be \"http1\" or \"h2\", got \"h3\""),
+        "{err}"
+    );
+    let (_dir, config) = pki_dir(
+        "http4",
+        "protocol = \"http\"\nupstream_protocol = \"h2\"\nalpn = [\"http/1.1\"]\n\n\
+         [listeners.http.h2]\nmax_concurrent_streams = 0\nstream_window = 10\n",
+    );
+    let out = check(&config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].contains("listeners[0].alpn: an http listener with upstream_protocol = \"h2\" offers \"h2\" only"), "{err}");
+    assert!(
+        lines[1].ends_with("listeners[0].http.h2.max_concurrent_streams: must be at least 1"),
+        "{err}"
+    );
+    assert!(
+        lines[2].ends_with(
+            "listeners[0].http.h2.stream_window: must be between 65535 and 2147483647, got 10"
         ),
         "{err}"
     );

@@ -96,15 +96,6 @@ fn write_until_blocked(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> (Tl
     (t, written)
 }
 
-fn rss(t: &Terminus) -> u64 {
-    proc_status_bytes(t.pid(), "RssAnon")
-}
-
-/// mimalloc returns freed pages to the OS after a delay and faults them back on
-/// reuse, which moved RssAnon by MiBs on its own; without purging, RSS only grows
-/// when terminus touches memory it had not touched before.
-const NO_PURGE: &[&str] = &["env", "MIMALLOC_PURGE_DELAY=-1"];
-
 /// Median and max of `n` 1 KiB echo round trips on a fresh connection.
 fn echo_latency(
     addr: SocketAddr,

@@ -30,6 +30,7 @@ pub fn run(data: &[u8]) {
         max_header_bytes: [64, 512, 4096, 16_384][usize::from(s >> 1) % 4],
         allow_bare_lf: s & 1 == 1,
         head_timeout: std::time::Duration::from_secs(10),
+        h2: None,
     };
     let c = b.u8();
     let mut splits = Splits::new(b.u8());

@@ -8,6 +8,7 @@
 //! | `backend` | backends in the test process (std threads) |
 //! | `client` | TLS clients (`terminus::tools::client`, the PKI's mTLS client), raw TCP, HTTP, ClientHellos |
 //! | `external` | curl/openssl/socat children with collected output, `openssl s_server`, free ports |
+//! | `grpc` | Python grpcio peers: the h2c gRPC upstream |
 //! | `metrics` | `/metrics` scrapes and the poll that waits for a sample |
 //! | `proxy_v2` | PROXY v2: the writer's types, the test kit's parser, a sample header (not glob-exported) |
 //! | `procfs` | /proc readers (memory and CPU through `terminus::tools::bench::target`) |
@@ -25,6 +26,7 @@ mod client;
 mod config;
 mod data;
 mod external;
+mod grpc;
 mod metrics;
 mod pki;
 mod procfs;
@@ -35,7 +37,7 @@ mod server;
 // Test files `use common::*`; each binary uses a different subset.
 #[allow(unused_imports)]
 pub use {
-    backend::*, client::*, config::*, data::*, external::*, metrics::*, pki::*, procfs::*,
+    backend::*, client::*, config::*, data::*, external::*, grpc::*, metrics::*, pki::*, procfs::*,
     report::*, server::*,
 };
 

@@ -7,6 +7,16 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     terminus::tools::bench::target::status_bytes(pid, field).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// terminus' anonymous RSS (heap and buffer ring, not code pages).
+pub fn rss(t: &super::Terminus) -> u64 {
+    proc_status_bytes(t.pid(), "RssAnon")
+}
+
+/// mimalloc returns freed pages to the OS after a delay and faults them back on
+/// reuse, which moved RssAnon by MiBs on its own; without purging, RSS only grows
+/// when terminus touches memory it had not touched before (`Terminus::builder().prefix`).
+pub const NO_PURGE: &[&str] = &["env", "MIMALLOC_PURGE_DELAY=-1"];
+
 /// utime+stime of a whole process, in ns (`terminus::tools::bench::target`).
 pub fn proc_cpu_ns(pid: u32) -> u64 {
     terminus::tools::bench::target::process_cpu_ns(pid).unwrap_or_else(|e| panic!("{e:#}"))

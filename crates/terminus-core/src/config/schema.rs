@@ -404,6 +404,12 @@ pub struct Listener {
     /// `PP2_SUBTYPE_SSL_CLIENT_CERT` (0x28).
     #[serde(default)]
     pub proxy_protocol_client_cert: bool,
+    /// HTTP listeners: `"http1"` (default) or `"h2"`, what the upstream speaks. With
+    /// `"h2"` every client connection is HTTP/2 (`alpn` defaults to `["h2"]`) and
+    /// goes to the upstream as HTTP/2 (cleartext prior knowledge, or ALPN `h2` over
+    /// `upstream_tls`).
+    #[serde(default)]
+    pub upstream_protocol: Option<String>,
     /// HTTP listeners: requests per second per caller (a token bucket; 0: off).
     #[serde(default)]
     pub requests_per_second_per_caller: u32,
@@ -466,7 +472,11 @@ impl Listener {
             }),
             ocsp: self.ocsp.clone(),
             sni: self.sni.clone(),
-            alpn: self.alpn.clone(),
+            alpn: if self.alpn.is_empty() && self.upstream_h2() {
+                vec!["h2".into()]
+            } else {
+                self.alpn.clone()
+            },
             http: self.protocol.as_deref() == Some("http"),
             min_version: self.min_version.clone(),
             cipher_suites: self.cipher_suites.clone(),
@@ -476,9 +486,19 @@ impl Listener {
             ticket_key_file: self.ticket_key_file.clone(),
             ticket_lifetime_s: self.ticket_lifetime_s,
             client_auth: self.client_auth.clone(),
-            upstream_tls: self.upstream_tls.clone(),
+            upstream_tls: self.upstream_tls.clone().map(|mut u| {
+                if self.upstream_h2() {
+                    u.alpn = vec!["h2".into()];
+                }
+                u
+            }),
             upstreams: self.upstreams.clone(),
         }
+    }
+
+    /// An http listener that speaks HTTP/2 to its upstream (and so to its clients).
+    pub fn upstream_h2(&self) -> bool {
+        self.protocol.as_deref() == Some("http") && self.upstream_protocol.as_deref() == Some("h2")
     }
 
     /// `upstreams` from `upstream_addrs`: every entry's addresses, deduplicated.
@@ -542,6 +562,9 @@ pub struct HttpTable {
     /// `[[listeners.http.rules]]`, in order; first match wins.
     #[serde(default)]
     pub rules: Vec<HttpRule>,
+    /// `[listeners.http.h2]`: HTTP/2 limits (`upstream_protocol = "h2"`).
+    #[serde(default)]
+    pub h2: crate::proxy::h2::H2Settings,
 }
 
 /// `[[listeners.http.rules]]` as written (checked by [`crate::proxy::authz::Rule::parse`]).
@@ -592,6 +615,7 @@ impl Default for HttpTable {
             rules_mode: default_mode(),
             default_action: default_action(),
             rules: Vec::new(),
+            h2: crate::proxy::h2::H2Settings::default(),
         }
     }
 }

@@ -213,6 +213,56 @@ fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
     }
 }
 
+/// `upstream_protocol` and `alpn` on an http listener: HTTP/1.1 to an `http1`
+/// upstream, HTTP/2 to an `h2` one (no translation between them).
+fn validate_http_protocols(l: &Listener, i: usize, bad: &mut Bad<'_>) {
+    let field = |key: &'static str| [K("listeners"), I(i), K(key)];
+    let (want, name) = match l.upstream_protocol.as_deref() {
+        None | Some("http1") => ("http/1.1", "http1"),
+        Some("h2") => ("h2", "h2"),
+        Some(p) => {
+            bad(
+                &field("upstream_protocol"),
+                format!("must be \"http1\" or \"h2\", got {p:?}"),
+            );
+            return;
+        }
+    };
+    if let Some(p) = l.alpn.iter().find(|p| p.as_str() != want) {
+        let why = if want == "h2" {
+            "every client speaks HTTP/2 to an h2 upstream"
+        } else {
+            "HTTP/2 (gRPC) needs upstream_protocol = \"h2\""
+        };
+        bad(
+            &field("alpn"),
+            format!(
+                "an http listener with upstream_protocol = \"{name}\" offers {want:?} only \
+                 ({why}; requests are not translated between HTTP/1.1 and HTTP/2), got {p:?}"
+            ),
+        );
+    }
+    let h2 = l.http.as_ref().map(|t| t.h2).unwrap_or_default();
+    let at = |key: &'static str| [K("listeners"), I(i), K("http"), K("h2"), K(key)];
+    if h2.max_concurrent_streams == 0 {
+        bad(&at("max_concurrent_streams"), "must be at least 1".into());
+    }
+    for (key, v) in [
+        ("stream_window", h2.stream_window),
+        ("connection_window", h2.connection_window),
+    ] {
+        if !(65_535..=(1 << 31) - 1).contains(&v) {
+            bad(
+                &at(key),
+                format!("must be between 65535 and 2147483647, got {v}"),
+            );
+        }
+    }
+    if h2.max_header_list_size < 1024 {
+        bad(&at("max_header_list_size"), "must be at least 1024".into());
+    }
+}
+
 /// `protocol` and `[listeners.http]`.
 fn validate_http(l: &Listener, i: usize, bad: &mut Bad<'_>) {
     let field = |key: &'static str| [K("listeners"), I(i), K(key)];
@@ -231,14 +281,15 @@ fn validate_http(l: &Listener, i: usize, bad: &mut Bad<'_>) {
         if l.http.is_some() {
             bad(&field("http"), "needs protocol = \"http\"".into());
         }
+        if l.upstream_protocol.is_some() {
+            bad(
+                &field("upstream_protocol"),
+                "needs protocol = \"http\"".into(),
+            );
+        }
         return;
     }
-    if let Some(p) = l.alpn.iter().find(|p| p.as_str() != "http/1.1") {
-        bad(
-            &field("alpn"),
-            format!("an http listener speaks HTTP/1.1 only, got {p:?}"),
-        );
-    }
+    validate_http_protocols(l, i, bad);
     let t = l.http.clone().unwrap_or_default();
     let at = |key: &'static str| [K("listeners"), I(i), K("http"), K(key)];
     if let Err(e) = crate::proxy::http::IdentityHeaders::parse(&t.identity_headers) {

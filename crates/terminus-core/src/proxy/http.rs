@@ -24,7 +24,7 @@ use crate::proxy::authz::gate::{Admit, RequestGate};
 use base64::Engine as _;
 
 /// Header names terminus sets, lowercase: a client's copy never passes.
-const OWNED: [&str; 7] = [
+pub const OWNED: [&str; 7] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -65,6 +65,8 @@ pub struct HttpSettings {
     pub max_header_bytes: usize,
     pub allow_bare_lf: bool,
     pub head_timeout: std::time::Duration,
+    /// HTTP/2 for clients that chose `h2` in ALPN (None: HTTP/1.1 only).
+    pub h2: Option<crate::proxy::h2::H2Settings>,
 }
 
 /// Why a request was refused: the status sent before closing.
@@ -199,6 +201,18 @@ impl RequestFilter {
         }
         self.added = h.into_bytes();
         self.sni = sni.map(str::to_owned);
+    }
+
+    /// The headers [`Self::set_connection`] adds to every request, as name and
+    /// value (for HTTP/2, which writes them as fields rather than lines).
+    pub fn added_fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        let text = std::str::from_utf8(&self.added).unwrap_or_default();
+        text.split("\r\n").filter_map(|line| line.split_once(": "))
+    }
+
+    /// `X-Forwarded-Host` from SNI (else each request's own host).
+    pub fn forwarded_host(&self) -> Option<&str> {
+        self.sni.as_deref()
     }
 
     /// Whether a request head has begun and not ended (the head timer runs).
@@ -587,6 +601,7 @@ mod tests {
             max_header_bytes: 1024,
             allow_bare_lf: false,
             head_timeout: std::time::Duration::from_secs(10),
+            h2: None,
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub mod authz;
 pub mod conn;
+pub mod h2;
 pub mod http;
 pub mod proxy_v2;
 pub mod response;

@@ -234,6 +234,7 @@ impl<D: Driver<Token>> Worker<D> {
             }
             if drain_deadline.is_none() {
                 self.stop_accepting();
+                self.drain_all(now);
                 drain_deadline = Some(now + drain_timeout);
             }
             if self.state.load() == RunState::Stopping || now >= drain_deadline.unwrap() {
@@ -297,6 +298,17 @@ impl<D: Driver<Token>> Worker<D> {
                 self.io.close(fd, Token::Fire);
             }
         }
+    }
+
+    /// The drain began: connections that can say so (HTTP/2: GOAWAY) tell their
+    /// clients to go elsewhere once their requests are done.
+    fn drain_all(&mut self, now: Instant) {
+        for (id, s) in self.slots.iter_mut() {
+            if s.closing().is_none() && s.conn.handle_drain() && s.mark_dirty() {
+                self.dirty.push(id);
+            }
+        }
+        self.flush_dirty(now);
     }
 
     fn shutdown_all(&mut self, now: Instant) {

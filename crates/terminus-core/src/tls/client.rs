@@ -63,7 +63,7 @@ fn upstream_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| at(UpstreamTlsProblem::Versions(e)))?
         .with_root_certificates(roots);
-    let cfg = match (&up.cert, &up.key) {
+    let mut cfg = match (&up.cert, &up.key) {
         _ if up.workload_svid() => {
             let (svid, key) = super::workload::svid(None)?;
             let label = super::workload::svid_label(&svid);
@@ -77,6 +77,7 @@ fn upstream_config(
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(at(UpstreamTlsProblem::CertWithoutKey)),
     };
+    cfg.alpn_protocols = up.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // Resumption: rustls' default in-memory cache (tickets and TLS 1.2 session IDs).
     // `upstream_clients` gives each upstream address its own store instead.
     Ok((Arc::new(cfg), name))

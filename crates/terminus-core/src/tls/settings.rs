@@ -223,6 +223,10 @@ pub struct UpstreamTls {
     /// a while anyway; `false` never offers any.
     #[serde(default = "yes")]
     pub resume: bool,
+    /// ALPN offered to the upstream (`h2` when `upstream_protocol = "h2"`); not a
+    /// key of its own.
+    #[serde(skip)]
+    pub alpn: Vec<String>,
 }
 
 fn yes() -> bool {

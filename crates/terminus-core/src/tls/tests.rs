@@ -136,6 +136,7 @@ fn upstream_sessions_are_per_address_and_dropped_when_refused() {
         svid: None,
         trust: None,
         resume: true,
+        alpn: Vec::new(),
     });
     let server = server_config(&fx.listener).unwrap();
     let up = upstream_clients(&fx.listener).unwrap().unwrap();

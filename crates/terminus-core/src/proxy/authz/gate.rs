@@ -69,6 +69,21 @@ pub enum Admit {
     Answered(u16),
 }
 
+/// What the rules and limits decided for a request (enforced; report mode forwards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Forward,
+    /// Denied by the rule named.
+    Deny {
+        rule: String,
+    },
+    /// Over `limit`; retry after this many seconds (at least 1).
+    Limit {
+        limit: Limit,
+        retry_after_s: u64,
+    },
+}
+
 /// The `rule` of an `http_denied` line for a path with no canonical form (`%2F`,
 /// `%5C`, a bad escape...): enforce answers it with 400, report lets it through.
 pub const INVALID_PATH: &str = "invalid_path";
@@ -133,8 +148,35 @@ impl RequestGate {
         self.now = now;
     }
 
-    /// Decide one request whose head passed the filter's checks.
+    /// Decide one HTTP/1.1 request whose head passed the filter's checks; a refused
+    /// one is answered in its place among the upstream's responses.
     pub fn check(&mut self, method: &str, target: &str) -> Result<Admit, PathError> {
+        match self.decide(method, target)? {
+            Decision::Forward => {
+                self.seq.forwarded(method == "HEAD");
+                Ok(Admit::Forward)
+            }
+            Decision::Deny { rule } => {
+                let body = format!("denied by rule \"{rule}\"\n");
+                self.answer(403, "Forbidden", "", &body);
+                Ok(Admit::Answered(403))
+            }
+            Decision::Limit {
+                limit,
+                retry_after_s,
+            } => {
+                let extra = format!("Retry-After: {retry_after_s}\r\n");
+                let body = format!("rate limited: {}\n", limit.as_str());
+                self.answer(429, "Too Many Requests", &extra, &body);
+                Ok(Admit::Answered(429))
+            }
+        }
+    }
+
+    /// Decide one request by the rules, then the limits (events recorded, the
+    /// caller's limit counted), whatever its protocol: HTTP/1.1 ([`Self::check`])
+    /// and HTTP/2 (`proxy::h2`) answer the refusals each in their own way.
+    pub fn decide(&mut self, method: &str, target: &str) -> Result<Decision, PathError> {
         let p = &*self.policy;
         let report = p.rules.mode() == Mode::Report;
         let path = match path::normalize(target) {
@@ -149,8 +191,7 @@ impl RequestGate {
                     identity: self.identity.clone(),
                     enforced: false,
                 })));
-                self.seq.forwarded(method == "HEAD");
-                return Ok(Admit::Forward);
+                return Ok(Decision::Forward);
             }
         };
         let d = p.rules.decide(self.caller.as_ref(), method, &path);
@@ -168,9 +209,7 @@ impl RequestGate {
                 enforced: !report,
             })));
             if !report {
-                let body = format!("denied by rule \"{rule}\"\n");
-                self.answer(403, "Forbidden", "", &body);
-                return Ok(Admit::Answered(403));
+                return Ok(Decision::Deny { rule });
             }
         }
         match self.limits.request(&p.limits, &self.key, self.now) {
@@ -187,14 +226,13 @@ impl RequestGate {
                     caller: self.key.to_string().into(),
                 });
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                let extra = format!("Retry-After: {}\r\n", secs.max(1));
-                let body = format!("rate limited: {}\n", limit.as_str());
-                self.answer(429, "Too Many Requests", &extra, &body);
-                return Ok(Admit::Answered(429));
+                return Ok(Decision::Limit {
+                    limit,
+                    retry_after_s: secs.max(1),
+                });
             }
         }
-        self.seq.forwarded(method == "HEAD");
-        Ok(Admit::Forward)
+        Ok(Decision::Forward)
     }
 
     fn answer(&mut self, status: u16, reason: &str, extra: &str, body: &str) {

@@ -20,6 +20,7 @@
 
 mod chunks;
 mod close;
+mod h2;
 mod leg;
 mod session;
 #[cfg(test)]
@@ -106,6 +107,8 @@ struct HttpConn {
     /// Rules and limits, until the caller is known ([`Conn::set_http_client`]
     /// then gives the filter its gate).
     policy: Option<HttpPolicy>,
+    /// HTTP/2 (an `upstream_protocol = "h2"` listener), from the handshake's end.
+    h2: Option<Box<crate::proxy::h2::H2Proxy>>,
 }
 
 /// A listener's per-request policy and its callers' shared limit state.
@@ -162,6 +165,7 @@ impl Conn {
             out: Vec::new(),
             head_since: None,
             policy: None,
+            h2: None,
         }));
         self
     }
@@ -197,6 +201,11 @@ impl Conn {
         };
         let verified = self.auth.as_ref().is_none_or(|a| a.verified);
         if let Some(h) = self.http.as_deref_mut() {
+            if let Some(s) = h.filter.settings().h2 {
+                let pipe = self.limits.max_buffered.min(crate::proxy::h2::PIPE_LIMIT);
+                let p = crate::proxy::h2::H2Proxy::new(&s, pipe);
+                h.h2 = Some(Box::new(p));
+            }
             let chain = tls.peer_certificates().filter(|_| verified);
             h.filter
                 .set_connection(client, self.server_name.as_deref(), chain);
@@ -247,7 +256,7 @@ impl Conn {
     /// a refusal's response is queued before the driver polls the client's sends);
     /// only once the upstream is connected: until then the bytes wait as they came.
     fn run_http(&mut self, now: Instant) {
-        if self.phase != Phase::Streaming || self.closing() {
+        if self.phase != Phase::Streaming || self.closing() || self.run_h2(now) {
             return;
         }
         let Some(h) = self.http.as_deref_mut() else {
@@ -272,6 +281,16 @@ impl Conn {
     /// our response).
     fn respond_and_close(&mut self, status: u16, reason: CloseReason) {
         self.upstream.plain_in = Vec::new();
+        if self
+            .http
+            .as_deref()
+            .is_some_and(|h| h.filter.settings().h2.is_some())
+        {
+            // An HTTP/2 client reads no HTTP/1.1 status: close_notify only.
+            self.client.send_close_notify();
+            self.close_after_flush.get_or_insert(reason);
+            return;
+        }
         if let Some(g) = self.gate_mut() {
             g.to_client = Vec::new();
         }
@@ -428,6 +447,9 @@ impl Conn {
     fn client_eof(&mut self, now: Instant) {
         self.last_activity = now;
         self.client.read_closed = true;
+        if self.phase == Phase::Streaming && !self.closing() {
+            self.run_h2(now);
+        }
         // A refusal already queued its alert: a FIN in the same read must not cut
         // it off (the client half-closed; it can still read the alert).
         if self.phase == Phase::Handshaking && self.close_after_flush.is_none() {
@@ -498,6 +520,9 @@ impl Conn {
             }
             return;
         }
+        if self.run_h2(now) {
+            return;
+        }
         // Rules or limits: the responses are followed so that local answers go in
         // their places. A stream that cannot be followed cannot be answered into.
         let plain = &mut self.upstream.plain_in;
@@ -524,6 +549,7 @@ impl Conn {
         }
         self.last_activity = now;
         self.upstream.read_closed = true;
+        self.run_h2(now);
     }
 
     fn upstream_error(&mut self) {
@@ -679,6 +705,9 @@ impl Conn {
         if self.close.is_some() {
             return None;
         }
+        if self.seal_h2(Side::Client) {
+            return self.client.poll_send();
+        }
         let done = self.upstream.read_closed;
         if let Some(g) = self.http.as_deref_mut().and_then(|h| h.filter.gate_mut()) {
             if done {
@@ -697,6 +726,9 @@ impl Conn {
         if self.phase != Phase::Streaming || self.closing() {
             return None;
         }
+        if self.seal_h2(Side::Upstream) {
+            return self.upstream.poll_send();
+        }
         if let Some(h) = self.http.as_deref_mut() {
             self.upstream.seal(&mut h.out, self.client.read_closed);
             return self.upstream.poll_send();
@@ -714,7 +746,7 @@ impl Conn {
             (Side::Client, Some(h)) => h.filter.gate().map_or(0, |g| g.held()),
             _ => 0,
         };
-        self.leg(side.other()).plain_in.len() + self.leg(side).queued() + http
+        self.leg(side.other()).plain_in.len() + self.leg(side).queued() + http + self.h2_held(side)
     }
 
     /// Whether the driver should have a receive armed on `side`'s socket.
@@ -741,8 +773,10 @@ impl Conn {
             .http
             .as_deref()
             .is_some_and(|h| h.filter.gate().is_some());
-        if side == Side::Client && gated {
-            held = held.max(self.buffered_to(Side::Client));
+        // HTTP/2 answers each side's frames to that side itself (SETTINGS acks,
+        // pongs, resets, refusals): likewise, in both directions.
+        if (side == Side::Client && gated) || self.http.as_deref().is_some_and(|h| h.h2.is_some()) {
+            held = held.max(self.buffered_to(side));
         }
         self.limits.max_buffered.saturating_sub(held)
     }
@@ -763,6 +797,7 @@ impl Conn {
             && self.client.read_closed
             && self.client.plain_in.is_empty()
             && self.http.as_ref().is_none_or(|h| h.out.is_empty())
+            && self.h2_held(Side::Upstream) == 0
             && !self.closing();
         self.upstream.poll_shutdown(ready)
     }

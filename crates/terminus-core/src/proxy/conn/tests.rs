@@ -694,6 +694,7 @@ fn unread_local_answers_stop_the_client_reads_at_max_buffered() {
             max_header_bytes: 8192,
             allow_bare_lf: false,
             head_timeout: Duration::from_secs(10),
+            h2: None,
         })
         .with_http_policy((
             Arc::new(Policy {
@@ -734,4 +735,54 @@ fn unread_local_answers_stop_the_client_reads_at_max_buffered() {
         p.upstream_got.is_empty(),
         "nothing denied reaches the upstream"
     );
+}
+
+/// HTTP/2: a client that floods PINGs and never reads the pongs. What is owed to it
+/// stops at `max_buffered` in its leg plus the codec's pipe, then its receive budget
+/// closes (the codec stops reading it, its frames wait unread).
+#[test]
+fn an_h2_ping_flood_from_a_client_that_never_reads_closes_its_budget() {
+    let pki = pki();
+    let mut p = Pair::new(&pki);
+    p.conn = fresh_conn(&pki, p.now).with_http(crate::proxy::http::HttpSettings {
+        identity: crate::proxy::http::IdentityHeaders::Xfcc,
+        max_header_bytes: 8192,
+        allow_bare_lf: false,
+        head_timeout: Duration::from_secs(10),
+        h2: Some(crate::proxy::h2::H2Settings::default()),
+    });
+    p.handshake_only();
+    assert!(p.conn.poll_connect());
+    p.conn.set_http_client(None);
+    p.conn.handle_upstream_connected(p.now, Vec::new(), None);
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let mut first = Some(hello);
+    let mut closed = false;
+    for _ in 0..20_000 {
+        if p.conn.recv_budget(Side::Client) == 0 {
+            closed = true;
+            break;
+        }
+        let mut burst = first.take().unwrap_or_default();
+        for _ in 0..64 {
+            burst.extend_from_slice(&ping);
+        }
+        p.client.writer().write_all(&burst).unwrap();
+        let mut buf = Vec::new();
+        while p.client.wants_write() {
+            p.client.write_tls(&mut buf).unwrap();
+        }
+        p.conn.handle_data(Side::Client, &mut buf, p.now);
+        // The driver takes the client's sends, which never complete.
+        let _ = p.conn.poll_send(Side::Client);
+        let _ = p.conn.poll_send(Side::Upstream);
+    }
+    let owed = p.conn.buffered_to(Side::Client);
+    assert!(closed, "the client was still read with {owed} B owed to it");
+    let max = limits().max_buffered;
+    let pipe = crate::proxy::h2::PIPE_LIMIT;
+    assert!(owed >= max && owed <= 2 * max + pipe + 4096, "{owed}");
+    assert!(p.conn.poll_close().is_none(), "still open, only not read");
 }
