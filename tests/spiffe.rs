@@ -329,6 +329,50 @@ fn federated_bundle_allows_then_refuses_including_resumption() {
     );
 }
 
+/// A listener that trusts one federated domain only: once that bundle is dropped no
+/// anchor is left, and the listener refuses every client certificate (fail closed)
+/// instead of keeping the withdrawn trust.
+#[test]
+fn dropping_the_only_trusted_bundle_fails_closed() {
+    let dir = TempDir::new("spiffe-fail-closed");
+    let mut api = api(dir.path(), Duration::from_secs(3600));
+    let partner_ca = TestCa::root("partner.org test CA").unwrap();
+    api.set_federated("partner.org", &partner_ca.der);
+    api.start().unwrap();
+    let backend = Backend::echo();
+    let extra = "[listeners.client_auth]\nmode = \"require\"\ntrust = \"workload_api\"\n\
+                 trust_domains = [\"partner.org\"]\n";
+    let config = spiffe_config(
+        dir.path(),
+        &api.endpoint(),
+        10_000,
+        &backend.addr().to_string(),
+        extra,
+    );
+    let term = Terminus::start(&config);
+    let addr = term.addr("edge");
+    let partner = federated_client(&api, &partner_ca, "partner.org");
+    assert_eq!(
+        mtls_echo(addr, &partner),
+        Ok(false),
+        "partner.org refused with its bundle; stderr:\n{}",
+        term.stderr()
+    );
+    api.drop_federated("partner.org");
+    let fresh = federated_client(&api, &partner_ca, "partner.org");
+    assert!(
+        wait_until(Duration::from_secs(1), || mtls_echo(addr, &fresh).is_err()),
+        "partner.org still allowed a second after its (only) bundle was dropped"
+    );
+    // Pushed again, it is trusted again.
+    api.set_federated("partner.org", &partner_ca.der);
+    assert!(
+        wait_until(Duration::from_secs(2), || mtls_echo(addr, &fresh).is_ok()),
+        "partner.org refused after its bundle came back; stderr:\n{}",
+        term.stderr()
+    );
+}
+
 /// The start waits for the Workload API (one log line per attempt), then exits 1
 /// naming the socket and its answer; `check` says the same. An API that comes up
 /// (or issues the identity) within the wait lets the start complete.

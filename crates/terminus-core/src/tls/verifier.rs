@@ -56,9 +56,25 @@ pub(super) fn table_verifier(
     let file_roots = load_roots(&ca.ca)?;
     let mut roots = file_roots.clone();
     if ca.workload_trust() {
-        roots
-            .roots
-            .extend(super::workload::trust_anchors(&ca.trust_domains)?);
+        match super::workload::trust_anchors(&ca.trust_domains) {
+            Ok(anchors) => roots.roots.extend(anchors),
+            // `ca` files still verify when no bundle is left.
+            Err(_) if !file_roots.is_empty() => {}
+            // Every bundle this listener trusted was dropped: refuse every client
+            // certificate (fail closed) rather than keep serving with the trust
+            // that was withdrawn.
+            Err(_) if super::workload::trusted_before(&ca.trust_domains) => {
+                let refuse = super::workload::RefuseAll::new(ca.mode, provider.clone());
+                return Ok(Some(PolicyVerifier::new(
+                    Arc::new(refuse),
+                    AllowList::parse(&ca.allow).map_err(|source| TlsError::AllowList {
+                        listener: l.name.clone(),
+                        source,
+                    })?,
+                )));
+            }
+            Err(e) => return Err(e),
+        }
     }
     let roots = Arc::new(roots);
     let mut crls = Vec::new();

@@ -78,8 +78,28 @@ pub fn publish(m: Material) {
     if bundles_changed {
         UPDATES_BUNDLE.fetch_add(1, Ordering::Relaxed);
     }
+    SEEN.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(m.bundles.iter().map(|b| b.trust_domain.clone()));
     CURRENT.store(Some(Arc::new(m)));
     GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Every trust domain a bundle was ever pushed for, since start.
+static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether a bundle `trust_domains` allows (any, when empty) was pushed before: the
+/// difference between trust withdrawn (refuse every client) and trust not yet
+/// received (an error that names the missing bundles).
+pub fn trusted_before(trust_domains: &[String]) -> bool {
+    let seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    match trust_domains.is_empty() {
+        true => !seen.is_empty(),
+        false => trust_domains
+            .iter()
+            .any(|t| seen.contains(t.trim_start_matches("spiffe://"))),
+    }
 }
 
 /// The last material published (None before the first update).
@@ -268,5 +288,81 @@ impl rustls::server::danger::ClientCertVerifier for DomainVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.all.supported_verify_schemes()
+    }
+}
+
+/// The verifier of a listener whose Workload API trust has no bundle left: it asks
+/// for a certificate as its mode says and refuses every one (unknown issuer), so
+/// withdrawing the last trusted bundle locks its callers out at once.
+#[derive(Debug)]
+pub(super) struct RefuseAll {
+    mandatory: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl RefuseAll {
+    pub(super) fn new(
+        mode: super::settings::ClientAuthMode,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> RefuseAll {
+        RefuseAll {
+            mandatory: mode == super::settings::ClientAuthMode::Require,
+            provider,
+        }
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for RefuseAll {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
