@@ -15,7 +15,7 @@
 # FUZZ_ARGS. Each target starts from its committed seeds
 # (fuzz/seeds/TARGET/) and grows a working corpus in fuzz/corpus/TARGET/ (not
 # committed). A crash found becomes a file in tests/fuzz-regressions/TARGET/ once
-# fixed (tests/fuzz_regressions.rs replays them on stable).
+# fixed (tests/other/fuzz_regressions.rs replays them on stable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}

@@ -2,7 +2,7 @@
 //! `io = "io_uring"` exits 1 naming the cause and the fix and `check --host` reports
 //! FAIL; under `auto` terminus runs on epoll (one line says why) and `check --host`
 //! says `auto` picks epoll, as WARNs, and exits 0. (A seccomp filter is the other
-//! way io_uring gets blocked: tests/seccomp.rs.)
+//! way io_uring gets blocked: tests/other/seccomp.rs.)
 //!
 //! Flipping `kernel.io_uring_disabled` is system-wide, so this lives in its own test
 //! binary (cargo runs test binaries one after another); its tests take one lock so

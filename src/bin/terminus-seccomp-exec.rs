@@ -2,7 +2,7 @@
 //! runtime would. Two filters: the runtime's default profile as far as io_uring goes
 //! (Docker ≥ 25, containerd ≥ 1.7, Kubernetes `RuntimeDefault`: the three io_uring
 //! syscalls fail, everything else is allowed), or an OCI/Docker JSON seccomp profile
-//! such as `deploy/seccomp-io_uring.json`. A test tool (tests/seccomp.rs), built with
+//! such as `deploy/seccomp-io_uring.json`. A test tool (tests/other/seccomp.rs), built with
 //! the package so that tests find it as `env!("CARGO_BIN_EXE_terminus-seccomp-exec")`.
 //!
 //! ```text

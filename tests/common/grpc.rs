@@ -1,5 +1,5 @@
 //! gRPC peers in Python (grpcio from `.ci/run`'s venv): the upstream of
-//! tests/grpc.rs and tests/h2_attacks.rs.
+//! tests/e2e/grpc.rs and tests/e2e/h2_attacks.rs.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -370,7 +370,7 @@ impl TerminusBuilder {
     }
 
     /// `TERMINUS_IO` removed from the child's environment, so that the config alone
-    /// picks the backend (the `auto` tests of tests/seccomp.rs must test `auto` even
+    /// picks the backend (the `auto` tests of tests/other/seccomp.rs must test `auto` even
     /// in a suite run under `TERMINUS_IO=epoll`). No backend check: the test asserts
     /// [`Terminus::io_backend`] itself.
     pub fn io_from_config(mut self) -> Self {

@@ -1,4 +1,4 @@
-"""The gRPC client of tests/grpc.rs: calls through terminus over mTLS (server name
+"""The gRPC client of tests/e2e/grpc.rs: calls through terminus over mTLS (server name
 localhost) and prints one JSON object with what came back.
 
 client.py TARGET CA CERT KEY calls    every method of upstream.py once

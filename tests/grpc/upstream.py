@@ -1,4 +1,4 @@
-"""A gRPC server for tests/grpc.rs, with no generated code: methods take and return
+"""A gRPC server for tests/e2e/grpc.rs, with no generated code: methods take and return
 raw bytes. Cleartext (h2c), or `upstream.py CERT KEY CLIENT_CA`: TLS (ALPN h2)
 requiring a client certificate from CLIENT_CA. Prints its port, then serves until
 stdin closes.

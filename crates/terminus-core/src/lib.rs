@@ -1,7 +1,7 @@
 //! terminus-core: the TLS terminator itself, everything `terminus run` ships.
 //!
 //! One folder per layer. A layer imports only the layers listed above it here
-//! (bottom first; `tests/layers.rs` fails on an import that runs the other way).
+//! (bottom first; `tests/other/layers.rs` fails on an import that runs the other way).
 //! See ARCHITECTURE.md for the data flow and why the layers are cut where they are.
 //!
 //! | layer | owns | I/O it may do |

@@ -1,5 +1,5 @@
 //! The one TLS client config of the tools and the tests: `terminus bench`, the demo,
-//! the integration tests (`tests/common`, `tests/trust_tls.rs`) and the criterion
+//! the integration tests (`tests/common`, `tests/other/trust_tls.rs`) and the criterion
 //! benches (`benches/common`) all build theirs with [`ClientConfigBuilder`].
 //!
 //! Owns: rustls (aws-lc-rs) client configs with chosen protocol versions, key

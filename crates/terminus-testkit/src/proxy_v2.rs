@@ -5,7 +5,7 @@
 //! numbers spelled out here rather than taken from the writer's constants, so that
 //! a wrong constant in the writer fails the round trips instead of agreeing with
 //! itself. Tests compare against the writer's types; HAProxy's own encoder is
-//! parsed with it too (tests/trust_haproxy.rs).
+//! parsed with it too (tests/other/trust_haproxy.rs).
 //!
 //! I/O contract: pure.
 

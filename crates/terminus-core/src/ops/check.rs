@@ -505,7 +505,7 @@ mod tests {
     fn a_busy_port_names_its_holder() {
         // The holder is this test process, which `holders` leaves out (it is the
         // checking process in real use); a child holding the port is tested in
-        // tests/config_errors.rs. Here: the inode is found and the bind refused.
+        // tests/other/config_errors.rs. Here: the inode is found and the bind refused.
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = held.local_addr().unwrap();
         assert!(!listening_inodes(addr, false).is_empty());

@@ -13,7 +13,7 @@
 //! through `group`.
 //!
 //! Seccomp: an allow-list, [`ALLOWED`], the syscalls that `deploy/seccomp-io_uring.json`
-//! allows (proved by tests/seccomp.rs under `--strict` on both backends: start,
+//! allows (proved by tests/other/seccomp.rs under `--strict` on both backends: start,
 //! workers, admin, reload, log reopen, sd_notify, name resolution, drain) less
 //! `execve` (nothing after start-up executes a program); a unit test keeps the two
 //! lists equal. Any other syscall, and any syscall of another ABI (x32, i386: the
@@ -302,7 +302,7 @@ mod sigsys {
 mod tests {
     use super::*;
 
-    /// The builtin list is deploy/seccomp-io_uring.json's (the one tests/seccomp.rs
+    /// The builtin list is deploy/seccomp-io_uring.json's (the one tests/other/seccomp.rs
     /// proves under `--strict`), less execve, as far as this arch has the names.
     #[test]
     fn allowed_is_the_shipped_profile_less_execve() {
