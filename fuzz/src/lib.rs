@@ -3,7 +3,7 @@
 //! invariant the harness checks).
 //!
 //! No fuzzing crate is used here: the targets (fuzz/fuzz_targets/*.rs) are one line
-//! each, and the stable suite (tests/fuzz_regressions.rs) includes this file by path
+//! each, and the stable suite (tests/other/fuzz_regressions.rs) includes this file by path
 //! to replay crash inputs and seeds through the same code. Inputs are raw bytes read
 //! with [`bytes::Bytes`] (a byte that runs out reads as zero), so every seed and every
 //! crash file stays meaningful as the harness is read.
@@ -15,6 +15,7 @@ pub mod conn_client;
 pub mod conn_session;
 pub mod conn_upstream;
 pub mod flags;
+pub mod h2_proxy;
 pub mod http_filter;
 pub mod ocsp;
 pub mod proxy_v2;
@@ -35,4 +36,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("flags", flags::run),
     ("authz", authz::run),
     ("ocsp", ocsp::run),
+    ("h2_proxy", h2_proxy::run),
 ];
