@@ -8,7 +8,6 @@
 //! leaf in `PP2_SUBTYPE_SSL_CLIENT_CERT`, read by the tests' parser and accepted by
 //! HAProxy.
 
-
 use crate::common::proxy_v2;
 use crate::common::*;
 use std::io::{Read, Write};

@@ -1,7 +1,6 @@
 //! `terminus check` next to a running `terminus run`, and what `run` says about
 //! certificates `check` refuses: real processes, real sockets on 127.0.0.1.
 
-
 use crate::common::{edge_config, Pki, Terminus, IO_TIMEOUT};
 use std::process::Command;
 use terminus::tools::certs::{LeafSpec, TestCa};

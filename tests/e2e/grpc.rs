@@ -7,7 +7,6 @@
 //! to one identity (PERMISSION_DENIED, logged as `http_denied`) and allows it to
 //! another; a per-caller rate answers RESOURCE_EXHAUSTED.
 
-
 use crate::common::*;
 use std::path::Path;
 use std::process::Command;

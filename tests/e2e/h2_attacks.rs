@@ -8,7 +8,6 @@
 //! RssAnon, as tests/e2e/hostile.rs does) and bounded, and a well-behaved call still
 //! succeeds afterwards. And the polite ending: a drain (SIGTERM) sends GOAWAY.
 
-
 use crate::common::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;

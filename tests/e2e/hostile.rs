@@ -9,7 +9,6 @@
 //! pools, so the growth measured is what the slow connections hold, not one-time
 //! worker memory.
 
-
 use crate::common::*;
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -2,7 +2,6 @@
 //! of those headers stripped, smuggling vectors refused, error statuses, through real
 //! clients (curl, `openssl s_client`, a rustls socket) and a header-echo backend.
 
-
 use crate::common::*;
 use sha2::{Digest, Sha256};
 use std::io::{BufReader, Read, Write};

@@ -6,7 +6,6 @@
 //! with `Retry-After` over the rate. Clients: rustls sockets with SPIFFE client
 //! certificates, and curl.
 
-
 use crate::common::*;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,5 @@
 //! Connection limits: max_connections, and running out of file descriptors.
 
-
 use crate::common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -11,7 +11,6 @@
 //!
 //! Memory is the whole RSS from /proc/PID/status, as an operator sees it.
 
-
 use crate::common::*;
 use std::sync::Arc;
 use std::thread;

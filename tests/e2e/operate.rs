@@ -4,7 +4,6 @@
 //! config, two instances resume each other's tickets, SIGTERM drains, and the access
 //! log carries the peer identity. Real `terminus run` processes, real rustls clients.
 
-
 use crate::common::*;
 use rustls::pki_types::CertificateDer;
 use rustls::ClientConfig;

@@ -10,7 +10,6 @@
 //! The tests that switch users need root; run as anyone else they say so and pass
 //! (CI runs as root).
 
-
 use crate::common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

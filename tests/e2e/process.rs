@@ -2,7 +2,6 @@
 //! access log under live traffic, sd_notify messages reach `NOTIFY_SOCKET`, and the
 //! drain delay keeps accepting while `/readyz` says 503.
 
-
 use crate::common::*;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};

@@ -2,7 +2,6 @@
 //! real clients (rustls, curl, openssl s_client, raw TCP) and in-process backends, all
 //! on 127.0.0.1 with port 0. Every wait is bounded (socket timeouts, polled deadlines).
 
-
 use crate::common::*;
 use rustls::{HandshakeKind, ProtocolVersion};
 use sha2::{Digest, Sha256};

@@ -13,7 +13,6 @@
 //! caller by caller. Two instances read with two `--admin` give the union, and a
 //! next candidate that refuses nobody reads READY (exit 0).
 
-
 use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;

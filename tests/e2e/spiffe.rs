@@ -4,7 +4,6 @@
 //! (resumption included); the start wait and its timeout, `InvalidArgument`, and the
 //! loss of the stream. Every case drives a `terminus run` child over real sockets.
 
-
 use crate::common::*;
 use rustls::ClientConfig;
 use std::io::{Read, Write};

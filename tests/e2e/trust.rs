@@ -10,7 +10,6 @@
 //! access log file (`[log] access = "access.log"`), whose `handshake_error` lines are
 //! matched to the refused client by its address. Every wait is bounded.
 
-
 use crate::common::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
 use crate::common::*;
 use rustls::pki_types::pem::PemObject;

@@ -12,7 +12,6 @@
 //! client certificate towards the upstream (`edge.pem`) from a client CA the
 //! upstream trusts (`client-ca.pem`). Every wait is bounded.
 
-
 use crate::common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

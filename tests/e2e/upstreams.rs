@@ -16,7 +16,6 @@
 //!
 //! Names resolve without a network: `localhost` and the hosts file.
 
-
 use crate::common::*;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

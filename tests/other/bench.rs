@@ -3,7 +3,6 @@
 //! `terminus backend` child directly (plaintext), over real sockets on 127.0.0.1, and
 //! its JSON must describe what happened. Each run is 1-3 s.
 
-
 use crate::common::*;
 use serde_json::Value;
 use std::ffi::OsStr;

@@ -1,7 +1,6 @@
 //! `terminus certs` as a user runs it: a `--days` no certificate can hold is a usage
 //! error (exit 2, one line saying the largest value), not a panic.
 
-
 use crate::common::{bin, TempDir};
 use std::process::Command;
 

@@ -4,7 +4,6 @@
 //! certificate and refuse one without. A short real run of the script writes the demo's
 //! report format (through `terminus report`). scripts/ab-binaries.sh reports a ratio.
 
-
 use crate::common::*;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};

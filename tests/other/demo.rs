@@ -2,7 +2,6 @@
 //! its backends and terminator in-process, measures four modes and writes the HTML
 //! report; Ctrl-C stops it and removes its work dir.
 
-
 use crate::common::*;
 use std::ffi::OsStr;
 use std::path::PathBuf;

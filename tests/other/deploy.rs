@@ -5,7 +5,6 @@
 //! conditions (an unprivileged user, io_uring denied by a seccomp filter) with a
 //! real TLS client — this machine cannot build or run images.
 
-
 use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! `terminus check --host` on this machine: the built binary, run under real limits
 //! (`prlimit`, `taskset`), against what /proc and /sys say.
 
-
 use crate::common::*;
 use std::process::Command;
 

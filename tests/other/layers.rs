@@ -3,9 +3,8 @@
 //! of the library for `crate::<layer>` paths (in `use` lines, paths and doc links
 //! alike) and fails on each one that runs upwards, naming file and line.
 
-
-use std::path::Path;
 use crate::tree::{crate_sources, rust_files};
+use std::path::Path;
 
 /// Bottom to top. A layer is a folder (or file) directly under the crate's src/.
 const ORDER: &[&str] = &[
@@ -124,7 +123,8 @@ fn the_scan_sees_grouped_and_plain_paths() {
 #[test]
 fn the_core_crate_depends_on_no_tool_or_test_crate() {
     let manifest =
-        std::fs::read_to_string(crate::tree::root().join("crates/terminus-core/Cargo.toml")).unwrap();
+        std::fs::read_to_string(crate::tree::root().join("crates/terminus-core/Cargo.toml"))
+            .unwrap();
     let deps = manifest
         .split("[dependencies]")
         .nth(1)
@@ -141,7 +141,8 @@ fn the_core_crate_depends_on_no_tool_or_test_crate() {
         assert!(!deps.contains(name), "terminus-core depends on {name}");
     }
     let testkit =
-        std::fs::read_to_string(crate::tree::root().join("crates/terminus-testkit/Cargo.toml")).unwrap();
+        std::fs::read_to_string(crate::tree::root().join("crates/terminus-testkit/Cargo.toml"))
+            .unwrap();
     assert!(
         !testkit.lines().any(|l| l.starts_with("terminus-")),
         "the test kit must depend on no terminus crate"

@@ -9,7 +9,9 @@
 mod common;
 /// The fuzz targets' harnesses (fuzz/src), run on stable by `fuzz_regressions`
 /// (which uses part of them).
-#[allow(dead_code)]
+// dead_code: the suite uses part of them; duplicate_mod: they include
+// tests/common/proxy_v2.rs by path too, as `common` does here.
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../../fuzz/src/lib.rs"]
 mod harness;
 #[path = "../tree/mod.rs"]

@@ -3,7 +3,6 @@
 //! another certificate, a revoked one and an expired one are not stapled, but
 //! logged and counted.
 
-
 use crate::common::*;
 use std::path::Path;
 use std::process::Command;

@@ -24,7 +24,6 @@
 //! files (`failure_persistence: None`): a failure prints its minimal input.
 //! The whole file runs in about a second in `cargo test --release`.
 
-
 use crate::common::proxy_v2::{self, to_ssl, Command, Header, ParseError, Ssl};
 use proptest::prelude::*;
 use proptest::sample::Index;

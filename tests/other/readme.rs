@@ -15,7 +15,6 @@
 //! `.ci/run` runs the README's first command itself (`cargo run --release -- demo`,
 //! shortened by `--seconds` and `--rounds`).
 
-
 use crate::common::{bin, refused_addr, Spawned, TempDir, READY_TIMEOUT};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -2,7 +2,6 @@
 //! [--client-ca … --allow …]` serves what the same config file would, and `check`
 //! takes the same flags.
 
-
 use crate::common::*;
 use std::io::Read;
 use std::time::Duration;

@@ -28,7 +28,6 @@
 //! `TERMINUS_IO` is removed from every child's environment here, so these tests test
 //! `auto` and the config's `io` even in a suite run under `TERMINUS_IO=epoll`.
 
-
 use crate::common::*;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

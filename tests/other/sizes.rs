@@ -3,9 +3,8 @@
 //! lines. A function's length runs from its `fn` line to its closing brace; the scan
 //! blanks strings, characters and comments first, so braces inside them do not count.
 
-
-use std::path::PathBuf;
 use crate::tree::{crate_sources, rust_files};
+use std::path::PathBuf;
 
 const MAX_FILE_LINES: usize = 900;
 const MAX_FN_LINES: usize = 120;
@@ -15,7 +14,10 @@ const MAX_FN_LINES: usize = 120;
 fn folders() -> (Vec<PathBuf>, Vec<PathBuf>) {
     let sources = crate_sources();
     let mut all = sources.clone();
-    all.extend([crate::tree::root().join("tests"), crate::tree::root().join("benches")]);
+    all.extend([
+        crate::tree::root().join("tests"),
+        crate::tree::root().join("benches"),
+    ]);
     (sources, all)
 }
 

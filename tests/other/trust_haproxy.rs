@@ -20,7 +20,6 @@
 //! by binding 127.0.0.1:0 and releasing it. Every wait is bounded; HAProxy is killed
 //! when the test ends.
 
-
 use crate::common::free_port;
 use crate::common::proxy_v2::{self, Header, Ssl};
 use std::io::{BufRead, BufReader, Read, Write};
