@@ -43,15 +43,12 @@ pids+=($!)
         echo
     done
 } >"$work/t.toml"
-"$T" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
-pid=$!
-pids+=("$pid")
-wait_ready t "$pid"
+terminus_start "$T" t
 
 measure() { # SIDE PORT -> "SIDE VALUE" (server µs per handshake)
     taskset -c 1 "$T" bench --target "127.0.0.1:$2" --server-name localhost --ca "$work/pki/ca.pem" \
         --workload handshake --connections 16 --client-cert "$work/pki/client.pem" \
-        --client-key "$work/pki/client.key" --duration "$secs" --cpus 1 --target-pid "$pid" \
+        --client-key "$work/pki/client.key" --duration "$secs" --cpus 1 --target-pid "$tpid" \
         --json --quiet >"$work/r.json" || die "bench $1 failed"
     local v
     v=$(bench_figure "$work/r.json" target_cpu_us_per_op clean) || exit 1

@@ -159,10 +159,7 @@ fi
     terminus_listener term_src "$t_term_src" "$be_src" 0
     terminus_listener mtls_src "$t_mtls_src" "$be_src" 1
 } >"$work/terminus.toml"
-"$T" run --config "$work/terminus.toml" >"$work/terminus.out" 2>"$work/terminus.err" &
-tpid=$!
-pids+=($tpid)
-wait_ready terminus $tpid
+terminus_start "$T" terminus
 
 npid="" hpid="" xpid="" xpid_src=""
 if wants nginx; then

@@ -52,9 +52,6 @@ identities = ["any"]
 paths = ["/admin/*"]
 action = "deny"
 EOF
-"$bin" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
-pid=$!
-pids+=("$pid")
-wait_ready t "$pid"
+terminus_start "$bin" t
 
-wrk_cpu_ab "$pid" plain "$tcp" rules "$http"
+wrk_cpu_ab "$tpid" plain "$tcp" rules "$http"

@@ -28,9 +28,6 @@ nginx_http_ok "$be"
     terminus_listener http "$http" "$be" 0 pki
     printf 'protocol = "http"\n'
 } >"$work/t.toml"
-"$bin" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
-pid=$!
-pids+=("$pid")
-wait_ready t "$pid"
+terminus_start "$bin" t
 
-wrk_cpu_ab "$pid" tcp "$tcp" http "$http"
+wrk_cpu_ab "$tpid" tcp "$tcp" http "$http"

@@ -88,6 +88,15 @@ wait_ready() { # NAME PID: until terminus' stdout ($work/NAME.out) says `ready` 
     die "$1 not ready within 10 s: $(tail -3 "$work/$1.err")"
 }
 
+# `BINARY run` on $work/NAME.toml (output in $work/NAME.out and .err), its pid in
+# `tpid` and `pids`; returns once it is ready.
+terminus_start() { # BINARY NAME
+    "$1" run --config "$work/$2.toml" >"$work/$2.out" 2>"$work/$2.err" &
+    tpid=$!
+    pids+=("$tpid")
+    wait_ready "$2" "$tpid"
+}
+
 # Sum of on-CPU nanoseconds of every thread of PID (field 1 of schedstat).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; } # %.0f: mawk's %d clamps at 2^31 ns
 

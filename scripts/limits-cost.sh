@@ -33,10 +33,7 @@ limits='max_connections_per_caller = 1000000\nhandshakes_per_second_per_source =
     terminus_listener a "$a" "$be" 1 "$work/pki"
     terminus_listener b "$b" "$be" 1 "$work/pki" | sed "/^upstreams = /a $limits"
 } >"$work/t.toml"
-"$T" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
-pid=$!
-pids+=("$pid")
-wait_ready t "$pid"
+terminus_start "$T" t
 
 for round in $(seq "$rounds"); do
     if ((round % 2)); then order="a b"; else order="b a"; fi
@@ -45,7 +42,7 @@ for round in $(seq "$rounds"); do
         taskset -c 1 "$T" bench --target "127.0.0.1:$port" --server-name localhost \
             --ca "$work/pki/ca.pem" --workload handshake --connections "$conns" \
             --client-cert "$work/pki/client.pem" --client-key "$work/pki/client.key" \
-            --duration "$secs" --cpus 1 --target-pid "$pid" --json --quiet >"$work/r.json" ||
+            --duration "$secs" --cpus 1 --target-pid "$tpid" --json --quiet >"$work/r.json" ||
             die "bench $side failed"
         v=$(bench_figure "$work/r.json" target_cpu_us_per_op clean) || die "bench $side: no figure"
         echo "$side $v"

@@ -47,10 +47,7 @@ pids+=($bpid)
     terminus_runtime
     terminus_listener echo "$port" "$be" 0
 } >"$work/t.toml"
-"$bin" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
-tpid=$!
-pids+=($tpid)
-wait_ready t "$tpid"
+terminus_start "$bin" t
 
 # wrk's request: a SIZE-byte HTTP response, so that its echo is an answer wrk accepts
 # (see the note in the generated script).

@@ -12,7 +12,7 @@
 //! applies the same check to what a whole Conn sends its upstream.
 
 use super::bytes::{Bytes, Splits};
-use terminus::proxy::http::{HttpSettings, IdentityHeaders, RequestFilter};
+use terminus::proxy::http::{HttpSettings, IdentityHeaders, RequestFilter, OWNED};
 
 /// What terminus adds to every request of a connection.
 pub struct Expect<'a> {
@@ -78,17 +78,6 @@ pub fn run(data: &[u8]) {
         f.requests
     );
 }
-
-/// Headers terminus owns (proxy/http.rs `OWNED`), lowercase.
-const OWNED: [&str; 7] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-client-cert",
-    "client-cert",
-    "client-cert-chain",
-    "forwarded",
-];
 
 /// Check the byte stream an upstream receives from an http listener; returns the
 /// number of request heads in it. The stream may end inside a body, never inside

@@ -7,6 +7,7 @@
 use crate::common::*;
 use rustls::ClientConfig;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,18 @@ fn spiffe_config(
     let path = dir.join("spiffe.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// terminus on [`spiffe_config`] (10 s to the first SVID) in front of `upstream`.
+fn start_edge(dir: &Path, api: &WorkloadApi, upstream: SocketAddr, extra: &str) -> Terminus {
+    let endpoint = api.endpoint();
+    Terminus::start(&spiffe_config(
+        dir,
+        &endpoint,
+        10_000,
+        &upstream.to_string(),
+        extra,
+    ))
 }
 
 fn roots_of(pem: &str) -> rustls::RootCertStore {
@@ -107,14 +120,7 @@ fn rotation_under_load_serves_each_new_svid_within_a_second() {
     let mut api = api(dir.path(), Duration::from_secs(10));
     api.start().unwrap();
     let backend = Backend::echo();
-    let config = spiffe_config(
-        dir.path(),
-        &api.endpoint(),
-        10_000,
-        &backend.addr().to_string(),
-        "",
-    );
-    let term = Terminus::start(&config);
+    let term = start_edge(dir.path(), &api, backend.addr(), "");
     let addr = term.addr("edge");
     std::fs::write(dir.path().join("ca.pem"), api.ca_pem()).unwrap();
 
@@ -259,14 +265,7 @@ fn federated_bundle_allows_then_refuses_including_resumption() {
     .unwrap();
     let extra = "ticket_key_file = \"tickets.key\"\n[listeners.client_auth]\nmode = \"require\"\n\
                  trust = \"workload_api\"\n";
-    let config = spiffe_config(
-        dir.path(),
-        &api.endpoint(),
-        10_000,
-        &backend.addr().to_string(),
-        extra,
-    );
-    let term = Terminus::start(&config);
+    let term = start_edge(dir.path(), &api, backend.addr(), extra);
     let addr = term.addr("edge");
     let partner_ca = TestCa::root("partner.org test CA").unwrap();
     let partner = federated_client(&api, &partner_ca, "partner.org");
@@ -340,14 +339,7 @@ fn dropping_the_only_trusted_bundle_fails_closed() {
     let backend = Backend::echo();
     let extra = "[listeners.client_auth]\nmode = \"require\"\ntrust = \"workload_api\"\n\
                  trust_domains = [\"partner.org\"]\n";
-    let config = spiffe_config(
-        dir.path(),
-        &api.endpoint(),
-        10_000,
-        &backend.addr().to_string(),
-        extra,
-    );
-    let term = Terminus::start(&config);
+    let term = start_edge(dir.path(), &api, backend.addr(), extra);
     let addr = term.addr("edge");
     let partner = federated_client(&api, &partner_ca, "partner.org");
     assert_eq!(
@@ -546,14 +538,7 @@ fn upstream_mtls_from_the_workload_api() {
     );
     let extra = "[listeners.upstream_tls]\nserver_name = \"localhost\"\nsvid = \"workload_api\"\n\
                  trust = \"workload_api\"\n";
-    let config = spiffe_config(
-        dir.path(),
-        &api.endpoint(),
-        10_000,
-        &up_addr.to_string(),
-        extra,
-    );
-    let term = Terminus::start(&config);
+    let term = start_edge(dir.path(), &api, up_addr, extra);
     let mut tls = tls_connect(term.addr("edge"), &fresh_client(&api));
     tls.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut page = Vec::new();

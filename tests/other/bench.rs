@@ -186,21 +186,16 @@ fn plaintext_direct_to_the_backend() {
 #[test]
 fn terminate_handshakes_and_requests() {
     let _g = heavy();
-    let Edge {
-        be: _be,
-        p,
-        target,
-        ca,
-    } = Edge::start();
-    let pid = p.term.pid().to_string();
+    let edge = Edge::start();
+    let pid = edge.pid();
     for (wl, extra) in [
         ("handshake", vec![]),
         ("handshake", vec!["--size", "100"]),
         ("rr", vec![]),
     ] {
-        let args = Args::new(&target, wl)
+        let args = edge
+            .args(wl)
             .opt(&["--duration", "1", "--target-pid", &pid])
-            .tls(&ca)
             .opt(&extra);
         let v = args.sane(&format!("{wl} {extra:?}"));
         assert_eq!(v["mode"], "tls");
@@ -235,6 +230,16 @@ impl Edge {
         let target = p.addr("edge").to_string();
         let ca = p.pki.ca_pem().display().to_string();
         Edge { be, p, target, ca }
+    }
+
+    /// Bench arguments for `workload` against the listener, over TLS.
+    fn args(&self, workload: &str) -> Args {
+        Args::new(&self.target, workload).tls(&self.ca)
+    }
+
+    /// The terminus child's pid, as `--target-pid` takes it.
+    fn pid(&self) -> String {
+        self.p.term.pid().to_string()
     }
 }
 
@@ -380,15 +385,8 @@ fn reencrypt_to_a_tls_backend() {
 #[test]
 fn resume_reports_resumed_handshakes() {
     let _g = heavy();
-    let Edge {
-        be: _be,
-        p: _p,
-        target,
-        ca,
-    } = Edge::start();
-    let args = Args::new(&target, "handshake")
-        .opt(&["--resume", "--duration", "1"])
-        .tls(&ca);
+    let edge = Edge::start();
+    let args = edge.args("handshake").opt(&["--resume", "--duration", "1"]);
     let v = args.sane("resume");
     assert!(f(&v, "resumed") > 0.0, "no resumed handshakes: {v}");
     assert!(
@@ -475,21 +473,19 @@ fn in_memory_handshakes_measure_the_listeners_own_server_config() {
 #[test]
 fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
     let _g = heavy();
-    let Edge { be, p, target, ca } = Edge::start();
-    let (pid, backend_pid) = (p.term.pid().to_string(), be.pid().to_string());
+    let edge = Edge::start();
+    let (pid, backend_pid) = (edge.pid(), edge.be.pid().to_string());
     for wl in ["handshake", "rr"] {
-        let args = Args::new(&target, wl)
-            .opt(&[
-                "--duration",
-                "0.5",
-                "--rounds",
-                "2",
-                "--target-pid",
-                &pid,
-                "--run-pid",
-                &backend_pid,
-            ])
-            .tls(&ca);
+        let args = edge.args(wl).opt(&[
+            "--duration",
+            "0.5",
+            "--rounds",
+            "2",
+            "--target-pid",
+            &pid,
+            "--run-pid",
+            &backend_pid,
+        ]);
         let v = args.sane(wl);
         assert_eq!(v["rounds"], 2, "{v}");
         let rounds = v["per_round"].as_array().expect("per_round");
@@ -566,24 +562,16 @@ fn rounds_report_medians_with_spread_foreign_and_client_cpu() {
 #[test]
 fn target_cpu_agrees_with_an_independent_schedstat_reading() {
     let _g = heavy();
-    let Edge {
-        be: _be,
-        p,
-        target,
-        ca,
-    } = Edge::start();
-    let pid = p.term.pid();
-    let pid_s = pid.to_string();
-    let args = Args::new(&target, "handshake")
-        .opt(&[
-            "--connections",
-            "4",
-            "--duration",
-            "2",
-            "--target-pid",
-            &pid_s,
-        ])
-        .tls(&ca);
+    let edge = Edge::start();
+    let pid = edge.p.term.pid();
+    let args = edge.args("handshake").opt(&[
+        "--connections",
+        "4",
+        "--duration",
+        "2",
+        "--target-pid",
+        &edge.pid(),
+    ]);
     let before = proc_threads_schedstat_ns(pid);
     let v = args.ok();
     let after = proc_threads_schedstat_ns(pid);
@@ -631,23 +619,15 @@ fn rate_limited_rr_holds_the_rate() {
 #[test]
 fn idle_connections_report_target_memory() {
     let _g = heavy();
-    let Edge {
-        be: _be,
-        p,
-        target,
-        ca,
-    } = Edge::start();
-    let pid = p.term.pid().to_string();
-    let args = Args::new(&target, "idle")
-        .opt(&[
-            "--connections",
-            "400",
-            "--duration",
-            "1",
-            "--target-pid",
-            &pid,
-        ])
-        .tls(&ca);
+    let edge = Edge::start();
+    let args = edge.args("idle").opt(&[
+        "--connections",
+        "400",
+        "--duration",
+        "1",
+        "--target-pid",
+        &edge.pid(),
+    ]);
     let v = args.sane("idle");
     assert_eq!(f(&v, "established"), 400.0, "{v}");
     assert_eq!(f(&v, "full_handshakes"), 400.0, "{v}");
@@ -737,18 +717,13 @@ fn fake_admin(pid: u32, stop: Arc<AtomicBool>) -> SocketAddr {
 #[test]
 fn target_cpu_from_the_admin_endpoint() {
     let _g = heavy();
-    let Edge {
-        be: _be,
-        p,
-        target,
-        ca,
-    } = Edge::start();
+    let edge = Edge::start();
     let stop = Arc::new(AtomicBool::new(false));
-    let admin = fake_admin(p.term.pid(), stop.clone());
+    let admin = fake_admin(edge.p.term.pid(), stop.clone());
     let admin_s = admin.to_string();
-    let args = Args::new(&target, "handshake")
-        .opt(&["--duration", "2", "--target-admin", &admin_s])
-        .tls(&ca);
+    let args = edge
+        .args("handshake")
+        .opt(&["--duration", "2", "--target-admin", &admin_s]);
     let v = args.sane("admin");
     // Tick-granular (10 ms) CPU over 2 s of handshakes: clearly above zero.
     assert_positive(&v, &["target_cpu_us_per_op"]);
@@ -756,9 +731,9 @@ fn target_cpu_from_the_admin_endpoint() {
 
     // An admin address that refuses: a runtime failure before any load, naming it.
     let gone = refused_addr().to_string();
-    let args = Args::new(&target, "handshake")
-        .opt(&["--duration", "30", "--target-admin", &gone])
-        .tls(&ca);
+    let args = edge
+        .args("handshake")
+        .opt(&["--duration", "30", "--target-admin", &gone]);
     let t = std::time::Instant::now();
     let (code, _, err) = args.run();
     assert_eq!(code, Some(1), "{err}");

@@ -1076,15 +1076,8 @@ mod proxy_v2_cases {
     }
 
     fn minimal() -> Header {
-        Header {
-            src: "[2001:db8::1]:40000".parse().unwrap(),
-            dst: "[2001:db8::2]:8443".parse().unwrap(),
-            alpn: None,
-            authority: None,
-            ssl: None,
-            spiffe: None,
-            unique_id: None,
-        }
+        let (src, dst) = ("[2001:db8::1]:40000", "[2001:db8::2]:8443");
+        Header::new(src.parse().unwrap(), dst.parse().unwrap())
     }
 
     #[test]
@@ -1115,34 +1108,24 @@ mod proxy_v2_cases {
 
     #[test]
     fn address_families() {
-        // Mixed: IPv6 with the IPv4 side mapped.
-        let h = Header {
-            src: "192.0.2.1:1".parse().unwrap(),
-            ..minimal()
-        };
-        let bytes = h.to_bytes();
-        assert_eq!(bytes[13], FAMILY_TCP6);
-        let (p, _) = parse(&bytes).unwrap();
-        assert_eq!(
-            p.addresses.unwrap().0,
-            "[::ffff:192.0.2.1]:1".parse().unwrap()
-        );
-        // IPv4-mapped on both sides (a dual-stack listener): IPv4.
-        let h = Header {
-            src: "[::ffff:192.0.2.1]:1".parse().unwrap(),
-            dst: "[::ffff:192.0.2.2]:2".parse().unwrap(),
-            ..minimal()
-        };
-        let bytes = h.to_bytes();
-        assert_eq!(bytes[13], FAMILY_TCP4);
-        let (p, _) = parse(&bytes).unwrap();
-        assert_eq!(
-            p.addresses,
-            Some((
-                "192.0.2.1:1".parse().unwrap(),
-                "192.0.2.2:2".parse().unwrap()
-            ))
-        );
+        // (src, dst, the family sent, the addresses parsed): mixed is IPv6 with the
+        // IPv4 side mapped; IPv4-mapped on both sides (a dual-stack listener) is IPv4.
+        let v6 = "[2001:db8::2]:8443";
+        for (src, dst, family, parsed) in [
+            ("192.0.2.1:1", v6, FAMILY_TCP6, ("[::ffff:192.0.2.1]:1", v6)),
+            (
+                "[::ffff:192.0.2.1]:1",
+                "[::ffff:192.0.2.2]:2",
+                FAMILY_TCP4,
+                ("192.0.2.1:1", "192.0.2.2:2"),
+            ),
+        ] {
+            let bytes = Header::new(src.parse().unwrap(), dst.parse().unwrap()).to_bytes();
+            assert_eq!(bytes[13], family, "{src} {dst}");
+            let (p, _) = parse(&bytes).unwrap();
+            let want = (parsed.0.parse().unwrap(), parsed.1.parse().unwrap());
+            assert_eq!(p.addresses, Some(want), "{src} {dst}");
+        }
     }
 
     #[test]

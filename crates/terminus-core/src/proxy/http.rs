@@ -714,16 +714,8 @@ mod tests {
     fn a_denied_request_is_not_written_and_its_body_is_dropped_at_any_split() {
         use crate::proxy::authz::gate::{Policy, RequestGate};
         use crate::proxy::authz::limits::CallerLimits;
-        use crate::proxy::authz::{Action, Mode, Rule, RuleSpec, Rules};
-        let (ids, paths) = (vec!["any".to_string()], vec!["/admin/*".to_string()]);
-        let rule = Rule::parse(&RuleSpec {
-            name: "no-admin",
-            identities: &ids,
-            methods: None,
-            paths: Some(&paths),
-            action: "deny",
-        })
-        .unwrap();
+        use crate::proxy::authz::{parse_rule, Action, Mode, Rules};
+        let rule = parse_rule("no-admin", &["any"], None, Some(&["/admin/*"]), "deny").unwrap();
         let policy = Policy {
             rules: Rules::new(vec![rule], Action::Allow, Mode::Enforce).unwrap(),
             ..Policy::default()

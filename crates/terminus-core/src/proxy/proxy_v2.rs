@@ -99,6 +99,19 @@ pub struct Header {
 }
 
 impl Header {
+    /// A header with `src` and `dst` and no TLVs.
+    pub fn new(src: SocketAddr, dst: SocketAddr) -> Header {
+        Header {
+            src,
+            dst,
+            alpn: None,
+            authority: None,
+            ssl: None,
+            spiffe: None,
+            unique_id: None,
+        }
+    }
+
     /// The header terminus sends for an established client connection: its
     /// addresses (`src` the client, `dst` the address it connected to), ALPN, SNI,
     /// the client-side TLS facts, the certificate terminus served (`served`) and the
@@ -415,15 +428,8 @@ mod tests {
     use super::*;
 
     fn minimal() -> Header {
-        Header {
-            src: "[2001:db8::1]:40000".parse().unwrap(),
-            dst: "[2001:db8::2]:8443".parse().unwrap(),
-            alpn: None,
-            authority: None,
-            ssl: None,
-            spiffe: None,
-            unique_id: None,
-        }
+        let (src, dst) = ("[2001:db8::1]:40000", "[2001:db8::2]:8443");
+        Header::new(src.parse().unwrap(), dst.parse().unwrap())
     }
 
     #[test]

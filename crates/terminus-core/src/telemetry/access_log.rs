@@ -131,36 +131,50 @@ pub fn line(at: Endpoints<'_>, closing: Option<CloseReason>, conn: &Conn) -> Str
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-/// The `http_denied` line of a request an http listener's rules denied (or, in
-/// report mode, would have): which rule, the request line's method, the canonical
-/// path, and the caller's identity (never its certificate).
-pub fn http_denied(at: Endpoints<'_>, d: &crate::proxy::authz::gate::Denied) -> String {
+/// An event line other than a connection's: the fields every line starts with,
+/// then `rest`'s (serde's flatten keeps that order).
+fn event_line(event: &'static str, at: Endpoints<'_>, rest: impl serde::Serialize) -> String {
     #[derive(serde::Serialize)]
-    struct Line<'a> {
+    struct Line<'a, T> {
         ts: String,
         event: &'static str,
         listener: &'a str,
         worker: usize,
         client: Option<SocketAddr>,
+        #[serde(flatten)]
+        rest: T,
+    }
+    serde_json::to_string(&Line {
+        ts: crate::telemetry::log::now_rfc3339(),
+        event,
+        listener: at.listener,
+        worker: at.worker,
+        client: at.client,
+        rest,
+    })
+    .unwrap_or_default()
+}
+
+/// The `http_denied` line of a request an http listener's rules denied (or, in
+/// report mode, would have): which rule, the request line's method, the canonical
+/// path, and the caller's identity (never its certificate).
+pub fn http_denied(at: Endpoints<'_>, d: &crate::proxy::authz::gate::Denied) -> String {
+    #[derive(serde::Serialize)]
+    struct Denied<'a> {
         rule: &'a str,
         method: &'a str,
         path: &'a str,
         identity: &'a str,
         enforced: bool,
     }
-    serde_json::to_string(&Line {
-        ts: crate::telemetry::log::now_rfc3339(),
-        event: "http_denied",
-        listener: at.listener,
-        worker: at.worker,
-        client: at.client,
+    let rest = Denied {
         rule: &d.rule,
         method: &d.method,
         path: &d.path,
         identity: &d.identity,
         enforced: d.enforced,
-    })
-    .unwrap_or_default()
+    };
+    event_line("http_denied", at, rest)
 }
 
 /// The line of a connection, handshake or request over a per-caller limit:
@@ -173,25 +187,38 @@ pub fn limited(
     caller: &str,
 ) -> String {
     #[derive(serde::Serialize)]
-    struct Line<'a> {
-        ts: String,
-        event: &'static str,
-        listener: &'a str,
-        worker: usize,
-        client: Option<SocketAddr>,
+    struct Limited<'a> {
         limit: &'static str,
         caller: &'a str,
         enforced: bool,
     }
-    serde_json::to_string(&Line {
-        ts: crate::telemetry::log::now_rfc3339(),
-        event: "limited",
-        listener: at.listener,
-        worker: at.worker,
-        client: at.client,
+    let rest = Limited {
         limit: limit.as_str(),
         caller,
         enforced,
-    })
-    .unwrap_or_default()
+    };
+    event_line("limited", at, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_start_with_the_common_fields_then_their_own() {
+        let at = Endpoints {
+            listener: "web",
+            worker: 2,
+            client: Some("192.0.2.1:4000".parse().unwrap()),
+            upstream: None,
+        };
+        let line = limited(at, crate::proxy::authz::limits::Limit::Requests, true, "c");
+        let (ts, rest) = line.split_once(",\"event\"").unwrap();
+        assert!(ts.starts_with("{\"ts\":\""), "{line}");
+        assert_eq!(
+            rest,
+            ":\"limited\",\"listener\":\"web\",\"worker\":2,\"client\":\"192.0.2.1:4000\",\
+             \"limit\":\"requests_per_second_per_caller\",\"caller\":\"c\",\"enforced\":true}"
+        );
+    }
 }

@@ -288,19 +288,10 @@ pub fn identity_of(p: &PeerIdentity) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::authz::{Rule, RuleSpec};
+    use crate::proxy::authz::parse_rule;
 
     fn gate(mode: Mode, rate: u32) -> RequestGate {
-        let ids = vec!["any".to_string()];
-        let paths = vec!["/admin/*".to_string()];
-        let rule = Rule::parse(&RuleSpec {
-            name: "no-admin",
-            identities: &ids,
-            methods: None,
-            paths: Some(&paths),
-            action: "deny",
-        })
-        .unwrap();
+        let rule = parse_rule("no-admin", &["any"], None, Some(&["/admin/*"]), "deny").unwrap();
         let policy = Policy {
             rules: Rules::new(vec![rule], Action::Allow, mode).unwrap(),
             limits: LimitSettings {

@@ -428,6 +428,26 @@ pub enum RuleError {
     Unreachable { rule: String, by: String },
 }
 
+/// [`Rule::parse`] of a spec written as string slices (the unit tests' rules).
+#[cfg(test)]
+pub(crate) fn parse_rule(
+    name: &str,
+    ids: &[&str],
+    methods: Option<&[&str]>,
+    paths: Option<&[&str]>,
+    action: &str,
+) -> Result<Rule, RuleError> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (ids, methods, paths) = (s(ids), methods.map(s), paths.map(s));
+    Rule::parse(&RuleSpec {
+        name,
+        identities: &ids,
+        methods: methods.as_deref(),
+        paths: paths.as_deref(),
+        action,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,16 +466,7 @@ mod tests {
         paths: Option<&[&str]>,
         action: &str,
     ) -> Rule {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let (ids, methods, paths) = (s(ids), methods.map(s), paths.map(s));
-        Rule::parse(&RuleSpec {
-            name,
-            identities: &ids,
-            methods: methods.as_deref(),
-            paths: paths.as_deref(),
-            action,
-        })
-        .unwrap()
+        parse_rule(name, ids, methods, paths, action).unwrap()
     }
 
     #[test]
@@ -577,19 +588,10 @@ mod tests {
 
     #[test]
     fn bad_rules_say_why() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let parse =
             |ids: &[&str], methods: Option<&[&str]>, paths: Option<&[&str]>, action: &str| {
-                let (ids, methods, paths) = (s(ids), methods.map(s), paths.map(s));
-                Rule::parse(&RuleSpec {
-                    name: "r",
-                    identities: &ids,
-                    methods: methods.as_deref(),
-                    paths: paths.as_deref(),
-                    action,
-                })
-                .unwrap_err()
-                .to_string()
+                let e = parse_rule("r", ids, methods, paths, action).unwrap_err();
+                e.to_string()
             };
         assert!(parse(&[], None, None, "allow").contains("needs `identities`"));
         assert!(
