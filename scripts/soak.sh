@@ -15,7 +15,8 @@
 #
 # Per minute: RSS, fds, open connections, handshakes (resumed), and the errors
 # terminus counted by reason. At the end: RSS and fd slope after the first minute
-# (bounds: 2 MiB/min, 2 fds/min), RSS within 2x the idle baseline 30 s after the load
+# (bounds: 2 MiB/min, 2 fds/min), RSS within 2x the idle baseline in the 30 s after the load
+# stops and terminus has no connection left (the faulty upstreams stop with the load)
 # (--no-recovery-check reports without enforcing), no corrupt byte, no error on the
 # well-behaved clients of steady upstreams, every handshake error matched by a faulty
 # client, upstream errors only at the flapping one, one reload error per invalid
@@ -97,7 +98,9 @@ start_bg() { # NAME CMD...: background, output in $work/NAME.{out,err}
 start_bg echo1 "$bin" backend --listen "127.0.0.1:$echo_p" --mode echo
 start_bg echo2 "$bin" backend --listen "127.0.0.2:$echo_p" --mode echo
 start_bg source "$bin" backend --listen "127.0.0.1:$source_p" --mode source
+source_pid=$!
 start_bg sinkpeer "${py[@]}" sink-peer --port "$sink_p"
+sink_pid=$!
 start_bg httppeer "${py[@]}" http-peer --port "$http_p"
 start_bg flap "$bin" backend --listen "127.0.0.1:$flap_p" --mode echo
 flap_pid=$!
@@ -294,7 +297,18 @@ gen refused "$mtls_p" --cert "$work/other/client.pem" --key "$work/other/client.
 gen flappy=echo-loop "$flappy_p" --threads 2
 gen admin "$admin_p"
 
-# --- The table, then recovery (30 s), then the checks.
+# When the load stops, the faulty upstreams stop too: the sink never reads, so each
+# connection a stall-write client left holds what that client sent (up to
+# max_buffered_bytes) until the idle timeout, as a proxy must (the client half-closed;
+# its bytes are still owed to the upstream). The recovery is measured once terminus
+# has no connection left, so it shows memory not given back, not memory in use.
+(
+    sleep $((until - $(date +%s)))
+    kill "$sink_pid" "$source_pid" 2>/dev/null || true
+) &
+pids+=($!)
+
+# --- The table, then recovery (30 s once no connection is left), then the checks.
 "${py[@]}" monitor --pid "$tpid" --port "$admin_p" --baseline "$base_rss" "$base_fds" --until "$until" --start "$start" --out "$out/monitor.json"
 # Every generator has passed its deadline; wait for the stragglers (bench runs end
 # 10 s before it).
