@@ -367,3 +367,23 @@ fn a_grpc_request_for_an_http1_upstream_is_answered_unavailable_here() {
     };
     assert_eq!(resp.headers()["grpc-status"], "14");
 }
+
+#[test]
+fn kept_alive_http1_connection_takes_the_next_stream() {
+    let mut r = H1Rig::new();
+    let mut first = r.get("/a");
+    let _second = r.get("/b");
+    let sent = r.turns();
+    assert!(sent.starts_with("GET /a HTTP/1.1\r\n"), "{sent}");
+    r.upstream_says(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false);
+    let sent = r.turns();
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    assert!(matches!(Pin::new(&mut first).poll(&mut cx), Poll::Ready(Ok(_))));
+    let sent2 = r.turns();
+    assert!(!r.proxy.take_redial(), "no redial");
+    assert!(
+        format!("{sent}{sent2}").starts_with("GET /b HTTP/1.1\r\n"),
+        "{sent}|{sent2}"
+    );
+}
