@@ -908,7 +908,7 @@ fn http_listener_settings_are_validated() {
     );
     let (_dir, config) = pki_dir(
         "http2",
-        "protocol = \"http\"\nalpn = [\"h2\", \"h3\"]\n\n[listeners.http]\n\
+        "protocol = \"http\"\nalpn = [\"http/1.1\", \"h3\"]\n\n[listeners.http]\n\
          identity_headers = \"spiffe\"\nmax_header_bytes = 10\n",
     );
     let out = check(&config);

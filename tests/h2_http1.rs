@@ -145,7 +145,7 @@ fn concurrent_h2_streams_reach_an_http1_upstream_one_at_a_time_and_all_come_back
             "{h}"
         );
         assert!(
-            lower.contains(&format!("x-forwarded-client-cert: hash=")),
+            lower.contains("x-forwarded-client-cert: hash="),
             "the caller's identity: {h}"
         );
         assert!(lower.contains(&format!("uri={CHECKOUT}")), "{h}");
@@ -173,7 +173,10 @@ fn bodies_both_ways_trailers_and_close_delimited_responses_cross_intact() {
     fx.curl("checkout", &sized_out);
     // No length: the upstream gets it chunked.
     let chunked_out = ["-H", "Content-Length:", "--data-binary", &data, "-o"];
-    fx.curl("checkout", &[&chunked_out[..], &[chunked.to_str().unwrap(), &echo]].concat());
+    fx.curl(
+        "checkout",
+        &[&chunked_out[..], &[chunked.to_str().unwrap(), &echo]].concat(),
+    );
     assert!(
         std::fs::read(&sized).unwrap() == body,
         "sized body echoed byte for byte"

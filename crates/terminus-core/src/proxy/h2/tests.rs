@@ -379,7 +379,10 @@ fn kept_alive_http1_connection_takes_the_next_stream() {
     let sent = r.turns();
     let w = noop_waker();
     let mut cx = Context::from_waker(&w);
-    assert!(matches!(Pin::new(&mut first).poll(&mut cx), Poll::Ready(Ok(_))));
+    assert!(matches!(
+        Pin::new(&mut first).poll(&mut cx),
+        Poll::Ready(Ok(_))
+    ));
     let sent2 = r.turns();
     assert!(!r.proxy.take_redial(), "no redial");
     assert!(
