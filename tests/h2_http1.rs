@@ -158,6 +158,12 @@ fn concurrent_h2_streams_reach_an_http1_upstream_one_at_a_time_and_all_come_back
             assert!(!lower.contains(f), "no connection-specific {f}: {h}");
         }
     }
+    // A client that chooses http/1.1 on the same listener is forwarded as it is.
+    let h1 = fx.curl_text(
+        "checkout",
+        &["--http1.1", "-w", "\nV %{http_version}", &fx.url("/n/13")],
+    );
+    assert_eq!(h1, "/n/13 conn=2\nV 1.1");
 }
 
 #[test]
