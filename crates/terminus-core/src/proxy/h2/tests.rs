@@ -390,3 +390,72 @@ fn kept_alive_http1_connection_takes_the_next_stream() {
         "{sent}|{sent2}"
     );
 }
+
+/// An h2 upstream's GOAWAY names the last stream it processed: a stream past it is
+/// refused to the client (REFUSED_STREAM, safe to retry), one before it completes.
+#[test]
+fn a_stream_past_the_upstreams_goaway_is_refused_and_one_before_it_completes() {
+    let mut r = rig(filter());
+    let get = || http::Request::get("https://svc/x").body(()).unwrap();
+    let (mut first, _) = r.sender.send_request(get(), true).unwrap();
+    let (mut second, _) = r.sender.send_request(get(), true).unwrap();
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    let mut accepted = Vec::new();
+    for _ in 0..10 {
+        turn(&mut r);
+        while let Poll::Ready(Some(Ok((req, respond)))) = r.upstream.poll_accept(&mut cx) {
+            accepted.push((req, respond));
+        }
+    }
+    assert_eq!(accepted.len(), 2, "both streams reached the upstream");
+    // GOAWAY(last_stream_id = 1, NO_ERROR), as if the upstream had not taken 3.
+    let mut goaway = vec![0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    r.proxy.up.lock().feed(&mut goaway);
+    for _ in 0..5 {
+        turn(&mut r);
+    }
+    match Pin::new(&mut second).poll(&mut cx) {
+        Poll::Ready(Err(e)) => assert_eq!(e.reason(), Some(Reason::REFUSED_STREAM), "{e:?}"),
+        other => panic!("the second stream: {other:?}"),
+    }
+    let (_, mut respond) = accepted.remove(0);
+    respond
+        .send_response(http::Response::new(()), true)
+        .unwrap();
+    for _ in 0..5 {
+        turn(&mut r);
+        let _ = r.upstream.poll_accept(&mut cx);
+    }
+    match Pin::new(&mut first).poll(&mut cx) {
+        Poll::Ready(Ok(resp)) => assert_eq!(resp.status(), 200),
+        other => panic!("the first stream: {other:?}"),
+    }
+}
+
+/// A stream the upstream took when its connection was lost (EOF, no GOAWAY) may
+/// have been processed: answered 502, not refused.
+#[test]
+fn a_stream_lost_with_its_upstream_connection_is_answered_502() {
+    let mut r = rig(filter());
+    let req = http::Request::get("https://svc/x").body(()).unwrap();
+    let (mut response, _) = r.sender.send_request(req, true).unwrap();
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    let mut taken = None;
+    for _ in 0..10 {
+        turn(&mut r);
+        if let Poll::Ready(Some(Ok(x))) = r.upstream.poll_accept(&mut cx) {
+            taken = Some(x);
+        }
+    }
+    assert!(taken.is_some(), "the upstream took the stream");
+    r.proxy.up.lock().eof = true;
+    for _ in 0..5 {
+        turn(&mut r);
+    }
+    match Pin::new(&mut response).poll(&mut cx) {
+        Poll::Ready(Ok(resp)) => assert_eq!(resp.status(), 502),
+        other => panic!("{other:?}"),
+    }
+}
