@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # HTTP/2 through terminus (`upstream_protocol = "h2"`) against nginx (`grpc_pass` to
 # the same h2c upstream) and HAProxy (`mode http`, `proto h2` to it): requests per
-# second and server CPU per request with h2load, in one run.
+# second and server CPU per request with h2load, in one run. Also terminus with HTTP/2
+# clients and an HTTP/1.1 upstream (`upstream_protocol = "http1"`, `alpn = ["h2"]`,
+# the same nginx's HTTP/1.1 port): the row "terminus-http1", the cost of translating.
 #
 #   bash scripts/h2-compare.sh [TERMINUS_BINARY]
 #
@@ -19,7 +21,7 @@ bin=$(terminus_binary "${1:-}") || exit 2
 needs h2load nginx haproxy taskset python3
 lib_init h2-compare.sh
 
-read -r be term ngx hap < <(free_ports 4)
+read -r be term ngx hap be1 term1 < <(free_ports 6)
 "$bin" certs --out "$work" >/dev/null
 cat "$work/server.pem" "$work/server.key" >"$work/haproxy.pem"
 
@@ -34,6 +36,7 @@ http {
     access_log off;
     keepalive_requests 100000000;
     server { listen 127.0.0.1:$be http2; location / { return 200 "ok\n"; } }
+    server { listen 127.0.0.1:$be1; location / { return 200 "ok\n"; } }
 }
 CONF
 taskset -c 1 nginx -c "$work/upstream.conf" -p "$work" 2>"$work/upstream.start" &
@@ -48,6 +51,16 @@ pids+=($!)
 tpid=$!
 pids+=("$tpid")
 wait_ready t "$tpid"
+
+{
+    terminus_runtime
+    terminus_listener h2 "$term1" "$be1" 0 "$work"
+    printf 'protocol = "http"\nalpn = ["h2"]\n'
+} >"$work/t1.toml"
+"$bin" run --config "$work/t1.toml" >"$work/t1.out" 2>"$work/t1.err" &
+t1pid=$!
+pids+=("$t1pid")
+wait_ready t1 "$t1pid"
 
 cat >"$work/front.conf" <<CONF
 worker_processes 1;
@@ -103,11 +116,11 @@ done
 nworker=$(pgrep -P "$npid" | head -1)
 [ -n "$nworker" ] || die "no nginx worker under $npid"
 
-python3 - "$tpid:$term" "$nworker:$ngx" "$hpid:$hap" "${ROUNDS:-3}" "${REQUESTS:-200000}" \
-    "${CONNECTIONS:-8}" "${STREAMS:-10}" <<'PY'
+python3 - "$tpid:$term" "$nworker:$ngx" "$hpid:$hap" "$t1pid:$term1" "${ROUNDS:-3}" \
+    "${REQUESTS:-200000}" "${CONNECTIONS:-8}" "${STREAMS:-10}" <<'PY'
 import os, re, statistics, subprocess, sys
-peers = dict(zip(["terminus", "nginx", "haproxy"], sys.argv[1:4]))
-rounds, n, c, m = (int(x) for x in sys.argv[4:8])
+peers = dict(zip(["terminus", "nginx", "haproxy", "terminus-http1"], sys.argv[1:5]))
+rounds, n, c, m = (int(x) for x in sys.argv[5:9])
 tick = os.sysconf("SC_CLK_TCK")
 def cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()

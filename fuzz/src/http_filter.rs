@@ -31,6 +31,7 @@ pub fn run(data: &[u8]) {
         allow_bare_lf: s & 1 == 1,
         head_timeout: std::time::Duration::from_secs(10),
         h2: None,
+        upstream_h2: false,
     };
     let c = b.u8();
     let mut splits = Splits::new(b.u8());

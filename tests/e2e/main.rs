@@ -13,6 +13,7 @@ mod caller_limits;
 mod check_live;
 mod grpc;
 mod h2_attacks;
+mod h2_http1;
 mod hostile;
 mod http;
 mod http_rules;

@@ -908,7 +908,7 @@ fn http_listener_settings_are_validated() {
     );
     let (_dir, config) = pki_dir(
         "http2",
-        "protocol = \"http\"\nalpn = [\"h2\", \"http/1.1\"]\n\n[listeners.http]\n\
+        "protocol = \"http\"\nalpn = [\"http/1.1\", \"h3\"]\n\n[listeners.http]\n\
          identity_headers = \"spiffe\"\nmax_header_bytes = 10\n",
     );
     let out = check(&config);
@@ -919,8 +919,8 @@ fn http_listener_settings_are_validated() {
     assert!(
         lines[0].ends_with(
             "listeners[0].alpn: an http listener with upstream_protocol = \"http1\" offers \
-             \"http/1.1\" only (HTTP/2 (gRPC) needs upstream_protocol = \"h2\"; requests are \
-             not translated between HTTP/1.1 and HTTP/2), got \"h2\""
+             \"http/1.1\" or \"h2\" only (HTTP/1.1 clients are forwarded as they are, HTTP/2 \
+             ones translated), got \"h3\""
         ),
         "{err}"
     );

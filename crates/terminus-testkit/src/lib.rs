@@ -9,6 +9,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod http_upstreams;
 pub mod proxy_v2;
 pub mod seccomp;
 pub mod workload_api;

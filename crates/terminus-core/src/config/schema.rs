@@ -501,6 +501,12 @@ impl Listener {
         self.protocol.as_deref() == Some("http") && self.upstream_protocol.as_deref() == Some("h2")
     }
 
+    /// An http listener that terminates HTTP/2 (`h2` in its ALPN, or an h2 upstream).
+    pub fn offers_h2(&self) -> bool {
+        self.upstream_h2()
+            || (self.protocol.as_deref() == Some("http") && self.alpn.iter().any(|p| p == "h2"))
+    }
+
     /// `upstreams` from `upstream_addrs`: every entry's addresses, deduplicated.
     pub(super) fn set_upstreams_from_entries(&mut self) {
         self.upstreams.clear();
@@ -562,7 +568,7 @@ pub struct HttpTable {
     /// `[[listeners.http.rules]]`, in order; first match wins.
     #[serde(default)]
     pub rules: Vec<HttpRule>,
-    /// `[listeners.http.h2]`: HTTP/2 limits (`upstream_protocol = "h2"`).
+    /// `[listeners.http.h2]`: HTTP/2 limits (clients that chose `h2`).
     #[serde(default)]
     pub h2: crate::proxy::h2::H2Settings,
 }

@@ -213,13 +213,14 @@ fn validate_listener(l: &Listener, i: usize, bad: &mut Bad<'_>) {
     }
 }
 
-/// `upstream_protocol` and `alpn` on an http listener: HTTP/1.1 to an `http1`
-/// upstream, HTTP/2 to an `h2` one (no translation between them).
+/// `upstream_protocol` and `alpn` on an http listener: an `h2` upstream gets HTTP/2
+/// from every client (`alpn` is `h2` only); an `http1` one gets HTTP/1.1, from
+/// HTTP/1.1 clients as they are and from HTTP/2 clients (`h2` in `alpn`) translated.
 fn validate_http_protocols(l: &Listener, i: usize, bad: &mut Bad<'_>) {
     let field = |key: &'static str| [K("listeners"), I(i), K(key)];
-    let (want, name) = match l.upstream_protocol.as_deref() {
-        None | Some("http1") => ("http/1.1", "http1"),
-        Some("h2") => ("h2", "h2"),
+    let (allowed, name): (&[&str], _) = match l.upstream_protocol.as_deref() {
+        None | Some("http1") => (&["http/1.1", "h2"], "http1"),
+        Some("h2") => (&["h2"], "h2"),
         Some(p) => {
             bad(
                 &field("upstream_protocol"),
@@ -228,17 +229,22 @@ fn validate_http_protocols(l: &Listener, i: usize, bad: &mut Bad<'_>) {
             return;
         }
     };
-    if let Some(p) = l.alpn.iter().find(|p| p.as_str() != want) {
-        let why = if want == "h2" {
+    if let Some(p) = l.alpn.iter().find(|p| !allowed.contains(&p.as_str())) {
+        let why = if name == "h2" {
             "every client speaks HTTP/2 to an h2 upstream"
         } else {
-            "HTTP/2 (gRPC) needs upstream_protocol = \"h2\""
+            "HTTP/1.1 clients are forwarded as they are, HTTP/2 ones translated"
         };
         bad(
             &field("alpn"),
             format!(
-                "an http listener with upstream_protocol = \"{name}\" offers {want:?} only \
-                 ({why}; requests are not translated between HTTP/1.1 and HTTP/2), got {p:?}"
+                "an http listener with upstream_protocol = \"{name}\" offers {} only \
+                 ({why}), got {p:?}",
+                allowed
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
         );
     }

@@ -118,6 +118,19 @@ fn check_loaded(checked: crate::config::Checked) -> Report {
             &mut out,
         );
         report.add(&checked, &format!("listeners[{i}].listen"), out);
+        if l.offers_h2() && !l.upstream_h2() {
+            let warnings = vec![format!(
+                "listener \"{}\" terminates HTTP/2 towards an HTTP/1.1 upstream \
+                 (upstream_protocol = \"http1\"): gRPC requests on it will be refused \
+                 (UNAVAILABLE), gRPC needs HTTP/2 end to end (upstream_protocol = \"h2\")",
+                l.name
+            )];
+            let f = Findings {
+                warnings,
+                ..Findings::default()
+            };
+            report.add(&checked, &format!("listeners[{i}].alpn"), f);
+        }
         // A listener whose config has problems gets its files checked one by one;
         // building it whole would only repeat those problems.
         let problems = if !workload_ok && l.tls().uses_workload_api() {

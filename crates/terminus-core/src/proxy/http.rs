@@ -67,6 +67,10 @@ pub struct HttpSettings {
     pub head_timeout: std::time::Duration,
     /// HTTP/2 for clients that chose `h2` in ALPN (None: HTTP/1.1 only).
     pub h2: Option<crate::proxy::h2::H2Settings>,
+    /// The upstream speaks HTTP/2 (`upstream_protocol = "h2"`): every client
+    /// connection is HTTP/2. Otherwise HTTP/1.1, and an HTTP/2 client's requests are
+    /// translated.
+    pub upstream_h2: bool,
 }
 
 /// Why a request was refused: the status sent before closing.
@@ -602,6 +606,7 @@ mod tests {
             allow_bare_lf: false,
             head_timeout: std::time::Duration::from_secs(10),
             h2: None,
+            upstream_h2: false,
         }
     }
 

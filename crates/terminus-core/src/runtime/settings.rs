@@ -54,7 +54,8 @@ impl ListenerSettings {
                 max_header_bytes: t.max_header_bytes,
                 allow_bare_lf: t.allow_bare_lf,
                 head_timeout: Duration::from_millis(t.head_timeout_ms),
-                h2: l.upstream_h2().then_some(t.h2),
+                h2: l.offers_h2().then_some(t.h2),
+                upstream_h2: l.upstream_h2(),
             }
         });
         ListenerSettings {

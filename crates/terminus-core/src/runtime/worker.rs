@@ -16,7 +16,7 @@
 //! [`crate::runtime::sock`].
 #![forbid(unsafe_code)]
 
-use crate::proxy::conn::{CloseReason, Conn, Expired, HandshakeFailure};
+use crate::proxy::conn::{CloseReason, Conn, Expired, HandshakeFailure, Redial};
 use crate::proxy::proxy_v2;
 use crate::proxy::timer::Wheel;
 use crate::runtime::driver::{Backend, Completion, Driver, Event, OpError};
@@ -623,6 +623,11 @@ impl<D: Driver<Token>> Worker<D> {
             Self::flush_send(&mut self.io, s, id, Side::Upstream);
             Self::flush_recv_side(&mut self.io, &mut self.cap, s, id, Side::Upstream);
         }
+        // Driving an HTTP/2 connection to seal its sends may have asked for a redial.
+        self.retry_upstream(id, now);
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
         Self::flush_recv_side(&mut self.io, &mut self.cap, s, id, Side::Client);
         self.schedule_or_close(id);
     }
@@ -686,29 +691,41 @@ impl<D: Driver<Token>> Worker<D> {
         }
     }
 
-    /// The upstream refused the TLS session offered to it (its handshake failed before
-    /// anything crossed that leg): count it, drop that upstream's sessions (logging
-    /// once per off period that resumption towards it is off), stop the old socket's
-    /// ops, and once they are done connect the same address again (the connection
-    /// makes full handshakes from now on).
+    /// The connection asks for a new upstream connection: stop the old socket's ops,
+    /// and once they are done close it and connect again. After a refused TLS
+    /// session (its handshake failed before anything crossed that leg): count it,
+    /// drop that upstream's sessions (logging once per off period that resumption
+    /// towards it is off) and dial the same address (full handshakes from now on).
+    /// After an HTTP/2 client's upstream connection ended: a new walk over the set.
     fn retry_upstream(&mut self, id: SlotId, now: Instant) {
         let Some(s) = self.slots.get_mut(id) else {
             return;
         };
-        if let Some(reason) = s.conn.poll_upstream_tls_retry() {
-            let addr = s.dial.addr().expect("a TLS upstream leg has an address");
-            self.metrics[s.listener].upstream_resumption_failure(addr);
-            if let Some(off) = s.live.upstream_tls.as_ref().and_then(|u| u.refused(addr)) {
-                crate::op_warn!(
-                    "listener \"{}\": upstream {addr} refused TLS session \
-                     resumption (its handshake failed: {}); its sessions were dropped and \
-                     resumption towards it is off for {}s, connections are retried with a \
-                     full handshake (upstream_tls.resume = false turns it off for good)",
-                    self.listeners[s.listener].shared.name,
-                    reason.as_str(),
-                    off.as_secs()
-                );
+        let asked = s.conn.poll_upstream_redial();
+        match asked {
+            Some(Redial::TlsRetry(reason)) => {
+                let addr = s.dial.addr().expect("a TLS upstream leg has an address");
+                self.metrics[s.listener].upstream_resumption_failure(addr);
+                if let Some(off) = s.live.upstream_tls.as_ref().and_then(|u| u.refused(addr)) {
+                    crate::op_warn!(
+                        "listener \"{}\": upstream {addr} refused TLS session \
+                         resumption (its handshake failed: {}); its sessions were dropped and \
+                         resumption towards it is off for {}s, connections are retried with a \
+                         full handshake (upstream_tls.resume = false turns it off for good)",
+                        self.listeners[s.listener].shared.name,
+                        reason.as_str(),
+                        off.as_secs()
+                    );
+                }
+                s.dial.again();
             }
+            Some(Redial::Ended) => {
+                let l = &mut self.listeners[s.listener];
+                s.dial.begin(&s.live.upstreams, &mut l.rr_cursor);
+            }
+            None => {}
+        }
+        if asked.is_some() {
             s.reconnect = true;
             let up = s.leg(Side::Upstream);
             up.open = false;
@@ -719,7 +736,6 @@ impl<D: Driver<Token>> Worker<D> {
             if let Some(fd) = s.leg(Side::Upstream).fd.take() {
                 self.io.close(fd, Token::Fire);
             }
-            s.dial.again();
             self.start_connect(id, now);
         }
     }

@@ -26,6 +26,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+pub use self::h2::Redial;
 pub use close::{CloseReason, Expired, HandshakeFailure};
 pub use leg::Side;
 
@@ -125,8 +126,8 @@ pub type HttpPolicy = (
 struct UpRetry {
     /// This handshake offered a session: an early failure may be retried.
     allowed: bool,
-    /// A retry the driver has not polled yet, and why.
-    pending: Option<HandshakeFailure>,
+    /// A new upstream connection the driver has not polled yet, and why.
+    pending: Option<Redial>,
     /// The retry was used (the upstream leg now makes full handshakes only).
     used: bool,
 }
@@ -201,10 +202,20 @@ impl Conn {
         };
         let verified = self.auth.as_ref().is_none_or(|a| a.verified);
         if let Some(h) = self.http.as_deref_mut() {
-            if let Some(s) = h.filter.settings().h2 {
+            if h.h2.is_some() {
+                // Set once: a new upstream connection (redial) keeps the client's.
+                return;
+            }
+            let s = h.filter.settings();
+            let alpn_h2 = tls.alpn_protocol() == Some(&b"h2"[..]);
+            if let Some(h2) = s.h2.filter(|_| s.upstream_h2 || alpn_h2) {
                 let pipe = self.limits.max_buffered.min(crate::proxy::h2::PIPE_LIMIT);
-                let p = crate::proxy::h2::H2Proxy::new(&s, pipe);
-                h.h2 = Some(Box::new(p));
+                let kind = if s.upstream_h2 {
+                    crate::proxy::h2::UpstreamKind::H2
+                } else {
+                    crate::proxy::h2::UpstreamKind::Http1
+                };
+                h.h2 = Some(Box::new(crate::proxy::h2::H2Proxy::new(&h2, pipe, kind)));
             }
             let chain = tls.peer_certificates().filter(|_| verified);
             h.filter
@@ -281,11 +292,7 @@ impl Conn {
     /// our response).
     fn respond_and_close(&mut self, status: u16, reason: CloseReason) {
         self.upstream.plain_in = Vec::new();
-        if self
-            .http
-            .as_deref()
-            .is_some_and(|h| h.filter.settings().h2.is_some())
-        {
+        if self.speaks_h2() {
             // An HTTP/2 client reads no HTTP/1.1 status: close_notify only.
             self.client.send_close_notify();
             self.close_after_flush.get_or_insert(reason);
@@ -488,12 +495,16 @@ impl Conn {
             self.upstream.out.push(preamble);
             self.upstream.tls = tls.map(|t| Box::new(Session::client(t)));
             self.upstream.pump();
+            self.h2_redialled();
             self.run_http(now);
         }
     }
 
     /// No upstream could be reached.
     pub fn handle_upstream_unavailable(&mut self) {
+        if self.h2_unavailable() {
+            return;
+        }
         if self.http.is_some() {
             self.respond_and_close(502, CloseReason::UpstreamUnavailable);
             return;
@@ -556,6 +567,9 @@ impl Conn {
         if self.phase != Phase::Streaming || self.retry_upstream_tls(HandshakeFailure::PeerClosed) {
             return;
         }
+        if self.h2_upstream_lost() {
+            return;
+        }
         self.close.get_or_insert(CloseReason::UpstreamReset);
     }
 
@@ -574,7 +588,13 @@ impl Conn {
     /// with a full handshake, calling [`Conn::handle_upstream_connected`] as the first
     /// time. Client bytes wait meanwhile. Some once.
     pub fn poll_upstream_tls_retry(&mut self) -> Option<HandshakeFailure> {
-        self.up_retry.pending.take()
+        match self.up_retry.pending {
+            Some(Redial::TlsRetry(r)) => {
+                self.up_retry.pending = None;
+                Some(r)
+            }
+            _ => None,
+        }
     }
 
     /// Whether the upstream leg was retried (its handshakes must not offer a session).
@@ -599,7 +619,7 @@ impl Conn {
             return false;
         }
         *r = UpRetry {
-            pending: Some(reason),
+            pending: Some(Redial::TlsRetry(reason)),
             used: true,
             ..UpRetry::default()
         };

@@ -695,6 +695,7 @@ fn unread_local_answers_stop_the_client_reads_at_max_buffered() {
             allow_bare_lf: false,
             head_timeout: Duration::from_secs(10),
             h2: None,
+            upstream_h2: false,
         })
         .with_http_policy((
             Arc::new(Policy {
@@ -750,6 +751,7 @@ fn an_h2_ping_flood_from_a_client_that_never_reads_closes_its_budget() {
         allow_bare_lf: false,
         head_timeout: Duration::from_secs(10),
         h2: Some(crate::proxy::h2::H2Settings::default()),
+        upstream_h2: true,
     });
     p.handshake_only();
     assert!(p.conn.poll_connect());

@@ -1,9 +1,15 @@
 //! h2: HTTP/2 on an `http` listener, terminated from the client and spoken again to
-//! an h2 upstream, each request treated as an HTTP/1.1 one is.
+//! an h2 upstream, or translated to HTTP/1.1 for an HTTP/1.1 one (`h1`), each
+//! request treated as an HTTP/1.1 one is.
 //!
-//! Owns [`H2Proxy`]: the `h2` crate's server connection with the client and client
-//! connection with the upstream, each over a [`pipe::Pipe`] (the `Conn`'s plaintext
-//! in and out), and the [`stream::Pair`]s between them. The `Conn` feeds each side's
+//! Owns [`H2Proxy`]: the `h2` crate's server connection with the client and the
+//! upstream connection (`up`: the `h2` crate's client, or hyper's HTTP/1 client),
+//! each over a [`pipe::Pipe`] (the `Conn`'s plaintext in and out), and the pairs of
+//! streams between them. When the upstream connection ends (HTTP/1.1 close, an h2
+//! GOAWAY or EOF) while streams wait for it, [`H2Proxy::take_redial`] asks the
+//! `Conn` for a new one (at most `max_upstream_redials` per client connection);
+//! streams it had taken and not answered are refused (REFUSED_STREAM) when it
+//! provably did not process them, answered 502 / UNAVAILABLE otherwise. The `Conn` feeds each side's
 //! decrypted bytes in, calls [`H2Proxy::drive`], and seals what each pipe holds for
 //! its peer; `drive` polls every future of both codecs with a waker that wakes
 //! nothing until none makes progress, so no wake-up is ever needed. The codec's
@@ -15,19 +21,24 @@
 //! expiry only).
 #![forbid(unsafe_code)]
 
+pub mod h1;
 pub mod pipe;
 pub mod stream;
 #[cfg(test)]
 mod tests;
+mod up;
+
+pub use up::Kind as UpstreamKind;
 
 use crate::proxy::http::RequestFilter;
 use bytes::Bytes;
-use h2::{client, server, Reason, RecvStream};
+use h2::{server, Reason, RecvStream};
 use pipe::{noop_waker, Pipe, PipeIo};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use stream::{Pump, PumpError, Treated};
+use up::{Failed, Upstream};
 
 /// Bytes a codec may write ahead of the `Conn` sealing them, per side: frames are
 /// at most 16 KiB, so this keeps a few in flight without holding a window's worth.
@@ -51,6 +62,10 @@ pub struct H2Settings {
     pub max_pending_accept_reset_streams: usize,
     /// Streams reset by terminus for the client's protocol errors: over this, GOAWAY.
     pub max_local_error_reset_streams: usize,
+    /// New upstream connections one client connection may ask for after its
+    /// upstream connection ended with streams waiting; past it they are answered
+    /// 502 / UNAVAILABLE and the client gets GOAWAY.
+    pub max_upstream_redials: u32,
 }
 
 impl Default for H2Settings {
@@ -62,37 +77,14 @@ impl Default for H2Settings {
             max_header_list_size: 16 * 1024,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 64,
+            max_upstream_redials: 100,
         }
     }
 }
 
-type ClientHandshake = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        client::SendRequest<Bytes>,
-                        client::Connection<PipeIo, Bytes>,
-                    ),
-                    h2::Error,
-                >,
-            > + Send,
-    >,
->;
-
 enum Downstream {
     Handshaking(Box<server::Handshake<PipeIo, Bytes>>),
     Open(Box<server::Connection<PipeIo, Bytes>>),
-    Done,
-}
-
-enum Upstream {
-    Handshaking(ClientHandshake),
-    Open {
-        send: client::SendRequest<Bytes>,
-        conn: Box<client::Connection<PipeIo, Bytes>>,
-    },
-    /// Its connection ended: new streams are answered 502 / UNAVAILABLE.
     Done,
 }
 
@@ -102,7 +94,7 @@ enum Stage {
     Queued(Option<(http::Request<()>, RecvStream)>),
     /// Sent; the request body moves while the response is awaited.
     Waiting {
-        response: client::ResponseFuture,
+        response: up::Response,
         up: Option<Pump>,
     },
     /// The response head went to the client; bodies move both ways.
@@ -123,16 +115,25 @@ pub struct H2Proxy {
     waker: Waker,
     /// Towards and from the client.
     pub down: Pipe,
-    /// Towards and from the upstream.
+    /// Towards and from the upstream (a new one for each upstream connection).
     pub up: Pipe,
     downstream: Downstream,
     upstream: Upstream,
+    /// Streams in arrival order (an HTTP/1.1 upstream takes them in that order).
     pairs: Vec<Pair>,
+    kind: UpstreamKind,
+    settings: H2Settings,
+    pipe_limit: usize,
+    /// Upstream connections still allowed after this one.
+    redials_left: u32,
+    /// A new upstream connection was asked for and is not there yet.
+    dialing: bool,
 }
 
 impl H2Proxy {
-    /// `pipe_limit`: bytes that may wait to be sealed for each peer.
-    pub fn new(s: &H2Settings, pipe_limit: usize) -> H2Proxy {
+    /// `pipe_limit`: bytes that may wait to be sealed for each peer; `kind`: what
+    /// the upstream speaks.
+    pub fn new(s: &H2Settings, pipe_limit: usize, kind: UpstreamKind) -> H2Proxy {
         let down = Pipe::new(pipe_limit);
         let up = Pipe::new(pipe_limit);
         let downstream = server::Builder::new()
@@ -144,19 +145,18 @@ impl H2Proxy {
             .max_local_error_reset_streams(Some(s.max_local_error_reset_streams))
             .max_send_buffer_size(s.stream_window as usize)
             .handshake(down.io());
-        let upstream = client::Builder::new()
-            .initial_window_size(s.stream_window)
-            .initial_connection_window_size(s.connection_window)
-            .max_header_list_size(s.max_header_list_size.saturating_mul(4))
-            .max_send_buffer_size(s.stream_window as usize)
-            .handshake(up.io());
         H2Proxy {
             waker: noop_waker(),
+            upstream: Upstream::new(kind, s, &up, pipe_limit),
             down,
             up,
             downstream: Downstream::Handshaking(Box::new(downstream)),
-            upstream: Upstream::Handshaking(Box::pin(upstream)),
             pairs: Vec::new(),
+            kind,
+            settings: *s,
+            pipe_limit,
+            redials_left: s.max_upstream_redials,
+            dialing: false,
         }
     }
 
@@ -176,6 +176,47 @@ impl H2Proxy {
         if let Downstream::Open(c) = &mut self.downstream {
             c.graceful_shutdown();
         }
+    }
+
+    /// Whether the upstream connection ended while streams wait for one and another
+    /// is allowed: then true once, and the `Conn` dials again
+    /// ([`H2Proxy::redialled`] or [`H2Proxy::redial_failed`] follows).
+    pub fn take_redial(&mut self) -> bool {
+        let queued = || {
+            self.pairs
+                .iter()
+                .any(|p| matches!(p.stage, Stage::Queued(_)))
+        };
+        if !self.upstream.is_done() || self.dialing || self.redials_left == 0 || !queued() {
+            return false;
+        }
+        self.redials_left -= 1;
+        self.dialing = true;
+        true
+    }
+
+    /// The new upstream connection is up: its codec starts over a new pipe (no-op
+    /// when none was asked for: the first connection's codec is the one from `new`).
+    pub fn redialled(&mut self) {
+        if !self.dialing {
+            return;
+        }
+        self.up = Pipe::new(self.pipe_limit);
+        self.upstream = Upstream::new(self.kind, &self.settings, &self.up, self.pipe_limit);
+        self.dialing = false;
+    }
+
+    /// No upstream could be reached: waiting streams are answered 502 /
+    /// UNAVAILABLE, and the client gets GOAWAY.
+    pub fn redial_failed(&mut self) {
+        self.dialing = false;
+        self.redials_left = 0;
+    }
+
+    /// Whether streams the upstream does not take now may wait for a later
+    /// connection (this one going away, or a redial allowed).
+    fn may_wait(&self) -> bool {
+        self.dialing || self.redials_left > 0
     }
 
     /// Poll everything until nothing moves. `filter` treats each new request.
@@ -224,6 +265,11 @@ impl H2Proxy {
                     let req = http::Request::from_parts(parts, ());
                     let grpc = stream::request_is_grpc(&req);
                     match stream::treat(req, filter) {
+                        // gRPC needs HTTP/2 end to end: refused here, nothing sent.
+                        Treated::Forward(_) if grpc && self.kind == UpstreamKind::Http1 => {
+                            let (head, body) = stream::grpc_needs_h2();
+                            answer(respond, head, body);
+                        }
                         Treated::Forward(req) => self.pairs.push(Pair {
                             respond: Some(respond),
                             grpc,
@@ -243,24 +289,8 @@ impl H2Proxy {
     }
 
     fn poll_upstream(&mut self, cx: &mut Context<'_>) {
-        if let Upstream::Handshaking(h) = &mut self.upstream {
-            match h.as_mut().poll(cx) {
-                Poll::Ready(Ok((send, conn))) => {
-                    self.upstream = Upstream::Open {
-                        send,
-                        conn: Box::new(conn),
-                    }
-                }
-                Poll::Ready(Err(_)) => self.upstream = Upstream::Done,
-                Poll::Pending => return,
-            }
-        }
-        if let Upstream::Open { conn, .. } = &mut self.upstream {
-            if Pin::new(&mut **conn).poll(cx).is_ready() {
-                self.upstream = Upstream::Done;
-            }
-        }
-        if matches!(self.upstream, Upstream::Done) {
+        self.upstream.poll(cx);
+        if self.upstream.is_done() && !self.may_wait() {
             // No more streams can be served: the client should go elsewhere.
             self.drain();
         }
@@ -270,7 +300,8 @@ impl H2Proxy {
         let mut i = 0;
         while i < self.pairs.len() {
             if self.poll_pair(i, cx, moved) {
-                self.pairs.swap_remove(i);
+                // In order: queued streams keep their turn.
+                self.pairs.remove(i);
                 *moved = true;
             } else {
                 i += 1;
@@ -280,42 +311,28 @@ impl H2Proxy {
 
     /// Advance pair `i`; true: it is over.
     fn poll_pair(&mut self, i: usize, cx: &mut Context<'_>, moved: &mut bool) -> bool {
+        let may_wait = self.may_wait();
         let upstream = &mut self.upstream;
         let p = &mut self.pairs[i];
-        if let Stage::Queued(q) = &mut p.stage {
-            let send = match upstream {
-                Upstream::Handshaking(_) => return false,
-                Upstream::Done => {
-                    if let Some(r) = p.respond.take() {
-                        let (head, body) = stream::unavailable(p.grpc);
-                        answer(r, head, body);
-                    }
-                    return true;
-                }
-                Upstream::Open { send, .. } => send,
-            };
-            match send.poll_ready(cx) {
-                Poll::Pending => return false,
-                Poll::Ready(Err(_)) => {
-                    *upstream = Upstream::Done;
-                    return false;
-                }
-                Poll::Ready(Ok(())) => {}
+        if matches!(p.stage, Stage::Queued(_)) {
+            if p.client_reset(cx) {
+                return true;
             }
+            match upstream.poll_ready(cx) {
+                Poll::Pending => return false,
+                // This connection takes no more: wait for the next one, if any.
+                Poll::Ready(false) if may_wait => return false,
+                Poll::Ready(false) => return p.unavailable(),
+                Poll::Ready(true) => {}
+            }
+            let Stage::Queued(q) = &mut p.stage else {
+                unreachable!("checked above")
+            };
             let (req, body) = q.take().expect("a queued pair holds its request");
-            let end = body.is_end_stream();
-            match send.send_request(req, end) {
-                Ok((response, out)) => {
-                    let up = (!end).then(|| Pump::new(body, out));
-                    p.stage = Stage::Waiting { response, up };
-                }
-                Err(_) => {
-                    if let Some(r) = p.respond.take() {
-                        let (head, body) = stream::unavailable(p.grpc);
-                        answer(r, head, body);
-                    }
-                    return true;
-                }
+            *moved = true;
+            match upstream.send(req, body) {
+                Some((response, up)) => p.stage = Stage::Waiting { response, up },
+                None => return p.unavailable(),
             }
         }
         p.poll_bodies(cx, moved)
@@ -326,31 +343,22 @@ impl Pair {
     /// Move the response head and both bodies; true: the pair is over.
     fn poll_bodies(&mut self, cx: &mut Context<'_>, moved: &mut bool) -> bool {
         if let Stage::Waiting { response, up } = &mut self.stage {
-            match up.as_mut().map(|p| p.poll(cx, moved)).and_then(ready) {
-                Some(Ok(())) => *up = None,
-                Some(Err(e)) => return self.fail(e),
-                None => {}
-            }
-            match Pin::new(response).poll(cx) {
+            match response.poll(cx) {
                 Poll::Pending => {
+                    match up.as_mut().map(|p| p.poll(cx, moved)).and_then(ready) {
+                        Some(Ok(())) => *up = None,
+                        Some(Err(e)) => return self.fail(e),
+                        None => {}
+                    }
                     return self.client_reset(cx);
                 }
-                Poll::Ready(Err(e)) => {
-                    return self.fail(PumpError::Recv(
-                        e.reason().unwrap_or(Reason::INTERNAL_ERROR),
-                    ));
-                }
-                Poll::Ready(Ok(resp)) => {
+                Poll::Ready(Err(f)) => return self.failed(f),
+                Poll::Ready(Ok((head, body, end))) => {
                     *moved = true;
-                    let (parts, body) = resp.into_parts();
-                    let end = body.is_end_stream();
                     let respond = self.respond.as_mut().expect("responded once");
-                    let out = respond.send_response(http::Response::from_parts(parts, ()), end);
+                    let out = respond.send_response(head, end);
                     self.respond = None;
-                    let up = match &mut self.stage {
-                        Stage::Waiting { up, .. } => up.take(),
-                        _ => None,
-                    };
+                    let up = up.take();
                     let down = match out {
                         Ok(out) => (!end).then(|| Pump::new(body, out)),
                         Err(_) => return true,
@@ -388,6 +396,25 @@ impl Pair {
         self.respond
             .as_mut()
             .is_some_and(|r| r.poll_reset(cx).is_ready())
+    }
+
+    /// Answer 502 / UNAVAILABLE here; the pair is over.
+    fn unavailable(&mut self) -> bool {
+        if let Some(r) = self.respond.take() {
+            let (head, body) = stream::unavailable(self.grpc);
+            answer(r, head, body);
+        }
+        true
+    }
+
+    /// The upstream gave no response: refused (the client may retry), reset as the
+    /// upstream reset it, or, lost with its connection, answered 502 / UNAVAILABLE.
+    fn failed(&mut self, f: Failed) -> bool {
+        match f {
+            Failed::Refused => self.fail(PumpError::Recv(Reason::REFUSED_STREAM)),
+            Failed::Reset(r) => self.fail(PumpError::Recv(r)),
+            Failed::Lost => self.unavailable(),
+        }
     }
 
     /// One side failed: reset every stream of the pair still open (dropping the

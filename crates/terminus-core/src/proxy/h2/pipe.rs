@@ -92,30 +92,50 @@ impl PipeIo {
     }
 }
 
+impl PipeBufs {
+    /// Hand up to `max` unread bytes to `put` and consume them. Ready(()) with
+    /// nothing put is EOF; Pending: nothing waits (the `Conn` polls again when
+    /// bytes arrive).
+    fn read_with(&mut self, max: usize, put: impl FnOnce(&[u8])) -> Poll<std::io::Result<()>> {
+        let n = self.unread().min(max);
+        if n == 0 {
+            return if self.eof {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            };
+        }
+        let at = self.rx_at;
+        put(&self.rx[at..at + n]);
+        self.rx_at += n;
+        if self.rx_at == self.rx.len() {
+            self.rx = Vec::new();
+            self.rx_at = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Take what fits of `buf` for the peer; Pending once `limit` bytes wait.
+    fn write(&mut self, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let room = self.limit.saturating_sub(self.tx.len());
+        if room == 0 {
+            return Poll::Pending;
+        }
+        let n = room.min(buf.len());
+        self.tx.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+}
+
+// tokio's I/O traits for the h2 codec, hyper's for its HTTP/1 client: the same pipe.
 impl AsyncRead for PipeIo {
     fn poll_read(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let mut b = self.bufs();
-        let n = b.unread().min(buf.remaining());
-        if n == 0 {
-            // EOF is a read of nothing; otherwise wait for the next poll.
-            return if b.eof {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            };
-        }
-        let at = b.rx_at;
-        buf.put_slice(&b.rx[at..at + n]);
-        b.rx_at += n;
-        if b.rx_at == b.rx.len() {
-            b.rx = Vec::new();
-            b.rx_at = 0;
-        }
-        Poll::Ready(Ok(()))
+        let max = buf.remaining();
+        self.bufs().read_with(max, |b| buf.put_slice(b))
     }
 }
 
@@ -125,14 +145,36 @@ impl AsyncWrite for PipeIo {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut b = self.bufs();
-        let room = b.limit.saturating_sub(b.tx.len());
-        if room == 0 {
-            return Poll::Pending;
-        }
-        let n = room.min(buf.len());
-        b.tx.extend_from_slice(&buf[..n]);
-        Poll::Ready(Ok(n))
+        self.bufs().write(buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl hyper::rt::Read for PipeIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let max = buf.remaining();
+        self.bufs().read_with(max, |b| buf.put_slice(b))
+    }
+}
+
+impl hyper::rt::Write for PipeIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.bufs().write(buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

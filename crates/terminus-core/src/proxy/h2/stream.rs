@@ -18,9 +18,42 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use std::task::{Context, Poll};
 
+/// Where a body comes from: a stream of the client's or of an h2 upstream's
+/// connection (its window reopens as its bytes go on), or an HTTP/1.1 upstream's
+/// response (its connection reads on as it is drained).
+pub enum Source {
+    H2(RecvStream),
+    H1(super::h1::RespBody),
+}
+
+impl Source {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Reason>>> {
+        match self {
+            Source::H2(r) => r
+                .poll_data(cx)
+                .map(|d| d.map(|d| d.map_err(|e| reason(&e)))),
+            Source::H1(b) => b.poll_data(cx),
+        }
+    }
+
+    fn poll_trailers(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<HeaderMap>, Reason>> {
+        match self {
+            Source::H2(r) => r.poll_trailers(cx).map_err(|e| reason(&e)),
+            Source::H1(b) => b.poll_trailers(cx),
+        }
+    }
+
+    /// `n` bytes went on: the sender may send that many more.
+    fn release(&mut self, n: usize) {
+        if let Source::H2(r) = self {
+            let _ = r.flow_control().release_capacity(n);
+        }
+    }
+}
+
 /// One body on its way, and whether it is through.
 pub struct Pump {
-    recv: RecvStream,
+    recv: Source,
     send: SendStream<Bytes>,
     /// Received, not yet sent (the send window was smaller).
     pending: Bytes,
@@ -40,7 +73,7 @@ fn reason(e: &h2::Error) -> Reason {
 }
 
 impl Pump {
-    pub fn new(recv: RecvStream, send: SendStream<Bytes>) -> Pump {
+    pub fn new(recv: Source, send: SendStream<Bytes>) -> Pump {
         Pump {
             recv,
             send,
@@ -75,7 +108,7 @@ impl Pump {
                     return Poll::Ready(Err(PumpError::Send(reason(&e))));
                 }
                 // The receiver's window reopens by what the sender's took.
-                let _ = self.recv.flow_control().release_capacity(n);
+                self.recv.release(n);
                 *moved = true;
                 continue;
             }
@@ -86,9 +119,7 @@ impl Pump {
                         *moved = true;
                         continue;
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Err(PumpError::Recv(reason(&e))))
-                    }
+                    Poll::Ready(Some(Err(r))) => return Poll::Ready(Err(PumpError::Recv(r))),
                     Poll::Ready(None) => self.body_done = true,
                     Poll::Pending => return self.check_reset(cx),
                 }
@@ -96,7 +127,7 @@ impl Pump {
             let end = match self.recv.poll_trailers(cx) {
                 Poll::Ready(Ok(Some(t))) => self.send.send_trailers(t),
                 Poll::Ready(Ok(None)) => self.send.send_data(Bytes::new(), true),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Recv(reason(&e)))),
+                Poll::Ready(Err(r)) => return Poll::Ready(Err(PumpError::Recv(r))),
                 Poll::Pending => return self.check_reset(cx),
             };
             *moved = true;
@@ -220,6 +251,15 @@ fn plain(status: u16, body: String, retry_after_s: Option<u64>) -> (Response<()>
         h.insert(http::header::RETRY_AFTER, HeaderValue::from(s));
     }
     (r, Some(Bytes::from(body)))
+}
+
+/// A gRPC call on a listener whose upstream speaks HTTP/1.1: answered here,
+/// UNAVAILABLE, nothing sent upstream (gRPC needs HTTP/2 end to end).
+pub fn grpc_needs_h2() -> (Response<()>, Option<Bytes>) {
+    grpc_status(
+        14,
+        "the upstream speaks HTTP/1.1 (upstream_protocol = \"http1\"); gRPC needs HTTP/2 end to end",
+    )
 }
 
 /// The answer when the upstream cannot take a stream: 502, or gRPC's UNAVAILABLE.

@@ -4,6 +4,7 @@
 use super::pipe::{noop_waker, Pipe};
 use super::*;
 use crate::proxy::http::{HttpSettings, IdentityHeaders};
+use h2::client;
 use std::task::Context;
 
 /// Move what each pipe's codec wrote to the other pipe's reader.
@@ -115,7 +116,7 @@ fn turn(r: &mut Rig) {
 }
 
 fn rig(filter: RequestFilter) -> Rig {
-    let mut proxy = H2Proxy::new(&H2Settings::default(), 1 << 16);
+    let mut proxy = H2Proxy::new(&H2Settings::default(), 1 << 16, UpstreamKind::H2);
     let (client_pipe, upstream_pipe) = (Pipe::new(1 << 16), Pipe::new(1 << 16));
     let mut client_hs = Box::pin(client::handshake(client_pipe.io()));
     let mut up_hs = server::handshake(upstream_pipe.io());
@@ -155,6 +156,7 @@ pub(crate) fn filter() -> RequestFilter {
         allow_bare_lf: false,
         head_timeout: std::time::Duration::from_secs(10),
         h2: None,
+        upstream_h2: true,
     });
     f.set_connection(
         Some("10.0.0.7:5555".parse().unwrap()),
@@ -219,4 +221,241 @@ fn a_request_crosses_with_owned_headers_replaced_and_trailers_intact() {
         0,
         "the pair is gone once both bodies ended"
     );
+}
+
+/// An HTTP/2 client in front of an HTTP/1.1 upstream that is a byte buffer: what
+/// the proxy writes for it is read as text, its answers are written as bytes.
+struct H1Rig {
+    proxy: H2Proxy,
+    filter: RequestFilter,
+    client_pipe: Pipe,
+    sender: client::SendRequest<Bytes>,
+    client: client::Connection<PipeIo, Bytes>,
+}
+
+impl H1Rig {
+    fn new() -> H1Rig {
+        let mut proxy = H2Proxy::new(&H2Settings::default(), 1 << 16, UpstreamKind::Http1);
+        let client_pipe = Pipe::new(1 << 16);
+        let mut client_hs = Box::pin(client::handshake(client_pipe.io()));
+        let mut filter = filter();
+        let mut c = None;
+        for _ in 0..10 {
+            proxy.drive(&mut filter);
+            shuttle(&client_pipe, &proxy.down);
+            if c.is_none() {
+                if let Poll::Ready(r) = poll(&mut client_hs) {
+                    c = Some(r.unwrap());
+                }
+            }
+        }
+        let (sender, client) = c.expect("client handshake");
+        H1Rig {
+            proxy,
+            filter,
+            client_pipe,
+            sender,
+            client,
+        }
+    }
+
+    /// A few turns; what the proxy wrote for the upstream.
+    fn turns(&mut self) -> String {
+        let w = noop_waker();
+        let mut cx = Context::from_waker(&w);
+        for _ in 0..5 {
+            let _ = Pin::new(&mut self.client).poll(&mut cx);
+            shuttle(&self.client_pipe, &self.proxy.down);
+            self.proxy.drive(&mut self.filter);
+            shuttle(&self.client_pipe, &self.proxy.down);
+        }
+        String::from_utf8(std::mem::take(&mut self.proxy.up.lock().tx)).unwrap()
+    }
+
+    fn upstream_says(&mut self, bytes: &[u8], eof: bool) {
+        let mut u = self.proxy.up.lock();
+        u.feed(&mut bytes.to_vec());
+        u.eof = eof;
+    }
+
+    fn get(&mut self, path: &str) -> client::ResponseFuture {
+        let req = http::Request::get(format!("https://svc.internal{path}"))
+            .header("te", "trailers")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap();
+        self.sender.send_request(req, true).unwrap().0
+    }
+}
+
+fn body_text(resp: http::Response<RecvStream>) -> String {
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Poll::Ready(Some(Ok(b))) = body.poll_data(&mut cx) {
+        out.extend_from_slice(&b);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn an_h2_stream_goes_to_an_http1_upstream_in_origin_form_and_a_close_asks_for_a_redial() {
+    let mut r = H1Rig::new();
+    let mut first = r.get("/a?x=1");
+    let mut second = r.get("/b");
+    let sent = r.turns();
+    assert!(sent.starts_with("GET /a?x=1 HTTP/1.1\r\n"), "{sent}");
+    let lower = sent.to_ascii_lowercase();
+    assert!(lower.contains("\r\nhost: svc.internal\r\n"), "{sent}");
+    assert!(lower.contains("\r\ncookie: a=1; b=2\r\n"), "{sent}");
+    assert!(lower.contains("\r\nte: trailers\r\n"), "{sent}");
+    assert!(
+        lower.contains("\r\nx-forwarded-for: 10.0.0.7\r\n"),
+        "{sent}"
+    );
+    assert!(!sent.contains("GET /b"), "one request at a time: {sent}");
+    r.upstream_says(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nKeep-Alive: x\r\n\r\nok",
+        true,
+    );
+    assert_eq!(r.turns(), "");
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    let Poll::Ready(Ok(resp)) = Pin::new(&mut first).poll(&mut cx) else {
+        panic!("no response to the first stream");
+    };
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("connection").is_none());
+    assert!(resp.headers().get("keep-alive").is_none());
+    assert_eq!(body_text(resp), "ok");
+    // The connection closed with the second stream waiting: a new one is asked for
+    // (once), and the stream goes on it.
+    assert!(r.proxy.take_redial());
+    assert!(!r.proxy.take_redial());
+    r.proxy.redialled();
+    let sent = r.turns();
+    assert!(sent.starts_with("GET /b HTTP/1.1\r\n"), "{sent}");
+    r.upstream_says(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nx-sum: 7\r\n\r\n",
+        false,
+    );
+    r.turns();
+    let Poll::Ready(Ok(resp)) = Pin::new(&mut second).poll(&mut cx) else {
+        panic!("no response to the second stream");
+    };
+    let mut body = resp.into_body();
+    assert!(matches!(body.poll_data(&mut cx), Poll::Ready(Some(Ok(b))) if &b[..] == b"hi"));
+    assert!(matches!(body.poll_data(&mut cx), Poll::Ready(None)));
+    assert!(matches!(body.poll_trailers(&mut cx), Poll::Ready(Ok(Some(t))) if t["x-sum"] == "7"));
+}
+
+#[test]
+fn a_grpc_request_for_an_http1_upstream_is_answered_unavailable_here() {
+    let mut r = H1Rig::new();
+    let req = http::Request::post("https://svc/pkg.S/M")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (mut response, _body) = r.sender.send_request(req, false).unwrap();
+    assert_eq!(r.turns(), "", "nothing sent upstream");
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    let Poll::Ready(Ok(resp)) = Pin::new(&mut response).poll(&mut cx) else {
+        panic!("no answer");
+    };
+    assert_eq!(resp.headers()["grpc-status"], "14");
+}
+
+#[test]
+fn kept_alive_http1_connection_takes_the_next_stream() {
+    let mut r = H1Rig::new();
+    let mut first = r.get("/a");
+    let _second = r.get("/b");
+    let sent = r.turns();
+    assert!(sent.starts_with("GET /a HTTP/1.1\r\n"), "{sent}");
+    r.upstream_says(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false);
+    let sent = r.turns();
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    assert!(matches!(
+        Pin::new(&mut first).poll(&mut cx),
+        Poll::Ready(Ok(_))
+    ));
+    let sent2 = r.turns();
+    assert!(!r.proxy.take_redial(), "no redial");
+    assert!(
+        format!("{sent}{sent2}").starts_with("GET /b HTTP/1.1\r\n"),
+        "{sent}|{sent2}"
+    );
+}
+
+/// An h2 upstream's GOAWAY names the last stream it processed: a stream past it is
+/// refused to the client (REFUSED_STREAM, safe to retry), one before it completes.
+#[test]
+fn a_stream_past_the_upstreams_goaway_is_refused_and_one_before_it_completes() {
+    let mut r = rig(filter());
+    let get = || http::Request::get("https://svc/x").body(()).unwrap();
+    let (mut first, _) = r.sender.send_request(get(), true).unwrap();
+    let (mut second, _) = r.sender.send_request(get(), true).unwrap();
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    let mut accepted = Vec::new();
+    for _ in 0..10 {
+        turn(&mut r);
+        while let Poll::Ready(Some(Ok((req, respond)))) = r.upstream.poll_accept(&mut cx) {
+            accepted.push((req, respond));
+        }
+    }
+    assert_eq!(accepted.len(), 2, "both streams reached the upstream");
+    // GOAWAY(last_stream_id = 1, NO_ERROR), as if the upstream had not taken 3.
+    let mut goaway = vec![0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    r.proxy.up.lock().feed(&mut goaway);
+    for _ in 0..5 {
+        turn(&mut r);
+    }
+    match Pin::new(&mut second).poll(&mut cx) {
+        Poll::Ready(Err(e)) => assert_eq!(e.reason(), Some(Reason::REFUSED_STREAM), "{e:?}"),
+        other => panic!("the second stream: {other:?}"),
+    }
+    let (_, mut respond) = accepted.remove(0);
+    respond
+        .send_response(http::Response::new(()), true)
+        .unwrap();
+    for _ in 0..5 {
+        turn(&mut r);
+        let _ = r.upstream.poll_accept(&mut cx);
+    }
+    match Pin::new(&mut first).poll(&mut cx) {
+        Poll::Ready(Ok(resp)) => assert_eq!(resp.status(), 200),
+        other => panic!("the first stream: {other:?}"),
+    }
+}
+
+/// A stream the upstream took when its connection was lost (EOF, no GOAWAY) may
+/// have been processed: answered 502, not refused.
+#[test]
+fn a_stream_lost_with_its_upstream_connection_is_answered_502() {
+    let mut r = rig(filter());
+    let req = http::Request::get("https://svc/x").body(()).unwrap();
+    let (mut response, _) = r.sender.send_request(req, true).unwrap();
+    let w = noop_waker();
+    let mut cx = Context::from_waker(&w);
+    let mut taken = None;
+    for _ in 0..10 {
+        turn(&mut r);
+        if let Poll::Ready(Some(Ok(x))) = r.upstream.poll_accept(&mut cx) {
+            taken = Some(x);
+        }
+    }
+    assert!(taken.is_some(), "the upstream took the stream");
+    r.proxy.up.lock().eof = true;
+    for _ in 0..5 {
+        turn(&mut r);
+    }
+    match Pin::new(&mut response).poll(&mut cx) {
+        Poll::Ready(Ok(resp)) => assert_eq!(resp.status(), 502),
+        other => panic!("{other:?}"),
+    }
 }
