@@ -54,6 +54,16 @@ seeds = {
     "rapid-reset": program(7, op(0, PREFACE + SETTINGS), *[
         op(0, headers(s, GET, False) + frame(3, 0, s, struct.pack(">I", 8))) for s in range(1, 40, 2)]),
     "ping-flood": program(3, *hello, op(0, b"".join(frame(6, 0, 0, b"12345678") for _ in range(300)))),
+    # HTTP/1.1 upstream (first byte's top bit): a length, chunks with trailers, a
+    # close after the response (then a redial, made: the op byte after the drive).
+    "h1-length": program(0x83, op(0, PREFACE + SETTINGS), op(0, SETTINGS_ACK + headers(1, GET, True)),
+                         op(2, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")),
+    "h1-chunked-trailers": program(0x83, op(0, PREFACE + SETTINGS), op(0, headers(1, POST, False) + data(1, b"hi", True)),
+                                   op(2, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n"
+                                         b"5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n")),
+    "h1-close-redial": program(0x83, op(0, PREFACE + SETTINGS), op(0, headers(1, GET, True) + headers(3, GET, True)),
+                               op(2, b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"),
+                               bytes([5, 1]), op(2, b"HTTP/1.1 204 No Content\r\n\r\n")),
     "client-stops-reading": program(3, *hello, bytes([7, 0]), op(0, headers(1, GET, True)),
                                     op(2, headers(1, OK, False) + data(1, b"x" * 16000, False)
                                        + data(1, b"y" * 16000, True))),
