@@ -7,7 +7,8 @@
 //!   leave 16 MiB per worker behind that the idle figure never showed;
 //! - an idle worker gives the memory it freed back to the OS
 //!   (`[runtime] idle_memory_trim_ms`): after a burst of held connections closes,
-//!   the allocator returns their pages instead of keeping its high-water mark.
+//!   its slot table shrinks to what is live and the allocator returns their pages
+//!   instead of keeping its high-water mark.
 //!
 //! Memory is the whole RSS from /proc/PID/status, as an operator sees it.
 
@@ -113,8 +114,10 @@ fn an_idle_worker_gives_back_what_a_connection_burst_freed() {
             growth > (HELD as u64) << 10,
             "{HELD} connections held only {growth} B"
         );
-        // Given back: at least a third of what the burst added.
-        let back = |r: u64| peak.saturating_sub(r) >= growth / 3;
+        // Given back: at least half of what the burst added (the worker's tables
+        // shrunk to what is live, then the allocator's pages: 9.8 of 14.9 MiB on
+        // io_uring, 9.1 of 15.6 on epoll; 6.5 of 15 with the allocator's pages alone).
+        let back = |r: u64| peak.saturating_sub(r) >= growth / 2;
         let wait = if trim > 0 { 5 } else { 2 };
         let after = rss_settles(&term, Duration::from_secs(wait), back);
         eprintln!(
@@ -131,7 +134,7 @@ fn an_idle_worker_gives_back_what_a_connection_burst_freed() {
     assert_eq!(
         grown,
         [(200, true), (0, false)],
-        "with the trim on, at least a third of the burst's memory comes back within \
+        "with the trim on, at least half of the burst's memory comes back within \
          5 s; off, the allocator keeps it (the control)"
     );
 }

@@ -56,6 +56,9 @@ pub trait Driver<T: Copy> {
     fn drain(&mut self, out: &mut Vec<Completion<T, Self::Buf>>);
     /// Ops whose final completion has not been drained yet.
     fn ops_in_flight(&self) -> usize;
+    /// Give back tables and pools a past burst grew (an idle worker calls it before
+    /// the allocator's collection); what is in flight is kept.
+    fn shrink(&mut self) {}
 }
 
 /// Which backend drives the workers.

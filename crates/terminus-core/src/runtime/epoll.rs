@@ -582,4 +582,12 @@ impl<T: Copy> Driver<T> for Epoll<T> {
     fn ops_in_flight(&self) -> usize {
         self.ops.len()
     }
+
+    fn shrink(&mut self) {
+        self.ops.shrink();
+        // The receive buffers a burst pooled; taken again (zeroed once) on demand.
+        let mut pool = self.pool.borrow_mut();
+        pool.clear();
+        pool.shrink_to_fit();
+    }
 }

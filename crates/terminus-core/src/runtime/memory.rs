@@ -3,8 +3,9 @@
 //! mimalloc (the binary's global allocator) keeps freed pages in the freeing
 //! thread's heap and purges them on that thread's later allocator calls; a worker
 //! that goes quiet after a burst (bulk streams, a handshake storm) would keep its
-//! high-water mark resident for ever. One forced collection after an idle spell
-//! (`[runtime] idle_memory_trim_ms`) returns it; under load it never runs.
+//! high-water mark resident for ever. After an idle spell (`[runtime]
+//! idle_memory_trim_ms`) the worker shrinks its slot table (sized to the burst) and
+//! forces one collection, which returns it; under load it never runs.
 //!
 //! I/O contract: `madvise`/`munmap` through the allocator, on the calling thread.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -30,16 +31,21 @@ impl IdleTrim {
         }
     }
 
-    /// After each loop turn, with the completions it handled.
-    pub fn turn(&mut self, handled: u64, now: Instant) {
-        let Some(after) = self.after else { return };
+    /// After each loop turn, with the completions it handled. True: the worker has
+    /// been idle long enough, so it gives back what it holds beyond its live state
+    /// (tables sized to a burst, then the allocator's freed pages: [`trim_thread`]).
+    pub fn turn(&mut self, handled: u64, now: Instant) -> bool {
+        let Some(after) = self.after else {
+            return false;
+        };
         if handled > 0 {
             self.busy_at = now;
             self.done = false;
         } else if !self.done && now.duration_since(self.busy_at) >= after {
-            trim_thread();
             self.done = true;
+            return true;
         }
+        false
     }
 }
 

@@ -7,7 +7,8 @@
 //!
 //! The rules, each written once: an entry is free or holds a value ([`Entry`]);
 //! removing a value changes its entry's generation; [`Slab::get`] and
-//! [`Slab::get_mut`] answer only for the generation the key was made with.
+//! [`Slab::get_mut`] answer only for the generation the key was made with; an index
+//! given back by [`Slab::shrink`] comes back with a generation above every one it had.
 //!
 //! I/O contract: none.
 #![forbid(unsafe_code)]
@@ -46,6 +47,9 @@ pub struct Slab<T> {
     entries: Vec<Entry<T>>,
     free: Vec<u32>,
     len: usize,
+    /// The generation a new index starts at: above every generation an index
+    /// [`Slab::shrink`] dropped ever had, so its old keys miss it when it returns.
+    floor: u32,
 }
 
 impl<T> Default for Slab<T> {
@@ -54,6 +58,7 @@ impl<T> Default for Slab<T> {
             entries: Vec::new(),
             free: Vec::new(),
             len: 0,
+            floor: 0,
         }
     }
 }
@@ -85,8 +90,8 @@ impl<T> Slab<T> {
                 Entry::Live { .. } => unreachable!("a free index holds no value"),
             },
             None => {
-                self.entries.push(Entry::Free { gen: 0 });
-                ((self.entries.len() - 1) as u32, 0)
+                self.entries.push(Entry::Free { gen: self.floor });
+                ((self.entries.len() - 1) as u32, self.floor)
             }
         };
         let key = Key { idx, gen };
@@ -127,6 +132,22 @@ impl<T> Slab<T> {
         self.free.push(key.idx);
         self.len -= 1;
         Some(value)
+    }
+
+    /// Give back the memory of the free entries at the end of the table. Entries
+    /// hold their values inline, so after a burst the table keeps the peak's size
+    /// (a worker's slots: a few KiB per connection) until this runs; the idle trim
+    /// calls it. Keys of dropped entries keep missing (see `floor`).
+    pub fn shrink(&mut self) {
+        while let Some(Entry::Free { gen }) = self.entries.last() {
+            // `gen` is the next generation of that index: every key it gave is below.
+            self.floor = self.floor.max(*gen);
+            self.entries.pop();
+        }
+        let n = self.entries.len() as u32;
+        self.free.retain(|&i| i < n);
+        self.entries.shrink_to_fit();
+        self.free.shrink_to_fit();
     }
 
     /// Every value held, with its key.
@@ -181,6 +202,38 @@ mod tests {
         assert_eq!((s.get(old), s.get(new)), (None, Some(&2)));
         assert_eq!(s.remove(old), None, "an old key removes nothing");
         assert_eq!(s.get(new), Some(&2));
+    }
+
+    #[test]
+    fn shrink_gives_back_the_free_tail_and_old_keys_keep_missing() {
+        let mut s = Slab::new();
+        let keys: Vec<Key> = (0..100).map(|i| s.insert(i)).collect();
+        let kept = keys[3];
+        for &k in keys.iter().filter(|&&k| k != kept) {
+            s.remove(k);
+        }
+        s.shrink();
+        assert_eq!(
+            s.entries.len(),
+            4,
+            "the free entries after the last live one go"
+        );
+        assert!(s.entries.capacity() < 100);
+        assert!(
+            s.free.iter().all(|&i| i < 4),
+            "the free list names kept entries only"
+        );
+        assert_eq!(s.get(kept), Some(&3));
+        s.remove(kept);
+        s.shrink();
+        assert!(s.entries.is_empty() && s.free.is_empty());
+        // The indices come back, with generations no old key carries.
+        let again: Vec<Key> = (0..100).map(|i| s.insert(i + 1000)).collect();
+        for (old, new) in keys.iter().zip(&again) {
+            assert_eq!(old.idx(), new.idx());
+            assert_eq!(s.get(*old), None, "{old:?} reaches {new:?}'s value");
+        }
+        assert_eq!(s.get(again[5]), Some(&1005));
     }
 
     #[test]

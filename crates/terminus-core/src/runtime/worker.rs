@@ -227,7 +227,12 @@ impl<D: Driver<Token>> Worker<D> {
             self.flush_dirty(now);
             self.wake_paused(now);
             self.record_turn(handled);
-            self.idle.turn(handled, now);
+            if self.idle.turn(handled, now) {
+                // The slot table holds each Conn inline: a burst leaves it at its peak.
+                self.slots.shrink();
+                self.io.shrink();
+                crate::runtime::memory::trim_thread();
+            }
             self.maybe_publish(now, false);
             if self.state.load() == RunState::Running {
                 self.rearm_accepts(now);

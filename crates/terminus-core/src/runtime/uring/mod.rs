@@ -304,6 +304,10 @@ impl<T: Copy> Driver<T> for Uring<T> {
     fn ops_in_flight(&self) -> usize {
         self.ops.len()
     }
+
+    fn shrink(&mut self) {
+        self.ops.shrink();
+    }
 }
 
 /// Turn one CQE of `op` into what it delivers (taking the op's send buffer on its
