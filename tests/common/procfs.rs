@@ -17,6 +17,18 @@ pub fn rss(t: &super::Terminus) -> u64 {
 /// when terminus touches memory it had not touched before (`Terminus::builder().prefix`).
 pub const NO_PURGE: &[&str] = &["env", "MIMALLOC_PURGE_DELAY=-1"];
 
+/// The idle trim (`idle_memory_trim_ms`) gives freed pages back after a quiet
+/// second whatever [`NO_PURGE`] says, and a busy host can make that second happen
+/// between a test's warm-up and its baseline: the load's reuse of those pages then
+/// reads as growth. Tests that compare RSS before and during a load turn it off
+/// (`config` must have a `[runtime]` table: `write_config` with workers).
+pub fn no_idle_trim(config: &std::path::Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains("[runtime]\n"), "no [runtime] table in {text}");
+    let text = text.replacen("[runtime]\n", "[runtime]\nidle_memory_trim_ms = 0\n", 1);
+    std::fs::write(config, text).unwrap();
+}
+
 /// utime+stime of a whole process, in ns (`terminus::tools::bench::target`).
 pub fn proc_cpu_ns(pid: u32) -> u64 {
     terminus::tools::bench::target::process_cpu_ns(pid).unwrap_or_else(|e| panic!("{e:#}"))

@@ -167,6 +167,7 @@ impl Fixture {
             l = l.opt(k, v);
         }
         let config = write_config(&pki, Some(1), &[l]);
+        no_idle_trim(&config);
         let t = Terminus::builder().config(&config).prefix(NO_PURGE).start();
         let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[b"h2"]);
         Fixture {

@@ -156,6 +156,7 @@ fn slow_peers_pin_bounded_memory(deaf: Deaf, max_buffered: Option<usize>) {
         Some(1),
         &[slow, ListenerConf::new("warm", &[echo.addr()])],
     );
+    no_idle_trim(&config);
     let mut term = Terminus::builder().config(&config).prefix(NO_PURGE).start();
     let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
     let limit = max_buffered.unwrap_or(256 * 1024) as u64;
@@ -259,6 +260,7 @@ fn worker_cap_bounds_the_sum_of_slow_peers() {
         "workers = 1\nmax_buffered_bytes_per_worker = 1048576\n",
     ) + "[admin]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\n";
     std::fs::write(&config, text).unwrap();
+    no_idle_trim(&config);
     let mut term = Terminus::builder().config(&config).prefix(NO_PURGE).start();
     let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
     let cap = 1u64 << 20;
