@@ -211,6 +211,13 @@ fn connections_per_caller_on_an_http_listener_is_429_then_close() {
         .build()
         .unwrap();
     let mut first = tls_connect(addr, &anon);
+    // The client is done before the server has read its Finished, and the next
+    // connection may land on the other worker: wait until the place is taken.
+    at_least(
+        &t,
+        "terminus_handshakes_total{listener=\"l\",result=\"ok\",resumed=\"false\",client_auth=\"none\"}",
+        1.0,
+    );
     let mut second = tls_connect(addr, &anon);
     second
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
