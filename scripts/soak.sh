@@ -303,7 +303,8 @@ gen admin "$admin_p"
 # its bytes are still owed to the upstream). The recovery is measured once terminus
 # has no connection left, so it shows memory not given back, not memory in use.
 (
-    sleep $((until - $(date +%s)))
+    left=$((until - $(date +%s)))
+    if ((left > 0)); then sleep "$left"; fi
     kill "$sink_pid" "$source_pid" 2>/dev/null || true
 ) &
 pids+=($!)
