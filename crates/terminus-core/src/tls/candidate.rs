@@ -27,10 +27,10 @@
 #![forbid(unsafe_code)]
 
 use super::settings::ClientAuthMode;
+use super::signatures::{delegated_signatures, SignatureCheck};
 use super::verifier::PolicyVerifier;
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::DistinguishedName;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -258,10 +258,6 @@ impl DualVerifier {
     }
 }
 
-fn not_offered() -> rustls::Error {
-    rustls::Error::General("no client certificate was asked for".into())
-}
-
 impl ClientCertVerifier for DualVerifier {
     fn offer_client_auth(&self) -> bool {
         self.enforced
@@ -315,31 +311,5 @@ impl ClientCertVerifier for DualVerifier {
         result
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures()
-            .ok_or_else(not_offered)?
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures()
-            .ok_or_else(not_offered)?
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures()
-            .map(|v| v.supported_verify_schemes())
-            .unwrap_or_default()
-    }
+    delegated_signatures!(v => v.signatures().map_or(SignatureCheck::NotOffered, SignatureCheck::Verifier));
 }

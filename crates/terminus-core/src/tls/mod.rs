@@ -47,6 +47,7 @@ mod problems;
 mod server;
 mod settings;
 pub mod sign_gate;
+mod signatures;
 mod sni;
 pub mod suites;
 #[cfg(test)]

@@ -13,12 +13,12 @@ use super::identity::PeerIdentity;
 use super::pem::{load_crls, load_roots};
 use super::policy::AllowList;
 use super::settings::{ClientAuth, ClientAuthMode, ListenerTls};
+use super::signatures::{delegated_signatures, SignatureCheck};
 use super::TlsError;
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DistinguishedName};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -239,27 +239,7 @@ impl ClientCertVerifier for PolicyVerifier {
         verdict
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegated_signatures!(v => SignatureCheck::Verifier(v.inner.as_ref()));
 }
 
 /// A client certificate the verifier refused, with who presented it.
