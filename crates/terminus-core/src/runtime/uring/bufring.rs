@@ -78,6 +78,14 @@ pub struct RecvBuf {
     len: u32,
 }
 
+impl RecvBuf {
+    /// Where buffer `bid` starts in the pool (inside it: `bid < count`).
+    fn start(&self) -> *mut u8 {
+        let offset = self.bid as usize * self.pool.size as usize;
+        self.pool.data.wrapping_add(offset)
+    }
+}
+
 impl std::ops::Deref for RecvBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -85,14 +93,7 @@ impl std::ops::Deref for RecvBuf {
         // slice lies inside the pool's allocation, which our `Rc` keeps alive. The
         // kernel wrote it before posting the completion and cannot write it again
         // until this `RecvBuf` is dropped and its id pushed back into the ring.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.pool
-                    .data
-                    .add(self.bid as usize * self.pool.size as usize),
-                self.len as usize,
-            )
-        }
+        unsafe { std::slice::from_raw_parts(self.start(), self.len as usize) }
     }
 }
 
@@ -102,14 +103,7 @@ impl std::ops::DerefMut for RecvBuf {
         // `RecvBuf` lives: the kernel gave buffer `bid` to this one completion and
         // gets it back only when this is dropped, and a `RecvBuf` is never cloned,
         // so `&mut self` is the only access. (The connection decrypts TLS in place.)
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.pool
-                    .data
-                    .add(self.bid as usize * self.pool.size as usize),
-                self.len as usize,
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.start(), self.len as usize) }
     }
 }
 
