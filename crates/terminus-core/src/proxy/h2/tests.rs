@@ -22,31 +22,35 @@ fn poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(&w))
 }
 
+/// Poll a handshake until its result is in `slot` (a no-op once it is).
+fn settle<F, T, E>(slot: &mut Option<T>, hs: &mut F)
+where
+    F: Future<Output = Result<T, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    if slot.is_none() {
+        if let Poll::Ready(r) = poll(hs) {
+            *slot = Some(r.unwrap());
+        }
+    }
+}
+
 #[test]
 fn the_codec_runs_over_pipes_with_a_waker_that_wakes_nothing() {
     let (sp, cp) = (Pipe::new(1 << 16), Pipe::new(1 << 16));
     let mut server_hs = server::handshake(sp.io());
     let mut client_hs = Box::pin(client::handshake(cp.io()));
-    let (mut server, mut client, mut sender) = (None, None, None);
+    let (mut server, mut pair) = (None, None);
     for _ in 0..10 {
-        if server.is_none() {
-            if let Poll::Ready(r) = poll(&mut server_hs) {
-                server = Some(r.unwrap());
-            }
-        }
-        if sender.is_none() {
-            if let Poll::Ready(r) = poll(&mut client_hs) {
-                let (s, c) = r.unwrap();
-                sender = Some(s);
-                client = Some(c);
-            }
-        }
-        if let Some(c) = client.as_mut() {
+        settle(&mut server, &mut server_hs);
+        settle(&mut pair, &mut client_hs);
+        if let Some((_, c)) = pair.as_mut() {
             assert!(poll(c).is_pending());
         }
         shuttle(&sp, &cp);
     }
-    let (mut server, mut client, mut sender) = (server.unwrap(), client.unwrap(), sender.unwrap());
+    let (mut sender, mut client) = pair.unwrap();
+    let mut server = server.unwrap();
     let req = http::Request::post("https://svc/pkg.S/M").body(()).unwrap();
     let (mut response, mut body) = sender.send_request(req, false).unwrap();
     body.send_data(Bytes::from_static(b"ping"), true).unwrap();
@@ -126,16 +130,8 @@ fn rig(filter: RequestFilter) -> Rig {
         proxy.drive(&mut filter);
         shuttle(&client_pipe, &proxy.down);
         shuttle(&upstream_pipe, &proxy.up);
-        if c.is_none() {
-            if let Poll::Ready(r) = poll(&mut client_hs) {
-                c = Some(r.unwrap());
-            }
-        }
-        if u.is_none() {
-            if let Poll::Ready(r) = poll(&mut up_hs) {
-                u = Some(r.unwrap());
-            }
-        }
+        settle(&mut c, &mut client_hs);
+        settle(&mut u, &mut up_hs);
     }
     let (sender, client) = c.expect("client handshake");
     Rig {
@@ -243,11 +239,7 @@ impl H1Rig {
         for _ in 0..10 {
             proxy.drive(&mut filter);
             shuttle(&client_pipe, &proxy.down);
-            if c.is_none() {
-                if let Poll::Ready(r) = poll(&mut client_hs) {
-                    c = Some(r.unwrap());
-                }
-            }
+            settle(&mut c, &mut client_hs);
         }
         let (sender, client) = c.expect("client handshake");
         H1Rig {
