@@ -257,13 +257,11 @@ impl RequestFilter {
                     }
                 }
                 State::Body(n) => {
-                    let k = (n.min(data.len() as u64)) as usize;
-                    self.emit(out, &data[..k]);
-                    *data = &data[k..];
-                    self.state = if n - k as u64 == 0 {
+                    let left = self.pass(n, data, out);
+                    self.state = if left == 0 {
                         State::Head
                     } else {
-                        State::Body(n - k as u64)
+                        State::Body(left)
                     };
                 }
                 State::ChunkSize => {
@@ -279,13 +277,11 @@ impl RequestFilter {
                     };
                 }
                 State::ChunkData(n) => {
-                    let k = (n.min(data.len() as u64)) as usize;
-                    self.emit(out, &data[..k]);
-                    *data = &data[k..];
-                    self.state = if n - k as u64 == 0 {
+                    let left = self.pass(n, data, out);
+                    self.state = if left == 0 {
                         State::ChunkDataEnd
                     } else {
-                        State::ChunkData(n - k as u64)
+                        State::ChunkData(left)
                     };
                 }
                 State::ChunkDataEnd => {
@@ -310,6 +306,14 @@ impl RequestFilter {
             }
         }
         Ok(())
+    }
+
+    /// Up to `n` body bytes from `data`, emitted; how many of the `n` are still due.
+    fn pass(&self, n: u64, data: &mut &[u8], out: &mut Vec<u8>) -> u64 {
+        let k = n.min(data.len() as u64) as usize;
+        self.emit(out, &data[..k]);
+        *data = &data[k..];
+        n - k as u64
     }
 
     /// Body bytes go to the upstream, unless their request was answered here.
