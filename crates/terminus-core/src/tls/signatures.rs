@@ -68,30 +68,24 @@ fn not_offered() -> rustls::Error {
 /// [`SignatureCheck`] that `$check` builds from `$this` (the verifier).
 macro_rules! delegated_signatures {
     ($this:ident => $check:expr) => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls_pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            let $this = self;
-            $check.tls12(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls_pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            let $this = self;
-            $check.tls13(message, cert, dss)
-        }
+        delegated_signatures!(@each $this => $check;
+            verify_tls12_signature tls12, verify_tls13_signature tls13);
 
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             let $this = self;
             $check.schemes()
         }
     };
+    (@each $this:ident => $check:expr; $($method:ident $via:ident),+) => {$(
+        fn $method(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            let $this = self;
+            $check.$via(message, cert, dss)
+        }
+    )+};
 }
 pub(super) use delegated_signatures;
