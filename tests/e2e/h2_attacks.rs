@@ -257,9 +257,12 @@ fn a_continuation_flood_is_cut_off() {
     let mut block = Vec::new();
     literal(0, 4, 0, "x-junk", &"j".repeat(4000), &mut block);
     let continuation = frame(CONTINUATION, 0, 1, &block);
-    for _ in 0..20 {
-        t.write_all(&continuation).unwrap();
-    }
+    // The server may cut the connection before all 20 are written (on a busy host
+    // this thread can run late): the writes stop there.
+    let first = (0..20)
+        .take_while(|_| t.write_all(&continuation).is_ok())
+        .count();
+    assert!(first > 0, "not one CONTINUATION frame could be written");
     let (frames, _) = read_frames(&mut t, Duration::from_secs(10), |f| goaway(f).is_some());
     assert_eq!(goaway(&frames), Some(ENHANCE_YOUR_CALM), "{frames:?}");
     // And no more is read: the rest of a 40 MB flood does not get through.
@@ -269,7 +272,9 @@ fn a_continuation_flood_is_cut_off() {
     let sent = (0..10_000)
         .take_while(|_| t.write_all(&continuation).is_ok())
         .count();
-    eprintln!("CONTINUATION flood: GOAWAY after 20 frames, {sent} more written before the cut");
+    eprintln!(
+        "CONTINUATION flood: GOAWAY after {first} frames written, {sent} more before the cut"
+    );
     assert!(sent < 10_000);
     fx.assert_serves();
 }
