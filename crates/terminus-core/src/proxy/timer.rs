@@ -57,6 +57,14 @@ impl<K: Copy> Wheel<K> {
         }
     }
 
+    /// Give back what the buckets grew to at a peak (`expire` empties a bucket but
+    /// keeps its capacity, so a burst's size stayed for good); for an idle owner.
+    pub fn shrink(&mut self) {
+        for b in &mut self.buckets {
+            b.shrink_to_fit();
+        }
+    }
+
     pub fn tick(&self) -> Duration {
         self.tick
     }
@@ -86,6 +94,25 @@ mod tests {
         let mut out = Vec::new();
         w.expire(t0 + Duration::from_millis(100), &mut out);
         assert_eq!(out, vec![7]);
+    }
+
+    #[test]
+    fn shrink_gives_back_what_a_burst_grew_and_keeps_pending_entries() {
+        let t0 = Instant::now();
+        let mut w = Wheel::new(t0, Duration::from_millis(10), 8);
+        for k in 0..1000u32 {
+            w.schedule(t0 + Duration::from_millis(15), k);
+        }
+        w.schedule(t0 + Duration::from_millis(45), 5000);
+        let mut out = Vec::new();
+        w.expire(t0 + Duration::from_millis(30), &mut out);
+        assert_eq!(out.len(), 1000);
+        assert!(w.buckets.iter().map(Vec::capacity).sum::<usize>() >= 1000);
+        w.shrink();
+        assert_eq!(w.buckets.iter().map(Vec::capacity).sum::<usize>(), 1);
+        out.clear();
+        w.expire(t0 + Duration::from_millis(60), &mut out);
+        assert_eq!(out, vec![5000]);
     }
 
     #[test]

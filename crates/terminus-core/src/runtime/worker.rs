@@ -228,9 +228,12 @@ impl<D: Driver<Token>> Worker<D> {
             self.wake_paused(now);
             self.record_turn(handled);
             if self.idle.turn(handled, now) {
-                // The slot table holds each Conn inline: a burst leaves it at its peak.
+                // The slot table holds each Conn inline, and the wheel's buckets and
+                // the expiry list keep their capacity: a burst leaves them at its peak.
                 self.slots.shrink();
                 self.io.shrink();
+                self.wheel.shrink();
+                expired.shrink_to_fit();
                 crate::runtime::memory::trim_thread();
             }
             self.maybe_publish(now, false);
