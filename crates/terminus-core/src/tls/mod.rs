@@ -45,6 +45,7 @@ mod pem;
 pub mod policy;
 mod problems;
 mod server;
+mod session_cache;
 mod settings;
 pub mod sign_gate;
 mod signatures;

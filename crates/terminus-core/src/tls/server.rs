@@ -19,7 +19,7 @@ use super::TlsError;
 use ::aws_lc_rs::digest as aws_lc_rs_digest;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -271,7 +271,7 @@ fn build_server_config(
     cfg.session_storage = if l.session_cache == 0 {
         Arc::new(NoServerSessionStorage {})
     } else {
-        ServerSessionMemoryCache::new(l.session_cache)
+        super::session_cache::SessionCache::new(l.session_cache)
     };
     cfg.ticketer = match &l.ticket_key_file {
         // Shared keys: every instance with this file (and policy) resumes the others'

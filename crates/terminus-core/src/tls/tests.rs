@@ -71,6 +71,44 @@ fn server_config_completes_a_handshake_with_alpn() {
     assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
 }
 
+/// A TLS 1.2 client that resumes by session ID only: the server's session store
+/// (`session_cache`, tls/session_cache.rs) is what lets it resume; 0 turns it off.
+#[test]
+fn tls12_session_ids_resume_through_the_session_store() {
+    for (size, want) in [
+        (16 * 1024, rustls::HandshakeKind::Resumed),
+        (0, rustls::HandshakeKind::Full),
+    ] {
+        let mut fx = Fixture::new(&format!("sid{size}"));
+        fx.listener.session_cache = size;
+        let server_cfg = server_config(&fx.listener).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in load_certs(&fx.dir.join("ca.pem")).unwrap() {
+            roots.add(ca).unwrap();
+        }
+        let mut cfg =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(8)
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+        let cfg = Arc::new(cfg);
+        let connect = || {
+            let mut c = rustls::client::UnbufferedClientConnection::new(
+                cfg.clone(),
+                "localhost".try_into().unwrap(),
+            )
+            .unwrap();
+            handshake(&mut c, &server_cfg);
+            c.handshake_kind().unwrap()
+        };
+        assert_eq!(connect(), rustls::HandshakeKind::Full);
+        assert_eq!(connect(), want, "session_cache = {size}");
+    }
+}
+
 /// Run an in-memory handshake to the end (tickets included); the server's side.
 fn handshake(
     client: &mut rustls::client::UnbufferedClientConnection,
