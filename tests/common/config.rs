@@ -134,6 +134,13 @@ pub fn set_upstream_entries(config: &Path, entries: &[&str]) {
     std::fs::write(config, out.join("\n") + "\n").unwrap();
 }
 
+/// Rewrite a config file through `edit` (in place, not atomically: for configs a
+/// running terminus does not read meanwhile, or reads on a signal).
+pub fn edit_config(config: &Path, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, edit(text)).unwrap();
+}
+
 /// Append top-level tables (`[admin]`, `[resolver]`) to a config written by
 /// `write_config*`.
 pub fn append_tables(config: &Path, tables: &str) -> PathBuf {

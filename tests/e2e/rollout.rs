@@ -92,12 +92,9 @@ impl Fixture {
         let config = write_config_with_log(&self.pki, Some(2), &[l], log);
         append_tables(&config, "[admin]\nlisten = \"127.0.0.1:0\"\n");
         // SIGHUP only: the reload counter is exact.
-        let text = std::fs::read_to_string(&config).unwrap();
-        std::fs::write(
-            &config,
-            text.replacen("[runtime]\n", "[runtime]\nreload_interval_ms = 600000\n", 1),
-        )
-        .unwrap();
+        edit_config(&config, |text| {
+            text.replacen("[runtime]\n", "[runtime]\nreload_interval_ms = 600000\n", 1)
+        });
         config
     }
 

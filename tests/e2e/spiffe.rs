@@ -478,12 +478,9 @@ fn stream_loss_keeps_serving_then_reconnects() {
     api.start().unwrap();
     let config = spiffe_config(dir.path(), &api.endpoint(), 10_000, "127.0.0.1:9", "");
     // Under the builtin seccomp filter: the reconnect's syscalls must be allowed.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("[runtime]\nseccomp = \"builtin\"\n\n{text}"),
-    )
-    .unwrap();
+    edit_config(&config, |text| {
+        format!("[runtime]\nseccomp = \"builtin\"\n\n{text}")
+    });
     let term = Terminus::start(&config);
     let addr = term.addr("edge");
     let first = api.pushes()[0].0.clone();
