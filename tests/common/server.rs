@@ -270,13 +270,8 @@ pub fn run_to_exit(args: &[&OsStr], timeout: Duration) -> (Option<i32>, String, 
 }
 
 /// [`run_to_exit`] for any command (terminus under a prefix, say).
-pub fn run_command_to_exit(mut cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+pub fn run_command_to_exit(cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
+    let mut child = super::spawn_piped(cmd, Stdio::null());
     let out = collect_pipe(child.stdout.take().unwrap());
     let err = collect_pipe(child.stderr.take().unwrap());
     let status = wait_with_deadline(&mut child, timeout);
