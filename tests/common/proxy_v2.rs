@@ -28,18 +28,24 @@ pub fn verified_client_header(alpn: &[u8], unique_id: &[u8]) -> Header {
         dst: "198.51.100.1:443".parse().unwrap(),
         alpn: Some(alpn.to_vec()),
         authority: Some("api.example.org".into()),
-        ssl: Some(Ssl {
-            client_cert_presented: true,
-            resumed: false,
-            verified: true,
-            version: Some("TLSv1.3".into()),
-            cn: Some("billing".into()),
-            cipher: Some("TLS_AES_128_GCM_SHA256".into()),
-            sig_alg: Some("ecdsa-with-SHA256".into()),
-            key_alg: Some("EC256".into()),
-            client_cert: None,
-        }),
+        ssl: Some(verified_tls13_ssl("billing")),
         spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
         unique_id: Some(unique_id.to_vec()),
+    }
+}
+
+/// What a verified client certificate (ECDSA P-256, CN `cn`) on a new TLS 1.3
+/// connection with rustls' first cipher suite reads as: the test PKI's defaults.
+pub fn verified_tls13_ssl(cn: &str) -> Ssl {
+    Ssl {
+        client_cert_presented: true,
+        resumed: false,
+        verified: true,
+        version: Some("TLSv1.3".into()),
+        cn: Some(cn.into()),
+        cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+        sig_alg: Some("ecdsa-with-SHA256".into()),
+        key_alg: Some("EC256".into()),
+        client_cert: None,
     }
 }
