@@ -42,16 +42,10 @@ terminus_start "$bin" t1
 t1pid=$tpid
 terminus_start "$bin" t
 
-cat >"$work/front.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 01;
-daemon off;
-pid $work/front.pid;
-error_log $work/front.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
+{
+    echo "worker_cpu_affinity 01;"
+    nginx_http_head front 4096
+    cat <<CONF
     upstream h2c { server 127.0.0.1:$be; keepalive 16; }
     server {
         listen 127.0.0.1:$ngx ssl http2;
@@ -62,6 +56,7 @@ http {
     }
 }
 CONF
+} >"$work/front.conf"
 nginx -c "$work/front.conf" -p "$work" 2>"$work/front.start" &
 npid=$!
 pids+=("$npid")

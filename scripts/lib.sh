@@ -202,6 +202,13 @@ print(v)
 EOF
 }
 
+# The start of an nginx HTTP config, up to inside `http {`: one worker, in the
+# foreground, pid and error log in $work/NAME.pid and .err, kept connections.
+nginx_http_head() { # NAME WORKER_CONNECTIONS
+    printf 'worker_processes 1;\ndaemon off;\npid %s/%s.pid;\nerror_log %s/%s.err;\n' "$work" "$1" "$work" "$1"
+    printf 'events { worker_connections %s; }\nhttp {\n    access_log off;\n    keepalive_requests 100000000;\n' "$2"
+}
+
 # nginx as an HTTP backend on CPU 1 answering every request with 200 "ok" on kept
 # connections (config in $work/nginx.conf): HTTP/1.1 on PORT and, given H2C_PORT, h2c
 # there (nginx 1.22: `listen … http2` without ssl is prior knowledge); its pid goes
@@ -209,15 +216,9 @@ EOF
 nginx_http_ok() { # PORT [H2C_PORT]
     local h2c=""
     if [ -n "${2:-}" ]; then h2c="server { listen 127.0.0.1:$2 http2; location / { return 200 \"ok\\n\"; } }"; fi
-    cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
+    {
+        nginx_http_head nginx 1024
+        cat <<EOF
     server {
         listen 127.0.0.1:$1;
         location / { return 200 "ok\n"; }
@@ -225,6 +226,7 @@ http {
     $h2c
 }
 EOF
+    } >"$work/nginx.conf"
     taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" 2>"$work/nginx.start" &
     pids+=($!)
 }
