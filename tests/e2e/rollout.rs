@@ -280,6 +280,13 @@ fn rollout(args: &[String]) -> (Option<i32>, String, String) {
     run_command_to_exit(cmd, Duration::from_secs(20))
 }
 
+/// client -> reason, owned (what the JSON and the connection records read back as).
+fn owned(m: &BTreeMap<&str, &str>) -> BTreeMap<String, String> {
+    m.iter()
+        .map(|(c, r)| (c.to_string(), r.to_string()))
+        .collect()
+}
+
 fn admin_args(ts: &[&Terminus]) -> Vec<String> {
     ts.iter()
         .flat_map(|t| ["--admin".to_owned(), t.admin().to_string()])
@@ -311,10 +318,7 @@ fn assert_not_ready(t: &Terminus, refused: &BTreeMap<&str, &str>) -> String {
             (client_of(c), reasons.keys().next().unwrap().clone())
         })
         .collect();
-    let want: BTreeMap<String, String> = refused
-        .iter()
-        .map(|(c, r)| (c.to_string(), r.to_string()))
-        .collect();
+    let want = owned(refused);
     assert_eq!(
         listed, want,
         "rollout --json names the refused callers\n{json}"
@@ -363,10 +367,7 @@ fn enforced_then_candidate_then_promoted(f: &Fixture, mode: &str) -> String {
 
     let predicted = prediction();
     let got = verdicts(&v);
-    let want: BTreeMap<String, String> = predicted
-        .iter()
-        .map(|(c, r)| (c.to_string(), r.to_string()))
-        .collect();
+    let want = owned(&predicted);
     assert_eq!(
         got, want,
         "enforced {mode}: the candidate's verdicts\n{v:#}"
