@@ -198,7 +198,7 @@ fn a_name_that_does_not_resolve_at_start_fails_run_and_check_with_its_line() {
     let (code, _, err) = run_to_exit(&["run".as_ref(), "--config".as_ref(), c], WAIT);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&want), "{err}");
-    let (code, _, err) = run_to_exit(&["check".as_ref(), "--config".as_ref(), c], WAIT);
+    let (code, _, err) = run_check(&config);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&want), "{err}");
     // `listen` by name, and a clear error for one without a port.
@@ -206,7 +206,7 @@ fn a_name_that_does_not_resolve_at_start_fails_run_and_check_with_its_line() {
         text.replace(", \"nowhere.test:8080\"", "")
             .replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\"")
     });
-    let (code, _, err) = run_to_exit(&["check".as_ref(), "--config".as_ref(), c], WAIT);
+    let (code, _, err) = run_check(&config);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("listeners[0].listen: \"localhost\" has no port: write HOST:PORT"),
@@ -344,10 +344,7 @@ fn hosts_file_path_is_relative_to_the_config() {
     let config = write_config(&pki, Some(1), &[ListenerConf::new("edge", &[])]);
     set_upstream_entries(&config, &["svc.test:9"]);
     append_tables(&config, "[resolver]\nhosts_file = \"hosts\"\n");
-    let (code, out, err) = run_to_exit(
-        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
-        WAIT,
-    );
+    let (code, out, err) = run_check(&config);
     assert_eq!(code, Some(0), "{out}{err}");
 }
 
