@@ -547,16 +547,11 @@ fn a_fleet_reads_as_one_listener_and_ready_means_nobody_refused() {
 /// An upstream that answers like [`upstream`] and keeps each request head (to see
 /// which identity headers an `http` listener added).
 fn heads_upstream() -> Backend {
-    use std::io::Read;
     Backend::spawn(std::sync::Arc::new(
         |mut s: std::net::TcpStream, st: &BackendStats| {
             let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+            if !read_head(&mut s, &mut head, usize::MAX) {
+                return;
             }
             st.reports
                 .lock()

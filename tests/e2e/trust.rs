@@ -421,14 +421,9 @@ fn echo_rest(mut s: TcpStream, first: &[u8]) {
 }
 
 fn http_rest(mut s: TcpStream, mut head: Vec<u8>, body: &[u8]) {
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
+    if read_head(&mut s, &mut head, usize::MAX) {
+        http_ok_then_drain(&mut s, body);
     }
-    http_ok_then_drain(&mut s, body);
 }
 
 impl Proxied {
