@@ -49,3 +49,44 @@ pub fn verified_tls13_ssl(cn: &str) -> Ssl {
         client_cert: None,
     }
 }
+
+/// Why [`read_header`] found no header.
+#[derive(Debug)]
+pub enum HeaderError {
+    /// The peer closed (or the read failed) after this many bytes.
+    Closed(usize),
+    /// What the parser said, and the bytes it saw.
+    Invalid(String),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Closed(n) => {
+                write!(
+                    f,
+                    "closed after {n} bytes, before a complete PROXY v2 header"
+                )
+            }
+            HeaderError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Read the PROXY v2 header a stream starts with (what a backend behind terminus
+/// does): the header and the bytes read after it.
+pub fn read_header(s: &mut impl std::io::Read) -> Result<(ParsedHeader, Vec<u8>), HeaderError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match parse(&buf) {
+            Ok((header, used)) => return Ok((header, buf[used..].to_vec())),
+            Err(ParseError::Incomplete { .. }) => {}
+            Err(e) => return Err(HeaderError::Invalid(format!("{e}; got {buf:02x?}"))),
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err(HeaderError::Closed(buf.len())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

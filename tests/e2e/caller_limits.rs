@@ -334,21 +334,13 @@ fn proxied_echo() -> (Backend, std::sync::mpsc::Receiver<proxy_v2::ParsedHeader>
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let b = Backend::spawn(Arc::new(move |mut s: TcpStream, _: &BackendStats| {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let (h, used) = loop {
-            match proxy_v2::parse(&buf) {
-                Ok(parsed) => break parsed,
-                Err(proxy_v2::ParseError::Incomplete { .. }) => {}
-                Err(e) => panic!("{e}"),
-            }
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let (h, rest) = match proxy_v2::read_header(&mut s) {
+            Ok(got) => got,
+            Err(proxy_v2::HeaderError::Closed(_)) => return,
+            Err(e) => panic!("{e}"),
         };
         let _ = tx.lock().unwrap().send(h);
-        s.write_all(&buf[used..]).unwrap();
+        s.write_all(&rest).unwrap();
         echo_until_eof(&mut s);
     }));
     (b, rx)
