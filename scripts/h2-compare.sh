@@ -25,53 +25,27 @@ read -r be term ngx hap be1 term1 < <(free_ports 6)
 "$bin" certs --out "$work" >/dev/null
 cat "$work/server.pem" "$work/server.key" >"$work/haproxy.pem"
 
-# The h2c upstream (nginx 1.22: `listen … http2` without ssl is prior knowledge).
-cat >"$work/upstream.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.err;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    server { listen 127.0.0.1:$be http2; location / { return 200 "ok\n"; } }
-    server { listen 127.0.0.1:$be1; location / { return 200 "ok\n"; } }
-}
-CONF
-taskset -c 1 nginx -c "$work/upstream.conf" -p "$work" 2>"$work/upstream.start" &
-pids+=($!)
+# The upstream: h2c on $be, HTTP/1.1 on $be1 (pids[0]).
+nginx_http_ok "$be1" "$be"
 
 {
     terminus_runtime
     terminus_listener h2 "$term" "$be" 0 "$work"
     printf 'protocol = "http"\nupstream_protocol = "h2"\n'
 } >"$work/t.toml"
-"$bin" run --config "$work/t.toml" >"$work/t.out" 2>"$work/t.err" &
-tpid=$!
-pids+=("$tpid")
-wait_ready t "$tpid"
-
 {
     terminus_runtime
     terminus_listener h2 "$term1" "$be1" 0 "$work"
     printf 'protocol = "http"\nalpn = ["h2"]\n'
 } >"$work/t1.toml"
-"$bin" run --config "$work/t1.toml" >"$work/t1.out" 2>"$work/t1.err" &
-t1pid=$!
-pids+=("$t1pid")
-wait_ready t1 "$t1pid"
+terminus_start "$bin" t1
+t1pid=$tpid
+terminus_start "$bin" t
 
-cat >"$work/front.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 01;
-daemon off;
-pid $work/front.pid;
-error_log $work/front.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
+{
+    echo "worker_cpu_affinity 01;"
+    nginx_http_head front 4096
+    cat <<CONF
     upstream h2c { server 127.0.0.1:$be; keepalive 16; }
     server {
         listen 127.0.0.1:$ngx ssl http2;
@@ -82,6 +56,7 @@ http {
     }
 }
 CONF
+} >"$work/front.conf"
 nginx -c "$work/front.conf" -p "$work" 2>"$work/front.start" &
 npid=$!
 pids+=("$npid")
@@ -106,7 +81,7 @@ CONF
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.out" 2>"$work/haproxy.err" &
 hpid=$!
 pids+=("$hpid")
-for p in "$be:upstream:0" "$ngx:front:$npid" "$hap:haproxy:$hpid"; do
+for p in "$be:nginx:0" "$ngx:front:$npid" "$hap:haproxy:$hpid"; do
     IFS=: read -r port name pid <<<"$p"
     [ "$pid" = 0 ] && pid=${pids[0]}
     wait_port "$port" "$pid" "$name"

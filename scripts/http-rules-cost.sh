@@ -14,21 +14,12 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
-case "${1:-}" in -h | --help) usage && exit 0 ;; esac
-bin=$(terminus_binary "${1:-}") || exit 2
-needs wrk nginx taskset python3
-lib_init http-rules-cost.sh
-
-read -r be tcp http < <(free_ports 3)
-nginx_http_ok "$be"
-
-"$bin" certs --out "$work/pki" >/dev/null
+wrk_ab_init http-rules-cost.sh "${1:-}"
 {
     terminus_runtime
-    terminus_listener plain "$tcp" "$be" 0 pki
+    terminus_listener plain "$pa" "$be" 0 pki
     printf 'protocol = "http"\n\n'
-    terminus_listener rules "$http" "$be" 0 pki
+    terminus_listener rules "$pb" "$be" 0 pki
     printf 'protocol = "http"\nrequests_per_second_per_caller = 100000000\n'
 } >"$work/t.toml"
 cat >>"$work/t.toml" <<EOF
@@ -54,4 +45,4 @@ action = "deny"
 EOF
 terminus_start "$bin" t
 
-wrk_cpu_ab "$tpid" plain "$tcp" rules "$http"
+wrk_cpu_ab "$tpid" plain "$pa" rules "$pb"

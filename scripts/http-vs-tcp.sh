@@ -11,23 +11,13 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
-case "${1:-}" in -h | --help) usage && exit 0 ;; esac
-bin=$(terminus_binary "${1:-}") || exit 2
-needs wrk nginx taskset python3
-lib_init http-vs-tcp.sh
-
-read -r be tcp http < <(free_ports 3)
-
-nginx_http_ok "$be"
-
-"$bin" certs --out "$work/pki" >/dev/null
+wrk_ab_init http-vs-tcp.sh "${1:-}"
 {
     terminus_runtime
-    terminus_listener tcp "$tcp" "$be" 0 pki
-    terminus_listener http "$http" "$be" 0 pki
+    terminus_listener tcp "$pa" "$be" 0 pki
+    terminus_listener http "$pb" "$be" 0 pki
     printf 'protocol = "http"\n'
 } >"$work/t.toml"
 terminus_start "$bin" t
 
-wrk_cpu_ab "$tpid" tcp "$tcp" http "$http"
+wrk_cpu_ab "$tpid" tcp "$pa" http "$pb"

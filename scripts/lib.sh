@@ -202,26 +202,47 @@ print(v)
 EOF
 }
 
+# The start of an nginx HTTP config, up to inside `http {`: one worker, in the
+# foreground, pid and error log in $work/NAME.pid and .err, kept connections.
+nginx_http_head() { # NAME WORKER_CONNECTIONS
+    printf 'worker_processes 1;\ndaemon off;\npid %s/%s.pid;\nerror_log %s/%s.err;\n' "$work" "$1" "$work" "$1"
+    printf 'events { worker_connections %s; }\nhttp {\n    access_log off;\n    keepalive_requests 100000000;\n' "$2"
+}
+
 # nginx as an HTTP backend on CPU 1 answering every request with 200 "ok" on kept
-# connections (config in $work/nginx.conf); its pid goes into `pids`.
-nginx_http_ok() { # PORT
-    cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
+# connections (config in $work/nginx.conf): HTTP/1.1 on PORT and, given H2C_PORT, h2c
+# there (nginx 1.22: `listen … http2` without ssl is prior knowledge); its pid goes
+# into `pids`.
+nginx_http_ok() { # PORT [H2C_PORT]
+    local h2c=""
+    if [ -n "${2:-}" ]; then h2c="server { listen 127.0.0.1:$2 http2; location / { return 200 \"ok\\n\"; } }"; fi
+    {
+        nginx_http_head nginx 1024
+        cat <<EOF
     server {
         listen 127.0.0.1:$1;
         location / { return 200 "ok\n"; }
     }
+    $h2c
 }
 EOF
+    } >"$work/nginx.conf"
     taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" 2>"$work/nginx.start" &
     pids+=($!)
+}
+
+# The start of the scripts that compare two listeners with wrk_cpu_ab: -h/--help
+# prints the script's leading comment; the terminus binary (ARG, default the release
+# build) in `bin`; lib_init NAME; nginx_http_ok on port `be`; two free ports `pa` and
+# `pb` for the listeners; the test PKI in $work/pki.
+wrk_ab_init() { # NAME [ARG]
+    case "${2:-}" in -h | --help) sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' && exit 0 ;; esac
+    bin=$(terminus_binary "${2:-}") || exit 2
+    needs wrk nginx taskset python3
+    lib_init "$1"
+    read -r be pa pb < <(free_ports 3)
+    nginx_http_ok "$be"
+    "$bin" certs --out "$work/pki" >/dev/null
 }
 
 # Server CPU per request of two https listeners of one terminus (PID), A against B:

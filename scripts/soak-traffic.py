@@ -20,6 +20,7 @@ one JSON object to --out. Standard library only.
   verdict     the end checks over --dir's files; prints them, exits 1 if one fails
 """
 import argparse
+import contextlib
 import glob
 import http.server
 import json
@@ -41,6 +42,15 @@ LOCK = threading.Lock()
 def count(key, n=1):
     with LOCK:
         C[key] = C.get(key, 0) + n
+
+
+@contextlib.contextmanager
+def counting_errors():
+    """One attempt of a load: any exception is counted by kind, and the load goes on."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - counted by kind
+        count("error:" + type(e).__name__)
 
 
 def left():
@@ -73,7 +83,7 @@ def bulk():
         seed += 1
         n = random.Random(seed).randint(1, 8) << 20
         data = pattern(seed, n)
-        try:
+        with counting_errors():
             s = tls(A.port)
             s.setblocking(False)
             got = bytearray()
@@ -109,14 +119,12 @@ def bulk():
             else:
                 count("ok")
                 count("bytes", n)
-        except Exception as e:  # noqa: BLE001 - counted by kind
-            count("error:" + type(e).__name__)
 
 
 def http_client():
     body = A.body.encode()
     while left() > 5:
-        try:
+        with counting_errors():
             s = tls(A.port)
             f = s.makefile("rb")
             for i in range(20):
@@ -136,8 +144,6 @@ def http_client():
                     break
                 count("ok")
             s.close()
-        except Exception as e:  # noqa: BLE001
-            count("error:" + type(e).__name__)
 
 
 def slowloris():
@@ -146,7 +152,7 @@ def slowloris():
     import select
     head = b"GET /slow HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 1000
     while left() > 20:
-        try:
+        with counting_errors():
             s = tls(A.port, timeout=5)
             t0 = time.time()
             outcome = "never-ended"
@@ -168,28 +174,24 @@ def slowloris():
                     break
             count(outcome)
             s.close()
-        except Exception as e:  # noqa: BLE001
-            count("error:" + type(e).__name__)
 
 
 def stall_read():
     # The source backend sends without end; this client never reads. Held 20 s.
     while left() > 25:
-        try:
+        with counting_errors():
             s = tls(A.port)
             s.sendall(b"go")
             time.sleep(20)
             s.close()
             count("held")
-        except Exception as e:  # noqa: BLE001
-            count("error:" + type(e).__name__)
 
 
 def stall_write():
     # The upstream never reads: write until the proxy stops reading us, hold, close.
     chunk = b"x" * 65536
     while left() > 25:
-        try:
+        with counting_errors():
             s = tls(A.port)
             s.settimeout(5)
             sent = 0
@@ -203,15 +205,13 @@ def stall_write():
                 count("blocked_after_bytes", sent)
             time.sleep(10)
             s.close()
-        except Exception as e:  # noqa: BLE001
-            count("error:" + type(e).__name__)
 
 
 def resets():
     linger = struct.pack("ii", 1, 0)
     while left() > 2:
         for i in range(50):
-            try:
+            with counting_errors():
                 s = socket.create_connection(("127.0.0.1", A.port), timeout=5)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                 if i % 2:
@@ -223,15 +223,13 @@ def resets():
                     s = t
                 s.close()
                 count("reset")
-            except Exception as e:  # noqa: BLE001
-                count("error:" + type(e).__name__)
         time.sleep(2)
 
 
 def garbage():
     r = random.Random(29)
     while left() > 2:
-        try:
+        with counting_errors():
             s = socket.create_connection(("127.0.0.1", A.port), timeout=5)
             s.sendall(r.randbytes(r.randint(1, 4096)))
             s.settimeout(5)
@@ -242,8 +240,6 @@ def garbage():
                 pass
             s.close()
             count("sent")
-        except Exception as e:  # noqa: BLE001
-            count("error:" + type(e).__name__)
         time.sleep(0.05)
 
 
@@ -272,7 +268,7 @@ def echo_loop():
     # A short echo on a new connection every 100 ms (the flapping upstream's clients:
     # served while it is up, refused while it is down).
     while left() > 2:
-        try:
+        with counting_errors():
             s = tls(A.port, timeout=5)
             s.sendall(b"x" * 1024)
             got = b""
@@ -283,8 +279,6 @@ def echo_loop():
                 got += b
             s.close()
             count("ok" if got == b"x" * 1024 else "cut")
-        except Exception as e:  # noqa: BLE001
-            count("error:" + type(e).__name__)
         time.sleep(0.1)
 
 

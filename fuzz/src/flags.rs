@@ -48,12 +48,7 @@ pub fn run(data: &[u8]) {
         "keys of the listener:\n{toml_text}"
     );
     assert_eq!(l["listen"].as_str(), f.listen.as_deref());
-    let ups: Vec<&str> = l["upstreams"]
-        .as_array()
-        .expect("upstreams")
-        .iter()
-        .filter_map(|u| u.as_str())
-        .collect();
+    let ups = strings(&l["upstreams"], "upstreams");
     assert_eq!(
         ups,
         f.upstream.iter().map(String::as_str).collect::<Vec<_>>()
@@ -62,12 +57,7 @@ pub fn run(data: &[u8]) {
         assert_eq!(a["listen"].as_str(), f.admin.as_deref());
     }
     if let Some(ca) = l.get("client_auth") {
-        let allow: Vec<&str> = ca["allow"]
-            .as_array()
-            .expect("allow")
-            .iter()
-            .filter_map(|u| u.as_str())
-            .collect();
+        let allow = strings(&ca["allow"], "allow");
         assert_eq!(
             allow,
             f.allow.iter().map(String::as_str).collect::<Vec<_>>()
@@ -83,4 +73,12 @@ fn listener_keys(f: &ListenerFlags) -> usize {
     n += usize::from(!f.client_ca.is_empty() || f.client_auth.is_some() || !f.allow.is_empty());
     n += usize::from(!f.upstream_ca.is_empty());
     n
+}
+
+/// The strings of an array value (`what` names it when it is not an array).
+fn strings<'a>(v: &'a toml::Value, what: &str) -> Vec<&'a str> {
+    let items = v
+        .as_array()
+        .unwrap_or_else(|| panic!("{what} is not an array"));
+    items.iter().filter_map(|u| u.as_str()).collect()
 }

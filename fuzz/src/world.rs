@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use terminus::runtime::listener::ListenerLive;
 use terminus::tools::certs::{LeafSpec, TestCa};
+use terminus_testkit::config::http_rule;
 
 /// Listener indexes in [`World::listeners`].
 pub const PLAIN: usize = 0;
@@ -21,22 +22,32 @@ pub const HTTP_REENCRYPT: usize = 4;
 /// stricter candidate (`require`, another allow-list); an http listener (optional
 /// client auth, both identity headers, rules and a per-caller rate); a
 /// re-encrypting tcp listener with PROXY v2; a re-encrypting http listener.
-const CONFIG: &str = r#"
-[[listeners]]
-name = "plain"
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:9"]
-alpn = ["h2", "http/1.1"]
-
-[[listeners]]
-name = "mtls"
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:9"]
-proxy_protocol = "v2"
+fn config() -> String {
+    let client = "spiffe://example.org/client"; // the PKI's client
+    let rules = [
+        http_rule("no-admin", "deny", "any", "", "/admin/*"),
+        http_rule("client-writes", "allow", client, "POST PUT", ""),
+        http_rule(
+            "no-anonymous-writes",
+            "deny",
+            "anonymous",
+            "POST PUT DELETE",
+            "",
+        ),
+    ];
+    let http = [
+        "protocol = \"http\"\nrequests_per_second_per_caller = 20\nburst = 4\n",
+        "[listeners.client_auth]\nmode = \"optional\"\nca = [\"ca.pem\"]\n",
+        "[listeners.http]\nidentity_headers = \"both\"\nmax_header_bytes = 4096\n",
+    ]
+    .concat()
+        + &rules.concat();
+    let reencrypt = "[listeners.upstream_tls]\nca = [\"ca.pem\"]\nserver_name = \"localhost\"\n";
+    [
+        listener("plain", "alpn = [\"h2\", \"http/1.1\"]\n"),
+        listener(
+            "mtls",
+            r#"proxy_protocol = "v2"
 [listeners.client_auth]
 mode = "optional"
 ca = ["ca.pem"]
@@ -45,61 +56,29 @@ allow = ["spiffe://example.org/*", "cn:other"]
 mode = "require"
 ca = ["ca.pem"]
 allow = ["spiffe://example.org/billing"]
+"#,
+        ),
+        listener("http", &http),
+        listener(
+            "reencrypt",
+            &format!("proxy_protocol = \"v2\"\n{reencrypt}"),
+        ),
+        listener(
+            "http-reencrypt",
+            &format!("protocol = \"http\"\n{reencrypt}resume = false\n"),
+        ),
+    ]
+    .join("\n")
+}
 
-[[listeners]]
-name = "http"
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:9"]
-protocol = "http"
-requests_per_second_per_caller = 20
-burst = 4
-[listeners.client_auth]
-mode = "optional"
-ca = ["ca.pem"]
-[listeners.http]
-identity_headers = "both"
-max_header_bytes = 4096
-[[listeners.http.rules]]
-name = "no-admin"
-identities = ["any"]
-paths = ["/admin/*"]
-action = "deny"
-[[listeners.http.rules]]
-name = "client-writes"
-identities = ["spiffe://example.org/client"]
-methods = ["POST", "PUT"]
-action = "allow"
-[[listeners.http.rules]]
-name = "no-anonymous-writes"
-identities = ["anonymous"]
-methods = ["POST", "PUT", "DELETE"]
-action = "deny"
-
-[[listeners]]
-name = "reencrypt"
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:9"]
-proxy_protocol = "v2"
-[listeners.upstream_tls]
-ca = ["ca.pem"]
-server_name = "localhost"
-
-[[listeners]]
-name = "http-reencrypt"
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-upstreams = ["127.0.0.1:9"]
-protocol = "http"
-[listeners.upstream_tls]
-ca = ["ca.pem"]
-server_name = "localhost"
-resume = false
-"#;
+/// One `[[listeners]]` table on the PKI's server certificate before the discard
+/// port (nothing dials it), with `rest`: its other keys and sub-tables.
+fn listener(name: &str, rest: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\n\
+         key = \"server.key\"\nupstreams = [\"127.0.0.1:9\"]\n{rest}"
+    )
+}
 
 pub struct World {
     pub dir: PathBuf,
@@ -124,8 +103,9 @@ fn build() -> World {
     let pki = terminus::tools::certs::test_pki(2, "example.org").expect("test PKI");
     pki.write(&dir).expect("write the test PKI");
     let path = dir.join("terminus.toml");
-    std::fs::write(&path, CONFIG).expect("write the config");
-    let cfg = terminus::config::Config::parse(CONFIG, &path).expect("the fuzz config is valid");
+    let text = config();
+    std::fs::write(&path, &text).expect("write the config");
+    let cfg = terminus::config::Config::parse(&text, &path).expect("the fuzz config is valid");
     let listeners = cfg
         .listeners
         .iter()

@@ -185,12 +185,8 @@ impl Backend {
     pub fn http(body: &'static [u8]) -> Backend {
         Backend::spawn(Arc::new(move |mut s: TcpStream, st: &BackendStats| {
             let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+            if !read_head(&mut s, &mut head, 64 * 1024) {
+                return;
             }
             let first = String::from_utf8_lossy(&head)
                 .lines()
@@ -363,4 +359,17 @@ pub fn read_http_request(r: &mut impl BufRead) -> Option<(String, String)> {
         }
     }
     Some((head, body))
+}
+
+/// Read from `s` onto `head` until it holds a whole request head (up to the blank
+/// line), or `limit` bytes; false if the peer closed or failed first.
+pub fn read_head(s: &mut impl Read, head: &mut Vec<u8>, limit: usize) -> bool {
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < limit {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
 }

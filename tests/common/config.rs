@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+pub use terminus_testkit::config::http_rule;
 
 /// One `[[listeners]]` table. `cert`/`key` are always the PKI's server.pem/server.key,
 /// given relative to the config file's folder.
@@ -35,12 +36,37 @@ impl ListenerConf {
         self
     }
 
+    /// Add `key = value` lines (one a line, values in TOML syntax).
+    pub fn opts(mut self, lines: &str) -> ListenerConf {
+        for line in lines.lines().filter(|l| !l.is_empty()) {
+            let (k, v) = line.split_once(" = ").unwrap();
+            self = self.opt(k, v);
+        }
+        self
+    }
+
+    /// The tables of an http listener whose callers may show a certificate of
+    /// `client-ca.pem` ([`super::Pki::client_ca`]): optional client auth, and `http`
+    /// (keys and rules) under `[listeners.http]`.
+    pub fn http_callers(self, http: &str) -> ListenerConf {
+        self.raw(&format!(
+            "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\n[listeners.http]\n{http}"
+        ))
+    }
+
     /// Append raw TOML at the end of this listener's block, e.g.
     /// `"[listeners.client_auth]\nmode = \"require\"\n"`.
     pub fn raw(mut self, toml: &str) -> ListenerConf {
         self.tables.push(toml.to_string());
         self
     }
+}
+
+/// The rules of the identity tests: only [`super::CHECKOUT`] may call `paths`
+/// (rule "admin-checkout"), everyone else is denied them (rule "no-admin").
+pub fn checkout_only(paths: &str) -> String {
+    let allow = http_rule("admin-checkout", "allow", super::CHECKOUT, "", paths);
+    allow + &http_rule("no-admin", "deny", "any", "", paths)
 }
 
 /// Write `NAME.toml` into the PKI dir and return its path.
@@ -106,6 +132,13 @@ pub fn set_upstream_entries(config: &Path, entries: &[&str]) {
         })
         .collect();
     std::fs::write(config, out.join("\n") + "\n").unwrap();
+}
+
+/// Rewrite a config file through `edit` (in place, not atomically: for configs a
+/// running terminus does not read meanwhile, or reads on a signal).
+pub fn edit_config(config: &Path, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, edit(text)).unwrap();
 }
 
 /// Append top-level tables (`[admin]`, `[resolver]`) to a config written by

@@ -21,13 +21,8 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    pub fn new(mut cmd: Command) -> Spawned {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    pub fn new(cmd: Command) -> Spawned {
+        let mut child = spawn_piped(cmd, Stdio::piped());
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
         for (pipe, sink) in [
@@ -78,6 +73,16 @@ impl Spawned {
         self.stdout().contains(needle)
     }
 
+    /// Wait until stdout contains `needle`; panics after `timeout` with both outputs.
+    pub fn expect_stdout(&self, needle: &str, timeout: Duration) {
+        assert!(
+            self.wait_stdout_contains(needle, timeout),
+            "{needle:?} never arrived; stdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
     /// Close stdin, then wait for exit (panics after `timeout`).
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.stdin.take();
@@ -98,6 +103,14 @@ impl Spawned {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Spawn `cmd` with `stdin` and its stdout and stderr piped (panics if it cannot).
+pub fn spawn_piped(mut cmd: Command, stdin: Stdio) -> Child {
+    cmd.stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
 }
 
 /// A thread that appends what `pipe` yields to `sink` until EOF, so the child never

@@ -85,3 +85,19 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The JSON lines of the access log `log` whose `event` is `event`, once there are `n`
+/// of them; after 10 s, those there are.
+pub fn log_events(log: &std::path::Path, event: &str, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .collect();
+        lines.len() >= n
+    });
+    lines
+}

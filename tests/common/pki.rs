@@ -77,6 +77,32 @@ impl Pki {
     }
 }
 
+/// The two callers of the identity tests (rules, per-caller limits, gRPC).
+pub const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
+pub const BATCH: &str = "spiffe://example.org/ns/prod/sa/batch";
+
+impl Pki {
+    /// A new CA for callers' certificates, written as `client-ca.pem` next to the
+    /// configs.
+    pub fn client_ca(&self, name: &str) -> TestCa {
+        let ca = TestCa::root(name).unwrap();
+        std::fs::write(self.dir().join("client-ca.pem"), &ca.pem).unwrap();
+        ca
+    }
+
+    /// [`Pki::client_ca`] and the callers' files for clients that read files (curl,
+    /// Python): `checkout.pem`/`.key` for [`CHECKOUT`], `batch.pem`/`.key` for [`BATCH`].
+    pub fn write_callers(&self, ca_name: &str) -> TestCa {
+        let ca = self.client_ca(ca_name);
+        for (name, id) in [("checkout", CHECKOUT), ("batch", BATCH)] {
+            let leaf = ca.leaf(&LeafSpec::client(name, Some(id))).unwrap();
+            std::fs::write(self.dir().join(format!("{name}.pem")), &leaf.chain_pem).unwrap();
+            std::fs::write(self.dir().join(format!("{name}.key")), &leaf.key_pem).unwrap();
+        }
+        ca
+    }
+}
+
 /// Certificates for re-encryption to a TLS upstream, written into `dir` (next to the
 /// configs): `upstream-ca.pem` (what terminus trusts upstream), `backend.pem`/`.key`
 /// (the upstream's certificate for backend.internal), `rogue.pem`/`.key` (the same

@@ -28,18 +28,65 @@ pub fn verified_client_header(alpn: &[u8], unique_id: &[u8]) -> Header {
         dst: "198.51.100.1:443".parse().unwrap(),
         alpn: Some(alpn.to_vec()),
         authority: Some("api.example.org".into()),
-        ssl: Some(Ssl {
-            client_cert_presented: true,
-            resumed: false,
-            verified: true,
-            version: Some("TLSv1.3".into()),
-            cn: Some("billing".into()),
-            cipher: Some("TLS_AES_128_GCM_SHA256".into()),
-            sig_alg: Some("ecdsa-with-SHA256".into()),
-            key_alg: Some("EC256".into()),
-            client_cert: None,
-        }),
+        ssl: Some(verified_tls13_ssl("billing")),
         spiffe: Some("spiffe://example.org/ns/prod/sa/billing".into()),
         unique_id: Some(unique_id.to_vec()),
+    }
+}
+
+/// What a verified client certificate (ECDSA P-256, CN `cn`) on a new TLS 1.3
+/// connection with rustls' first cipher suite reads as: the test PKI's defaults.
+pub fn verified_tls13_ssl(cn: &str) -> Ssl {
+    Ssl {
+        client_cert_presented: true,
+        resumed: false,
+        verified: true,
+        version: Some("TLSv1.3".into()),
+        cn: Some(cn.into()),
+        cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+        sig_alg: Some("ecdsa-with-SHA256".into()),
+        key_alg: Some("EC256".into()),
+        client_cert: None,
+    }
+}
+
+/// Why [`read_header`] found no header.
+#[derive(Debug)]
+pub enum HeaderError {
+    /// The peer closed (or the read failed) after this many bytes.
+    Closed(usize),
+    /// What the parser said, and the bytes it saw.
+    Invalid(String),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Closed(n) => {
+                write!(
+                    f,
+                    "closed after {n} bytes, before a complete PROXY v2 header"
+                )
+            }
+            HeaderError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Read the PROXY v2 header a stream starts with (what a backend behind terminus
+/// does): the header and the bytes read after it.
+pub fn read_header(s: &mut impl std::io::Read) -> Result<(ParsedHeader, Vec<u8>), HeaderError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match parse(&buf) {
+            Ok((header, used)) => return Ok((header, buf[used..].to_vec())),
+            Err(ParseError::Incomplete { .. }) => {}
+            Err(e) => return Err(HeaderError::Invalid(format!("{e}; got {buf:02x?}"))),
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err(HeaderError::Closed(buf.len())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
     }
 }

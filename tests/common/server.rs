@@ -269,14 +269,16 @@ pub fn run_to_exit(args: &[&OsStr], timeout: Duration) -> (Option<i32>, String, 
     run_command_to_exit(cmd, timeout)
 }
 
+/// `terminus check --config CONFIG` to completion (20 s at most): (status code,
+/// stdout, stderr).
+pub fn run_check(config: &Path) -> (Option<i32>, String, String) {
+    let args = ["check".as_ref(), "--config".as_ref(), config.as_os_str()];
+    run_to_exit(&args, Duration::from_secs(20))
+}
+
 /// [`run_to_exit`] for any command (terminus under a prefix, say).
-pub fn run_command_to_exit(mut cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+pub fn run_command_to_exit(cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
+    let mut child = super::spawn_piped(cmd, Stdio::null());
     let out = collect_pipe(child.stdout.take().unwrap());
     let err = collect_pipe(child.stderr.take().unwrap());
     let status = wait_with_deadline(&mut child, timeout);

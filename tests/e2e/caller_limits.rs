@@ -14,11 +14,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use terminus::tools::certs::{LeafSpec, TestCa};
+use terminus::tools::certs::LeafSpec;
 use terminus::tools::client::{ClientConfigBuilder, Trust};
 
-const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
-const BATCH: &str = "spiffe://example.org/ns/prod/sa/batch";
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Fixture {
@@ -32,8 +30,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let pki = Pki::generate();
-        let ca = TestCa::root("terminus caller-limits client CA").unwrap();
-        std::fs::write(pki.dir().join("client-ca.pem"), &ca.pem).unwrap();
+        let ca = pki.client_ca("terminus caller-limits client CA");
         let leaf = |id: &str| ca.leaf(&LeafSpec::client("w", Some(id))).unwrap();
         let cfg = |l: &terminus::tools::certs::TestLeaf| {
             ClientConfigBuilder::new(Trust::Roots(pki.roots()))
@@ -53,12 +50,7 @@ impl Fixture {
     /// Listener "l" (client auth `mode`) to `up` with `keys` (`k = v` lines),
     /// two workers, the access log and the admin endpoint on.
     fn start(&self, up: SocketAddr, mode: &str, keys: &str) -> Terminus {
-        let mut l = ListenerConf::new("l", &[up]);
-        for line in keys.lines().filter(|l| !l.is_empty()) {
-            let (k, v) = line.split_once(" = ").unwrap();
-            l = l.opt(k, v);
-        }
-        let l = l.raw(&format!(
+        let l = ListenerConf::new("l", &[up]).opts(keys).raw(&format!(
             "[listeners.client_auth]\nmode = \"{mode}\"\nca = [\"client-ca.pem\"]\n"
         ));
         let config = write_config_with_log(&self.pki, Some(2), &[l], "access.log");
@@ -68,18 +60,7 @@ impl Fixture {
 
     /// The access log's `limited` lines, once there are `n` (bounded wait).
     fn limited_lines(&self, n: usize) -> Vec<serde_json::Value> {
-        let mut lines = Vec::new();
-        wait_until(WAIT, || {
-            let text =
-                std::fs::read_to_string(self.pki.dir().join("access.log")).unwrap_or_default();
-            lines = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["event"] == "limited")
-                .collect();
-            lines.len() >= n
-        });
-        lines
+        log_events(&self.pki.dir().join("access.log"), "limited", n)
     }
 
     fn access_log(&self) -> String {
@@ -353,21 +334,13 @@ fn proxied_echo() -> (Backend, std::sync::mpsc::Receiver<proxy_v2::ParsedHeader>
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let b = Backend::spawn(Arc::new(move |mut s: TcpStream, _: &BackendStats| {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let (h, used) = loop {
-            match proxy_v2::parse(&buf) {
-                Ok(parsed) => break parsed,
-                Err(proxy_v2::ParseError::Incomplete { .. }) => {}
-                Err(e) => panic!("{e}"),
-            }
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let (h, rest) = match proxy_v2::read_header(&mut s) {
+            Ok(got) => got,
+            Err(proxy_v2::HeaderError::Closed(_)) => return,
+            Err(e) => panic!("{e}"),
         };
         let _ = tx.lock().unwrap().send(h);
-        s.write_all(&buf[used..]).unwrap();
+        s.write_all(&rest).unwrap();
         echo_until_eof(&mut s);
     }));
     (b, rx)
@@ -418,11 +391,7 @@ fn check_refuses_proxy_protocol_client_cert_without_proxy_v2_or_on_http() {
             "is for TCP listeners",
         ),
     ] {
-        let mut l = ListenerConf::new("l", &[up.addr()]);
-        for line in keys.lines() {
-            let (k, v) = line.split_once(" = ").unwrap();
-            l = l.opt(k, v);
-        }
+        let l = ListenerConf::new("l", &[up.addr()]).opts(keys);
         let config = write_config(&f.pki, Some(1), &[l]);
         let out = std::process::Command::new(bin())
             .args(["check", "--config"])

@@ -1,7 +1,7 @@
 //! `terminus check` next to a running `terminus run`, and what `run` says about
 //! certificates `check` refuses: real processes, real sockets on 127.0.0.1.
 
-use crate::common::{edge_config, Pki, Terminus, IO_TIMEOUT};
+use crate::common::{edge_config, edit_config, Pki, Terminus, IO_TIMEOUT};
 use std::process::Command;
 use terminus::tools::certs::{LeafSpec, TestCa};
 
@@ -56,12 +56,9 @@ fn run_warns_about_an_expired_certificate_and_serves() {
 fn check_next_to_the_running_instance_warns_and_passes() {
     let pki = Pki::generate();
     let config = edge_config(&pki, Some(1), crate::common::refused_addr());
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("{text}[admin]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    edit_config(&config, |text| {
+        format!("{text}[admin]\nlisten = \"127.0.0.1:0\"\n")
+    });
     let t = Terminus::start(&config);
     let (edge, admin) = (t.addr("edge"), t.admin());
 
@@ -139,8 +136,9 @@ fn sharing_a_port_with_another_program_is_refused() {
 
     let pki = Pki::generate();
     let config = edge_config(&pki, Some(1), crate::common::refused_addr());
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("127.0.0.1:0", &addr.to_string())).unwrap();
+    edit_config(&config, |text| {
+        text.replace("127.0.0.1:0", &addr.to_string())
+    });
     let (code, out, err) = check(&config);
     assert_eq!(code, Some(2), "{out}{err}");
     let want = format!(

@@ -10,25 +10,6 @@
 use crate::common::*;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use terminus::tools::certs::{LeafSpec, TestCa};
-
-const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
-const BATCH: &str = "spiffe://example.org/ns/prod/sa/batch";
-
-const RULES: &str = r#"
-[[listeners.http.rules]]
-name = "admin-checkout"
-identities = ["spiffe://example.org/ns/prod/sa/checkout"]
-paths = ["/echo.Admin/*"]
-action = "allow"
-
-[[listeners.http.rules]]
-name = "no-admin"
-identities = ["any"]
-paths = ["/echo.Admin/*"]
-action = "deny"
-"#;
 
 struct Fixture {
     pki: Pki,
@@ -40,14 +21,8 @@ impl Fixture {
     /// (`tls`) over TLS requiring terminus' certificate (`edge.pem`, same CA).
     fn new(tls: bool) -> Fixture {
         let pki = Pki::generate();
-        let ca = TestCa::root("terminus grpc client CA").unwrap();
+        let ca = pki.write_callers("terminus grpc client CA");
         let dir = pki.dir();
-        std::fs::write(dir.join("client-ca.pem"), &ca.pem).unwrap();
-        for (name, id) in [("checkout", CHECKOUT), ("batch", BATCH)] {
-            let leaf = ca.leaf(&LeafSpec::client(name, Some(id))).unwrap();
-            std::fs::write(dir.join(format!("{name}.pem")), &leaf.chain_pem).unwrap();
-            std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
-        }
         let upstream = if tls {
             write_upstream_pki(dir, Some(&ca));
             let at = |f: &str| dir.join(f);
@@ -72,9 +47,7 @@ impl Fixture {
         for (k, v) in keys {
             l = l.opt(k, v);
         }
-        let l = l.raw(&format!(
-            "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\n[listeners.http]\n{http}\n{tables}"
-        ));
+        let l = l.http_callers(&format!("{http}\n{tables}"));
         let config = write_config_with_log(&self.pki, Some(2), &[l], "access.log");
         Terminus::start(&config)
     }
@@ -101,27 +74,14 @@ impl Fixture {
 
     /// The `http_denied` lines, once `n` are there (bounded wait).
     fn denied(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log =
-                std::fs::read_to_string(self.pki.dir().join("access.log")).unwrap_or_default();
-            let lines: Vec<serde_json::Value> = log
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["event"] == "http_denied")
-                .collect();
-            if lines.len() >= n || Instant::now() > deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        log_events(&self.pki.dir().join("access.log"), "http_denied", n)
     }
 }
 
 #[test]
 fn grpc_calls_cross_intact_with_the_callers_identity_and_its_rules() {
     let fx = Fixture::new(false);
-    let mut t = fx.start(&[], RULES);
+    let mut t = fx.start(&[], &checkout_only("/echo.Admin/*"));
 
     let c = fx.client(&t, "checkout", &["calls"]);
     let u = &c["unary"];

@@ -13,25 +13,7 @@
 use crate::common::*;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use terminus::tools::certs::{LeafSpec, TestCa};
 use terminus_testkit::http_upstreams::{H2Upstream, Http1Upstream};
-
-const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
-const BATCH: &str = "spiffe://example.org/ns/prod/sa/batch";
-
-const RULES: &str = r#"
-[[listeners.http.rules]]
-name = "admin-checkout"
-identities = ["spiffe://example.org/ns/prod/sa/checkout"]
-paths = ["/admin/*"]
-action = "allow"
-
-[[listeners.http.rules]]
-name = "no-admin"
-identities = ["any"]
-paths = ["/admin/*"]
-action = "deny"
-"#;
 
 struct Fixture {
     pki: Pki,
@@ -43,14 +25,7 @@ impl Fixture {
     /// certificates (checkout, batch) from `client-ca.pem`; `keys` at listener level.
     fn start(upstream: std::net::SocketAddr, keys: &[(&str, &str)]) -> Fixture {
         let pki = Pki::generate();
-        let ca = TestCa::root("terminus h2 client CA").unwrap();
-        let dir = pki.dir();
-        std::fs::write(dir.join("client-ca.pem"), &ca.pem).unwrap();
-        for (name, id) in [("checkout", CHECKOUT), ("batch", BATCH)] {
-            let leaf = ca.leaf(&LeafSpec::client(name, Some(id))).unwrap();
-            std::fs::write(dir.join(format!("{name}.pem")), &leaf.chain_pem).unwrap();
-            std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
-        }
+        pki.write_callers("terminus h2 client CA");
         let mut l = ListenerConf::new("web", &[upstream]).opt("protocol", "\"http\"");
         if !keys.iter().any(|(k, _)| *k == "upstream_protocol") {
             l = l.opt("alpn", "[\"h2\", \"http/1.1\"]");
@@ -58,9 +33,7 @@ impl Fixture {
         for (k, v) in keys {
             l = l.opt(k, v);
         }
-        let l = l.raw(&format!(
-            "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\n[listeners.http]\n{RULES}"
-        ));
+        let l = l.http_callers(&checkout_only("/admin/*"));
         let config = write_config(&pki, Some(1), &[l]);
         let t = Terminus::start(&config);
         Fixture { pki, t }

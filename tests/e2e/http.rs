@@ -233,12 +233,7 @@ fn openssl_s_client_sends_three_keep_alive_requests() {
         ));
     }
     sc.send(reqs.as_bytes());
-    assert!(
-        sc.wait_stdout_contains("GET /3", Duration::from_secs(15)),
-        "{}{}",
-        sc.stdout(),
-        sc.stderr()
-    );
+    sc.expect_stdout("GET /3", Duration::from_secs(15));
     let heads = echoed(&sc.stdout());
     assert_eq!(heads.len(), 3, "{}", sc.stdout());
     for h in &heads {

@@ -13,11 +13,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use terminus::tools::certs::{LeafSpec, TestCa};
+use terminus::tools::certs::LeafSpec;
 use terminus::tools::client::{ClientConfigBuilder, Trust};
-
-const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
-const BATCH: &str = "spiffe://example.org/ns/prod/sa/batch";
 
 /// An HTTP/1.1 backend answering each request with its head and body (as received)
 /// as the body, keeping connections alive; every request it saw is recorded.
@@ -94,32 +91,28 @@ fn read_response(r: &mut impl Read) -> Option<(u16, String, String)> {
     Some((status, head, String::from_utf8(body).unwrap()))
 }
 
-const RULES: &str = r#"
-[[listeners.http.rules]]
-name = "checkout-payments"
-identities = ["spiffe://example.org/ns/prod/sa/checkout"]
-methods = ["GET", "POST"]
-paths = ["/v1/payments/*"]
-action = "allow"
-
-[[listeners.http.rules]]
-name = "no-payments"
-identities = ["any"]
-paths = ["/v1/payments/*"]
-action = "deny"
-
-[[listeners.http.rules]]
-name = "no-admin"
-identities = ["any"]
-paths = ["/admin/*"]
-action = "deny"
-
-[[listeners.http.rules]]
-name = "no-anonymous-writes"
-identities = ["anonymous"]
-methods = ["POST", "PUT", "DELETE", "PATCH"]
-action = "deny"
-"#;
+/// Payments for checkout only (GET and POST), no admin, no anonymous writes.
+fn rules() -> String {
+    [
+        http_rule(
+            "checkout-payments",
+            "allow",
+            CHECKOUT,
+            "GET POST",
+            "/v1/payments/*",
+        ),
+        http_rule("no-payments", "deny", "any", "", "/v1/payments/*"),
+        http_rule("no-admin", "deny", "any", "", "/admin/*"),
+        http_rule(
+            "no-anonymous-writes",
+            "deny",
+            "anonymous",
+            "POST PUT DELETE PATCH",
+            "",
+        ),
+    ]
+    .join("\n")
+}
 
 /// Who calls.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -170,8 +163,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let pki = Pki::generate();
-        let ca = TestCa::root("terminus http-rules client CA").unwrap();
-        std::fs::write(pki.dir().join("client-ca.pem"), &ca.pem).unwrap();
+        let ca = pki.client_ca("terminus http-rules client CA");
         let cfg = |id: Option<&str>| {
             let b = ClientConfigBuilder::new(Trust::Roots(pki.roots()));
             let b = match id {
@@ -202,14 +194,10 @@ impl Fixture {
     /// An http listener "web" (optional client auth) with `http` under
     /// `[listeners.http]` and `keys` at listener level, logging to `access.log`.
     fn start(&self, be: &Backend, keys: &str, http: &str) -> Terminus {
-        let mut l = ListenerConf::new("web", &[be.addr]).opt("protocol", "\"http\"");
-        for line in keys.lines().filter(|l| !l.is_empty()) {
-            let (k, v) = line.split_once(" = ").unwrap();
-            l = l.opt(k, v);
-        }
-        let l = l.raw(&format!(
-            "[listeners.client_auth]\nmode = \"optional\"\nca = [\"client-ca.pem\"]\n\n[listeners.http]\n{http}"
-        ));
+        let l = ListenerConf::new("web", &[be.addr])
+            .opt("protocol", "\"http\"")
+            .opts(keys)
+            .http_callers(http);
         let config = write_config_with_log(&self.pki, Some(2), &[l], "access.log");
         append_tables(&config, "[admin]\nlisten = \"127.0.0.1:0\"\n");
         Terminus::start(&config)
@@ -233,19 +221,7 @@ impl Fixture {
 
     /// The `http_denied` lines, once `n` of them are there (bounded wait).
     fn denied_lines(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let lines: Vec<serde_json::Value> = self
-                .access_log()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["event"] == "http_denied")
-                .collect();
-            if lines.len() >= n || Instant::now() > deadline {
-                return lines;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        log_events(&self.pki.dir().join("access.log"), "http_denied", n)
     }
 }
 
@@ -316,7 +292,7 @@ fn enforce_denies_exactly_the_table_and_report_passes_everything_logging_the_sam
     for mode in ["enforce", "report"] {
         let be = Backend::start();
         let _ = std::fs::remove_file(f.pki.dir().join("access.log"));
-        let t = f.start(&be, "", &format!("rules_mode = \"{mode}\"\n{RULES}"));
+        let t = f.start(&be, "", &format!("rules_mode = \"{mode}\"\n{}", rules()));
         let addr = t.addr("web");
         let results = run_cases(&f, addr);
         let mut table = String::new();
@@ -422,7 +398,7 @@ fn enforce_denies_exactly_the_table_and_report_passes_everything_logging_the_sam
 fn an_encoded_slash_is_refused_with_400_and_the_connection_closed() {
     let f = Fixture::new();
     let be = Backend::start();
-    let t = f.start(&be, "", RULES);
+    let t = f.start(&be, "", &rules());
     for target in ["/a%2Fadmin/x", "/admin%5Cx", "/%zz"] {
         let mut tls = tls_connect(t.addr("web"), &f.checkout);
         tls.write_all(request("GET", target).as_bytes()).unwrap();
@@ -437,7 +413,7 @@ fn an_encoded_slash_is_refused_with_400_and_the_connection_closed() {
     // Report mode refuses nothing: it passes, and logs what enforce would refuse.
     drop(t);
     let _ = std::fs::remove_file(f.pki.dir().join("access.log"));
-    let t = f.start(&be, "", &format!("rules_mode = \"report\"\n{RULES}"));
+    let t = f.start(&be, "", &format!("rules_mode = \"report\"\n{}", rules()));
     let mut tls = tls_connect(t.addr("web"), &f.checkout);
     tls.write_all(request("GET", "/a%2Fadmin/x").as_bytes())
         .unwrap();
@@ -452,7 +428,7 @@ fn an_encoded_slash_is_refused_with_400_and_the_connection_closed() {
 fn pipelined_a_denied_request_is_answered_in_its_place_and_the_connection_stays_open() {
     let f = Fixture::new();
     let be = Backend::start();
-    let t = f.start(&be, "", RULES);
+    let t = f.start(&be, "", &rules());
     let mut tls = tls_connect(t.addr("web"), &f.batch);
     // Allowed, denied (with a chunked body that must not reach the backend),
     // allowed: one write.
@@ -502,7 +478,7 @@ fn curl_gets_403_naming_the_rule_then_200_on_the_same_connection() {
     require_tool("curl");
     let f = Fixture::new();
     let be = Backend::start();
-    let t = f.start(&be, "", RULES);
+    let t = f.start(&be, "", &rules());
     let port = t.addr("web").port();
     let dir = f.pki.dir();
     let out = Command::new("curl")
@@ -576,7 +552,7 @@ fn over_the_request_rate_is_429_with_retry_after_and_other_callers_pass() {
 fn sighup_takes_rules_from_report_to_enforce_for_new_connections() {
     let f = Fixture::new();
     let be = Backend::start();
-    let t = f.start(&be, "", &format!("rules_mode = \"report\"\n{RULES}"));
+    let t = f.start(&be, "", &format!("rules_mode = \"report\"\n{}", rules()));
     let addr = t.addr("web");
     let mut before = tls_connect(addr, &f.batch);
     before

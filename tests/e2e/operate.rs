@@ -713,12 +713,9 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
     );
     let config = append_tables(&config, ADMIN);
     // Reloads only on SIGHUP here, so the reload counter is exact.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen("[runtime]\n", "[runtime]\nreload_interval_ms = 600000\n", 1),
-    )
-    .unwrap();
+    edit_config(&config, |text| {
+        text.replacen("[runtime]\n", "[runtime]\nreload_interval_ms = 600000\n", 1)
+    });
     let t = Terminus::start(&config);
     let addr = t.addr("mtls");
     let hit = "terminus_client_chain_cache_total{listener=\"mtls\",result=\"hit\"}";
@@ -765,8 +762,9 @@ fn chain_cache_hits_returning_clients_and_a_reload_refuses_revoked_or_denied_at_
     );
 
     // Stop allowing the other client: refused on its very next handshake too.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace(&format!(", \"{other_id}\""), "")).unwrap();
+    edit_config(&config, |text| {
+        text.replace(&format!(", \"{other_id}\""), "")
+    });
     t.signal("HUP");
     wait_metric(&t, "terminus_config_reloads_total{result=\"ok\"}", 2.0);
     full_handshake(addr, &pki, &other).expect_err("no longer allowed");

@@ -50,14 +50,6 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// `terminus check --config FILE`: exit code and stderr.
-fn check(config: &Path) -> (Option<i32>, String, String) {
-    run_to_exit(
-        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
-        WAIT,
-    )
-}
-
 /// Every line of `/proc/PID/task/*/status` that starts with `key:`, one per thread.
 fn thread_lines(pid: u32, key: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -132,7 +124,7 @@ fn unreadable_key_is_refused_and_serving_continues(
         "{err}"
     );
     // `check` names the file, the user and the field.
-    let (code, out, err) = check(config);
+    let (code, out, err) = run_check(config);
     assert_eq!(code, Some(2), "check: {out}{err}");
     let line = format!(
         "runtime.user: user nobody (group nogroup) cannot open {}: Permission denied",
@@ -180,7 +172,7 @@ fn binds_as_root_then_serves_as_the_user_with_no_capabilities_and_refuses_unread
     std::fs::write(&config, text).unwrap();
     chmod(&config, 0o644);
 
-    let (code, out, err) = check(&config);
+    let (code, out, err) = run_check(&config);
     assert_eq!(code, Some(0), "check: {out}{err}");
 
     let mut t = Terminus::start(&config);
@@ -252,7 +244,7 @@ fn bad_user_and_group_are_config_errors_naming_file_line_and_field() {
         );
         assert_ne!(text, base);
         std::fs::write(&config, text).unwrap();
-        let (code, out, err) = check(&config);
+        let (code, out, err) = run_check(&config);
         assert_eq!(code, Some(2), "check with {runtime:?}: {out}{err}");
         assert!(
             err.contains(&want),

@@ -340,13 +340,9 @@ fn edge_with_admin(pki: &Pki, backend: &Backend, log: &str) -> std::path::PathBu
         Some(1),
         &[ListenerConf::new("edge", &[backend.addr()])],
     );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen("[log]\naccess = \"off\"\n", log, 1)
-            + "\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
+    edit_config(&config, |text| {
+        text.replacen("[log]\naccess = \"off\"\n", log, 1) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    });
     config
 }
 

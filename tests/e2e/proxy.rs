@@ -159,12 +159,7 @@ fn openssl_s_client_through_terminus_to_echo_backend() {
     let mut sc = Spawned::new(s_client(&p));
     let line = "a line through terminus and back\n";
     sc.send(line.as_bytes());
-    assert!(
-        sc.wait_stdout_contains(line, Duration::from_secs(20)),
-        "echoed line never arrived; s_client stdout:\n{}\nstderr:\n{}",
-        sc.stdout(),
-        sc.stderr()
-    );
+    sc.expect_stdout(line, Duration::from_secs(20));
     assert!(
         sc.stdout().contains("Verify return code: 0 (ok)"),
         "s_client did not verify the chain: {}",
@@ -182,12 +177,7 @@ fn openssl_s_client_through_terminus_to_http_backend() {
     let mut sc = Spawned::new(s_client(&p));
     sc.send(b"GET /s_client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let body = std::str::from_utf8(HTTP_BODY).unwrap();
-    assert!(
-        sc.wait_stdout_contains(body, Duration::from_secs(20)),
-        "HTTP body never arrived; s_client stdout:\n{}\nstderr:\n{}",
-        sc.stdout(),
-        sc.stderr()
-    );
+    sc.expect_stdout(body, Duration::from_secs(20));
     assert!(
         sc.stdout().contains("HTTP/1.1 200 OK"),
         "no status line: {}",

@@ -92,12 +92,9 @@ impl Fixture {
         let config = write_config_with_log(&self.pki, Some(2), &[l], log);
         append_tables(&config, "[admin]\nlisten = \"127.0.0.1:0\"\n");
         // SIGHUP only: the reload counter is exact.
-        let text = std::fs::read_to_string(&config).unwrap();
-        std::fs::write(
-            &config,
-            text.replacen("[runtime]\n", "[runtime]\nreload_interval_ms = 600000\n", 1),
-        )
-        .unwrap();
+        edit_config(&config, |text| {
+            text.replacen("[runtime]\n", "[runtime]\nreload_interval_ms = 600000\n", 1)
+        });
         config
     }
 
@@ -283,6 +280,13 @@ fn rollout(args: &[String]) -> (Option<i32>, String, String) {
     run_command_to_exit(cmd, Duration::from_secs(20))
 }
 
+/// client -> reason, owned (what the JSON and the connection records read back as).
+fn owned(m: &BTreeMap<&str, &str>) -> BTreeMap<String, String> {
+    m.iter()
+        .map(|(c, r)| (c.to_string(), r.to_string()))
+        .collect()
+}
+
 fn admin_args(ts: &[&Terminus]) -> Vec<String> {
     ts.iter()
         .flat_map(|t| ["--admin".to_owned(), t.admin().to_string()])
@@ -314,10 +318,7 @@ fn assert_not_ready(t: &Terminus, refused: &BTreeMap<&str, &str>) -> String {
             (client_of(c), reasons.keys().next().unwrap().clone())
         })
         .collect();
-    let want: BTreeMap<String, String> = refused
-        .iter()
-        .map(|(c, r)| (c.to_string(), r.to_string()))
-        .collect();
+    let want = owned(refused);
     assert_eq!(
         listed, want,
         "rollout --json names the refused callers\n{json}"
@@ -366,10 +367,7 @@ fn enforced_then_candidate_then_promoted(f: &Fixture, mode: &str) -> String {
 
     let predicted = prediction();
     let got = verdicts(&v);
-    let want: BTreeMap<String, String> = predicted
-        .iter()
-        .map(|(c, r)| (c.to_string(), r.to_string()))
-        .collect();
+    let want = owned(&predicted);
     assert_eq!(
         got, want,
         "enforced {mode}: the candidate's verdicts\n{v:#}"
@@ -549,16 +547,11 @@ fn a_fleet_reads_as_one_listener_and_ready_means_nobody_refused() {
 /// An upstream that answers like [`upstream`] and keeps each request head (to see
 /// which identity headers an `http` listener added).
 fn heads_upstream() -> Backend {
-    use std::io::Read;
     Backend::spawn(std::sync::Arc::new(
         |mut s: std::net::TcpStream, st: &BackendStats| {
             let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+            if !read_head(&mut s, &mut head, usize::MAX) {
+                return;
             }
             st.reports
                 .lock()

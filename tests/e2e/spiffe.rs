@@ -386,10 +386,7 @@ fn start_waits_then_names_the_socket_and_its_answer() {
     let attempts = err.matches("waiting for the Workload API").count();
     assert!(attempts >= 2, "{attempts} attempt lines:\n{err}");
     assert!(took < Duration::from_secs(6), "took {took:?}");
-    let (code, _out, err) = run_to_exit(
-        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
-        Duration::from_secs(20),
-    );
+    let (code, _out, err) = run_check(&config);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains(&endpoint) && err.contains("no X.509-SVID"),
@@ -415,10 +412,7 @@ fn start_waits_then_names_the_socket_and_its_answer() {
     assert!(served_leaf(&tls) == api.pushes()[0].0);
     assert_eq!(api.missing_header_calls(), 0);
     // `check` fetches the SVID too and builds the listener from it.
-    let (code, out, err) = run_to_exit(
-        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
-        Duration::from_secs(20),
-    );
+    let (code, out, err) = run_check(&config);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("config OK"), "{out}");
 }
@@ -478,12 +472,9 @@ fn stream_loss_keeps_serving_then_reconnects() {
     api.start().unwrap();
     let config = spiffe_config(dir.path(), &api.endpoint(), 10_000, "127.0.0.1:9", "");
     // Under the builtin seccomp filter: the reconnect's syscalls must be allowed.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("[runtime]\nseccomp = \"builtin\"\n\n{text}"),
-    )
-    .unwrap();
+    edit_config(&config, |text| {
+        format!("[runtime]\nseccomp = \"builtin\"\n\n{text}")
+    });
     let term = Terminus::start(&config);
     let addr = term.addr("edge");
     let first = api.pushes()[0].0.clone();

@@ -10,7 +10,7 @@
 //! access log file (`[log] access = "access.log"`), whose `handshake_error` lines are
 //! matched to the refused client by its address. Every wait is bounded.
 
-use crate::common::proxy_v2::{self, Command as PpCommand, ParseError, ParsedHeader};
+use crate::common::proxy_v2::{self, Command as PpCommand, ParsedHeader};
 use crate::common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -380,32 +380,14 @@ fn proxied(then: Then) -> Proxied {
     let headers: Arc<Mutex<Vec<Result<ParsedHeader, String>>>> = Arc::default();
     let sink = headers.clone();
     let backend = Backend::spawn(Arc::new(move |mut s: TcpStream, _st: &BackendStats| {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let (header, used) = loop {
-            match proxy_v2::parse(&buf) {
-                Ok(parsed) => break parsed,
-                Err(ParseError::Incomplete { .. }) => {}
-                Err(e) => {
-                    sink.lock()
-                        .unwrap()
-                        .push(Err(format!("{e}; got {buf:02x?}")));
-                    return;
-                }
-            }
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => {
-                    sink.lock().unwrap().push(Err(format!(
-                        "closed after {} bytes, before a complete PROXY v2 header",
-                        buf.len()
-                    )));
-                    return;
-                }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let (header, rest) = match proxy_v2::read_header(&mut s) {
+            Ok(got) => got,
+            Err(e) => {
+                sink.lock().unwrap().push(Err(e.to_string()));
+                return;
             }
         };
         sink.lock().unwrap().push(Ok(header));
-        let rest = buf[used..].to_vec();
         match then {
             Then::Echo => echo_rest(s, &rest),
             Then::Http(body) => http_rest(s, rest, body),
@@ -421,14 +403,9 @@ fn echo_rest(mut s: TcpStream, first: &[u8]) {
 }
 
 fn http_rest(mut s: TcpStream, mut head: Vec<u8>, body: &[u8]) {
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
+    if read_head(&mut s, &mut head, usize::MAX) {
+        http_ok_then_drain(&mut s, body);
     }
-    http_ok_then_drain(&mut s, body);
 }
 
 impl Proxied {

@@ -307,12 +307,8 @@ fn plain_www(page_len: usize) -> SocketAddr {
             thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s, &mut head, usize::MAX) {
+                    return;
                 }
                 let _ = s.write_all(&page);
             });

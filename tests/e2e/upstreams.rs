@@ -54,6 +54,20 @@ fn svc_config(pki: &Pki, port: u16, extra_tables: &str) -> std::path::PathBuf {
     config
 }
 
+/// terminus on [`svc_config`] with `hosts` as the hosts file, its listener's address
+/// and a client of the PKI.
+fn start_svc(
+    port: u16,
+    hosts_file: &str,
+) -> (Pki, Terminus, SocketAddr, Arc<rustls::ClientConfig>) {
+    let pki = Pki::generate();
+    hosts(&pki, hosts_file);
+    let t = Terminus::start(&svc_config(&pki, port, ""));
+    let addr = t.addr("edge");
+    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
+    (pki, t, addr, cfg)
+}
+
 fn hosts(pki: &Pki, content: &str) {
     replace_file(&pki.dir().join("hosts"), content.as_bytes());
 }
@@ -72,12 +86,7 @@ fn echo_once(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>, seed: u64) {
 #[test]
 fn a_renamed_address_reaches_new_connections_while_a_live_one_keeps_its_upstream() {
     let (a, b, port) = backends_a_and_b();
-    let pki = Pki::generate();
-    hosts(&pki, "127.0.0.2 svc.test\n");
-    let config = svc_config(&pki, port, "");
-    let t = Terminus::start(&config);
-    let addr = t.addr("edge");
-    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
+    let (pki, t, addr, cfg) = start_svc(port, "127.0.0.2 svc.test\n");
 
     let mut live = tls_connect(addr, &cfg);
     echo_round_trip(&mut live, &Pattern::bytes(1, 5000), "live connection via A");
@@ -126,12 +135,7 @@ fn a_renamed_address_reaches_new_connections_while_a_live_one_keeps_its_upstream
 #[test]
 fn a_failed_re_resolution_keeps_the_last_good_set_counts_and_logs_once_per_streak() {
     let (_a, b, port) = backends_a_and_b();
-    let pki = Pki::generate();
-    hosts(&pki, "127.0.0.3 svc.test\n");
-    let config = svc_config(&pki, port, "");
-    let t = Terminus::start(&config);
-    let addr = t.addr("edge");
-    let cfg = client_config(&pki, rustls::ALL_VERSIONS, &[]);
+    let (pki, t, addr, cfg) = start_svc(port, "127.0.0.3 svc.test\n");
     echo_once(addr, &cfg, 1);
     assert_eq!(b.accepted(), 1);
 
@@ -194,18 +198,15 @@ fn a_name_that_does_not_resolve_at_start_fails_run_and_check_with_its_line() {
     let (code, _, err) = run_to_exit(&["run".as_ref(), "--config".as_ref(), c], WAIT);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&want), "{err}");
-    let (code, _, err) = run_to_exit(&["check".as_ref(), "--config".as_ref(), c], WAIT);
+    let (code, _, err) = run_check(&config);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&want), "{err}");
     // `listen` by name, and a clear error for one without a port.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
+    edit_config(&config, |text| {
         text.replace(", \"nowhere.test:8080\"", "")
-            .replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\""),
-    )
-    .unwrap();
-    let (code, _, err) = run_to_exit(&["check".as_ref(), "--config".as_ref(), c], WAIT);
+            .replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\"")
+    });
+    let (code, _, err) = run_check(&config);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("listeners[0].listen: \"localhost\" has no port: write HOST:PORT"),
@@ -219,12 +220,9 @@ fn listen_by_name_and_a_reload_resolves_new_upstream_names() {
     let pki = Pki::generate();
     hosts(&pki, "127.0.0.2 svc.test\n127.0.0.3 next.test\n");
     let config = svc_config(&pki, port, "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen("listen = \"127.0.0.1:0\"", "listen = \"localhost:0\"", 1),
-    )
-    .unwrap();
+    edit_config(&config, |text| {
+        text.replacen("listen = \"127.0.0.1:0\"", "listen = \"localhost:0\"", 1)
+    });
     let t = Terminus::start(&config);
     let addr = t.addr("edge");
     assert_eq!(
@@ -346,10 +344,7 @@ fn hosts_file_path_is_relative_to_the_config() {
     let config = write_config(&pki, Some(1), &[ListenerConf::new("edge", &[])]);
     set_upstream_entries(&config, &["svc.test:9"]);
     append_tables(&config, "[resolver]\nhosts_file = \"hosts\"\n");
-    let (code, out, err) = run_to_exit(
-        &["check".as_ref(), "--config".as_ref(), config.as_os_str()],
-        WAIT,
-    );
+    let (code, out, err) = run_check(&config);
     assert_eq!(code, Some(0), "{out}{err}");
 }
 

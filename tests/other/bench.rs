@@ -754,46 +754,30 @@ fn bad_arguments_exit_2_with_one_line() {
     let ca = pki.ca_pem().display().to_string();
     let missing = pki.dir().join("nope.pem").display().to_string();
     let t = "127.0.0.1:9";
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--workload", "rr", "--tls", "--plain"], "--plain"),
+    // Each command line after `bench --target T`, as typed (the paths have no spaces).
+    let cases: [(&str, &str); 13] = [
+        ("--workload rr --tls --plain", "--plain"),
         (
-            vec!["--workload", "rr", "--ca", &ca, "--dangerous-skip-verify"],
+            &format!("--workload rr --ca {ca} --dangerous-skip-verify"),
             "--dangerous-skip-verify",
         ),
         (
-            vec!["--workload", "rr", "--ca", &ca, "--client-cert", &ca],
+            &format!("--workload rr --ca {ca} --client-cert {ca}"),
             "--client-key",
         ),
-        (
-            vec!["--workload", "handshake", "--plain", "--rate", "10"],
-            "--rate",
-        ),
-        (
-            vec!["--workload", "rr", "--plain", "--connections", "0"],
-            "--connections",
-        ),
-        (
-            vec!["--workload", "rr", "--plain", "--duration", "0"],
-            "--duration",
-        ),
-        (vec!["--workload", "rr", "--ca", &missing], "nope.pem"),
-        (vec!["--workload", "rr"], "--ca"),
-        (vec!["--workload", "nonsense", "--plain"], "nonsense"),
-        (vec!["--workload", "rr", "--plain", "--resume"], "--plain"),
-        (
-            vec!["--workload", "rr", "--plain", "--cpus", "4096"],
-            "--cpus",
-        ),
-        (
-            vec!["--workload", "bulk", "--plain", "--size", "0"],
-            "--size",
-        ),
-        (
-            vec!["--workload", "rr", "--plain", "--rounds", "0"],
-            "--rounds",
-        ),
+        ("--workload handshake --plain --rate 10", "--rate"),
+        ("--workload rr --plain --connections 0", "--connections"),
+        ("--workload rr --plain --duration 0", "--duration"),
+        (&format!("--workload rr --ca {missing}"), "nope.pem"),
+        ("--workload rr", "--ca"),
+        ("--workload nonsense --plain", "nonsense"),
+        ("--workload rr --plain --resume", "--plain"),
+        ("--workload rr --plain --cpus 4096", "--cpus"),
+        ("--workload bulk --plain --size 0", "--size"),
+        ("--workload rr --plain --rounds 0", "--rounds"),
     ];
-    for (args, needle) in cases {
+    for (line, needle) in cases {
+        let args: Vec<&str> = line.split_whitespace().collect();
         let mut all: Vec<&OsStr> = vec![OsStr::new("bench"), OsStr::new("--target"), OsStr::new(t)];
         all.extend(args.iter().map(OsStr::new));
         let (code, out, err) = run_to_exit(&all, Duration::from_secs(20));

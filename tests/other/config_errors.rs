@@ -68,11 +68,42 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `check --config CONFIG` fails (exit 2) with exactly `want` on stderr.
-fn assert_check_error(config: &Path, want: impl AsRef<str>) {
+/// `check --config CONFIG` fails (exit 2) with exactly `want` on stderr; its output.
+fn assert_check_error(config: &Path, want: impl AsRef<str>) -> Output {
     let out = check(config);
     assert_exit(&out, 2);
     assert_eq!(stderr(&out), want.as_ref());
+    out
+}
+
+/// `check --config CONFIG` fails (exit 2): its stderr.
+fn check_refused(config: &Path) -> String {
+    let out = check(config);
+    assert_exit(&out, 2);
+    stderr(&out)
+}
+
+/// `check --config CONFIG` fails (exit 2) with one line on stderr that starts with
+/// `start` after "terminus: CONFIG:"; its output.
+fn assert_check_line(config: &Path, start: &str) -> Output {
+    let out = check(config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let want = format!("terminus: {}:{start}", config.display());
+    assert!(err.starts_with(&want), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    out
+}
+
+/// [`assert_check_error`] with the one line that names listener "edge" and `file` (in
+/// `dir`) before `message`.
+fn assert_file_error(dir: &TempDir, config: &Path, file: &str, message: &str) -> Output {
+    let path = dir.path(file);
+    let want = format!(
+        "terminus: listener \"edge\": {}: {message}\n",
+        path.display()
+    );
+    assert_check_error(config, want)
 }
 
 fn assert_exit(out: &Output, code: i32) {
@@ -221,15 +252,8 @@ fn relative_paths_follow_the_config_folder_not_the_cwd() {
 #[test]
 fn unknown_key_names_file_line_and_key() {
     let (_dir, config) = pki_dir("unknown", "listn = \"127.0.0.1:1\"\n");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
-    let want = format!(
-        "terminus: {}:8: listeners[0]: unknown field `listn`, expected one of `name`, `listen`,",
-        config.display()
-    );
-    assert!(err.starts_with(&want), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let unknown = "8: listeners[0]: unknown field `listn`, expected one of `name`, `listen`,";
+    let out = assert_check_line(&config, unknown);
     assert_eq!(stdout(&out), "");
 }
 
@@ -267,12 +291,11 @@ fn invalid_values_are_all_reported_with_lines() {
 fn missing_key_file_is_named() {
     let (dir, config) = pki_dir("nokey", "");
     std::fs::remove_file(dir.path("server.key")).unwrap();
-    assert_check_error(
+    assert_file_error(
+        &dir,
         &config,
-        format!(
-            "terminus: listener \"edge\": {}: cannot read private key file: No such file or directory (os error 2)\n",
-            dir.path("server.key").display()
-        ),
+        "server.key",
+        "cannot read private key file: No such file or directory (os error 2)",
     );
 }
 
@@ -292,12 +315,11 @@ fn garbage_pem_is_named() {
     assert!(stderr(&out).starts_with(&want), "{}", stderr(&out));
 
     dir.write("server.pem", "just some text\n");
-    assert_check_error(
+    assert_file_error(
+        &dir,
         &config,
-        format!(
-            "terminus: listener \"edge\": {}: no PEM certificate found (expected a \"-----BEGIN CERTIFICATE-----\" section)\n",
-            dir.path("server.pem").display()
-        ),
+        "server.pem",
+        "no PEM certificate found (expected a \"-----BEGIN CERTIFICATE-----\" section)",
     );
 }
 
@@ -305,13 +327,8 @@ fn garbage_pem_is_named() {
 fn empty_cert_file_is_named() {
     let (dir, config) = pki_dir("empty", "");
     dir.write("server.pem", "");
-    assert_check_error(
-        &config,
-        format!(
-            "terminus: listener \"edge\": {}: no PEM certificate found: the file is empty\n",
-            dir.path("server.pem").display()
-        ),
-    );
+    let empty = "no PEM certificate found: the file is empty";
+    assert_file_error(&dir, &config, "server.pem", empty);
 }
 
 #[test]
@@ -319,12 +336,13 @@ fn key_not_matching_cert_names_both_files() {
     let (dir, config) = pki_dir("mismatch", "");
     let other: TestPki = test_pki(30, "example.org").unwrap();
     dir.write("server.key", &other.server_key_pem);
-    assert_check_error(
+    assert_file_error(
+        &dir,
         &config,
-        format!(
-            "terminus: listener \"edge\": {}: private key does not match the certificate in {} \
-             (its public key differs from the leaf's)\n",
-            dir.path("server.key").display(),
+        "server.key",
+        &format!(
+            "private key does not match the certificate in {} (its public key differs from the \
+             leaf's)",
             dir.path("server.pem").display()
         ),
     );
@@ -338,9 +356,7 @@ fn every_problem_is_reported_not_just_the_first() {
         .replace("server.key", "nope.key");
     let (dir, config) = pki_dir("every", &second);
     dir.write("server.pem", "");
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
+    let err = check_refused(&config);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
     assert!(lines[0].ends_with("server.pem: no PEM certificate found: the file is empty"));
@@ -393,9 +409,7 @@ fn operate_settings_are_validated_with_lines() {
         "operate",
         "ticket_lifetime_s = 0\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntimeout_ms = 0\n",
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
+    let err = check_refused(&config);
     let f = config.display();
     assert!(
         err.contains(&format!("{f}:12: admin.timeout_ms: must be greater than 0")),
@@ -583,36 +597,17 @@ fn listen_address_held_by_another_process_is_named() {
         "config.toml",
         &LISTENER.replace("127.0.0.1:0", &addr.to_string()),
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
-    assert!(
-        err.starts_with(&format!(
-            "terminus: {}:4: listeners[0].listen: {}",
-            config.display(),
-            held_by_me(addr)
-        )),
-        "{err}"
+    assert_check_line(
+        &config,
+        &format!("4: listeners[0].listen: {}", held_by_me(addr)),
     );
-    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]
 fn admin_port_in_use_is_refused() {
     let (_held, addr) = busy_port();
     let (_dir, config) = pki_dir("admin-busy", &format!("\n[admin]\nlisten = \"{addr}\"\n"));
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
-    assert!(
-        err.starts_with(&format!(
-            "terminus: {}:10: admin.listen: {}",
-            config.display(),
-            held_by_me(addr)
-        )),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_check_line(&config, &format!("10: admin.listen: {}", held_by_me(addr)));
 }
 
 #[test]
@@ -692,16 +687,13 @@ fn expired_cert_fails_check() {
     let (dir, config) = pki_dir("expired", "");
     write_leaf(&dir, &LeafSpec::expired_server(&["localhost"]));
 
-    let out = check(&config);
-    assert_exit(&out, 2);
-    assert_eq!(stdout(&out), "");
-    assert_eq!(
-        stderr(&out),
-        format!(
-            "terminus: listener \"edge\": {}: certificate expired: notAfter Jun 30 00:00:00 2021 +00:00 (clients will reject it)\n",
-            dir.path("server.pem").display()
-        )
+    let out = assert_file_error(
+        &dir,
+        &config,
+        "server.pem",
+        "certificate expired: notAfter Jun 30 00:00:00 2021 +00:00 (clients will reject it)",
     );
+    assert_eq!(stdout(&out), "");
 }
 
 /// A certificate not valid yet, or valid 14 days at most: one stderr line naming the
@@ -757,19 +749,15 @@ fn chain_with_the_ca_first_says_wrong_order() {
     let ca = std::fs::read_to_string(dir.path("ca.pem")).unwrap();
     let leaf = std::fs::read_to_string(dir.path("server.pem")).unwrap();
     dir.write("server.pem", &format!("{ca}{leaf}"));
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
-    assert_eq!(
-        err,
-        format!(
-            "terminus: listener \"edge\": {}: certificate chain in the wrong order: \
-             certificate #1 (\"CN=terminus test CA\") is a CA certificate and certificate #2 \
-             (\"CN=localhost\") is not; the server certificate must come first, then its \
-             intermediates (the root last, or left out)\n",
-            dir.path("server.pem").display()
-        )
+    let out = assert_file_error(
+        &dir,
+        &config,
+        "server.pem",
+        "certificate chain in the wrong order: certificate #1 (\"CN=terminus test CA\") is a \
+         CA certificate and certificate #2 (\"CN=localhost\") is not; the server certificate \
+         must come first, then its intermediates (the root last, or left out)",
     );
+    let err = stderr(&out);
     assert!(!err.contains("does not match"), "{err}");
 }
 
@@ -956,9 +944,7 @@ fn http_listener_settings_are_validated() {
         "protocol = \"http\"\nupstream_protocol = \"h2\"\nalpn = [\"http/1.1\"]\n\n\
          [listeners.http.h2]\nmax_concurrent_streams = 0\nstream_window = 10\n",
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
+    let err = check_refused(&config);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
     assert!(lines[0].contains("listeners[0].alpn: an http listener with upstream_protocol = \"h2\" offers \"h2\" only"), "{err}");
@@ -1026,9 +1012,7 @@ fn http_rule_problems_name_the_rule_and_field() {
         "limits",
         "requests_per_second_per_caller = 5\nburst = 3\nlimits_mode = \"watch\"\n",
     );
-    let out = check(&config);
-    assert_exit(&out, 2);
-    let err = stderr(&out);
+    let err = check_refused(&config);
     for want in [
         ":8: listeners[0].requests_per_second_per_caller: counts HTTP requests: needs protocol = \"http\"",
         ":10: listeners[0].limits_mode: mode \"watch\": expected \"enforce\" or \"report\"",

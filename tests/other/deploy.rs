@@ -143,25 +143,17 @@ fn the_configmap_config_passes_terminus_check() {
     let pki = Pki::generate();
     let d = pki.dir();
     std::fs::write(d.join("tickets.key"), format!("{}\n", "ab".repeat(32))).unwrap();
-    let toml = toml
-        .replace(
-            "/etc/terminus/tls/tls.crt",
-            &d.join("server.pem").display().to_string(),
-        )
-        .replace(
-            "/etc/terminus/tls/tls.key",
-            &d.join("server.key").display().to_string(),
-        )
-        .replace(
-            "/etc/terminus/tls/ca.crt",
-            &d.join("ca.pem").display().to_string(),
-        )
-        .replace(
-            "/etc/terminus/tickets/tickets.key",
-            &d.join("tickets.key").display().to_string(),
-        )
-        // A cluster Service name does not resolve here.
-        .replace("billing.prod.svc.cluster.local:8080", "localhost:8080");
+    let mut toml = toml;
+    for (mounted, file) in [
+        ("/etc/terminus/tls/tls.crt", "server.pem"),
+        ("/etc/terminus/tls/tls.key", "server.key"),
+        ("/etc/terminus/tls/ca.crt", "ca.pem"),
+        ("/etc/terminus/tickets/tickets.key", "tickets.key"),
+    ] {
+        toml = toml.replace(mounted, &d.join(file).display().to_string());
+    }
+    // A cluster Service name does not resolve here.
+    let toml = toml.replace("billing.prod.svc.cluster.local:8080", "localhost:8080");
     let path = d.join("configmap-terminus.toml");
     std::fs::write(&path, &toml).unwrap();
     let (code, out, err) = run_to_exit(

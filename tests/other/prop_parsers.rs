@@ -32,7 +32,7 @@ use proxy_v2::{MAX_AUTHORITY, MAX_TLV_VALUE, MAX_UNIQUE_ID};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair, SanType};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::Path;
 use std::sync::OnceLock;
 use terminus::config::Config;
@@ -73,63 +73,36 @@ fn opt_string(max: usize) -> impl Strategy<Value = Option<String>> {
     proptest::option::of(proptest::string::string_regex(&format!("\\PC{{0,{max}}}")).unwrap())
 }
 
-fn ssl() -> impl Strategy<Value = Ssl> {
-    (
-        any::<(bool, bool, bool)>(),
-        opt_string(12),
-        opt_string(40),
-        opt_string(40),
-        opt_string(24),
-        opt_string(12),
-        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..600)),
-    )
-        .prop_map(
-            |(
-                (client_cert_presented, resumed, verified),
-                version,
-                cn,
-                cipher,
-                sig_alg,
-                key_alg,
-                client_cert,
-            )| {
-                Ssl {
-                    client_cert_presented,
-                    resumed,
-                    verified,
-                    version,
-                    cn,
-                    cipher,
-                    sig_alg,
-                    key_alg,
-                    client_cert,
-                }
-            },
-        )
+prop_compose! {
+    fn ssl()(
+        (client_cert_presented, resumed, verified) in any::<(bool, bool, bool)>(),
+        version in opt_string(12),
+        cn in opt_string(40),
+        cipher in opt_string(40),
+        sig_alg in opt_string(24),
+        key_alg in opt_string(12),
+        client_cert in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..600)),
+    ) -> Ssl {
+        Ssl {
+            client_cert_presented, resumed, verified, version, cn, cipher, sig_alg, key_alg,
+            client_cert,
+        }
+    }
 }
 
-fn header() -> impl Strategy<Value = Header> {
-    (
-        socket_addr(),
-        socket_addr(),
-        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
-        opt_string(80),
-        proptest::option::of(ssl()),
-        opt_string(120),
+prop_compose! {
+    fn header()(
+        src in socket_addr(),
+        dst in socket_addr(),
+        alpn in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+        authority in opt_string(80),
+        ssl in proptest::option::of(ssl()),
+        spiffe in opt_string(120),
         // Up to 160 bytes: over 128 the unique ID must be left out.
-        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..160)),
-    )
-        .prop_map(
-            |(src, dst, alpn, authority, ssl, spiffe, unique_id)| Header {
-                src,
-                dst,
-                alpn,
-                authority,
-                ssl,
-                spiffe,
-                unique_id,
-            },
-        )
+        unique_id in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..160)),
+    ) -> Header {
+        Header { src, dst, alpn, authority, ssl, spiffe, unique_id }
+    }
 }
 
 /// TLVs of types the parser does not decode: random type and value.
@@ -143,31 +116,19 @@ fn unknown_tlvs() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
     )
 }
 
-fn as_v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(a) => a
-            .ip()
-            .to_ipv4_mapped()
-            .map(|ip| SocketAddrV4::new(ip, a.port())),
-    }
-}
-
-fn as_v6(a: SocketAddr) -> SocketAddr {
-    let ip = match a.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    SocketAddr::V6(SocketAddrV6::new(ip, a.port(), 0, 0))
-}
-
 /// What the addresses must read back as: TCP4 when both are IPv4 (mapped counts),
 /// else TCP6 with IPv4 mapped; flow info and scope are not carried.
 fn expected_addresses(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
-    match (as_v4(src), as_v4(dst)) {
-        (Some(s), Some(d)) => (s.into(), d.into()),
-        _ => (as_v6(src), as_v6(dst)),
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (src, dst) = (canonical(src), canonical(dst));
+    if src.is_ipv4() && dst.is_ipv4() {
+        return (src, dst);
     }
+    let mapped = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(ip.to_ipv6_mapped().into(), a.port()),
+        IpAddr::V6(ip) => SocketAddr::new(ip.into(), a.port()),
+    };
+    (mapped(src), mapped(dst))
 }
 
 /// What an `Ssl` reads back as: `resumed` and `verified` only mean something when a

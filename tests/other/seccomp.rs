@@ -57,6 +57,28 @@ fn deny_prefix(deny: Deny) -> [&'static str; 4] {
     [HELPER, "--deny-io-uring", deny.name(), "--"]
 }
 
+/// `terminus run` on `config` under `prefix` (`io_from_config`), which must fall back
+/// to epoll: the readiness line says so and stderr has one line about it, returned
+/// (`what` names the case in failures).
+fn start_on_epoll(config: &Path, prefix: &[&str], what: &str) -> (Terminus, String) {
+    let t = Terminus::builder()
+        .config(config)
+        .prefix(prefix)
+        .io_from_config()
+        .start();
+    assert_eq!(
+        t.io_backend().as_deref(),
+        Some("epoll"),
+        "{what}: `io backend=` line; stderr:\n{}",
+        t.stderr()
+    );
+    let err = t.wait_stderr("using epoll", WAIT);
+    let fallback: Vec<&str> = err.lines().filter(|l| l.contains("using epoll")).collect();
+    assert_eq!(fallback.len(), 1, "{what}: one fallback line:\n{err}");
+    let line = fallback[0].to_owned();
+    (t, line)
+}
+
 /// The text that says why io_uring is unavailable must blame the filter: EPERM names
 /// seccomp; ENOSYS names a filter or seccomp and does not call this ≥ 6.0 kernel too old.
 fn assert_blames_the_filter(deny: Deny, text: &str, what: &str) {
@@ -208,23 +230,9 @@ fn falls_back_to_epoll_and_serves(deny: Deny) {
     let _g = heavy();
     let s = Setup::new();
     let config = s.config("");
-    let t = Terminus::builder()
-        .config(&config)
-        .prefix(&deny_prefix(deny))
-        .io_from_config()
-        .start();
-
     // Where: the readiness line, one stderr line with cause and fix, the metric.
-    assert_eq!(
-        t.io_backend().as_deref(),
-        Some("epoll"),
-        "{deny:?}: `io backend=` line; stderr:\n{}",
-        t.stderr()
-    );
-    let err = t.wait_stderr("using epoll", WAIT);
-    let fallback: Vec<&str> = err.lines().filter(|l| l.contains("using epoll")).collect();
-    assert_eq!(fallback.len(), 1, "{deny:?}: one fallback line:\n{err}");
-    assert_blames_the_filter(deny, fallback[0], "fallback line");
+    let (t, fallback) = start_on_epoll(&config, &deny_prefix(deny), &format!("{deny:?}"));
+    assert_blames_the_filter(deny, &fallback, "fallback line");
     assert_backend_metric(&t, "epoll");
 
     // curl through the `web` listener.
@@ -717,22 +725,9 @@ fn a_profile_without_io_uring_setup_makes_auto_fall_back_to_epoll() {
     let config = s.config("");
     let (_dir, profile) = profile_without("io_uring_setup");
     let prefix = profile_prefix(&[], &profile, false);
-    let t = Terminus::builder()
-        .config(&config)
-        .prefix(&as_strs(&prefix))
-        .io_from_config()
-        .start();
-    assert_eq!(
-        t.io_backend().as_deref(),
-        Some("epoll"),
-        "`io backend=` line; stderr:\n{}",
-        t.stderr()
-    );
-    let err = t.wait_stderr("using epoll", WAIT);
-    let fallback: Vec<&str> = err.lines().filter(|l| l.contains("using epoll")).collect();
-    assert_eq!(fallback.len(), 1, "one fallback line:\n{err}");
-    assert!(fallback[0].contains("io_uring_setup"), "{}", fallback[0]);
-    assert_blames_the_filter(Deny::Eperm, fallback[0], "fallback line");
+    let (t, fallback) = start_on_epoll(&config, &as_strs(&prefix), "io_uring_setup denied");
+    assert!(fallback.contains("io_uring_setup"), "{fallback}");
+    assert_blames_the_filter(Deny::Eperm, &fallback, "fallback line");
     let mut tls = tls_connect(t.addr("echo"), &s.client(None));
     echo_round_trip(&mut tls, b"epoll under a narrower profile", "echo");
 }
