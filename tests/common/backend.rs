@@ -271,13 +271,19 @@ impl Drop for Backend {
     }
 }
 
-/// An address on 127.0.0.1 where nothing listens (connects are refused): bind port 0,
-/// note the port, close the socket.
+/// An address on 127.0.0.1 where nothing listens (connects are refused): the port of
+/// a socket bound, never listening, and held for the whole test process. A port
+/// merely closed again could be taken by a listener of a test running beside
+/// (it happened: a terminus listener there answered "refused" connections).
 pub fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+    static HELD: std::sync::OnceLock<socket2::Socket> = std::sync::OnceLock::new();
+    let s = HELD.get_or_init(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        s.bind(&any.into()).unwrap();
+        s
+    });
+    s.local_addr().unwrap().as_socket().unwrap()
 }
 
 /// Reads `s` to EOF: its length and SHA-256 (hex), or None after reporting the read
