@@ -25,29 +25,21 @@ pub(super) enum SignatureCheck<'a> {
 type Verdict = Result<HandshakeSignatureValid, rustls::Error>;
 
 impl SignatureCheck<'_> {
-    pub(super) fn tls12(
+    /// Check a handshake signature: TLS 1.3's (`tls13`) or TLS 1.2's.
+    pub(super) fn verify(
         &self,
+        tls13: bool,
         msg: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Verdict {
-        match self {
-            Self::Verifier(v) => v.verify_tls12_signature(msg, cert, dss),
-            Self::Algorithms(a) => rustls::crypto::verify_tls12_signature(msg, cert, dss, a),
-            Self::NotOffered => Err(not_offered()),
-        }
-    }
-
-    pub(super) fn tls13(
-        &self,
-        msg: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Verdict {
-        match self {
-            Self::Verifier(v) => v.verify_tls13_signature(msg, cert, dss),
-            Self::Algorithms(a) => rustls::crypto::verify_tls13_signature(msg, cert, dss, a),
-            Self::NotOffered => Err(not_offered()),
+        use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
+        match (self, tls13) {
+            (Self::Verifier(v), false) => v.verify_tls12_signature(msg, cert, dss),
+            (Self::Verifier(v), true) => v.verify_tls13_signature(msg, cert, dss),
+            (Self::Algorithms(a), false) => verify_tls12_signature(msg, cert, dss, a),
+            (Self::Algorithms(a), true) => verify_tls13_signature(msg, cert, dss, a),
+            (Self::NotOffered, _) => Err(not_offered()),
         }
     }
 
@@ -69,14 +61,14 @@ fn not_offered() -> rustls::Error {
 macro_rules! delegated_signatures {
     ($this:ident => $check:expr) => {
         delegated_signatures!(@each $this => $check;
-            verify_tls12_signature tls12, verify_tls13_signature tls13);
+            verify_tls12_signature false, verify_tls13_signature true);
 
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             let $this = self;
             $check.schemes()
         }
     };
-    (@each $this:ident => $check:expr; $($method:ident $via:ident),+) => {$(
+    (@each $this:ident => $check:expr; $($method:ident $tls13:literal),+) => {$(
         fn $method(
             &self,
             message: &[u8],
@@ -84,7 +76,7 @@ macro_rules! delegated_signatures {
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
             let $this = self;
-            $check.$via(message, cert, dss)
+            $check.verify($tls13, message, cert, dss)
         }
     )+};
 }
